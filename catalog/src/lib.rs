@@ -1,0 +1,26 @@
+//! What wardwatch persists, and how it is found again.
+//!
+//! The catalog owns every byte that outlives a process. All of it goes through
+//! [`object_store`], so one storage location (a local directory by default,
+//! memory for tests, S3 when built with the `aws` feature) decides where it
+//! lands and several instances can share it.
+//!
+//! - [`storage`] turns the configured location into an object store and prefix;
+//! - [`rules`] keeps rules as immutable, numbered versions plus a small
+//!   mutable record of which version is current and whether the rule is active;
+//! - [`log`] keeps append-only JSON-lines logs (alert history, dead letters,
+//!   audit log) until the Parquet archive takes them over.
+//!
+//! The catalog does not judge rule SQL (the server compiles it with
+//! `sql-rules` first), does not read a clock (callers pass `now_ms`), and
+//! never overwrites an object that is meant to be immutable.
+
+mod error;
+pub mod log;
+pub mod rules;
+pub mod storage;
+
+pub use error::CatalogError;
+pub use log::JsonLog;
+pub use rules::{Rule, RuleDraft, RuleStore, RuleVersion, Severity};
+pub use storage::open_store;

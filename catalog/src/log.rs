@@ -1,0 +1,577 @@
+//! Append-only JSON-lines logs on the object store.
+//!
+//! The alert history, the embedded dead-letter table and the audit log are
+//! kept here until the Parquet archive takes them over. Records are appended
+//! to memory, where [`JsonLog::recent`] sees them at once, and [`JsonLog::flush`]
+//! writes everything appended since the last flush as one new immutable
+//! segment:
+//!
+//! ```text
+//! {prefix}/{name}/seg-000000000000.jsonl   records 0..n
+//! {prefix}/{name}/seg-{n:012}.jsonl        records n..
+//! ```
+//!
+//! A segment is named after the sequence number of its first record and is
+//! written with `PutMode::Create`, so an existing segment is never replaced.
+//! Records not yet flushed are lost if the process dies; the caller decides
+//! how often to flush. A log has one writer: two processes appending to the
+//! same `{prefix}/{name}` would pick the same segment names, and the second
+//! flush fails with [`CatalogError::AlreadyExists`] instead of overwriting.
+//!
+//! Only a bounded tail of the most recent records is kept in memory (and
+//! loaded on open); older records stay in their segments.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::ObjectStore;
+use serde_json::Value;
+
+use crate::storage::{get_bytes, list_all, put_new};
+use crate::CatalogError;
+
+/// How many of the most recent records [`JsonLog::open`] keeps in memory.
+pub const DEFAULT_MAX_IN_MEMORY: usize = 100_000;
+
+const MAX_NAME_CHARS: usize = 64;
+
+/// An append-only log of JSON records, see the [module docs](self).
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use catalog::log::JsonLog;
+/// use object_store::{memory::InMemory, path::Path};
+/// use serde_json::json;
+///
+/// let log = JsonLog::open(Arc::new(InMemory::new()), Path::default(), "alerts").await?;
+/// log.append(&[json!({"rule": "tachy", "patient": "p1"})]).await?;
+/// log.flush().await?;
+/// assert_eq!(log.recent(10, |_| true)[0]["patient"], "p1");
+/// # Ok::<(), catalog::CatalogError>(())
+/// # }).unwrap();
+/// ```
+pub struct JsonLog {
+    store: Arc<dyn ObjectStore>,
+    /// `{prefix}/{name}`.
+    dir: Path,
+    max_in_memory: usize,
+    /// A std mutex because `recent` and `len` are synchronous; it is never
+    /// held across an await.
+    state: Mutex<State>,
+    /// Serialises flushes so segments are written in sequence order.
+    flushing: tokio::sync::Mutex<()>,
+}
+
+struct State {
+    /// The most recent records, oldest first, at most `max_in_memory`.
+    tail: VecDeque<Value>,
+    /// Sequence number of the next record; also the total ever appended.
+    next_seq: u64,
+    /// Encoded records appended since the last flush.
+    buffer: Vec<u8>,
+    buffer_first_seq: u64,
+    buffer_count: u64,
+    /// Segments cut by a flush whose write has not succeeded yet, oldest
+    /// first. Their bytes never change, so retrying one is idempotent.
+    sealed: VecDeque<Segment>,
+}
+
+#[derive(Clone)]
+struct Segment {
+    first_seq: u64,
+    count: u64,
+    bytes: Bytes,
+}
+
+impl fmt::Debug for JsonLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JsonLog")
+            .field("dir", &self.dir)
+            .field("len", &self.len())
+            .field("unflushed", &self.unflushed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl JsonLog {
+    /// Opens log `name` under `prefix`, loading up to
+    /// [`DEFAULT_MAX_IN_MEMORY`] of its most recent records.
+    ///
+    /// `name` becomes a path segment: 1-64 characters from `a-z`, `0-9`,
+    /// `_` and `-` (for example `alerts`, `dead_letters`, `audit_log`).
+    pub async fn open(
+        store: Arc<dyn ObjectStore>,
+        prefix: Path,
+        name: &str,
+    ) -> Result<Self, CatalogError> {
+        Self::open_with_limit(store, prefix, name, DEFAULT_MAX_IN_MEMORY).await
+    }
+
+    /// Like [`open`](Self::open), keeping at most `max_in_memory` recent records.
+    pub async fn open_with_limit(
+        store: Arc<dyn ObjectStore>,
+        prefix: Path,
+        name: &str,
+        max_in_memory: usize,
+    ) -> Result<Self, CatalogError> {
+        validate_name(name)?;
+        let dir = prefix.join(name);
+        let (tail, next_seq) = load_tail(store.as_ref(), &dir, max_in_memory).await?;
+        tracing::debug!(log = %dir, records = next_seq, in_memory = tail.len(), "opened log");
+        Ok(Self {
+            store,
+            dir,
+            max_in_memory,
+            state: Mutex::new(State {
+                tail,
+                next_seq,
+                buffer: Vec::new(),
+                buffer_first_seq: next_seq,
+                buffer_count: 0,
+                sealed: VecDeque::new(),
+            }),
+            flushing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Appends `records`. They are visible to [`recent`](Self::recent) at once
+    /// and reach the object store at the next [`flush`](Self::flush).
+    pub async fn append(&self, records: &[Value]) -> Result<(), CatalogError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        // Encode before taking the lock so readers are not held up by it.
+        let mut lines = Vec::new();
+        for record in records {
+            serde_json::to_writer(&mut lines, record).map_err(|source| CatalogError::Encode {
+                what: format!("a record for log '{}'", self.dir),
+                source,
+            })?;
+            lines.push(b'\n');
+        }
+
+        let mut state = self.lock_state();
+        if state.buffer_count == 0 {
+            state.buffer_first_seq = state.next_seq;
+        }
+        state.buffer.extend_from_slice(&lines);
+        state.buffer_count += records.len() as u64;
+        state.next_seq += records.len() as u64;
+        // The caller keeps its slice, so the in-memory tail needs its own copy;
+        // skip the records that would be evicted straight away.
+        let keep = records.len().min(self.max_in_memory);
+        state
+            .tail
+            .extend(records[records.len() - keep..].iter().cloned());
+        let excess = state.tail.len().saturating_sub(self.max_in_memory);
+        state.tail.drain(..excess);
+        Ok(())
+    }
+
+    /// Writes everything appended since the last flush as one new segment.
+    ///
+    /// Does nothing if nothing is buffered. If a write fails, its records stay
+    /// queued and the next flush retries the very same segment.
+    pub async fn flush(&self) -> Result<(), CatalogError> {
+        let _flushing = self.flushing.lock().await;
+        let pending: Vec<Segment> = {
+            let mut state = self.lock_state();
+            if state.buffer_count > 0 {
+                let segment = Segment {
+                    first_seq: state.buffer_first_seq,
+                    count: state.buffer_count,
+                    bytes: Bytes::from(std::mem::take(&mut state.buffer)),
+                };
+                state.sealed.push_back(segment);
+                state.buffer_count = 0;
+                state.buffer_first_seq = state.next_seq;
+            }
+            // Bytes clones share the buffer; the copy lets us write unlocked.
+            state.sealed.iter().cloned().collect()
+        };
+
+        for segment in pending {
+            self.write_segment(&segment).await?;
+            self.lock_state().sealed.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` records matching `filter`, newest first, from the
+    /// in-memory tail.
+    ///
+    /// `filter` runs under the log's lock, so keep it cheap.
+    pub fn recent(&self, limit: usize, filter: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let state = self.lock_state();
+        state
+            .tail
+            .iter()
+            .rev()
+            .filter(|record| filter(record))
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// Total records ever appended, including those loaded from storage.
+    pub fn len(&self) -> u64 {
+        self.lock_state().next_seq
+    }
+
+    /// Whether the log has never had a record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Records appended but not yet durably written.
+    pub fn unflushed(&self) -> u64 {
+        let state = self.lock_state();
+        state.buffer_count + state.sealed.iter().map(|s| s.count).sum::<u64>()
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere cannot leave State half-updated in a way that
+        // matters more than losing the log, so keep serving it.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn write_segment(&self, segment: &Segment) -> Result<(), CatalogError> {
+        let path = segment_path(&self.dir, segment.first_seq);
+        match put_new(self.store.as_ref(), &path, segment.bytes.clone()).await {
+            Ok(()) => Ok(()),
+            Err(CatalogError::AlreadyExists { path: clash }) => {
+                // An earlier attempt may have landed even though it reported
+                // an error; identical content means this segment is done.
+                let existing = get_bytes(self.store.as_ref(), &path).await?;
+                if existing == segment.bytes {
+                    Ok(())
+                } else {
+                    Err(CatalogError::AlreadyExists { path: clash })
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), CatalogError> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NAME_CHARS
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(CatalogError::InvalidLogName {
+            name: name.to_string(),
+        })
+    }
+}
+
+fn segment_path(dir: &Path, first_seq: u64) -> Path {
+    dir.clone().join(format!("seg-{first_seq:012}.jsonl"))
+}
+
+fn parse_segment_name(file_name: &str) -> Option<u64> {
+    let digits = file_name.strip_prefix("seg-")?.strip_suffix(".jsonl")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Reads the newest segments until `max_in_memory` records are found.
+///
+/// Returns the tail (oldest first) and the total record count, which the
+/// newest segment's name and length give without reading older segments.
+async fn load_tail(
+    store: &dyn ObjectStore,
+    dir: &Path,
+    max_in_memory: usize,
+) -> Result<(VecDeque<Value>, u64), CatalogError> {
+    let mut segments = Vec::new();
+    for object in list_all(store, dir).await? {
+        let parts: Vec<_> = match object.location.prefix_match(dir) {
+            Some(parts) => parts.collect(),
+            None => continue,
+        };
+        let first_seq = match parts.as_slice() {
+            [file] => parse_segment_name(file.as_ref()),
+            _ => None,
+        };
+        match first_seq {
+            Some(first_seq) => segments.push((first_seq, object.location)),
+            None => tracing::warn!(path = %object.location, "ignoring unexpected object in a log"),
+        }
+    }
+    segments.sort_by_key(|(first_seq, _)| *first_seq);
+
+    let mut next_seq = 0;
+    // Newest segment first; each chunk keeps its records oldest first.
+    let mut chunks: Vec<Vec<Value>> = Vec::new();
+    let mut loaded = 0;
+    let mut expected_end = None;
+    for (first_seq, path) in segments.iter().rev() {
+        let records = parse_segment(path.as_ref(), &get_bytes(store, path).await?)?;
+        let end = first_seq + records.len() as u64;
+        match expected_end {
+            // The newest segment fixes the total count.
+            None => next_seq = end,
+            Some(expected) if expected != end => tracing::warn!(
+                path = %path,
+                "log segment ends at record {end} but the next segment starts at {expected}"
+            ),
+            Some(_) => {}
+        }
+        expected_end = Some(*first_seq);
+        loaded += records.len();
+        chunks.push(records);
+        if loaded >= max_in_memory {
+            break;
+        }
+    }
+
+    let mut tail: VecDeque<Value> = chunks.into_iter().rev().flatten().collect();
+    let excess = tail.len().saturating_sub(max_in_memory);
+    tail.drain(..excess);
+    Ok((tail, next_seq))
+}
+
+fn parse_segment(path: &str, bytes: &[u8]) -> Result<Vec<Value>, CatalogError> {
+    let mut records = Vec::new();
+    for (number, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        let record = serde_json::from_slice(line).map_err(|source| CatalogError::Decode {
+            path: format!("{path}:{}", number + 1),
+            source,
+        })?;
+        records.push(record);
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::local::LocalFileSystem;
+    use object_store::memory::InMemory;
+    use object_store::ObjectStoreExt;
+    use serde_json::json;
+
+    fn records(range: std::ops::Range<u64>) -> Vec<Value> {
+        range
+            .map(|i| json!({"seq": i, "even": i % 2 == 0}))
+            .collect()
+    }
+
+    fn seqs(values: &[Value]) -> Vec<u64> {
+        values.iter().filter_map(|v| v["seq"].as_u64()).collect()
+    }
+
+    async fn object_names(store: &dyn ObjectStore, dir: &str) -> Vec<String> {
+        let mut names: Vec<String> = list_all(store, &Path::from(dir))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|o| o.location.filename().map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn appended_records_are_visible_newest_first_before_flush() {
+        let log = JsonLog::open(Arc::new(InMemory::new()), Path::default(), "alerts")
+            .await
+            .unwrap();
+        assert!(log.is_empty());
+        log.append(&records(0..5)).await.unwrap();
+        assert_eq!(seqs(&log.recent(10, |_| true)), vec![4, 3, 2, 1, 0]);
+        assert_eq!(seqs(&log.recent(2, |_| true)), vec![4, 3]);
+        let even = log.recent(10, |v| v["even"] == json!(true));
+        assert_eq!(seqs(&even), vec![4, 2, 0]);
+        assert_eq!(log.len(), 5);
+        assert_eq!(log.unflushed(), 5);
+    }
+
+    #[tokio::test]
+    async fn flush_writes_one_segment_named_after_its_first_record() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let log = JsonLog::open(store.clone(), Path::from("p"), "dead_letters")
+            .await
+            .unwrap();
+        log.flush().await.unwrap();
+        assert!(object_names(store.as_ref(), "p/dead_letters")
+            .await
+            .is_empty());
+
+        log.append(&records(0..3)).await.unwrap();
+        log.append(&records(3..4)).await.unwrap();
+        log.flush().await.unwrap();
+        log.flush().await.unwrap(); // nothing new: no empty segment
+        log.append(&records(4..6)).await.unwrap();
+        log.flush().await.unwrap();
+
+        assert_eq!(
+            object_names(store.as_ref(), "p/dead_letters").await,
+            vec!["seg-000000000000.jsonl", "seg-000000000004.jsonl"]
+        );
+        assert_eq!(log.unflushed(), 0);
+        let first = get_bytes(
+            store.as_ref(),
+            &Path::from("p/dead_letters/seg-000000000000.jsonl"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(first.iter().filter(|b| **b == b'\n').count(), 4);
+    }
+
+    #[tokio::test]
+    async fn records_come_back_after_reopening_a_local_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let open = || async {
+            let store: Arc<dyn ObjectStore> =
+                Arc::new(LocalFileSystem::new_with_prefix(tmp.path()).unwrap());
+            JsonLog::open(store, Path::from("catalog"), "audit_log")
+                .await
+                .unwrap()
+        };
+
+        let log = open().await;
+        log.append(&records(0..3)).await.unwrap();
+        log.flush().await.unwrap();
+        log.append(&records(3..7)).await.unwrap();
+        log.flush().await.unwrap();
+        log.append(&records(7..8)).await.unwrap(); // never flushed: lost
+        drop(log);
+
+        let log = open().await;
+        assert_eq!(log.len(), 7);
+        assert_eq!(seqs(&log.recent(100, |_| true)), vec![6, 5, 4, 3, 2, 1, 0]);
+
+        // Appending continues the numbering, so no segment name is reused.
+        log.append(&records(7..9)).await.unwrap();
+        log.flush().await.unwrap();
+        assert!(tmp
+            .path()
+            .join("catalog/audit_log/seg-000000000007.jsonl")
+            .is_file());
+        drop(log);
+        assert_eq!(open().await.len(), 9);
+    }
+
+    #[tokio::test]
+    async fn only_the_most_recent_records_stay_in_memory() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let log = JsonLog::open_with_limit(store.clone(), Path::default(), "alerts", 3)
+            .await
+            .unwrap();
+        log.append(&records(0..2)).await.unwrap();
+        log.flush().await.unwrap();
+        log.append(&records(2..7)).await.unwrap();
+        log.flush().await.unwrap();
+        log.append(&records(7..9)).await.unwrap();
+        log.flush().await.unwrap();
+        assert_eq!(seqs(&log.recent(10, |_| true)), vec![8, 7, 6]);
+        assert_eq!(log.len(), 9);
+
+        for (limit, expected) in [
+            (3, vec![8, 7, 6]),
+            (0, vec![]),
+            (100, (0..9).rev().collect()),
+        ] {
+            let reopened =
+                JsonLog::open_with_limit(store.clone(), Path::default(), "alerts", limit)
+                    .await
+                    .unwrap();
+            assert_eq!(reopened.len(), 9, "limit {limit}");
+            assert_eq!(
+                seqs(&reopened.recent(100, |_| true)),
+                expected,
+                "limit {limit}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_writer_never_overwrites_a_segment() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let a = JsonLog::open(store.clone(), Path::default(), "alerts")
+            .await
+            .unwrap();
+        let b = JsonLog::open(store.clone(), Path::default(), "alerts")
+            .await
+            .unwrap();
+
+        // Identical content under the same name counts as already written,
+        // which is what makes retrying a half-failed flush safe.
+        a.append(&records(0..2)).await.unwrap();
+        b.append(&records(0..2)).await.unwrap();
+        a.flush().await.unwrap();
+        b.flush().await.unwrap();
+
+        a.append(&records(2..3)).await.unwrap();
+        b.append(&records(10..11)).await.unwrap();
+        a.flush().await.unwrap();
+        let err = b.flush().await.unwrap_err();
+        assert!(matches!(err, CatalogError::AlreadyExists { .. }), "{err}");
+        assert_eq!(b.unflushed(), 1, "the failed segment stays queued");
+
+        let kept = get_bytes(store.as_ref(), &Path::from("alerts/seg-000000000002.jsonl"))
+            .await
+            .unwrap();
+        assert_eq!(seqs(&parse_segment("x", &kept).unwrap()), vec![2]);
+    }
+
+    #[tokio::test]
+    async fn bad_log_names_are_rejected() {
+        for name in ["", "Alerts", "a/b", "..", &"x".repeat(65)] {
+            let err = JsonLog::open(Arc::new(InMemory::new()), Path::default(), name)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, CatalogError::InvalidLogName { .. }),
+                "{name}: {err}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_line_is_reported_with_its_path_and_line() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let path = Path::from("alerts/seg-000000000000.jsonl");
+        store
+            .put(&path, "{\"seq\": 0}\nnot json\n".into())
+            .await
+            .unwrap();
+        let err = JsonLog::open(store, Path::default(), "alerts")
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("alerts/seg-000000000000.jsonl:2"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unrelated_objects_next_to_segments_are_ignored() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        store
+            .put(&Path::from("alerts/README.txt"), "hello".into())
+            .await
+            .unwrap();
+        let log = JsonLog::open(store, Path::default(), "alerts")
+            .await
+            .unwrap();
+        assert!(log.is_empty());
+    }
+}

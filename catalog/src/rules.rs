@@ -1,0 +1,1008 @@
+//! Persistent, versioned alert rules.
+//!
+//! A rule is a stable id plus a history of immutable versions. Every edit
+//! writes a new version object and never touches an old one, so an auditor can
+//! replay exactly the SQL that was live when an alert fired. Layout under the
+//! catalog prefix:
+//!
+//! ```text
+//! {prefix}/rules/{id}/v000001.json   immutable RuleVersion, written with PutMode::Create
+//! {prefix}/rules/{id}/v000002.json
+//! {prefix}/rules/{id}/rule.json      mutable: {id, active, current_version, created_at_ms, updated_at_ms}
+//! ```
+//!
+//! `rule.json` is the commit point: a version object whose number is above
+//! `current_version` (an update interrupted between the two writes) is kept
+//! and listed, but does not become current. A rule directory without
+//! `rule.json` (a create interrupted the same way) is ignored on load.
+//!
+//! [`RuleStore`] loads everything once at open and serves reads from memory;
+//! writes go to the object store first and reach the in-memory index only
+//! once they are durable. It does not validate SQL: the server compiles a rule
+//! against the event schema before handing it here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::ObjectStore;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, RwLock};
+
+use crate::storage::{get_bytes, list_all, put_new, put_overwrite};
+use crate::CatalogError;
+
+/// Longest accepted rule name, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+
+/// Cooldown applied when a draft does not say otherwise.
+pub const DEFAULT_COOLDOWN_SECONDS: u64 = 300;
+
+/// Longest slug taken from a rule name into its id.
+const MAX_SLUG_CHARS: usize = 40;
+
+/// How many fresh ids `create` tries before giving up on collisions.
+const MAX_ID_ATTEMPTS: usize = 16;
+
+/// How many objects are fetched at once while loading.
+const LOAD_CONCURRENCY: usize = 16;
+
+const META_FILE: &str = "rule.json";
+
+fn default_cooldown() -> u64 {
+    DEFAULT_COOLDOWN_SECONDS
+}
+
+/// How urgent an alert from a rule is.
+///
+/// Ordered from least to most urgent, so `Severity::High > Severity::Low`.
+/// Parses case-insensitively and prints in lowercase.
+///
+/// ```
+/// use catalog::rules::Severity;
+/// assert_eq!("High".parse::<Severity>().unwrap(), Severity::High);
+/// assert_eq!(Severity::Critical.to_string(), "critical");
+/// assert!("urgent".parse::<Severity>().is_err());
+/// ```
+#[derive(
+    Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Informational; no action expected.
+    Info,
+    /// Worth a look when convenient.
+    Low,
+    /// Needs attention soon. The default.
+    #[default]
+    Medium,
+    /// Needs attention now.
+    High,
+    /// Life-threatening; needs immediate response.
+    Critical,
+}
+
+impl Severity {
+    /// Every level, least urgent first.
+    pub const ALL: [Severity; 5] = [
+        Severity::Info,
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ];
+
+    /// The lowercase name used in JSON, SQL and the UI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Severity {
+    type Err = CatalogError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.trim();
+        Severity::ALL
+            .into_iter()
+            .find(|level| level.as_str().eq_ignore_ascii_case(wanted))
+            .ok_or_else(|| CatalogError::InvalidSeverity {
+                value: s.to_string(),
+            })
+    }
+}
+
+/// What a user submits to create or edit a rule.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RuleDraft {
+    /// Human-readable name; also the readable part of a new rule's id.
+    pub name: String,
+    /// The rule's SQL, stored exactly as given so error positions stay valid.
+    pub sql: String,
+    /// Severity of the alerts it raises.
+    #[serde(default)]
+    pub severity: Severity,
+    /// Minimum time between two alerts for the same rule and key.
+    #[serde(default = "default_cooldown")]
+    pub cooldown_seconds: u64,
+    /// Overrides the engine's default allowed lateness for this rule.
+    #[serde(default)]
+    pub allowed_lateness_ms: Option<i64>,
+    /// Free-text explanation shown to clinicians.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+impl RuleDraft {
+    /// A draft with default severity, cooldown and lateness.
+    pub fn new(name: impl Into<String>, sql: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            sql: sql.into(),
+            severity: Severity::default(),
+            cooldown_seconds: DEFAULT_COOLDOWN_SECONDS,
+            allowed_lateness_ms: None,
+            description: None,
+        }
+    }
+
+    /// Checks the fields the catalog is responsible for (not the SQL's meaning).
+    pub fn validate(&self) -> Result<(), CatalogError> {
+        let name = self.name.trim();
+        if name.is_empty() {
+            return Err(CatalogError::InvalidRule(
+                "the rule name is empty; give the rule a short descriptive name".into(),
+            ));
+        }
+        let chars = name.chars().count();
+        if chars > MAX_NAME_CHARS {
+            return Err(CatalogError::InvalidRule(format!(
+                "the rule name is {chars} characters long; the limit is {MAX_NAME_CHARS}"
+            )));
+        }
+        if self.sql.trim().is_empty() {
+            return Err(CatalogError::InvalidRule(format!(
+                "rule '{name}' has no SQL"
+            )));
+        }
+        if let Some(lateness) = self.allowed_lateness_ms {
+            if lateness < 0 {
+                return Err(CatalogError::InvalidRule(format!(
+                    "rule '{name}' has allowed_lateness_ms = {lateness}; it must be 0 or more"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One immutable version of a rule, exactly as stored.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RuleVersion {
+    /// The rule this version belongs to.
+    pub rule_id: String,
+    /// 1 for the first version, then one more for each edit.
+    pub version: u32,
+    /// Name at this version.
+    pub name: String,
+    /// SQL at this version.
+    pub sql: String,
+    /// Severity at this version.
+    pub severity: Severity,
+    /// Cooldown at this version.
+    pub cooldown_seconds: u64,
+    /// Allowed lateness override at this version.
+    pub allowed_lateness_ms: Option<i64>,
+    /// Description at this version.
+    pub description: Option<String>,
+    /// When this version was written (Unix ms).
+    pub created_at_ms: i64,
+}
+
+impl RuleVersion {
+    fn from_draft(rule_id: String, version: u32, draft: RuleDraft, now_ms: i64) -> Self {
+        Self {
+            rule_id,
+            version,
+            // Validation trims for emptiness; store the trimmed name so lists
+            // and ids do not carry stray whitespace.
+            name: draft.name.trim().to_string(),
+            sql: draft.sql,
+            severity: draft.severity,
+            cooldown_seconds: draft.cooldown_seconds,
+            allowed_lateness_ms: draft.allowed_lateness_ms,
+            description: draft.description,
+            created_at_ms: now_ms,
+        }
+    }
+}
+
+/// A rule as the API shows it: its state, current version and version history.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Rule {
+    /// Stable, URL-safe id, e.g. `sustained-tachycardia-3f9a`.
+    pub id: String,
+    /// Whether the engine should run it. Deactivated rules keep their versions.
+    pub active: bool,
+    /// The version the engine runs.
+    pub current: RuleVersion,
+    /// Every stored version number, ascending.
+    pub versions: Vec<u32>,
+    /// When the rule was created (Unix ms).
+    pub created_at_ms: i64,
+    /// When the rule was last edited, activated or deactivated (Unix ms).
+    pub updated_at_ms: i64,
+}
+
+/// The mutable `rule.json` object.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+struct RuleMeta {
+    id: String,
+    active: bool,
+    current_version: u32,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+}
+
+/// One rule in the in-memory index.
+#[derive(Clone, Debug)]
+struct Entry {
+    meta: RuleMeta,
+    /// A copy of `versions[meta.current_version]`, kept so building a [`Rule`]
+    /// needs no lookup that could fail.
+    current: RuleVersion,
+    versions: BTreeMap<u32, RuleVersion>,
+}
+
+impl Entry {
+    fn to_rule(&self) -> Rule {
+        Rule {
+            id: self.meta.id.clone(),
+            active: self.meta.active,
+            current: self.current.clone(),
+            versions: self.versions.keys().copied().collect(),
+            created_at_ms: self.meta.created_at_ms,
+            updated_at_ms: self.meta.updated_at_ms,
+        }
+    }
+}
+
+/// The versioned rule store. Cheap to clone; clones share one index.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use catalog::rules::{RuleDraft, RuleStore};
+/// use object_store::{memory::InMemory, path::Path};
+///
+/// let rules = RuleStore::open(Arc::new(InMemory::new()), Path::default()).await?;
+/// let rule = rules
+///     .create(RuleDraft::new("Sustained tachycardia", "SELECT 1"), 1_000)
+///     .await?;
+/// assert!(rule.id.starts_with("sustained-tachycardia-"));
+/// assert_eq!(rule.current.version, 1);
+/// # Ok::<(), catalog::CatalogError>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct RuleStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn ObjectStore>,
+    /// `{prefix}/rules`.
+    root: Path,
+    index: RwLock<BTreeMap<String, Entry>>,
+    /// Serialises writers so version numbers are assigned one at a time,
+    /// without making readers wait on object-store I/O.
+    writes: Mutex<()>,
+    /// Feeds id generation so two ids made in the same millisecond differ.
+    id_counter: AtomicU64,
+}
+
+impl fmt::Debug for RuleStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RuleStore")
+            .field("store", &self.inner.store)
+            .field("root", &self.inner.root)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RuleStore {
+    /// Opens the store and loads every rule under `{prefix}/rules/`.
+    ///
+    /// Fails if a stored object cannot be read or decoded, or a rule's objects
+    /// contradict each other: silently dropping a clinical rule is worse than
+    /// refusing to start.
+    pub async fn open(store: Arc<dyn ObjectStore>, prefix: Path) -> Result<Self, CatalogError> {
+        let root = prefix.join("rules");
+        let index = load_index(store.as_ref(), &root).await?;
+        tracing::debug!(rules = index.len(), root = %root, "loaded rules");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                root,
+                index: RwLock::new(index),
+                writes: Mutex::new(()),
+                id_counter: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Creates a new, active rule at version 1 with a fresh id.
+    pub async fn create(&self, draft: RuleDraft, now_ms: i64) -> Result<Rule, CatalogError> {
+        draft.validate()?;
+        let _writer = self.inner.writes.lock().await;
+
+        let mut last_clash = None;
+        for _ in 0..MAX_ID_ATTEMPTS {
+            let id = self.new_id(draft.name.trim());
+            if self.inner.index.read().await.contains_key(&id) {
+                continue;
+            }
+            let version = RuleVersion::from_draft(id.clone(), 1, draft.clone(), now_ms);
+            // Writing version 1 with PutMode::Create doubles as reserving the
+            // id: another instance sharing the store cannot take it too.
+            match self.put_version(&version).await {
+                Ok(()) => {}
+                Err(CatalogError::AlreadyExists { path }) => {
+                    last_clash = Some(path);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            let meta = RuleMeta {
+                id: id.clone(),
+                active: true,
+                current_version: 1,
+                created_at_ms: now_ms,
+                updated_at_ms: now_ms,
+            };
+            self.put_meta(&meta).await?;
+
+            let entry = Entry {
+                meta,
+                current: version.clone(),
+                versions: BTreeMap::from([(1, version)]),
+            };
+            let rule = entry.to_rule();
+            self.inner.index.write().await.insert(id, entry);
+            return Ok(rule);
+        }
+        Err(CatalogError::AlreadyExists {
+            path: last_clash.unwrap_or_else(|| self.inner.root.to_string()),
+        })
+    }
+
+    /// Stores `draft` as the next version of rule `id` and makes it current.
+    ///
+    /// The new version number is one more than the highest stored, and the
+    /// rule keeps its active flag.
+    pub async fn update(
+        &self,
+        id: &str,
+        draft: RuleDraft,
+        now_ms: i64,
+    ) -> Result<Rule, CatalogError> {
+        draft.validate()?;
+        let _writer = self.inner.writes.lock().await;
+
+        let (mut meta, next) = {
+            let index = self.inner.index.read().await;
+            let entry = index.get(id).ok_or_else(|| not_found(id))?;
+            let highest = entry.versions.keys().next_back().copied().unwrap_or(0);
+            let next = highest.checked_add(1).ok_or_else(|| {
+                CatalogError::InvalidRule(format!("rule '{id}' has run out of version numbers"))
+            })?;
+            (entry.meta.clone(), next)
+        };
+
+        let version = RuleVersion::from_draft(id.to_string(), next, draft, now_ms);
+        self.put_version(&version).await?;
+        meta.current_version = next;
+        meta.updated_at_ms = now_ms;
+        let committed = self.put_meta(&meta).await;
+
+        let mut index = self.inner.index.write().await;
+        let entry = index.get_mut(id).ok_or_else(|| not_found(id))?;
+        // The version object exists even if rule.json failed, so remember it:
+        // the next update must not try to reuse its number.
+        entry.versions.insert(next, version.clone());
+        committed?;
+        entry.meta = meta;
+        entry.current = version;
+        Ok(entry.to_rule())
+    }
+
+    /// Activates or deactivates rule `id`. Versions are kept either way, and
+    /// setting the state it already has changes nothing.
+    pub async fn set_active(
+        &self,
+        id: &str,
+        active: bool,
+        now_ms: i64,
+    ) -> Result<Rule, CatalogError> {
+        let _writer = self.inner.writes.lock().await;
+
+        let mut meta = {
+            let index = self.inner.index.read().await;
+            let entry = index.get(id).ok_or_else(|| not_found(id))?;
+            if entry.meta.active == active {
+                return Ok(entry.to_rule());
+            }
+            entry.meta.clone()
+        };
+        meta.active = active;
+        meta.updated_at_ms = now_ms;
+        self.put_meta(&meta).await?;
+
+        let mut index = self.inner.index.write().await;
+        let entry = index.get_mut(id).ok_or_else(|| not_found(id))?;
+        entry.meta = meta;
+        Ok(entry.to_rule())
+    }
+
+    /// The rule with this id, active or not.
+    pub async fn get(&self, id: &str) -> Option<Rule> {
+        self.inner.index.read().await.get(id).map(Entry::to_rule)
+    }
+
+    /// One stored version of a rule, current or not.
+    pub async fn version(&self, id: &str, version: u32) -> Option<RuleVersion> {
+        let index = self.inner.index.read().await;
+        index.get(id)?.versions.get(&version).cloned()
+    }
+
+    /// Every rule, active or not, oldest first (ties broken by id).
+    pub async fn list(&self) -> Vec<Rule> {
+        let mut rules: Vec<Rule> = self
+            .inner
+            .index
+            .read()
+            .await
+            .values()
+            .map(Entry::to_rule)
+            .collect();
+        rules.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        rules
+    }
+
+    /// A short, URL-safe id: a slug of the name plus four random hex digits.
+    fn new_id(&self, name: &str) -> String {
+        // RandomState is seeded randomly per process and differs per call;
+        // the counter separates calls that would otherwise hash alike.
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(self.inner.id_counter.fetch_add(1, Ordering::Relaxed));
+        hasher.write(name.as_bytes());
+        format!("{}-{:04x}", slug(name), hasher.finish() & 0xffff)
+    }
+
+    async fn put_version(&self, version: &RuleVersion) -> Result<(), CatalogError> {
+        let path = version_path(&self.inner.root, &version.rule_id, version.version);
+        let bytes = serde_json::to_vec_pretty(version).map_err(|source| CatalogError::Encode {
+            what: format!("rule '{}' version {}", version.rule_id, version.version),
+            source,
+        })?;
+        put_new(self.inner.store.as_ref(), &path, bytes.into()).await
+    }
+
+    async fn put_meta(&self, meta: &RuleMeta) -> Result<(), CatalogError> {
+        let path = meta_path(&self.inner.root, &meta.id);
+        let bytes = serde_json::to_vec_pretty(meta).map_err(|source| CatalogError::Encode {
+            what: format!("rule '{}' metadata", meta.id),
+            source,
+        })?;
+        put_overwrite(self.inner.store.as_ref(), &path, bytes.into()).await
+    }
+}
+
+fn not_found(id: &str) -> CatalogError {
+    CatalogError::RuleNotFound {
+        rule_id: id.to_string(),
+    }
+}
+
+fn version_path(root: &Path, id: &str, version: u32) -> Path {
+    root.clone().join(id).join(format!("v{version:06}.json"))
+}
+
+fn meta_path(root: &Path, id: &str) -> Path {
+    root.clone().join(id).join(META_FILE)
+}
+
+/// Lowercase ASCII letters and digits of `name`, other runs collapsed to `-`.
+fn slug(name: &str) -> String {
+    let mut out = String::with_capacity(MAX_SLUG_CHARS);
+    for c in name.chars() {
+        if out.len() >= MAX_SLUG_CHARS {
+            break;
+        }
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.is_empty() && !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    let trimmed = out.trim_end_matches('-');
+    if trimmed.is_empty() {
+        "rule".to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+/// What one object under `{prefix}/rules/{id}/` holds, judged by its name.
+enum RuleObject {
+    Meta,
+    Version(u32),
+}
+
+fn classify(file_name: &str) -> Option<RuleObject> {
+    if file_name == META_FILE {
+        return Some(RuleObject::Meta);
+    }
+    let digits = file_name.strip_prefix('v')?.strip_suffix(".json")?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().map(RuleObject::Version)
+}
+
+#[derive(Default)]
+struct Loaded {
+    meta: Option<(Path, RuleMeta)>,
+    versions: BTreeMap<u32, (Path, RuleVersion)>,
+}
+
+async fn load_index(
+    store: &dyn ObjectStore,
+    root: &Path,
+) -> Result<BTreeMap<String, Entry>, CatalogError> {
+    let mut wanted = Vec::new();
+    for object in list_all(store, root).await? {
+        let parts: Vec<_> = match object.location.prefix_match(root) {
+            Some(parts) => parts.collect(),
+            None => continue,
+        };
+        let [id, file] = parts.as_slice() else {
+            tracing::warn!(path = %object.location, "ignoring unexpected object in the rule store");
+            continue;
+        };
+        match classify(file.as_ref()) {
+            Some(kind) => wanted.push((id.as_ref().to_string(), kind, object.location)),
+            None => {
+                tracing::warn!(path = %object.location, "ignoring unexpected object in the rule store");
+            }
+        }
+    }
+
+    let fetched: Vec<_> = futures::stream::iter(wanted)
+        .map(|(id, kind, path)| async move {
+            let bytes = get_bytes(store, &path).await?;
+            Ok::<_, CatalogError>((id, kind, path, bytes))
+        })
+        .buffer_unordered(LOAD_CONCURRENCY)
+        .try_collect()
+        .await?;
+
+    let mut by_id: HashMap<String, Loaded> = HashMap::new();
+    for (id, kind, path, bytes) in fetched {
+        let loaded = by_id.entry(id).or_default();
+        match kind {
+            RuleObject::Meta => {
+                let meta = decode_json(&path, &bytes)?;
+                loaded.meta = Some((path, meta));
+            }
+            RuleObject::Version(n) => {
+                let version = decode_json(&path, &bytes)?;
+                loaded.versions.insert(n, (path, version));
+            }
+        }
+    }
+
+    let mut index = BTreeMap::new();
+    for (id, loaded) in by_id {
+        if let Some(entry) = assemble(&id, loaded)? {
+            index.insert(id, entry);
+        }
+    }
+    Ok(index)
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<T, CatalogError> {
+    serde_json::from_slice(bytes).map_err(|source| CatalogError::Decode {
+        path: path.to_string(),
+        source,
+    })
+}
+
+/// Checks one rule's objects against each other and builds its index entry.
+fn assemble(id: &str, loaded: Loaded) -> Result<Option<Entry>, CatalogError> {
+    let corrupt = |path: &Path, reason: String| CatalogError::CorruptRule {
+        rule_id: id.to_string(),
+        path: path.to_string(),
+        reason,
+    };
+
+    let Some((meta_path, meta)) = loaded.meta else {
+        // Version objects without rule.json come from a create that failed
+        // after writing version 1; that create reported an error, so the rule
+        // never existed for its caller.
+        tracing::warn!(
+            rule_id = id,
+            "ignoring rule versions without rule.json (interrupted create)"
+        );
+        return Ok(None);
+    };
+    if meta.id != id {
+        return Err(corrupt(
+            &meta_path,
+            format!("rule.json names rule '{}'", meta.id),
+        ));
+    }
+
+    let mut versions = BTreeMap::new();
+    for (n, (path, version)) in loaded.versions {
+        if version.rule_id != id || version.version != n {
+            return Err(corrupt(
+                &path,
+                format!(
+                    "the object holds rule '{}' version {}",
+                    version.rule_id, version.version
+                ),
+            ));
+        }
+        versions.insert(n, version);
+    }
+
+    let current = versions
+        .get(&meta.current_version)
+        .cloned()
+        .ok_or_else(|| {
+            corrupt(
+                &meta_path,
+                format!("current version {} is missing", meta.current_version),
+            )
+        })?;
+    Ok(Some(Entry {
+        meta,
+        current,
+        versions,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::local::LocalFileSystem;
+    use object_store::memory::InMemory;
+    use object_store::ObjectStoreExt;
+
+    fn draft(name: &str) -> RuleDraft {
+        RuleDraft::new(name, "SELECT patient_id FROM vitals WHERE heart_rate > 120")
+    }
+
+    async fn memory_store() -> (Arc<dyn ObjectStore>, RuleStore) {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let rules = RuleStore::open(store.clone(), Path::from("ward"))
+            .await
+            .unwrap();
+        (store, rules)
+    }
+
+    #[test]
+    fn severity_parses_case_insensitively_and_prints_lowercase() {
+        for level in Severity::ALL {
+            let upper = level.to_string().to_uppercase();
+            assert_eq!(upper.parse::<Severity>().unwrap(), level);
+        }
+        assert_eq!(Severity::default(), Severity::Medium);
+        assert!(Severity::Critical > Severity::High);
+    }
+
+    #[test]
+    fn unknown_severity_lists_the_allowed_values() {
+        let msg = "urgent".parse::<Severity>().unwrap_err().to_string();
+        assert!(msg.contains("'urgent'"), "{msg}");
+        assert!(msg.contains("info, low, medium, high, critical"), "{msg}");
+    }
+
+    #[test]
+    fn draft_defaults_come_from_serde() {
+        let draft: RuleDraft = serde_json::from_str(r#"{"name": "n", "sql": "SELECT 1"}"#).unwrap();
+        assert_eq!(draft, RuleDraft::new("n", "SELECT 1"));
+        assert_eq!(draft.cooldown_seconds, 300);
+        let draft: RuleDraft =
+            serde_json::from_str(r#"{"name": "n", "sql": "s", "severity": "critical"}"#).unwrap();
+        assert_eq!(draft.severity, Severity::Critical);
+    }
+
+    #[test]
+    fn draft_validation_explains_what_is_wrong() {
+        let msg = |d: RuleDraft| d.validate().unwrap_err().to_string();
+        assert!(msg(RuleDraft::new("  ", "SELECT 1")).contains("name is empty"));
+        assert!(msg(RuleDraft::new("x".repeat(201), "SELECT 1")).contains("limit is 200"));
+        assert!(msg(RuleDraft::new("ok", " \n")).contains("has no SQL"));
+        let mut late = RuleDraft::new("ok", "SELECT 1");
+        late.allowed_lateness_ms = Some(-1);
+        assert!(msg(late).contains("allowed_lateness_ms"));
+        // 200 multi-byte characters are within the limit: it counts characters.
+        assert!(RuleDraft::new("é".repeat(200), "SELECT 1")
+            .validate()
+            .is_ok());
+    }
+
+    #[test]
+    fn slug_keeps_ascii_words_and_collapses_the_rest() {
+        assert_eq!(
+            slug("Sustained Tachycardia (HR>120)"),
+            "sustained-tachycardia-hr-120"
+        );
+        assert_eq!(slug("--SpO2  low--"), "spo2-low");
+        assert_eq!(slug("Фибрилляция"), "rule");
+        assert!(slug(&"a".repeat(500)).len() <= MAX_SLUG_CHARS);
+    }
+
+    #[tokio::test]
+    async fn create_assigns_unique_url_safe_ids_even_for_equal_names() {
+        let (_, rules) = memory_store().await;
+        let mut ids = std::collections::HashSet::new();
+        for _ in 0..50 {
+            let rule = rules
+                .create(draft("Sustained tachycardia"), 1)
+                .await
+                .unwrap();
+            assert!(rule.id.starts_with("sustained-tachycardia-"), "{}", rule.id);
+            assert!(rule
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+            assert!(ids.insert(rule.id));
+        }
+    }
+
+    #[tokio::test]
+    async fn create_starts_active_at_version_one() {
+        let (_, rules) = memory_store().await;
+        let rule = rules.create(draft("  Brady  "), 10).await.unwrap();
+        assert!(rule.active);
+        assert_eq!(rule.versions, vec![1]);
+        assert_eq!(rule.current.version, 1);
+        assert_eq!(rule.current.name, "Brady");
+        assert_eq!(rule.current.rule_id, rule.id);
+        assert_eq!((rule.created_at_ms, rule.updated_at_ms), (10, 10));
+        assert_eq!(rules.get(&rule.id).await, Some(rule));
+    }
+
+    #[tokio::test]
+    async fn create_rejects_invalid_drafts_without_writing() {
+        let (store, rules) = memory_store().await;
+        let err = rules
+            .create(RuleDraft::new("", "SELECT 1"), 1)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CatalogError::InvalidRule(_)), "{err}");
+        assert!(list_all(store.as_ref(), &Path::from("ward"))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(rules.list().await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn update_adds_a_version_and_keeps_the_old_one() {
+        let (_, rules) = memory_store().await;
+        let created = rules.create(draft("Tachy"), 10).await.unwrap();
+        let mut edit = draft("Tachy (tuned)");
+        edit.severity = Severity::High;
+        let updated = rules.update(&created.id, edit, 20).await.unwrap();
+
+        assert_eq!(updated.id, created.id);
+        assert_eq!(updated.versions, vec![1, 2]);
+        assert_eq!(updated.current.version, 2);
+        assert_eq!(updated.current.severity, Severity::High);
+        assert_eq!((updated.created_at_ms, updated.updated_at_ms), (10, 20));
+        assert_eq!(
+            rules.version(&created.id, 1).await,
+            Some(created.current.clone())
+        );
+        assert_eq!(rules.version(&created.id, 3).await, None);
+    }
+
+    #[tokio::test]
+    async fn update_or_deactivate_of_an_unknown_rule_is_not_found() {
+        let (_, rules) = memory_store().await;
+        let err = rules.update("nope", draft("x"), 1).await.unwrap_err();
+        assert!(matches!(err, CatalogError::RuleNotFound { ref rule_id } if rule_id == "nope"));
+        let err = rules.set_active("nope", false, 1).await.unwrap_err();
+        assert_eq!(err.to_string(), "rule 'nope' not found");
+        assert_eq!(rules.get("nope").await, None);
+    }
+
+    #[tokio::test]
+    async fn update_never_overwrites_an_existing_version_object() {
+        let (store, rules) = memory_store().await;
+        let rule = rules.create(draft("Tachy"), 10).await.unwrap();
+        // Someone else already wrote version 2 behind this store's back.
+        let squatter = version_path(&Path::from("ward/rules"), &rule.id, 2);
+        store.put(&squatter, "{}".into()).await.unwrap();
+
+        let err = rules
+            .update(&rule.id, draft("Tachy 2"), 20)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CatalogError::AlreadyExists { .. }), "{err}");
+        let bytes = get_bytes(store.as_ref(), &squatter).await.unwrap();
+        assert_eq!(bytes.as_ref(), b"{}");
+        assert_eq!(rules.get(&rule.id).await.unwrap().current.version, 1);
+    }
+
+    #[tokio::test]
+    async fn set_active_keeps_versions_and_is_idempotent() {
+        let (_, rules) = memory_store().await;
+        let rule = rules.create(draft("Tachy"), 10).await.unwrap();
+        let off = rules.set_active(&rule.id, false, 20).await.unwrap();
+        assert!(!off.active);
+        assert_eq!(off.versions, vec![1]);
+        assert_eq!(off.updated_at_ms, 20);
+        // Already inactive: nothing changes, not even the timestamp.
+        let again = rules.set_active(&rule.id, false, 30).await.unwrap();
+        assert_eq!(again, off);
+        // Editing an inactive rule keeps it inactive.
+        let edited = rules.update(&rule.id, draft("Tachy"), 40).await.unwrap();
+        assert!(!edited.active);
+    }
+
+    #[tokio::test]
+    async fn list_is_sorted_by_creation_time_then_id() {
+        let (_, rules) = memory_store().await;
+        let late = rules.create(draft("b"), 30).await.unwrap();
+        let early = rules.create(draft("z"), 10).await.unwrap();
+        let tie_a = rules.create(draft("a"), 20).await.unwrap();
+        let tie_c = rules.create(draft("c"), 20).await.unwrap();
+        let ids: Vec<_> = rules.list().await.into_iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec![early.id, tie_a.id, tie_c.id, late.id]);
+    }
+
+    #[tokio::test]
+    async fn everything_comes_back_after_reopening_a_local_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let open = || async {
+            let store: Arc<dyn ObjectStore> =
+                Arc::new(LocalFileSystem::new_with_prefix(tmp.path()).unwrap());
+            RuleStore::open(store, Path::from("catalog")).await.unwrap()
+        };
+
+        let rules = open().await;
+        let tachy = rules.create(draft("Tachy"), 10).await.unwrap();
+        let brady = rules.create(draft("Brady"), 11).await.unwrap();
+        let mut edit = draft("Tachy v2");
+        edit.description = Some("tuned after review".into());
+        edit.allowed_lateness_ms = Some(2_000);
+        rules.update(&tachy.id, edit, 20).await.unwrap();
+        rules.set_active(&brady.id, false, 30).await.unwrap();
+        let before = rules.list().await;
+        drop(rules);
+
+        assert!(tmp
+            .path()
+            .join(format!("catalog/rules/{}/v000002.json", tachy.id))
+            .is_file());
+        assert!(tmp
+            .path()
+            .join(format!("catalog/rules/{}/rule.json", tachy.id))
+            .is_file());
+
+        let reopened = open().await;
+        assert_eq!(reopened.list().await, before);
+        assert_eq!(
+            reopened.version(&tachy.id, 1).await,
+            Some(tachy.current.clone())
+        );
+        // Numbering continues where it left off.
+        let third = reopened
+            .update(&tachy.id, draft("Tachy v3"), 40)
+            .await
+            .unwrap();
+        assert_eq!(third.versions, vec![1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn opening_an_empty_location_gives_no_rules() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(tmp.path()).unwrap());
+        let rules = RuleStore::open(store, Path::default()).await.unwrap();
+        assert!(rules.list().await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_version_above_current_is_listed_but_not_current() {
+        let (store, rules) = memory_store().await;
+        let rule = rules.create(draft("Tachy"), 10).await.unwrap();
+        // As if an update wrote v2 and then failed before rule.json.
+        let mut orphan = rule.current.clone();
+        orphan.version = 2;
+        orphan.sql = "SELECT 2".into();
+        let path = version_path(&Path::from("ward/rules"), &rule.id, 2);
+        store
+            .put(&path, serde_json::to_vec(&orphan).unwrap().into())
+            .await
+            .unwrap();
+
+        let reopened = RuleStore::open(store, Path::from("ward")).await.unwrap();
+        let loaded = reopened.get(&rule.id).await.unwrap();
+        assert_eq!(loaded.current.version, 1);
+        assert_eq!(loaded.versions, vec![1, 2]);
+        let next = reopened.update(&rule.id, draft("Tachy"), 20).await.unwrap();
+        assert_eq!(next.current.version, 3);
+    }
+
+    #[tokio::test]
+    async fn versions_without_rule_json_are_ignored() {
+        let (store, _) = memory_store().await;
+        let version = RuleVersion::from_draft("ghost-0000".into(), 1, draft("Ghost"), 1);
+        let path = version_path(&Path::from("ward/rules"), "ghost-0000", 1);
+        store
+            .put(&path, serde_json::to_vec(&version).unwrap().into())
+            .await
+            .unwrap();
+        let reopened = RuleStore::open(store, Path::from("ward")).await.unwrap();
+        assert!(reopened.list().await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn corrupt_objects_fail_open_with_the_path() {
+        let (store, rules) = memory_store().await;
+        let rule = rules.create(draft("Tachy"), 10).await.unwrap();
+        let meta = meta_path(&Path::from("ward/rules"), &rule.id);
+        store.put(&meta, "not json".into()).await.unwrap();
+        let err = RuleStore::open(store.clone(), Path::from("ward"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CatalogError::Decode { .. }), "{err}");
+        assert!(err.to_string().contains(&meta.to_string()), "{err}");
+
+        // rule.json pointing at a version that does not exist.
+        let bad = RuleMeta {
+            id: rule.id.clone(),
+            active: true,
+            current_version: 7,
+            created_at_ms: 10,
+            updated_at_ms: 10,
+        };
+        store
+            .put(&meta, serde_json::to_vec(&bad).unwrap().into())
+            .await
+            .unwrap();
+        let err = RuleStore::open(store, Path::from("ward"))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("current version 7 is missing"),
+            "{err}"
+        );
+    }
+}

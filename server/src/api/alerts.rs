@@ -1,0 +1,60 @@
+//! Alerts for people and dashboards: a filtered list and a live SSE feed.
+
+use std::convert::Infallible;
+
+use axum::extract::{Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::Json;
+use futures::{Stream, StreamExt};
+use serde_json::{json, Value};
+use tokio_stream::wrappers::BroadcastStream;
+
+use super::SharedState;
+use crate::sink::alerts::AlertFilter;
+
+const DEFAULT_LIMIT: usize = 100;
+const MAX_LIMIT: usize = 10_000;
+
+pub async fn list(State(state): State<SharedState>, Query(filter): Query<AlertFilter>) -> Json<Value> {
+    let limit = filter.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
+    let alerts = state.alerts.log.recent(limit, |a| filter.matches(a));
+    Json(json!({"alerts": alerts}))
+}
+
+/// Server-Sent Events: one `alert` event per alert, as it is emitted.
+pub async fn stream(
+    State(state): State<SharedState>,
+    Query(filter): Query<AlertFilter>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let rx = state.alerts.live.subscribe();
+    let stream = BroadcastStream::new(rx).filter_map(move |item| {
+        let filter = filter.clone();
+        async move {
+            match item {
+                Ok(alert) => {
+                    let value = serde_json::to_value(alert.as_ref()).ok()?;
+                    if !filter.matches(&value) {
+                        return None;
+                    }
+                    Some(Ok(Event::default().event("alert").id(alert.id.clone()).data(value.to_string())))
+                }
+                // A slow client missed alerts: say so rather than hide it.
+                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                    Some(Ok(Event::default().event("lagged").data(json!({"missed": n}).to_string())))
+                }
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct DeadLetterQuery {
+    pub limit: Option<usize>,
+}
+
+pub async fn dead_letters(State(state): State<SharedState>, Query(q): Query<DeadLetterQuery>) -> Json<Value> {
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
+    let letters = state.dead_letters.table.recent(limit, |_| true);
+    Json(json!({"dead_letters": letters, "total": state.dead_letters.table.len()}))
+}

@@ -1,0 +1,58 @@
+//! The HTTP API (axum): rules, alerts, ingest, health, metrics, and the UI.
+
+pub mod alerts;
+pub mod error;
+pub mod health;
+pub mod ingest;
+pub mod rules;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+use catalog::rules::RuleStore;
+use sql_rules::RuleCompiler;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pipeline::PipelineHandle;
+use crate::sink::alerts::AlertHub;
+use crate::sink::dead_letter::DeadLetters;
+
+/// Everything handlers share.
+pub struct AppState {
+    pub config: Config,
+    pub rules: RuleStore,
+    pub compiler: RuleCompiler,
+    pub pipeline: PipelineHandle,
+    pub alerts: Arc<AlertHub>,
+    pub dead_letters: Arc<DeadLetters>,
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<dyn object_store::ObjectStore>,
+    pub store_prefix: object_store::path::Path,
+    /// Set by the Kafka source once the broker answers; true without Kafka.
+    pub kafka_ready: Arc<AtomicBool>,
+    /// Serialises rule changes so versions and engine updates stay in order.
+    pub rule_writes: tokio::sync::Mutex<()>,
+}
+
+pub type SharedState = Arc<AppState>;
+
+const INDEX_HTML: &str = include_str!("../../../web/index.html");
+
+pub fn router(state: SharedState) -> Router {
+    Router::new()
+        .route("/", get(|| async { axum::response::Html(INDEX_HTML) }))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/api/rules", get(rules::list).post(rules::create))
+        .route("/api/rules/validate", post(rules::validate))
+        .route("/api/rules/{id}", get(rules::get_one).put(rules::update).delete(rules::deactivate))
+        .route("/api/alerts", get(alerts::list))
+        .route("/api/alerts/stream", get(alerts::stream))
+        .route("/api/dead-letters", get(alerts::dead_letters))
+        .route("/api/ingest", post(ingest::ingest))
+        .with_state(state)
+}

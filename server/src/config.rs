@@ -1,0 +1,139 @@
+//! Configuration: defaults, then a TOML file, then `WARDWATCH_*` environment
+//! variables, then command-line flags (flags win).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP API, metrics and UI listen on.
+    pub listen: SocketAddr,
+    /// Where rules, alerts and the archive live: a directory, or an object
+    /// store URL (`file://…`, `memory://`).
+    pub data_dir: String,
+    pub kafka: KafkaConfig,
+    pub pipeline: PipelineConfig,
+    pub demo: DemoConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port…]`; empty means no Kafka (embedded mode).
+    pub brokers: Option<String>,
+    pub group_id: String,
+    pub vitals_topic: String,
+    pub dlq_topic: String,
+    pub alerts_topic: String,
+    /// librdkafka `fetch.wait.max.ms`: how long the broker may hold a fetch
+    /// for more data. Low values cut latency (tansu holds every fetch for at
+    /// least half of it).
+    pub fetch_wait_max_ms: u32,
+    /// Extra librdkafka properties for both consumer and producer.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// A micro-batch is cut at this many events…
+    pub max_batch_rows: usize,
+    /// …or after this long, whichever comes first.
+    pub max_batch_delay_ms: u64,
+    /// Default allowed lateness of event time, per rule overridable.
+    pub allowed_lateness_ms: i64,
+    /// A partition silent this long stops holding back the watermark.
+    pub idle_timeout_ms: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoConfig {
+    pub patients: usize,
+    pub seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("valid address"),
+            data_dir: "./data".into(),
+            kafka: KafkaConfig::default(),
+            pipeline: PipelineConfig::default(),
+            demo: DemoConfig::default(),
+        }
+    }
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: None,
+            group_id: "wardwatch".into(),
+            vitals_topic: "vitals".into(),
+            dlq_topic: "vitals-dlq".into(),
+            alerts_topic: "alert-events".into(),
+            fetch_wait_max_ms: 10,
+            properties: Default::default(),
+        }
+    }
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self { max_batch_rows: 8192, max_batch_delay_ms: 20, allowed_lateness_ms: 500, idle_timeout_ms: 10_000 }
+    }
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self { patients: 300, seed: 42 }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; a missing file named explicitly is an error.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    }
+
+    pub fn data_path(&self) -> Option<PathBuf> {
+        if self.data_dir.contains("://") {
+            None
+        } else {
+            Some(PathBuf::from(&self.data_dir))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_local_and_without_kafka() {
+        let c = Config::default();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, "./data");
+        assert!(c.kafka.brokers.is_none());
+        assert_eq!(c.kafka.fetch_wait_max_ms, 10);
+    }
+
+    #[test]
+    fn a_toml_file_overrides_only_what_it_names() {
+        let c: Config = toml::from_str("listen = \"0.0.0.0:9000\"\n[kafka]\nbrokers = \"k:9092\"\n").unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.kafka.brokers.as_deref(), Some("k:9092"));
+        assert_eq!(c.kafka.vitals_topic, "vitals");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_not_silently_ignored() {
+        assert!(toml::from_str::<Config>("listne = \"x\"").is_err());
+    }
+}

@@ -1,0 +1,96 @@
+//! `serve --demo`: a simulated ward feeding the pipeline and example rules,
+//! so a new user sees alerts within a minute with no other software.
+
+pub mod simulator;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use catalog::rules::{RuleDraft, Severity};
+
+use crate::pipeline::PipelineHandle;
+use crate::sink::dead_letter::DeadLetters;
+use crate::source::ingest::ingest_ndjson;
+use simulator::{SimEvent, WardConfig, WardSimulator};
+
+/// The example rules a demo starts with (only when no rules exist yet).
+pub fn example_rules() -> Vec<RuleDraft> {
+    let rule = |name: &str, severity: Severity, cooldown: u64, sql: &str| RuleDraft {
+        name: name.into(),
+        sql: sql.trim().into(),
+        severity,
+        cooldown_seconds: cooldown,
+        allowed_lateness_ms: None,
+        description: None,
+    };
+    vec![
+        rule(
+            "Sustained tachycardia",
+            Severity::High,
+            300,
+            "SELECT patient_id, AVG(heart_rate_bpm) AS avg_hr, COUNT(*) AS n,
+       TUMBLE_END(event_time, INTERVAL '60' SECOND) AS window_end
+FROM vitals WHERE heart_rate_bpm > 100
+GROUP BY TUMBLE(event_time, INTERVAL '60' SECOND), patient_id
+HAVING COUNT(*) >= 5 AND AVG(heart_rate_bpm) > 110",
+        ),
+        rule(
+            "Sustained hypoxemia",
+            Severity::High,
+            300,
+            "SELECT patient_id, AVG(spo2_pct) AS avg_spo2, COUNT(*) AS n,
+       HOP_END(event_time, INTERVAL '1' MINUTE, INTERVAL '5' MINUTE) AS window_end
+FROM vitals
+GROUP BY HOP(event_time, INTERVAL '1' MINUTE, INTERVAL '5' MINUTE), patient_id
+HAVING AVG(spo2_pct) < 90 AND COUNT(*) >= 10",
+        ),
+        rule(
+            "Bradycardia",
+            Severity::Medium,
+            300,
+            "SELECT patient_id, MAX(heart_rate_bpm) AS max_hr
+FROM vitals
+GROUP BY TUMBLE(event_time, INTERVAL '30' SECOND), patient_id
+HAVING MAX(heart_rate_bpm) < 45",
+        ),
+        rule(
+            "Critical SpO2 reading",
+            Severity::Critical,
+            120,
+            "SELECT patient_id, hospital_id, spo2_pct FROM vitals WHERE spo2_pct < 85",
+        ),
+    ]
+}
+
+fn to_ndjson(events: &[SimEvent]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(events.len() * 200);
+    for e in events {
+        body.extend_from_slice(&e.payload);
+        body.push(b'\n');
+    }
+    body
+}
+
+/// Runs the simulated ward: first replays the last few minutes at full speed
+/// so windows close at once, then one reading per patient per second.
+pub async fn run(patients: usize, seed: u64, pipeline: PipelineHandle, dead_letters: Arc<DeadLetters>, max_batch_rows: usize) {
+    const BACKFILL_SECONDS: i64 = 180;
+    let now = chrono::Utc::now().timestamp_millis();
+    let start_ms = (now / 1000 - BACKFILL_SECONDS) * 1000;
+    let mut ward = WardSimulator::new(WardConfig { patients, seed, start_ms, ..WardConfig::default() });
+    let mut events = Vec::new();
+    tracing::info!(patients, "demo ward started ({BACKFILL_SECONDS} s of backfill, then real time)");
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        // Catch up to the wall clock, then wait for the next second.
+        while ward.now_ms() <= chrono::Utc::now().timestamp_millis() {
+            events.clear();
+            ward.tick(&mut events);
+            let body = to_ndjson(&events);
+            if ingest_ndjson(&body, "demo", &pipeline, &dead_letters, max_batch_rows).await.is_err() {
+                return;
+            }
+        }
+        interval.tick().await;
+    }
+}

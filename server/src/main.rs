@@ -1,0 +1,123 @@
+//! The `wardwatch` command line.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use wardwatch::config::Config;
+
+/// SQL streaming rules for clinical alerting: bedside vitals from Kafka,
+/// alert rules in SQL with TUMBLE and HOP windows, alerts to Kafka and people.
+#[derive(Parser, Debug)]
+#[command(name = "wardwatch", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server: Kafka source (if configured), rules, alerts, REST API and UI.
+    ///
+    /// Settings come from defaults, then --config FILE (TOML), then WARDWATCH_*
+    /// environment variables, then flags. Without --kafka-brokers the server runs
+    /// embedded: events arrive over POST /api/ingest (or from --demo).
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, short, env = "WARDWATCH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address for the HTTP API, UI and /metrics [default: 127.0.0.1:8080].
+    #[arg(long, env = "WARDWATCH_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Directory (or object store URL) for rules, alerts and the archive [default: ./data].
+    #[arg(long, env = "WARDWATCH_DATA_DIR")]
+    data_dir: Option<String>,
+    /// Kafka bootstrap servers, host:port[,host:port…]. Omit to run without Kafka.
+    #[arg(long, env = "WARDWATCH_KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// Consumer group id [default: wardwatch].
+    #[arg(long, env = "WARDWATCH_KAFKA_GROUP")]
+    kafka_group: Option<String>,
+    /// Topic of incoming VitalEvents [default: vitals].
+    #[arg(long, env = "WARDWATCH_VITALS_TOPIC")]
+    vitals_topic: Option<String>,
+    /// Topic alerts are written to [default: alert-events].
+    #[arg(long, env = "WARDWATCH_ALERTS_TOPIC")]
+    alerts_topic: Option<String>,
+    /// Dead-letter topic for events that cannot be processed [default: vitals-dlq].
+    #[arg(long, env = "WARDWATCH_DLQ_TOPIC")]
+    dlq_topic: Option<String>,
+    /// librdkafka fetch.wait.max.ms for the consumer [default: 10].
+    #[arg(long, env = "WARDWATCH_FETCH_WAIT_MAX_MS")]
+    fetch_wait_max_ms: Option<u32>,
+    /// Default allowed lateness of event time, in ms [default: 500].
+    #[arg(long, env = "WARDWATCH_ALLOWED_LATENESS_MS")]
+    allowed_lateness_ms: Option<i64>,
+    /// Start a simulated ward (hundreds of patients at 1 Hz) and example rules.
+    #[arg(long)]
+    demo: bool,
+    /// Patients in the simulated ward [default: 300].
+    #[arg(long)]
+    demo_patients: Option<usize>,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> Result<(Config, bool)> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = self.listen {
+            config.listen = v;
+        }
+        if let Some(v) = self.data_dir {
+            config.data_dir = v;
+        }
+        if let Some(v) = self.kafka_brokers.filter(|b| !b.trim().is_empty()) {
+            config.kafka.brokers = Some(v);
+        }
+        if let Some(v) = self.kafka_group {
+            config.kafka.group_id = v;
+        }
+        if let Some(v) = self.vitals_topic {
+            config.kafka.vitals_topic = v;
+        }
+        if let Some(v) = self.alerts_topic {
+            config.kafka.alerts_topic = v;
+        }
+        if let Some(v) = self.dlq_topic {
+            config.kafka.dlq_topic = v;
+        }
+        if let Some(v) = self.fetch_wait_max_ms {
+            config.kafka.fetch_wait_max_ms = v;
+        }
+        if let Some(v) = self.allowed_lateness_ms {
+            config.pipeline.allowed_lateness_ms = v;
+        }
+        if let Some(v) = self.demo_patients {
+            config.demo.patients = v;
+        }
+        Ok((config, self.demo))
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rdkafka=warn,datafusion=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let (config, demo) = args.into_config()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(wardwatch::server::run(config, demo))
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The Kafka source: a consumer-group member reading `vitals`, decoding
+//! straight into per-partition Arrow builders and cutting micro-batches by
+//! size or age.
+//!
+//! Runs on its own thread with librdkafka's `BaseConsumer` (no per-message
+//! future). Batches are per partition, so the engine sees each partition's
+//! events in offset order and keeps a watermark per partition. Offsets are
+//! stored for commit only after the batch holding them is handed to the
+//! pipeline. Partition assignment and revocation are forwarded to the
+//! engine, so an instance that gains a partition waits for it before
+//! closing windows.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::decode::VitalsDecoder;
+use crate::config::{KafkaConfig, PipelineConfig};
+use crate::pipeline::{Input, PipelineHandle};
+use crate::sink::dead_letter::{DeadLetter, DeadLetters};
+use crate::sink::kafka::client_config;
+
+struct RebalanceContext {
+    pipeline: PipelineHandle,
+    topic: String,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let partitions = |tpl: &TopicPartitionList| -> Vec<i32> {
+            tpl.elements().iter().filter(|e| e.topic() == self.topic).map(|e| e.partition()).collect()
+        };
+        let input = match rebalance {
+            Rebalance::Assign(tpl) => Input::Assign(partitions(tpl)),
+            Rebalance::Revoke(tpl) => Input::Revoke(partitions(tpl)),
+            Rebalance::Error(e) => {
+                tracing::warn!(error = %e, "rebalance error");
+                return;
+            }
+        };
+        let _ = self.pipeline.send(input);
+    }
+}
+
+pub struct KafkaSource {
+    pub connected: Arc<AtomicBool>,
+}
+
+/// Starts the consumer thread. `dead_letters` receives refused events
+/// through the async runtime `rt`.
+pub fn start(
+    kafka: &KafkaConfig,
+    brokers: &str,
+    pipeline_cfg: &PipelineConfig,
+    pipeline: PipelineHandle,
+    dead_letters: Arc<DeadLetters>,
+    rt: tokio::runtime::Handle,
+    shutdown: Arc<AtomicBool>,
+) -> Result<KafkaSource> {
+    let mut cfg = client_config(kafka, brokers);
+    cfg.set("group.id", &kafka.group_id)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string())
+        .set("queued.min.messages", "200000");
+    for (k, v) in &kafka.properties {
+        cfg.set(k, v);
+    }
+    let context = RebalanceContext { pipeline: pipeline.clone(), topic: kafka.vitals_topic.clone() };
+    let consumer: BaseConsumer<RebalanceContext> =
+        cfg.create_with_context(context).context("creating the Kafka consumer")?;
+    consumer
+        .subscribe(&[kafka.vitals_topic.as_str()])
+        .with_context(|| format!("subscribing to {}", kafka.vitals_topic))?;
+    let connected = Arc::new(AtomicBool::new(false));
+    let source = KafkaSource { connected: Arc::clone(&connected) };
+    let topic = kafka.vitals_topic.clone();
+    let max_rows = pipeline_cfg.max_batch_rows.max(1);
+    let max_delay = Duration::from_millis(pipeline_cfg.max_batch_delay_ms.max(1));
+    std::thread::Builder::new()
+        .name("wardwatch-kafka-source".into())
+        .spawn(move || {
+            let mut decoders: HashMap<i32, (VitalsDecoder, i64)> = HashMap::new();
+            let mut letters: Vec<DeadLetter> = Vec::new();
+            let mut last_flush = Instant::now();
+            let mut last_metadata_check = Instant::now() - Duration::from_secs(60);
+            while !shutdown.load(Ordering::Relaxed) {
+                if last_metadata_check.elapsed() > Duration::from_secs(5) {
+                    last_metadata_check = Instant::now();
+                    let ok = consumer.fetch_metadata(Some(&topic), Duration::from_secs(2)).is_ok();
+                    connected.store(ok, Ordering::Relaxed);
+                }
+                let wait = max_delay.saturating_sub(last_flush.elapsed()).max(Duration::from_millis(1));
+                match consumer.poll(wait) {
+                    Some(Ok(msg)) => {
+                        let partition = msg.partition();
+                        let offset = msg.offset();
+                        let (decoder, last_offset) = decoders
+                            .entry(partition)
+                            .or_insert_with(|| (VitalsDecoder::new(max_rows), -1));
+                        *last_offset = offset;
+                        let payload = msg.payload().unwrap_or_default();
+                        if let Err(rejection) = decoder.push_json(payload) {
+                            letters.push(DeadLetter {
+                                key: msg.key().map(<[u8]>::to_vec),
+                                payload: payload.to_vec(),
+                                reason: rejection.reason,
+                                origin: format!("kafka:{topic}/{partition}@{offset}"),
+                            });
+                        }
+                        if decoder.len() >= max_rows {
+                            flush_partition(&consumer, &topic, &pipeline, partition, decoder, *last_offset);
+                        }
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error"),
+                    None => {}
+                }
+                if last_flush.elapsed() >= max_delay {
+                    last_flush = Instant::now();
+                    for (&partition, (decoder, last_offset)) in decoders.iter_mut() {
+                        if !decoder.is_empty() {
+                            flush_partition(&consumer, &topic, &pipeline, partition, decoder, *last_offset);
+                        } else if *last_offset >= 0 {
+                            // Only dead letters since the last batch: their
+                            // offsets are done once recorded below.
+                            store_offset(&consumer, &topic, partition, *last_offset);
+                        }
+                    }
+                    if !letters.is_empty() {
+                        let batch = std::mem::take(&mut letters);
+                        let dl = Arc::clone(&dead_letters);
+                        rt.block_on(dl.record(batch));
+                    }
+                }
+            }
+            tracing::info!("Kafka source stopped");
+        })
+        .context("spawning the Kafka source thread")?;
+    Ok(source)
+}
+
+fn store_offset<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32, offset: i64) {
+    let mut tpl = TopicPartitionList::new();
+    if tpl.add_partition_offset(topic, partition, Offset::Offset(offset + 1)).is_ok() {
+        if let Err(e) = consumer.store_offsets(&tpl) {
+            tracing::debug!(error = %e, partition, "storing offset");
+        }
+    }
+}
+
+fn flush_partition<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    pipeline: &PipelineHandle,
+    partition: i32,
+    decoder: &mut VitalsDecoder,
+    last_offset: i64,
+) {
+    let batch = decoder.finish();
+    if pipeline.send(Input::Batch { partition, batch }).is_ok() {
+        store_offset(consumer, topic, partition, last_offset);
+    }
+}

@@ -1,0 +1,7 @@
+//! Where events enter: Kafka ([`kafka`]), newline-delimited JSON over HTTP
+//! and the demo ward ([`ingest`]); all decode with [`decode`] into the same
+//! Arrow batches and go to the same pipeline.
+
+pub mod decode;
+pub mod ingest;
+pub mod kafka;

@@ -1,0 +1,93 @@
+//! Alerts: what a rule produced, identified deterministically.
+//!
+//! One shape everywhere alerts appear (Kafka, REST, history, replay). The id
+//! is a hash of (rule id, rule version, group key, window start) — or the
+//! event's identity for per-event rules — so replaying the same events
+//! reproduces the same ids and live and replayed output can be diffed.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertStatus {
+    Fired,
+    /// Within the cooldown of an earlier alert for the same rule and key:
+    /// recorded and counted, not delivered to people.
+    Suppressed,
+}
+
+/// Why an alert fired: what the rule saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Explanation {
+    /// The condition the rule applied (HAVING or WHERE).
+    pub condition: String,
+    /// Events that contributed to the window (1 for per-event rules).
+    pub event_count: u64,
+    pub first_event_ms: i64,
+    pub last_event_ms: i64,
+    /// Set when the alert is suppressed: the alert that started the cooldown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suppressed_by: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub id: String,
+    pub rule_id: String,
+    pub rule_version: u32,
+    pub rule_name: String,
+    pub severity: String,
+    pub status: AlertStatus,
+    /// The GROUP BY columns (e.g. `patient_id`).
+    pub key: Map<String, Value>,
+    pub window_start_ms: Option<i64>,
+    pub window_end_ms: Option<i64>,
+    /// The rule's other output columns.
+    pub values: Map<String, Value>,
+    /// Event time of the (last) event that triggered the alert.
+    pub event_time_ms: i64,
+    /// Processing time at which the engine emitted it.
+    pub fired_at_ms: i64,
+    pub explanation: Explanation,
+}
+
+impl Alert {
+    /// The patient the alert is about, if the key names one.
+    pub fn patient_id(&self) -> Option<&str> {
+        self.key.get("patient_id").and_then(Value::as_str)
+    }
+}
+
+/// The deterministic alert id: 16 hex digits of xxh3 over the identity.
+pub fn alert_id(rule_id: &str, version: u32, key: &Map<String, Value>, discriminator: &str) -> String {
+    use xxhash_rust::xxh3::Xxh3;
+    let mut h = Xxh3::new();
+    h.update(rule_id.as_bytes());
+    h.update(&[0]);
+    h.update(&version.to_le_bytes());
+    // serde_json's Map is ordered by key, so this is canonical.
+    h.update(Value::Object(key.clone()).to_string().as_bytes());
+    h.update(&[0]);
+    h.update(discriminator.as_bytes());
+    format!("{:016x}", h.digest())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_depend_on_every_part_of_the_identity() {
+        let mut key = Map::new();
+        key.insert("patient_id".into(), Value::from("P1"));
+        let a = alert_id("r", 1, &key, "w=0");
+        assert_eq!(a, alert_id("r", 1, &key, "w=0"));
+        assert_ne!(a, alert_id("r", 2, &key, "w=0"));
+        assert_ne!(a, alert_id("s", 1, &key, "w=0"));
+        assert_ne!(a, alert_id("r", 1, &key, "w=60000"));
+        key.insert("patient_id".into(), Value::from("P2"));
+        assert_ne!(a, alert_id("r", 1, &key, "w=0"));
+        assert_eq!(a.len(), 16);
+    }
+}

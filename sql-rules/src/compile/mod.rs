@@ -1,0 +1,16 @@
+//! Rule SQL → a validated streaming plan.
+//!
+//! Compilation runs in four steps: parse (DataFusion's parser, with spans),
+//! refuse what cannot stream (with the position of the offending clause),
+//! rewrite window syntax into plain columns ([`window`]), and let DataFusion
+//! plan, resolve and type-check the query ([`plan`]). The result is a
+//! [`CompiledRule`]: physical expressions and aggregate functions that the
+//! engine runs incrementally.
+
+pub mod plan;
+pub mod tvf;
+pub mod validate;
+pub mod window;
+
+pub use plan::{CompiledRule, RowOp, RuleCompiler, RuleShape};
+pub use window::WindowSpec;

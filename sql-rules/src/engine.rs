@@ -1,0 +1,456 @@
+//! The engine: every active rule over one stream, incrementally.
+//!
+//! The caller hands it `vitals` batches tagged with the Kafka partition they
+//! came from and the current processing time; it returns alerts. Event time
+//! drives everything else:
+//!
+//! * Per partition we track the maximum event time seen. An event is *late*
+//!   for a windowed rule when the first window that contains it ends at or
+//!   before `max event time seen earlier in its partition − allowed
+//!   lateness` (or a window that already fired). Late events are counted per
+//!   rule and left out of aggregation. Because this is decided per event in
+//!   partition order, the result does not depend on how the stream was cut
+//!   into batches.
+//! * A rule's watermark is the minimum over active partitions of
+//!   `max event time − allowed lateness`; windows fire once, when it passes
+//!   their end. A partition silent for longer than the idle timeout stops
+//!   holding the watermark back. A partition far ahead of the others only
+//!   keeps more panes open: nothing is dropped or split.
+//!
+//! The engine has no clock and does no I/O.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{AsArray, BooleanArray};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::TimestampMillisecondType;
+use arrow::record_batch::RecordBatch;
+use serde_json::{Map, Value};
+
+use crate::alert::{alert_id, Alert, AlertStatus, Explanation};
+use crate::compile::{CompiledRule, RuleShape};
+use crate::error::EngineError;
+use crate::eval::{apply_ops, predicate_mask};
+use crate::json::cell;
+use crate::stream::idx;
+use crate::window::{ClosedWindow, GroupStats, WindowOperator};
+
+/// Engine-wide settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Allowed lateness for rules that do not set their own.
+    pub default_lateness_ms: i64,
+    /// A partition without events for this long (processing time) stops
+    /// holding back the watermark.
+    pub idle_timeout_ms: i64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { default_lateness_ms: 500, idle_timeout_ms: 10_000 }
+    }
+}
+
+/// A rule as the engine runs it: identity, alerting policy, compiled plan.
+#[derive(Debug, Clone)]
+pub struct RuleSpec {
+    pub id: String,
+    pub version: u32,
+    pub name: String,
+    pub severity: String,
+    /// After an alert for a key, later alerts of this rule for the same key
+    /// within this much event time are suppressed. 0 disables.
+    pub cooldown_ms: i64,
+    pub allowed_lateness_ms: Option<i64>,
+    pub compiled: CompiledRule,
+}
+
+/// Per-rule counters, cumulative since the rule (version) was added.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RuleStats {
+    pub events_matched: u64,
+    pub late_events: u64,
+    pub alerts_fired: u64,
+    pub alerts_suppressed: u64,
+    pub open_panes: u64,
+}
+
+enum Operator {
+    PerEvent,
+    Window(WindowOperator),
+}
+
+struct RuleRuntime {
+    spec: Arc<RuleSpec>,
+    lateness_ms: i64,
+    condition: String,
+    operator: Operator,
+    /// Cooldown: per key, the alert time and id of the last fired alert.
+    last_fired: HashMap<String, (i64, String)>,
+    stats: RuleStats,
+}
+
+#[derive(Debug, Clone)]
+struct PartitionClock {
+    max_event_ms: i64,
+    last_seen_processing_ms: i64,
+    idle: bool,
+}
+
+/// What one call produced.
+#[derive(Debug, Default)]
+pub struct EngineOutput {
+    pub alerts: Vec<Alert>,
+    pub late_events: u64,
+    /// Rules that failed on this input. One failing rule never stops the
+    /// others; its error names it.
+    pub errors: Vec<EngineError>,
+}
+
+pub struct Engine {
+    config: EngineConfig,
+    rules: Vec<RuleRuntime>,
+    partitions: HashMap<i32, PartitionClock>,
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Self {
+        Self { config, rules: Vec::new(), partitions: HashMap::new() }
+    }
+
+    /// Adds a rule, or replaces the rule with the same id (a new version
+    /// starts with fresh state; the other rules are untouched).
+    pub fn upsert_rule(&mut self, spec: RuleSpec) -> Result<(), EngineError> {
+        let condition = condition_text(&spec.compiled.sql);
+        let operator = match &spec.compiled.shape {
+            RuleShape::PerEvent => Operator::PerEvent,
+            RuleShape::Windowed(w) => Operator::Window(
+                WindowOperator::new(Arc::new((**w).clone())).map_err(eval_err(&spec))?,
+            ),
+        };
+        let runtime = RuleRuntime {
+            lateness_ms: spec.allowed_lateness_ms.unwrap_or(self.config.default_lateness_ms),
+            spec: Arc::new(spec),
+            condition,
+            operator,
+            last_fired: HashMap::new(),
+            stats: RuleStats::default(),
+        };
+        match self.rules.iter_mut().find(|r| r.spec.id == runtime.spec.id) {
+            Some(existing) => *existing = runtime,
+            None => self.rules.push(runtime),
+        }
+        Ok(())
+    }
+
+    pub fn remove_rule(&mut self, id: &str) -> bool {
+        let before = self.rules.len();
+        self.rules.retain(|r| r.spec.id != id);
+        before != self.rules.len()
+    }
+
+    pub fn rules(&self) -> impl Iterator<Item = (&RuleSpec, &RuleStats)> {
+        self.rules.iter().map(|r| (r.spec.as_ref(), &r.stats))
+    }
+
+    pub fn rule_stats(&self, id: &str) -> Option<RuleStats> {
+        self.rules.iter().find(|r| r.spec.id == id).map(|r| {
+            let mut s = r.stats.clone();
+            if let Operator::Window(w) = &r.operator {
+                s.open_panes = w.open_state() as u64;
+            }
+            s
+        })
+    }
+
+    /// Declares partitions this instance owns, so a partition that has not
+    /// delivered anything yet holds the watermark back (until idle).
+    pub fn assign_partitions(&mut self, partitions: &[i32], processing_time_ms: i64) {
+        for &p in partitions {
+            self.partitions.entry(p).or_insert(PartitionClock {
+                max_event_ms: i64::MIN,
+                last_seen_processing_ms: processing_time_ms,
+                idle: false,
+            });
+        }
+    }
+
+    pub fn revoke_partitions(&mut self, partitions: &[i32]) {
+        for p in partitions {
+            self.partitions.remove(p);
+        }
+    }
+
+    /// Runs every rule over one batch of `vitals` from `partition`.
+    pub fn process(
+        &mut self,
+        partition: i32,
+        batch: &RecordBatch,
+        processing_time_ms: i64,
+    ) -> Result<EngineOutput, EngineError> {
+        let mut out = EngineOutput::default();
+        if batch.num_rows() > 0 {
+            let ts_col = batch
+                .column(idx::EVENT_TIME)
+                .as_primitive_opt::<TimestampMillisecondType>()
+                .ok_or_else(|| EngineError::Schema("column event_time is not a millisecond timestamp".into()))?;
+            let ts = ts_col.values();
+            let clock = self.partitions.entry(partition).or_insert(PartitionClock {
+                max_event_ms: i64::MIN,
+                last_seen_processing_ms: processing_time_ms,
+                idle: false,
+            });
+            clock.last_seen_processing_ms = processing_time_ms;
+            clock.idle = false;
+            let prior_max = clock.max_event_ms;
+            for rule in &mut self.rules {
+                if let Err(e) = rule.process(batch, ts, prior_max, processing_time_ms, &mut out) {
+                    out.errors.push(e);
+                }
+            }
+            let batch_max = ts.iter().copied().max().unwrap_or(i64::MIN);
+            let clock = self.partitions.get_mut(&partition).expect("inserted above");
+            clock.max_event_ms = clock.max_event_ms.max(batch_max);
+        }
+        self.fire_due(processing_time_ms, None, &mut out)?;
+        Ok(out)
+    }
+
+    /// Lets processing time pass: partitions silent for longer than the idle
+    /// timeout stop holding back the watermark, and windows may close.
+    pub fn tick(&mut self, processing_time_ms: i64) -> Result<EngineOutput, EngineError> {
+        for clock in self.partitions.values_mut() {
+            if processing_time_ms - clock.last_seen_processing_ms >= self.config.idle_timeout_ms {
+                clock.idle = true;
+            }
+        }
+        let mut out = EngineOutput::default();
+        self.fire_due(processing_time_ms, None, &mut out)?;
+        Ok(out)
+    }
+
+    /// Closes every window that ends at or before `event_time_ms`, as if all
+    /// partitions had moved past it. Replay uses this at the end of its range.
+    pub fn advance_watermark(&mut self, event_time_ms: i64, processing_time_ms: i64) -> Result<EngineOutput, EngineError> {
+        let mut out = EngineOutput::default();
+        self.fire_due(processing_time_ms, Some(event_time_ms), &mut out)?;
+        Ok(out)
+    }
+
+    /// The minimum max-event-time over active partitions; if all are idle,
+    /// the maximum (a quiet stream still closes its windows).
+    fn stream_time(&self) -> Option<i64> {
+        let active = self.partitions.values().filter(|c| !c.idle).map(|c| c.max_event_ms).min();
+        match active {
+            Some(t) => Some(t),
+            None => self.partitions.values().map(|c| c.max_event_ms).max(),
+        }
+    }
+
+    fn fire_due(&mut self, processing_time_ms: i64, forced: Option<i64>, out: &mut EngineOutput) -> Result<(), EngineError> {
+        let stream_time = self.stream_time();
+        for rule in &mut self.rules {
+            let watermark = match (stream_time, forced) {
+                (_, Some(f)) => f,
+                (Some(t), None) if t > i64::MIN => t.saturating_sub(rule.lateness_ms),
+                _ => continue,
+            };
+            if let Err(e) = rule.fire(watermark, processing_time_ms, out) {
+                out.errors.push(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The watermark a rule currently uses (for metrics and tests).
+    pub fn watermark(&self, rule_id: &str) -> Option<i64> {
+        let rule = self.rules.iter().find(|r| r.spec.id == rule_id)?;
+        self.stream_time().filter(|t| *t > i64::MIN).map(|t| t - rule.lateness_ms)
+    }
+}
+
+fn eval_err(rule: &RuleSpec) -> impl Fn(datafusion::error::DataFusionError) -> EngineError + '_ {
+    move |source| EngineError::Evaluation { rule: format!("{} v{}", rule.id, rule.version), source }
+}
+
+impl RuleRuntime {
+    fn process(
+        &mut self,
+        batch: &RecordBatch,
+        ts: &[i64],
+        prior_max: i64,
+        processing_time_ms: i64,
+        out: &mut EngineOutput,
+    ) -> Result<(), EngineError> {
+        let spec = Arc::clone(&self.spec);
+        match &mut self.operator {
+            Operator::PerEvent => {
+                let evaluated = apply_ops(&spec.compiled.input_ops, batch).map_err(eval_err(&spec))?;
+                self.stats.events_matched += evaluated.output.num_rows() as u64;
+                for (row, &base) in evaluated.base_rows.values().iter().enumerate() {
+                    let base = base as usize;
+                    let event_ms = ts[base];
+                    let (key, values) = split_row(&spec.compiled, &evaluated.output, row);
+                    let seq = cell(batch.column(idx::SEQUENCE_NUMBER).as_ref(), base);
+                    let patient = cell(batch.column(idx::PATIENT_ID).as_ref(), base);
+                    let discriminator = format!("e={event_ms};p={patient};s={seq}");
+                    let stats = GroupStats { count: 1, first_event_ms: event_ms, last_event_ms: event_ms };
+                    let alert = self.make_alert(key, values, None, event_ms, event_ms, &discriminator, stats, processing_time_ms);
+                    out.alerts.push(alert);
+                }
+            }
+            Operator::Window(op) => {
+                // WHERE first, then lateness per event in partition order.
+                let mut keep: Vec<bool> = vec![true; batch.num_rows()];
+                let mut current = batch.clone();
+                for step in &spec.compiled.input_ops {
+                    if let crate::compile::RowOp::Filter(pred) = step {
+                        let mask = predicate_mask(pred, batch).map_err(eval_err(&spec))?;
+                        for (k, m) in keep.iter_mut().zip(mask.values().iter()) {
+                            *k &= m;
+                        }
+                    }
+                }
+                let mut running = prior_max;
+                let fired = op.fired_through();
+                let mut late = 0u64;
+                for (i, &t) in ts.iter().enumerate() {
+                    let threshold = running.saturating_sub(self.lateness_ms).max(fired);
+                    if keep[i] && op.late_bound(t) <= threshold {
+                        keep[i] = false;
+                        late += 1;
+                    }
+                    running = running.max(t);
+                }
+                self.stats.late_events += late;
+                out.late_events += late;
+                let kept = keep.iter().filter(|k| **k).count();
+                self.stats.events_matched += kept as u64;
+                if kept == 0 {
+                    return Ok(());
+                }
+                let kept_ts: Vec<i64>;
+                let ts_ref = if kept == batch.num_rows() {
+                    ts
+                } else {
+                    let mask = BooleanArray::from(keep.clone());
+                    current = filter_record_batch(batch, &mask)?;
+                    kept_ts = ts.iter().zip(&keep).filter(|(_, k)| **k).map(|(t, _)| *t).collect();
+                    &kept_ts
+                };
+                op.insert(&current, ts_ref).map_err(eval_err(&spec))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn fire(&mut self, watermark: i64, processing_time_ms: i64, out: &mut EngineOutput) -> Result<(), EngineError> {
+        let spec = Arc::clone(&self.spec);
+        let Operator::Window(op) = &mut self.operator else { return Ok(()) };
+        let mut closed: Vec<ClosedWindow> = Vec::new();
+        op.fire(watermark, &mut closed).map_err(eval_err(&spec))?;
+        for window in closed {
+            let evaluated = apply_ops(&spec.compiled.output_ops, &window.rows).map_err(eval_err(&spec))?;
+            for (row, &base) in evaluated.base_rows.values().iter().enumerate() {
+                let stats = window.stats[base as usize];
+                let (key, values) = split_row(&spec.compiled, &evaluated.output, row);
+                let discriminator = format!("w={}", window.start_ms);
+                let alert = self.make_alert(
+                    key,
+                    values,
+                    Some((window.start_ms, window.end_ms)),
+                    stats.last_event_ms,
+                    window.end_ms,
+                    &discriminator,
+                    stats,
+                    processing_time_ms,
+                );
+                out.alerts.push(alert);
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn make_alert(
+        &mut self,
+        key: Map<String, Value>,
+        values: Map<String, Value>,
+        window: Option<(i64, i64)>,
+        event_time_ms: i64,
+        alert_time_ms: i64,
+        discriminator: &str,
+        stats: GroupStats,
+        processing_time_ms: i64,
+    ) -> Alert {
+        let spec = &self.spec;
+        let id = alert_id(&spec.id, spec.version, &key, discriminator);
+        let key_text = Value::Object(key.clone()).to_string();
+        let mut suppressed_by = None;
+        let status = match self.last_fired.get(&key_text) {
+            Some((last, last_id)) if spec.cooldown_ms > 0 && alert_time_ms < last + spec.cooldown_ms => {
+                suppressed_by = Some(last_id.clone());
+                AlertStatus::Suppressed
+            }
+            _ => {
+                self.last_fired.insert(key_text, (alert_time_ms, id.clone()));
+                AlertStatus::Fired
+            }
+        };
+        match status {
+            AlertStatus::Fired => self.stats.alerts_fired += 1,
+            AlertStatus::Suppressed => self.stats.alerts_suppressed += 1,
+        }
+        Alert {
+            id,
+            rule_id: spec.id.clone(),
+            rule_version: spec.version,
+            rule_name: spec.name.clone(),
+            severity: spec.severity.clone(),
+            status,
+            key,
+            window_start_ms: window.map(|w| w.0),
+            window_end_ms: window.map(|w| w.1),
+            values,
+            event_time_ms,
+            fired_at_ms: processing_time_ms,
+            explanation: Explanation {
+                condition: self.condition.clone(),
+                event_count: stats.count,
+                first_event_ms: stats.first_event_ms,
+                last_event_ms: stats.last_event_ms,
+                suppressed_by,
+            },
+        }
+    }
+}
+
+/// Splits one output row into the alert's key and values.
+fn split_row(rule: &CompiledRule, output: &RecordBatch, row: usize) -> (Map<String, Value>, Map<String, Value>) {
+    let mut key = Map::new();
+    let mut values = Map::new();
+    for (i, field) in output.schema().fields().iter().enumerate() {
+        let v = cell(output.column(i).as_ref(), row);
+        if rule.key_columns.contains(&i) {
+            key.insert(field.name().clone(), v);
+        } else {
+            values.insert(field.name().clone(), v);
+        }
+    }
+    (key, values)
+}
+
+/// The HAVING clause, or WHERE for per-event rules, as the author wrote it.
+fn condition_text(sql: &str) -> String {
+    let upper = sql.to_ascii_uppercase();
+    let pick = |word: &str| -> Option<String> {
+        let at = upper.rfind(word)?;
+        let rest = &sql[at + word.len()..];
+        let end_words = [" GROUP BY", " HAVING", " ORDER BY", " LIMIT"];
+        let rest_upper = rest.to_ascii_uppercase();
+        let end = end_words.iter().filter_map(|w| rest_upper.find(w)).min().unwrap_or(rest.len());
+        Some(rest[..end].split_whitespace().collect::<Vec<_>>().join(" "))
+    };
+    pick("HAVING").or_else(|| pick("WHERE")).unwrap_or_default()
+}

@@ -1,0 +1,103 @@
+//! Window operators: the incremental state between events and alerts.
+//!
+//! Tumbling and hopping windows share one operator built on panes
+//! ([`panes`]): each event is aggregated once into the pane of
+//! gcd(size, slide) that contains it, and a window is its panes merged.
+//! Session windows have their own operator ([`session`]) because their
+//! bounds depend on the data.
+
+pub mod panes;
+pub mod session;
+
+
+use arrow::record_batch::RecordBatch;
+
+/// What the engine learns about each group of a closed window beyond its
+/// aggregates: enough to explain an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupStats {
+    pub count: u64,
+    pub first_event_ms: i64,
+    pub last_event_ms: i64,
+}
+
+impl GroupStats {
+    pub const EMPTY: GroupStats = GroupStats { count: 0, first_event_ms: i64::MAX, last_event_ms: i64::MIN };
+
+    #[inline]
+    pub fn add(&mut self, ts: i64) {
+        self.count += 1;
+        self.first_event_ms = self.first_event_ms.min(ts);
+        self.last_event_ms = self.last_event_ms.max(ts);
+    }
+
+    #[inline]
+    pub fn merge(&mut self, other: &GroupStats) {
+        self.count += other.count;
+        self.first_event_ms = self.first_event_ms.min(other.first_event_ms);
+        self.last_event_ms = self.last_event_ms.max(other.last_event_ms);
+    }
+}
+
+/// A window that closed: the aggregate's output rows (schema: the rule's
+/// aggregate schema) and per-row stats.
+#[derive(Debug)]
+pub struct ClosedWindow {
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub rows: RecordBatch,
+    pub stats: Vec<GroupStats>,
+}
+
+/// The window operator a rule runs: panes (TUMBLE, HOP) or sessions.
+pub enum WindowOperator {
+    Panes(panes::PaneOperator),
+    Session(session::SessionOperator),
+}
+
+impl WindowOperator {
+    pub fn new(plan: std::sync::Arc<crate::compile::plan::Windowed>) -> datafusion::common::Result<Self> {
+        Ok(match plan.window {
+            crate::compile::WindowSpec::Session { .. } => WindowOperator::Session(session::SessionOperator::new(plan)?),
+            _ => WindowOperator::Panes(panes::PaneOperator::new(plan)),
+        })
+    }
+
+    /// An event at `ts` is late once the lateness threshold reaches this.
+    #[inline]
+    pub fn late_bound(&self, ts: i64) -> i64 {
+        match self {
+            WindowOperator::Panes(p) => p.first_window_end(ts),
+            WindowOperator::Session(s) => s.late_bound(ts),
+        }
+    }
+
+    pub fn fired_through(&self) -> i64 {
+        match self {
+            WindowOperator::Panes(p) => p.fired_through(),
+            WindowOperator::Session(s) => s.fired_through(),
+        }
+    }
+
+    pub fn insert(&mut self, batch: &RecordBatch, ts: &[i64]) -> datafusion::common::Result<()> {
+        match self {
+            WindowOperator::Panes(p) => p.insert(batch, ts),
+            WindowOperator::Session(s) => s.insert(batch, ts),
+        }
+    }
+
+    pub fn fire(&mut self, watermark: i64, out: &mut Vec<ClosedWindow>) -> datafusion::common::Result<()> {
+        match self {
+            WindowOperator::Panes(p) => p.fire(watermark, out),
+            WindowOperator::Session(s) => s.fire(watermark, out),
+        }
+    }
+
+    /// Open panes or sessions holding state.
+    pub fn open_state(&self) -> usize {
+        match self {
+            WindowOperator::Panes(p) => p.open_panes(),
+            WindowOperator::Session(s) => s.open_sessions(),
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! Tumbling and hopping windows over panes.
+//!
+//! A pane is a slice of event time of width gcd(size, slide). Events are
+//! aggregated into the open pane containing them with DataFusion
+//! `GroupsAccumulator`s keyed by the rule's GROUP BY columns. A tumbling
+//! window is exactly one pane and is evaluated in place. A hopping window
+//! covers size/pane panes: when the first window containing a pane fires,
+//! the pane is sealed into its intermediate state (Arrow arrays), and every
+//! window merges the sealed states of its panes. Each event is therefore
+//! aggregated once, however many windows it belongs to.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, TimestampMillisecondArray, UInt32Array};
+use arrow::compute::take;
+use arrow::record_batch::RecordBatch;
+use datafusion::common::Result;
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::GroupsAccumulatorAdapter;
+use datafusion::physical_plan::aggregates::group_values::{new_group_values, GroupValues};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+
+use super::{ClosedWindow, GroupStats};
+use crate::compile::plan::{AggregateSpec, GroupSlot, Windowed};
+use crate::compile::WindowSpec;
+use crate::eval::{evaluate_all, predicate_mask};
+
+/// Open panes: keys interned to group ids, one accumulator per aggregate.
+struct OpenPane {
+    groups: Box<dyn GroupValues>,
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    stats: Vec<GroupStats>,
+}
+
+/// A pane no event can reach any more, kept as intermediate state until
+/// the last window containing it has fired.
+struct SealedPane {
+    keys: Vec<ArrayRef>,
+    states: Vec<Vec<ArrayRef>>,
+    stats: Vec<GroupStats>,
+}
+
+pub struct PaneOperator {
+    plan: Arc<Windowed>,
+    size_ms: i64,
+    slide_ms: i64,
+    pane_ms: i64,
+    open: BTreeMap<i64, OpenPane>,
+    sealed: BTreeMap<i64, SealedPane>,
+    /// Every window ending at or before this has fired.
+    fired_through: i64,
+    group_ids: Vec<usize>,
+}
+
+pub fn new_accumulator(spec: &AggregateSpec) -> Result<Box<dyn GroupsAccumulator>> {
+    if spec.function.groups_accumulator_supported() {
+        spec.function.create_groups_accumulator()
+    } else {
+        let function = Arc::clone(&spec.function);
+        Ok(Box::new(GroupsAccumulatorAdapter::new(move || function.create_accumulator())))
+    }
+}
+
+impl PaneOperator {
+    pub fn new(plan: Arc<Windowed>) -> Self {
+        let (size_ms, slide_ms) = match plan.window {
+            WindowSpec::Tumble { size_ms } => (size_ms, size_ms),
+            WindowSpec::Hop { slide_ms, size_ms } => (size_ms, slide_ms),
+            WindowSpec::Session { .. } => unreachable!("sessions use the session operator"),
+        };
+        Self {
+            pane_ms: plan.window.pane_ms(),
+            plan,
+            size_ms,
+            slide_ms,
+            open: BTreeMap::new(),
+            sealed: BTreeMap::new(),
+            fired_through: i64::MIN,
+            group_ids: Vec::new(),
+        }
+    }
+
+    /// End of the first window that contains an event at `ts`: the event is
+    /// late once that window may have fired. Window starts are multiples of
+    /// the slide (as in Flink), so the earliest window containing `ts`
+    /// starts at the first multiple of the slide after `ts − size`.
+    #[inline]
+    pub fn first_window_end(&self, ts: i64) -> i64 {
+        (ts - self.size_ms).div_euclid(self.slide_ms) * self.slide_ms + self.slide_ms + self.size_ms
+    }
+
+    pub fn fired_through(&self) -> i64 {
+        self.fired_through
+    }
+
+    pub fn open_panes(&self) -> usize {
+        self.open.len() + self.sealed.len()
+    }
+
+    fn new_pane(&self) -> Result<OpenPane> {
+        Ok(OpenPane {
+            groups: new_group_values(Arc::clone(&self.plan.key_schema), &GroupOrdering::None)?,
+            accumulators: self.plan.aggregates.iter().map(new_accumulator).collect::<Result<_>>()?,
+            stats: Vec::new(),
+        })
+    }
+
+    /// Adds rows (already filtered: no late rows, WHERE applied).
+    /// `ts` is the event time of each row in milliseconds.
+    pub fn insert(&mut self, batch: &RecordBatch, ts: &[i64]) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let keys = evaluate_all(&self.plan.key_exprs, batch)?;
+        let mut args = Vec::with_capacity(self.plan.aggregates.len());
+        let mut filters = Vec::with_capacity(self.plan.aggregates.len());
+        for agg in &self.plan.aggregates {
+            args.push(evaluate_all(&agg.args, batch)?);
+            filters.push(agg.filter.as_ref().map(|f| predicate_mask(f, batch)).transpose()?);
+        }
+        let pane_ms = self.pane_ms;
+        let first = ts[0].div_euclid(pane_ms);
+        if ts.iter().all(|t| t.div_euclid(pane_ms) == first) {
+            return self.insert_into_pane(first * pane_ms, &keys, &args, &filters, ts);
+        }
+        // Rows span panes (out-of-order events, or a batch across a pane
+        // boundary): split by pane. The copies are per pane, not per event.
+        let mut by_pane: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for (i, t) in ts.iter().enumerate() {
+            by_pane.entry(t.div_euclid(pane_ms) * pane_ms).or_default().push(i as u32);
+        }
+        for (pane, rows) in by_pane {
+            let idx = UInt32Array::from(rows);
+            let take_all = |cols: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
+                Ok(cols.iter().map(|c| take(c.as_ref(), &idx, None)).collect::<std::result::Result<_, _>>()?)
+            };
+            let keys = take_all(&keys)?;
+            let args = args.iter().map(|a| take_all(a)).collect::<Result<Vec<_>>>()?;
+            let filters = filters
+                .iter()
+                .map(|f| {
+                    f.as_ref()
+                        .map(|f| take(f, &idx, None).map(|a| a.as_any().downcast_ref::<arrow::array::BooleanArray>().cloned().expect("boolean take")))
+                        .transpose()
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let pane_ts: Vec<i64> = idx.values().iter().map(|&i| ts[i as usize]).collect();
+            self.insert_into_pane(pane, &keys, &args, &filters, &pane_ts)?;
+        }
+        Ok(())
+    }
+
+    fn insert_into_pane(
+        &mut self,
+        pane: i64,
+        keys: &[ArrayRef],
+        args: &[Vec<ArrayRef>],
+        filters: &[Option<arrow::array::BooleanArray>],
+        ts: &[i64],
+    ) -> Result<()> {
+        if !self.open.contains_key(&pane) {
+            let fresh = self.new_pane()?;
+            self.open.insert(pane, fresh);
+        }
+        let state = self.open.get_mut(&pane).expect("inserted above");
+        self.group_ids.clear();
+        state.groups.intern(keys, &mut self.group_ids)?;
+        let total = state.groups.len();
+        for ((acc, values), filter) in state.accumulators.iter_mut().zip(args).zip(filters) {
+            acc.update_batch(values, &self.group_ids, filter.as_ref(), total)?;
+        }
+        state.stats.resize(total, GroupStats::EMPTY);
+        for (&g, &t) in self.group_ids.iter().zip(ts) {
+            state.stats[g].add(t);
+        }
+        Ok(())
+    }
+
+    /// Fires every window ending at or before `watermark`, oldest first.
+    pub fn fire(&mut self, watermark: i64, out: &mut Vec<ClosedWindow>) -> Result<()> {
+        if watermark <= self.fired_through {
+            return Ok(());
+        }
+        if self.size_ms == self.pane_ms {
+            self.fire_tumbling(watermark, out)?;
+        } else {
+            self.fire_hopping(watermark, out)?;
+        }
+        self.fired_through = watermark;
+        Ok(())
+    }
+
+    fn fire_tumbling(&mut self, watermark: i64, out: &mut Vec<ClosedWindow>) -> Result<()> {
+        while let Some((&start, _)) = self.open.first_key_value() {
+            if start + self.size_ms > watermark {
+                break;
+            }
+            let mut pane = self.open.remove(&start).expect("first key exists");
+            let keys = pane.groups.emit(EmitTo::All)?;
+            let values = pane
+                .accumulators
+                .iter_mut()
+                .map(|a| a.evaluate(EmitTo::All))
+                .collect::<Result<Vec<_>>>()?;
+            let rows = self.output_batch(start, start + self.size_ms, keys, values)?;
+            out.push(ClosedWindow { start_ms: start, end_ms: start + self.size_ms, rows, stats: pane.stats });
+        }
+        Ok(())
+    }
+
+    fn seal(&mut self, start: i64) -> Result<()> {
+        if let Some(mut pane) = self.open.remove(&start) {
+            let keys = pane.groups.emit(EmitTo::All)?;
+            let states = pane
+                .accumulators
+                .iter_mut()
+                .map(|a| a.state(EmitTo::All))
+                .collect::<Result<Vec<_>>>()?;
+            self.sealed.insert(start, SealedPane { keys, states, stats: pane.stats });
+        }
+        Ok(())
+    }
+
+    fn fire_hopping(&mut self, watermark: i64, out: &mut Vec<ClosedWindow>) -> Result<()> {
+        // Windows (starting at multiples of the slide) that contain some
+        // pane and are due, by end.
+        let mut ends = BTreeSet::new();
+        for &p in self.open.keys().chain(self.sealed.keys()) {
+            if p >= watermark {
+                break;
+            }
+            // Starts s with s <= p and s + size >= p + pane.
+            let lowest = p + self.pane_ms - self.size_ms;
+            let mut start = lowest.div_euclid(self.slide_ms) * self.slide_ms;
+            if start < lowest {
+                start += self.slide_ms;
+            }
+            while start <= p {
+                let end = start + self.size_ms;
+                if end > watermark {
+                    break;
+                }
+                if end > self.fired_through {
+                    ends.insert(end);
+                }
+                start += self.slide_ms;
+            }
+        }
+        for end in ends {
+            let start = end - self.size_ms;
+            let panes: Vec<i64> = self
+                .open
+                .range(start..end)
+                .map(|(&p, _)| p)
+                .collect();
+            for p in panes {
+                self.seal(p)?;
+            }
+            let mut merged = self.new_pane()?;
+            let mut ids = Vec::new();
+            for (_, pane) in self.sealed.range(start..end) {
+                ids.clear();
+                merged.groups.intern(&pane.keys, &mut ids)?;
+                let total = merged.groups.len();
+                for (acc, state) in merged.accumulators.iter_mut().zip(&pane.states) {
+                    acc.merge_batch(state, &ids, total)?;
+                }
+                merged.stats.resize(total, GroupStats::EMPTY);
+                for (&g, s) in ids.iter().zip(&pane.stats) {
+                    merged.stats[g].merge(s);
+                }
+            }
+            if merged.groups.is_empty() {
+                continue;
+            }
+            let keys = merged.groups.emit(EmitTo::All)?;
+            let values = merged
+                .accumulators
+                .iter_mut()
+                .map(|a| a.evaluate(EmitTo::All))
+                .collect::<Result<Vec<_>>>()?;
+            let rows = self.output_batch(start, end, keys, values)?;
+            out.push(ClosedWindow { start_ms: start, end_ms: end, rows, stats: merged.stats });
+        }
+        // Drop panes no future window (ending after the watermark) contains:
+        // the last window containing pane p starts at floor(p / slide).
+        let (size, slide) = (self.size_ms, self.slide_ms);
+        self.sealed.retain(|&p, _| p.div_euclid(slide) * slide + size > watermark);
+        Ok(())
+    }
+
+    /// Lays out closed-window rows as the aggregate's output schema.
+    fn output_batch(&self, start: i64, end: i64, keys: Vec<ArrayRef>, values: Vec<ArrayRef>) -> Result<RecordBatch> {
+        let n = keys.first().map(|k| k.len()).or_else(|| values.first().map(|v| v.len())).unwrap_or(0);
+        let bound = |v: i64| -> ArrayRef {
+            Arc::new(TimestampMillisecondArray::from_value(v, n).with_timezone("UTC"))
+        };
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.plan.group_slots.len() + values.len());
+        for slot in &self.plan.group_slots {
+            columns.push(match slot {
+                GroupSlot::WindowStart => bound(start),
+                GroupSlot::WindowEnd => bound(end),
+                GroupSlot::Key(i) => Arc::clone(&keys[*i]),
+            });
+        }
+        columns.extend(values);
+        // Cast where DataFusion's planned type differs in a detail such as
+        // timezone or nullability metadata.
+        let schema = Arc::clone(&self.plan.aggregate_schema);
+        let columns = columns
+            .into_iter()
+            .zip(schema.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c)
+                } else {
+                    arrow::compute::cast(&c, f.data_type())
+                }
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(RecordBatch::try_new_with_options(
+            schema,
+            columns,
+            &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n)),
+        )?)
+    }
+}

@@ -1,0 +1,316 @@
+//! Rule semantics over vectors of events: windows, lateness, partitions,
+//! thresholds, and independence from how the stream is cut into batches.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use arrow::array::{Float64Array, Int64Array, StringArray, TimestampMillisecondArray, UInt32Array};
+use arrow::record_batch::RecordBatch;
+use rand::{Rng, SeedableRng};
+use sql_rules::stream::vitals_schema;
+use sql_rules::{Alert, AlertStatus, CompiledRule, Engine, EngineConfig, RuleSpec};
+
+#[derive(Clone, Debug)]
+struct Ev {
+    patient: &'static str,
+    ts: i64,
+    hr: Option<f64>,
+    spo2: Option<f64>,
+    partition: i32,
+}
+
+fn ev(patient: &'static str, ts: i64, hr: f64) -> Ev {
+    Ev { patient, ts, hr: Some(hr), spo2: Some(97.0), partition: 0 }
+}
+
+fn batch(events: &[Ev]) -> RecordBatch {
+    let n = events.len();
+    RecordBatch::try_new(
+        vitals_schema(),
+        vec![
+            Arc::new(StringArray::from(vec![Some("H01"); n])),
+            Arc::new(StringArray::from(events.iter().map(|e| e.patient).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(events.iter().map(|e| e.ts).collect::<Vec<_>>())),
+            Arc::new(Float64Array::from(events.iter().map(|e| e.hr).collect::<Vec<_>>())),
+            Arc::new(Float64Array::from(events.iter().map(|e| e.spo2).collect::<Vec<_>>())),
+            Arc::new(Float64Array::from(vec![Some(16.0); n])),
+            Arc::new(Float64Array::from(vec![Some(120.0); n])),
+            Arc::new(Float64Array::from(vec![Some(80.0); n])),
+            Arc::new(StringArray::from(vec![Some("BEDSIDE"); n])),
+            // The device sequence number is a property of the event, not of the batch.
+            Arc::new(UInt32Array::from(events.iter().map(|e| (e.ts / 1000) as u32).collect::<Vec<_>>())),
+            Arc::new(TimestampMillisecondArray::from(events.iter().map(|e| e.ts).collect::<Vec<_>>()).with_timezone("UTC")),
+        ],
+    )
+    .unwrap()
+}
+
+fn spec(id: &str, sql: &str, cooldown_ms: i64) -> RuleSpec {
+    RuleSpec {
+        id: id.into(),
+        version: 1,
+        name: id.into(),
+        severity: "high".into(),
+        cooldown_ms,
+        allowed_lateness_ms: None,
+        compiled: CompiledRule::compile(sql, &vitals_schema()).unwrap_or_else(|e| panic!("{id}: {e}")),
+    }
+}
+
+/// Runs events through an engine, cut into batches at `cuts` (per
+/// partition, in arrival order), then closes everything.
+fn run(rules: &[RuleSpec], events: &[Ev], cuts: &[usize], final_watermark: Option<i64>) -> Vec<Alert> {
+    let mut engine = Engine::new(EngineConfig::default());
+    for r in rules {
+        engine.upsert_rule(r.clone()).unwrap();
+    }
+    // As a Kafka consumer is told its assignment before data arrives.
+    let all: Vec<i32> = events.iter().map(|e| e.partition).collect::<BTreeSet<_>>().into_iter().collect();
+    engine.assign_partitions(&all, 0);
+    let mut alerts = vec![];
+    let mut start = 0;
+    for &end in cuts.iter().chain(std::iter::once(&events.len())) {
+        let chunk = &events[start..end];
+        start = end;
+        // Within a chunk, each partition's events go as one batch, in order.
+        let partitions: BTreeSet<i32> = chunk.iter().map(|e| e.partition).collect();
+        for p in partitions {
+            let part: Vec<Ev> = chunk.iter().filter(|e| e.partition == p).cloned().collect();
+            alerts.extend(engine.process(p, &batch(&part), 0).unwrap().alerts);
+        }
+    }
+    if let Some(w) = final_watermark {
+        alerts.extend(engine.advance_watermark(w, 0).unwrap().alerts);
+    }
+    alerts
+}
+
+fn summary(alerts: &[Alert]) -> Vec<String> {
+    let mut v: Vec<String> = alerts
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {} {:?} {:?} {} {}",
+                a.rule_id,
+                a.key.get("patient_id").map(|v| v.to_string()).unwrap_or_default(),
+                a.window_start_ms,
+                a.status,
+                serde_json::Value::Object(a.values.clone()),
+                a.id
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+const TACHY: &str = "SELECT patient_id, AVG(heart_rate_bpm) AS avg_hr, COUNT(*) AS n,
+       TUMBLE_END(event_time, INTERVAL '60' SECOND) AS window_end
+FROM vitals WHERE heart_rate_bpm > 100
+GROUP BY TUMBLE(event_time, INTERVAL '60' SECOND), patient_id
+HAVING COUNT(*) >= 5 AND AVG(heart_rate_bpm) > 110";
+
+#[test]
+fn tumble_rule_fires_once_per_qualifying_window_when_the_watermark_passes() {
+    let rules = [spec("tachy", TACHY, 0)];
+    let mut events = vec![];
+    for s in 0..120 {
+        events.push(ev("A", s * 1000, if s < 60 { 120.0 } else { 80.0 }));
+        events.push(ev("B", s * 1000, 105.0));
+    }
+    // Nothing fires while the window is open.
+    let early = run(&rules, &events[..100], &[], None);
+    assert!(early.is_empty(), "{:?}", summary(&early));
+    let alerts = run(&rules, &events, &[], None);
+    assert_eq!(alerts.len(), 1, "{:?}", summary(&alerts));
+    let a = &alerts[0];
+    assert_eq!(a.key["patient_id"], "A");
+    assert_eq!(a.window_start_ms, Some(0));
+    assert_eq!(a.window_end_ms, Some(60_000));
+    assert_eq!(a.values["n"], 60);
+    assert_eq!(a.values["avg_hr"], 120.0);
+    assert_eq!(a.explanation.event_count, 60);
+    assert_eq!(a.explanation.last_event_ms, 59_000);
+    assert_eq!(a.status, AlertStatus::Fired);
+}
+
+#[test]
+fn per_event_rule_fires_on_each_matching_event() {
+    let rules = [spec("low", "SELECT patient_id, spo2_pct FROM vitals WHERE spo2_pct < 85", 0)];
+    let mut events = vec![ev("A", 1000, 80.0), ev("B", 2000, 80.0), ev("A", 3000, 80.0)];
+    events[0].spo2 = Some(84.9);
+    events[2].spo2 = Some(70.0);
+    events[1].spo2 = None; // a device that did not measure SpO2 never matches
+    let alerts = run(&rules, &events, &[], None);
+    assert_eq!(alerts.len(), 2);
+    assert_eq!(alerts[0].values["spo2_pct"], 84.9);
+    assert!(alerts.iter().all(|a| a.window_start_ms.is_none()));
+    assert_ne!(alerts[0].id, alerts[1].id);
+}
+
+#[test]
+fn cooldown_suppresses_repeats_for_the_same_key_and_counts_them() {
+    let rules = [spec("low", "SELECT patient_id, spo2_pct FROM vitals WHERE spo2_pct < 85", 300_000)];
+    let mut events: Vec<Ev> = (0..5).map(|i| Ev { spo2: Some(80.0), ..ev("A", i * 1000, 70.0) }).collect();
+    events.push(Ev { spo2: Some(80.0), ..ev("A", 301_000, 70.0) });
+    let alerts = run(&rules, &events, &[], None);
+    let statuses: Vec<AlertStatus> = alerts.iter().map(|a| a.status).collect();
+    use AlertStatus::*;
+    assert_eq!(statuses, vec![Fired, Suppressed, Suppressed, Suppressed, Suppressed, Fired]);
+    assert_eq!(alerts[1].explanation.suppressed_by.as_deref(), Some(alerts[0].id.as_str()));
+}
+
+#[test]
+fn late_events_beyond_lateness_are_counted_not_aggregated() {
+    let rules = [spec("count", "SELECT patient_id, COUNT(*) AS n FROM vitals GROUP BY TUMBLE(event_time, INTERVAL '10' SECOND), patient_id", 0)];
+    let events = vec![
+        ev("A", 1_000, 70.0),
+        ev("A", 9_000, 70.0),
+        ev("A", 12_000, 70.0), // watermark 11.5 s: window [0,10) closes
+        ev("A", 9_500, 70.0),  // late: its window already closed
+        ev("A", 11_800, 70.0), // out of order but within lateness: counted
+        ev("A", 30_000, 70.0),
+    ];
+    let mut engine = Engine::new(EngineConfig::default());
+    engine.upsert_rule(rules[0].clone()).unwrap();
+    let mut alerts = vec![];
+    let mut late = 0;
+    for e in &events {
+        let out = engine.process(0, &batch(std::slice::from_ref(e)), 0).unwrap();
+        late += out.late_events;
+        alerts.extend(out.alerts);
+    }
+    assert_eq!(late, 1);
+    assert_eq!(engine.rule_stats("count").unwrap().late_events, 1);
+    let counts: Vec<(Option<i64>, serde_json::Value)> = alerts.iter().map(|a| (a.window_start_ms, a.values["n"].clone())).collect();
+    assert_eq!(counts, vec![(Some(0), 2.into()), (Some(10_000), 2.into())]);
+    // Cut differently, the same events give the same alerts and late count.
+    let again = run(&rules, &events, &[2, 3], None);
+    assert_eq!(summary(&again), summary(&alerts));
+}
+
+#[test]
+fn hop_windows_combine_panes_and_each_event_counts_in_every_window() {
+    let rules = [spec(
+        "hop",
+        "SELECT patient_id, COUNT(*) AS n, HOP_START(event_time, INTERVAL '1' MINUTE, INTERVAL '3' MINUTE) AS ws
+         FROM vitals GROUP BY HOP(event_time, INTERVAL '1' MINUTE, INTERVAL '3' MINUTE), patient_id",
+        0,
+    )];
+    // One event per minute for 5 minutes.
+    let events: Vec<Ev> = (0..5).map(|m| ev("A", m * 60_000 + 5_000, 70.0)).collect();
+    let alerts = run(&rules, &events, &[], Some(10 * 60_000));
+    let got: Vec<(i64, i64)> = alerts
+        .iter()
+        .map(|a| (a.window_start_ms.unwrap(), a.values["n"].as_i64().unwrap()))
+        .collect();
+    // Windows [s, s+3min) for s = -2min … 4min.
+    let want: Vec<(i64, i64)> = (-2..=4)
+        .map(|s: i64| {
+            let start = s * 60_000;
+            let n = events.iter().filter(|e| e.ts >= start && e.ts < start + 180_000).count() as i64;
+            (start, n)
+        })
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_partition_far_ahead_in_event_time_neither_loses_nor_splits_windows() {
+    let rules = [spec("count", "SELECT patient_id, COUNT(*) AS n FROM vitals GROUP BY TUMBLE(event_time, INTERVAL '60' SECOND), patient_id", 0)];
+    let mut events = vec![];
+    // Partition 1 delivers ten minutes before partition 0 delivers anything.
+    for s in 0..600 {
+        events.push(Ev { partition: 1, ..ev("B", s * 1000, 70.0) });
+    }
+    for s in 0..600 {
+        events.push(Ev { partition: 0, ..ev("A", s * 1000, 70.0) });
+    }
+    let alerts = run(&rules, &events, &[100, 600, 650, 900], Some(600_000));
+    let a: Vec<i64> = alerts.iter().filter(|a| a.key["patient_id"] == "A").map(|a| a.values["n"].as_i64().unwrap()).collect();
+    let b: Vec<i64> = alerts.iter().filter(|a| a.key["patient_id"] == "B").map(|a| a.values["n"].as_i64().unwrap()).collect();
+    assert_eq!(a, vec![60; 10]);
+    assert_eq!(b, vec![60; 10], "the partition that ran ahead lost or split windows");
+}
+
+#[test]
+fn an_average_exactly_on_the_threshold_decides_the_same_for_every_batching() {
+    // 143 readings averaging exactly 90.0 against AVG(spo2_pct) < 90: never fires.
+    let rules = [spec(
+        "hypox",
+        "SELECT patient_id, AVG(spo2_pct) AS avg_spo2, COUNT(*) AS n FROM vitals
+         GROUP BY TUMBLE(event_time, INTERVAL '5' MINUTE), patient_id HAVING AVG(spo2_pct) <= 90",
+        0,
+    )];
+    let mut events = vec![];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut values = vec![];
+    for i in 0..71 {
+        let d = 0.1 * ((i % 9) as f64 + 1.0);
+        values.push(90.0 + d);
+        values.push(90.0 - d);
+    }
+    values.push(90.0);
+    for (i, v) in values.iter().enumerate() {
+        events.push(Ev { spo2: Some((v * 10.0_f64).round() / 10.0), ..ev("A", i as i64 * 2000, 70.0) });
+    }
+    for trial in 0..20 {
+        let mut cuts: Vec<usize> = (0..rng.gen_range(0..10)).map(|_| rng.gen_range(1..events.len())).collect();
+        cuts.sort();
+        cuts.dedup();
+        let alerts = run(&rules, &events, &cuts, Some(600_000));
+        assert_eq!(alerts.len(), 1, "trial {trial} cuts {cuts:?}");
+        assert_eq!(alerts[0].values["avg_spo2"], 90.0, "trial {trial}: average must be exactly 90.0");
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_batching_or_partition_interleaving() {
+    let rules = [
+        spec("tachy", TACHY, 0),
+        spec(
+            "hop",
+            "SELECT patient_id, AVG(heart_rate_bpm) AS a, MIN(heart_rate_bpm) AS lo, MAX(heart_rate_bpm) AS hi, COUNT(*) AS n
+             FROM vitals GROUP BY HOP(event_time, INTERVAL '30' SECOND, INTERVAL '2' MINUTE), patient_id HAVING AVG(heart_rate_bpm) > 90",
+            60_000,
+        ),
+        spec("per-event", "SELECT patient_id, heart_rate_bpm FROM vitals WHERE heart_rate_bpm > 140", 30_000),
+    ];
+    let patients = ["P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8"];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut per_partition: Vec<Vec<Ev>> = vec![vec![]; 3];
+    let mut hrs = [80.0f64; 8];
+    for s in 0..900i64 {
+        for (pi, p) in patients.iter().enumerate() {
+            let hr = &mut hrs[pi];
+            *hr = (*hr + rng.gen_range(-4.0..4.5)).clamp(40.0, 170.0);
+            let hr = *hr;
+            // Jitter within lateness keeps events mostly in order.
+            let ts = s * 1000 + rng.gen_range(0..400);
+            per_partition[pi % 3].push(Ev { partition: (pi % 3) as i32, ..ev(p, ts, (hr * 10.0).round() / 10.0) });
+        }
+    }
+    // Baseline: each partition whole, one after another.
+    let baseline_events: Vec<Ev> = per_partition.iter().flatten().cloned().collect();
+    let baseline = summary(&run(&rules, &baseline_events, &[], Some(2_000_000)));
+    assert!(baseline.len() > 5, "the scenario should fire: {baseline:?}");
+    for trial in 0..8 {
+        // Interleave partitions in random chunks, preserving order within each.
+        let mut cursors = [0usize; 3];
+        let mut events = vec![];
+        while cursors.iter().zip(&per_partition).any(|(c, p)| *c < p.len()) {
+            let p = rng.gen_range(0..3);
+            let take = rng.gen_range(1..400);
+            let end = (cursors[p] + take).min(per_partition[p].len());
+            events.extend_from_slice(&per_partition[p][cursors[p]..end]);
+            cursors[p] = end;
+        }
+        let mut cuts: Vec<usize> = (0..rng.gen_range(1..50)).map(|_| rng.gen_range(1..events.len())).collect();
+        cuts.sort();
+        cuts.dedup();
+        let got = summary(&run(&rules, &events, &cuts, Some(2_000_000)));
+        let missing: Vec<&String> = baseline.iter().filter(|a| !got.contains(a)).collect();
+        let extra: Vec<&String> = got.iter().filter(|a| !baseline.contains(a)).collect();
+        assert!(missing.is_empty() && extra.is_empty(), "trial {trial}: missing {missing:#?}\nextra {extra:#?}");
+    }
+}

@@ -177,9 +177,10 @@ fn parse(path: &Path) -> Vec<Step> {
                             e.message,
                             fragment.trim()
                         );
+                        let want: (u64, u64) = (l.parse().unwrap(), c.parse().unwrap());
                         assert_eq!(
                             (e.position.line, e.position.column),
-                            (l.parse().unwrap(), c.parse().unwrap()),
+                            want,
                             "{name}:{lineno}: position of `{}`",
                             e.message
                         );

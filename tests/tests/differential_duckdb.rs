@@ -1,19 +1,24 @@
 //! Differential test: the streaming engine against DuckDB.
 //!
-//! A messy two-hour stream of bedside vitals for ~1000 patients (bursts,
-//! silences, nulls, out-of-order and late events, duplicates, malformed
-//! payloads) is partitioned by patient like the Kafka topic, decoded by the
-//! server's JSON decoder, and pushed through `sql_rules::Engine` in skewed,
-//! randomly sized per-partition chunks — twice, cut differently. Every event
-//! the decoder accepted is written to a CSV, and `oracle/duckdb_windows.py`
+//! A messy two-hour stream of bedside vitals (bursts, silences, nulls,
+//! out-of-order and late events, duplicates, malformed payloads) is
+//! partitioned by patient like the Kafka topic, decoded by the server's JSON
+//! decoder, and pushed through `sql_rules::Engine` in skewed, randomly sized
+//! per-partition chunks, several times, cut differently. Every event the
+//! decoder accepted is written to a CSV, and `oracle/duckdb_windows.py`
 //! computes the same windows in batch SQL from the engine's documented
 //! semantics (lateness per partition in arrival order, HOP/SESSION
 //! membership, exact decimal sums). Alerts, window bounds, aggregate values
-//! and per-rule late counts must all agree, and both cuts must agree with
-//! each other.
+//! and per-rule late counts of every cut must equal the oracle's, and the
+//! cuts must agree with each other (ids included).
+//!
+//! Two streams: a dense ward (~1000 patients, with a patient whose SpO2
+//! averages exactly 90.0) and a sparse one (8 patients, whole minutes without
+//! any event, one cut delivering every event as its own batch).
 //!
 //! Needs python3 with duckdb (`bash tests/run.sh` installs it); without them
-//! the test fails, it does not skip.
+//! the test fails, it does not skip. Set WARDWATCH_DIFF_KEEP=<dir> to keep
+//! the events CSV and the oracle's JSON for debugging.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -794,28 +799,46 @@ fn differential(label: &str, stream: &Stream, cuts: &[(u64, usize)], expect: Exp
     let oracle = run_oracle(&csv, &out);
     println!("[{label}] DuckDB oracle over {} accepted events: {:.1}s", runs[0].rows.len(), t.elapsed().as_secs_f64());
 
-    let run = runs.swap_remove(0);
     let oracle_late = oracle.get("_late").and_then(Value::as_object).expect("oracle late counts");
-    println!("[{label}] {:<15} {:>8} {:>8} {:>8} {:>8}", "rule", "engine", "oracle", "late(e)", "late(o)");
+    let mut header = format!("[{label}] {:<15} {:>7} {:>7}", "rule", "oracle", "late");
+    for (seed, _) in cuts {
+        let _ = write!(header, " | cut {seed:<4} {:>7} {:>5}", "alerts", "late");
+    }
+    println!("{header}");
     for (rule, _) in RULES {
-        let e = engine_entries(&run.alerts, rule, &mut report);
         let o = oracle_entries(&oracle, rule);
-        let ne: usize = e.values().map(Vec::len).sum();
         let no: usize = o.values().map(Vec::len).sum();
         let late_o = oracle_late.get(*rule).and_then(Value::as_u64).expect("oracle late count");
-        let late_e = run.late[*rule];
-        println!("[{label}] {rule:<15} {ne:>8} {no:>8} {late_e:>8} {late_o:>8}");
-        if late_e != late_o {
-            report.push(format!("[{rule}] late events: engine {late_e}, oracle {late_o}"));
-        }
+        let mut line = format!("[{label}] {rule:<15} {no:>7} {late_o:>7}");
         if expect.rich && no == 0 {
             report.push(format!("[{rule}] the oracle expects no alerts: the generated stream does not exercise this rule"));
         }
         if expect.rich && *rule != PER_EVENT_RULE && late_o == 0 {
             report.push(format!("[{rule}] no late events: the generated stream does not exercise lateness"));
         }
-        compare_rule(rule, e, o, &mut report);
+        // Every cut is compared with the oracle, so a failure says which cuts went wrong.
+        for (run, (seed, _)) in runs.iter().zip(cuts) {
+            let tag = format!("{rule}, cut {seed}");
+            let e = engine_entries(&run.alerts, rule, &mut report);
+            let ne: usize = e.values().map(Vec::len).sum();
+            let late_e = run.late[*rule];
+            let mark = if ne == no && late_e == late_o { ' ' } else { '*' };
+            let _ = write!(line, " | {mark}{:>15} {late_e:>5}", ne);
+            if late_e != late_o {
+                report.push(format!("[{tag}] late events: engine {late_e}, oracle {late_o}"));
+            }
+            compare_rule(&tag, e, o.clone(), &mut report);
+        }
+        println!("{line}");
     }
+    if let Ok(keep) = std::env::var("WARDWATCH_DIFF_KEEP") {
+        // For debugging a failure: keep the events and the oracle's answer.
+        std::fs::create_dir_all(&keep).expect("create WARDWATCH_DIFF_KEEP");
+        std::fs::copy(&csv, format!("{keep}/{label}-events.csv")).expect("copy csv");
+        std::fs::copy(&out, format!("{keep}/{label}-oracle.json")).expect("copy oracle output");
+        println!("[{label}] kept events and oracle output in {keep}");
+    }
+    let run = runs.swap_remove(0);
     (run, report)
 }
 

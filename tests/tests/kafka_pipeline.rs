@@ -78,7 +78,8 @@ fn reading_json(r: &Reading, seq: u32) -> String {
 async fn read_topic(broker: &Broker, topic: &str, want: usize, timeout: Duration) -> Vec<(Option<String>, Vec<u8>, BTreeMap<String, String>)> {
     let consumer: StreamConsumer = broker
         .client_config()
-        .set("group.id", format!("e2e-reader-{topic}"))
+        // A fresh group each time: every read starts from the beginning.
+        .set("group.id", format!("e2e-reader-{topic}-{}", rand::random::<u64>()))
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "10")
         .create()

@@ -226,10 +226,15 @@ impl PaneOperator {
         // Windows (starting at multiples of the slide) that contain some
         // pane and are due, by end.
         let mut ends = BTreeSet::new();
-        for &p in self.open.keys().chain(self.sealed.keys()) {
-            if p >= watermark {
-                break;
-            }
+        // Open and sealed panes are two sorted maps; their chain is not
+        // sorted, so take each one's range below the watermark.
+        let panes: Vec<i64> = self
+            .open
+            .range(..watermark)
+            .map(|(p, _)| *p)
+            .chain(self.sealed.range(..watermark).map(|(p, _)| *p))
+            .collect();
+        for p in panes {
             // Starts s with s <= p and s + size >= p + pane.
             let lowest = p + self.pane_ms - self.size_ms;
             let mut start = lowest.div_euclid(self.slide_ms) * self.slide_ms;

@@ -85,20 +85,29 @@ impl Default for KafkaConfig {
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        Self { max_batch_rows: 8192, max_batch_delay_ms: 20, allowed_lateness_ms: 500, idle_timeout_ms: 10_000 }
+        Self {
+            max_batch_rows: 8192,
+            max_batch_delay_ms: 20,
+            allowed_lateness_ms: 500,
+            idle_timeout_ms: 10_000,
+        }
     }
 }
 
 impl Default for DemoConfig {
     fn default() -> Self {
-        Self { patients: 300, seed: 42 }
+        Self {
+            patients: 300,
+            seed: 42,
+        }
     }
 }
 
 impl Config {
     /// Reads a TOML file; a missing file named explicitly is an error.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
     }
 
@@ -126,7 +135,8 @@ mod tests {
 
     #[test]
     fn a_toml_file_overrides_only_what_it_names() {
-        let c: Config = toml::from_str("listen = \"0.0.0.0:9000\"\n[kafka]\nbrokers = \"k:9092\"\n").unwrap();
+        let c: Config =
+            toml::from_str("listen = \"0.0.0.0:9000\"\n[kafka]\nbrokers = \"k:9092\"\n").unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.kafka.brokers.as_deref(), Some("k:9092"));
         assert_eq!(c.kafka.vitals_topic, "vitals");

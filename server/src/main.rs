@@ -116,7 +116,9 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let (config, demo) = args.into_config()?;
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(wardwatch::server::run(config, demo))
         }
     }

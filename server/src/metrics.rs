@@ -7,7 +7,9 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Upper bounds of the batch-latency histogram, in seconds.
-const BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 #[derive(Default)]
 pub struct Metrics {
@@ -31,7 +33,8 @@ impl Metrics {
     pub fn observe_batch(&self, seconds: f64) {
         self.batches.fetch_add(1, Relaxed);
         self.latency_count.fetch_add(1, Relaxed);
-        self.latency_sum_micros.fetch_add((seconds * 1e6) as u64, Relaxed);
+        self.latency_sum_micros
+            .fetch_add((seconds * 1e6) as u64, Relaxed);
         for (bound, bucket) in BUCKETS.iter().zip(&self.latency_buckets) {
             if seconds <= *bound {
                 bucket.fetch_add(1, Relaxed);
@@ -54,19 +57,37 @@ impl Metrics {
             ("wardwatch_dead_letter_errors_total", "Dead letters that could not be written.", &self.dead_letter_errors),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Relaxed)
+            );
         }
         for (name, help, value) in extra {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         }
         let name = "wardwatch_batch_seconds";
-        let _ = writeln!(out, "# HELP {name} Engine time per micro-batch.\n# TYPE {name} histogram");
+        let _ = writeln!(
+            out,
+            "# HELP {name} Engine time per micro-batch.\n# TYPE {name} histogram"
+        );
         for (bound, bucket) in BUCKETS.iter().zip(&self.latency_buckets) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", bucket.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Relaxed)
+            );
         }
         let count = self.latency_count.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", self.latency_sum_micros.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.latency_sum_micros.load(Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "{name}_count {count}");
         out
     }
@@ -82,8 +103,14 @@ mod tests {
         m.observe_batch(0.002);
         m.observe_batch(0.2);
         let text = m.render(&[]);
-        assert!(text.contains("wardwatch_batch_seconds_bucket{le=\"0.0025\"} 1"), "{text}");
-        assert!(text.contains("wardwatch_batch_seconds_bucket{le=\"0.25\"} 2"), "{text}");
+        assert!(
+            text.contains("wardwatch_batch_seconds_bucket{le=\"0.0025\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wardwatch_batch_seconds_bucket{le=\"0.25\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("wardwatch_batch_seconds_count 2"), "{text}");
     }
 }

@@ -22,7 +22,10 @@ use crate::metrics::Metrics;
 pub const LOCAL_PARTITION: i32 = -1;
 
 pub enum Input {
-    Batch { partition: i32, batch: RecordBatch },
+    Batch {
+        partition: i32,
+        batch: RecordBatch,
+    },
     Upsert(Box<RuleSpec>),
     Remove(String),
     Assign(Vec<i32>),
@@ -70,7 +73,11 @@ fn now_ms() -> i64 {
 }
 
 /// Starts the engine thread.
-pub fn start(config: EngineConfig, metrics: Arc<Metrics>, alerts: UnboundedSender<Alert>) -> PipelineHandle {
+pub fn start(
+    config: EngineConfig,
+    metrics: Arc<Metrics>,
+    alerts: UnboundedSender<Alert>,
+) -> PipelineHandle {
     let (tx, rx) = mpsc::sync_channel::<Input>(64);
     let rule_stats = Arc::new(Mutex::new(HashMap::new()));
     let stats = Arc::clone(&rule_stats);

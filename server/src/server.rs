@@ -20,13 +20,20 @@ use crate::{demo, source};
 
 pub async fn run(config: Config, demo_mode: bool) -> Result<()> {
     if let Some(dir) = config.data_path() {
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating data directory {}", dir.display()))?;
     }
     let (store, prefix) = catalog::storage::open_store(&config.data_dir)
         .with_context(|| format!("opening storage at {}", config.data_dir))?;
-    let rules = RuleStore::open(Arc::clone(&store), prefix.clone()).await.context("loading rules")?;
-    let alert_log = JsonLog::open(Arc::clone(&store), prefix.clone(), "alerts").await.context("opening alert history")?;
-    let dead_letter_log = JsonLog::open(Arc::clone(&store), prefix.clone(), "dead_letters").await.context("opening dead letters")?;
+    let rules = RuleStore::open(Arc::clone(&store), prefix.clone())
+        .await
+        .context("loading rules")?;
+    let alert_log = JsonLog::open(Arc::clone(&store), prefix.clone(), "alerts")
+        .await
+        .context("opening alert history")?;
+    let dead_letter_log = JsonLog::open(Arc::clone(&store), prefix.clone(), "dead_letters")
+        .await
+        .context("opening dead letters")?;
     let metrics = Arc::new(Metrics::default());
 
     let producer = match &config.kafka.brokers {
@@ -45,12 +52,16 @@ pub async fn run(config: Config, demo_mode: bool) -> Result<()> {
     tokio::spawn(alerts::deliver(
         alert_rx,
         Arc::clone(&hub),
-        producer.clone().map(|p| (p, config.kafka.alerts_topic.clone())),
+        producer
+            .clone()
+            .map(|p| (p, config.kafka.alerts_topic.clone())),
         Arc::clone(&metrics),
     ));
     let dead_letters = Arc::new(DeadLetters {
         table: dead_letter_log,
-        kafka: producer.clone().map(|p| (p, config.kafka.dlq_topic.clone())),
+        kafka: producer
+            .clone()
+            .map(|p| (p, config.kafka.dlq_topic.clone())),
         metrics: Arc::clone(&metrics),
     });
 
@@ -59,17 +70,25 @@ pub async fn run(config: Config, demo_mode: bool) -> Result<()> {
     let now = chrono::Utc::now().timestamp_millis();
     if demo_mode && rules.list().await.is_empty() {
         for draft in demo::example_rules() {
-            rules.create(draft, now).await.context("creating the demo rules")?;
+            rules
+                .create(draft, now)
+                .await
+                .context("creating the demo rules")?;
         }
     }
     for rule in rules.list().await.into_iter().filter(|r| r.active) {
         match compiler.compile(&rule.current.sql) {
             Ok(compiled) => {
-                pipeline.send(Input::Upsert(Box::new(api::rules::rule_spec(&rule.current, compiled))))?;
+                pipeline.send(Input::Upsert(Box::new(api::rules::rule_spec(
+                    &rule.current,
+                    compiled,
+                ))))?;
             }
             // A stored rule that no longer compiles (e.g. after an upgrade)
             // must not keep the others from running.
-            Err(e) => tracing::error!(rule = %rule.id, error = %e, "stored rule does not compile; not running it"),
+            Err(e) => {
+                tracing::error!(rule = %rule.id, error = %e, "stored rule does not compile; not running it")
+            }
         }
     }
 
@@ -139,7 +158,9 @@ pub async fn run(config: Config, demo_mode: bool) -> Result<()> {
         kafka_ready,
         rule_writes: tokio::sync::Mutex::new(()),
     });
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
     tracing::info!("wardwatch listening on http://{listen}");
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(async {

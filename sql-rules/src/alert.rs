@@ -60,7 +60,12 @@ impl Alert {
 }
 
 /// The deterministic alert id: 16 hex digits of xxh3 over the identity.
-pub fn alert_id(rule_id: &str, version: u32, key: &Map<String, Value>, discriminator: &str) -> String {
+pub fn alert_id(
+    rule_id: &str,
+    version: u32,
+    key: &Map<String, Value>,
+    discriminator: &str,
+) -> String {
     use xxhash_rust::xxh3::Xxh3;
     let mut h = Xxh3::new();
     h.update(rule_id.as_bytes());

@@ -48,7 +48,10 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { default_lateness_ms: 500, idle_timeout_ms: 10_000 }
+        Self {
+            default_lateness_ms: 500,
+            idle_timeout_ms: 10_000,
+        }
     }
 }
 
@@ -116,7 +119,11 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(config: EngineConfig) -> Self {
-        Self { config, rules: Vec::new(), partitions: HashMap::new() }
+        Self {
+            config,
+            rules: Vec::new(),
+            partitions: HashMap::new(),
+        }
     }
 
     /// Adds a rule, or replaces the rule with the same id (a new version
@@ -130,7 +137,9 @@ impl Engine {
             ),
         };
         let runtime = RuleRuntime {
-            lateness_ms: spec.allowed_lateness_ms.unwrap_or(self.config.default_lateness_ms),
+            lateness_ms: spec
+                .allowed_lateness_ms
+                .unwrap_or(self.config.default_lateness_ms),
             spec: Arc::new(spec),
             condition,
             operator,
@@ -194,7 +203,9 @@ impl Engine {
             let ts_col = batch
                 .column(idx::EVENT_TIME)
                 .as_primitive_opt::<TimestampMillisecondType>()
-                .ok_or_else(|| EngineError::Schema("column event_time is not a millisecond timestamp".into()))?;
+                .ok_or_else(|| {
+                    EngineError::Schema("column event_time is not a millisecond timestamp".into())
+                })?;
             let ts = ts_col.values();
             let clock = self.partitions.entry(partition).or_insert(PartitionClock {
                 max_event_ms: i64::MIN,
@@ -232,7 +243,11 @@ impl Engine {
 
     /// Closes every window that ends at or before `event_time_ms`, as if all
     /// partitions had moved past it. Replay uses this at the end of its range.
-    pub fn advance_watermark(&mut self, event_time_ms: i64, processing_time_ms: i64) -> Result<EngineOutput, EngineError> {
+    pub fn advance_watermark(
+        &mut self,
+        event_time_ms: i64,
+        processing_time_ms: i64,
+    ) -> Result<EngineOutput, EngineError> {
         let mut out = EngineOutput::default();
         self.fire_due(processing_time_ms, Some(event_time_ms), &mut out)?;
         Ok(out)
@@ -241,14 +256,24 @@ impl Engine {
     /// The minimum max-event-time over active partitions; if all are idle,
     /// the maximum (a quiet stream still closes its windows).
     fn stream_time(&self) -> Option<i64> {
-        let active = self.partitions.values().filter(|c| !c.idle).map(|c| c.max_event_ms).min();
+        let active = self
+            .partitions
+            .values()
+            .filter(|c| !c.idle)
+            .map(|c| c.max_event_ms)
+            .min();
         match active {
             Some(t) => Some(t),
             None => self.partitions.values().map(|c| c.max_event_ms).max(),
         }
     }
 
-    fn fire_due(&mut self, processing_time_ms: i64, forced: Option<i64>, out: &mut EngineOutput) -> Result<(), EngineError> {
+    fn fire_due(
+        &mut self,
+        processing_time_ms: i64,
+        forced: Option<i64>,
+        out: &mut EngineOutput,
+    ) -> Result<(), EngineError> {
         let stream_time = self.stream_time();
         for rule in &mut self.rules {
             let watermark = match (stream_time, forced) {
@@ -266,12 +291,17 @@ impl Engine {
     /// The watermark a rule currently uses (for metrics and tests).
     pub fn watermark(&self, rule_id: &str) -> Option<i64> {
         let rule = self.rules.iter().find(|r| r.spec.id == rule_id)?;
-        self.stream_time().filter(|t| *t > i64::MIN).map(|t| t - rule.lateness_ms)
+        self.stream_time()
+            .filter(|t| *t > i64::MIN)
+            .map(|t| t - rule.lateness_ms)
     }
 }
 
 fn eval_err(rule: &RuleSpec) -> impl Fn(datafusion::error::DataFusionError) -> EngineError + '_ {
-    move |source| EngineError::Evaluation { rule: format!("{} v{}", rule.id, rule.version), source }
+    move |source| EngineError::Evaluation {
+        rule: format!("{} v{}", rule.id, rule.version),
+        source,
+    }
 }
 
 impl RuleRuntime {
@@ -286,7 +316,8 @@ impl RuleRuntime {
         let spec = Arc::clone(&self.spec);
         match &mut self.operator {
             Operator::PerEvent => {
-                let evaluated = apply_ops(&spec.compiled.input_ops, batch).map_err(eval_err(&spec))?;
+                let evaluated =
+                    apply_ops(&spec.compiled.input_ops, batch).map_err(eval_err(&spec))?;
                 self.stats.events_matched += evaluated.output.num_rows() as u64;
                 for (row, &base) in evaluated.base_rows.values().iter().enumerate() {
                     let base = base as usize;
@@ -295,8 +326,21 @@ impl RuleRuntime {
                     let seq = cell(batch.column(idx::SEQUENCE_NUMBER).as_ref(), base);
                     let patient = cell(batch.column(idx::PATIENT_ID).as_ref(), base);
                     let discriminator = format!("e={event_ms};p={patient};s={seq}");
-                    let stats = GroupStats { count: 1, first_event_ms: event_ms, last_event_ms: event_ms };
-                    let alert = self.make_alert(key, values, None, event_ms, event_ms, &discriminator, stats, processing_time_ms);
+                    let stats = GroupStats {
+                        count: 1,
+                        first_event_ms: event_ms,
+                        last_event_ms: event_ms,
+                    };
+                    let alert = self.make_alert(
+                        key,
+                        values,
+                        None,
+                        event_ms,
+                        event_ms,
+                        &discriminator,
+                        stats,
+                        processing_time_ms,
+                    );
                     out.alerts.push(alert);
                 }
             }
@@ -336,7 +380,12 @@ impl RuleRuntime {
                 } else {
                     let mask = BooleanArray::from(keep.clone());
                     current = filter_record_batch(batch, &mask)?;
-                    kept_ts = ts.iter().zip(&keep).filter(|(_, k)| **k).map(|(t, _)| *t).collect();
+                    kept_ts = ts
+                        .iter()
+                        .zip(&keep)
+                        .filter(|(_, k)| **k)
+                        .map(|(t, _)| *t)
+                        .collect();
                     &kept_ts
                 };
                 op.insert(&current, ts_ref).map_err(eval_err(&spec))?;
@@ -345,13 +394,21 @@ impl RuleRuntime {
         Ok(())
     }
 
-    fn fire(&mut self, watermark: i64, processing_time_ms: i64, out: &mut EngineOutput) -> Result<(), EngineError> {
+    fn fire(
+        &mut self,
+        watermark: i64,
+        processing_time_ms: i64,
+        out: &mut EngineOutput,
+    ) -> Result<(), EngineError> {
         let spec = Arc::clone(&self.spec);
-        let Operator::Window(op) = &mut self.operator else { return Ok(()) };
+        let Operator::Window(op) = &mut self.operator else {
+            return Ok(());
+        };
         let mut closed: Vec<ClosedWindow> = Vec::new();
         op.fire(watermark, &mut closed).map_err(eval_err(&spec))?;
         for window in closed {
-            let evaluated = apply_ops(&spec.compiled.output_ops, &window.rows).map_err(eval_err(&spec))?;
+            let evaluated =
+                apply_ops(&spec.compiled.output_ops, &window.rows).map_err(eval_err(&spec))?;
             for (row, &base) in evaluated.base_rows.values().iter().enumerate() {
                 let stats = window.stats[base as usize];
                 let (key, values) = split_row(&spec.compiled, &evaluated.output, row);
@@ -389,12 +446,15 @@ impl RuleRuntime {
         let key_text = Value::Object(key.clone()).to_string();
         let mut suppressed_by = None;
         let status = match self.last_fired.get(&key_text) {
-            Some((last, last_id)) if spec.cooldown_ms > 0 && alert_time_ms < last + spec.cooldown_ms => {
+            Some((last, last_id))
+                if spec.cooldown_ms > 0 && alert_time_ms < last + spec.cooldown_ms =>
+            {
                 suppressed_by = Some(last_id.clone());
                 AlertStatus::Suppressed
             }
             _ => {
-                self.last_fired.insert(key_text, (alert_time_ms, id.clone()));
+                self.last_fired
+                    .insert(key_text, (alert_time_ms, id.clone()));
                 AlertStatus::Fired
             }
         };
@@ -427,7 +487,11 @@ impl RuleRuntime {
 }
 
 /// Splits one output row into the alert's key and values.
-fn split_row(rule: &CompiledRule, output: &RecordBatch, row: usize) -> (Map<String, Value>, Map<String, Value>) {
+fn split_row(
+    rule: &CompiledRule,
+    output: &RecordBatch,
+    row: usize,
+) -> (Map<String, Value>, Map<String, Value>) {
     let mut key = Map::new();
     let mut values = Map::new();
     for (i, field) in output.schema().fields().iter().enumerate() {
@@ -449,7 +513,11 @@ fn condition_text(sql: &str) -> String {
         let rest = &sql[at + word.len()..];
         let end_words = [" GROUP BY", " HAVING", " ORDER BY", " LIMIT"];
         let rest_upper = rest.to_ascii_uppercase();
-        let end = end_words.iter().filter_map(|w| rest_upper.find(w)).min().unwrap_or(rest.len());
+        let end = end_words
+            .iter()
+            .filter_map(|w| rest_upper.find(w))
+            .min()
+            .unwrap_or(rest.len());
         Some(rest[..end].split_whitespace().collect::<Vec<_>>().join(" "))
     };
     pick("HAVING").or_else(|| pick("WHERE")).unwrap_or_default()

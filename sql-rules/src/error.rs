@@ -18,7 +18,10 @@ impl SqlPosition {
     }
 
     pub fn from_sqlparser(loc: sqlparser::tokenizer::Location) -> Self {
-        Self { line: loc.line, column: loc.column }
+        Self {
+            line: loc.line,
+            column: loc.column,
+        }
     }
 
     pub fn is_known(&self) -> bool {
@@ -42,7 +45,10 @@ pub struct RuleError {
 
 impl RuleError {
     pub fn new(message: impl Into<String>, position: SqlPosition) -> Self {
-        Self { message: message.into(), position }
+        Self {
+            message: message.into(),
+            position,
+        }
     }
 
     /// An error whose position we could not determine; it points at the

@@ -24,7 +24,10 @@ pub fn predicate_mask(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Resu
 
 /// Evaluates expressions to arrays of the batch's length.
 pub fn evaluate_all(exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
-    exprs.iter().map(|e| e.evaluate(batch)?.into_array(batch.num_rows())).collect()
+    exprs
+        .iter()
+        .map(|e| e.evaluate(batch)?.into_array(batch.num_rows()))
+        .collect()
 }
 
 /// The result of row steps: the output rows and, for each, the index of the
@@ -56,15 +59,23 @@ pub fn apply_ops(ops: &[RowOp], base: &RecordBatch) -> Result<Evaluated> {
                 current = RecordBatch::try_new_with_options(
                     Arc::clone(schema),
                     columns,
-                    &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(current.num_rows())),
+                    &arrow::record_batch::RecordBatchOptions::new()
+                        .with_row_count(Some(current.num_rows())),
                 )?;
             }
         }
     }
-    if let Some(RowOp::Project { schema, .. }) = ops.iter().rev().find(|o| matches!(o, RowOp::Project { .. })) {
+    if let Some(RowOp::Project { schema, .. }) = ops
+        .iter()
+        .rev()
+        .find(|o| matches!(o, RowOp::Project { .. }))
+    {
         if current.num_rows() == 0 && current.schema() != *schema {
             current = RecordBatch::new_empty(Arc::clone(schema));
         }
     }
-    Ok(Evaluated { output: current, base_rows: rows })
+    Ok(Evaluated {
+        output: current,
+        base_rows: rows,
+    })
 }

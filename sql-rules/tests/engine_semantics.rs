@@ -20,7 +20,13 @@ struct Ev {
 }
 
 fn ev(patient: &'static str, ts: i64, hr: f64) -> Ev {
-    Ev { patient, ts, hr: Some(hr), spo2: Some(97.0), partition: 0 }
+    Ev {
+        patient,
+        ts,
+        hr: Some(hr),
+        spo2: Some(97.0),
+        partition: 0,
+    }
 }
 
 fn batch(events: &[Ev]) -> RecordBatch {
@@ -29,17 +35,33 @@ fn batch(events: &[Ev]) -> RecordBatch {
         vitals_schema(),
         vec![
             Arc::new(StringArray::from(vec![Some("H01"); n])),
-            Arc::new(StringArray::from(events.iter().map(|e| e.patient).collect::<Vec<_>>())),
-            Arc::new(Int64Array::from(events.iter().map(|e| e.ts).collect::<Vec<_>>())),
-            Arc::new(Float64Array::from(events.iter().map(|e| e.hr).collect::<Vec<_>>())),
-            Arc::new(Float64Array::from(events.iter().map(|e| e.spo2).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(
+                events.iter().map(|e| e.patient).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                events.iter().map(|e| e.ts).collect::<Vec<_>>(),
+            )),
+            Arc::new(Float64Array::from(
+                events.iter().map(|e| e.hr).collect::<Vec<_>>(),
+            )),
+            Arc::new(Float64Array::from(
+                events.iter().map(|e| e.spo2).collect::<Vec<_>>(),
+            )),
             Arc::new(Float64Array::from(vec![Some(16.0); n])),
             Arc::new(Float64Array::from(vec![Some(120.0); n])),
             Arc::new(Float64Array::from(vec![Some(80.0); n])),
             Arc::new(StringArray::from(vec![Some("BEDSIDE"); n])),
             // The device sequence number is a property of the event, not of the batch.
-            Arc::new(UInt32Array::from(events.iter().map(|e| (e.ts / 1000) as u32).collect::<Vec<_>>())),
-            Arc::new(TimestampMillisecondArray::from(events.iter().map(|e| e.ts).collect::<Vec<_>>()).with_timezone("UTC")),
+            Arc::new(UInt32Array::from(
+                events
+                    .iter()
+                    .map(|e| (e.ts / 1000) as u32)
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(
+                TimestampMillisecondArray::from(events.iter().map(|e| e.ts).collect::<Vec<_>>())
+                    .with_timezone("UTC"),
+            ),
         ],
     )
     .unwrap()
@@ -53,19 +75,30 @@ fn spec(id: &str, sql: &str, cooldown_ms: i64) -> RuleSpec {
         severity: "high".into(),
         cooldown_ms,
         allowed_lateness_ms: None,
-        compiled: CompiledRule::compile(sql, &vitals_schema()).unwrap_or_else(|e| panic!("{id}: {e}")),
+        compiled: CompiledRule::compile(sql, &vitals_schema())
+            .unwrap_or_else(|e| panic!("{id}: {e}")),
     }
 }
 
 /// Runs events through an engine, cut into batches at `cuts` (per
 /// partition, in arrival order), then closes everything.
-fn run(rules: &[RuleSpec], events: &[Ev], cuts: &[usize], final_watermark: Option<i64>) -> Vec<Alert> {
+fn run(
+    rules: &[RuleSpec],
+    events: &[Ev],
+    cuts: &[usize],
+    final_watermark: Option<i64>,
+) -> Vec<Alert> {
     let mut engine = Engine::new(EngineConfig::default());
     for r in rules {
         engine.upsert_rule(r.clone()).unwrap();
     }
     // As a Kafka consumer is told its assignment before data arrives.
-    let all: Vec<i32> = events.iter().map(|e| e.partition).collect::<BTreeSet<_>>().into_iter().collect();
+    let all: Vec<i32> = events
+        .iter()
+        .map(|e| e.partition)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     engine.assign_partitions(&all, 0);
     let mut alerts = vec![];
     let mut start = 0;
@@ -92,7 +125,10 @@ fn summary(alerts: &[Alert]) -> Vec<String> {
             format!(
                 "{} {} {:?} {:?} {} {}",
                 a.rule_id,
-                a.key.get("patient_id").map(|v| v.to_string()).unwrap_or_default(),
+                a.key
+                    .get("patient_id")
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
                 a.window_start_ms,
                 a.status,
                 serde_json::Value::Object(a.values.clone()),
@@ -136,8 +172,16 @@ fn tumble_rule_fires_once_per_qualifying_window_when_the_watermark_passes() {
 
 #[test]
 fn per_event_rule_fires_on_each_matching_event() {
-    let rules = [spec("low", "SELECT patient_id, spo2_pct FROM vitals WHERE spo2_pct < 85", 0)];
-    let mut events = vec![ev("A", 1000, 80.0), ev("B", 2000, 80.0), ev("A", 3000, 80.0)];
+    let rules = [spec(
+        "low",
+        "SELECT patient_id, spo2_pct FROM vitals WHERE spo2_pct < 85",
+        0,
+    )];
+    let mut events = vec![
+        ev("A", 1000, 80.0),
+        ev("B", 2000, 80.0),
+        ev("A", 3000, 80.0),
+    ];
     events[0].spo2 = Some(84.9);
     events[2].spo2 = Some(70.0);
     events[1].spo2 = None; // a device that did not measure SpO2 never matches
@@ -150,14 +194,32 @@ fn per_event_rule_fires_on_each_matching_event() {
 
 #[test]
 fn cooldown_suppresses_repeats_for_the_same_key_and_counts_them() {
-    let rules = [spec("low", "SELECT patient_id, spo2_pct FROM vitals WHERE spo2_pct < 85", 300_000)];
-    let mut events: Vec<Ev> = (0..5).map(|i| Ev { spo2: Some(80.0), ..ev("A", i * 1000, 70.0) }).collect();
-    events.push(Ev { spo2: Some(80.0), ..ev("A", 301_000, 70.0) });
+    let rules = [spec(
+        "low",
+        "SELECT patient_id, spo2_pct FROM vitals WHERE spo2_pct < 85",
+        300_000,
+    )];
+    let mut events: Vec<Ev> = (0..5)
+        .map(|i| Ev {
+            spo2: Some(80.0),
+            ..ev("A", i * 1000, 70.0)
+        })
+        .collect();
+    events.push(Ev {
+        spo2: Some(80.0),
+        ..ev("A", 301_000, 70.0)
+    });
     let alerts = run(&rules, &events, &[], None);
     let statuses: Vec<AlertStatus> = alerts.iter().map(|a| a.status).collect();
     use AlertStatus::*;
-    assert_eq!(statuses, vec![Fired, Suppressed, Suppressed, Suppressed, Suppressed, Fired]);
-    assert_eq!(alerts[1].explanation.suppressed_by.as_deref(), Some(alerts[0].id.as_str()));
+    assert_eq!(
+        statuses,
+        vec![Fired, Suppressed, Suppressed, Suppressed, Suppressed, Fired]
+    );
+    assert_eq!(
+        alerts[1].explanation.suppressed_by.as_deref(),
+        Some(alerts[0].id.as_str())
+    );
 }
 
 #[test]
@@ -176,13 +238,18 @@ fn late_events_beyond_lateness_are_counted_not_aggregated() {
     let mut alerts = vec![];
     let mut late = 0;
     for e in &events {
-        let out = engine.process(0, &batch(std::slice::from_ref(e)), 0).unwrap();
+        let out = engine
+            .process(0, &batch(std::slice::from_ref(e)), 0)
+            .unwrap();
         late += out.late_events;
         alerts.extend(out.alerts);
     }
     assert_eq!(late, 1);
     assert_eq!(engine.rule_stats("count").unwrap().late_events, 1);
-    let counts: Vec<(Option<i64>, serde_json::Value)> = alerts.iter().map(|a| (a.window_start_ms, a.values["n"].clone())).collect();
+    let counts: Vec<(Option<i64>, serde_json::Value)> = alerts
+        .iter()
+        .map(|a| (a.window_start_ms, a.values["n"].clone()))
+        .collect();
     assert_eq!(counts, vec![(Some(0), 2.into()), (Some(10_000), 2.into())]);
     // Cut differently, the same events give the same alerts and late count.
     let again = run(&rules, &events, &[2, 3], None);
@@ -208,7 +275,10 @@ fn hop_windows_combine_panes_and_each_event_counts_in_every_window() {
     let want: Vec<(i64, i64)> = (-2..=4)
         .map(|s: i64| {
             let start = s * 60_000;
-            let n = events.iter().filter(|e| e.ts >= start && e.ts < start + 180_000).count() as i64;
+            let n = events
+                .iter()
+                .filter(|e| e.ts >= start && e.ts < start + 180_000)
+                .count() as i64;
             (start, n)
         })
         .collect();
@@ -221,16 +291,34 @@ fn a_partition_far_ahead_in_event_time_neither_loses_nor_splits_windows() {
     let mut events = vec![];
     // Partition 1 delivers ten minutes before partition 0 delivers anything.
     for s in 0..600 {
-        events.push(Ev { partition: 1, ..ev("B", s * 1000, 70.0) });
+        events.push(Ev {
+            partition: 1,
+            ..ev("B", s * 1000, 70.0)
+        });
     }
     for s in 0..600 {
-        events.push(Ev { partition: 0, ..ev("A", s * 1000, 70.0) });
+        events.push(Ev {
+            partition: 0,
+            ..ev("A", s * 1000, 70.0)
+        });
     }
     let alerts = run(&rules, &events, &[100, 600, 650, 900], Some(600_000));
-    let a: Vec<i64> = alerts.iter().filter(|a| a.key["patient_id"] == "A").map(|a| a.values["n"].as_i64().unwrap()).collect();
-    let b: Vec<i64> = alerts.iter().filter(|a| a.key["patient_id"] == "B").map(|a| a.values["n"].as_i64().unwrap()).collect();
+    let a: Vec<i64> = alerts
+        .iter()
+        .filter(|a| a.key["patient_id"] == "A")
+        .map(|a| a.values["n"].as_i64().unwrap())
+        .collect();
+    let b: Vec<i64> = alerts
+        .iter()
+        .filter(|a| a.key["patient_id"] == "B")
+        .map(|a| a.values["n"].as_i64().unwrap())
+        .collect();
     assert_eq!(a, vec![60; 10]);
-    assert_eq!(b, vec![60; 10], "the partition that ran ahead lost or split windows");
+    assert_eq!(
+        b,
+        vec![60; 10],
+        "the partition that ran ahead lost or split windows"
+    );
 }
 
 #[test]
@@ -252,15 +340,23 @@ fn an_average_exactly_on_the_threshold_decides_the_same_for_every_batching() {
     }
     values.push(90.0);
     for (i, v) in values.iter().enumerate() {
-        events.push(Ev { spo2: Some((v * 10.0_f64).round() / 10.0), ..ev("A", i as i64 * 2000, 70.0) });
+        events.push(Ev {
+            spo2: Some((v * 10.0_f64).round() / 10.0),
+            ..ev("A", i as i64 * 2000, 70.0)
+        });
     }
     for trial in 0..20 {
-        let mut cuts: Vec<usize> = (0..rng.gen_range(0..10)).map(|_| rng.gen_range(1..events.len())).collect();
+        let mut cuts: Vec<usize> = (0..rng.gen_range(0..10))
+            .map(|_| rng.gen_range(1..events.len()))
+            .collect();
         cuts.sort();
         cuts.dedup();
         let alerts = run(&rules, &events, &cuts, Some(600_000));
         assert_eq!(alerts.len(), 1, "trial {trial} cuts {cuts:?}");
-        assert_eq!(alerts[0].values["avg_spo2"], 90.0, "trial {trial}: average must be exactly 90.0");
+        assert_eq!(
+            alerts[0].values["avg_spo2"], 90.0,
+            "trial {trial}: average must be exactly 90.0"
+        );
     }
 }
 
@@ -287,7 +383,10 @@ fn results_do_not_depend_on_batching_or_partition_interleaving() {
             let hr = *hr;
             // Jitter within lateness keeps events mostly in order.
             let ts = s * 1000 + rng.gen_range(0..400);
-            per_partition[pi % 3].push(Ev { partition: (pi % 3) as i32, ..ev(p, ts, (hr * 10.0).round() / 10.0) });
+            per_partition[pi % 3].push(Ev {
+                partition: (pi % 3) as i32,
+                ..ev(p, ts, (hr * 10.0).round() / 10.0)
+            });
         }
     }
     // Baseline: each partition whole, one after another.
@@ -298,19 +397,28 @@ fn results_do_not_depend_on_batching_or_partition_interleaving() {
         // Interleave partitions in random chunks, preserving order within each.
         let mut cursors = [0usize; 3];
         let mut events = vec![];
-        while cursors.iter().zip(&per_partition).any(|(c, p)| *c < p.len()) {
+        while cursors
+            .iter()
+            .zip(&per_partition)
+            .any(|(c, p)| *c < p.len())
+        {
             let p = rng.gen_range(0..3);
             let take = rng.gen_range(1..400);
             let end = (cursors[p] + take).min(per_partition[p].len());
             events.extend_from_slice(&per_partition[p][cursors[p]..end]);
             cursors[p] = end;
         }
-        let mut cuts: Vec<usize> = (0..rng.gen_range(1..50)).map(|_| rng.gen_range(1..events.len())).collect();
+        let mut cuts: Vec<usize> = (0..rng.gen_range(1..50))
+            .map(|_| rng.gen_range(1..events.len()))
+            .collect();
         cuts.sort();
         cuts.dedup();
         let got = summary(&run(&rules, &events, &cuts, Some(2_000_000)));
         let missing: Vec<&String> = baseline.iter().filter(|a| !got.contains(a)).collect();
         let extra: Vec<&String> = got.iter().filter(|a| !baseline.contains(a)).collect();
-        assert!(missing.is_empty() && extra.is_empty(), "trial {trial}: missing {missing:#?}\nextra {extra:#?}");
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "trial {trial}: missing {missing:#?}\nextra {extra:#?}"
+        );
     }
 }

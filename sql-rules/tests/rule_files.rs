@@ -49,32 +49,70 @@ struct Event {
 #[derive(Debug)]
 enum Step {
     Rule(RuleSpec),
-    Events { partition: i32, events: Vec<Event> },
+    Events {
+        partition: i32,
+        events: Vec<Event>,
+    },
     Tick(i64),
     Watermark(i64),
-    Expect { line: usize, alerts: Vec<Vec<(String, String)>> },
-    Late { line: usize, rule: String, count: u64 },
+    Expect {
+        line: usize,
+        alerts: Vec<Vec<(String, String)>>,
+    },
+    Late {
+        line: usize,
+        rule: String,
+        count: u64,
+    },
 }
 
 fn parse_opt(v: &str) -> Option<f64> {
-    if v == "null" { None } else { Some(v.parse().expect("a number or null")) }
+    if v == "null" {
+        None
+    } else {
+        Some(v.parse().expect("a number or null"))
+    }
 }
 
 fn batch(events: &[Event]) -> RecordBatch {
     RecordBatch::try_new(
         vitals_schema(),
         vec![
-            Arc::new(StringArray::from(events.iter().map(|e| e.hospital.clone()).collect::<Vec<_>>())),
-            Arc::new(StringArray::from(events.iter().map(|e| e.patient.clone()).collect::<Vec<_>>())),
-            Arc::new(Int64Array::from(events.iter().map(|e| e.ts).collect::<Vec<_>>())),
-            Arc::new(Float64Array::from(events.iter().map(|e| e.hr).collect::<Vec<_>>())),
-            Arc::new(Float64Array::from(events.iter().map(|e| e.spo2).collect::<Vec<_>>())),
-            Arc::new(Float64Array::from(events.iter().map(|e| e.rr).collect::<Vec<_>>())),
-            Arc::new(Float64Array::from(events.iter().map(|e| e.sbp).collect::<Vec<_>>())),
-            Arc::new(Float64Array::from(events.iter().map(|e| e.dbp).collect::<Vec<_>>())),
+            Arc::new(StringArray::from(
+                events
+                    .iter()
+                    .map(|e| e.hospital.clone())
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                events.iter().map(|e| e.patient.clone()).collect::<Vec<_>>(),
+            )),
+            Arc::new(Int64Array::from(
+                events.iter().map(|e| e.ts).collect::<Vec<_>>(),
+            )),
+            Arc::new(Float64Array::from(
+                events.iter().map(|e| e.hr).collect::<Vec<_>>(),
+            )),
+            Arc::new(Float64Array::from(
+                events.iter().map(|e| e.spo2).collect::<Vec<_>>(),
+            )),
+            Arc::new(Float64Array::from(
+                events.iter().map(|e| e.rr).collect::<Vec<_>>(),
+            )),
+            Arc::new(Float64Array::from(
+                events.iter().map(|e| e.sbp).collect::<Vec<_>>(),
+            )),
+            Arc::new(Float64Array::from(
+                events.iter().map(|e| e.dbp).collect::<Vec<_>>(),
+            )),
             Arc::new(StringArray::from(vec![Some("BEDSIDE"); events.len()])),
-            Arc::new(UInt32Array::from(events.iter().map(|e| e.seq).collect::<Vec<_>>())),
-            Arc::new(TimestampMillisecondArray::from(events.iter().map(|e| e.ts).collect::<Vec<_>>()).with_timezone("UTC")),
+            Arc::new(UInt32Array::from(
+                events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            )),
+            Arc::new(
+                TimestampMillisecondArray::from(events.iter().map(|e| e.ts).collect::<Vec<_>>())
+                    .with_timezone("UTC"),
+            ),
         ],
     )
     .expect("valid batch")
@@ -109,25 +147,54 @@ fn parse(path: &Path) -> Vec<Step> {
                 let mut cooldown = 0;
                 let mut lateness = None;
                 for w in &words[2..] {
-                    if let Some(v) = w.strip_prefix("cooldown=") { cooldown = v.parse().unwrap(); }
-                    if let Some(v) = w.strip_prefix("lateness=") { lateness = Some(v.parse().unwrap()); }
+                    if let Some(v) = w.strip_prefix("cooldown=") {
+                        cooldown = v.parse().unwrap();
+                    }
+                    if let Some(v) = w.strip_prefix("lateness=") {
+                        lateness = Some(v.parse().unwrap());
+                    }
                 }
                 let sql: Vec<String> = block(&mut i).into_iter().map(|(_, l)| l).collect();
                 let sql = sql.join("\n");
                 let compiled = CompiledRule::compile(&sql, &vitals_schema())
                     .unwrap_or_else(|e| panic!("{name}:{lineno}: rule {id} does not compile: {e}"));
-                steps.push(Step::Rule(RuleSpec { id: id.clone(), version: 1, name: id, severity: "high".into(), cooldown_ms: cooldown, allowed_lateness_ms: lateness, compiled }));
+                steps.push(Step::Rule(RuleSpec {
+                    id: id.clone(),
+                    version: 1,
+                    name: id,
+                    severity: "high".into(),
+                    cooldown_ms: cooldown,
+                    allowed_lateness_ms: lateness,
+                    compiled,
+                }));
             }
             Some("events") => {
-                let partition = words.get(1).and_then(|w| w.strip_prefix("partition=")).map_or(0, |p| p.parse().unwrap());
+                let partition = words
+                    .get(1)
+                    .and_then(|w| w.strip_prefix("partition="))
+                    .map_or(0, |p| p.parse().unwrap());
                 let events = block(&mut i)
                     .into_iter()
                     .filter(|(_, l)| !l.trim().is_empty() && !l.trim().starts_with('#'))
                     .map(|(n, l)| {
                         let f: Vec<&str> = l.split_whitespace().collect();
-                        let mut e = Event { ts: f[0].parse().unwrap_or_else(|_| panic!("{name}:{n}: bad ts")), patient: f[1].into(), hospital: Some("H01".into()), hr: None, spo2: None, rr: None, sbp: None, dbp: None, seq: None };
+                        let mut e = Event {
+                            ts: f[0]
+                                .parse()
+                                .unwrap_or_else(|_| panic!("{name}:{n}: bad ts")),
+                            patient: f[1].into(),
+                            hospital: Some("H01".into()),
+                            hr: None,
+                            spo2: None,
+                            rr: None,
+                            sbp: None,
+                            dbp: None,
+                            seq: None,
+                        };
                         for kv in &f[2..] {
-                            let (k, v) = kv.split_once('=').unwrap_or_else(|| panic!("{name}:{n}: expected key=value"));
+                            let (k, v) = kv
+                                .split_once('=')
+                                .unwrap_or_else(|| panic!("{name}:{n}: expected key=value"));
                             match k {
                                 "hr" => e.hr = parse_opt(v),
                                 "spo2" => e.spo2 = parse_opt(v),
@@ -146,14 +213,21 @@ fn parse(path: &Path) -> Vec<Step> {
             }
             Some("tick") => steps.push(Step::Tick(words[1].parse().unwrap())),
             Some("watermark") => steps.push(Step::Watermark(words[1].parse().unwrap())),
-            Some("late") => steps.push(Step::Late { line: lineno, rule: words[1].into(), count: words[2].parse().unwrap() }),
+            Some("late") => steps.push(Step::Late {
+                line: lineno,
+                rule: words[1].into(),
+                count: words[2].parse().unwrap(),
+            }),
             Some("expect") => {
                 let alerts = block(&mut i)
                     .into_iter()
                     .filter(|(_, l)| !l.trim().is_empty() && !l.trim().starts_with('#'))
                     .map(|(_, l)| {
                         let f: Vec<&str> = l.split_whitespace().collect();
-                        let mut fields = vec![("rule".to_string(), f[0].to_string()), ("patient".to_string(), f[1].to_string())];
+                        let mut fields = vec![
+                            ("rule".to_string(), f[0].to_string()),
+                            ("patient".to_string(), f[1].to_string()),
+                        ];
                         for kv in &f[2..] {
                             let (k, v) = kv.split_once('=').expect("key=value");
                             fields.push((k.to_string(), v.to_string()));
@@ -161,15 +235,23 @@ fn parse(path: &Path) -> Vec<Step> {
                         fields
                     })
                     .collect();
-                steps.push(Step::Expect { line: lineno, alerts });
+                steps.push(Step::Expect {
+                    line: lineno,
+                    alerts,
+                });
             }
             Some("refuse") => {
-                let (pos, fragment) = line["refuse".len()..].trim().split_once(' ').expect("refuse <line>:<col> <fragment>");
+                let (pos, fragment) = line["refuse".len()..]
+                    .trim()
+                    .split_once(' ')
+                    .expect("refuse <line>:<col> <fragment>");
                 let (l, c) = pos.split_once(':').expect("<line>:<col>");
                 let sql: Vec<String> = block(&mut i).into_iter().map(|(_, l)| l).collect();
                 let sql = sql.join("\n");
                 match CompiledRule::compile(&sql, &vitals_schema()) {
-                    Ok(_) => panic!("{name}:{lineno}: expected a refusal, the rule compiled:\n{sql}"),
+                    Ok(_) => {
+                        panic!("{name}:{lineno}: expected a refusal, the rule compiled:\n{sql}")
+                    }
                     Err(e) => {
                         assert!(
                             e.message.contains(fragment.trim()),
@@ -197,18 +279,39 @@ fn parse(path: &Path) -> Vec<Step> {
 fn render(a: &Alert) -> Vec<(String, String)> {
     let mut f = vec![
         ("rule".to_string(), a.rule_id.clone()),
-        ("patient".to_string(), a.key.get("patient_id").and_then(|v| v.as_str()).unwrap_or("-").to_string()),
-        ("status".to_string(), format!("{:?}", a.status).to_lowercase()),
+        (
+            "patient".to_string(),
+            a.key
+                .get("patient_id")
+                .and_then(|v| v.as_str())
+                .unwrap_or("-")
+                .to_string(),
+        ),
+        (
+            "status".to_string(),
+            format!("{:?}", a.status).to_lowercase(),
+        ),
     ];
     if let (Some(s), Some(e)) = (a.window_start_ms, a.window_end_ms) {
         f.push(("window".into(), format!("{s}..{e}")));
     }
     for (k, v) in &a.values {
-        f.push((k.clone(), match v { serde_json::Value::String(s) => s.clone(), other => other.to_string() }));
+        f.push((
+            k.clone(),
+            match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            },
+        ));
     }
     for (k, v) in &a.key {
         if k != "patient_id" {
-            f.push((k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())));
+            f.push((
+                k.clone(),
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string()),
+            ));
         }
     }
     f
@@ -234,7 +337,13 @@ fn run(name: &str, steps: &[Step], one_event_batches: bool) -> Vec<Vec<(String, 
     let mut alerts: Vec<Alert> = vec![];
     let partitions: Vec<i32> = steps
         .iter()
-        .filter_map(|s| if let Step::Events { partition, .. } = s { Some(*partition) } else { None })
+        .filter_map(|s| {
+            if let Step::Events { partition, .. } = s {
+                Some(*partition)
+            } else {
+                None
+            }
+        })
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -244,7 +353,11 @@ fn run(name: &str, steps: &[Step], one_event_batches: bool) -> Vec<Vec<(String, 
         match step {
             Step::Rule(spec) => engine.upsert_rule(spec.clone()).unwrap(),
             Step::Events { partition, events } => {
-                let chunks: Vec<&[Event]> = if one_event_batches { events.chunks(1).collect() } else { vec![events.as_slice()] };
+                let chunks: Vec<&[Event]> = if one_event_batches {
+                    events.chunks(1).collect()
+                } else {
+                    vec![events.as_slice()]
+                };
                 for chunk in chunks {
                     let out = engine.process(*partition, &batch(chunk), now).unwrap();
                     assert!(out.errors.is_empty(), "{name}: {:?}", out.errors);
@@ -257,8 +370,13 @@ fn run(name: &str, steps: &[Step], one_event_batches: bool) -> Vec<Vec<(String, 
             }
             Step::Watermark(w) => alerts.extend(engine.advance_watermark(*w, now).unwrap().alerts),
             Step::Late { line, rule, count } => {
-                let stats = engine.rule_stats(rule).unwrap_or_else(|| panic!("{name}:{line}: no rule {rule}"));
-                assert_eq!(stats.late_events, *count, "{name}:{line}: late events of {rule}");
+                let stats = engine
+                    .rule_stats(rule)
+                    .unwrap_or_else(|| panic!("{name}:{line}: no rule {rule}"));
+                assert_eq!(
+                    stats.late_events, *count,
+                    "{name}:{line}: late events of {rule}"
+                );
             }
             Step::Expect { line, alerts: want } => {
                 let got: Vec<Vec<(String, String)>> = alerts.iter().map(render).collect();
@@ -268,10 +386,15 @@ fn run(name: &str, steps: &[Step], one_event_batches: bool) -> Vec<Vec<(String, 
                         Some(p) => {
                             unmatched.remove(p);
                         }
-                        None => panic!("{name}:{line}: expected alert {w:?} not found among\n{got:#?}"),
+                        None => {
+                            panic!("{name}:{line}: expected alert {w:?} not found among\n{got:#?}")
+                        }
                     }
                 }
-                assert!(unmatched.is_empty(), "{name}:{line}: unexpected alerts {unmatched:#?}");
+                assert!(
+                    unmatched.is_empty(),
+                    "{name}:{line}: unexpected alerts {unmatched:#?}"
+                );
             }
         }
     }
@@ -283,9 +406,17 @@ fn run(name: &str, steps: &[Step], one_event_batches: bool) -> Vec<Vec<(String, 
 #[test]
 fn rule_files() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rules");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "rules")).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rules"))
+        .collect();
     files.sort();
-    assert!(files.len() >= 5, "rule files are missing from {}", dir.display());
+    assert!(
+        files.len() >= 5,
+        "rule files are missing from {}",
+        dir.display()
+    );
     for path in files {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         let steps = parse(&path);

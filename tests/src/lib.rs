@@ -17,7 +17,10 @@ use rdkafka::config::ClientConfig;
 
 /// A free TCP port on 127.0.0.1 (racy in theory, fine for tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 fn tansu_path() -> Result<PathBuf> {
@@ -46,16 +49,32 @@ impl Broker {
         let url = format!("tcp://127.0.0.1:{port}");
         let log = std::env::temp_dir().join(format!("wardwatch-tansu-{port}.log"));
         let child = Command::new(&path)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
             .stdout(Stdio::from(std::fs::File::create(&log)?))
-            .stderr(Stdio::from(std::fs::File::create(log.with_extension("err"))?))
+            .stderr(Stdio::from(std::fs::File::create(
+                log.with_extension("err"),
+            )?))
             .spawn()
             .with_context(|| format!("starting the broker {}", path.display()))?;
-        let broker = Broker { child, bootstrap: format!("127.0.0.1:{port}") };
+        let broker = Broker {
+            child,
+            bootstrap: format!("127.0.0.1:{port}"),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
-                bail!("the broker did not accept connections on port {port} within 20 s; see {}", log.display());
+                bail!(
+                    "the broker did not accept connections on port {port} within 20 s; see {}",
+                    log.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -106,7 +125,11 @@ impl Server {
                 panic!("server failed: {e:#}");
             }
         });
-        let server = Server { base_url: format!("http://127.0.0.1:{port}"), data_dir, http: reqwest::Client::new() };
+        let server = Server {
+            base_url: format!("http://127.0.0.1:{port}"),
+            data_dir,
+            http: reqwest::Client::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(r) = server.http.get(server.url("/healthz")).send().await {

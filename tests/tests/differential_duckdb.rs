@@ -95,7 +95,10 @@ const RULES: &[(&str, &str)] = &[
         "SELECT patient_id, COUNT(*) AS n, MIN(spo2_pct) AS lo FROM vitals WHERE spo2_pct < 92 \
          GROUP BY SESSION(event_time, INTERVAL '30' SECOND), patient_id HAVING COUNT(*) >= 3",
     ),
-    ("spo2_critical", "SELECT patient_id, spo2_pct FROM vitals WHERE spo2_pct < 85"),
+    (
+        "spo2_critical",
+        "SELECT patient_id, spo2_pct FROM vitals WHERE spo2_pct < 85",
+    ),
 ];
 
 const PER_EVENT_RULE: &str = "spo2_critical";
@@ -139,7 +142,11 @@ struct Stream {
 
 impl Stream {
     fn malformed(&self) -> usize {
-        self.kinds.iter().filter(|(k, _)| k.malformed()).map(|(_, n)| n).sum()
+        self.kinds
+            .iter()
+            .filter(|(k, _)| k.malformed())
+            .map(|(_, n)| n)
+            .sum()
     }
 }
 
@@ -176,7 +183,11 @@ fn payload(rng: &mut StdRng, patient: Option<&str>, seq: u32, v: &Vital) -> Stri
         let _ = write!(s, "\"patient_id\":\"{p}\",");
     }
     let _ = write!(s, "\"timestamp_unix_ms\":{}", v.ts);
-    for (name, value) in [("heart_rate_bpm", v.hr), ("spo2_pct", v.spo2), ("systolic_bp_mmhg", v.sys)] {
+    for (name, value) in [
+        ("heart_rate_bpm", v.hr),
+        ("spo2_pct", v.spo2),
+        ("systolic_bp_mmhg", v.sys),
+    ] {
         match value {
             Some(x) => {
                 let _ = write!(s, ",\"{name}\":{}", tenths(x));
@@ -188,7 +199,10 @@ fn payload(rng: &mut StdRng, patient: Option<&str>, seq: u32, v: &Vital) -> Stri
             None => {}
         }
     }
-    let _ = write!(s, ",\"source_device\":\"BEDSIDE\",\"sequence_number\":{seq}}}");
+    let _ = write!(
+        s,
+        ",\"source_device\":\"BEDSIDE\",\"sequence_number\":{seq}}}"
+    );
     s
 }
 
@@ -221,7 +235,11 @@ fn patient_vitals(rng: &mut StdRng) -> Vec<Vital> {
             brady = false;
             if rng.gen_bool(0.006) {
                 brady = rng.gen_bool(0.3);
-                hr_target = if brady { rng.gen_range(40.0..43.0) } else { rng.gen_range(115.0..160.0) };
+                hr_target = if brady {
+                    rng.gen_range(40.0..43.0)
+                } else {
+                    rng.gen_range(115.0..160.0)
+                };
                 hr_until = t + rng.gen_range(60_000..600_000);
             }
         }
@@ -232,11 +250,23 @@ fn patient_vitals(rng: &mut StdRng) -> Vec<Vital> {
                 spo2_until = t + rng.gen_range(120_000..480_000);
             }
         }
-        hr = (hr + (hr_target - hr) * 0.3 + noise(rng, if brady { 1.0 } else { 3.0 })).clamp(40.0, 170.0);
+        hr = (hr + (hr_target - hr) * 0.3 + noise(rng, if brady { 1.0 } else { 3.0 }))
+            .clamp(40.0, 170.0);
         spo2 = (spo2 + (spo2_target - spo2) * 0.3 + noise(rng, 1.0)).clamp(80.0, 100.0);
         sys = (sys + (sys_base - sys) * 0.1 + noise(rng, 6.0)).clamp(70.0, 160.0);
-        let reading = |rng: &mut StdRng, x: f64| if rng.gen_bool(0.02) { None } else { Some(to_tenths(x)) };
-        out.push(Vital { ts: t, hr: reading(rng, hr), spo2: reading(rng, spo2), sys: reading(rng, sys) });
+        let reading = |rng: &mut StdRng, x: f64| {
+            if rng.gen_bool(0.02) {
+                None
+            } else {
+                Some(to_tenths(x))
+            }
+        };
+        out.push(Vital {
+            ts: t,
+            hr: reading(rng, hr),
+            spo2: reading(rng, spo2),
+            sys: reading(rng, sys),
+        });
         t += if burst > 0 {
             burst -= 1;
             rng.gen_range(100..400)
@@ -274,12 +304,18 @@ fn exact_patient_spo2() -> Vec<i64> {
 
 /// The dense ward: ~1000 patients plus the exact-90 patient.
 fn dense_patients(rng: &mut StdRng) -> Vec<(String, Vec<Vital>)> {
-    let mut patients: Vec<(String, Vec<Vital>)> =
-        (1..=PATIENTS).map(|p| (format!("P{p:04}"), patient_vitals(rng))).collect();
+    let mut patients: Vec<(String, Vec<Vital>)> = (1..=PATIENTS)
+        .map(|p| (format!("P{p:04}"), patient_vitals(rng)))
+        .collect();
     let exact: Vec<Vital> = exact_patient_spo2()
         .into_iter()
         .enumerate()
-        .map(|(i, s)| Vital { ts: EXACT_MINUTE + 700 + i as i64 * 1_400, hr: Some(750), spo2: Some(s), sys: Some(1200) })
+        .map(|(i, s)| Vital {
+            ts: EXACT_MINUTE + 700 + i as i64 * 1_400,
+            hr: Some(750),
+            spo2: Some(s),
+            sys: Some(1200),
+        })
         .collect();
     patients.push((EXACT_PATIENT.to_string(), exact));
     patients
@@ -303,7 +339,11 @@ fn sparse_patients(rng: &mut StdRng) -> Vec<(String, Vec<Vital>)> {
                 };
                 for _ in 0..rng.gen_range(1..40) {
                     let jitter = |rng: &mut StdRng, x: i64, lo: i64, hi: i64| {
-                        if rng.gen_bool(0.03) { None } else { Some((x + rng.gen_range(-15..=15)).clamp(lo, hi)) }
+                        if rng.gen_bool(0.03) {
+                            None
+                        } else {
+                            Some((x + rng.gen_range(-15..=15)).clamp(lo, hi))
+                        }
                     };
                     out.push(Vital {
                         ts: t,
@@ -331,7 +371,13 @@ fn messy_stream(patients: &[(String, Vec<Vital>)], rng: &mut StdRng) -> Stream {
     let mut msgs: Vec<Msg> = vec![];
     let mut order = 0u64;
     let mut push = |msgs: &mut Vec<Msg>, part, arrival, kind, payload| {
-        msgs.push(Msg { part, arrival, order, kind, payload });
+        msgs.push(Msg {
+            part,
+            arrival,
+            order,
+            kind,
+            payload,
+        });
         order += 1;
     };
     let (mut delayed, mut out_of_order) = (0usize, 0usize);
@@ -339,7 +385,11 @@ fn messy_stream(patients: &[(String, Vec<Vital>)], rng: &mut StdRng) -> Stream {
         let part = partition_of(patient);
         for (seq, v) in vitals.iter().enumerate() {
             let text = payload(rng, Some(patient), seq as u32, v);
-            let r: f64 = if patient == EXACT_PATIENT { 1.0 } else { rng.gen() };
+            let r: f64 = if patient == EXACT_PATIENT {
+                1.0
+            } else {
+                rng.gen()
+            };
             let arrival = if r < 0.01 {
                 out_of_order += 1;
                 v.ts + rng.gen_range(1..=400)
@@ -350,7 +400,13 @@ fn messy_stream(patients: &[(String, Vec<Vital>)], rng: &mut StdRng) -> Stream {
                 v.ts
             };
             if patient != EXACT_PATIENT && rng.gen_bool(0.005) {
-                push(&mut msgs, part, arrival + rng.gen_range(0..=300), Kind::Duplicate, text.clone());
+                push(
+                    &mut msgs,
+                    part,
+                    arrival + rng.gen_range(0..=300),
+                    Kind::Duplicate,
+                    text.clone(),
+                );
             }
             push(&mut msgs, part, arrival, Kind::Valid, text);
         }
@@ -361,9 +417,18 @@ fn messy_stream(patients: &[(String, Vec<Vital>)], rng: &mut StdRng) -> Stream {
     for _ in 0..bad.max(4) {
         let patient = patients[rng.gen_range(0..patients.len())].0.clone();
         let ts = T0 + rng.gen_range(0..DURATION_MS);
-        let v = Vital { ts, hr: Some(rng.gen_range(500..1200)), spo2: Some(rng.gen_range(900..1000)), sys: Some(1200) };
-        let kind = [Kind::Unparseable, Kind::MissingPatient, Kind::NegativeHeartRate, Kind::Spo2Over100]
-            [rng.gen_range(0..4)];
+        let v = Vital {
+            ts,
+            hr: Some(rng.gen_range(500..1200)),
+            spo2: Some(rng.gen_range(900..1000)),
+            sys: Some(1200),
+        };
+        let kind = [
+            Kind::Unparseable,
+            Kind::MissingPatient,
+            Kind::NegativeHeartRate,
+            Kind::Spo2Over100,
+        ][rng.gen_range(0..4)];
         let (part, text) = match kind {
             Kind::Unparseable => {
                 let full = payload(rng, Some(&patient), 0, &v);
@@ -377,11 +442,17 @@ fn messy_stream(patients: &[(String, Vec<Vital>)], rng: &mut StdRng) -> Stream {
             }
             Kind::MissingPatient => (rng.gen_range(0..PARTITIONS), payload(rng, None, 0, &v)),
             Kind::NegativeHeartRate => {
-                let v = Vital { hr: Some(-rng.gen_range(1..1000)), ..v };
+                let v = Vital {
+                    hr: Some(-rng.gen_range(1..1000)),
+                    ..v
+                };
                 (partition_of(&patient), payload(rng, Some(&patient), 0, &v))
             }
             Kind::Spo2Over100 => {
-                let v = Vital { spo2: Some(rng.gen_range(1001..1200)), ..v };
+                let v = Vital {
+                    spo2: Some(rng.gen_range(1001..1200)),
+                    ..v
+                };
                 (partition_of(&patient), payload(rng, Some(&patient), 0, &v))
             }
             Kind::Valid | Kind::Duplicate => unreachable!(),
@@ -396,7 +467,12 @@ fn messy_stream(patients: &[(String, Vec<Vital>)], rng: &mut StdRng) -> Stream {
         *kinds.entry(m.kind).or_insert(0) += 1;
         parts[m.part as usize].push(m);
     }
-    Stream { parts, kinds, delayed, out_of_order }
+    Stream {
+        parts,
+        kinds,
+        delayed,
+        out_of_order,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -412,7 +488,8 @@ fn rule_specs() -> Vec<RuleSpec> {
             severity: "high".into(),
             cooldown_ms: 0,
             allowed_lateness_ms: None,
-            compiled: CompiledRule::compile(sql, &vitals_schema()).unwrap_or_else(|e| panic!("rule {id} does not compile: {e}")),
+            compiled: CompiledRule::compile(sql, &vitals_schema())
+                .unwrap_or_else(|e| panic!("rule {id} does not compile: {e}")),
         })
         .collect()
 }
@@ -440,7 +517,9 @@ struct RunResult {
 
 fn batch_rows(batch: &RecordBatch, part: i32, next_arrival: &mut u64, rows: &mut Vec<Row>) {
     let patients = batch.column(idx::PATIENT_ID).as_string::<i32>();
-    let ts = batch.column(idx::EVENT_TIME).as_primitive::<TimestampMillisecondType>();
+    let ts = batch
+        .column(idx::EVENT_TIME)
+        .as_primitive::<TimestampMillisecondType>();
     let reading = |i: usize, row: usize| {
         let a = batch.column(i).as_primitive::<Float64Type>();
         a.is_valid(row).then(|| a.value(row))
@@ -486,7 +565,9 @@ fn run_engine(stream: &Stream, rules: &[RuleSpec], cut_seed: u64, max_chunk: usi
         max_skew_ms: 0,
     };
     loop {
-        let open: Vec<usize> = (0..PARTITIONS as usize).filter(|&p| cursor[p] < stream.parts[p].len()).collect();
+        let open: Vec<usize> = (0..PARTITIONS as usize)
+            .filter(|&p| cursor[p] < stream.parts[p].len())
+            .collect();
         if open.is_empty() {
             break;
         }
@@ -500,22 +581,35 @@ fn run_engine(stream: &Stream, rules: &[RuleSpec], cut_seed: u64, max_chunk: usi
             }
             pick -= weights[q];
         }
-        let size = if rng.gen_bool(0.25) { rng.gen_range(1..=64.min(max_chunk)) } else { rng.gen_range(1..=max_chunk) };
+        let size = if rng.gen_bool(0.25) {
+            rng.gen_range(1..=64.min(max_chunk))
+        } else {
+            rng.gen_range(1..=max_chunk)
+        };
         let end = (cursor[p] + size).min(stream.parts[p].len());
         for m in &stream.parts[p][cursor[p]..end] {
             match decoder.push_json(m.payload.as_bytes()) {
-                Ok(()) if m.kind.malformed() => {
-                    result.decoder_problems.push(format!("accepted a {:?} payload: {}", m.kind, m.payload))
-                }
+                Ok(()) if m.kind.malformed() => result
+                    .decoder_problems
+                    .push(format!("accepted a {:?} payload: {}", m.kind, m.payload)),
                 Ok(()) => {}
                 Err(_) if m.kind.malformed() => *result.rejected.entry(m.kind).or_insert(0) += 1,
-                Err(r) => result.decoder_problems.push(format!("rejected a valid payload ({}): {}", r.reason, m.payload)),
+                Err(r) => result.decoder_problems.push(format!(
+                    "rejected a valid payload ({}): {}",
+                    r.reason, m.payload
+                )),
             }
         }
         cursor[p] = end;
         let batch = decoder.finish();
         batch_rows(&batch, p as i32, &mut next_arrival[p], &mut result.rows);
-        if let Some(m) = batch.column(idx::EVENT_TIME).as_primitive::<TimestampMillisecondType>().values().iter().max() {
+        if let Some(m) = batch
+            .column(idx::EVENT_TIME)
+            .as_primitive::<TimestampMillisecondType>()
+            .values()
+            .iter()
+            .max()
+        {
             max_ts[p] = max_ts[p].max(*m);
         }
         let out = engine.process(p as i32, &batch, 0).expect("engine.process");
@@ -533,11 +627,16 @@ fn run_engine(stream: &Stream, rules: &[RuleSpec], cut_seed: u64, max_chunk: usi
             }
         }
     }
-    let out = engine.advance_watermark(i64::MAX / 4, 0).expect("advance_watermark");
+    let out = engine
+        .advance_watermark(i64::MAX / 4, 0)
+        .expect("advance_watermark");
     assert!(out.errors.is_empty(), "rule errors: {:?}", out.errors);
     result.alerts.extend(out.alerts);
     for (id, _) in RULES {
-        result.late.insert(id.to_string(), engine.rule_stats(id).expect("rule exists").late_events);
+        result.late.insert(
+            id.to_string(),
+            engine.rule_stats(id).expect("rule exists").late_events,
+        );
     }
     result
 }
@@ -570,7 +669,11 @@ fn canonical(alerts: &[Alert]) -> Vec<String> {
 fn write_csv(rows: &[Row], path: &std::path::Path) {
     let file = std::fs::File::create(path).expect("create csv");
     let mut w = std::io::BufWriter::new(file);
-    writeln!(w, "part,arrival,patient_id,ts,heart_rate_bpm,spo2_pct,systolic_bp_mmhg").unwrap();
+    writeln!(
+        w,
+        "part,arrival,patient_id,ts,heart_rate_bpm,spo2_pct,systolic_bp_mmhg"
+    )
+    .unwrap();
     let fmt = |v: Option<f64>| -> String {
         match v {
             None => String::new(),
@@ -585,7 +688,18 @@ fn write_csv(rows: &[Row], path: &std::path::Path) {
         }
     };
     for r in rows {
-        writeln!(w, "{},{},{},{},{},{},{}", r.part, r.arrival, r.patient, r.ts, fmt(r.hr), fmt(r.spo2), fmt(r.sys)).unwrap();
+        writeln!(
+            w,
+            "{},{},{},{},{},{},{}",
+            r.part,
+            r.arrival,
+            r.patient,
+            r.ts,
+            fmt(r.hr),
+            fmt(r.spo2),
+            fmt(r.sys)
+        )
+        .unwrap();
     }
     w.flush().unwrap();
 }
@@ -635,7 +749,10 @@ fn entry_diff(a: &Entry, b: &Entry) -> Option<String> {
     }
     let names: std::collections::BTreeSet<&String> = a.1.keys().chain(b.1.keys()).collect();
     for name in names {
-        let (x, y) = (a.1.get(name).unwrap_or(&Value::Null), b.1.get(name).unwrap_or(&Value::Null));
+        let (x, y) = (
+            a.1.get(name).unwrap_or(&Value::Null),
+            b.1.get(name).unwrap_or(&Value::Null),
+        );
         if !values_equal(name, x, y) {
             problems.push(format!("{name}: engine {x} oracle {y}"));
         }
@@ -653,7 +770,8 @@ fn compare_rule(
 ) {
     const SHOW: usize = 6;
     let (mut missing, mut extra, mut wrong) = (vec![], vec![], vec![]);
-    let keys: std::collections::BTreeSet<&(String, i64)> = engine.keys().chain(oracle.keys()).collect();
+    let keys: std::collections::BTreeSet<&(String, i64)> =
+        engine.keys().chain(oracle.keys()).collect();
     let empty = vec![];
     for key in keys {
         let mut e = engine.get(key).unwrap_or(&empty).clone();
@@ -663,9 +781,19 @@ fn compare_rule(
         sort(&mut o);
         let label = format!("{} @ {} (T0{:+}ms)", key.0, key.1, key.1 - T0);
         if e.len() < o.len() {
-            missing.push(format!("{label}: oracle {:?}, engine has {} of {}", o[0].1, e.len(), o.len()));
+            missing.push(format!(
+                "{label}: oracle {:?}, engine has {} of {}",
+                o[0].1,
+                e.len(),
+                o.len()
+            ));
         } else if e.len() > o.len() {
-            extra.push(format!("{label}: engine {:?}, oracle has {} of {}", e[0].1, o.len(), e.len()));
+            extra.push(format!(
+                "{label}: engine {:?}, oracle has {} of {}",
+                e[0].1,
+                o.len(),
+                e.len()
+            ));
         } else {
             for (x, y) in e.iter().zip(&o) {
                 if let Some(d) = entry_diff(x, y) {
@@ -675,7 +803,11 @@ fn compare_rule(
             }
         }
     }
-    for (what, list) in [("missing from engine", &missing), ("extra in engine", &extra), ("different values", &wrong)] {
+    for (what, list) in [
+        ("missing from engine", &missing),
+        ("extra in engine", &extra),
+        ("different values", &wrong),
+    ] {
         if !list.is_empty() {
             let mut s = format!("[{rule}] {} {what}; first ones:", list.len());
             for l in list.iter().take(SHOW) {
@@ -686,10 +818,19 @@ fn compare_rule(
     }
 }
 
-fn engine_entries(alerts: &[Alert], rule: &str, report: &mut Vec<String>) -> BTreeMap<(String, i64), Vec<Entry>> {
+fn engine_entries(
+    alerts: &[Alert],
+    rule: &str,
+    report: &mut Vec<String>,
+) -> BTreeMap<(String, i64), Vec<Entry>> {
     let mut m: BTreeMap<(String, i64), Vec<Entry>> = BTreeMap::new();
     for a in alerts.iter().filter(|a| a.rule_id == rule) {
-        let patient = a.key.get("patient_id").and_then(Value::as_str).unwrap_or("<none>").to_string();
+        let patient = a
+            .key
+            .get("patient_id")
+            .and_then(Value::as_str)
+            .unwrap_or("<none>")
+            .to_string();
         let at = if rule == PER_EVENT_RULE {
             a.event_time_ms
         } else {
@@ -701,21 +842,33 @@ fn engine_entries(alerts: &[Alert], rule: &str, report: &mut Vec<String>) -> BTr
                 }
             }
         };
-        let end = if rule == PER_EVENT_RULE { None } else { a.window_end_ms };
-        m.entry((patient, at)).or_default().push((end, a.values.clone()));
+        let end = if rule == PER_EVENT_RULE {
+            None
+        } else {
+            a.window_end_ms
+        };
+        m.entry((patient, at))
+            .or_default()
+            .push((end, a.values.clone()));
     }
     m
 }
 
 fn oracle_entries(oracle: &Map<String, Value>, rule: &str) -> BTreeMap<(String, i64), Vec<Entry>> {
     let mut m: BTreeMap<(String, i64), Vec<Entry>> = BTreeMap::new();
-    let rows = oracle.get(rule).and_then(Value::as_array).unwrap_or_else(|| panic!("oracle has no rule {rule}"));
+    let rows = oracle
+        .get(rule)
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("oracle has no rule {rule}"));
     for r in rows {
         let patient = r["patient_id"].as_str().expect("patient_id").to_string();
         let (at, end) = if rule == PER_EVENT_RULE {
             (r["event_time_ms"].as_i64().expect("event_time_ms"), None)
         } else {
-            (r["window_start_ms"].as_i64().expect("window_start_ms"), r["window_end_ms"].as_i64())
+            (
+                r["window_start_ms"].as_i64().expect("window_start_ms"),
+                r["window_end_ms"].as_i64(),
+            )
         };
         let values = r["values"].as_object().expect("values").clone();
         m.entry((patient, at)).or_default().push((end, values));
@@ -733,7 +886,12 @@ struct Expect {
 
 /// Runs the stream through the engine once per cut seed and through DuckDB;
 /// returns the first run and the disagreements (empty when all agree).
-fn differential(label: &str, stream: &Stream, cuts: &[(u64, usize)], expect: Expect) -> (RunResult, Vec<String>) {
+fn differential(
+    label: &str,
+    stream: &Stream,
+    cuts: &[(u64, usize)],
+    expect: Expect,
+) -> (RunResult, Vec<String>) {
     let events: usize = stream.parts.iter().map(Vec::len).sum();
     let per_part: Vec<usize> = stream.parts.iter().map(Vec::len).collect();
     println!(
@@ -754,9 +912,19 @@ fn differential(label: &str, stream: &Stream, cuts: &[(u64, usize)], expect: Exp
             run.alerts.len(),
             t.elapsed().as_secs_f64()
         );
-        assert!(run.decoder_problems.is_empty(), "decoder disagreed with the generator:\n{}", run.decoder_problems.join("\n"));
+        assert!(
+            run.decoder_problems.is_empty(),
+            "decoder disagreed with the generator:\n{}",
+            run.decoder_problems.join("\n")
+        );
         let rejected: usize = run.rejected.values().sum();
-        assert_eq!(rejected, stream.malformed(), "rejected {:?}, generated {:?}", run.rejected, stream.kinds);
+        assert_eq!(
+            rejected,
+            stream.malformed(),
+            "rejected {:?}, generated {:?}",
+            run.rejected,
+            stream.kinds
+        );
         if expect.skew {
             assert!(
                 run.max_skew_ms >= 2 * 60_000,
@@ -773,8 +941,16 @@ fn differential(label: &str, stream: &Stream, cuts: &[(u64, usize)], expect: Exp
     for (i, run) in runs.iter().enumerate().skip(1) {
         let other = canonical(&run.alerts);
         if first != other {
-            let only_a: Vec<&String> = first.iter().filter(|x| other.binary_search(x).is_err()).take(6).collect();
-            let only_b: Vec<&String> = other.iter().filter(|x| first.binary_search(x).is_err()).take(6).collect();
+            let only_a: Vec<&String> = first
+                .iter()
+                .filter(|x| other.binary_search(x).is_err())
+                .take(6)
+                .collect();
+            let only_b: Vec<&String> = other
+                .iter()
+                .filter(|x| first.binary_search(x).is_err())
+                .take(6)
+                .collect();
             report.push(format!(
                 "cut seeds {} and {} disagree ({} vs {} alerts)\n  only with {}: {only_a:#?}\n  only with {}: {only_b:#?}",
                 cuts[0].0,
@@ -786,7 +962,10 @@ fn differential(label: &str, stream: &Stream, cuts: &[(u64, usize)], expect: Exp
             ));
         }
         if runs[0].late != run.late {
-            report.push(format!("late counts differ between cuts: {:?} vs {:?}", runs[0].late, run.late));
+            report.push(format!(
+                "late counts differ between cuts: {:?} vs {:?}",
+                runs[0].late, run.late
+            ));
         }
     }
 
@@ -797,9 +976,16 @@ fn differential(label: &str, stream: &Stream, cuts: &[(u64, usize)], expect: Exp
     write_csv(&runs[0].rows, &csv);
     let t = Instant::now();
     let oracle = run_oracle(&csv, &out);
-    println!("[{label}] DuckDB oracle over {} accepted events: {:.1}s", runs[0].rows.len(), t.elapsed().as_secs_f64());
+    println!(
+        "[{label}] DuckDB oracle over {} accepted events: {:.1}s",
+        runs[0].rows.len(),
+        t.elapsed().as_secs_f64()
+    );
 
-    let oracle_late = oracle.get("_late").and_then(Value::as_object).expect("oracle late counts");
+    let oracle_late = oracle
+        .get("_late")
+        .and_then(Value::as_object)
+        .expect("oracle late counts");
     let mut header = format!("[{label}] {:<15} {:>7} {:>7}", "rule", "oracle", "late");
     for (seed, _) in cuts {
         let _ = write!(header, " | cut {seed:<4} {:>7} {:>5}", "alerts", "late");
@@ -808,13 +994,18 @@ fn differential(label: &str, stream: &Stream, cuts: &[(u64, usize)], expect: Exp
     for (rule, _) in RULES {
         let o = oracle_entries(&oracle, rule);
         let no: usize = o.values().map(Vec::len).sum();
-        let late_o = oracle_late.get(*rule).and_then(Value::as_u64).expect("oracle late count");
+        let late_o = oracle_late
+            .get(*rule)
+            .and_then(Value::as_u64)
+            .expect("oracle late count");
         let mut line = format!("[{label}] {rule:<15} {no:>7} {late_o:>7}");
         if expect.rich && no == 0 {
             report.push(format!("[{rule}] the oracle expects no alerts: the generated stream does not exercise this rule"));
         }
         if expect.rich && *rule != PER_EVENT_RULE && late_o == 0 {
-            report.push(format!("[{rule}] no late events: the generated stream does not exercise lateness"));
+            report.push(format!(
+                "[{rule}] no late events: the generated stream does not exercise lateness"
+            ));
         }
         // Every cut is compared with the oracle, so a failure says which cuts went wrong.
         for (run, (seed, _)) in runs.iter().zip(cuts) {
@@ -822,10 +1013,16 @@ fn differential(label: &str, stream: &Stream, cuts: &[(u64, usize)], expect: Exp
             let e = engine_entries(&run.alerts, rule, &mut report);
             let ne: usize = e.values().map(Vec::len).sum();
             let late_e = run.late[*rule];
-            let mark = if ne == no && late_e == late_o { ' ' } else { '*' };
+            let mark = if ne == no && late_e == late_o {
+                ' '
+            } else {
+                '*'
+            };
             let _ = write!(line, " | {mark}{:>15} {late_e:>5}", ne);
             if late_e != late_o {
-                report.push(format!("[{tag}] late events: engine {late_e}, oracle {late_o}"));
+                report.push(format!(
+                    "[{tag}] late events: engine {late_e}, oracle {late_o}"
+                ));
             }
             compare_rule(&tag, e, o.clone(), &mut report);
         }
@@ -847,7 +1044,15 @@ fn engine_matches_duckdb_on_a_messy_partitioned_stream() {
     let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(GENERATOR_SEED);
     let stream = messy_stream(&dense_patients(&mut rng), &mut rng);
-    let (run, mut report) = differential("dense", &stream, &CUTS, Expect { skew: true, rich: true });
+    let (run, mut report) = differential(
+        "dense",
+        &stream,
+        &CUTS,
+        Expect {
+            skew: true,
+            rich: true,
+        },
+    );
 
     // The exact-90 patient: AVG = 90.0 exactly must fire `<= 90` and not `< 90`.
     let exact_windows: Vec<i64> = (0..5).map(|k| EXACT_MINUTE - k * 60_000).rev().collect();
@@ -855,25 +1060,42 @@ fn engine_matches_duckdb_on_a_messy_partitioned_stream() {
         .alerts
         .iter()
         .filter(|a| a.rule_id == "hypoxemia_le" && a.patient_id() == Some(EXACT_PATIENT))
-        .map(|a| (a.window_start_ms.unwrap_or(i64::MIN), a.values["avg_spo2"].clone(), a.values["n"].clone()))
+        .map(|a| {
+            (
+                a.window_start_ms.unwrap_or(i64::MIN),
+                a.values["avg_spo2"].clone(),
+                a.values["n"].clone(),
+            )
+        })
         .collect();
     le.sort_by_key(|x| x.0);
-    let expected_le: Vec<(i64, Value, Value)> =
-        exact_windows.iter().map(|w| (*w, Value::from(90.0), Value::from(2 * EXACT_PAIRS))).collect();
+    let expected_le: Vec<(i64, Value, Value)> = exact_windows
+        .iter()
+        .map(|w| (*w, Value::from(90.0), Value::from(2 * EXACT_PAIRS)))
+        .collect();
     if le != expected_le {
         report.push(format!("[hypoxemia_le] {EXACT_PATIENT} (AVG exactly 90.0): expected {expected_le:?}, got {le:?}"));
     }
-    let lt: Vec<&Alert> =
-        run.alerts.iter().filter(|a| a.rule_id == "hypoxemia_lt" && a.patient_id() == Some(EXACT_PATIENT)).collect();
+    let lt: Vec<&Alert> = run
+        .alerts
+        .iter()
+        .filter(|a| a.rule_id == "hypoxemia_lt" && a.patient_id() == Some(EXACT_PATIENT))
+        .collect();
     if !lt.is_empty() {
         report.push(format!(
             "[hypoxemia_lt] {EXACT_PATIENT} (AVG exactly 90.0) must not fire `< 90`, got {:?}",
-            lt.iter().map(|a| (a.window_start_ms, &a.values)).collect::<Vec<_>>()
+            lt.iter()
+                .map(|a| (a.window_start_ms, &a.values))
+                .collect::<Vec<_>>()
         ));
     }
 
     println!("[dense] total {:.1}s", started.elapsed().as_secs_f64());
-    assert!(report.is_empty(), "engine and DuckDB disagree (dense stream):\n{}", report.join("\n"));
+    assert!(
+        report.is_empty(),
+        "engine and DuckDB disagree (dense stream):\n{}",
+        report.join("\n")
+    );
 }
 
 /// The same comparison over a quiet ward, cut into small chunks: minutes go
@@ -883,8 +1105,19 @@ fn engine_matches_duckdb_on_a_sparse_stream() {
     let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(SPARSE_SEED);
     let stream = messy_stream(&sparse_patients(&mut rng), &mut rng);
-    let (_, report) =
-        differential("sparse", &stream, &SPARSE_CUTS, Expect { skew: false, rich: false });
+    let (_, report) = differential(
+        "sparse",
+        &stream,
+        &SPARSE_CUTS,
+        Expect {
+            skew: false,
+            rich: false,
+        },
+    );
     println!("[sparse] total {:.1}s", started.elapsed().as_secs_f64());
-    assert!(report.is_empty(), "engine and DuckDB disagree (sparse stream):\n{}", report.join("\n"));
+    assert!(
+        report.is_empty(),
+        "engine and DuckDB disagree (sparse stream):\n{}",
+        report.join("\n")
+    );
 }

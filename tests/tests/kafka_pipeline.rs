@@ -45,7 +45,11 @@ fn ward() -> Vec<Reading> {
             }
         };
         for p in ["P1", "P2", "P3", "P4", "P5", "P6"] {
-            out.push(Reading { patient: p.to_string(), ts, hr: (hr(p) * 10.0).round() / 10.0 });
+            out.push(Reading {
+                patient: p.to_string(),
+                ts,
+                hr: (hr(p) * 10.0).round() / 10.0,
+            });
         }
     }
     out
@@ -56,7 +60,10 @@ fn expected(readings: &[Reading]) -> BTreeSet<(String, i64)> {
     let mut windows: BTreeMap<(String, i64), Vec<f64>> = BTreeMap::new();
     for r in readings.iter().filter(|r| r.hr > 100.0) {
         let start = r.ts.div_euclid(60_000) * 60_000;
-        windows.entry((r.patient.clone(), start)).or_default().push(r.hr);
+        windows
+            .entry((r.patient.clone(), start))
+            .or_default()
+            .push(r.hr);
     }
     windows
         .into_iter()
@@ -75,11 +82,19 @@ fn reading_json(r: &Reading, seq: u32) -> String {
     .to_string()
 }
 
-async fn read_topic(broker: &Broker, topic: &str, want: usize, timeout: Duration) -> Vec<(Option<String>, Vec<u8>, BTreeMap<String, String>)> {
+async fn read_topic(
+    broker: &Broker,
+    topic: &str,
+    want: usize,
+    timeout: Duration,
+) -> Vec<(Option<String>, Vec<u8>, BTreeMap<String, String>)> {
     let consumer: StreamConsumer = broker
         .client_config()
         // A fresh group each time: every read starts from the beginning.
-        .set("group.id", format!("e2e-reader-{topic}-{}", rand::random::<u64>()))
+        .set(
+            "group.id",
+            format!("e2e-reader-{topic}-{}", rand::random::<u64>()),
+        )
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "10")
         .create()
@@ -93,10 +108,17 @@ async fn read_topic(broker: &Broker, topic: &str, want: usize, timeout: Duration
                 let mut headers = BTreeMap::new();
                 if let Some(h) = m.headers() {
                     for header in h.iter() {
-                        headers.insert(header.key.to_string(), String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned());
+                        headers.insert(
+                            header.key.to_string(),
+                            String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                        );
                     }
                 }
-                out.push((m.key().map(|k| String::from_utf8_lossy(k).into_owned()), m.payload().unwrap_or_default().to_vec(), headers));
+                out.push((
+                    m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                    m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                ));
             }
             Ok(Err(e)) => panic!("reading {topic}: {e}"),
             Err(_) => {}
@@ -108,8 +130,15 @@ async fn read_topic(broker: &Broker, topic: &str, want: usize, timeout: Duration
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tachycardia_rule_fires_for_exactly_the_right_patients_through_kafka() {
     let broker = Broker::start().expect("the test broker must start");
-    for (topic, partitions) in [("vitals", PARTITIONS), ("alert-events", 1), ("vitals-dlq", 1)] {
-        broker.create_topic(topic, partitions).await.expect("create topic");
+    for (topic, partitions) in [
+        ("vitals", PARTITIONS),
+        ("alert-events", 1),
+        ("vitals-dlq", 1),
+    ] {
+        broker
+            .create_topic(topic, partitions)
+            .await
+            .expect("create topic");
     }
     let mut config = wardwatch::config::Config::default();
     config.kafka.brokers = Some(broker.bootstrap.clone());
@@ -127,7 +156,13 @@ async fn tachycardia_rule_fires_for_exactly_the_right_patients_through_kafka() {
         .unwrap();
     assert_eq!(bad.status(), 400);
     let body: Value = bad.json().await.unwrap();
-    assert!(body["error"]["message"].as_str().unwrap().contains("heart_rte"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("heart_rte"),
+        "{body}"
+    );
     assert_eq!(body["error"]["line"], 1, "{body}");
     assert_eq!(body["error"]["column"], 24, "{body}");
 
@@ -144,7 +179,11 @@ async fn tachycardia_rule_fires_for_exactly_the_right_patients_through_kafka() {
     assert_eq!(rule["version"], 1);
 
     // Produce with an independent client, keyed by patient.
-    let producer: FutureProducer = broker.client_config().set("linger.ms", "5").create().unwrap();
+    let producer: FutureProducer = broker
+        .client_config()
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
     let readings = ward();
     let mut sends = vec![];
     for (i, r) in readings.iter().enumerate() {
@@ -152,7 +191,13 @@ async fn tachycardia_rule_fires_for_exactly_the_right_patients_through_kafka() {
         let key = r.patient.clone();
         let producer = producer.clone();
         sends.push(async move {
-            producer.send(FutureRecord::to("vitals").key(&key).payload(&payload), Duration::from_secs(10)).await.map(|_| ())
+            producer
+                .send(
+                    FutureRecord::to("vitals").key(&key).payload(&payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map(|_| ())
         });
     }
     for s in futures::future::join_all(sends).await {
@@ -160,19 +205,45 @@ async fn tachycardia_rule_fires_for_exactly_the_right_patients_through_kafka() {
     }
     let malformed: [(&str, &str); 4] = [
         ("P9", "{not json"),
-        ("P9", r#"{"timestamp_unix_ms": 1767225600000, "heart_rate_bpm": 80}"#),
-        ("P9", r#"{"patient_id": "P9", "timestamp_unix_ms": 1767225600000, "heart_rate_bpm": -5}"#),
-        ("P9", r#"{"patient_id": "P9", "timestamp_unix_ms": 1767225600000, "spo2_pct": 101.5}"#),
+        (
+            "P9",
+            r#"{"timestamp_unix_ms": 1767225600000, "heart_rate_bpm": 80}"#,
+        ),
+        (
+            "P9",
+            r#"{"patient_id": "P9", "timestamp_unix_ms": 1767225600000, "heart_rate_bpm": -5}"#,
+        ),
+        (
+            "P9",
+            r#"{"patient_id": "P9", "timestamp_unix_ms": 1767225600000, "spo2_pct": 101.5}"#,
+        ),
     ];
     for (key, payload) in malformed {
-        producer.send(FutureRecord::to("vitals").key(key).payload(payload), Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+        producer
+            .send(
+                FutureRecord::to("vitals").key(key).payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
     }
     // Move every partition's event time past the last window (+ lateness).
     for p in 0..PARTITIONS {
-        let r = Reading { patient: format!("Z{p}"), ts: T0 + 181_000 + 1_000, hr: 70.0 };
+        let r = Reading {
+            patient: format!("Z{p}"),
+            ts: T0 + 181_000 + 1_000,
+            hr: 70.0,
+        };
         let payload = reading_json(&r, 0);
         producer
-            .send(FutureRecord::to("vitals").key(&r.patient).partition(p).payload(&payload), Duration::from_secs(10))
+            .send(
+                FutureRecord::to("vitals")
+                    .key(&r.patient)
+                    .partition(p)
+                    .payload(&payload),
+                Duration::from_secs(10),
+            )
             .await
             .map_err(|(e, _)| e)
             .unwrap();
@@ -180,7 +251,9 @@ async fn tachycardia_rule_fires_for_exactly_the_right_patients_through_kafka() {
 
     let want = expected(&readings);
     assert_eq!(
-        want.iter().map(|(p, _)| p.as_str()).collect::<BTreeSet<_>>(),
+        want.iter()
+            .map(|(p, _)| p.as_str())
+            .collect::<BTreeSet<_>>(),
         BTreeSet::from(["P1", "P2", "P6"]),
         "the scenario itself is what we think it is"
     );
@@ -192,34 +265,89 @@ async fn tachycardia_rule_fires_for_exactly_the_right_patients_through_kafka() {
         let alert: Value = serde_json::from_slice(payload).expect("alert is JSON");
         assert_eq!(alert["rule_id"], rule_id.as_str());
         assert_eq!(alert["status"], "fired");
-        assert_eq!(headers.get("alert_id").map(String::as_str), alert["id"].as_str(), "id header");
+        assert_eq!(
+            headers.get("alert_id").map(String::as_str),
+            alert["id"].as_str(),
+            "id header"
+        );
         let patient = alert["key"]["patient_id"].as_str().unwrap().to_string();
         assert_eq!(key.as_deref(), Some(patient.as_str()), "keyed by patient");
         assert!(alert["values"]["avg_hr"].as_f64().unwrap() > 110.0);
         assert!(alert["values"]["n"].as_i64().unwrap() >= 5);
-        assert_eq!(alert["window_end_ms"].as_i64().unwrap() - alert["window_start_ms"].as_i64().unwrap(), 60_000);
+        assert_eq!(
+            alert["window_end_ms"].as_i64().unwrap() - alert["window_start_ms"].as_i64().unwrap(),
+            60_000
+        );
         got.insert((patient, alert["window_start_ms"].as_i64().unwrap()));
     }
     assert_eq!(got, want, "alerts on alert-events");
     // Nothing more arrives (no duplicates, no extra patients).
-    let extra = read_topic(&broker, "alert-events", want.len() + 1, Duration::from_secs(3)).await;
-    assert_eq!(extra.len(), want.len(), "exactly one alert per qualifying window");
+    let extra = read_topic(
+        &broker,
+        "alert-events",
+        want.len() + 1,
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(
+        extra.len(),
+        want.len(),
+        "exactly one alert per qualifying window"
+    );
 
     let letters = read_topic(&broker, "vitals-dlq", 4, Duration::from_secs(30)).await;
     assert_eq!(letters.len(), 4, "every malformed event is dead-lettered");
-    let reasons: Vec<String> = letters.iter().map(|(_, _, h)| h.get("reason").cloned().unwrap_or_default()).collect();
+    let reasons: Vec<String> = letters
+        .iter()
+        .map(|(_, _, h)| h.get("reason").cloned().unwrap_or_default())
+        .collect();
     assert!(reasons.iter().any(|r| r.contains("JSON")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("patient_id")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("heart_rate_bpm")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("spo2_pct")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("patient_id")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("heart_rate_bpm")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("spo2_pct")),
+        "{reasons:?}"
+    );
     let payloads: BTreeSet<Vec<u8>> = letters.iter().map(|(_, p, _)| p.clone()).collect();
-    assert!(payloads.contains(b"{not json".as_slice()), "original bytes are kept");
+    assert!(
+        payloads.contains(b"{not json".as_slice()),
+        "original bytes are kept"
+    );
 
     // The REST view agrees with Kafka.
-    let listed: Value = server.http.get(server.url(&format!("/api/alerts?rule={rule_id}&limit=100"))).send().await.unwrap().json().await.unwrap();
-    assert_eq!(listed["alerts"].as_array().unwrap().len(), want.len(), "{listed}");
-    let metrics = server.http.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("wardwatch_events_rejected_total 4"), "{metrics}");
+    let listed: Value = server
+        .http
+        .get(server.url(&format!("/api/alerts?rule={rule_id}&limit=100")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["alerts"].as_array().unwrap().len(),
+        want.len(),
+        "{listed}"
+    );
+    let metrics = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("wardwatch_events_rejected_total 4"),
+        "{metrics}"
+    );
     let ready = server.http.get(server.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 }

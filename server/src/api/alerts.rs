@@ -15,7 +15,10 @@ use crate::sink::alerts::AlertFilter;
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 10_000;
 
-pub async fn list(State(state): State<SharedState>, Query(filter): Query<AlertFilter>) -> Json<Value> {
+pub async fn list(
+    State(state): State<SharedState>,
+    Query(filter): Query<AlertFilter>,
+) -> Json<Value> {
     let limit = filter.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
     let alerts = state.alerts.log.recent(limit, |a| filter.matches(a));
     Json(json!({"alerts": alerts}))
@@ -36,11 +39,16 @@ pub async fn stream(
                     if !filter.matches(&value) {
                         return None;
                     }
-                    Some(Ok(Event::default().event("alert").id(alert.id.clone()).data(value.to_string())))
+                    Some(Ok(Event::default()
+                        .event("alert")
+                        .id(alert.id.clone())
+                        .data(value.to_string())))
                 }
                 // A slow client missed alerts: say so rather than hide it.
                 Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
-                    Some(Ok(Event::default().event("lagged").data(json!({"missed": n}).to_string())))
+                    Some(Ok(Event::default()
+                        .event("lagged")
+                        .data(json!({"missed": n}).to_string())))
                 }
             }
         }
@@ -53,7 +61,10 @@ pub struct DeadLetterQuery {
     pub limit: Option<usize>,
 }
 
-pub async fn dead_letters(State(state): State<SharedState>, Query(q): Query<DeadLetterQuery>) -> Json<Value> {
+pub async fn dead_letters(
+    State(state): State<SharedState>,
+    Query(q): Query<DeadLetterQuery>,
+) -> Json<Value> {
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
     let letters = state.dead_letters.table.recent(limit, |_| true);
     Json(json!({"dead_letters": letters, "total": state.dead_letters.table.len()}))

@@ -16,16 +16,32 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, message: message.into(), position: None }
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            position: None,
+        }
     }
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::NOT_FOUND, message: message.into(), position: None }
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message: message.into(),
+            position: None,
+        }
     }
     pub fn internal(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::INTERNAL_SERVER_ERROR, message: message.into(), position: None }
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.into(),
+            position: None,
+        }
     }
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into(), position: None }
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            position: None,
+        }
     }
 }
 
@@ -53,7 +69,9 @@ impl From<catalog::CatalogError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = match self.position {
-            Some((line, column)) => json!({"error": {"message": self.message, "line": line, "column": column}}),
+            Some((line, column)) => {
+                json!({"error": {"message": self.message, "line": line, "column": column}})
+            }
             None => json!({"error": {"message": self.message}}),
         };
         (self.status, Json(body)).into_response()

@@ -10,7 +10,10 @@ use super::error::ApiError;
 use super::SharedState;
 use crate::source::ingest::ingest_ndjson;
 
-pub async fn ingest(State(state): State<SharedState>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+pub async fn ingest(
+    State(state): State<SharedState>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
     let result = ingest_ndjson(
         &body,
         "http:/api/ingest",

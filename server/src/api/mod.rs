@@ -49,7 +49,12 @@ pub fn router(state: SharedState) -> Router {
         .route("/metrics", get(health::metrics))
         .route("/api/rules", get(rules::list).post(rules::create))
         .route("/api/rules/validate", post(rules::validate))
-        .route("/api/rules/{id}", get(rules::get_one).put(rules::update).delete(rules::deactivate))
+        .route(
+            "/api/rules/{id}",
+            get(rules::get_one)
+                .put(rules::update)
+                .delete(rules::deactivate),
+        )
         .route("/api/alerts", get(alerts::list))
         .route("/api/alerts/stream", get(alerts::stream))
         .route("/api/dead-letters", get(alerts::dead_letters))

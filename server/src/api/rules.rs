@@ -33,8 +33,18 @@ pub fn rule_spec(version: &RuleVersion, compiled: CompiledRule) -> RuleSpec {
 }
 
 fn rule_json(state: &SharedState, rule: &Rule) -> Value {
-    let stats = state.pipeline.rule_stats.lock().ok().and_then(|s| s.get(&rule.id).cloned());
-    let window = state.compiler.compile(&rule.current.sql).ok().and_then(|c| c.window()).map(|w| w.describe());
+    let stats = state
+        .pipeline
+        .rule_stats
+        .lock()
+        .ok()
+        .and_then(|s| s.get(&rule.id).cloned());
+    let window = state
+        .compiler
+        .compile(&rule.current.sql)
+        .ok()
+        .and_then(|c| c.window())
+        .map(|w| w.describe());
     json!({
         "id": rule.id,
         "version": rule.current.version,
@@ -54,18 +64,32 @@ fn rule_json(state: &SharedState, rule: &Rule) -> Value {
 }
 
 fn parse_draft(body: Value) -> Result<RuleDraft, ApiError> {
-    let draft: RuleDraft = serde_json::from_value(body).map_err(|e| ApiError::bad_request(format!("invalid rule: {e}")))?;
+    let draft: RuleDraft = serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid rule: {e}")))?;
     draft.validate()?;
     Ok(draft)
 }
 
 pub async fn list(State(state): State<SharedState>) -> Json<Value> {
-    let rules: Vec<Value> = state.rules.list().await.iter().map(|r| rule_json(&state, r)).collect();
+    let rules: Vec<Value> = state
+        .rules
+        .list()
+        .await
+        .iter()
+        .map(|r| rule_json(&state, r))
+        .collect();
     Json(json!({"rules": rules}))
 }
 
-pub async fn get_one(State(state): State<SharedState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let rule = state.rules.get(&id).await.ok_or_else(|| ApiError::not_found(format!("no rule with id '{id}'")))?;
+pub async fn get_one(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let rule = state
+        .rules
+        .get(&id)
+        .await
+        .ok_or_else(|| ApiError::not_found(format!("no rule with id '{id}'")))?;
     let mut body = rule_json(&state, &rule);
     let mut versions = vec![];
     for v in &rule.versions {
@@ -77,7 +101,10 @@ pub async fn get_one(State(state): State<SharedState>, Path(id): Path<String>) -
     Ok(Json(body))
 }
 
-pub async fn validate(State(state): State<SharedState>, Json(body): Json<Value>) -> Result<Json<Value>, ApiError> {
+pub async fn validate(
+    State(state): State<SharedState>,
+    Json(body): Json<Value>,
+) -> Result<Json<Value>, ApiError> {
     let sql = body
         .get("sql")
         .and_then(Value::as_str)
@@ -97,7 +124,10 @@ pub async fn validate(State(state): State<SharedState>, Json(body): Json<Value>)
     })))
 }
 
-pub async fn create(State(state): State<SharedState>, Json(body): Json<Value>) -> Result<impl IntoResponse, ApiError> {
+pub async fn create(
+    State(state): State<SharedState>,
+    Json(body): Json<Value>,
+) -> Result<impl IntoResponse, ApiError> {
     let draft = parse_draft(body)?;
     let compiled = state.compiler.compile(&draft.sql)?;
     let _guard = state.rule_writes.lock().await;
@@ -130,7 +160,10 @@ pub async fn update(
     Ok(Json(rule_json(&state, &rule)))
 }
 
-pub async fn deactivate(State(state): State<SharedState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn deactivate(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let _guard = state.rule_writes.lock().await;
     let rule = state.rules.set_active(&id, false, now_ms()).await?;
     state

@@ -73,13 +73,27 @@ fn to_ndjson(events: &[SimEvent]) -> Vec<u8> {
 
 /// Runs the simulated ward: first replays the last few minutes at full speed
 /// so windows close at once, then one reading per patient per second.
-pub async fn run(patients: usize, seed: u64, pipeline: PipelineHandle, dead_letters: Arc<DeadLetters>, max_batch_rows: usize) {
+pub async fn run(
+    patients: usize,
+    seed: u64,
+    pipeline: PipelineHandle,
+    dead_letters: Arc<DeadLetters>,
+    max_batch_rows: usize,
+) {
     const BACKFILL_SECONDS: i64 = 180;
     let now = chrono::Utc::now().timestamp_millis();
     let start_ms = (now / 1000 - BACKFILL_SECONDS) * 1000;
-    let mut ward = WardSimulator::new(WardConfig { patients, seed, start_ms, ..WardConfig::default() });
+    let mut ward = WardSimulator::new(WardConfig {
+        patients,
+        seed,
+        start_ms,
+        ..WardConfig::default()
+    });
     let mut events = Vec::new();
-    tracing::info!(patients, "demo ward started ({BACKFILL_SECONDS} s of backfill, then real time)");
+    tracing::info!(
+        patients,
+        "demo ward started ({BACKFILL_SECONDS} s of backfill, then real time)"
+    );
     let mut interval = tokio::time::interval(Duration::from_secs(1));
     loop {
         // Catch up to the wall clock, then wait for the next second.
@@ -87,7 +101,10 @@ pub async fn run(patients: usize, seed: u64, pipeline: PipelineHandle, dead_lett
             events.clear();
             ward.tick(&mut events);
             let body = to_ndjson(&events);
-            if ingest_ndjson(&body, "demo", &pipeline, &dead_letters, max_batch_rows).await.is_err() {
+            if ingest_ndjson(&body, "demo", &pipeline, &dead_letters, max_batch_rows)
+                .await
+                .is_err()
+            {
                 return;
             }
         }

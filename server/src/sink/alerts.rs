@@ -42,10 +42,23 @@ impl AlertFilter {
     pub fn matches(&self, a: &serde_json::Value) -> bool {
         let s = |k: &str| a.get(k).and_then(|v| v.as_str());
         let t = a.get("event_time_ms").and_then(|v| v.as_i64()).unwrap_or(0);
-        self.rule.as_deref().is_none_or(|r| s("rule_id") == Some(r) || s("rule_name") == Some(r))
-            && self.patient.as_deref().is_none_or(|p| a.get("key").and_then(|k| k.get("patient_id")).and_then(|v| v.as_str()) == Some(p))
-            && self.severity.as_deref().is_none_or(|x| s("severity") == Some(x))
-            && self.status.as_deref().is_none_or(|x| s("status") == Some(x))
+        self.rule
+            .as_deref()
+            .is_none_or(|r| s("rule_id") == Some(r) || s("rule_name") == Some(r))
+            && self.patient.as_deref().is_none_or(|p| {
+                a.get("key")
+                    .and_then(|k| k.get("patient_id"))
+                    .and_then(|v| v.as_str())
+                    == Some(p)
+            })
+            && self
+                .severity
+                .as_deref()
+                .is_none_or(|x| s("severity") == Some(x))
+            && self
+                .status
+                .as_deref()
+                .is_none_or(|x| s("status") == Some(x))
             && self.since.is_none_or(|since| t >= since)
             && self.until.is_none_or(|until| t < until)
     }
@@ -90,7 +103,11 @@ pub async fn deliver(
                 tokio::spawn(async move {
                     let payload = serde_json::to_vec(alert.as_ref()).expect("alerts serialize");
                     let key = alert.patient_id().unwrap_or(&alert.rule_id).to_string();
-                    let headers = [("alert_id", alert.id.as_str()), ("rule_id", alert.rule_id.as_str()), ("severity", alert.severity.as_str())];
+                    let headers = [
+                        ("alert_id", alert.id.as_str()),
+                        ("rule_id", alert.rule_id.as_str()),
+                        ("severity", alert.severity.as_str()),
+                    ];
                     // Retried by librdkafka within message.timeout.ms; an
                     // error here is after those retries.
                     match producer.send(&topic, &key, &payload, &headers).await {

@@ -30,12 +30,22 @@ impl DeadLetters {
         if letters.is_empty() {
             return;
         }
-        self.metrics.events_rejected.fetch_add(letters.len() as u64, Relaxed);
+        self.metrics
+            .events_rejected
+            .fetch_add(letters.len() as u64, Relaxed);
         match &self.kafka {
             Some((producer, topic)) => {
                 for letter in letters {
-                    let key = letter.key.as_deref().map(String::from_utf8_lossy).unwrap_or_default().to_string();
-                    let headers = [("reason", letter.reason.as_str()), ("origin", letter.origin.as_str())];
+                    let key = letter
+                        .key
+                        .as_deref()
+                        .map(String::from_utf8_lossy)
+                        .unwrap_or_default()
+                        .to_string();
+                    let headers = [
+                        ("reason", letter.reason.as_str()),
+                        ("origin", letter.origin.as_str()),
+                    ];
                     match producer.send(topic, &key, &letter.payload, &headers).await {
                         Ok(()) => self.metrics.dead_letters_delivered.fetch_add(1, Relaxed),
                         Err(e) => {
@@ -60,10 +70,15 @@ impl DeadLetters {
                     })
                     .collect();
                 match self.table.append(&records).await {
-                    Ok(()) => self.metrics.dead_letters_delivered.fetch_add(records.len() as u64, Relaxed),
+                    Ok(()) => self
+                        .metrics
+                        .dead_letters_delivered
+                        .fetch_add(records.len() as u64, Relaxed),
                     Err(e) => {
                         tracing::error!(error = %e, "recording dead letters");
-                        self.metrics.dead_letter_errors.fetch_add(records.len() as u64, Relaxed)
+                        self.metrics
+                            .dead_letter_errors
+                            .fetch_add(records.len() as u64, Relaxed)
                     }
                 };
             }

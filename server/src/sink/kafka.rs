@@ -34,10 +34,19 @@ impl KafkaProducer {
     }
 
     /// Sends one record and waits for the broker's acknowledgement.
-    pub async fn send(&self, topic: &str, key: &str, payload: &[u8], headers: &[(&str, &str)]) -> Result<()> {
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Result<()> {
         let mut h = OwnedHeaders::new_with_capacity(headers.len());
         for (k, v) in headers {
-            h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
+            h = h.insert(Header {
+                key: k,
+                value: Some(v.as_bytes()),
+            });
         }
         let record = FutureRecord::to(topic).key(key).payload(payload).headers(h);
         self.producer

@@ -35,17 +35,32 @@ pub async fn ingest_ndjson(
             Ok(()) => result.accepted += 1,
             Err(rejection) => {
                 result.rejected += 1;
-                letters.push(DeadLetter { key: None, payload: line.to_vec(), reason: rejection.reason, origin: origin.to_string() });
+                letters.push(DeadLetter {
+                    key: None,
+                    payload: line.to_vec(),
+                    reason: rejection.reason,
+                    origin: origin.to_string(),
+                });
             }
         }
         if decoder.len() >= max_batch_rows {
             let batch = decoder.finish();
-            pipeline.send_async(Input::Batch { partition: LOCAL_PARTITION, batch }).await?;
+            pipeline
+                .send_async(Input::Batch {
+                    partition: LOCAL_PARTITION,
+                    batch,
+                })
+                .await?;
         }
     }
     if !decoder.is_empty() {
         let batch = decoder.finish();
-        pipeline.send_async(Input::Batch { partition: LOCAL_PARTITION, batch }).await?;
+        pipeline
+            .send_async(Input::Batch {
+                partition: LOCAL_PARTITION,
+                batch,
+            })
+            .await?;
     }
     dead_letters.record(letters).await;
     Ok(result)

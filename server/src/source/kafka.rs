@@ -36,7 +36,11 @@ impl ClientContext for RebalanceContext {}
 impl ConsumerContext for RebalanceContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let partitions = |tpl: &TopicPartitionList| -> Vec<i32> {
-            tpl.elements().iter().filter(|e| e.topic() == self.topic).map(|e| e.partition()).collect()
+            tpl.elements()
+                .iter()
+                .filter(|e| e.topic() == self.topic)
+                .map(|e| e.partition())
+                .collect()
         };
         let input = match rebalance {
             Rebalance::Assign(tpl) => Input::Assign(partitions(tpl)),
@@ -75,14 +79,20 @@ pub fn start(
     for (k, v) in &kafka.properties {
         cfg.set(k, v);
     }
-    let context = RebalanceContext { pipeline: pipeline.clone(), topic: kafka.vitals_topic.clone() };
-    let consumer: BaseConsumer<RebalanceContext> =
-        cfg.create_with_context(context).context("creating the Kafka consumer")?;
+    let context = RebalanceContext {
+        pipeline: pipeline.clone(),
+        topic: kafka.vitals_topic.clone(),
+    };
+    let consumer: BaseConsumer<RebalanceContext> = cfg
+        .create_with_context(context)
+        .context("creating the Kafka consumer")?;
     consumer
         .subscribe(&[kafka.vitals_topic.as_str()])
         .with_context(|| format!("subscribing to {}", kafka.vitals_topic))?;
     let connected = Arc::new(AtomicBool::new(false));
-    let source = KafkaSource { connected: Arc::clone(&connected) };
+    let source = KafkaSource {
+        connected: Arc::clone(&connected),
+    };
     let topic = kafka.vitals_topic.clone();
     let max_rows = pipeline_cfg.max_batch_rows.max(1);
     let max_delay = Duration::from_millis(pipeline_cfg.max_batch_delay_ms.max(1));
@@ -96,10 +106,14 @@ pub fn start(
             while !shutdown.load(Ordering::Relaxed) {
                 if last_metadata_check.elapsed() > Duration::from_secs(5) {
                     last_metadata_check = Instant::now();
-                    let ok = consumer.fetch_metadata(Some(&topic), Duration::from_secs(2)).is_ok();
+                    let ok = consumer
+                        .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                        .is_ok();
                     connected.store(ok, Ordering::Relaxed);
                 }
-                let wait = max_delay.saturating_sub(last_flush.elapsed()).max(Duration::from_millis(1));
+                let wait = max_delay
+                    .saturating_sub(last_flush.elapsed())
+                    .max(Duration::from_millis(1));
                 match consumer.poll(wait) {
                     Some(Ok(msg)) => {
                         let partition = msg.partition();
@@ -118,7 +132,14 @@ pub fn start(
                             });
                         }
                         if decoder.len() >= max_rows {
-                            flush_partition(&consumer, &topic, &pipeline, partition, decoder, *last_offset);
+                            flush_partition(
+                                &consumer,
+                                &topic,
+                                &pipeline,
+                                partition,
+                                decoder,
+                                *last_offset,
+                            );
                         }
                     }
                     Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error"),
@@ -128,7 +149,14 @@ pub fn start(
                     last_flush = Instant::now();
                     for (&partition, (decoder, last_offset)) in decoders.iter_mut() {
                         if !decoder.is_empty() {
-                            flush_partition(&consumer, &topic, &pipeline, partition, decoder, *last_offset);
+                            flush_partition(
+                                &consumer,
+                                &topic,
+                                &pipeline,
+                                partition,
+                                decoder,
+                                *last_offset,
+                            );
                         } else if *last_offset >= 0 {
                             // Only dead letters since the last batch: their
                             // offsets are done once recorded below.
@@ -148,9 +176,17 @@ pub fn start(
     Ok(source)
 }
 
-fn store_offset<C: ConsumerContext>(consumer: &BaseConsumer<C>, topic: &str, partition: i32, offset: i64) {
+fn store_offset<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) {
     let mut tpl = TopicPartitionList::new();
-    if tpl.add_partition_offset(topic, partition, Offset::Offset(offset + 1)).is_ok() {
+    if tpl
+        .add_partition_offset(topic, partition, Offset::Offset(offset + 1))
+        .is_ok()
+    {
         if let Err(e) = consumer.store_offsets(&tpl) {
             tracing::debug!(error = %e, partition, "storing offset");
         }

@@ -30,7 +30,10 @@ use crate::stream::{col, event_time_type, STREAM_NAME};
 #[derive(Debug, Clone)]
 pub enum RowOp {
     Filter(Arc<dyn PhysicalExpr>),
-    Project { exprs: Vec<Arc<dyn PhysicalExpr>>, schema: SchemaRef },
+    Project {
+        exprs: Vec<Arc<dyn PhysicalExpr>>,
+        schema: SchemaRef,
+    },
 }
 
 /// One aggregate of a windowed rule, ready to create accumulators.
@@ -117,7 +120,9 @@ pub struct RuleCompiler {
 
 impl std::fmt::Debug for RuleCompiler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RuleCompiler").field("schema", &self.schema).finish()
+        f.debug_struct("RuleCompiler")
+            .field("schema", &self.schema)
+            .finish()
     }
 }
 
@@ -136,8 +141,10 @@ impl RuleCompiler {
         crate::functions::register(&ctx);
         let plain: Arc<dyn TableProvider> = Arc::new(EmptyTable::new(Arc::clone(&schema)));
         let windowed: Arc<dyn TableProvider> = Arc::new(EmptyTable::new(windowed_schema(&schema)));
-        ctx.register_table(STREAM_NAME, plain).expect("fresh context accepts a table");
-        ctx.register_table(WINDOWED_TABLE, windowed).expect("fresh context accepts a table");
+        ctx.register_table(STREAM_NAME, plain)
+            .expect("fresh context accepts a table");
+        ctx.register_table(WINDOWED_TABLE, windowed)
+            .expect("fresh context accepts a table");
         Self { ctx, schema }
     }
 
@@ -150,7 +157,9 @@ impl RuleCompiler {
             return Err(RuleError::at_start("the rule's SQL is empty"));
         }
         let table_function = super::tvf::rewrite_table_functions(sql)?;
-        let parse_text = table_function.as_ref().map_or(sql, |(text, _)| text.as_str());
+        let parse_text = table_function
+            .as_ref()
+            .map_or(sql, |(text, _)| text.as_str());
         let mut statements = DFParser::parse_sql_with_dialect(parse_text, &GenericDialect {})
             .map_err(|e| parser_error(&e))?;
         if statements.len() != 1 {
@@ -167,7 +176,9 @@ impl RuleCompiler {
         let rewritten = rewrite_windows(query)?;
         let window = match (rewritten.window, table_function.map(|(_, w)| w)) {
             (Some(_), Some(_)) => {
-                return Err(RuleError::at_start("use either a window table function or a window in GROUP BY, not both"))
+                return Err(RuleError::at_start(
+                    "use either a window table function or a window in GROUP BY, not both",
+                ))
             }
             (a, b) => a.or(b),
         };
@@ -213,17 +224,24 @@ impl Planner<'_> {
     }
 
     fn physical(&self, expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>, RuleError> {
-        self.state.create_physical_expr(expr.clone(), schema).map_err(|e| self.err(e))
+        self.state
+            .create_physical_expr(expr.clone(), schema)
+            .map_err(|e| self.err(e))
     }
 
     /// Collects Filter/Projection steps from `plan` down to the first node
     /// that is neither; returns the steps bottom-up and that node.
-    fn row_ops<'p>(&self, mut plan: &'p LogicalPlan) -> Result<(Vec<RowOp>, &'p LogicalPlan), RuleError> {
+    fn row_ops<'p>(
+        &self,
+        mut plan: &'p LogicalPlan,
+    ) -> Result<(Vec<RowOp>, &'p LogicalPlan), RuleError> {
         let mut ops = vec![];
         loop {
             match plan {
                 LogicalPlan::Filter(f) => {
-                    ops.push(RowOp::Filter(self.physical(&f.predicate, f.input.schema())?));
+                    ops.push(RowOp::Filter(
+                        self.physical(&f.predicate, f.input.schema())?,
+                    ));
                     plan = f.input.as_ref();
                 }
                 LogicalPlan::Projection(p) => {
@@ -244,7 +262,11 @@ impl Planner<'_> {
         Ok((ops, plan))
     }
 
-    fn build(&self, plan: LogicalPlan, window: Option<WindowSpec>) -> Result<CompiledRule, RuleError> {
+    fn build(
+        &self,
+        plan: LogicalPlan,
+        window: Option<WindowSpec>,
+    ) -> Result<CompiledRule, RuleError> {
         let output_schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
         let (top_ops, below) = self.row_ops(&plan)?;
         match (below, window) {
@@ -346,7 +368,9 @@ impl Planner<'_> {
             e => e,
         };
         let Expr::AggregateFunction(f) = inner else {
-            return Err(RuleError::at_start(format!("unsupported aggregate expression {expr}")));
+            return Err(RuleError::at_start(format!(
+                "unsupported aggregate expression {expr}"
+            )));
         };
         if !f.params.order_by.is_empty() {
             return Err(RuleError::new(
@@ -360,7 +384,12 @@ impl Planner<'_> {
             .iter()
             .map(|a| self.physical(a, input))
             .collect::<Result<Vec<_>, _>>()?;
-        let filter = f.params.filter.as_ref().map(|p| self.physical(p, input)).transpose()?;
+        let filter = f
+            .params
+            .filter
+            .as_ref()
+            .map(|p| self.physical(p, input))
+            .transpose()?;
         let function = AggregateExprBuilder::new(Arc::clone(&f.func), args.clone())
             .schema(Arc::new(input.as_arrow().clone()))
             .alias(name)
@@ -371,7 +400,11 @@ impl Planner<'_> {
             ))
             .build()
             .map_err(|e| self.err(e))?;
-        Ok(AggregateSpec { function: Arc::new(function), args, filter })
+        Ok(AggregateSpec {
+            function: Arc::new(function),
+            args,
+            filter,
+        })
     }
 
     fn position_of_word(&self, word: &str) -> Option<SqlPosition> {
@@ -384,7 +417,9 @@ impl Planner<'_> {
 fn check_scan(scan: &datafusion::logical_expr::TableScan) -> Result<(), RuleError> {
     let name = scan.table_name.table();
     if name != STREAM_NAME && name != WINDOWED_TABLE {
-        return Err(RuleError::at_start(format!("rules read the `vitals` stream, not `{name}`")));
+        return Err(RuleError::at_start(format!(
+            "rules read the `vitals` stream, not `{name}`"
+        )));
     }
     Ok(())
 }
@@ -394,8 +429,12 @@ fn unsupported(plan: &LogicalPlan) -> RuleError {
         LogicalPlan::Sort(_) => "ORDER BY cannot run over an unbounded stream",
         LogicalPlan::Limit(_) => "LIMIT cannot run over an unbounded stream",
         LogicalPlan::Join(_) => "joins are not supported in rules yet",
-        LogicalPlan::Window(_) => "window functions with OVER are not supported: group by TUMBLE, HOP or SESSION",
-        LogicalPlan::Distinct(_) => "DISTINCT over a stream is not supported: group by a window instead",
+        LogicalPlan::Window(_) => {
+            "window functions with OVER are not supported: group by TUMBLE, HOP or SESSION"
+        }
+        LogicalPlan::Distinct(_) => {
+            "DISTINCT over a stream is not supported: group by a window instead"
+        }
         LogicalPlan::Union(_) => "UNION is not supported in rules",
         _ => "this query shape cannot run as a streaming rule",
     };
@@ -417,7 +456,8 @@ fn projected_keys(plan: &LogicalPlan, key_names: &[String]) -> Vec<usize> {
                             Expr::Alias(a) => a.expr.as_ref(),
                             e => e,
                         };
-                        matches!(base, Expr::Column(_)) && key_names.contains(&base.schema_name().to_string())
+                        matches!(base, Expr::Column(_))
+                            && key_names.contains(&base.schema_name().to_string())
                     })
                     .map(|(i, _)| i)
                     .collect();
@@ -450,9 +490,19 @@ fn parser_error(e: &DataFusionError) -> RuleError {
 
 fn find_line_column(text: &str) -> Option<SqlPosition> {
     let l = text.find("Line: ")? + "Line: ".len();
-    let line: u64 = text[l..].chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().ok()?;
+    let line: u64 = text[l..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .ok()?;
     let c = text[l..].find("Column: ")? + l + "Column: ".len();
-    let column: u64 = text[c..].chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().ok()?;
+    let column: u64 = text[c..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .ok()?;
     Some(SqlPosition::new(line, column))
 }
 
@@ -465,7 +515,12 @@ fn datafusion_error(e: &DataFusionError, sql: &str) -> RuleError {
         Some(d) => d.message.clone(),
         None => e.strip_backtrace().to_string(),
     };
-    for prefix in ["Error during planning: ", "Schema error: ", "type_coercion\ncaused by\n", "Optimizer rule 'type_coercion' failed\ncaused by\n"] {
+    for prefix in [
+        "Error during planning: ",
+        "Schema error: ",
+        "type_coercion\ncaused by\n",
+        "Optimizer rule 'type_coercion' failed\ncaused by\n",
+    ] {
         message = message.replace(prefix, "");
     }
     message = message.replace(&format!("{WINDOWED_TABLE}."), "vitals.");
@@ -490,15 +545,34 @@ fn guess_position(message: &str, sql: &str) -> Option<SqlPosition> {
     let lower = sql.to_ascii_lowercase();
     for word in candidates {
         let word = word.to_ascii_lowercase();
-        if matches!(word.as_str(), "field" | "named" | "valid" | "fields" | "are" | "and" | "the" | "vitals" | "column" | "table" | "not" | "found" | "with" | "from") {
+        if matches!(
+            word.as_str(),
+            "field"
+                | "named"
+                | "valid"
+                | "fields"
+                | "are"
+                | "and"
+                | "the"
+                | "vitals"
+                | "column"
+                | "table"
+                | "not"
+                | "found"
+                | "with"
+                | "from"
+        ) {
             continue;
         }
         let mut start = 0;
         while let Some(i) = lower[start..].find(&word) {
             let at = start + i;
-            let before_ok = at == 0 || !lower.as_bytes()[at - 1].is_ascii_alphanumeric() && lower.as_bytes()[at - 1] != b'_';
+            let before_ok = at == 0
+                || !lower.as_bytes()[at - 1].is_ascii_alphanumeric()
+                    && lower.as_bytes()[at - 1] != b'_';
             let end = at + word.len();
-            let after_ok = end >= lower.len() || !lower.as_bytes()[end].is_ascii_alphanumeric() && lower.as_bytes()[end] != b'_';
+            let after_ok = end >= lower.len()
+                || !lower.as_bytes()[end].is_ascii_alphanumeric() && lower.as_bytes()[end] != b'_';
             if before_ok && after_ok {
                 return Some(offset_to_position(sql, at));
             }

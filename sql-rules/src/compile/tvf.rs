@@ -7,8 +7,8 @@
 //! the same length so every later error still points at the right column.
 
 use super::window::{interval_ms, WindowSpec, WINDOWED_TABLE};
-use crate::error::{RuleError, SqlPosition};
 use crate::compile::plan::offset_to_position;
+use crate::error::{RuleError, SqlPosition};
 use crate::stream::{col, STREAM_NAME};
 
 /// Finds a windowing table function, returns the rewritten SQL and window.
@@ -39,10 +39,14 @@ pub fn rewrite_table_functions(sql: &str) -> Result<Option<(String, WindowSpec)>
         if bytes.get(open) != Some(&b'(') {
             continue;
         }
-        let (args, close) = split_args(sql, open).ok_or_else(|| RuleError::new(format!("unclosed {family}( … )"), at))?;
+        let (args, close) = split_args(sql, open)
+            .ok_or_else(|| RuleError::new(format!("unclosed {family}( … )"), at))?;
         let outer_close = skip_ws(bytes, close + 1);
         if bytes.get(outer_close) != Some(&b')') {
-            return Err(RuleError::new(format!("expected `)` closing TABLE({family}(…))"), offset_to_position(sql, outer_close)));
+            return Err(RuleError::new(
+                format!("expected `)` closing TABLE({family}(…))"),
+                offset_to_position(sql, outer_close),
+            ));
         }
         let usage = if family == "TUMBLE" {
             "TABLE(TUMBLE(TABLE vitals, DESCRIPTOR(event_time), INTERVAL '1' MINUTE))"
@@ -51,7 +55,10 @@ pub fn rewrite_table_functions(sql: &str) -> Result<Option<(String, WindowSpec)>
         };
         let want = if family == "TUMBLE" { 3 } else { 4 };
         if args.len() != want {
-            return Err(RuleError::new(format!("{family} takes {want} arguments here: write {usage}"), at));
+            return Err(RuleError::new(
+                format!("{family} takes {want} arguments here: write {usage}"),
+                at,
+            ));
         }
         let (table_text, table_at) = &args[0];
         let table = table_text.trim();
@@ -60,13 +67,19 @@ pub fn rewrite_table_functions(sql: &str) -> Result<Option<(String, WindowSpec)>
             .is_some_and(|t| t.eq_ignore_ascii_case("TABLE"))
             && table[5..].trim().eq_ignore_ascii_case(STREAM_NAME);
         if !table_ok {
-            return Err(RuleError::new(format!("expected `TABLE vitals`, found `{table}`"), offset_to_position(sql, *table_at)));
+            return Err(RuleError::new(
+                format!("expected `TABLE vitals`, found `{table}`"),
+                offset_to_position(sql, *table_at),
+            ));
         }
         let (desc_text, desc_at) = &args[1];
         let desc = desc_text.trim().to_ascii_lowercase().replace(' ', "");
         if desc != format!("descriptor({})", col::EVENT_TIME) {
             return Err(RuleError::new(
-                format!("windows are over event time: expected `DESCRIPTOR(event_time)`, found `{}`", desc_text.trim()),
+                format!(
+                    "windows are over event time: expected `DESCRIPTOR(event_time)`, found `{}`",
+                    desc_text.trim()
+                ),
                 offset_to_position(sql, *desc_at),
             ));
         }
@@ -76,24 +89,40 @@ pub fn rewrite_table_functions(sql: &str) -> Result<Option<(String, WindowSpec)>
             let expr = sqlparser::parser::Parser::new(&dialect)
                 .try_with_sql(text)
                 .and_then(|mut p| p.parse_expr())
-                .map_err(|e| RuleError::new(format!("invalid interval: {e}"), offset_to_position(sql, *offset)))?;
-            interval_ms(&expr).map_err(|e| RuleError::new(e.message, offset_to_position(sql, *offset)))
+                .map_err(|e| {
+                    RuleError::new(
+                        format!("invalid interval: {e}"),
+                        offset_to_position(sql, *offset),
+                    )
+                })?;
+            interval_ms(&expr)
+                .map_err(|e| RuleError::new(e.message, offset_to_position(sql, *offset)))
         };
         let window = if family == "TUMBLE" {
-            WindowSpec::Tumble { size_ms: interval(2)? }
+            WindowSpec::Tumble {
+                size_ms: interval(2)?,
+            }
         } else {
             let slide_ms = interval(2)?;
             let size_ms = interval(3)?;
             if slide_ms > size_ms {
-                return Err(RuleError::new("HOP slide must not exceed its size", offset_to_position(sql, args[2].1)));
+                return Err(RuleError::new(
+                    "HOP slide must not exceed its size",
+                    offset_to_position(sql, args[2].1),
+                ));
             }
             WindowSpec::Hop { slide_ms, size_ms }
         };
         // Same length, same line breaks: positions after it stay right.
         let replacement_core = format!("{WINDOWED_TABLE} {STREAM_NAME}");
         let span = &sql[start..=outer_close];
-        let mut replacement: String = span.chars().map(|c| if c == '\n' { '\n' } else { ' ' }).collect();
-        if replacement.len() >= replacement_core.len() && !replacement[..replacement_core.len()].contains('\n') {
+        let mut replacement: String = span
+            .chars()
+            .map(|c| if c == '\n' { '\n' } else { ' ' })
+            .collect();
+        if replacement.len() >= replacement_core.len()
+            && !replacement[..replacement_core.len()].contains('\n')
+        {
             replacement.replace_range(..replacement_core.len(), &replacement_core);
         } else {
             replacement = format!("{replacement_core} ");
@@ -165,14 +194,24 @@ mod tests {
     fn hop_table_function_takes_slide_then_size() {
         let sql = "SELECT 1 FROM TABLE(HOP(TABLE vitals, DESCRIPTOR(event_time), INTERVAL '1' MINUTE, INTERVAL '5' MINUTE)) GROUP BY window_start, window_end";
         let (_, w) = rewrite_table_functions(sql).unwrap().unwrap();
-        assert_eq!(w, WindowSpec::Hop { slide_ms: 60_000, size_ms: 300_000 });
+        assert_eq!(
+            w,
+            WindowSpec::Hop {
+                slide_ms: 60_000,
+                size_ms: 300_000
+            }
+        );
     }
 
     #[test]
     fn a_wrong_descriptor_is_refused_with_its_position() {
         let sql = "SELECT 1 FROM TABLE(TUMBLE(TABLE vitals, DESCRIPTOR(ts), INTERVAL '1' MINUTE))";
         let err = rewrite_table_functions(sql).unwrap_err();
-        assert!(err.message.contains("DESCRIPTOR(event_time)"), "{}", err.message);
+        assert!(
+            err.message.contains("DESCRIPTOR(event_time)"),
+            "{}",
+            err.message
+        );
         assert_eq!(err.position.column, 41);
     }
 }

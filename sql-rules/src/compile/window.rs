@@ -122,7 +122,10 @@ fn unnamed_args(args: &FunctionArguments, at: SqlPosition) -> Result<Vec<&Expr>,
         .iter()
         .map(|a| match a {
             FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Ok(e),
-            _ => Err(RuleError::new("window function arguments must be plain expressions", at)),
+            _ => Err(RuleError::new(
+                "window function arguments must be plain expressions",
+                at,
+            )),
         })
         .collect()
 }
@@ -139,12 +142,25 @@ pub fn interval_ms(expr: &Expr) -> Result<i64, RuleError> {
     let text = match iv.value.as_ref() {
         Expr::Value(v) => match &v.value {
             Value::SingleQuotedString(s) | Value::Number(s, _) => s.clone(),
-            other => return Err(RuleError::new(format!("unsupported interval value {other}"), at)),
+            other => {
+                return Err(RuleError::new(
+                    format!("unsupported interval value {other}"),
+                    at,
+                ))
+            }
         },
-        other => return Err(RuleError::new(format!("unsupported interval value {other}"), at)),
+        other => {
+            return Err(RuleError::new(
+                format!("unsupported interval value {other}"),
+                at,
+            ))
+        }
     };
     if iv.last_field.is_some() {
-        return Err(RuleError::new("interval ranges (e.g. HOUR TO MINUTE) are not supported", at));
+        return Err(RuleError::new(
+            "interval ranges (e.g. HOUR TO MINUTE) are not supported",
+            at,
+        ));
     }
     let full = match &iv.leading_field {
         Some(field) => format!("{text} {field}"),
@@ -160,10 +176,16 @@ pub fn interval_ms(expr: &Expr) -> Result<i64, RuleError> {
     }
     let ms = parsed.days as i64 * 86_400_000 + parsed.nanoseconds / 1_000_000;
     if parsed.nanoseconds % 1_000_000 != 0 {
-        return Err(RuleError::new("window sizes must be whole milliseconds", at));
+        return Err(RuleError::new(
+            "window sizes must be whole milliseconds",
+            at,
+        ));
     }
     if ms <= 0 {
-        return Err(RuleError::new(format!("window size must be positive, got '{full}'"), at));
+        return Err(RuleError::new(
+            format!("window size must be positive, got '{full}'"),
+            at,
+        ));
     }
     Ok(ms)
 }
@@ -178,7 +200,11 @@ fn is_event_time(expr: &Expr) -> bool {
     }
 }
 
-fn parse_window_call(family: Family, args: &[&Expr], at: SqlPosition) -> Result<WindowSpec, RuleError> {
+fn parse_window_call(
+    family: Family,
+    args: &[&Expr],
+    at: SqlPosition,
+) -> Result<WindowSpec, RuleError> {
     let name = format!("{family:?}").to_uppercase();
     let expected = match family {
         Family::Tumble => 2,
@@ -188,22 +214,32 @@ fn parse_window_call(family: Family, args: &[&Expr], at: SqlPosition) -> Result<
     if args.len() != expected {
         let usage = match family {
             Family::Tumble => "TUMBLE(event_time, INTERVAL '1' MINUTE)",
-            Family::Hop => "HOP(event_time, INTERVAL '1' MINUTE /* slide */, INTERVAL '5' MINUTE /* size */)",
+            Family::Hop => {
+                "HOP(event_time, INTERVAL '1' MINUTE /* slide */, INTERVAL '5' MINUTE /* size */)"
+            }
             Family::Session => "SESSION(event_time, INTERVAL '30' SECOND /* gap */)",
         };
         return Err(RuleError::new(
-            format!("{name} takes {expected} arguments, got {}: write {usage}", args.len()),
+            format!(
+                "{name} takes {expected} arguments, got {}: write {usage}",
+                args.len()
+            ),
             at,
         ));
     }
     if !is_event_time(args[0]) {
         return Err(RuleError::new(
-            format!("{name} must be over the event time column `event_time`, found `{}`", args[0]),
+            format!(
+                "{name} must be over the event time column `event_time`, found `{}`",
+                args[0]
+            ),
             position_of(args[0]),
         ));
     }
     Ok(match family {
-        Family::Tumble => WindowSpec::Tumble { size_ms: interval_ms(args[1])? },
+        Family::Tumble => WindowSpec::Tumble {
+            size_ms: interval_ms(args[1])?,
+        },
         Family::Hop => {
             let slide_ms = interval_ms(args[1])?;
             let size_ms = interval_ms(args[2])?;
@@ -215,7 +251,9 @@ fn parse_window_call(family: Family, args: &[&Expr], at: SqlPosition) -> Result<
             }
             WindowSpec::Hop { slide_ms, size_ms }
         }
-        Family::Session => WindowSpec::Session { gap_ms: interval_ms(args[1])? },
+        Family::Session => WindowSpec::Session {
+            gap_ms: interval_ms(args[1])?,
+        },
     })
 }
 
@@ -267,8 +305,11 @@ pub fn rewrite_windows(query: &mut Query) -> Result<Rewritten, RuleError> {
     // 2. TUMBLE_START / HOP_END / ... accessors anywhere in the query.
     let mut failure: Option<RuleError> = None;
     let _ = sqlparser::ast::visit_expressions_mut(query, |expr| {
-        let Expr::Function(f) = &*expr else { return ControlFlow::Continue(()) };
-        let Some((family, Some(is_end))) = function_name(&f.name).and_then(|n| Family::from_name(&n))
+        let Expr::Function(f) = &*expr else {
+            return ControlFlow::Continue(());
+        };
+        let Some((family, Some(is_end))) =
+            function_name(&f.name).and_then(|n| Family::from_name(&n))
         else {
             return ControlFlow::Continue(());
         };
@@ -320,7 +361,9 @@ pub fn rewrite_windows(query: &mut Query) -> Result<Rewritten, RuleError> {
             }
         }
     }
-    Ok(Rewritten { window: window.map(|(w, _)| w) })
+    Ok(Rewritten {
+        window: window.map(|(w, _)| w),
+    })
 }
 
 /// Visits the query so `VisitMut` stays in scope for callers that extend it.
@@ -357,9 +400,15 @@ mod tests {
 
     #[test]
     fn hop_panes_are_the_gcd_of_slide_and_size() {
-        let w = WindowSpec::Hop { slide_ms: 60_000, size_ms: 300_000 };
+        let w = WindowSpec::Hop {
+            slide_ms: 60_000,
+            size_ms: 300_000,
+        };
         assert_eq!(w.pane_ms(), 60_000);
-        let w = WindowSpec::Hop { slide_ms: 40_000, size_ms: 100_000 };
+        let w = WindowSpec::Hop {
+            slide_ms: 40_000,
+            size_ms: 100_000,
+        };
         assert_eq!(w.pane_ms(), 20_000);
     }
 }

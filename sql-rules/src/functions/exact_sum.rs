@@ -12,8 +12,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, UInt64Array};
-use arrow::datatypes::{DataType, Field, FieldRef, Float64Type, UInt64Type, Decimal128Type};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Float64Array, UInt64Array,
+};
+use arrow::datatypes::{DataType, Decimal128Type, Field, FieldRef, Float64Type, UInt64Type};
 use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
@@ -55,7 +57,10 @@ pub fn exact_avg_udaf() -> AggregateUDF {
 }
 
 fn is_float(dt: &DataType) -> bool {
-    matches!(dt, DataType::Float64 | DataType::Float32 | DataType::Float16)
+    matches!(
+        dt,
+        DataType::Float64 | DataType::Float32 | DataType::Float16
+    )
 }
 
 impl ExactSum {
@@ -87,7 +92,12 @@ impl AggregateUDFImpl for ExactSum {
 
     fn accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         if self.exact_for(args.expr_fields) && !args.is_distinct {
-            Ok(Box::new(ExactAccumulator { kind: self.kind, sum: 0, count: 0, non_finite: None }))
+            Ok(Box::new(ExactAccumulator {
+                kind: self.kind,
+                sum: 0,
+                count: 0,
+                non_finite: None,
+            }))
         } else {
             self.inner.accumulator(args)
         }
@@ -109,9 +119,17 @@ impl AggregateUDFImpl for ExactSum {
         }
     }
 
-    fn create_groups_accumulator(&self, args: AccumulatorArgs) -> Result<Box<dyn GroupsAccumulator>> {
+    fn create_groups_accumulator(
+        &self,
+        args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
         if self.exact_for(args.expr_fields) && !args.is_distinct {
-            Ok(Box::new(ExactGroups { kind: self.kind, sums: vec![], counts: vec![], non_finite: vec![] }))
+            Ok(Box::new(ExactGroups {
+                kind: self.kind,
+                sums: vec![],
+                counts: vec![],
+                non_finite: vec![],
+            }))
         } else {
             self.inner.inner().create_groups_accumulator(args)
         }
@@ -131,7 +149,11 @@ fn state_fields(name: &str) -> Vec<FieldRef> {
         )),
         Arc::new(Field::new(format!("{name}[count]"), DataType::UInt64, true)),
         // Sum of any NaN/inf inputs; NaN-free readings leave it null.
-        Arc::new(Field::new(format!("{name}[non_finite]"), DataType::Float64, true)),
+        Arc::new(Field::new(
+            format!("{name}[non_finite]"),
+            DataType::Float64,
+            true,
+        )),
     ]
 }
 
@@ -185,7 +207,12 @@ impl Accumulator for ExactAccumulator {
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        Ok(ScalarValue::Float64(finish(self.kind, self.sum, self.count, self.non_finite)))
+        Ok(ScalarValue::Float64(finish(
+            self.kind,
+            self.sum,
+            self.count,
+            self.non_finite,
+        )))
     }
 
     fn size(&self) -> usize {
@@ -336,7 +363,11 @@ impl GroupsAccumulator for ExactGroups {
         Ok(())
     }
 
-    fn convert_to_state(&self, values: &[ArrayRef], opt_filter: Option<&BooleanArray>) -> Result<Vec<ArrayRef>> {
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> Result<Vec<ArrayRef>> {
         // One row's own state: what merge_batch expects from a partial aggregate.
         let values = as_f64(&values[0])?;
         let values = values.as_primitive::<Float64Type>();
@@ -347,9 +378,17 @@ impl GroupsAccumulator for ExactGroups {
         for i in 0..n {
             let take = values.is_valid(i) && selected(opt_filter, i);
             let v = values.value(i);
-            sums.push(if take && v.is_finite() { to_fixed(v) } else { 0 });
+            sums.push(if take && v.is_finite() {
+                to_fixed(v)
+            } else {
+                0
+            });
             counts.push(u64::from(take));
-            nfs.push(if take && !v.is_finite() { Some(v) } else { None });
+            nfs.push(if take && !v.is_finite() {
+                Some(v)
+            } else {
+                None
+            });
         }
         Ok(vec![
             Arc::new(Decimal128Array::from(sums).with_precision_and_scale(38, SCALE_DIGITS)?),
@@ -372,17 +411,32 @@ mod tests {
         let mut parts = vec![];
         let mut start = 0;
         for &end in splits.iter().chain(std::iter::once(&values.len())) {
-            let mut acc = ExactGroups { kind: Kind::Avg, sums: vec![], counts: vec![], non_finite: vec![] };
+            let mut acc = ExactGroups {
+                kind: Kind::Avg,
+                sums: vec![],
+                counts: vec![],
+                non_finite: vec![],
+            };
             let chunk: ArrayRef = Arc::new(Float64Array::from(values[start..end].to_vec()));
-            acc.update_batch(&[chunk], &vec![0; end - start], None, 1).unwrap();
+            acc.update_batch(&[chunk], &vec![0; end - start], None, 1)
+                .unwrap();
             parts.push(acc.state(EmitTo::All).unwrap());
             start = end;
         }
-        let mut total = ExactGroups { kind: Kind::Avg, sums: vec![], counts: vec![], non_finite: vec![] };
+        let mut total = ExactGroups {
+            kind: Kind::Avg,
+            sums: vec![],
+            counts: vec![],
+            non_finite: vec![],
+        };
         for p in parts.iter().rev() {
             total.merge_batch(p, &[0], 1).unwrap();
         }
-        total.evaluate(EmitTo::All).unwrap().as_primitive::<Float64Type>().value(0)
+        total
+            .evaluate(EmitTo::All)
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .value(0)
     }
 
     #[test]
@@ -403,7 +457,12 @@ mod tests {
 
     #[test]
     fn sum_of_no_values_is_null() {
-        let mut acc = ExactGroups { kind: Kind::Sum, sums: vec![], counts: vec![], non_finite: vec![] };
+        let mut acc = ExactGroups {
+            kind: Kind::Sum,
+            sums: vec![],
+            counts: vec![],
+            non_finite: vec![],
+        };
         let chunk: ArrayRef = Arc::new(Float64Array::from(vec![None, Some(1.5)]));
         acc.update_batch(&[chunk], &[0, 1], None, 2).unwrap();
         let out = acc.evaluate(EmitTo::All).unwrap();

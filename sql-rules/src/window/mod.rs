@@ -9,7 +9,6 @@
 pub mod panes;
 pub mod session;
 
-
 use arrow::record_batch::RecordBatch;
 
 /// What the engine learns about each group of a closed window beyond its
@@ -22,7 +21,11 @@ pub struct GroupStats {
 }
 
 impl GroupStats {
-    pub const EMPTY: GroupStats = GroupStats { count: 0, first_event_ms: i64::MAX, last_event_ms: i64::MIN };
+    pub const EMPTY: GroupStats = GroupStats {
+        count: 0,
+        first_event_ms: i64::MAX,
+        last_event_ms: i64::MIN,
+    };
 
     #[inline]
     pub fn add(&mut self, ts: i64) {
@@ -56,9 +59,13 @@ pub enum WindowOperator {
 }
 
 impl WindowOperator {
-    pub fn new(plan: std::sync::Arc<crate::compile::plan::Windowed>) -> datafusion::common::Result<Self> {
+    pub fn new(
+        plan: std::sync::Arc<crate::compile::plan::Windowed>,
+    ) -> datafusion::common::Result<Self> {
         Ok(match plan.window {
-            crate::compile::WindowSpec::Session { .. } => WindowOperator::Session(session::SessionOperator::new(plan)?),
+            crate::compile::WindowSpec::Session { .. } => {
+                WindowOperator::Session(session::SessionOperator::new(plan)?)
+            }
             _ => WindowOperator::Panes(panes::PaneOperator::new(plan)),
         })
     }
@@ -86,7 +93,11 @@ impl WindowOperator {
         }
     }
 
-    pub fn fire(&mut self, watermark: i64, out: &mut Vec<ClosedWindow>) -> datafusion::common::Result<()> {
+    pub fn fire(
+        &mut self,
+        watermark: i64,
+        out: &mut Vec<ClosedWindow>,
+    ) -> datafusion::common::Result<()> {
         match self {
             WindowOperator::Panes(p) => p.fire(watermark, out),
             WindowOperator::Session(s) => s.fire(watermark, out),

@@ -58,7 +58,9 @@ pub fn new_accumulator(spec: &AggregateSpec) -> Result<Box<dyn GroupsAccumulator
         spec.function.create_groups_accumulator()
     } else {
         let function = Arc::clone(&spec.function);
-        Ok(Box::new(GroupsAccumulatorAdapter::new(move || function.create_accumulator())))
+        Ok(Box::new(GroupsAccumulatorAdapter::new(move || {
+            function.create_accumulator()
+        })))
     }
 }
 
@@ -101,7 +103,12 @@ impl PaneOperator {
     fn new_pane(&self) -> Result<OpenPane> {
         Ok(OpenPane {
             groups: new_group_values(Arc::clone(&self.plan.key_schema), &GroupOrdering::None)?,
-            accumulators: self.plan.aggregates.iter().map(new_accumulator).collect::<Result<_>>()?,
+            accumulators: self
+                .plan
+                .aggregates
+                .iter()
+                .map(new_accumulator)
+                .collect::<Result<_>>()?,
             stats: Vec::new(),
         })
     }
@@ -117,7 +124,12 @@ impl PaneOperator {
         let mut filters = Vec::with_capacity(self.plan.aggregates.len());
         for agg in &self.plan.aggregates {
             args.push(evaluate_all(&agg.args, batch)?);
-            filters.push(agg.filter.as_ref().map(|f| predicate_mask(f, batch)).transpose()?);
+            filters.push(
+                agg.filter
+                    .as_ref()
+                    .map(|f| predicate_mask(f, batch))
+                    .transpose()?,
+            );
         }
         let pane_ms = self.pane_ms;
         let first = ts[0].div_euclid(pane_ms);
@@ -128,20 +140,36 @@ impl PaneOperator {
         // boundary): split by pane. The copies are per pane, not per event.
         let mut by_pane: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
         for (i, t) in ts.iter().enumerate() {
-            by_pane.entry(t.div_euclid(pane_ms) * pane_ms).or_default().push(i as u32);
+            by_pane
+                .entry(t.div_euclid(pane_ms) * pane_ms)
+                .or_default()
+                .push(i as u32);
         }
         for (pane, rows) in by_pane {
             let idx = UInt32Array::from(rows);
             let take_all = |cols: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
-                Ok(cols.iter().map(|c| take(c.as_ref(), &idx, None)).collect::<std::result::Result<_, _>>()?)
+                Ok(cols
+                    .iter()
+                    .map(|c| take(c.as_ref(), &idx, None))
+                    .collect::<std::result::Result<_, _>>()?)
             };
             let keys = take_all(&keys)?;
-            let args = args.iter().map(|a| take_all(a)).collect::<Result<Vec<_>>>()?;
+            let args = args
+                .iter()
+                .map(|a| take_all(a))
+                .collect::<Result<Vec<_>>>()?;
             let filters = filters
                 .iter()
                 .map(|f| {
                     f.as_ref()
-                        .map(|f| take(f, &idx, None).map(|a| a.as_any().downcast_ref::<arrow::array::BooleanArray>().cloned().expect("boolean take")))
+                        .map(|f| {
+                            take(f, &idx, None).map(|a| {
+                                a.as_any()
+                                    .downcast_ref::<arrow::array::BooleanArray>()
+                                    .cloned()
+                                    .expect("boolean take")
+                            })
+                        })
                         .transpose()
                 })
                 .collect::<std::result::Result<Vec<_>, _>>()?;
@@ -204,7 +232,12 @@ impl PaneOperator {
                 .map(|a| a.evaluate(EmitTo::All))
                 .collect::<Result<Vec<_>>>()?;
             let rows = self.output_batch(start, start + self.size_ms, keys, values)?;
-            out.push(ClosedWindow { start_ms: start, end_ms: start + self.size_ms, rows, stats: pane.stats });
+            out.push(ClosedWindow {
+                start_ms: start,
+                end_ms: start + self.size_ms,
+                rows,
+                stats: pane.stats,
+            });
         }
         Ok(())
     }
@@ -217,7 +250,14 @@ impl PaneOperator {
                 .iter_mut()
                 .map(|a| a.state(EmitTo::All))
                 .collect::<Result<Vec<_>>>()?;
-            self.sealed.insert(start, SealedPane { keys, states, stats: pane.stats });
+            self.sealed.insert(
+                start,
+                SealedPane {
+                    keys,
+                    states,
+                    stats: pane.stats,
+                },
+            );
         }
         Ok(())
     }
@@ -254,11 +294,7 @@ impl PaneOperator {
         }
         for end in ends {
             let start = end - self.size_ms;
-            let panes: Vec<i64> = self
-                .open
-                .range(start..end)
-                .map(|(&p, _)| p)
-                .collect();
+            let panes: Vec<i64> = self.open.range(start..end).map(|(&p, _)| p).collect();
             for p in panes {
                 self.seal(p)?;
             }
@@ -286,22 +322,39 @@ impl PaneOperator {
                 .map(|a| a.evaluate(EmitTo::All))
                 .collect::<Result<Vec<_>>>()?;
             let rows = self.output_batch(start, end, keys, values)?;
-            out.push(ClosedWindow { start_ms: start, end_ms: end, rows, stats: merged.stats });
+            out.push(ClosedWindow {
+                start_ms: start,
+                end_ms: end,
+                rows,
+                stats: merged.stats,
+            });
         }
         // Drop panes no future window (ending after the watermark) contains:
         // the last window containing pane p starts at floor(p / slide).
         let (size, slide) = (self.size_ms, self.slide_ms);
-        self.sealed.retain(|&p, _| p.div_euclid(slide) * slide + size > watermark);
+        self.sealed
+            .retain(|&p, _| p.div_euclid(slide) * slide + size > watermark);
         Ok(())
     }
 
     /// Lays out closed-window rows as the aggregate's output schema.
-    fn output_batch(&self, start: i64, end: i64, keys: Vec<ArrayRef>, values: Vec<ArrayRef>) -> Result<RecordBatch> {
-        let n = keys.first().map(|k| k.len()).or_else(|| values.first().map(|v| v.len())).unwrap_or(0);
+    fn output_batch(
+        &self,
+        start: i64,
+        end: i64,
+        keys: Vec<ArrayRef>,
+        values: Vec<ArrayRef>,
+    ) -> Result<RecordBatch> {
+        let n = keys
+            .first()
+            .map(|k| k.len())
+            .or_else(|| values.first().map(|v| v.len()))
+            .unwrap_or(0);
         let bound = |v: i64| -> ArrayRef {
             Arc::new(TimestampMillisecondArray::from_value(v, n).with_timezone("UTC"))
         };
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.plan.group_slots.len() + values.len());
+        let mut columns: Vec<ArrayRef> =
+            Vec::with_capacity(self.plan.group_slots.len() + values.len());
         for slot in &self.plan.group_slots {
             columns.push(match slot {
                 GroupSlot::WindowStart => bound(start),

@@ -11,10 +11,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use arrow::array::AsArray;
 use arrow::array::{ArrayRef, BooleanArray, TimestampMillisecondArray, UInt32Array};
 use arrow::compute::{concat_batches, filter_record_batch, take, take_record_batch};
 use arrow::datatypes::TimestampMillisecondType;
-use arrow::array::AsArray;
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
 
@@ -54,7 +54,12 @@ impl SessionOperator {
         let WindowSpec::Session { gap_ms } = plan.window else {
             unreachable!("tumbling and hopping windows use the pane operator")
         };
-        let fields = plan.key_schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
+        let fields = plan
+            .key_schema
+            .fields()
+            .iter()
+            .map(|f| SortField::new(f.data_type().clone()))
+            .collect();
         Ok(Self {
             converter: RowConverter::new(fields)?,
             plan,
@@ -132,7 +137,11 @@ impl SessionOperator {
             return Ok(());
         }
         self.fired_through = watermark;
-        if self.ends.first_key_value().is_none_or(|(&end, _)| end > watermark) {
+        if self
+            .ends
+            .first_key_value()
+            .is_none_or(|(&end, _)| end > watermark)
+        {
             return Ok(());
         }
         let gap = self.gap_ms;
@@ -160,7 +169,11 @@ impl SessionOperator {
 
         let all = concat_batches(&self.plan_input_schema(), &self.buffered)?;
         self.buffered.clear();
-        let ts = all.column(idx::EVENT_TIME).as_primitive::<TimestampMillisecondType>().values().clone();
+        let ts = all
+            .column(idx::EVENT_TIME)
+            .as_primitive::<TimestampMillisecondType>()
+            .values()
+            .clone();
         let keys = evaluate_all(&self.plan.key_exprs, &all)?;
         let rows = self.converter.convert_columns(&keys)?;
         let mut take_rows: Vec<u32> = vec![];
@@ -168,7 +181,10 @@ impl SessionOperator {
         let mut keep = vec![true; all.num_rows()];
         for i in 0..all.num_rows() {
             if let Some(list) = index.get(rows.row(i).as_ref()) {
-                if let Some((_, g)) = list.iter().find(|(s, _)| ts[i] >= s.start && ts[i] <= s.last) {
+                if let Some((_, g)) = list
+                    .iter()
+                    .find(|(s, _)| ts[i] >= s.start && ts[i] <= s.last)
+                {
                     take_rows.push(i as u32);
                     group_ids.push(*g);
                     keep[i] = false;
@@ -176,7 +192,8 @@ impl SessionOperator {
             }
         }
         if keep.iter().any(|k| *k) {
-            self.buffered.push(filter_record_batch(&all, &BooleanArray::from(keep))?);
+            self.buffered
+                .push(filter_record_batch(&all, &BooleanArray::from(keep))?);
         }
         if closed.is_empty() {
             return Ok(());
@@ -191,7 +208,11 @@ impl SessionOperator {
         for agg in &self.plan.aggregates {
             let mut acc = new_accumulator(agg)?;
             let args = evaluate_all(&agg.args, &taken)?;
-            let filter = agg.filter.as_ref().map(|f| predicate_mask(f, &taken)).transpose()?;
+            let filter = agg
+                .filter
+                .as_ref()
+                .map(|f| predicate_mask(f, &taken))
+                .transpose()?;
             acc.update_batch(&args, &group_ids, filter.as_ref(), n)?;
             values.push(acc.evaluate(EmitTo::All)?);
         }
@@ -204,7 +225,10 @@ impl SessionOperator {
         }
         let key_cols = evaluate_all(&self.plan.key_exprs, &taken)?;
         let first = UInt32Array::from(first_row);
-        let keys: Vec<ArrayRef> = key_cols.iter().map(|c| take(c.as_ref(), &first, None)).collect::<std::result::Result<_, _>>()?;
+        let keys: Vec<ArrayRef> = key_cols
+            .iter()
+            .map(|c| take(c.as_ref(), &first, None))
+            .collect::<std::result::Result<_, _>>()?;
         // Each session is its own window; emit them one by one so alerts
         // carry their own bounds.
         let starts: Vec<i64> = closed.iter().map(|(_, s)| s.start).collect();
@@ -222,16 +246,29 @@ impl SessionOperator {
     }
 
     fn plan_input_schema(&self) -> arrow::datatypes::SchemaRef {
-        self.buffered.first().map(|b| b.schema()).unwrap_or_else(crate::stream::vitals_schema)
+        self.buffered
+            .first()
+            .map(|b| b.schema())
+            .unwrap_or_else(crate::stream::vitals_schema)
     }
 
-    fn output_batch(&self, starts: &[i64], ends: &[i64], keys: Vec<ArrayRef>, values: Vec<ArrayRef>) -> Result<RecordBatch> {
+    fn output_batch(
+        &self,
+        starts: &[i64],
+        ends: &[i64],
+        keys: Vec<ArrayRef>,
+        values: Vec<ArrayRef>,
+    ) -> Result<RecordBatch> {
         let n = starts.len();
         let mut columns: Vec<ArrayRef> = Vec::new();
         for slot in &self.plan.group_slots {
             columns.push(match slot {
-                GroupSlot::WindowStart => Arc::new(TimestampMillisecondArray::from(starts.to_vec()).with_timezone("UTC")),
-                GroupSlot::WindowEnd => Arc::new(TimestampMillisecondArray::from(ends.to_vec()).with_timezone("UTC")),
+                GroupSlot::WindowStart => {
+                    Arc::new(TimestampMillisecondArray::from(starts.to_vec()).with_timezone("UTC"))
+                }
+                GroupSlot::WindowEnd => {
+                    Arc::new(TimestampMillisecondArray::from(ends.to_vec()).with_timezone("UTC"))
+                }
                 GroupSlot::Key(i) => Arc::clone(&keys[*i]),
             });
         }
@@ -240,7 +277,13 @@ impl SessionOperator {
         let columns = columns
             .into_iter()
             .zip(schema.fields())
-            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { arrow::compute::cast(&c, f.data_type()) })
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c)
+                } else {
+                    arrow::compute::cast(&c, f.data_type())
+                }
+            })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(RecordBatch::try_new_with_options(
             schema,

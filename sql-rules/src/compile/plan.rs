@@ -372,12 +372,6 @@ impl Planner<'_> {
                 "unsupported aggregate expression {expr}"
             )));
         };
-        if !f.params.order_by.is_empty() {
-            return Err(RuleError::new(
-                format!("ORDER BY inside {} is not supported yet", f.func.name()),
-                self.position_of_word(f.func.name()).unwrap_or_default(),
-            ));
-        }
         let args = f
             .params
             .args
@@ -390,9 +384,18 @@ impl Planner<'_> {
             .as_ref()
             .map(|p| self.physical(p, input))
             .transpose()?;
-        let function = AggregateExprBuilder::new(Arc::clone(&f.func), args.clone())
+        // `FIRST_VALUE(x ORDER BY event_time)`, `… WITHIN GROUP (ORDER BY x)`.
+        let order_bys = datafusion::physical_expr::create_physical_sort_exprs(
+            &f.params.order_by,
+            input,
+            self.state.execution_props(),
+            &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext::default(),
+        )
+        .map_err(|e| self.err(e))?;
+        let function = AggregateExprBuilder::new(Arc::clone(&f.func), args)
             .schema(Arc::new(input.as_arrow().clone()))
             .alias(name)
+            .order_by(order_bys)
             .with_distinct(f.params.distinct)
             .with_ignore_nulls(matches!(
                 f.params.null_treatment,
@@ -400,6 +403,10 @@ impl Planner<'_> {
             ))
             .build()
             .map_err(|e| self.err(e))?;
+        // Accumulators receive the arguments followed by the ordering
+        // columns, as in DataFusion's own AggregateExec.
+        let all = function.all_expressions();
+        let args = all.args.into_iter().chain(all.order_by_exprs).collect();
         Ok(AggregateSpec {
             function: Arc::new(function),
             args,

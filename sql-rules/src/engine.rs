@@ -70,7 +70,7 @@ pub struct RuleSpec {
 }
 
 /// Per-rule counters, cumulative since the rule (version) was added.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RuleStats {
     pub events_matched: u64,
     pub late_events: u64,
@@ -286,6 +286,94 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Serialises all rule state (open windows, cooldowns, counters) and
+    /// partition clocks. Restoring into an engine with the same rules and
+    /// continuing gives the same alerts as never stopping.
+    pub fn snapshot(&mut self) -> Result<Vec<u8>, EngineError> {
+        let mut blobs = crate::snapshot::Blobs::default();
+        let mut rules = Vec::with_capacity(self.rules.len());
+        for rule in &mut self.rules {
+            let window = match &mut rule.operator {
+                Operator::PerEvent => serde_json::Value::Null,
+                Operator::Window(w) => w.snapshot(&mut blobs)?,
+            };
+            let mut last_fired: Vec<(&String, &(i64, String))> = rule.last_fired.iter().collect();
+            last_fired.sort();
+            rules.push(serde_json::json!({
+                "id": rule.spec.id,
+                "version": rule.spec.version,
+                "stats": rule.stats,
+                "last_fired": last_fired,
+                "window": window,
+            }));
+        }
+        let mut partitions: Vec<(&i32, &PartitionClock)> = self.partitions.iter().collect();
+        partitions.sort_by_key(|(p, _)| **p);
+        let partitions: Vec<serde_json::Value> = partitions
+            .into_iter()
+            .map(|(p, c)| serde_json::json!({"partition": p, "max_event_ms": c.max_event_ms, "idle": c.idle}))
+            .collect();
+        let header = serde_json::json!({"format": 1, "partitions": partitions, "rules": rules});
+        Ok(crate::snapshot::encode(&header, &blobs))
+    }
+
+    /// Restores a [`snapshot`](Self::snapshot) into this engine. Rules must
+    /// already be added; state is restored for rules whose id and version
+    /// match, and the ids of the others are returned (they start fresh).
+    pub fn restore(
+        &mut self,
+        bytes: &[u8],
+        processing_time_ms: i64,
+    ) -> Result<Vec<String>, EngineError> {
+        let (header, blobs) = crate::snapshot::decode(bytes)?;
+        let bad = |what: &str| EngineError::Restore(format!("snapshot header: {what}"));
+        if header["format"].as_u64() != Some(1) {
+            return Err(bad("unknown format"));
+        }
+        for p in header["partitions"]
+            .as_array()
+            .ok_or_else(|| bad("partitions"))?
+        {
+            let partition = p["partition"].as_i64().ok_or_else(|| bad("partition"))? as i32;
+            self.partitions.insert(
+                partition,
+                PartitionClock {
+                    max_event_ms: p["max_event_ms"]
+                        .as_i64()
+                        .ok_or_else(|| bad("max_event_ms"))?,
+                    last_seen_processing_ms: processing_time_ms,
+                    idle: p["idle"].as_bool().unwrap_or(false),
+                },
+            );
+        }
+        let mut skipped = Vec::new();
+        for snap in header["rules"].as_array().ok_or_else(|| bad("rules"))? {
+            let id = snap["id"].as_str().ok_or_else(|| bad("rule id"))?;
+            let version = snap["version"]
+                .as_u64()
+                .ok_or_else(|| bad("rule version"))? as u32;
+            let Some(rule) = self
+                .rules
+                .iter_mut()
+                .find(|r| r.spec.id == id && r.spec.version == version)
+            else {
+                skipped.push(format!("{id} v{version}"));
+                continue;
+            };
+            rule.stats =
+                serde_json::from_value(snap["stats"].clone()).map_err(|e| bad(&e.to_string()))?;
+            rule.last_fired =
+                serde_json::from_value::<Vec<(String, (i64, String))>>(snap["last_fired"].clone())
+                    .map_err(|e| bad(&e.to_string()))?
+                    .into_iter()
+                    .collect();
+            if let Operator::Window(w) = &mut rule.operator {
+                w.restore(&snap["window"], &blobs)?;
+            }
+        }
+        Ok(skipped)
     }
 
     /// The watermark a rule currently uses (for metrics and tests).

@@ -69,6 +69,8 @@ pub enum EngineError {
         #[source]
         source: datafusion::error::DataFusionError,
     },
+    #[error("{0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
     #[error("arrow error: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
     #[error("engine state could not be restored: {0}")]

@@ -422,3 +422,74 @@ fn results_do_not_depend_on_batching_or_partition_interleaving() {
         );
     }
 }
+
+#[test]
+fn restoring_a_snapshot_and_continuing_gives_the_same_alerts_as_never_stopping() {
+    let rules = [
+        spec("tachy", TACHY, 120_000),
+        spec(
+            "hop",
+            "SELECT patient_id, AVG(heart_rate_bpm) AS a, COUNT(DISTINCT heart_rate_bpm) AS d, COUNT(*) AS n
+             FROM vitals GROUP BY HOP(event_time, INTERVAL '30' SECOND, INTERVAL '2' MINUTE), patient_id HAVING AVG(heart_rate_bpm) > 95",
+            60_000,
+        ),
+        spec(
+            "session",
+            "SELECT patient_id, COUNT(*) AS n, MAX(heart_rate_bpm) AS hi FROM vitals WHERE heart_rate_bpm > 120
+             GROUP BY SESSION(event_time, INTERVAL '20' SECOND), patient_id",
+            0,
+        ),
+        spec("per-event", "SELECT patient_id, heart_rate_bpm FROM vitals WHERE heart_rate_bpm > 150", 30_000),
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut events = vec![];
+    let mut hrs = [90.0f64; 6];
+    let patients = ["A", "B", "C", "D", "E", "F"];
+    for s in 0..1200i64 {
+        for (i, p) in patients.iter().enumerate() {
+            hrs[i] = (hrs[i] + rng.gen_range(-5.0..5.5)).clamp(40.0, 170.0);
+            events.push(Ev {
+                partition: (i % 2) as i32,
+                ..ev(
+                    p,
+                    s * 1000 + rng.gen_range(0..300),
+                    (hrs[i] * 10.0).round() / 10.0,
+                )
+            });
+        }
+    }
+    let uninterrupted = summary(&run(&rules, &events, &[], Some(5_000_000)));
+    assert!(uninterrupted.len() > 10);
+
+    for cut in [1_000, 3_333, 5_000] {
+        let feed = |engine: &mut Engine, part: &[Ev], alerts: &mut Vec<Alert>| {
+            for p in [0, 1] {
+                let chunk: Vec<Ev> = part.iter().filter(|e| e.partition == p).cloned().collect();
+                alerts.extend(engine.process(p, &batch(&chunk), 0).unwrap().alerts);
+            }
+        };
+        let mut first = Engine::new(EngineConfig::default());
+        for r in &rules {
+            first.upsert_rule(r.clone()).unwrap();
+        }
+        first.assign_partitions(&[0, 1], 0);
+        let mut alerts = vec![];
+        feed(&mut first, &events[..cut], &mut alerts);
+        let bytes = first.snapshot().unwrap();
+        drop(first);
+
+        let mut second = Engine::new(EngineConfig::default());
+        for r in &rules {
+            second.upsert_rule(r.clone()).unwrap();
+        }
+        let skipped = second.restore(&bytes, 0).unwrap();
+        assert!(skipped.is_empty(), "{skipped:?}");
+        feed(&mut second, &events[cut..], &mut alerts);
+        alerts.extend(second.advance_watermark(5_000_000, 0).unwrap().alerts);
+        assert_eq!(
+            summary(&alerts),
+            uninterrupted,
+            "snapshot after {cut} events"
+        );
+    }
+}

@@ -389,7 +389,8 @@ impl Planner<'_> {
             &f.params.order_by,
             input,
             self.state.execution_props(),
-            &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext::default(),
+            &datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext::default(
+            ),
         )
         .map_err(|e| self.err(e))?;
         let function = AggregateExprBuilder::new(Arc::clone(&f.func), args)

@@ -104,6 +104,27 @@ impl WindowOperator {
         }
     }
 
+    pub fn snapshot(
+        &mut self,
+        blobs: &mut crate::snapshot::Blobs,
+    ) -> Result<serde_json::Value, crate::EngineError> {
+        match self {
+            WindowOperator::Panes(p) => p.snapshot(blobs),
+            WindowOperator::Session(s) => s.snapshot(blobs),
+        }
+    }
+
+    pub fn restore(
+        &mut self,
+        header: &serde_json::Value,
+        blobs: &crate::snapshot::Blobs,
+    ) -> Result<(), crate::EngineError> {
+        match self {
+            WindowOperator::Panes(p) => p.restore(header, blobs),
+            WindowOperator::Session(s) => s.restore(header, blobs),
+        }
+    }
+
     /// Open panes or sessions holding state.
     pub fn open_state(&self) -> usize {
         match self {

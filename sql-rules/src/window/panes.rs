@@ -24,7 +24,9 @@ use datafusion::physical_plan::aggregates::order::GroupOrdering;
 use super::{ClosedWindow, GroupStats};
 use crate::compile::plan::{AggregateSpec, GroupSlot, Windowed};
 use crate::compile::WindowSpec;
+use crate::error::EngineError;
 use crate::eval::{evaluate_all, predicate_mask};
+use crate::snapshot::{split_state_batch, state_batch, Blobs};
 
 /// Open panes: keys interned to group ids, one accumulator per aggregate.
 struct OpenPane {
@@ -238,6 +240,98 @@ impl PaneOperator {
                 rows,
                 stats: pane.stats,
             });
+        }
+        Ok(())
+    }
+
+    /// Rebuilds an open pane from intermediate state.
+    fn pane_from_state(
+        &self,
+        keys: &[ArrayRef],
+        states: &[Vec<ArrayRef>],
+        stats: Vec<GroupStats>,
+    ) -> Result<OpenPane> {
+        let mut pane = self.new_pane()?;
+        let mut ids = Vec::new();
+        pane.groups.intern(keys, &mut ids)?;
+        let total = pane.groups.len();
+        for (acc, state) in pane.accumulators.iter_mut().zip(states) {
+            acc.merge_batch(state, &ids, total)?;
+        }
+        pane.stats = vec![GroupStats::EMPTY; total];
+        for (&g, s) in ids.iter().zip(&stats) {
+            pane.stats[g].merge(s);
+        }
+        Ok(pane)
+    }
+
+    fn state_columns(&self) -> Result<Vec<usize>> {
+        self.plan
+            .aggregates
+            .iter()
+            .map(|a| Ok(a.function.state_fields()?.len()))
+            .collect()
+    }
+
+    /// Writes every pane's intermediate state. Open panes are drained and
+    /// rebuilt (accumulators have no read-only view of their state).
+    pub fn snapshot(
+        &mut self,
+        blobs: &mut Blobs,
+    ) -> std::result::Result<serde_json::Value, EngineError> {
+        let mut panes = Vec::new();
+        let starts: Vec<i64> = self.open.keys().copied().collect();
+        for start in starts {
+            let mut pane = self.open.remove(&start).expect("key listed above");
+            let keys = pane.groups.emit(EmitTo::All)?;
+            let states = pane
+                .accumulators
+                .iter_mut()
+                .map(|a| a.state(EmitTo::All))
+                .collect::<Result<Vec<_>>>()?;
+            let blob = blobs.push(&state_batch(&keys, &states, &pane.stats)?)?;
+            let rebuilt = self.pane_from_state(&keys, &states, pane.stats)?;
+            self.open.insert(start, rebuilt);
+            panes.push(serde_json::json!({"start": start, "sealed": false, "blob": blob}));
+        }
+        for (start, pane) in &self.sealed {
+            let blob = blobs.push(&state_batch(&pane.keys, &pane.states, &pane.stats)?)?;
+            panes.push(serde_json::json!({"start": start, "sealed": true, "blob": blob}));
+        }
+        Ok(serde_json::json!({"fired_through": self.fired_through, "panes": panes}))
+    }
+
+    pub fn restore(
+        &mut self,
+        header: &serde_json::Value,
+        blobs: &Blobs,
+    ) -> std::result::Result<(), EngineError> {
+        let bad = |what: &str| EngineError::Restore(format!("pane snapshot: {what}"));
+        self.fired_through = header["fired_through"]
+            .as_i64()
+            .ok_or_else(|| bad("fired_through"))?;
+        self.open.clear();
+        self.sealed.clear();
+        let state_columns = self.state_columns()?;
+        for pane in header["panes"].as_array().ok_or_else(|| bad("panes"))? {
+            let start = pane["start"].as_i64().ok_or_else(|| bad("start"))?;
+            let blob = pane["blob"].as_u64().ok_or_else(|| bad("blob"))? as usize;
+            let batch = blobs.get(blob)?;
+            let (keys, states, stats) =
+                split_state_batch(&batch, self.plan.key_exprs.len(), &state_columns)?;
+            if pane["sealed"].as_bool().unwrap_or(false) {
+                self.sealed.insert(
+                    start,
+                    SealedPane {
+                        keys,
+                        states,
+                        stats,
+                    },
+                );
+            } else {
+                let rebuilt = self.pane_from_state(&keys, &states, stats)?;
+                self.open.insert(start, rebuilt);
+            }
         }
         Ok(())
     }

@@ -27,7 +27,9 @@ use super::panes::new_accumulator;
 use super::{ClosedWindow, GroupStats};
 use crate::compile::plan::{GroupSlot, Windowed};
 use crate::compile::WindowSpec;
+use crate::error::EngineError;
 use crate::eval::{evaluate_all, predicate_mask};
+use crate::snapshot::Blobs;
 use crate::stream::idx;
 
 #[derive(Debug, Clone, Copy)]
@@ -242,6 +244,45 @@ impl SessionOperator {
                 stats: vec![stats[i]],
             });
         }
+        Ok(())
+    }
+
+    /// Sessions are derived from the buffered rows, so the rows are the
+    /// state: restoring re-inserts them and rebuilds the same sessions.
+    pub fn snapshot(
+        &mut self,
+        blobs: &mut Blobs,
+    ) -> std::result::Result<serde_json::Value, EngineError> {
+        let blob = if self.buffered.is_empty() {
+            None
+        } else {
+            let all = concat_batches(&self.plan_input_schema(), &self.buffered)?;
+            self.buffered = vec![all.clone()];
+            Some(blobs.push(&all)?)
+        };
+        Ok(serde_json::json!({"fired_through": self.fired_through, "rows": blob}))
+    }
+
+    pub fn restore(
+        &mut self,
+        header: &serde_json::Value,
+        blobs: &Blobs,
+    ) -> std::result::Result<(), EngineError> {
+        self.sessions.clear();
+        self.ends.clear();
+        self.buffered.clear();
+        if let Some(blob) = header["rows"].as_u64() {
+            let rows = blobs.get(blob as usize)?;
+            let ts = rows
+                .column(idx::EVENT_TIME)
+                .as_primitive::<TimestampMillisecondType>()
+                .values()
+                .clone();
+            self.insert(&rows, &ts)?;
+        }
+        self.fired_through = header["fired_through"]
+            .as_i64()
+            .ok_or_else(|| EngineError::Restore("session snapshot: fired_through".into()))?;
         Ok(())
     }
 

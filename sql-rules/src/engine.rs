@@ -91,6 +91,8 @@ struct RuleRuntime {
     operator: Operator,
     /// Cooldown: per key, the alert time and id of the last fired alert.
     last_fired: HashMap<String, (i64, String)>,
+    /// EMIT EARLY: (window start, key) that already alerted while open.
+    fired_early: std::collections::HashSet<(i64, String)>,
     stats: RuleStats,
 }
 
@@ -144,6 +146,7 @@ impl Engine {
             condition,
             operator,
             last_fired: HashMap::new(),
+            fired_early: Default::default(),
             stats: RuleStats::default(),
         };
         match self.rules.iter_mut().find(|r| r.spec.id == runtime.spec.id) {
@@ -306,6 +309,7 @@ impl Engine {
                 "version": rule.spec.version,
                 "stats": rule.stats,
                 "last_fired": last_fired,
+                "fired_early": rule.fired_early.iter().collect::<std::collections::BTreeSet<_>>(),
                 "window": window,
             }));
         }
@@ -367,6 +371,11 @@ impl Engine {
             rule.last_fired =
                 serde_json::from_value::<Vec<(String, (i64, String))>>(snap["last_fired"].clone())
                     .map_err(|e| bad(&e.to_string()))?
+                    .into_iter()
+                    .collect();
+            rule.fired_early =
+                serde_json::from_value::<Vec<(i64, String)>>(snap["fired_early"].clone())
+                    .unwrap_or_default()
                     .into_iter()
                     .collect();
             if let Operator::Window(w) = &mut rule.operator {
@@ -477,6 +486,11 @@ impl RuleRuntime {
                     &kept_ts
                 };
                 op.insert(&current, ts_ref).map_err(eval_err(&spec))?;
+                if spec.compiled.emit_early {
+                    let mut open = Vec::new();
+                    op.peek_touched(&mut open).map_err(eval_err(&spec))?;
+                    self.emit_windows(open, true, processing_time_ms, out)?;
+                }
             }
         }
         Ok(())
@@ -494,12 +508,37 @@ impl RuleRuntime {
         };
         let mut closed: Vec<ClosedWindow> = Vec::new();
         op.fire(watermark, &mut closed).map_err(eval_err(&spec))?;
-        for window in closed {
+        self.emit_windows(closed, false, processing_time_ms, out)?;
+        Ok(())
+    }
+
+    /// Turns window results into alerts. `early`: the windows are still
+    /// open; each (window, key) alerts at most once either way.
+    fn emit_windows(
+        &mut self,
+        windows: Vec<ClosedWindow>,
+        early: bool,
+        processing_time_ms: i64,
+        out: &mut EngineOutput,
+    ) -> Result<(), EngineError> {
+        let spec = Arc::clone(&self.spec);
+        for window in windows {
             let evaluated =
                 apply_ops(&spec.compiled.output_ops, &window.rows).map_err(eval_err(&spec))?;
             for (row, &base) in evaluated.base_rows.values().iter().enumerate() {
                 let stats = window.stats[base as usize];
                 let (key, values) = split_row(&spec.compiled, &evaluated.output, row);
+                if spec.compiled.emit_early {
+                    let marker = (window.start_ms, Value::Object(key.clone()).to_string());
+                    let already = if early {
+                        !self.fired_early.insert(marker)
+                    } else {
+                        self.fired_early.remove(&marker)
+                    };
+                    if already {
+                        continue;
+                    }
+                }
                 let discriminator = format!("w={}", window.start_ms);
                 let alert = self.make_alert(
                     key,
@@ -512,6 +551,12 @@ impl RuleRuntime {
                     processing_time_ms,
                 );
                 out.alerts.push(alert);
+            }
+            if !early && spec.compiled.emit_early {
+                // Keys that fired early but fail HAVING at close leave
+                // markers behind; drop them with the window.
+                self.fired_early
+                    .retain(|(start, _)| *start != window.start_ms);
             }
         }
         Ok(())

@@ -70,7 +70,7 @@ pub fn decode(bytes: &[u8]) -> Result<(serde_json::Value, Blobs), EngineError> {
         return Err(bad("wrong magic"));
     }
     let mut at = 8;
-    let mut read_len = |at: &mut usize| -> Result<usize, EngineError> {
+    let read_len = |at: &mut usize| -> Result<usize, EngineError> {
         let end = *at + 8;
         let slice = bytes.get(*at..end).ok_or_else(|| bad("truncated length"))?;
         *at = end;

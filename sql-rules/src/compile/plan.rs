@@ -96,6 +96,9 @@ pub struct CompiledRule {
     /// Result columns that identify the alert's subject (the GROUP BY
     /// columns; `patient_id`/`hospital_id` for per-event rules).
     pub key_columns: Vec<usize>,
+    /// `EMIT EARLY`: fire as soon as HAVING holds within an open window,
+    /// then not again for that window and key.
+    pub emit_early: bool,
 }
 
 impl CompiledRule {
@@ -156,10 +159,11 @@ impl RuleCompiler {
         if sql.trim().is_empty() {
             return Err(RuleError::at_start("the rule's SQL is empty"));
         }
-        let table_function = super::tvf::rewrite_table_functions(sql)?;
+        let (sql_text, emit_early) = strip_emit_early(sql);
+        let table_function = super::tvf::rewrite_table_functions(&sql_text)?;
         let parse_text = table_function
             .as_ref()
-            .map_or(sql, |(text, _)| text.as_str());
+            .map_or(sql_text.as_str(), |(text, _)| text.as_str());
         let mut statements = DFParser::parse_sql_with_dialect(parse_text, &GenericDialect {})
             .map_err(|e| parser_error(&e))?;
         if statements.len() != 1 {
@@ -190,7 +194,25 @@ impl RuleCompiler {
             .analyzer()
             .execute_and_check(plan, state.config_options(), |_, _| {})
             .map_err(|e| datafusion_error(&e, sql))?;
-        Planner { state: &state, sql }.build(plan, window)
+        let mut rule = Planner { state: &state, sql }.build(plan, window)?;
+        if emit_early {
+            match rule.window() {
+                Some(WindowSpec::Tumble { .. }) => rule.emit_early = true,
+                Some(_) => {
+                    return Err(RuleError::new(
+                        "EMIT EARLY is supported for TUMBLE windows (HOP and SESSION fire when the window closes)",
+                        self_position(sql, "EMIT"),
+                    ))
+                }
+                None => {
+                    return Err(RuleError::new(
+                        "EMIT EARLY needs a window: a rule without one already fires on each event",
+                        self_position(sql, "EMIT"),
+                    ))
+                }
+            }
+        }
+        Ok(rule)
     }
 }
 
@@ -286,6 +308,7 @@ impl Planner<'_> {
                     output_ops: vec![],
                     output_schema,
                     key_columns,
+                    emit_early: false,
                 })
             }
             (LogicalPlan::Aggregate(_), None) => Err(RuleError::new(
@@ -352,6 +375,7 @@ impl Planner<'_> {
                     output_ops: top_ops,
                     output_schema,
                     key_columns,
+                    emit_early: false,
                 })
             }
             (LogicalPlan::TableScan(_), Some(_)) => Err(RuleError::at_start(
@@ -593,4 +617,32 @@ fn guess_position(message: &str, sql: &str) -> Option<SqlPosition> {
 /// The type the exact SUM/AVG yield, re-exported for callers building schemas.
 pub fn reading_type() -> DataType {
     DataType::Float64
+}
+
+/// Removes a trailing `EMIT EARLY` (blanked, so positions stay put).
+fn strip_emit_early(sql: &str) -> (String, bool) {
+    let trimmed = sql.trim_end().trim_end_matches(';').trim_end();
+    let upper = trimmed.to_ascii_uppercase();
+    if let Some(rest) = upper.strip_suffix("EARLY") {
+        let rest = rest.trim_end();
+        if let Some(before) = rest.strip_suffix("EMIT") {
+            if before.is_empty() || before.ends_with(|c: char| c.is_whitespace()) {
+                let start = before.len();
+                let mut out = sql.to_string();
+                let blank: String = sql[start..trimmed.len()]
+                    .chars()
+                    .map(|c| if c == '\n' { '\n' } else { ' ' })
+                    .collect();
+                out.replace_range(start..trimmed.len(), &blank);
+                return (out, true);
+            }
+        }
+    }
+    (sql.to_string(), false)
+}
+
+fn self_position(sql: &str, word: &str) -> SqlPosition {
+    sql.to_ascii_uppercase()
+        .rfind(word)
+        .map_or(SqlPosition::new(1, 1), |at| offset_to_position(sql, at))
 }

@@ -125,6 +125,14 @@ impl WindowOperator {
         }
     }
 
+    /// Current results of touched open windows (EMIT EARLY; TUMBLE only).
+    pub fn peek_touched(&mut self, out: &mut Vec<ClosedWindow>) -> datafusion::common::Result<()> {
+        match self {
+            WindowOperator::Panes(p) => p.peek_touched(out),
+            WindowOperator::Session(_) => Ok(()),
+        }
+    }
+
     /// Open panes or sessions holding state.
     pub fn open_state(&self) -> usize {
         match self {

@@ -53,6 +53,8 @@ pub struct PaneOperator {
     /// Every window ending at or before this has fired.
     fired_through: i64,
     group_ids: Vec<usize>,
+    /// Panes that received rows since the last `peek_touched`.
+    touched: BTreeSet<i64>,
 }
 
 pub fn new_accumulator(spec: &AggregateSpec) -> Result<Box<dyn GroupsAccumulator>> {
@@ -82,6 +84,7 @@ impl PaneOperator {
             sealed: BTreeMap::new(),
             fired_through: i64::MIN,
             group_ids: Vec::new(),
+            touched: BTreeSet::new(),
         }
     }
 
@@ -189,6 +192,7 @@ impl PaneOperator {
         filters: &[Option<arrow::array::BooleanArray>],
         ts: &[i64],
     ) -> Result<()> {
+        self.touched.insert(pane);
         if !self.open.contains_key(&pane) {
             let fresh = self.new_pane()?;
             self.open.insert(pane, fresh);
@@ -240,6 +244,40 @@ impl PaneOperator {
                 rows,
                 stats: pane.stats,
             });
+        }
+        Ok(())
+    }
+
+    /// Current results of the tumbling windows that received rows since the
+    /// last call, without closing them (for EMIT EARLY).
+    pub fn peek_touched(&mut self, out: &mut Vec<ClosedWindow>) -> Result<()> {
+        let touched = std::mem::take(&mut self.touched);
+        for start in touched {
+            let Some(mut pane) = self.open.remove(&start) else {
+                continue;
+            };
+            let keys = pane.groups.emit(EmitTo::All)?;
+            let states = pane
+                .accumulators
+                .iter_mut()
+                .map(|a| a.state(EmitTo::All))
+                .collect::<Result<Vec<_>>>()?;
+            let stats = pane.stats.clone();
+            let mut current = self.pane_from_state(&keys, &states, pane.stats)?;
+            let values = current
+                .accumulators
+                .iter_mut()
+                .map(|a| a.evaluate(EmitTo::All))
+                .collect::<Result<Vec<_>>>()?;
+            let rows = self.output_batch(start, start + self.size_ms, keys.clone(), values)?;
+            out.push(ClosedWindow {
+                start_ms: start,
+                end_ms: start + self.size_ms,
+                rows,
+                stats: stats.clone(),
+            });
+            let restored = self.pane_from_state(&keys, &states, stats)?;
+            self.open.insert(start, restored);
         }
         Ok(())
     }

@@ -493,3 +493,125 @@ fn restoring_a_snapshot_and_continuing_gives_the_same_alerts_as_never_stopping()
         );
     }
 }
+
+/// The clinical rules of the brief, running at once over one stream.
+#[test]
+fn five_clinical_rules_run_at_once_and_each_flags_exactly_its_patient() {
+    let rules = [
+        spec("tachycardia", TACHY, 0),
+        spec(
+            "hypoxemia",
+            "SELECT patient_id, AVG(spo2_pct) AS avg_spo2, COUNT(*) AS n FROM vitals
+             GROUP BY HOP(event_time, INTERVAL '1' MINUTE, INTERVAL '5' MINUTE), patient_id
+             HAVING AVG(spo2_pct) < 90 AND COUNT(*) >= 10",
+            0,
+        ),
+        spec(
+            "bradycardia",
+            "SELECT patient_id, MAX(heart_rate_bpm) AS max_hr FROM vitals
+             GROUP BY TUMBLE(event_time, INTERVAL '30' SECOND), patient_id HAVING MAX(heart_rate_bpm) < 45",
+            0,
+        ),
+        spec(
+            "hypotension",
+            "SELECT patient_id, AVG(systolic_bp_mmhg) AS avg_sbp FROM vitals
+             GROUP BY HOP(event_time, INTERVAL '30' SECOND, INTERVAL '2' MINUTE), patient_id
+             HAVING AVG(systolic_bp_mmhg) < 90",
+            0,
+        ),
+        spec(
+            "news2",
+            "SELECT patient_id,
+               MAX(CASE WHEN respiration_rate <= 8 OR respiration_rate >= 25 THEN 3
+                        WHEN respiration_rate >= 21 THEN 2 WHEN respiration_rate <= 11 THEN 1 ELSE 0 END)
+             + MAX(CASE WHEN spo2_pct <= 91 THEN 3 WHEN spo2_pct <= 93 THEN 2 WHEN spo2_pct <= 95 THEN 1 ELSE 0 END)
+             + MAX(CASE WHEN systolic_bp_mmhg <= 90 OR systolic_bp_mmhg >= 220 THEN 3
+                        WHEN systolic_bp_mmhg <= 100 THEN 2 WHEN systolic_bp_mmhg <= 110 THEN 1 ELSE 0 END)
+             + MAX(CASE WHEN heart_rate_bpm <= 40 OR heart_rate_bpm >= 131 THEN 3 WHEN heart_rate_bpm >= 111 THEN 2
+                        WHEN heart_rate_bpm <= 50 OR heart_rate_bpm >= 91 THEN 1 ELSE 0 END) AS news2
+             FROM vitals GROUP BY TUMBLE(event_time, INTERVAL '5' MINUTE), patient_id
+             HAVING news2 >= 7",
+            0,
+        ),
+    ];
+    // (patient, minute range, hr, spo2, sbp, rr) episodes; normal otherwise.
+    let episode = |p: &str, minute: i64| -> (f64, f64, f64, f64) {
+        match (p, minute) {
+            ("T", 2) => (125.0, 97.0, 120.0, 16.0),
+            ("H", 3..=8) => (80.0, 86.0, 120.0, 16.0),
+            ("B", 4) => (40.0, 97.0, 120.0, 16.0),
+            ("L", 2..=5) => (80.0, 97.0, 80.0, 16.0),
+            ("N", 5..=9) => (95.0, 93.0, 105.0, 26.0),
+            _ => (75.0, 97.0, 120.0, 16.0),
+        }
+    };
+    let mut events = vec![];
+    for s in 0..720i64 {
+        for (i, p) in ["T", "H", "B", "L", "N", "Z"].into_iter().enumerate() {
+            let (hr, spo2, _, _) = episode(p, s / 60);
+            events.push(Ev {
+                spo2: Some(spo2),
+                partition: (i % 3) as i32,
+                ..ev(p, s * 1000 + 250, hr)
+            });
+        }
+    }
+    // Systolic pressure and respiration come from the same script; the
+    // shared batch helper fixes them, so set those columns here.
+    let mut engine = Engine::new(EngineConfig::default());
+    for r in &rules {
+        engine.upsert_rule(r.clone()).unwrap();
+    }
+    engine.assign_partitions(&[0, 1, 2], 0);
+    let mut alerts = vec![];
+    for chunk in events.chunks(97) {
+        for p in 0..3 {
+            let part: Vec<Ev> = chunk.iter().filter(|e| e.partition == p).cloned().collect();
+            if part.is_empty() {
+                continue;
+            }
+            let mut b = batch(&part);
+            let sbp: Vec<Option<f64>> = part
+                .iter()
+                .map(|e| Some(episode(e.patient, e.ts / 60_000).2))
+                .collect();
+            let rr: Vec<Option<f64>> = part
+                .iter()
+                .map(|e| Some(episode(e.patient, e.ts / 60_000).3))
+                .collect();
+            let mut cols = b.columns().to_vec();
+            cols[5] = Arc::new(Float64Array::from(rr));
+            cols[6] = Arc::new(Float64Array::from(sbp));
+            b = RecordBatch::try_new(b.schema(), cols).unwrap();
+            alerts.extend(engine.process(p, &b, 0).unwrap().alerts);
+        }
+    }
+    alerts.extend(engine.advance_watermark(10_000_000, 0).unwrap().alerts);
+    let flagged = |rule: &str| -> BTreeSet<String> {
+        alerts
+            .iter()
+            .filter(|a| a.rule_id == rule)
+            .map(|a| a.key["patient_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(flagged("tachycardia"), BTreeSet::from(["T".to_string()]));
+    assert_eq!(flagged("hypoxemia"), BTreeSet::from(["H".to_string()]));
+    assert_eq!(flagged("bradycardia"), BTreeSet::from(["B".to_string()]));
+    assert_eq!(flagged("hypotension"), BTreeSet::from(["L".to_string()]));
+    assert_eq!(flagged("news2"), BTreeSet::from(["N".to_string()]));
+    let news2: Vec<i64> = alerts
+        .iter()
+        .filter(|a| a.rule_id == "news2")
+        .map(|a| a.values["news2"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        news2,
+        vec![7],
+        "N's deterioration scores 3 (RR) + 2 (SpO2) + 1 (SBP) + 1 (HR)"
+    );
+    // Bradycardia minute 4 = two 30 s windows.
+    assert_eq!(
+        alerts.iter().filter(|a| a.rule_id == "bradycardia").count(),
+        2
+    );
+}

@@ -148,6 +148,12 @@ pub struct RuleDraft {
     /// Free-text explanation shown to clinicians.
     #[serde(default)]
     pub description: Option<String>,
+    /// Aggregate duplicate events too (default: duplicates are dropped).
+    #[serde(default)]
+    pub keep_duplicates: bool,
+    /// Re-fire a suppressed repeat that crosses a higher threshold.
+    #[serde(default)]
+    pub escalation: Option<sql_rules::engine::Escalation>,
 }
 
 impl RuleDraft {
@@ -160,6 +166,8 @@ impl RuleDraft {
             cooldown_seconds: DEFAULT_COOLDOWN_SECONDS,
             allowed_lateness_ms: None,
             description: None,
+            keep_duplicates: false,
+            escalation: None,
         }
     }
 
@@ -213,6 +221,12 @@ pub struct RuleVersion {
     /// Description at this version.
     pub description: Option<String>,
     /// When this version was written (Unix ms).
+    /// Whether duplicate events are aggregated at this version.
+    #[serde(default)]
+    pub keep_duplicates: bool,
+    /// Escalation during cooldown at this version.
+    #[serde(default)]
+    pub escalation: Option<sql_rules::engine::Escalation>,
     pub created_at_ms: i64,
 }
 
@@ -229,6 +243,8 @@ impl RuleVersion {
             cooldown_seconds: draft.cooldown_seconds,
             allowed_lateness_ms: draft.allowed_lateness_ms,
             description: draft.description,
+            keep_duplicates: draft.keep_duplicates,
+            escalation: draft.escalation,
             created_at_ms: now_ms,
         }
     }

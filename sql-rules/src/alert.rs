@@ -27,8 +27,12 @@ pub struct Explanation {
     pub first_event_ms: i64,
     pub last_event_ms: i64,
     /// Set when the alert is suppressed: the alert that started the cooldown.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suppressed_by: Option<String>,
+    /// Set when a repeat within the cooldown crossed the rule's escalation
+    /// threshold: the alert it escalates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalated_from: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

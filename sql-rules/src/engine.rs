@@ -66,7 +66,35 @@ pub struct RuleSpec {
     /// within this much event time are suppressed. 0 disables.
     pub cooldown_ms: i64,
     pub allowed_lateness_ms: Option<i64>,
+    /// Aggregate duplicate events too (see [`crate::dedup`]); off by default.
+    pub keep_duplicates: bool,
+    /// A suppressed repeat that crosses this threshold fires anyway.
+    pub escalation: Option<Escalation>,
     pub compiled: CompiledRule,
+}
+
+/// Re-fire during cooldown when a value crosses a higher threshold, e.g.
+/// `avg_hr` above 140 after an alert at 115.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Escalation {
+    /// One of the rule's output columns.
+    pub column: String,
+    #[serde(default)]
+    pub above: Option<f64>,
+    #[serde(default)]
+    pub below: Option<f64>,
+    /// Severity of the escalated alert (default: the rule's).
+    #[serde(default)]
+    pub severity: Option<String>,
+}
+
+impl Escalation {
+    fn crossed(&self, values: &Map<String, Value>) -> bool {
+        let Some(v) = values.get(&self.column).and_then(Value::as_f64) else {
+            return false;
+        };
+        self.above.is_some_and(|a| v > a) || self.below.is_some_and(|b| v < b)
+    }
 }
 
 /// Per-rule counters, cumulative since the rule (version) was added.
@@ -89,8 +117,9 @@ struct RuleRuntime {
     lateness_ms: i64,
     condition: String,
     operator: Operator,
-    /// Cooldown: per key, the alert time and id of the last fired alert.
-    last_fired: HashMap<String, (i64, String)>,
+    /// Cooldown: per key, the alert time and id of the last fired alert,
+    /// and whether it was past the escalation threshold.
+    last_fired: HashMap<String, (i64, String, bool)>,
     /// EMIT EARLY: (window start, key) that already alerted while open.
     fired_early: std::collections::HashSet<(i64, String)>,
     stats: RuleStats,
@@ -108,6 +137,9 @@ struct PartitionClock {
 pub struct EngineOutput {
     pub alerts: Vec<Alert>,
     pub late_events: u64,
+    /// Duplicate events in this input (not aggregated by rules that
+    /// deduplicate).
+    pub duplicates: u64,
     /// Rules that failed on this input. One failing rule never stops the
     /// others; its error names it.
     pub errors: Vec<EngineError>,
@@ -115,6 +147,8 @@ pub struct EngineOutput {
 
 pub struct Engine {
     config: EngineConfig,
+    dedup: crate::dedup::Deduplicator,
+    duplicates: u64,
     rules: Vec<RuleRuntime>,
     partitions: HashMap<i32, PartitionClock>,
 }
@@ -123,6 +157,8 @@ impl Engine {
     pub fn new(config: EngineConfig) -> Self {
         Self {
             config,
+            dedup: Default::default(),
+            duplicates: 0,
             rules: Vec::new(),
             partitions: HashMap::new(),
         }
@@ -188,8 +224,14 @@ impl Engine {
         }
     }
 
+    /// Duplicate events seen since the engine started.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
+    }
+
     pub fn revoke_partitions(&mut self, partitions: &[i32]) {
         for p in partitions {
+            self.dedup.forget(*p);
             self.partitions.remove(p);
         }
     }
@@ -218,12 +260,42 @@ impl Engine {
             clock.last_seen_processing_ms = processing_time_ms;
             clock.idle = false;
             let prior_max = clock.max_event_ms;
+            let duplicates = self.dedup.mark(partition, batch);
+            // Duplicates are rare: copy the batch without them only then.
+            let unique = match &duplicates {
+                Some(marks) => {
+                    let n = marks.true_count() as u64;
+                    out.duplicates += n;
+                    self.duplicates += n;
+                    let keep = arrow::compute::not(marks)?;
+                    Some(filter_record_batch(batch, &keep)?)
+                }
+                None => None,
+            };
+            let unique_ts: Option<&[i64]> = unique.as_ref().map(|b| {
+                b.column(idx::EVENT_TIME)
+                    .as_primitive::<TimestampMillisecondType>()
+                    .values()
+                    .as_ref()
+            });
             for rule in &mut self.rules {
-                if let Err(e) = rule.process(batch, ts, prior_max, processing_time_ms, &mut out) {
+                let (input, input_ts) = match (&unique, unique_ts) {
+                    (Some(u), Some(uts)) if !rule.spec.keep_duplicates => (u, uts),
+                    _ => (batch, ts.as_ref()),
+                };
+                if let Err(e) =
+                    rule.process(input, input_ts, prior_max, processing_time_ms, &mut out)
+                {
                     out.errors.push(e);
                 }
             }
-            let batch_max = ts.iter().copied().max().unwrap_or(i64::MIN);
+            // Duplicates are the same event again: they do not move time.
+            let batch_max = unique_ts
+                .unwrap_or(ts)
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(i64::MIN);
             let clock = self.partitions.get_mut(&partition).expect("inserted above");
             clock.max_event_ms = clock.max_event_ms.max(batch_max);
         }
@@ -302,7 +374,8 @@ impl Engine {
                 Operator::PerEvent => serde_json::Value::Null,
                 Operator::Window(w) => w.snapshot(&mut blobs)?,
             };
-            let mut last_fired: Vec<(&String, &(i64, String))> = rule.last_fired.iter().collect();
+            let mut last_fired: Vec<(&String, &(i64, String, bool))> =
+                rule.last_fired.iter().collect();
             last_fired.sort();
             rules.push(serde_json::json!({
                 "id": rule.spec.id,
@@ -368,11 +441,12 @@ impl Engine {
             };
             rule.stats =
                 serde_json::from_value(snap["stats"].clone()).map_err(|e| bad(&e.to_string()))?;
-            rule.last_fired =
-                serde_json::from_value::<Vec<(String, (i64, String))>>(snap["last_fired"].clone())
-                    .map_err(|e| bad(&e.to_string()))?
-                    .into_iter()
-                    .collect();
+            rule.last_fired = serde_json::from_value::<Vec<(String, (i64, String, bool))>>(
+                snap["last_fired"].clone(),
+            )
+            .map_err(|e| bad(&e.to_string()))?
+            .into_iter()
+            .collect();
             rule.fired_early =
                 serde_json::from_value::<Vec<(i64, String)>>(snap["fired_early"].clone())
                     .unwrap_or_default()
@@ -578,16 +652,33 @@ impl RuleRuntime {
         let id = alert_id(&spec.id, spec.version, &key, discriminator);
         let key_text = Value::Object(key.clone()).to_string();
         let mut suppressed_by = None;
+        let mut escalated_from = None;
+        let mut severity = spec.severity.clone();
+        let crossed = spec.escalation.as_ref().is_some_and(|e| e.crossed(&values));
+        let escalated_severity = || spec.escalation.as_ref().and_then(|e| e.severity.clone());
         let status = match self.last_fired.get(&key_text) {
-            Some((last, last_id))
+            Some((last, last_id, last_crossed))
                 if spec.cooldown_ms > 0 && alert_time_ms < last + spec.cooldown_ms =>
             {
-                suppressed_by = Some(last_id.clone());
-                AlertStatus::Suppressed
+                if crossed && !last_crossed {
+                    // Worse than the alert that started the cooldown: fire,
+                    // once, and restart the cooldown from here.
+                    escalated_from = Some(last_id.clone());
+                    severity = escalated_severity().unwrap_or(severity);
+                    self.last_fired
+                        .insert(key_text, (alert_time_ms, id.clone(), true));
+                    AlertStatus::Fired
+                } else {
+                    suppressed_by = Some(last_id.clone());
+                    AlertStatus::Suppressed
+                }
             }
             _ => {
+                if crossed {
+                    severity = escalated_severity().unwrap_or(severity);
+                }
                 self.last_fired
-                    .insert(key_text, (alert_time_ms, id.clone()));
+                    .insert(key_text, (alert_time_ms, id.clone(), crossed));
                 AlertStatus::Fired
             }
         };
@@ -600,7 +691,7 @@ impl RuleRuntime {
             rule_id: spec.id.clone(),
             rule_version: spec.version,
             rule_name: spec.name.clone(),
-            severity: spec.severity.clone(),
+            severity,
             status,
             key,
             window_start_ms: window.map(|w| w.0),
@@ -614,6 +705,7 @@ impl RuleRuntime {
                 first_event_ms: stats.first_event_ms,
                 last_event_ms: stats.last_event_ms,
                 suppressed_by,
+                escalated_from,
             },
         }
     }

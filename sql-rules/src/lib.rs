@@ -19,6 +19,7 @@
 
 pub mod alert;
 pub mod compile;
+pub mod dedup;
 pub mod engine;
 pub mod error;
 pub mod eval;

@@ -53,10 +53,7 @@ fn batch(events: &[Ev]) -> RecordBatch {
             Arc::new(StringArray::from(vec![Some("BEDSIDE"); n])),
             // The device sequence number is a property of the event, not of the batch.
             Arc::new(UInt32Array::from(
-                events
-                    .iter()
-                    .map(|e| (e.ts / 1000) as u32)
-                    .collect::<Vec<_>>(),
+                events.iter().map(|e| e.ts as u32).collect::<Vec<_>>(),
             )),
             Arc::new(
                 TimestampMillisecondArray::from(events.iter().map(|e| e.ts).collect::<Vec<_>>())
@@ -75,6 +72,8 @@ fn spec(id: &str, sql: &str, cooldown_ms: i64) -> RuleSpec {
         severity: "high".into(),
         cooldown_ms,
         allowed_lateness_ms: None,
+        keep_duplicates: false,
+        escalation: None,
         compiled: CompiledRule::compile(sql, &vitals_schema())
             .unwrap_or_else(|e| panic!("{id}: {e}")),
     }

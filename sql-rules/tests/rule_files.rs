@@ -5,7 +5,7 @@
 //! Format (blank lines and `#` comments are ignored):
 //!
 //! ```text
-//! rule <id> [cooldown=<ms>] [lateness=<ms>]
+//! rule <id> [cooldown=<ms>] [lateness=<ms>] [keep_duplicates] [escalate=<col>><value>:<severity>]
 //! <SQL…>
 //! end
 //! events [partition=<n>]          # one batch
@@ -146,12 +146,30 @@ fn parse(path: &Path) -> Vec<Step> {
                 let id = words[1].to_string();
                 let mut cooldown = 0;
                 let mut lateness = None;
+                let mut keep_duplicates = false;
+                let mut escalation = None;
                 for w in &words[2..] {
                     if let Some(v) = w.strip_prefix("cooldown=") {
                         cooldown = v.parse().unwrap();
                     }
                     if let Some(v) = w.strip_prefix("lateness=") {
                         lateness = Some(v.parse().unwrap());
+                    }
+                    if *w == "keep_duplicates" {
+                        keep_duplicates = true;
+                    }
+                    // escalate=<column>><value>:<severity>
+                    if let Some(v) = w.strip_prefix("escalate=") {
+                        let (cond, severity) =
+                            v.split_once(':').expect("escalate=col>value:severity");
+                        let (column, above) =
+                            cond.split_once('>').expect("escalate=col>value:severity");
+                        escalation = Some(sql_rules::engine::Escalation {
+                            column: column.into(),
+                            above: Some(above.parse().unwrap()),
+                            below: None,
+                            severity: Some(severity.into()),
+                        });
                     }
                 }
                 let sql: Vec<String> = block(&mut i).into_iter().map(|(_, l)| l).collect();
@@ -165,6 +183,8 @@ fn parse(path: &Path) -> Vec<Step> {
                     severity: "high".into(),
                     cooldown_ms: cooldown,
                     allowed_lateness_ms: lateness,
+                    keep_duplicates,
+                    escalation,
                     compiled,
                 }));
             }
@@ -291,6 +311,7 @@ fn render(a: &Alert) -> Vec<(String, String)> {
             "status".to_string(),
             format!("{:?}", a.status).to_lowercase(),
         ),
+        ("severity".to_string(), a.severity.clone()),
     ];
     if let (Some(s), Some(e)) = (a.window_start_ms, a.window_end_ms) {
         f.push(("window".into(), format!("{s}..{e}")));

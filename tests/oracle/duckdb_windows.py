@@ -133,10 +133,25 @@ def main():
         CREATE TABLE raw AS SELECT * FROM read_csv({csv_literal}, header = true, auto_detect = false,
             nullstr = '',
             columns = {{'part': 'INTEGER', 'arrival': 'BIGINT', 'patient_id': 'VARCHAR', 'ts': 'BIGINT',
+                        'seq': 'BIGINT',
                         'heart_rate_bpm': 'DECIMAL(18,1)', 'spo2_pct': 'DECIMAL(18,1)',
                         'systolic_bp_mmhg': 'DECIMAL(18,1)'}})
         """
     )
+    # Duplicates: an earlier arrival in the partition from the same patient
+    # (one device per patient here) with the same timestamp or the same
+    # sequence number. They are dropped before anything else, and do not
+    # advance event time.
+    con.execute(
+        """
+        CREATE TABLE dedup AS
+        SELECT * FROM raw
+        QUALIFY ROW_NUMBER() OVER (PARTITION BY part, patient_id, ts ORDER BY arrival) = 1
+            AND (seq IS NULL OR ROW_NUMBER() OVER (PARTITION BY part, patient_id, seq ORDER BY arrival) = 1)
+        """
+    )
+    (n_raw,) = con.execute("SELECT COUNT(*) FROM raw").fetchone()
+    (n_dedup,) = con.execute("SELECT COUNT(*) FROM dedup").fetchone()
     # prior_max: the partition's max event time over earlier arrivals.
     con.execute(
         """
@@ -144,7 +159,7 @@ def main():
         SELECT *,
                MAX(ts) OVER (PARTITION BY part ORDER BY arrival
                              ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prior_max
-        FROM raw
+        FROM dedup
         """
     )
     (dups,) = con.execute("SELECT COUNT(*) - COUNT(DISTINCT (part, arrival)) FROM ev").fetchone()
@@ -222,6 +237,7 @@ def main():
         late[rule_id] = 0
 
     result["_late"] = late
+    result["_duplicates"] = n_raw - n_dedup
     with open(out_path, "w") as f:
         json.dump(result, f)
 

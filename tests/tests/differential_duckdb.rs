@@ -488,6 +488,8 @@ fn rule_specs() -> Vec<RuleSpec> {
             severity: "high".into(),
             cooldown_ms: 0,
             allowed_lateness_ms: None,
+            keep_duplicates: false,
+            escalation: None,
             compiled: CompiledRule::compile(sql, &vitals_schema())
                 .unwrap_or_else(|e| panic!("rule {id} does not compile: {e}")),
         })
@@ -500,6 +502,8 @@ struct Row {
     arrival: u64,
     patient: String,
     ts: i64,
+    /// Device sequence number: the engine drops repeats (duplicates).
+    seq: Option<u32>,
     hr: Option<f64>,
     spo2: Option<f64>,
     sys: Option<f64>,
@@ -507,6 +511,7 @@ struct Row {
 
 struct RunResult {
     alerts: Vec<Alert>,
+    duplicates: u64,
     late: BTreeMap<String, u64>,
     rows: Vec<Row>,
     rejected: BTreeMap<Kind, usize>,
@@ -524,8 +529,12 @@ fn batch_rows(batch: &RecordBatch, part: i32, next_arrival: &mut u64, rows: &mut
         let a = batch.column(i).as_primitive::<Float64Type>();
         a.is_valid(row).then(|| a.value(row))
     };
+    let seqs = batch
+        .column(idx::SEQUENCE_NUMBER)
+        .as_primitive::<arrow::datatypes::UInt32Type>();
     for r in 0..batch.num_rows() {
         rows.push(Row {
+            seq: seqs.is_valid(r).then(|| seqs.value(r)),
             part,
             arrival: *next_arrival,
             patient: patients.value(r).to_string(),
@@ -556,6 +565,7 @@ fn run_engine(stream: &Stream, rules: &[RuleSpec], cut_seed: u64, max_chunk: usi
     let mut next_arrival = vec![0u64; PARTITIONS as usize];
     let mut decoder = VitalsDecoder::new(8192);
     let mut result = RunResult {
+        duplicates: 0,
         alerts: vec![],
         late: BTreeMap::new(),
         rows: vec![],
@@ -638,6 +648,7 @@ fn run_engine(stream: &Stream, rules: &[RuleSpec], cut_seed: u64, max_chunk: usi
             engine.rule_stats(id).expect("rule exists").late_events,
         );
     }
+    result.duplicates = engine.duplicates();
     result
 }
 
@@ -671,7 +682,7 @@ fn write_csv(rows: &[Row], path: &std::path::Path) {
     let mut w = std::io::BufWriter::new(file);
     writeln!(
         w,
-        "part,arrival,patient_id,ts,heart_rate_bpm,spo2_pct,systolic_bp_mmhg"
+        "part,arrival,patient_id,ts,seq,heart_rate_bpm,spo2_pct,systolic_bp_mmhg"
     )
     .unwrap();
     let fmt = |v: Option<f64>| -> String {
@@ -690,11 +701,12 @@ fn write_csv(rows: &[Row], path: &std::path::Path) {
     for r in rows {
         writeln!(
             w,
-            "{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{}",
             r.part,
             r.arrival,
             r.patient,
             r.ts,
+            r.seq.map(|s| s.to_string()).unwrap_or_default(),
             fmt(r.hr),
             fmt(r.spo2),
             fmt(r.sys)
@@ -982,6 +994,25 @@ fn differential(
         t.elapsed().as_secs_f64()
     );
 
+    let oracle_duplicates = oracle
+        .get("_duplicates")
+        .and_then(Value::as_u64)
+        .expect("oracle duplicate count");
+    println!(
+        "[{label}] duplicates: oracle {oracle_duplicates}, engine {:?}",
+        runs.iter().map(|r| r.duplicates).collect::<Vec<_>>()
+    );
+    for run in &runs {
+        if run.duplicates != oracle_duplicates {
+            report.push(format!(
+                "duplicates: engine dropped {}, the oracle {oracle_duplicates}",
+                run.duplicates
+            ));
+        }
+    }
+    if expect.rich && oracle_duplicates == 0 {
+        report.push("no duplicates: the generated stream does not exercise deduplication".into());
+    }
     let oracle_late = oracle
         .get("_late")
         .and_then(Value::as_object)

@@ -28,6 +28,8 @@ pub fn rule_spec(version: &RuleVersion, compiled: CompiledRule) -> RuleSpec {
         severity: version.severity.to_string(),
         cooldown_ms: version.cooldown_seconds as i64 * 1000,
         allowed_lateness_ms: version.allowed_lateness_ms,
+        keep_duplicates: version.keep_duplicates,
+        escalation: version.escalation.clone(),
         compiled,
     }
 }
@@ -54,6 +56,8 @@ fn rule_json(state: &SharedState, rule: &Rule) -> Value {
         "cooldown_seconds": rule.current.cooldown_seconds,
         "allowed_lateness_ms": rule.current.allowed_lateness_ms,
         "description": rule.current.description,
+        "keep_duplicates": rule.current.keep_duplicates,
+        "escalation": rule.current.escalation,
         "active": rule.active,
         "window": window,
         "versions": rule.versions,

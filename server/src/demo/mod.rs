@@ -22,6 +22,8 @@ pub fn example_rules() -> Vec<RuleDraft> {
         cooldown_seconds: cooldown,
         allowed_lateness_ms: None,
         description: None,
+        keep_duplicates: false,
+        escalation: None,
     };
     vec![
         rule(

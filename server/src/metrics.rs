@@ -16,6 +16,7 @@ pub struct Metrics {
     pub events_in: AtomicU64,
     pub events_rejected: AtomicU64,
     pub events_late: AtomicU64,
+    pub events_duplicate: AtomicU64,
     pub batches: AtomicU64,
     pub alerts_fired: AtomicU64,
     pub alerts_suppressed: AtomicU64,
@@ -44,7 +45,8 @@ impl Metrics {
 
     pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
         let mut out = String::with_capacity(2048);
-        let counters: [(&str, &str, &AtomicU64); 10] = [
+        let counters: [(&str, &str, &AtomicU64); 11] = [
+            ("wardwatch_events_duplicate_total", "Duplicate events dropped before rules (same patient, device and sequence number or timestamp).", &self.events_duplicate),
             ("wardwatch_events_in_total", "Events accepted into the pipeline.", &self.events_in),
             ("wardwatch_events_rejected_total", "Events refused (malformed or impossible values) and dead-lettered.", &self.events_rejected),
             ("wardwatch_events_late_total", "Events past the allowed lateness for some windowed rule (archived, not aggregated).", &self.events_late),

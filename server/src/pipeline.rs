@@ -147,6 +147,7 @@ pub fn start(
                             for e in &out.errors {
                                 tracing::error!(error = %e, "rule failed on a batch");
                             }
+                            metrics.events_duplicate.fetch_add(out.duplicates, std::sync::atomic::Ordering::Relaxed);
                             metrics.events_late.fetch_add(out.late_events, std::sync::atomic::Ordering::Relaxed);
                             for alert in out.alerts {
                                 if alerts.send(alert).is_err() {

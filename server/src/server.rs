@@ -34,6 +34,9 @@ pub async fn run(config: Config, demo_mode: bool) -> Result<()> {
     let dead_letter_log = JsonLog::open(Arc::clone(&store), prefix.clone(), "dead_letters")
         .await
         .context("opening dead letters")?;
+    let ack_log = JsonLog::open(Arc::clone(&store), prefix.clone(), "acks")
+        .await
+        .context("opening acknowledgements")?;
     let metrics = Arc::new(Metrics::default());
 
     let producer = match &config.kafka.brokers {
@@ -48,7 +51,7 @@ pub async fn run(config: Config, demo_mode: bool) -> Result<()> {
     };
     let pipeline = pipeline::start(engine_config, Arc::clone(&metrics), alert_tx);
 
-    let hub = Arc::new(AlertHub::new(alert_log));
+    let hub = Arc::new(AlertHub::new(alert_log, ack_log));
     tokio::spawn(alerts::deliver(
         alert_rx,
         Arc::clone(&hub),
@@ -139,6 +142,9 @@ pub async fn run(config: Config, demo_mode: bool) -> Result<()> {
                 }
                 if let Err(e) = dl.table.flush().await {
                     tracing::error!(error = %e, "flushing dead letters");
+                }
+                if let Err(e) = hub.acks.flush().await {
+                    tracing::error!(error = %e, "flushing acknowledgements");
                 }
             }
         });

@@ -2,13 +2,14 @@
 
 use std::convert::Infallible;
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
 use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
 use tokio_stream::wrappers::BroadcastStream;
 
+use super::error::ApiError;
 use super::SharedState;
 use crate::sink::alerts::AlertFilter;
 
@@ -21,7 +22,51 @@ pub async fn list(
 ) -> Json<Value> {
     let limit = filter.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
     let alerts = state.alerts.log.recent(limit, |a| filter.matches(a));
-    Json(json!({"alerts": alerts}))
+    Json(json!({"alerts": state.alerts.with_acks(alerts)}))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct AckRequest {
+    pub by: String,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// `POST /api/alerts/{id}/ack`: someone has seen the alert and acts on it.
+pub async fn acknowledge(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+    body: Result<Json<AckRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(req) = body.map_err(|e| {
+        ApiError::bad_request(format!(
+            "expected {{\"by\": \"who\", \"note\": \"…\"}}: {e}"
+        ))
+    })?;
+    if req.by.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "`by` must name who acknowledges the alert",
+        ));
+    }
+    let found = state.alerts.log.recent(1, |a| {
+        a.get("id").and_then(Value::as_str) == Some(id.as_str())
+    });
+    let Some(alert) = found.into_iter().next() else {
+        return Err(ApiError::not_found(format!("no alert with id '{id}'")));
+    };
+    let ack = json!({
+        "alert_id": id,
+        "by": req.by.trim(),
+        "note": req.note,
+        "at_ms": chrono::Utc::now().timestamp_millis(),
+    });
+    state
+        .alerts
+        .acknowledge(ack)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut alerts = state.alerts.with_acks(vec![alert]);
+    Ok(Json(alerts.remove(0)))
 }
 
 /// Server-Sent Events: one `alert` event per alert, as it is emitted.

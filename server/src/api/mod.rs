@@ -57,6 +57,7 @@ pub fn router(state: SharedState) -> Router {
         )
         .route("/api/alerts", get(alerts::list))
         .route("/api/alerts/stream", get(alerts::stream))
+        .route("/api/alerts/{id}/ack", post(alerts::acknowledge))
         .route("/api/dead-letters", get(alerts::dead_letters))
         .route("/api/ingest", post(ingest::ingest))
         .with_state(state)

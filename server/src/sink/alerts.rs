@@ -17,12 +17,56 @@ use crate::metrics::Metrics;
 pub struct AlertHub {
     pub log: JsonLog,
     pub live: broadcast::Sender<Arc<Alert>>,
+    /// Acknowledgements: who saw an alert, when, with what note.
+    pub acks: JsonLog,
+    ack_index: std::sync::RwLock<std::collections::HashMap<String, serde_json::Value>>,
 }
 
 impl AlertHub {
-    pub fn new(log: JsonLog) -> Self {
+    pub fn new(log: JsonLog, acks: JsonLog) -> Self {
         let (live, _) = broadcast::channel(4096);
-        Self { log, live }
+        let mut index = std::collections::HashMap::new();
+        // Oldest first, so the latest acknowledgement of an alert wins.
+        for ack in acks.recent(usize::MAX, |_| true).into_iter().rev() {
+            if let Some(id) = ack.get("alert_id").and_then(|v| v.as_str()) {
+                index.insert(id.to_string(), ack.clone());
+            }
+        }
+        Self {
+            log,
+            live,
+            acks,
+            ack_index: std::sync::RwLock::new(index),
+        }
+    }
+
+    /// Records an acknowledgement (kept in history; a later one supersedes
+    /// the earlier in alert views).
+    pub async fn acknowledge(&self, ack: serde_json::Value) -> Result<(), catalog::CatalogError> {
+        self.acks.append(std::slice::from_ref(&ack)).await?;
+        if let Some(id) = ack.get("alert_id").and_then(|v| v.as_str()) {
+            self.ack_index
+                .write()
+                .expect("ack index lock")
+                .insert(id.to_string(), ack.clone());
+        }
+        Ok(())
+    }
+
+    /// Adds the `ack` field to alert records that have one.
+    pub fn with_acks(&self, mut alerts: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+        let index = self.ack_index.read().expect("ack index lock");
+        for a in &mut alerts {
+            let ack = a
+                .get("id")
+                .and_then(|v| v.as_str())
+                .and_then(|id| index.get(id))
+                .cloned();
+            if let (Some(ack), Some(obj)) = (ack, a.as_object_mut()) {
+                obj.insert("ack".into(), ack);
+            }
+        }
+        alerts
     }
 }
 

@@ -19,10 +19,13 @@ use crate::stream::idx;
 /// Recent events remembered per (patient, device).
 pub const REMEMBERED: usize = 32;
 
+/// Per "patient\0device", its latest (timestamp, sequence number) pairs.
+type RecentByDevice = HashMap<Box<str>, VecDeque<(i64, Option<u32>)>>;
+
 #[derive(Default)]
 pub struct Deduplicator {
-    /// Per partition, per "patient\0device", the latest (timestamp, seq).
-    recent: HashMap<i32, HashMap<Box<str>, VecDeque<(i64, Option<u32>)>>>,
+    /// Per partition.
+    recent: HashMap<i32, RecentByDevice>,
     scratch: String,
 }
 

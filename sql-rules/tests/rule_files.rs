@@ -48,7 +48,7 @@ struct Event {
 
 #[derive(Debug)]
 enum Step {
-    Rule(RuleSpec),
+    Rule(Box<RuleSpec>),
     Events {
         partition: i32,
         events: Vec<Event>,
@@ -176,7 +176,7 @@ fn parse(path: &Path) -> Vec<Step> {
                 let sql = sql.join("\n");
                 let compiled = CompiledRule::compile(&sql, &vitals_schema())
                     .unwrap_or_else(|e| panic!("{name}:{lineno}: rule {id} does not compile: {e}"));
-                steps.push(Step::Rule(RuleSpec {
+                steps.push(Step::Rule(Box::new(RuleSpec {
                     id: id.clone(),
                     version: 1,
                     name: id,
@@ -186,7 +186,7 @@ fn parse(path: &Path) -> Vec<Step> {
                     keep_duplicates,
                     escalation,
                     compiled,
-                }));
+                })));
             }
             Some("events") => {
                 let partition = words
@@ -372,7 +372,7 @@ fn run(name: &str, steps: &[Step], one_event_batches: bool) -> Vec<Vec<(String, 
     let mut now = 0;
     for step in steps {
         match step {
-            Step::Rule(spec) => engine.upsert_rule(spec.clone()).unwrap(),
+            Step::Rule(spec) => engine.upsert_rule((**spec).clone()).unwrap(),
             Step::Events { partition, events } => {
                 let chunks: Vec<&[Event]> = if one_event_batches {
                     events.chunks(1).collect()

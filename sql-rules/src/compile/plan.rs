@@ -197,10 +197,10 @@ impl RuleCompiler {
         let mut rule = Planner { state: &state, sql }.build(plan, window)?;
         if emit_early {
             match rule.window() {
-                Some(WindowSpec::Tumble { .. }) => rule.emit_early = true,
-                Some(_) => {
+                Some(WindowSpec::Tumble { .. } | WindowSpec::Hop { .. }) => rule.emit_early = true,
+                Some(WindowSpec::Session { .. }) => {
                     return Err(RuleError::new(
-                        "EMIT EARLY is supported for TUMBLE windows (HOP and SESSION fire when the window closes)",
+                        "EMIT EARLY is not supported for SESSION windows: a session's bounds are only known when it closes",
                         self_position(sql, "EMIT"),
                     ))
                 }

@@ -125,7 +125,7 @@ impl WindowOperator {
         }
     }
 
-    /// Current results of touched open windows (EMIT EARLY; TUMBLE only).
+    /// Current results of touched open windows (EMIT EARLY; TUMBLE and HOP).
     pub fn peek_touched(&mut self, out: &mut Vec<ClosedWindow>) -> datafusion::common::Result<()> {
         match self {
             WindowOperator::Panes(p) => p.peek_touched(out),

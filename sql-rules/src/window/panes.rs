@@ -35,6 +35,29 @@ struct OpenPane {
     stats: Vec<GroupStats>,
 }
 
+/// Keys, per-aggregate states and stats of a pane.
+type PaneState = (Vec<ArrayRef>, Vec<Vec<ArrayRef>>, Vec<GroupStats>);
+
+/// Merges intermediate state into a pane.
+fn merge_into(
+    pane: &mut OpenPane,
+    keys: &[ArrayRef],
+    states: &[Vec<ArrayRef>],
+    stats: &[GroupStats],
+) -> Result<()> {
+    let mut ids = Vec::new();
+    pane.groups.intern(keys, &mut ids)?;
+    let total = pane.groups.len();
+    for (acc, state) in pane.accumulators.iter_mut().zip(states) {
+        acc.merge_batch(state, &ids, total)?;
+    }
+    pane.stats.resize(total, GroupStats::EMPTY);
+    for (&g, s) in ids.iter().zip(stats) {
+        pane.stats[g].merge(s);
+    }
+    Ok(())
+}
+
 /// A pane no event can reach any more, kept as intermediate state until
 /// the last window containing it has fired.
 struct SealedPane {
@@ -248,38 +271,80 @@ impl PaneOperator {
         Ok(())
     }
 
-    /// Current results of the tumbling windows that received rows since the
-    /// last call, without closing them (for EMIT EARLY).
+    /// Current results of the open windows that contain a pane which
+    /// received rows since the last call, without closing them (EMIT EARLY).
     pub fn peek_touched(&mut self, out: &mut Vec<ClosedWindow>) -> Result<()> {
         let touched = std::mem::take(&mut self.touched);
-        for start in touched {
-            let Some(mut pane) = self.open.remove(&start) else {
+        let mut starts = BTreeSet::new();
+        for &p in &touched {
+            // Windows (starting at multiples of the slide) containing pane p.
+            let lowest = p + self.pane_ms - self.size_ms;
+            let mut start = lowest.div_euclid(self.slide_ms) * self.slide_ms;
+            if start < lowest {
+                start += self.slide_ms;
+            }
+            while start <= p {
+                if start + self.size_ms > self.fired_through {
+                    starts.insert(start);
+                }
+                start += self.slide_ms;
+            }
+        }
+        // Each open pane's state is read once per call, however many
+        // windows contain it.
+        let mut peeked: BTreeMap<i64, PaneState> = BTreeMap::new();
+        for start in starts {
+            let end = start + self.size_ms;
+            let open_in: Vec<i64> = self.open.range(start..end).map(|(p, _)| *p).collect();
+            for p in open_in {
+                if !peeked.contains_key(&p) {
+                    let state = self.peek_open(p)?;
+                    peeked.insert(p, state);
+                }
+            }
+            let mut merged = self.new_pane()?;
+            for (_, state) in peeked.range(start..end) {
+                merge_into(&mut merged, &state.0, &state.1, &state.2)?;
+            }
+            for (_, pane) in self.sealed.range(start..end) {
+                merge_into(&mut merged, &pane.keys, &pane.states, &pane.stats)?;
+            }
+            if merged.groups.is_empty() {
                 continue;
-            };
-            let keys = pane.groups.emit(EmitTo::All)?;
-            let states = pane
-                .accumulators
-                .iter_mut()
-                .map(|a| a.state(EmitTo::All))
-                .collect::<Result<Vec<_>>>()?;
-            let stats = pane.stats.clone();
-            let mut current = self.pane_from_state(&keys, &states, pane.stats)?;
-            let values = current
+            }
+            let keys = merged.groups.emit(EmitTo::All)?;
+            let values = merged
                 .accumulators
                 .iter_mut()
                 .map(|a| a.evaluate(EmitTo::All))
                 .collect::<Result<Vec<_>>>()?;
-            let rows = self.output_batch(start, start + self.size_ms, keys.clone(), values)?;
+            let rows = self.output_batch(start, end, keys, values)?;
             out.push(ClosedWindow {
                 start_ms: start,
-                end_ms: start + self.size_ms,
+                end_ms: end,
                 rows,
-                stats: stats.clone(),
+                stats: merged.stats,
             });
-            let restored = self.pane_from_state(&keys, &states, stats)?;
-            self.open.insert(start, restored);
         }
         Ok(())
+    }
+
+    /// Reads an open pane's intermediate state, leaving the pane as it was
+    /// (drained and rebuilt: accumulators have no read-only view).
+    fn peek_open(&mut self, start: i64) -> Result<PaneState> {
+        let mut pane = self
+            .open
+            .remove(&start)
+            .expect("caller checked the pane is open");
+        let keys = pane.groups.emit(EmitTo::All)?;
+        let states = pane
+            .accumulators
+            .iter_mut()
+            .map(|a| a.state(EmitTo::All))
+            .collect::<Result<Vec<_>>>()?;
+        let restored = self.pane_from_state(&keys, &states, pane.stats.clone())?;
+        self.open.insert(start, restored);
+        Ok((keys, states, pane.stats))
     }
 
     /// Rebuilds an open pane from intermediate state.

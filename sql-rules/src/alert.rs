@@ -26,6 +26,11 @@ pub struct Explanation {
     pub event_count: u64,
     pub first_event_ms: i64,
     pub last_event_ms: i64,
+    /// Device sequence numbers of the first and last contributing event.
+    #[serde(default)]
+    pub first_sequence_number: Option<u32>,
+    #[serde(default)]
+    pub last_sequence_number: Option<u32>,
     /// Set when the alert is suppressed: the alert that started the cooldown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suppressed_by: Option<String>,

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{AsArray, BooleanArray};
+use arrow::array::{Array, AsArray, BooleanArray};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::TimestampMillisecondType;
 use arrow::record_batch::RecordBatch;
@@ -497,11 +497,15 @@ impl RuleRuntime {
                     let seq = cell(batch.column(idx::SEQUENCE_NUMBER).as_ref(), base);
                     let patient = cell(batch.column(idx::PATIENT_ID).as_ref(), base);
                     let discriminator = format!("e={event_ms};p={patient};s={seq}");
-                    let stats = GroupStats {
-                        count: 1,
-                        first_event_ms: event_ms,
-                        last_event_ms: event_ms,
+                    let seq_col = batch
+                        .column(idx::SEQUENCE_NUMBER)
+                        .as_primitive::<arrow::datatypes::UInt32Type>();
+                    let seq = if seq_col.is_valid(base) {
+                        seq_col.value(base)
+                    } else {
+                        crate::window::NO_SEQ
                     };
+                    let stats = GroupStats::one(event_ms, seq);
                     let alert = self.make_alert(
                         key,
                         values,
@@ -704,6 +708,10 @@ impl RuleRuntime {
                 event_count: stats.count,
                 first_event_ms: stats.first_event_ms,
                 last_event_ms: stats.last_event_ms,
+                first_sequence_number: (stats.first_seq != crate::window::NO_SEQ)
+                    .then_some(stats.first_seq),
+                last_sequence_number: (stats.last_seq != crate::window::NO_SEQ)
+                    .then_some(stats.last_seq),
                 suppressed_by,
                 escalated_from,
             },

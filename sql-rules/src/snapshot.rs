@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Int64Array, UInt64Array};
+use arrow::array::{Array, ArrayRef, Int64Array, UInt32Array, UInt64Array};
 use arrow::datatypes::{Field, Schema};
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
@@ -115,6 +115,12 @@ pub fn state_batch(
     columns.push(Arc::new(Int64Array::from_iter_values(
         stats.iter().map(|s| s.last_event_ms),
     )));
+    columns.push(Arc::new(UInt32Array::from_iter_values(
+        stats.iter().map(|s| s.first_seq),
+    )));
+    columns.push(Arc::new(UInt32Array::from_iter_values(
+        stats.iter().map(|s| s.last_seq),
+    )));
     let fields: Vec<Field> = columns
         .iter()
         .enumerate()
@@ -133,7 +139,7 @@ pub fn split_state_batch(
     key_columns: usize,
     state_columns: &[usize],
 ) -> Result<(Vec<ArrayRef>, Vec<Vec<ArrayRef>>, Vec<GroupStats>), EngineError> {
-    let expected = key_columns + state_columns.iter().sum::<usize>() + 3;
+    let expected = key_columns + state_columns.iter().sum::<usize>() + 5;
     if batch.num_columns() != expected {
         return Err(EngineError::Restore(format!(
             "pane state has {} columns, the rule expects {expected}: was the snapshot taken with another rule version?",
@@ -151,7 +157,11 @@ pub fn split_state_batch(
     let as_u64 = cols[at].as_any().downcast_ref::<UInt64Array>();
     let as_first = cols[at + 1].as_any().downcast_ref::<Int64Array>();
     let as_last = cols[at + 2].as_any().downcast_ref::<Int64Array>();
-    let (Some(count), Some(first), Some(last)) = (as_u64, as_first, as_last) else {
+    let as_first_seq = cols[at + 3].as_any().downcast_ref::<UInt32Array>();
+    let as_last_seq = cols[at + 4].as_any().downcast_ref::<UInt32Array>();
+    let (Some(count), Some(first), Some(last), Some(first_seq), Some(last_seq)) =
+        (as_u64, as_first, as_last, as_first_seq, as_last_seq)
+    else {
         return Err(EngineError::Restore(
             "pane stats columns have the wrong types".into(),
         ));
@@ -161,6 +171,8 @@ pub fn split_state_batch(
             count: count.value(i),
             first_event_ms: first.value(i),
             last_event_ms: last.value(i),
+            first_seq: first_seq.value(i),
+            last_seq: last_seq.value(i),
         })
         .collect();
     Ok((keys, states, stats))

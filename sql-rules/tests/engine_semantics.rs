@@ -166,6 +166,10 @@ fn tumble_rule_fires_once_per_qualifying_window_when_the_watermark_passes() {
     assert_eq!(a.values["avg_hr"], 120.0);
     assert_eq!(a.explanation.event_count, 60);
     assert_eq!(a.explanation.last_event_ms, 59_000);
+    // The readings an auditor looks up: sequence numbers of the first and
+    // last contributing events (this helper numbers events by timestamp).
+    assert_eq!(a.explanation.first_sequence_number, Some(0));
+    assert_eq!(a.explanation.last_sequence_number, Some(59_000));
     assert_eq!(a.status, AlertStatus::Fired);
 }
 

@@ -18,27 +18,58 @@ pub struct GroupStats {
     pub count: u64,
     pub first_event_ms: i64,
     pub last_event_ms: i64,
+    /// Device sequence numbers of the first and last event (by event
+    /// time), so an auditor can find the readings; [`NO_SEQ`] if unknown.
+    pub first_seq: u32,
+    pub last_seq: u32,
 }
+
+/// A missing sequence number.
+pub const NO_SEQ: u32 = u32::MAX;
 
 impl GroupStats {
     pub const EMPTY: GroupStats = GroupStats {
         count: 0,
         first_event_ms: i64::MAX,
         last_event_ms: i64::MIN,
+        first_seq: NO_SEQ,
+        last_seq: NO_SEQ,
     };
 
-    #[inline]
-    pub fn add(&mut self, ts: i64) {
-        self.count += 1;
-        self.first_event_ms = self.first_event_ms.min(ts);
-        self.last_event_ms = self.last_event_ms.max(ts);
+    /// Stats of a single event.
+    pub fn one(ts: i64, seq: u32) -> GroupStats {
+        GroupStats {
+            count: 1,
+            first_event_ms: ts,
+            last_event_ms: ts,
+            first_seq: seq,
+            last_seq: seq,
+        }
     }
 
     #[inline]
+    pub fn add(&mut self, ts: i64, seq: u32) {
+        self.merge(&GroupStats::one(ts, seq));
+    }
+
+    /// Ties on event time keep the smaller (first) or larger (last)
+    /// sequence number, so the result does not depend on arrival order.
+    #[inline]
     pub fn merge(&mut self, other: &GroupStats) {
+        if other.count == 0 {
+            return;
+        }
         self.count += other.count;
-        self.first_event_ms = self.first_event_ms.min(other.first_event_ms);
-        self.last_event_ms = self.last_event_ms.max(other.last_event_ms);
+        if (other.first_event_ms, other.first_seq) < (self.first_event_ms, self.first_seq) {
+            self.first_event_ms = other.first_event_ms;
+            self.first_seq = other.first_seq;
+        }
+        if self.last_event_ms == i64::MIN
+            || (other.last_event_ms, other.last_seq) > (self.last_event_ms, self.last_seq)
+        {
+            self.last_event_ms = other.last_event_ms;
+            self.last_seq = other.last_seq;
+        }
     }
 }
 

@@ -38,6 +38,20 @@ struct OpenPane {
 /// Keys, per-aggregate states and stats of a pane.
 type PaneState = (Vec<ArrayRef>, Vec<Vec<ArrayRef>>, Vec<GroupStats>);
 
+/// The batch's sequence numbers, [`super::NO_SEQ`] where missing. One
+/// allocation per batch, for the explanation's first/last reading.
+pub fn sequence_numbers(batch: &RecordBatch) -> Vec<u32> {
+    use arrow::array::AsArray;
+    let col = batch
+        .column(crate::stream::idx::SEQUENCE_NUMBER)
+        .as_primitive::<arrow::datatypes::UInt32Type>();
+    if col.null_count() == 0 {
+        col.values().to_vec()
+    } else {
+        col.iter().map(|v| v.unwrap_or(super::NO_SEQ)).collect()
+    }
+}
+
 /// Merges intermediate state into a pane.
 fn merge_into(
     pane: &mut OpenPane,
@@ -159,10 +173,11 @@ impl PaneOperator {
                     .transpose()?,
             );
         }
+        let seqs = sequence_numbers(batch);
         let pane_ms = self.pane_ms;
         let first = ts[0].div_euclid(pane_ms);
         if ts.iter().all(|t| t.div_euclid(pane_ms) == first) {
-            return self.insert_into_pane(first * pane_ms, &keys, &args, &filters, ts);
+            return self.insert_into_pane(first * pane_ms, &keys, &args, &filters, ts, &seqs);
         }
         // Rows span panes (out-of-order events, or a batch across a pane
         // boundary): split by pane. The copies are per pane, not per event.
@@ -202,7 +217,8 @@ impl PaneOperator {
                 })
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             let pane_ts: Vec<i64> = idx.values().iter().map(|&i| ts[i as usize]).collect();
-            self.insert_into_pane(pane, &keys, &args, &filters, &pane_ts)?;
+            let pane_seqs: Vec<u32> = idx.values().iter().map(|&i| seqs[i as usize]).collect();
+            self.insert_into_pane(pane, &keys, &args, &filters, &pane_ts, &pane_seqs)?;
         }
         Ok(())
     }
@@ -214,6 +230,7 @@ impl PaneOperator {
         args: &[Vec<ArrayRef>],
         filters: &[Option<arrow::array::BooleanArray>],
         ts: &[i64],
+        seqs: &[u32],
     ) -> Result<()> {
         self.touched.insert(pane);
         if !self.open.contains_key(&pane) {
@@ -228,8 +245,8 @@ impl PaneOperator {
             acc.update_batch(values, &self.group_ids, filter.as_ref(), total)?;
         }
         state.stats.resize(total, GroupStats::EMPTY);
-        for (&g, &t) in self.group_ids.iter().zip(ts) {
-            state.stats[g].add(t);
+        for ((&g, &t), &seq) in self.group_ids.iter().zip(ts).zip(seqs) {
+            state.stats[g].add(t, seq);
         }
         Ok(())
     }

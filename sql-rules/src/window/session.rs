@@ -203,8 +203,9 @@ impl SessionOperator {
         let taken = take_record_batch(&all, &UInt32Array::from(take_rows.clone()))?;
         let n = closed.len();
         let mut stats = vec![GroupStats::EMPTY; n];
+        let seqs = super::panes::sequence_numbers(&all);
         for (&g, &r) in group_ids.iter().zip(&take_rows) {
-            stats[g].add(ts[r as usize]);
+            stats[g].add(ts[r as usize], seqs[r as usize]);
         }
         let mut values = Vec::with_capacity(self.plan.aggregates.len());
         for agg in &self.plan.aggregates {

@@ -169,9 +169,7 @@ pub async fn run(config: Config, demo_mode: bool) -> Result<()> {
         .with_context(|| format!("listening on {listen}"))?;
     tracing::info!("wardwatch listening on http://{listen}");
     axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown_signal())
         .await?;
     shutdown.store(true, Ordering::Relaxed);
     if let Err(e) = hub.log.flush().await {
@@ -181,4 +179,31 @@ pub async fn run(config: Config, demo_mode: bool) -> Result<()> {
         tracing::error!(error = %e, "flushing dead letters at shutdown");
     }
     Ok(())
+}
+
+/// Ctrl-C, or SIGTERM from a container runtime or systemd: stop accepting
+/// requests, then flush logs before exiting.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down");
 }

@@ -101,6 +101,108 @@ pub enum CatalogError {
         /// The name that was given.
         name: String,
     },
+
+    /// An archive table name is not usable as a single path segment.
+    #[error("invalid archive table name '{name}': use 1-64 characters from a-z, 0-9, '_' and '-'")]
+    InvalidTableName {
+        /// The name that was given.
+        name: String,
+    },
+
+    /// A batch handed to the archive does not fit the table it is written to.
+    #[error("cannot archive into '{table}': {reason}")]
+    ArchiveSchema {
+        /// The archive table (`vitals`, `alerts`, ...).
+        table: String,
+        /// What does not fit.
+        reason: String,
+    },
+
+    /// The offsets of a batch handed to the archive contradict earlier ones.
+    #[error(
+        "cannot archive into '{table}' for partition {partition} at offset {offset}: {reason}"
+    )]
+    ArchiveOffset {
+        /// The archive table.
+        table: String,
+        /// The source partition (-1 for input that is not from Kafka).
+        partition: i32,
+        /// The first offset of the batch.
+        offset: i64,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Encoding or decoding a Parquet file failed.
+    #[error("Parquet error at '{path}': {source}")]
+    Parquet {
+        /// The archive file being written or read.
+        path: String,
+        /// The underlying Parquet error.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+
+    /// An Arrow kernel failed while preparing archive data.
+    #[error("cannot {what}: {source}")]
+    Arrow {
+        /// What was being done (for example `split a batch by hour`).
+        what: String,
+        /// The underlying Arrow error.
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+
+    /// An alert record does not have the shape the alerts archive expects.
+    #[error("alert #{index} cannot be archived: {reason}")]
+    InvalidAlert {
+        /// Position of the alert in the slice that was passed.
+        index: usize,
+        /// What is missing or of the wrong type.
+        reason: String,
+    },
+
+    /// A history query was refused because it would change something or read
+    /// outside the archive.
+    #[error("history queries are read-only: {reason}")]
+    QueryRefused {
+        /// What was refused and why.
+        reason: String,
+    },
+
+    /// A history query failed to plan or run.
+    #[error("history query failed: {source}")]
+    Query {
+        /// The DataFusion error (boxed: it is large and this path is cold).
+        #[source]
+        source: Box<datafusion::error::DataFusionError>,
+    },
+
+    /// A history query ran longer than its time limit and was cancelled.
+    #[error("history query cancelled after {limit_ms} ms (the time limit); narrow the time range or add filters")]
+    QueryTimeout {
+        /// The limit that was exceeded, in milliseconds.
+        limit_ms: u64,
+    },
+
+    /// A history query produced more rows than allowed.
+    #[error(
+        "history query returns more than {limit} rows (the row limit); add a LIMIT or aggregate"
+    )]
+    QueryTooLarge {
+        /// The row limit.
+        limit: usize,
+    },
+
+    /// A background task the catalog started (for example Parquet encoding)
+    /// did not finish.
+    #[error("background task '{what}' failed: {reason}")]
+    Task {
+        /// What the task was doing.
+        what: String,
+        /// Why it did not finish.
+        reason: String,
+    },
 }
 
 impl CatalogError {
@@ -109,6 +211,13 @@ impl CatalogError {
         Self::Store {
             path: path.to_string(),
             source,
+        }
+    }
+
+    /// Wraps a DataFusion error from a history query.
+    pub(crate) fn query(source: datafusion::error::DataFusionError) -> Self {
+        Self::Query {
+            source: Box::new(source),
         }
     }
 }

@@ -9,18 +9,29 @@
 //! - [`rules`] keeps rules as immutable, numbered versions plus a small
 //!   mutable record of which version is current and whether the rule is active;
 //! - [`log`] keeps append-only JSON-lines logs (alert history, dead letters,
-//!   audit log) until the Parquet archive takes them over.
+//!   audit log) until the Parquet archive takes them over;
+//! - [`archive`] writes raw events and alerts to Parquet, partitioned by
+//!   event date and hour, and applies retention;
+//! - [`history`] answers read-only SQL over the archive, including rows the
+//!   archive writer has not flushed yet.
 //!
 //! The catalog does not judge rule SQL (the server compiles it with
 //! `sql-rules` first), does not read a clock (callers pass `now_ms`), and
 //! never overwrites an object that is meant to be immutable.
 
+pub mod archive;
 mod error;
+pub mod history;
 pub mod log;
 pub mod rules;
 pub mod storage;
 
+pub use archive::{
+    alerts_schema, alerts_to_batch, apply_retention, ArchiveConfig, ArchiveTable, ArchiveWriter,
+    ArchivedFile, BufferedView,
+};
 pub use error::CatalogError;
+pub use history::{HistoryCatalog, QueryLimits};
 pub use log::JsonLog;
 pub use rules::{Rule, RuleDraft, RuleStore, RuleVersion, Severity};
 pub use storage::open_store;

@@ -314,9 +314,8 @@ impl PaneOperator {
             let end = start + self.size_ms;
             let open_in: Vec<i64> = self.open.range(start..end).map(|(p, _)| *p).collect();
             for p in open_in {
-                if !peeked.contains_key(&p) {
-                    let state = self.peek_open(p)?;
-                    peeked.insert(p, state);
+                if let std::collections::btree_map::Entry::Vacant(slot) = peeked.entry(p) {
+                    slot.insert(self.peek_open(p)?);
                 }
             }
             let mut merged = self.new_pane()?;

@@ -1,0 +1,1103 @@
+//! History SQL: read-only DataFusion queries over the archive.
+//!
+//! [`HistoryCatalog`] owns a DataFusion [`SessionContext`] in which each
+//! archive table (`vitals`, `alerts`) is the union of
+//!
+//! - a listing table over its Parquet files, with the hive partition columns
+//!   `date` (`YYYY-MM-DD`) and `hour` (`00`-`23`) taken from the path, and
+//! - the rows its [`ArchiveWriter`](crate::archive::ArchiveWriter) still
+//!   buffers, attached with [`HistoryCatalog::with_unflushed`] and read at
+//!   the moment each query is planned, so a query sees what just arrived.
+//!
+//! # Pruning
+//!
+//! `WHERE date = '2026-01-01' AND hour = '10'` prunes directories directly.
+//! Bounds on the event time (`event_time >= TIMESTAMP '…'`, `BETWEEN`, and
+//! for vitals also `timestamp_unix_ms`) are translated into the matching
+//! `date`/`hour` predicates when the table is scanned (see
+//! [`hour_partition_filters`]), so a one-hour query over thirty days opens one
+//! hour of files. Within the files that remain, Parquet row-group statistics
+//! prune further. Nothing else about the query changes: the original
+//! predicates are still applied to every row.
+//!
+//! # Read-only
+//!
+//! [`HistoryCatalog::query`] plans the SQL, refuses DDL, DML, `COPY` and
+//! statements such as `SET` (via [`SQLOptions`]), refuses file-reading table
+//! functions (`read_parquet` and friends are registered to fail), and runs it
+//! under a row limit and a time limit. URL tables (`SELECT * FROM 'file'`)
+//! are never enabled.
+//!
+//! The object store is registered under [`ARCHIVE_STORE_URL`] in this
+//! context only. The listing cache is off, so a file written a moment ago is
+//! seen by the next query.
+//!
+//! TODO: the `rules`, `rule_versions` and `audit_log` tables; register them on
+//! [`HistoryCatalog::session`] (they inherit the read-only checks).
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, StringArray};
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::ScalarValue;
+use datafusion::dataframe::DataFrame;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::datasource::memory::{DataSourceExec, MemorySourceConfig};
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::error::DataFusionError;
+use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{
+    col, lit, Between, BinaryExpr, Expr, LogicalPlan, Operator, TableProviderFilterPushDown,
+    TableType,
+};
+use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::ObjectStore;
+
+use crate::archive::{hour_index, partition_values, ArchiveTable, BufferedView, PendingFile};
+use crate::CatalogError;
+
+/// The URL the archive's object store is registered under in the history
+/// session; table locations are `wardwatch://archive/{prefix}/{table}/`.
+pub const ARCHIVE_STORE_URL: &str = "wardwatch://archive/";
+
+/// Table functions a history query may call; every other one is removed.
+const ALLOWED_TABLE_FUNCTIONS: [&str; 2] = ["generate_series", "range"];
+
+/// Table functions that read files in DataFusion or its CLI, registered to
+/// fail with a clear message instead of "not found".
+const FILE_FUNCTIONS: [&str; 9] = [
+    "read_parquet",
+    "read_csv",
+    "read_json",
+    "read_ndjson",
+    "read_avro",
+    "read_arrow",
+    "parquet_metadata",
+    "parquet_scan",
+    "parquet_schema",
+];
+
+/// Limits one history query runs under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryLimits {
+    /// More result rows than this is an error ([`CatalogError::QueryTooLarge`]);
+    /// the query is stopped once it has produced one row too many.
+    pub max_rows: usize,
+    /// Planning and running together may take this long before the query is
+    /// cancelled ([`CatalogError::QueryTimeout`]).
+    pub timeout: Duration,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self {
+            max_rows: 100_000,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Read-only SQL over the archive, see the [module docs](self).
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::sync::Arc;
+/// use catalog::archive::{ArchiveConfig, ArchiveWriter};
+/// use catalog::history::{HistoryCatalog, QueryLimits};
+/// use object_store::{memory::InMemory, path::Path};
+///
+/// let store = Arc::new(InMemory::new());
+/// let writer = ArchiveWriter::new(store.clone(), Path::from("archive"), ArchiveConfig::default());
+/// let history = HistoryCatalog::new(store, Path::from("archive"))?
+///     .with_unflushed(writer.buffered_view())?;
+/// let rows = history.query("SELECT count(*) AS n FROM vitals", &QueryLimits::default()).await?;
+/// assert_eq!(rows[0].num_rows(), 1);
+/// assert!(history.query("DROP TABLE vitals", &QueryLimits::default()).await.is_err());
+/// # Ok::<(), catalog::CatalogError>(())
+/// # }).unwrap();
+/// ```
+pub struct HistoryCatalog {
+    ctx: SessionContext,
+    prefix: Path,
+}
+
+impl std::fmt::Debug for HistoryCatalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HistoryCatalog")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HistoryCatalog {
+    /// A history session over the archive under `prefix` in `store`, with
+    /// `vitals` and `alerts` registered (files only; see
+    /// [`with_unflushed`](Self::with_unflushed)).
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: Path) -> Result<Self, CatalogError> {
+        // No list-files cache: its default keeps a listing forever, and the
+        // writer adds files all the time. Statistics and footer caches check
+        // size and modification time, so they stay on.
+        let runtime = RuntimeEnvBuilder::new()
+            .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0))
+            .build_arc()
+            .map_err(CatalogError::query)?;
+        let state = SessionStateBuilder::new()
+            .with_config(SessionConfig::new().with_information_schema(false))
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+
+        let url =
+            url::Url::parse(ARCHIVE_STORE_URL).map_err(|e| CatalogError::InvalidLocation {
+                location: ARCHIVE_STORE_URL.to_string(),
+                reason: e.to_string(),
+            })?;
+        ctx.register_object_store(&url, store);
+
+        let registered: Vec<String> = ctx.state().table_functions().keys().cloned().collect();
+        for name in registered {
+            if !ALLOWED_TABLE_FUNCTIONS.contains(&name.as_str()) {
+                ctx.deregister_udtf(&name);
+            }
+        }
+        for name in FILE_FUNCTIONS {
+            ctx.register_udtf(name, Arc::new(RefusedFileFunction { name }));
+        }
+
+        let catalog = Self { ctx, prefix };
+        catalog.register_table(ArchiveTable::vitals(), None)?;
+        catalog.register_table(ArchiveTable::alerts(), None)?;
+        Ok(catalog)
+    }
+
+    /// Makes the table of `view` (for example `vitals`) include the rows its
+    /// writer has buffered but not yet written.
+    pub fn with_unflushed(self, view: BufferedView) -> Result<Self, CatalogError> {
+        let table = view.table().clone();
+        self.register_table(table, Some(view))?;
+        Ok(self)
+    }
+
+    /// Registers (or replaces) an archive table, optionally with a writer's
+    /// buffered rows.
+    pub fn register_table(
+        &self,
+        table: ArchiveTable,
+        unflushed: Option<BufferedView>,
+    ) -> Result<(), CatalogError> {
+        let provider = ArchiveTableProvider::try_new(&self.prefix, table, unflushed)
+            .map_err(CatalogError::query)?;
+        let name = provider.table.name().to_string();
+        self.ctx
+            .deregister_table(&name)
+            .map_err(CatalogError::query)?;
+        self.ctx
+            .register_table(&name, Arc::new(provider))
+            .map_err(CatalogError::query)?;
+        Ok(())
+    }
+
+    /// The DataFusion session, to register further read-only tables.
+    pub fn session(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Plans `sql` after the read-only checks, for callers that stream the
+    /// result themselves (they own the row and time limits then).
+    pub async fn dataframe(&self, sql: &str) -> Result<DataFrame, CatalogError> {
+        let plan = self
+            .ctx
+            .state()
+            .create_logical_plan(sql)
+            .await
+            .map_err(planning_error)?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)
+            .map_err(|e| CatalogError::QueryRefused {
+                reason: format!("{}; only queries are allowed", plain_message(e)),
+            })?;
+        self.ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(CatalogError::query)
+    }
+
+    /// Runs read-only `sql` and returns its result, within `limits`.
+    pub async fn query(
+        &self,
+        sql: &str,
+        limits: &QueryLimits,
+    ) -> Result<Vec<RecordBatch>, CatalogError> {
+        let run = async {
+            let mut df = self.dataframe(sql).await?;
+            let wraps_limit = !matches!(
+                df.logical_plan(),
+                LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) | LogicalPlan::DescribeTable(_)
+            );
+            if wraps_limit {
+                // One row more than allowed tells "too large" from "exactly
+                // at the limit" without running the whole query.
+                df = df
+                    .limit(0, Some(limits.max_rows.saturating_add(1)))
+                    .map_err(CatalogError::query)?;
+            }
+            let mut stream = df.execute_stream().await.map_err(CatalogError::query)?;
+            let mut rows = 0usize;
+            let mut batches = Vec::new();
+            while let Some(batch) = stream.next().await {
+                let batch = batch.map_err(CatalogError::query)?;
+                rows += batch.num_rows();
+                if rows > limits.max_rows {
+                    return Err(CatalogError::QueryTooLarge {
+                        limit: limits.max_rows,
+                    });
+                }
+                batches.push(batch);
+            }
+            Ok(batches)
+        };
+        match tokio::time::timeout(limits.timeout, run).await {
+            Ok(result) => result,
+            // Dropping the stream cancels DataFusion's tasks.
+            Err(_) => Err(CatalogError::QueryTimeout {
+                limit_ms: u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
+            }),
+        }
+    }
+}
+
+/// The `date`/`hour` predicates implied by an event-time range, for pruning.
+///
+/// `from_ms` and `to_ms` are inclusive bounds in milliseconds (either may be
+/// open). The result holds only for rows whose event time is in the range,
+/// so adding it to a query never changes the answer, only what is read:
+///
+/// - within one day: `date = 'D' AND hour >= 'H1' AND hour <= 'H2'` (the
+///   equality also narrows the listing to one directory);
+/// - across days: `date >= 'D1' AND (date > 'D1' OR hour >= 'H1')` and
+///   `date <= 'D2' AND (date < 'D2' OR hour <= 'H2')`.
+///
+/// Partition values are zero-padded strings, so string order is time order.
+/// History tables apply this to every scan by themselves.
+pub fn hour_partition_filters(from_ms: Option<i64>, to_ms: Option<i64>) -> Vec<Expr> {
+    let lower = from_ms.and_then(|t| partition_values(hour_index(t)));
+    let upper = to_ms.and_then(|t| partition_values(hour_index(t)));
+    let date = || col("date");
+    let hour = || col("hour");
+    match (lower, upper) {
+        (Some((d1, h1)), Some((d2, h2))) if d1 == d2 => vec![
+            date().eq(lit(d1)),
+            hour().gt_eq(lit(h1)),
+            hour().lt_eq(lit(h2)),
+        ],
+        (lower, upper) => {
+            let mut filters = Vec::new();
+            if let Some((d1, h1)) = lower {
+                filters.push(date().gt_eq(lit(d1.clone())));
+                filters.push(date().gt(lit(d1)).or(hour().gt_eq(lit(h1))));
+            }
+            if let Some((d2, h2)) = upper {
+                filters.push(date().lt_eq(lit(d2.clone())));
+                filters.push(date().lt(lit(d2)).or(hour().lt_eq(lit(h2))));
+            }
+            filters
+        }
+    }
+}
+
+/// The tightest inclusive millisecond bounds that `filters` put on any of
+/// `columns` (which hold the event time as a timestamp or as integer ms).
+fn time_bounds(filters: &[Expr], columns: &[String]) -> (Option<i64>, Option<i64>) {
+    let mut lo: Option<i64> = None;
+    let mut hi: Option<i64> = None;
+    let mut raise = |v: i64| lo = Some(lo.map_or(v, |l| l.max(v)));
+    let mut bounds = Vec::new();
+    for filter in filters {
+        for conjunct in split_conjunction(filter) {
+            collect_bounds(conjunct, columns, &mut bounds);
+        }
+    }
+    for (low, high) in bounds {
+        if let Some(v) = low {
+            raise(v);
+        }
+        if let Some(v) = high {
+            hi = Some(hi.map_or(v, |h: i64| h.min(v)));
+        }
+    }
+    (lo, hi)
+}
+
+/// Appends the (lower, upper) inclusive ms bounds one conjunct implies.
+fn collect_bounds(expr: &Expr, columns: &[String], out: &mut Vec<(Option<i64>, Option<i64>)>) {
+    match expr {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            let (op, literal) = if is_time_column(left, columns) {
+                (*op, right.as_ref())
+            } else if is_time_column(right, columns) {
+                match op.swap() {
+                    Some(op) => (op, left.as_ref()),
+                    None => return,
+                }
+            } else {
+                return;
+            };
+            let Some(value) = literal_ms(literal) else {
+                return;
+            };
+            let bound = match op {
+                Operator::GtEq => (Some(value.ceil()), None),
+                Operator::Gt => (value.floor().checked_add(1), None),
+                Operator::LtEq => (None, Some(value.floor())),
+                Operator::Lt => (None, value.ceil().checked_sub(1)),
+                Operator::Eq => (Some(value.ceil()), Some(value.floor())),
+                _ => return,
+            };
+            out.push(bound);
+        }
+        Expr::Between(Between {
+            expr,
+            negated: false,
+            low,
+            high,
+        }) if is_time_column(expr, columns) => {
+            out.push((
+                literal_ms(low).map(|v| v.ceil()),
+                literal_ms(high).map(|v| v.floor()),
+            ));
+        }
+        _ => {}
+    }
+}
+
+fn is_time_column(expr: &Expr, columns: &[String]) -> bool {
+    match expr {
+        Expr::Column(column) => columns.iter().any(|c| c == &column.name),
+        // A millisecond timestamp cast to another timestamp unit keeps its
+        // order, so bounds on the cast still bound the column.
+        Expr::Cast(cast) if matches!(cast.field.data_type(), DataType::Timestamp(..)) => {
+            is_time_column(&cast.expr, columns)
+        }
+        _ => false,
+    }
+}
+
+/// A literal as milliseconds, kept exact as `whole + fraction` so strict and
+/// non-strict bounds round the right way.
+#[derive(Debug, Clone, Copy)]
+struct Millis {
+    floor: i64,
+    exact: bool,
+}
+
+impl Millis {
+    fn floor(self) -> i64 {
+        self.floor
+    }
+    fn ceil(self) -> i64 {
+        if self.exact {
+            self.floor
+        } else {
+            self.floor.saturating_add(1)
+        }
+    }
+}
+
+fn literal_ms(expr: &Expr) -> Option<Millis> {
+    let Expr::Literal(value, _) = expr else {
+        return None;
+    };
+    let scaled = |v: i64, per_ms: i64| Millis {
+        floor: v.div_euclid(per_ms),
+        exact: v.rem_euclid(per_ms) == 0,
+    };
+    let exact = |v: i64| Millis {
+        floor: v,
+        exact: true,
+    };
+    match value {
+        ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1000).map(exact),
+        ScalarValue::TimestampMillisecond(Some(v), _) => Some(exact(*v)),
+        ScalarValue::TimestampMicrosecond(Some(v), _) => Some(scaled(*v, 1_000)),
+        ScalarValue::TimestampNanosecond(Some(v), _) => Some(scaled(*v, 1_000_000)),
+        ScalarValue::Int64(Some(v)) => Some(exact(*v)),
+        ScalarValue::Int32(Some(v)) => Some(exact(i64::from(*v))),
+        ScalarValue::UInt32(Some(v)) => Some(exact(i64::from(*v))),
+        ScalarValue::UInt64(Some(v)) => i64::try_from(*v).ok().map(exact),
+        _ => None,
+    }
+}
+
+/// One archive table as DataFusion sees it: Parquet files plus buffered rows.
+#[derive(Debug)]
+struct ArchiveTableProvider {
+    table: ArchiveTable,
+    files: Arc<ListingTable>,
+    /// The file columns followed by `date` and `hour`.
+    schema: SchemaRef,
+    unflushed: Option<BufferedView>,
+}
+
+impl ArchiveTableProvider {
+    fn try_new(
+        prefix: &Path,
+        table: ArchiveTable,
+        unflushed: Option<BufferedView>,
+    ) -> Result<Self, DataFusionError> {
+        let location = if prefix.as_ref().is_empty() {
+            format!("{ARCHIVE_STORE_URL}{}/", table.name())
+        } else {
+            format!("{ARCHIVE_STORE_URL}{prefix}/{}/", table.name())
+        };
+        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+            .with_file_extension(".parquet")
+            .with_table_partition_cols(vec![
+                ("date".to_string(), DataType::Utf8),
+                ("hour".to_string(), DataType::Utf8),
+            ]);
+        let config = ListingTableConfig::new(ListingTableUrl::parse(&location)?)
+            .with_listing_options(options)
+            .with_schema(Arc::clone(table.schema()));
+        let files = Arc::new(ListingTable::try_new(config)?);
+        let schema = files.schema();
+        Ok(Self {
+            table,
+            files,
+            schema,
+            unflushed,
+        })
+    }
+
+    async fn scan_archive(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
+        // Snapshot the buffers before listing: a buffer flushed in between
+        // then shows up in the listing and is dropped below, never missed.
+        let pending = self
+            .unflushed
+            .as_ref()
+            .map(BufferedView::snapshot)
+            .unwrap_or_default();
+
+        let (from_ms, to_ms) = time_bounds(filters, self.table.pruning_columns());
+        let mut file_filters = filters.to_vec();
+        file_filters.extend(hour_partition_filters(from_ms, to_ms));
+        let files = self
+            .files
+            .scan(state, projection, &file_filters, limit)
+            .await?;
+        if pending.is_empty() {
+            return Ok(files);
+        }
+
+        let listed = listed_files(&files);
+        let (from_hour, to_hour) = (from_ms.map(hour_index), to_ms.map(hour_index));
+        let mut batches = Vec::new();
+        for part in pending {
+            let in_range = from_hour.is_none_or(|h| part.hour_index >= h)
+                && to_hour.is_none_or(|h| part.hour_index <= h);
+            if in_range && !listed.contains(&part.path) {
+                self.add_partition_columns(&part, &mut batches)?;
+            }
+        }
+        if batches.is_empty() {
+            return Ok(files);
+        }
+        let memory =
+            MemorySourceConfig::try_new(&[batches], Arc::clone(&self.schema), projection.cloned())?
+                .with_limit(limit);
+        UnionExec::try_new(vec![files, DataSourceExec::from_data_source(memory)])
+    }
+
+    /// Appends the buffered batches of `part` with its `date` and `hour`
+    /// values as columns. These are per-query copies of two short strings
+    /// per row, over rows that are at most a few flush intervals old.
+    fn add_partition_columns(
+        &self,
+        part: &PendingFile,
+        out: &mut Vec<RecordBatch>,
+    ) -> Result<(), DataFusionError> {
+        for batch in &part.batches {
+            let rows = batch.num_rows();
+            let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+            columns.push(Arc::new(StringArray::from(vec![part.date.as_str(); rows])));
+            columns.push(Arc::new(StringArray::from(vec![part.hour.as_str(); rows])));
+            out.push(RecordBatch::try_new(Arc::clone(&self.schema), columns)?);
+        }
+        Ok(())
+    }
+}
+
+impl TableProvider for ArchiveTableProvider {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>, DataFusionError> {
+        // Inexact for everything: the files use filters to prune, and
+        // DataFusion still applies them to every row, buffered ones included.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    // `TableProvider` is declared with `#[async_trait]`; the workspace does not
+    // carry that crate, so this is the signature it expands to.
+    fn scan<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+        &'life0 self,
+        state: &'life1 dyn Session,
+        projection: Option<&'life2 Vec<usize>>,
+        filters: &'life3 [Expr],
+        limit: Option<usize>,
+    ) -> Pin<
+        Box<
+            dyn Future<Output = Result<Arc<dyn ExecutionPlan>, DataFusionError>>
+                + Send
+                + 'async_trait,
+        >,
+    >
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(self.scan_archive(state, projection, filters, limit))
+    }
+}
+
+/// The files a scan plan will read.
+fn listed_files(plan: &Arc<dyn ExecutionPlan>) -> HashSet<Path> {
+    let mut paths = HashSet::new();
+    let mut stack = vec![Arc::clone(plan)];
+    while let Some(node) = stack.pop() {
+        if let Some(config) = node
+            .downcast_ref::<DataSourceExec>()
+            .and_then(|exec| exec.data_source().downcast_ref::<FileScanConfig>())
+        {
+            for group in &config.file_groups {
+                paths.extend(group.iter().map(|f| f.object_meta.location.clone()));
+            }
+        }
+        stack.extend(node.children().into_iter().cloned());
+    }
+    paths
+}
+
+/// A file-reading table function, registered so that calling it says why it
+/// is not available.
+#[derive(Debug)]
+struct RefusedFileFunction {
+    name: &'static str,
+}
+
+#[derive(Debug)]
+struct FileFunctionRefused(&'static str);
+
+impl std::fmt::Display for FileFunctionRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}() reads files, and history SQL may only read the archive tables",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for FileFunctionRefused {}
+
+impl TableFunctionImpl for RefusedFileFunction {
+    fn call_with_args(
+        &self,
+        _args: TableFunctionArgs,
+    ) -> Result<Arc<dyn TableProvider>, DataFusionError> {
+        Err(DataFusionError::External(Box::new(FileFunctionRefused(
+            self.name,
+        ))))
+    }
+}
+
+/// A planning error, or a refusal if a refused function caused it.
+fn planning_error(error: DataFusionError) -> CatalogError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(current) = cause {
+        if let Some(refused) = current.downcast_ref::<FileFunctionRefused>() {
+            return CatalogError::QueryRefused {
+                reason: refused.to_string(),
+            };
+        }
+        cause = current.source();
+    }
+    CatalogError::query(error)
+}
+
+/// DataFusion's message without its "Error during planning: " prefix.
+fn plain_message(error: DataFusionError) -> String {
+    match error.find_root() {
+        DataFusionError::Plan(message) => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int64Type;
+    use datafusion::physical_plan::{collect, displayable};
+    use object_store::local::LocalFileSystem;
+    use object_store::memory::InMemory;
+
+    use super::*;
+    use crate::archive::sample::{times, vitals, HOUR, T0};
+    use crate::archive::{alerts_to_batch, ArchiveConfig, ArchiveWriter};
+
+    fn limits() -> QueryLimits {
+        QueryLimits::default()
+    }
+
+    async fn count(history: &HistoryCatalog, sql: &str) -> i64 {
+        let batches = history.query(sql, &limits()).await.unwrap();
+        let column = batches[0].column(0);
+        column.as_primitive::<Int64Type>().value(0)
+    }
+
+    /// Partition `p` gets one file per hour for `hours` hours, `per_hour`
+    /// events each, at offsets that keep increasing.
+    async fn archive_hours(
+        writer: &mut ArchiveWriter,
+        partitions: &[i32],
+        hours: i64,
+        per_hour: usize,
+    ) {
+        for &partition in partitions {
+            for h in 0..hours {
+                let offset = h * per_hour as i64;
+                let seq = (partition as u32) * 1_000_000 + offset as u32;
+                let batch = vitals(&times(T0 + h * HOUR, per_hour, 1_000), seq);
+                writer.append(partition, offset, &batch, T0).await.unwrap();
+                writer.flush_partition(partition).await.unwrap();
+            }
+        }
+    }
+
+    /// The files the physical plan of `sql` reads.
+    async fn planned_files(history: &HistoryCatalog, sql: &str) -> Vec<String> {
+        let plan = history
+            .dataframe(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let mut files: Vec<String> = listed_files(&plan)
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[tokio::test]
+    async fn count_sees_flushed_and_buffered_events_once_each() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(tmp.path()).unwrap());
+        let prefix = Path::from("arch");
+        let mut writer =
+            ArchiveWriter::new(Arc::clone(&store), prefix.clone(), ArchiveConfig::default());
+        let history = HistoryCatalog::new(Arc::clone(&store), prefix)
+            .unwrap()
+            .with_unflushed(writer.buffered_view())
+            .unwrap();
+        assert_eq!(count(&history, "SELECT count(*) FROM vitals").await, 0);
+
+        writer
+            .append(0, 0, &vitals(&times(T0, 100, 1_000), 0), T0)
+            .await
+            .unwrap();
+        writer.flush_all().await.unwrap();
+        writer
+            .append(0, 100, &vitals(&times(T0, 30, 1_000), 100), T0)
+            .await
+            .unwrap();
+        writer
+            .append(1, 0, &vitals(&times(T0 + HOUR, 20, 1_000), 130), T0)
+            .await
+            .unwrap();
+        assert_eq!(writer.buffered_rows(), 50);
+
+        let sql = "SELECT count(*), count(DISTINCT sequence_number) FROM vitals";
+        let batches = history.query(sql, &limits()).await.unwrap();
+        assert_eq!(
+            batches[0].column(0).as_primitive::<Int64Type>().value(0),
+            150
+        );
+        assert_eq!(
+            batches[0].column(1).as_primitive::<Int64Type>().value(0),
+            150
+        );
+
+        // Buffered rows carry their partition values and obey predicates.
+        let hour11 = "SELECT count(*) FROM vitals WHERE date = '2026-01-01' AND hour = '11'";
+        assert_eq!(count(&history, hour11).await, 20);
+
+        // Flushing moves rows from memory to files; the total stays put.
+        writer.flush_all().await.unwrap();
+        assert_eq!(writer.buffered_rows(), 0);
+        assert_eq!(count(&history, "SELECT count(*) FROM vitals").await, 150);
+    }
+
+    #[tokio::test]
+    async fn a_buffer_whose_file_already_exists_is_counted_once() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let prefix = Path::from("arch");
+        let batch = vitals(&times(T0, 40, 1_000), 0);
+        let mut first =
+            ArchiveWriter::new(Arc::clone(&store), prefix.clone(), ArchiveConfig::default());
+        first.append(0, 0, &batch, T0).await.unwrap();
+        first.flush_all().await.unwrap();
+
+        // A second writer buffers the very same file (as during the moment
+        // between a file's put and its buffer's removal).
+        let mut second =
+            ArchiveWriter::new(Arc::clone(&store), prefix.clone(), ArchiveConfig::default());
+        second.append(0, 0, &batch, T0).await.unwrap();
+        let history = HistoryCatalog::new(store, prefix)
+            .unwrap()
+            .with_unflushed(second.buffered_view())
+            .unwrap();
+        assert_eq!(count(&history, "SELECT count(*) FROM vitals").await, 40);
+    }
+
+    #[tokio::test]
+    async fn a_one_hour_query_over_two_days_reads_one_hour_of_files() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let prefix = Path::from("arch");
+        let mut writer =
+            ArchiveWriter::new(Arc::clone(&store), prefix.clone(), ArchiveConfig::default());
+        archive_hours(&mut writer, &[0, 1], 48, 10).await;
+        let history = HistoryCatalog::new(Arc::clone(&store), prefix).unwrap();
+        assert_eq!(count(&history, "SELECT count(*) FROM vitals").await, 960);
+
+        let expected_files = [
+            "arch/vitals/date=2026-01-02/hour=03/part-0-00000000000000000170.parquet",
+            "arch/vitals/date=2026-01-02/hour=03/part-1-00000000000000000170.parquet",
+        ];
+        // Hour 17 after T0 (10:00 on the 1st) is 03:00 on the 2nd.
+        let by_time = "SELECT count(*) FROM vitals \
+             WHERE event_time >= TIMESTAMP '2026-01-02T03:00:00Z' \
+               AND event_time < TIMESTAMP '2026-01-02T04:00:00Z'";
+        let by_millis = format!(
+            "SELECT count(*) FROM vitals WHERE timestamp_unix_ms BETWEEN {} AND {}",
+            T0 + 17 * HOUR,
+            T0 + 18 * HOUR - 1
+        );
+        let by_partition = "SELECT count(*) FROM vitals WHERE date = '2026-01-02' AND hour = '03'";
+        let by_text = "SELECT count(*) FROM vitals \
+             WHERE event_time >= '2026-01-02T03:00:00Z' AND event_time < '2026-01-02T04:00:00Z'";
+        for sql in [by_time, by_text, by_millis.as_str(), by_partition] {
+            assert_eq!(planned_files(&history, sql).await, expected_files, "{sql}");
+            assert_eq!(count(&history, sql).await, 20, "{sql}");
+        }
+
+        // EXPLAIN ANALYZE shows the same: only that hour's files are scanned.
+        let explain = history
+            .query(&format!("EXPLAIN ANALYZE {by_time}"), &limits())
+            .await
+            .unwrap();
+        let text = arrow::util::pretty::pretty_format_batches(&explain)
+            .unwrap()
+            .to_string();
+        println!("{text}");
+        assert!(
+            text.contains("hour=03/part-0-00000000000000000170.parquet"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hour=03/part-1-00000000000000000170.parquet"),
+            "{text}"
+        );
+        assert_eq!(text.matches(".parquet").count(), 2, "{text}");
+        assert!(text.contains("files_opened=2,"), "{text}");
+
+        // A range across midnight reads exactly the hours it touches.
+        let across = "SELECT count(*) FROM vitals \
+             WHERE event_time BETWEEN TIMESTAMP '2026-01-01T23:30:00Z' \
+                                  AND TIMESTAMP '2026-01-02T00:00:05Z'";
+        let files = planned_files(&history, across).await;
+        assert_eq!(files.len(), 4, "{files:?}");
+        assert!(files.iter().all(
+            |f| f.contains("date=2026-01-01/hour=23") || f.contains("date=2026-01-02/hour=00")
+        ));
+        // 23:30-23:59:59 holds no events (each hour's 10 events are in its
+        // first 10 s); 00:00:00-00:00:05 holds 6 per partition.
+        assert_eq!(count(&history, across).await, 12);
+    }
+
+    #[tokio::test]
+    async fn buffered_rows_outside_the_time_range_are_not_scanned() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let prefix = Path::from("arch");
+        let mut writer =
+            ArchiveWriter::new(Arc::clone(&store), prefix.clone(), ArchiveConfig::default());
+        writer
+            .append(0, 0, &vitals(&[T0, T0 + 5 * HOUR], 0), T0)
+            .await
+            .unwrap();
+        let history = HistoryCatalog::new(store, prefix)
+            .unwrap()
+            .with_unflushed(writer.buffered_view())
+            .unwrap();
+        let sql = format!(
+            "SELECT count(*) FROM vitals WHERE timestamp_unix_ms >= {}",
+            T0 + HOUR
+        );
+        assert_eq!(count(&history, &sql).await, 1);
+        let plan = history
+            .dataframe(&sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        // One buffer (one batch) is in range; the hour-10 one is left out.
+        let shown = displayable(plan.as_ref()).indent(true).to_string();
+        assert!(shown.contains("partition_sizes=[1]"), "{shown}");
+        let rows = collect(plan, history.session().task_ctx()).await.unwrap();
+        assert_eq!(rows[0].num_rows(), 1);
+    }
+
+    #[tokio::test]
+    async fn alerts_are_queryable_by_time_and_patient() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let prefix = Path::from("arch");
+        let mut writer =
+            ArchiveWriter::alerts(Arc::clone(&store), prefix.clone(), ArchiveConfig::default());
+        let alert = |id: &str, patient: &str, t: i64| {
+            serde_json::json!({
+                "id": id, "rule_id": "tachy", "rule_version": 1, "rule_name": "Tachycardia",
+                "severity": "high", "status": "fired", "key": {"patient_id": patient},
+                "window_start_ms": null, "window_end_ms": null, "values": {"hr": 140},
+                "event_time_ms": t, "fired_at_ms": t + 100, "explanation": {},
+            })
+        };
+        let batch = alerts_to_batch(&[
+            alert("a", "P1", T0),
+            alert("b", "P2", T0 + 1_000),
+            alert("c", "P1", T0 + 3 * HOUR),
+        ])
+        .unwrap();
+        writer.append(-1, 0, &batch, T0).await.unwrap();
+        writer.flush_all().await.unwrap();
+        let later = alerts_to_batch(&[alert("d", "P1", T0 + 2)]).unwrap();
+        writer.append(-1, 3, &later, T0).await.unwrap();
+
+        let history = HistoryCatalog::new(store, prefix)
+            .unwrap()
+            .with_unflushed(writer.buffered_view())
+            .unwrap();
+        let sql = "SELECT id FROM alerts WHERE patient_id = 'P1' \
+                   AND event_time < TIMESTAMP '2026-01-01T11:00:00Z' ORDER BY id";
+        let batches = history.query(sql, &limits()).await.unwrap();
+        let ids: Vec<&str> = batches
+            .iter()
+            .flat_map(|b| b.column(0).as_string::<i32>().iter().flatten())
+            .collect();
+        assert_eq!(ids, ["a", "d"]);
+    }
+
+    #[tokio::test]
+    async fn writes_and_file_access_are_refused_with_a_reason() {
+        let history = HistoryCatalog::new(Arc::new(InMemory::new()), Path::default()).unwrap();
+        let refused = [
+            ("CREATE TABLE t AS SELECT 1", "DDL"),
+            ("CREATE VIEW v AS SELECT * FROM vitals", "DDL"),
+            ("DROP TABLE vitals", "DDL"),
+            (
+                "CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '/etc/'",
+                "DDL",
+            ),
+            ("INSERT INTO vitals SELECT * FROM vitals", "DML"),
+            ("DELETE FROM vitals", "DML"),
+            ("COPY (SELECT 1) TO '/tmp/wardwatch-out.csv'", "COPY"),
+            ("SET datafusion.execution.batch_size = 1", "Statement"),
+            (
+                "SELECT * FROM read_parquet('/etc/passwd')",
+                "read_parquet() reads files",
+            ),
+            (
+                "SELECT * FROM read_csv('/etc/passwd')",
+                "read_csv() reads files",
+            ),
+        ];
+        for (sql, why) in refused {
+            let err = history.query(sql, &limits()).await.unwrap_err();
+            assert!(
+                matches!(err, CatalogError::QueryRefused { .. }),
+                "{sql}: {err}"
+            );
+            let message = err.to_string();
+            assert!(
+                message.starts_with("history queries are read-only"),
+                "{message}"
+            );
+            assert!(message.contains(why), "{sql}: {message}");
+        }
+        // File paths as table names are not tables here.
+        let err = history
+            .query("SELECT * FROM '/etc/passwd'", &limits())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CatalogError::Query { .. }), "{err}");
+        // Ordinary reads, EXPLAIN and the safe table functions still work.
+        for sql in [
+            "SELECT * FROM vitals",
+            "EXPLAIN SELECT count(*) FROM alerts",
+            "SELECT * FROM generate_series(1, 3)",
+        ] {
+            history.query(sql, &limits()).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn results_over_the_row_limit_are_an_error_and_at_the_limit_are_not() {
+        let history = HistoryCatalog::new(Arc::new(InMemory::new()), Path::default()).unwrap();
+        let limits = QueryLimits {
+            max_rows: 10,
+            ..QueryLimits::default()
+        };
+        let at = history
+            .query("SELECT * FROM generate_series(1, 10)", &limits)
+            .await
+            .unwrap();
+        assert_eq!(at.iter().map(RecordBatch::num_rows).sum::<usize>(), 10);
+        let err = history
+            .query("SELECT * FROM generate_series(1, 1000000000)", &limits)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, CatalogError::QueryTooLarge { limit: 10 }),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_query_past_its_time_limit_is_cancelled() {
+        let history = HistoryCatalog::new(Arc::new(InMemory::new()), Path::default()).unwrap();
+        let limits = QueryLimits {
+            timeout: Duration::from_millis(50),
+            ..QueryLimits::default()
+        };
+        let started = std::time::Instant::now();
+        let err = history
+            .query(
+                "SELECT count(*) FROM generate_series(1, 100000000000) a",
+                &limits,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, CatalogError::QueryTimeout { limit_ms: 50 }),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn time_predicates_become_inclusive_millisecond_bounds() {
+        let columns = vec!["event_time".to_string(), "timestamp_unix_ms".to_string()];
+        let ts = |ms: i64| {
+            lit(ScalarValue::TimestampMillisecond(
+                Some(ms),
+                Some("UTC".into()),
+            ))
+        };
+        let ns = |ns: i64| lit(ScalarValue::TimestampNanosecond(Some(ns), None));
+        let t = || col("event_time");
+        let cases = [
+            (
+                vec![t().gt_eq(ts(100)), t().lt(ts(200))],
+                (Some(100), Some(199)),
+            ),
+            (
+                vec![t().gt(ts(100)), t().lt_eq(ts(200))],
+                (Some(101), Some(200)),
+            ),
+            (vec![ts(100).lt_eq(t())], (Some(100), None)),
+            (vec![t().eq(ts(150))], (Some(150), Some(150))),
+            (vec![t().between(ts(1), ts(9))], (Some(1), Some(9))),
+            (vec![t().gt_eq(ns(1_500_000))], (Some(2), None)),
+            (vec![t().lt(ns(1_500_000))], (None, Some(1))),
+            (vec![t().lt(ns(2_000_000))], (None, Some(1))),
+            (
+                vec![col("timestamp_unix_ms").gt_eq(lit(5i64))],
+                (Some(5), None),
+            ),
+            (
+                vec![t().gt_eq(ts(5)).and(t().gt_eq(ts(7)))],
+                (Some(7), None),
+            ),
+            (vec![t().gt_eq(ts(5)).or(t().lt(ts(2)))], (None, None)),
+            (vec![col("heart_rate_bpm").gt(lit(100.0))], (None, None)),
+            (vec![t().not_between(ts(1), ts(9))], (None, None)),
+        ];
+        for (filters, expected) in cases {
+            assert_eq!(time_bounds(&filters, &columns), expected, "{filters:?}");
+        }
+    }
+
+    #[test]
+    fn hour_filters_use_equality_within_a_day_and_ranges_across_days() {
+        let shown = |filters: Vec<Expr>| {
+            filters
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        };
+        let same_day = hour_partition_filters(Some(T0), Some(T0 + HOUR + 5));
+        assert_eq!(
+            shown(same_day),
+            "date = Utf8(\"2026-01-01\") AND hour >= Utf8(\"10\") AND hour <= Utf8(\"11\")"
+        );
+        let across = hour_partition_filters(Some(T0), Some(T0 + 20 * HOUR));
+        let text = shown(across);
+        assert!(text.contains("date >= Utf8(\"2026-01-01\")"), "{text}");
+        assert!(
+            text.contains("date < Utf8(\"2026-01-02\") OR hour <= Utf8(\"06\")"),
+            "{text}"
+        );
+        assert!(hour_partition_filters(None, None).is_empty());
+        assert_eq!(hour_partition_filters(Some(T0), None).len(), 2);
+    }
+}

@@ -18,6 +18,37 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub pipeline: PipelineConfig,
     pub demo: DemoConfig,
+    pub archive: ArchiveSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveSettings {
+    /// No buffered event waits longer than this before its file is written.
+    pub flush_interval_ms: u64,
+    /// A file is rolled at this much buffered Arrow memory.
+    pub max_file_mb: usize,
+    /// Raw events older than this are deleted, whole files at a time.
+    pub retention_days: u32,
+    /// Alerts (and the audit log) are kept longer.
+    pub alerts_retention_days: u32,
+    /// History queries: more result rows than this is an error.
+    pub query_max_rows: usize,
+    /// History queries are cancelled after this long.
+    pub query_timeout_ms: u64,
+}
+
+impl Default for ArchiveSettings {
+    fn default() -> Self {
+        Self {
+            flush_interval_ms: 10_000,
+            max_file_mb: 64,
+            retention_days: 30,
+            alerts_retention_days: 365,
+            query_max_rows: 100_000,
+            query_timeout_ms: 30_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -65,6 +96,7 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             pipeline: PipelineConfig::default(),
             demo: DemoConfig::default(),
+            archive: ArchiveSettings::default(),
         }
     }
 }

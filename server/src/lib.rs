@@ -1,8 +1,10 @@
 //! The `wardwatch` server: configuration, Kafka source and sinks, the
 //! pipeline around the rule engine, the REST API, metrics, the demo ward,
-//! and the web UI.
+//! the web UI, and the benchmark suite (`wardwatch bench`).
 
 pub mod api;
+pub mod archive;
+pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod metrics;

@@ -52,6 +52,39 @@ pub async fn run(config: Config, demo_mode: bool) -> Result<()> {
     let pipeline = pipeline::start(engine_config, Arc::clone(&metrics), alert_tx);
 
     let hub = Arc::new(AlertHub::new(alert_log, ack_log));
+    // The Parquet archive: raw events and alerts, each on a writer task.
+    let archive_config = crate::archive::writer_config(&config.archive);
+    let (vitals_archive, vitals_view, vitals_task) = crate::archive::start(
+        catalog::archive::ArchiveWriter::new(
+            Arc::clone(&store),
+            prefix.clone(),
+            archive_config.clone(),
+        ),
+        "vitals",
+    );
+    let (alerts_archive, alerts_view, alerts_task) = crate::archive::start(
+        catalog::archive::ArchiveWriter::alerts(Arc::clone(&store), prefix.clone(), archive_config),
+        "alerts",
+    );
+    let history = catalog::HistoryCatalog::new(Arc::clone(&store), prefix.clone())
+        .context("opening history")?
+        .with_unflushed(vitals_view)
+        .context("opening history")?;
+    history
+        .register_table(catalog::archive::ArchiveTable::alerts(), Some(alerts_view))
+        .context("opening alert history")?;
+    let audit_log = Arc::new(
+        JsonLog::open(Arc::clone(&store), prefix.clone(), "audit_log")
+            .await
+            .context("opening the audit log")?,
+    );
+    crate::archive::start_retention(
+        Arc::clone(&store),
+        prefix.clone(),
+        config.archive.clone(),
+        Arc::clone(&audit_log),
+    );
+
     tokio::spawn(alerts::deliver(
         alert_rx,
         Arc::clone(&hub),
@@ -59,6 +92,7 @@ pub async fn run(config: Config, demo_mode: bool) -> Result<()> {
             .clone()
             .map(|p| (p, config.kafka.alerts_topic.clone())),
         Arc::clone(&metrics),
+        alerts_archive,
     ));
     let dead_letters = Arc::new(DeadLetters {
         table: dead_letter_log,
@@ -102,9 +136,12 @@ pub async fn run(config: Config, demo_mode: bool) -> Result<()> {
             &config.kafka,
             brokers,
             &config.pipeline,
-            pipeline.clone(),
-            Arc::clone(&dead_letters),
-            tokio::runtime::Handle::current(),
+            source::kafka::SourceOutputs {
+                pipeline: pipeline.clone(),
+                dead_letters: Arc::clone(&dead_letters),
+                archive: vitals_archive.clone(),
+                rt: tokio::runtime::Handle::current(),
+            },
             Arc::clone(&shutdown),
         )?;
         let ready = Arc::clone(&kafka_ready);
@@ -125,6 +162,7 @@ pub async fn run(config: Config, demo_mode: bool) -> Result<()> {
             config.demo.seed,
             pipeline.clone(),
             Arc::clone(&dead_letters),
+            vitals_archive.clone(),
             config.pipeline.max_batch_rows,
         ));
     }
@@ -161,6 +199,8 @@ pub async fn run(config: Config, demo_mode: bool) -> Result<()> {
         metrics,
         store,
         store_prefix: prefix,
+        archive: vitals_archive,
+        history,
         kafka_ready,
         rule_writes: tokio::sync::Mutex::new(()),
     });
@@ -172,6 +212,15 @@ pub async fn run(config: Config, demo_mode: bool) -> Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     shutdown.store(true, Ordering::Relaxed);
+    // Dropping the state closes the archive channels; wait for the final
+    // flush so buffered events reach Parquet before exit.
+    drop(audit_log);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let _ = vitals_task.await;
+        let _ = alerts_task.await;
+    })
+    .await;
+
     if let Err(e) = hub.log.flush().await {
         tracing::error!(error = %e, "flushing alert history at shutdown");
     }

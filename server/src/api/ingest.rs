@@ -19,6 +19,7 @@ pub async fn ingest(
         "http:/api/ingest",
         &state.pipeline,
         &state.dead_letters,
+        &state.archive,
         state.config.pipeline.max_batch_rows,
     )
     .await

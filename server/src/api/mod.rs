@@ -4,6 +4,7 @@ pub mod alerts;
 pub mod error;
 pub mod health;
 pub mod ingest;
+pub mod query;
 pub mod rules;
 
 use std::sync::atomic::AtomicBool;
@@ -30,6 +31,10 @@ pub struct AppState {
     pub dead_letters: Arc<DeadLetters>,
     pub metrics: Arc<Metrics>,
     pub store: Arc<dyn object_store::ObjectStore>,
+    /// Raw events and alerts on their way to Parquet.
+    pub archive: crate::archive::ArchiveHandle,
+    /// Read-only SQL over the archive (and rows not yet flushed).
+    pub history: catalog::HistoryCatalog,
     pub store_prefix: object_store::path::Path,
     /// Set by the Kafka source once the broker answers; true without Kafka.
     pub kafka_ready: Arc<AtomicBool>,
@@ -60,5 +65,6 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/alerts/{id}/ack", post(alerts::acknowledge))
         .route("/api/dead-letters", get(alerts::dead_letters))
         .route("/api/ingest", post(ingest::ingest))
+        .route("/api/query", post(query::query))
         .with_state(state)
 }

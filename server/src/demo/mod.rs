@@ -80,6 +80,7 @@ pub async fn run(
     seed: u64,
     pipeline: PipelineHandle,
     dead_letters: Arc<DeadLetters>,
+    archive: crate::archive::ArchiveHandle,
     max_batch_rows: usize,
 ) {
     const BACKFILL_SECONDS: i64 = 180;
@@ -103,9 +104,16 @@ pub async fn run(
             events.clear();
             ward.tick(&mut events);
             let body = to_ndjson(&events);
-            if ingest_ndjson(&body, "demo", &pipeline, &dead_letters, max_batch_rows)
-                .await
-                .is_err()
+            if ingest_ndjson(
+                &body,
+                "demo",
+                &pipeline,
+                &dead_letters,
+                &archive,
+                max_batch_rows,
+            )
+            .await
+            .is_err()
             {
                 return;
             }

@@ -114,6 +114,7 @@ pub async fn deliver(
     hub: Arc<AlertHub>,
     kafka: Option<(KafkaProducer, String)>,
     metrics: Arc<Metrics>,
+    archive: crate::archive::ArchiveHandle,
 ) {
     let mut pending = Vec::new();
     loop {
@@ -129,6 +130,11 @@ pub async fn deliver(
             .collect();
         if let Err(e) = hub.log.append(&records).await {
             tracing::error!(error = %e, "recording alerts in history");
+        }
+        // Fired and suppressed alerts alike go to the `alerts` table.
+        match catalog::archive::alerts_to_batch(&records) {
+            Ok(batch) => archive.send_local(batch).await,
+            Err(e) => tracing::error!(error = %e, "converting alerts for the archive"),
         }
         for alert in pending.drain(..) {
             match alert.status {

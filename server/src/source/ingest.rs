@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::decode::VitalsDecoder;
+use crate::archive::ArchiveHandle;
 use crate::pipeline::{Input, PipelineHandle, LOCAL_PARTITION};
 use crate::sink::dead_letter::{DeadLetter, DeadLetters};
 
@@ -21,6 +22,7 @@ pub async fn ingest_ndjson(
     origin: &str,
     pipeline: &PipelineHandle,
     dead_letters: &Arc<DeadLetters>,
+    archive: &ArchiveHandle,
     max_batch_rows: usize,
 ) -> Result<IngestResult, crate::pipeline::PipelineClosed> {
     let mut decoder = VitalsDecoder::new(max_batch_rows.min(65_536));
@@ -45,6 +47,7 @@ pub async fn ingest_ndjson(
         }
         if decoder.len() >= max_batch_rows {
             let batch = decoder.finish();
+            archive.send_local(batch.clone()).await;
             pipeline
                 .send_async(Input::Batch {
                     partition: LOCAL_PARTITION,
@@ -55,6 +58,7 @@ pub async fn ingest_ndjson(
     }
     if !decoder.is_empty() {
         let batch = decoder.finish();
+        archive.send_local(batch.clone()).await;
         pipeline
             .send_async(Input::Batch {
                 partition: LOCAL_PARTITION,

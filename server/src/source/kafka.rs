@@ -21,6 +21,7 @@ use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::decode::VitalsDecoder;
+use crate::archive::{ArchiveHandle, ArchiveInput};
 use crate::config::{KafkaConfig, PipelineConfig};
 use crate::pipeline::{Input, PipelineHandle};
 use crate::sink::dead_letter::{DeadLetter, DeadLetters};
@@ -58,17 +59,29 @@ pub struct KafkaSource {
     pub connected: Arc<AtomicBool>,
 }
 
-/// Starts the consumer thread. `dead_letters` receives refused events
-/// through the async runtime `rt`.
+/// Where the source sends what it reads.
+pub struct SourceOutputs {
+    pub pipeline: PipelineHandle,
+    /// Refused events, recorded through the async runtime `rt`.
+    pub dead_letters: Arc<DeadLetters>,
+    pub archive: ArchiveHandle,
+    pub rt: tokio::runtime::Handle,
+}
+
+/// Starts the consumer thread.
 pub fn start(
     kafka: &KafkaConfig,
     brokers: &str,
     pipeline_cfg: &PipelineConfig,
-    pipeline: PipelineHandle,
-    dead_letters: Arc<DeadLetters>,
-    rt: tokio::runtime::Handle,
+    outputs: SourceOutputs,
     shutdown: Arc<AtomicBool>,
 ) -> Result<KafkaSource> {
+    let SourceOutputs {
+        pipeline,
+        dead_letters,
+        archive,
+        rt,
+    } = outputs;
     let mut cfg = client_config(kafka, brokers);
     cfg.set("group.id", &kafka.group_id)
         .set("enable.auto.commit", "true")
@@ -99,7 +112,7 @@ pub fn start(
     std::thread::Builder::new()
         .name("wardwatch-kafka-source".into())
         .spawn(move || {
-            let mut decoders: HashMap<i32, (VitalsDecoder, i64)> = HashMap::new();
+            let mut buffers: HashMap<i32, PartitionBuffer> = HashMap::new();
             let mut letters: Vec<DeadLetter> = Vec::new();
             let mut last_flush = Instant::now();
             let mut last_metadata_check = Instant::now() - Duration::from_secs(60);
@@ -118,12 +131,15 @@ pub fn start(
                     Some(Ok(msg)) => {
                         let partition = msg.partition();
                         let offset = msg.offset();
-                        let (decoder, last_offset) = decoders
-                            .entry(partition)
-                            .or_insert_with(|| (VitalsDecoder::new(max_rows), -1));
-                        *last_offset = offset;
+                        let buffer = buffers.entry(partition).or_insert_with(|| PartitionBuffer {
+                            decoder: VitalsDecoder::new(max_rows),
+                            first: None,
+                            last: -1,
+                        });
+                        buffer.first.get_or_insert(offset);
+                        buffer.last = offset;
                         let payload = msg.payload().unwrap_or_default();
-                        if let Err(rejection) = decoder.push_json(payload) {
+                        if let Err(rejection) = buffer.decoder.push_json(payload) {
                             letters.push(DeadLetter {
                                 key: msg.key().map(<[u8]>::to_vec),
                                 payload: payload.to_vec(),
@@ -131,14 +147,9 @@ pub fn start(
                                 origin: format!("kafka:{topic}/{partition}@{offset}"),
                             });
                         }
-                        if decoder.len() >= max_rows {
+                        if buffer.decoder.len() >= max_rows {
                             flush_partition(
-                                &consumer,
-                                &topic,
-                                &pipeline,
-                                partition,
-                                decoder,
-                                *last_offset,
+                                &consumer, &topic, &pipeline, &archive, partition, buffer,
                             );
                         }
                     }
@@ -147,26 +158,19 @@ pub fn start(
                 }
                 if last_flush.elapsed() >= max_delay {
                     last_flush = Instant::now();
-                    for (&partition, (decoder, last_offset)) in decoders.iter_mut() {
-                        if !decoder.is_empty() {
-                            flush_partition(
-                                &consumer,
-                                &topic,
-                                &pipeline,
-                                partition,
-                                decoder,
-                                *last_offset,
-                            );
-                        } else if *last_offset >= 0 {
-                            // Only dead letters since the last batch: their
-                            // offsets are done once recorded below.
-                            store_offset(&consumer, &topic, partition, *last_offset);
-                        }
-                    }
+                    // Dead letters first: their offsets are stored as done
+                    // with the batch that follows them.
                     if !letters.is_empty() {
                         let batch = std::mem::take(&mut letters);
                         let dl = Arc::clone(&dead_letters);
                         rt.block_on(dl.record(batch));
+                    }
+                    for (&partition, buffer) in buffers.iter_mut() {
+                        if buffer.first.is_some() {
+                            flush_partition(
+                                &consumer, &topic, &pipeline, &archive, partition, buffer,
+                            );
+                        }
                     }
                 }
             }
@@ -193,16 +197,33 @@ fn store_offset<C: ConsumerContext>(
     }
 }
 
+/// A partition's events since its last micro-batch, and their offsets
+/// (dead-lettered messages included, so the archive knows they were consumed).
+struct PartitionBuffer {
+    decoder: VitalsDecoder,
+    first: Option<i64>,
+    last: i64,
+}
+
 fn flush_partition<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     pipeline: &PipelineHandle,
+    archive: &ArchiveHandle,
     partition: i32,
-    decoder: &mut VitalsDecoder,
-    last_offset: i64,
+    buffer: &mut PartitionBuffer,
 ) {
-    let batch = decoder.finish();
-    if pipeline.send(Input::Batch { partition, batch }).is_ok() {
-        store_offset(consumer, topic, partition, last_offset);
+    let Some(first) = buffer.first.take() else {
+        return;
+    };
+    let batch = buffer.decoder.finish();
+    // The copy for the archive shares the columns (Arc), it copies no data.
+    archive.send_blocking(ArchiveInput {
+        partition,
+        offsets: first..=buffer.last,
+        batch: batch.clone(),
+    });
+    if batch.num_rows() == 0 || pipeline.send(Input::Batch { partition, batch }).is_ok() {
+        store_offset(consumer, topic, partition, buffer.last);
     }
 }

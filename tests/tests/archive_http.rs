@@ -1,0 +1,243 @@
+//! The archive end to end: events ingested over HTTP land once each in
+//! Parquet files laid out by event date and hour, are counted the same by
+//! `POST /api/query` (before and after the flush) and by DuckDB reading the
+//! files directly, and alerts are queryable with SQL too.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use wardwatch_tests::Server;
+
+const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+
+fn reading(patient: &str, ts: i64, seq: u32, spo2: f64) -> String {
+    json!({"hospital_id": "H01", "patient_id": patient, "timestamp_unix_ms": ts, "spo2_pct": spo2,
+           "heart_rate_bpm": 80.0, "source_device": "BEDSIDE", "sequence_number": seq})
+    .to_string()
+}
+
+async fn sql(server: &Server, query: &str) -> (u16, Value) {
+    let r = server
+        .http
+        .post(server.url("/api/query"))
+        .json(&json!({"sql": query}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+fn parquet_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingested_events_are_archived_once_and_queryable_with_sql() {
+    let mut config = wardwatch::config::Config::default();
+    config.archive.flush_interval_ms = 300;
+    let server = Server::start(config).await.expect("server starts");
+    let created = server
+        .http
+        .post(server.url("/api/rules"))
+        .json(&json!({"name": "Low SpO2", "sql": "SELECT patient_id, spo2_pct FROM vitals WHERE spo2_pct < 85", "cooldown_seconds": 300}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    // Three hours of event time for 4 patients, one reading a minute, some low.
+    let mut body = String::new();
+    let mut n = 0;
+    for m in 0..180i64 {
+        for (p, patient) in ["A", "B", "C", "D"].iter().enumerate() {
+            let spo2 = if p == 0 && m % 30 < 3 { 82.0 } else { 97.0 };
+            body.push_str(&reading(
+                patient,
+                T0 + m * 60_000 + p as i64 * 7,
+                m as u32,
+                spo2,
+            ));
+            body.push('\n');
+            n += 1;
+        }
+    }
+    body.push_str("{\"patient_id\": \"bad\"}\n");
+    let r: Value = server
+        .http
+        .post(server.url("/api/ingest"))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"accepted": n, "rejected": 1}));
+
+    // Visible at once, before any file is written.
+    let (status, result) = sql(&server, "SELECT count(*) AS n FROM vitals").await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["rows"][0]["n"], n, "{result}");
+
+    // After the flush interval: files by event date and hour, each event once.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let files = loop {
+        let files = parquet_files(&server.data_dir.path().join("vitals"));
+        if files.len() >= 3 || Instant::now() > deadline {
+            break files;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let hours: std::collections::BTreeSet<String> = files
+        .iter()
+        .map(|f| {
+            f.parent()
+                .unwrap()
+                .strip_prefix(server.data_dir.path())
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(
+        hours,
+        [
+            "vitals/date=2026-01-01/hour=00",
+            "vitals/date=2026-01-01/hour=01",
+            "vitals/date=2026-01-01/hour=02"
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect(),
+        "{files:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, result) = sql(
+        &server,
+        "SELECT count(*) AS n, count(DISTINCT patient_id) AS p FROM vitals",
+    )
+    .await;
+    assert_eq!(
+        result["rows"][0]["n"], n,
+        "no event lost or counted twice after the flush: {result}"
+    );
+    assert_eq!(result["rows"][0]["p"], 4);
+    let (_, hour) = sql(
+        &server,
+        "SELECT count(*) AS n FROM vitals WHERE event_time >= '2026-01-01T01:00:00Z' AND event_time < '2026-01-01T02:00:00Z'",
+    )
+    .await;
+    assert_eq!(hour["rows"][0]["n"], 240, "{hour}");
+
+    // Another tool reads the same files and counts the same rows.
+    let glob = format!("{}/vitals/**/*.parquet", server.data_dir.path().display());
+    let out = std::process::Command::new("python3")
+        .args(["-c", &format!("import duckdb; print(duckdb.connect().execute(\"SELECT count(*) FROM read_parquet('{glob}', hive_partitioning=true)\").fetchone()[0])")])
+        .output()
+        .expect("python3 runs (bash tests/run.sh installs duckdb)");
+    assert!(
+        out.status.success(),
+        "duckdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), n.to_string());
+
+    // CSV and Arrow IPC answers.
+    let csv = server
+        .http
+        .post(server.url("/api/query"))
+        .header("accept", "text/csv")
+        .json(&json!({"sql": "SELECT patient_id, count(*) AS n FROM vitals GROUP BY patient_id ORDER BY patient_id"}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        csv.lines().collect::<Vec<_>>(),
+        vec!["patient_id,n", "A,180", "B,180", "C,180", "D,180"]
+    );
+    let ipc = server
+        .http
+        .post(server.url("/api/query"))
+        .header("accept", "application/vnd.apache.arrow.stream")
+        .json(&json!({"sql": "SELECT patient_id FROM vitals WHERE spo2_pct < 85"}))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let reader =
+        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc.to_vec()), None)
+            .unwrap();
+    let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
+    assert_eq!(rows, 18);
+
+    // Alerts are a table too, fired and suppressed alike.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (_, alerts) = sql(
+        &server,
+        "SELECT status, count(*) AS n FROM alerts GROUP BY status ORDER BY status",
+    )
+    .await;
+    let rest: Value = server
+        .http
+        .get(server.url("/api/alerts?limit=1000"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rest_fired = rest["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["status"] == "fired")
+        .count();
+    let rest_suppressed = rest["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["status"] == "suppressed")
+        .count();
+    assert_eq!(
+        alerts["rows"],
+        json!([{"status": "fired", "n": rest_fired}, {"status": "suppressed", "n": rest_suppressed}]),
+        "{alerts}"
+    );
+    // Six low episodes of three readings: the first alerts, two are suppressed.
+    assert_eq!((rest_fired, rest_suppressed), (6, 12));
+
+    // Writes and file-reading functions are refused with a clear error.
+    for refused in [
+        "DROP TABLE vitals",
+        "INSERT INTO vitals SELECT * FROM vitals",
+        "SELECT * FROM read_parquet('/etc/passwd')",
+    ] {
+        let (status, body) = sql(&server, refused).await;
+        assert_eq!(status, 400, "{refused}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+    }
+}

@@ -1,0 +1,73 @@
+//! CI smoke test for `wardwatch bench`: the `engine` and `pipeline`
+//! scenarios run at a tiny size and their alerts are right (some fire, and
+//! the engine fires exactly the same ones twice). Speed is not checked here:
+//! that is what `wardwatch bench` is for.
+//!
+//! The pipeline scenario needs the tansu broker (`bash tests/run.sh`
+//! installs it); without it the test fails and says so.
+
+use wardwatch::bench::{self, BenchResult, BenchSize};
+
+/// Fields every scenario's JSON line must carry.
+const REQUIRED: [&str; 7] = [
+    "scenario",
+    "events",
+    "seconds",
+    "events_per_sec",
+    "baseline",
+    "baseline_events_per_sec",
+    "ratio",
+];
+
+fn check_shape(r: &BenchResult, scenario: &str) {
+    assert_eq!(r.scenario, scenario);
+    assert!(r.events > 0, "{r:?}");
+    assert!(r.seconds > 0.0 && r.events_per_sec > 0.0, "{r:?}");
+    assert!(r.baseline_events_per_sec > 0.0 && r.ratio > 0.0, "{r:?}");
+    let json: serde_json::Value = serde_json::from_str(&r.to_json_line()).expect("one JSON line");
+    for key in REQUIRED {
+        assert!(json.get(key).is_some(), "{key} missing from {json}");
+    }
+    assert!(json["alerts"].as_u64().is_some(), "{json}");
+}
+
+#[test]
+fn engine_bench_fires_the_same_alerts_every_run() {
+    // Five minutes of 300 patients: windows of every size close, episodes start.
+    let size = BenchSize::exact(300, 300);
+    let first = bench::engine::run(&size).expect("the engine benchmark runs");
+    check_shape(&first, "engine");
+    let alerts = first.alerts.expect("the engine reports alerts");
+    assert!(alerts > 0, "no alerts: {first:?}");
+    assert!(
+        first.details["baseline_rows"].as_u64() > Some(0),
+        "the batch SQL baseline found nothing: {first:?}"
+    );
+
+    let second = bench::engine::run(&size).expect("the engine benchmark runs again");
+    assert_eq!(
+        second.alerts,
+        Some(alerts),
+        "alert counts differ between runs"
+    );
+    assert_eq!(
+        first.details["alert_digest"], second.details["alert_digest"],
+        "alert ids differ between runs"
+    );
+    assert_eq!(
+        first.details["alerts_suppressed"],
+        second.details["alerts_suppressed"]
+    );
+}
+
+#[test]
+fn pipeline_bench_runs_through_a_real_broker_and_fires_alerts() {
+    let size = BenchSize::exact(300, 180);
+    let r = bench::pipeline::run(&size).expect("the pipeline benchmark runs");
+    check_shape(&r, "pipeline");
+    assert!(r.alerts > Some(0), "no alerts through Kafka: {r:?}");
+    assert_eq!(r.details["rules"], 20, "{r:?}");
+    // Every produced message was accounted for: accepted or dead-lettered.
+    assert_eq!(r.baseline_events, r.events);
+    assert!(r.details["rejected"].as_u64() > Some(0), "{r:?}");
+}

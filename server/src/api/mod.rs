@@ -5,6 +5,7 @@ pub mod error;
 pub mod health;
 pub mod ingest;
 pub mod query;
+pub mod replay;
 pub mod rules;
 
 use std::sync::atomic::AtomicBool;
@@ -66,5 +67,6 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/dead-letters", get(alerts::dead_letters))
         .route("/api/ingest", post(ingest::ingest))
         .route("/api/query", post(query::query))
+        .route("/api/replay", post(replay::replay))
         .with_state(state)
 }

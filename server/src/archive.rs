@@ -25,6 +25,9 @@ pub struct ArchiveInput {
     pub partition: i32,
     pub offsets: RangeInclusive<i64>,
     pub batch: RecordBatch,
+    /// Answered once the rows are in the writer's buffer (and so visible
+    /// to history queries).
+    pub accepted: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Sends batches to an archive writer task.
@@ -42,19 +45,22 @@ impl ArchiveHandle {
         }
     }
 
-    /// Archives a batch that did not come from Kafka.
+    /// Archives a batch that did not come from Kafka; returns once the rows
+    /// are buffered, so a history query made afterwards sees them.
     pub async fn send_local(&self, batch: RecordBatch) {
         let n = batch.num_rows() as i64;
         if n == 0 {
             return;
         }
         let first = self.local_next.fetch_add(n, Ordering::Relaxed);
+        let (accepted, buffered) = tokio::sync::oneshot::channel();
         let input = ArchiveInput {
             partition: catalog::archive::NO_PARTITION,
             offsets: first..=first + n - 1,
             batch,
+            accepted: Some(accepted),
         };
-        if self.tx.send(input).await.is_err() {
+        if self.tx.send(input).await.is_err() || buffered.await.is_err() {
             tracing::error!("the archive writer has stopped; events are not being archived");
         }
     }
@@ -81,6 +87,9 @@ pub fn start(
                         let rows = input.batch.num_rows();
                         if let Err(e) = writer.append_range(input.partition, input.offsets, &input.batch, now_ms()).await {
                             tracing::error!(error = %e, rows, partition = input.partition, "archiving {what}");
+                        }
+                        if let Some(accepted) = input.accepted {
+                            let _ = accepted.send(());
                         }
                     }
                     None => break,

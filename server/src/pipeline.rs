@@ -32,6 +32,9 @@ pub enum Input {
     Revoke(Vec<i32>),
     /// Replies once everything sent before it has been processed.
     Barrier(std::sync::mpsc::Sender<()>),
+    /// The Kafka source has nothing buffered: every assigned partition is
+    /// caught up, so partitions without data may now count as idle.
+    CaughtUp,
 }
 
 #[derive(Clone)]
@@ -73,10 +76,17 @@ fn now_ms() -> i64 {
 }
 
 /// Starts the engine thread.
+///
+/// `idle_from_source`: partitions become idle only on the Kafka source's
+/// [`Input::CaughtUp`], never merely because processing time passed. While a
+/// consumer works through a backlog it reads partitions in long chunks, and a
+/// partition waiting its turn must not be declared idle (its events would
+/// then be late). Without Kafka, a timer drives idleness.
 pub fn start(
     config: EngineConfig,
     metrics: Arc<Metrics>,
     alerts: UnboundedSender<Alert>,
+    idle_from_source: bool,
 ) -> PipelineHandle {
     let (tx, rx) = mpsc::sync_channel::<Input>(64);
     let rule_stats = Arc::new(Mutex::new(HashMap::new()));
@@ -127,12 +137,15 @@ pub fn start(
                         let _ = reply.send(());
                         Ok(Default::default())
                     }
+                    Some(Input::CaughtUp) => engine.tick(now_ms()),
                     None => Ok(Default::default()),
                 };
                 let mut outputs = vec![result];
                 if last_tick.elapsed() >= Duration::from_millis(100) {
                     last_tick = Instant::now();
-                    outputs.push(engine.tick(now_ms()));
+                    if !idle_from_source {
+                        outputs.push(engine.tick(now_ms()));
+                    }
                     let mut s = stats.lock().expect("stats lock");
                     s.clear();
                     for (spec, _) in engine.rules() {

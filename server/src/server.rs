@@ -49,7 +49,12 @@ pub async fn run(config: Config, demo_mode: bool) -> Result<()> {
         default_lateness_ms: config.pipeline.allowed_lateness_ms,
         idle_timeout_ms: config.pipeline.idle_timeout_ms,
     };
-    let pipeline = pipeline::start(engine_config, Arc::clone(&metrics), alert_tx);
+    let pipeline = pipeline::start(
+        engine_config,
+        Arc::clone(&metrics),
+        alert_tx,
+        config.kafka.brokers.is_some(),
+    );
 
     let hub = Arc::new(AlertHub::new(alert_log, ack_log));
     // The Parquet archive: raw events and alerts, each on a writer task.

@@ -35,7 +35,9 @@ impl DeadLetters {
             .fetch_add(letters.len() as u64, Relaxed);
         match &self.kafka {
             Some((producer, topic)) => {
-                for letter in letters {
+                // All in flight at once: one broker round trip for the lot,
+                // not one per letter (the source waits for this).
+                let sends = letters.iter().map(|letter| async move {
                     let key = letter
                         .key
                         .as_deref()
@@ -46,7 +48,13 @@ impl DeadLetters {
                         ("reason", letter.reason.as_str()),
                         ("origin", letter.origin.as_str()),
                     ];
-                    match producer.send(topic, &key, &letter.payload, &headers).await {
+                    (
+                        letter,
+                        producer.send(topic, &key, &letter.payload, &headers).await,
+                    )
+                });
+                for (letter, result) in futures::future::join_all(sends).await {
+                    match result {
                         Ok(()) => self.metrics.dead_letters_delivered.fetch_add(1, Relaxed),
                         Err(e) => {
                             tracing::error!(error = %e, reason = %letter.reason, "dead letter not delivered");

@@ -116,6 +116,7 @@ pub fn start(
             let mut letters: Vec<DeadLetter> = Vec::new();
             let mut last_flush = Instant::now();
             let mut last_metadata_check = Instant::now() - Duration::from_secs(60);
+            let mut last_caught_up = Instant::now();
             while !shutdown.load(Ordering::Relaxed) {
                 if last_metadata_check.elapsed() > Duration::from_secs(5) {
                     last_metadata_check = Instant::now();
@@ -154,7 +155,23 @@ pub fn start(
                         }
                     }
                     Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error"),
-                    None => {}
+                    None => {
+                        // Nothing buffered locally for any partition: flush
+                        // what is pending, then tell the engine (in order,
+                        // after those batches) that partitions without data
+                        // are idle rather than waiting their turn.
+                        if last_caught_up.elapsed() >= Duration::from_millis(100) {
+                            last_caught_up = Instant::now();
+                            for (&partition, buffer) in buffers.iter_mut() {
+                                if buffer.first.is_some() {
+                                    flush_partition(
+                                        &consumer, &topic, &pipeline, &archive, partition, buffer,
+                                    );
+                                }
+                            }
+                            let _ = pipeline.send(Input::CaughtUp);
+                        }
+                    }
                 }
                 if last_flush.elapsed() >= max_delay {
                     last_flush = Instant::now();
@@ -222,6 +239,7 @@ fn flush_partition<C: ConsumerContext>(
         partition,
         offsets: first..=buffer.last,
         batch: batch.clone(),
+        accepted: None,
     });
     if batch.num_rows() == 0 || pipeline.send(Input::Batch { partition, batch }).is_ok() {
         store_offset(consumer, topic, partition, buffer.last);

@@ -2,14 +2,19 @@
 //! goes to a writer task (object store I/O and Parquet encoding stay off
 //! the engine thread), and a background task applies retention.
 //!
-//! Events from Kafka are archived under their partition and offsets. Events
+//! Events from Kafka are archived under their partition and offsets, and
+//! Kafka offsets are committed only as far as events are in written files
+//! ([`ArchiveHandle::durable_offset`]); on assignment, files an earlier run
+//! wrote past the committed offset are removed before reading resumes, so
+//! each event is in the archive exactly once across restarts. Events
 //! from HTTP or the demo use partition -1 with offsets starting at
 //! `startup ms × 1,000,000`, so a restart never reuses (and overwrites) an
 //! earlier run's file names.
 
+use std::collections::HashMap;
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
@@ -30,18 +35,71 @@ pub struct ArchiveInput {
     pub accepted: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+enum Message {
+    Append(ArchiveInput),
+    /// A partition was assigned and will be read from `next_offset`: files
+    /// of earlier runs starting at or after it are removed (their rows come
+    /// again), so nothing is archived twice.
+    Resume {
+        partition: i32,
+        next_offset: i64,
+        done: std::sync::mpsc::Sender<()>,
+    },
+    /// A partition was revoked: write what is buffered for it now.
+    Flush {
+        partition: i32,
+        done: std::sync::mpsc::Sender<()>,
+    },
+}
+
 /// Sends batches to an archive writer task.
 #[derive(Clone)]
 pub struct ArchiveHandle {
-    tx: mpsc::Sender<ArchiveInput>,
+    tx: mpsc::Sender<Message>,
     local_next: Arc<AtomicI64>,
+    /// Per Kafka partition, the last offset whose event is in a written
+    /// file: offsets are committed only up to here.
+    durable: Arc<Mutex<HashMap<i32, i64>>>,
 }
 
 impl ArchiveHandle {
     /// Archives a batch consumed from Kafka (blocking: for the source thread).
     pub fn send_blocking(&self, input: ArchiveInput) {
-        if self.tx.blocking_send(input).is_err() {
+        if self.tx.blocking_send(Message::Append(input)).is_err() {
             tracing::error!("the archive writer has stopped; events are not being archived");
+        }
+    }
+
+    /// Last offset of `partition` whose event is durably archived.
+    pub fn durable_offset(&self, partition: i32) -> Option<i64> {
+        self.durable.lock().ok()?.get(&partition).copied()
+    }
+
+    /// See [`Message::Resume`]. Blocks until done (for the consumer thread).
+    pub fn resume_blocking(&self, partition: i32, next_offset: i64) {
+        let (done, wait) = std::sync::mpsc::channel();
+        if self
+            .tx
+            .blocking_send(Message::Resume {
+                partition,
+                next_offset,
+                done,
+            })
+            .is_ok()
+        {
+            let _ = wait.recv();
+        }
+    }
+
+    /// See [`Message::Flush`]. Blocks until done (for the consumer thread).
+    pub fn flush_blocking(&self, partition: i32) {
+        let (done, wait) = std::sync::mpsc::channel();
+        if self
+            .tx
+            .blocking_send(Message::Flush { partition, done })
+            .is_ok()
+        {
+            let _ = wait.recv();
         }
     }
 
@@ -60,7 +118,7 @@ impl ArchiveHandle {
             batch,
             accepted: Some(accepted),
         };
-        if self.tx.send(input).await.is_err() || buffered.await.is_err() {
+        if self.tx.send(Message::Append(input)).await.is_err() || buffered.await.is_err() {
             tracing::error!("the archive writer has stopped; events are not being archived");
         }
     }
@@ -77,20 +135,40 @@ pub fn start(
     what: &'static str,
 ) -> (ArchiveHandle, BufferedView, tokio::task::JoinHandle<()>) {
     let view = writer.buffered_view();
-    let (tx, mut rx) = mpsc::channel::<ArchiveInput>(64);
+    let (tx, mut rx) = mpsc::channel::<Message>(64);
+    let durable: Arc<Mutex<HashMap<i32, i64>>> = Arc::default();
+    let published = Arc::clone(&durable);
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut partitions: std::collections::BTreeSet<i32> = Default::default();
         loop {
             tokio::select! {
-                input = rx.recv() => match input {
-                    Some(input) => {
+                message = rx.recv() => match message {
+                    Some(Message::Append(input)) => {
                         let rows = input.batch.num_rows();
+                        partitions.insert(input.partition);
                         if let Err(e) = writer.append_range(input.partition, input.offsets, &input.batch, now_ms()).await {
                             tracing::error!(error = %e, rows, partition = input.partition, "archiving {what}");
                         }
                         if let Some(accepted) = input.accepted {
                             let _ = accepted.send(());
                         }
+                    }
+                    Some(Message::Resume { partition, next_offset, done }) => {
+                        match writer.resume(partition, next_offset).await {
+                            Ok(removed) if !removed.is_empty() => {
+                                tracing::info!(partition, next_offset, files = removed.len(), "removed {what} files that will be rewritten from Kafka");
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::error!(error = %e, partition, "resuming the {what} archive"),
+                        }
+                        let _ = done.send(());
+                    }
+                    Some(Message::Flush { partition, done }) => {
+                        if let Err(e) = writer.flush_partition(partition).await {
+                            tracing::error!(error = %e, partition, "flushing the {what} archive");
+                        }
+                        let _ = done.send(());
                     }
                     None => break,
                 },
@@ -100,13 +178,28 @@ pub fn start(
                     }
                 }
             }
+            if let Ok(mut d) = published.lock() {
+                for &p in &partitions {
+                    if let Some(o) = writer.durable_offset(p) {
+                        d.insert(p, o);
+                    }
+                }
+            }
         }
         if let Err(e) = writer.flush_all().await {
             tracing::error!(error = %e, "final flush of the {what} archive");
         }
     });
     let local_next = Arc::new(AtomicI64::new(now_ms().saturating_mul(1_000_000)));
-    (ArchiveHandle { tx, local_next }, view, task)
+    (
+        ArchiveHandle {
+            tx,
+            local_next,
+            durable,
+        },
+        view,
+        task,
+    )
 }
 
 pub fn writer_config(settings: &ArchiveSettings) -> ArchiveConfig {

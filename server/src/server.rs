@@ -18,7 +18,18 @@ use crate::sink::dead_letter::DeadLetters;
 use crate::sink::kafka::KafkaProducer;
 use crate::{demo, source};
 
+/// Runs until Ctrl-C or SIGTERM.
 pub async fn run(config: Config, demo_mode: bool) -> Result<()> {
+    run_until(config, demo_mode, shutdown_signal()).await
+}
+
+/// Runs until `shutdown` completes, then stops consuming, flushes the
+/// archive and logs, and returns.
+pub async fn run_until(
+    config: Config,
+    demo_mode: bool,
+    shutdown_requested: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     if let Some(dir) = config.data_path() {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating data directory {}", dir.display()))?;
@@ -214,7 +225,7 @@ pub async fn run(config: Config, demo_mode: bool) -> Result<()> {
         .with_context(|| format!("listening on {listen}"))?;
     tracing::info!("wardwatch listening on http://{listen}");
     axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown_requested)
         .await?;
     shutdown.store(true, Ordering::Relaxed);
     // Dropping the state closes the archive channels; wait for the final

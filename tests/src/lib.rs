@@ -108,27 +108,40 @@ impl Drop for Broker {
 /// A wardwatch server running in this process.
 pub struct Server {
     pub base_url: String,
-    pub data_dir: tempfile::TempDir,
+    pub data_dir: std::sync::Arc<tempfile::TempDir>,
     pub http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Server {
     /// Starts `serve` with the given configuration (listen address and data
     /// directory are filled in) and waits until it answers.
-    pub async fn start(mut config: wardwatch::config::Config) -> Result<Self> {
-        let data_dir = tempfile::tempdir()?;
+    pub async fn start(config: wardwatch::config::Config) -> Result<Self> {
+        Self::start_in(config, std::sync::Arc::new(tempfile::tempdir()?)).await
+    }
+
+    /// Starts a server on an existing data directory (a restart).
+    pub async fn start_in(
+        mut config: wardwatch::config::Config,
+        data_dir: std::sync::Arc<tempfile::TempDir>,
+    ) -> Result<Self> {
         let port = free_port();
         config.listen = format!("127.0.0.1:{port}").parse()?;
         config.data_dir = data_dir.path().to_string_lossy().into_owned();
-        tokio::spawn(async move {
-            if let Err(e) = wardwatch::server::run(config, false).await {
-                panic!("server failed: {e:#}");
-            }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            wardwatch::server::run_until(config, false, async {
+                let _ = stopped.await;
+            })
+            .await
         });
         let server = Server {
             base_url: format!("http://127.0.0.1:{port}"),
             data_dir,
             http: reqwest::Client::new(),
+            stop: Some(stop),
+            task: Some(task),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -142,6 +155,17 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Stops the server gracefully and waits until it has flushed.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await??;
+        }
+        Ok(())
     }
 
     pub fn url(&self, path: &str) -> String {

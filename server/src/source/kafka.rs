@@ -29,13 +29,48 @@ use crate::sink::kafka::client_config;
 
 struct RebalanceContext {
     pipeline: PipelineHandle,
+    archive: ArchiveHandle,
     topic: String,
 }
 
 impl ClientContext for RebalanceContext {}
 
 impl ConsumerContext for RebalanceContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    /// Before partitions go: write what the archive buffers for them and
+    /// commit, so the next owner starts where our files end.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            for e in tpl.elements().iter().filter(|e| e.topic() == self.topic) {
+                self.archive.flush_blocking(e.partition());
+                if let Some(durable) = self.archive.durable_offset(e.partition()) {
+                    store_offset(consumer, &self.topic, e.partition(), durable);
+                }
+            }
+            if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+                tracing::debug!(error = %e, "committing before revocation");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // Reading resumes at the committed offset: files an earlier owner
+        // wrote from there on will be written again, so remove them first.
+        if let Rebalance::Assign(tpl) = rebalance {
+            match consumer.committed_offsets((*tpl).clone(), Duration::from_secs(10)) {
+                Ok(committed) => {
+                    for e in committed
+                        .elements()
+                        .iter()
+                        .filter(|e| e.topic() == self.topic)
+                    {
+                        if let Offset::Offset(next) = e.offset() {
+                            self.archive.resume_blocking(e.partition(), next);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reading committed offsets on assignment"),
+            }
+        }
         let partitions = |tpl: &TopicPartitionList| -> Vec<i32> {
             tpl.elements()
                 .iter()
@@ -94,6 +129,7 @@ pub fn start(
     }
     let context = RebalanceContext {
         pipeline: pipeline.clone(),
+        archive: archive.clone(),
         topic: kafka.vitals_topic.clone(),
     };
     let consumer: BaseConsumer<RebalanceContext> = cfg
@@ -187,6 +223,10 @@ pub fn start(
                             flush_partition(
                                 &consumer, &topic, &pipeline, &archive, partition, buffer,
                             );
+                        } else if let Some(durable) = archive.durable_offset(partition) {
+                            // Files are written in the background: commit
+                            // as they land.
+                            store_offset(&consumer, &topic, partition, durable);
                         }
                     }
                 }
@@ -241,7 +281,11 @@ fn flush_partition<C: ConsumerContext>(
         batch: batch.clone(),
         accepted: None,
     });
-    if batch.num_rows() == 0 || pipeline.send(Input::Batch { partition, batch }).is_ok() {
-        store_offset(consumer, topic, partition, buffer.last);
+    if batch.num_rows() > 0 && pipeline.send(Input::Batch { partition, batch }).is_err() {
+        return;
+    }
+    // Commit only what the archive has written: a restart re-reads the rest.
+    if let Some(durable) = archive.durable_offset(partition) {
+        store_offset(consumer, topic, partition, durable);
     }
 }

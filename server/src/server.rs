@@ -187,6 +187,7 @@ pub async fn run_until(
     {
         let hub = Arc::clone(&hub);
         let dl = Arc::clone(&dead_letters);
+        let audit = Arc::clone(&audit_log);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
@@ -199,6 +200,9 @@ pub async fn run_until(
                 }
                 if let Err(e) = hub.acks.flush().await {
                     tracing::error!(error = %e, "flushing acknowledgements");
+                }
+                if let Err(e) = audit.flush().await {
+                    tracing::error!(error = %e, "flushing the audit log");
                 }
             }
         });
@@ -217,6 +221,7 @@ pub async fn run_until(
         store_prefix: prefix,
         archive: vitals_archive,
         history,
+        audit: Arc::clone(&audit_log),
         kafka_ready,
         rule_writes: tokio::sync::Mutex::new(()),
     });
@@ -230,6 +235,9 @@ pub async fn run_until(
     shutdown.store(true, Ordering::Relaxed);
     // Dropping the state closes the archive channels; wait for the final
     // flush so buffered events reach Parquet before exit.
+    if let Err(e) = audit_log.flush().await {
+        tracing::error!(error = %e, "flushing the audit log at shutdown");
+    }
     drop(audit_log);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         let _ = vitals_task.await;

@@ -351,3 +351,67 @@ async fn replay_of_an_unchanged_rule_reproduces_exactly_the_fired_ids_and_backte
         .unwrap();
     assert_eq!(bad.status(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_versions_and_the_audit_log_are_tables_too() {
+    let server = Server::start(wardwatch::config::Config::default())
+        .await
+        .expect("server starts");
+    let rule: Value = server
+        .http
+        .post(server.url("/api/rules"))
+        .json(&json!({"name": "Low SpO2", "sql": "SELECT patient_id, spo2_pct FROM vitals WHERE spo2_pct < 85"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = rule["id"].as_str().unwrap();
+    let updated = server
+        .http
+        .put(server.url(&format!("/api/rules/{id}")))
+        .json(&json!({"name": "Low SpO2", "sql": "SELECT patient_id, spo2_pct FROM vitals WHERE spo2_pct < 88", "severity": "high"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(updated.status(), 200);
+    server
+        .http
+        .delete(server.url(&format!("/api/rules/{id}")))
+        .send()
+        .await
+        .unwrap();
+
+    let (_, rules) = sql(&server, "SELECT id, active, version, severity FROM rules").await;
+    assert_eq!(
+        rules["rows"],
+        json!([{"id": id, "active": false, "version": 2, "severity": "high"}]),
+        "{rules}"
+    );
+    let (_, versions) = sql(
+        &server,
+        "SELECT version, sql FROM rule_versions ORDER BY version",
+    )
+    .await;
+    assert_eq!(versions["rows"].as_array().unwrap().len(), 2, "{versions}");
+    assert!(
+        versions["rows"][0]["sql"]
+            .as_str()
+            .unwrap()
+            .contains("< 85"),
+        "an old version is never overwritten"
+    );
+    let (_, audit) = sql(&server, "SELECT action FROM audit_log ORDER BY seq").await;
+    let actions: Vec<&str> = audit["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        vec!["rule_created", "rule_updated", "rule_deactivated"],
+        "{audit}"
+    );
+}

@@ -62,9 +62,10 @@ pub async fn acknowledge(
     });
     state
         .alerts
-        .acknowledge(ack)
+        .acknowledge(ack.clone())
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
+    super::tables::audit(&state, "alert_acknowledged", ack).await;
     let mut alerts = state.alerts.with_acks(vec![alert]);
     Ok(Json(alerts.remove(0)))
 }

@@ -7,6 +7,7 @@ pub mod ingest;
 pub mod query;
 pub mod replay;
 pub mod rules;
+pub mod tables;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub archive: crate::archive::ArchiveHandle,
     /// Read-only SQL over the archive (and rows not yet flushed).
     pub history: catalog::HistoryCatalog,
+    /// Rule changes, acknowledgements and retention deletions.
+    pub audit: Arc<catalog::log::JsonLog>,
     pub store_prefix: object_store::path::Path,
     /// Set by the Kafka source once the broker answers; true without Kafka.
     pub kafka_ready: Arc<AtomicBool>,

@@ -60,6 +60,9 @@ pub async fn query(
         max_rows: state.config.archive.query_max_rows,
         timeout: std::time::Duration::from_millis(state.config.archive.query_timeout_ms),
     };
+    super::tables::refresh(&state)
+        .await
+        .map_err(|e| QueryError(ApiError::internal(format!("preparing history tables: {e}"))))?;
     let batches = state.history.query(&req.sql, &limits).await?;
     let accept = headers
         .get(header::ACCEPT)

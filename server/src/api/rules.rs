@@ -136,6 +136,12 @@ pub async fn create(
     let compiled = state.compiler.compile(&draft.sql)?;
     let _guard = state.rule_writes.lock().await;
     let rule = state.rules.create(draft, now_ms()).await?;
+    super::tables::audit(
+        &state,
+        "rule_created",
+        json!({"rule_id": rule.id, "version": rule.current.version, "name": rule.current.name}),
+    )
+    .await;
     state
         .pipeline
         .send_async(Input::Upsert(Box::new(rule_spec(&rule.current, compiled))))
@@ -153,6 +159,12 @@ pub async fn update(
     let compiled = state.compiler.compile(&draft.sql)?;
     let _guard = state.rule_writes.lock().await;
     let mut rule = state.rules.update(&id, draft, now_ms()).await?;
+    super::tables::audit(
+        &state,
+        "rule_updated",
+        json!({"rule_id": rule.id, "version": rule.current.version}),
+    )
+    .await;
     if !rule.active {
         rule = state.rules.set_active(&id, true, now_ms()).await?;
     }
@@ -170,6 +182,12 @@ pub async fn deactivate(
 ) -> Result<Json<Value>, ApiError> {
     let _guard = state.rule_writes.lock().await;
     let rule = state.rules.set_active(&id, false, now_ms()).await?;
+    super::tables::audit(
+        &state,
+        "rule_deactivated",
+        json!({"rule_id": rule.id, "version": rule.current.version}),
+    )
+    .await;
     state
         .pipeline
         .send_async(Input::Remove(id))

@@ -543,7 +543,7 @@ fn find_line_column(text: &str) -> Option<SqlPosition> {
 /// place the offending name appears in the SQL.
 fn datafusion_error(e: &DataFusionError, sql: &str) -> RuleError {
     let diagnostic = e.iter().find_map(|e| e.diagnostic());
-    let mut message = match diagnostic {
+    let mut message: String = match diagnostic {
         Some(d) => d.message.clone(),
         None => e.strip_backtrace().to_string(),
     };
@@ -556,6 +556,26 @@ fn datafusion_error(e: &DataFusionError, sql: &str) -> RuleError {
         message = message.replace(prefix, "");
     }
     message = message.replace(&format!("{WINDOWED_TABLE}."), "vitals.");
+    // A type error in a function call surfaces wrapped as an internal error
+    // with a bug-report plea; the author needs the last, plain sentence.
+    if let Some(at) = message.find("No function matches") {
+        message = message[at..]
+            .replace("\n\tCandidate functions:\n\t", " Candidates: ")
+            .replace("\n\t", "; ");
+    }
+    message = message.replace("Internal error: ", "");
+    if let Some(at) = message.find("This issue was likely caused by a bug") {
+        message.truncate(at);
+    }
+    let mut message = message.trim().to_string();
+    if message.starts_with("column '") && message.ends_with("not found") {
+        let columns: Vec<String> = crate::stream::vitals_schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        message = format!("{message}; vitals has {}", columns.join(", "));
+    }
     if let Some(help) = diagnostic.and_then(|d| d.helps.first()) {
         message = format!("{message}; {}", help.message);
     }

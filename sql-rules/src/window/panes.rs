@@ -38,6 +38,30 @@ struct OpenPane {
 /// Keys, per-aggregate states and stats of a pane.
 type PaneState = (Vec<ArrayRef>, Vec<Vec<ArrayRef>>, Vec<GroupStats>);
 
+impl OpenPane {
+    /// Empties the pane into its keys and each aggregate's final value.
+    fn finish(&mut self) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
+        let keys = self.groups.emit(EmitTo::All)?;
+        let values = self
+            .accumulators
+            .iter_mut()
+            .map(|a| a.evaluate(EmitTo::All))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((keys, values))
+    }
+
+    /// Empties the pane into its keys and each aggregate's intermediate state.
+    fn drain(&mut self) -> Result<(Vec<ArrayRef>, Vec<Vec<ArrayRef>>)> {
+        let keys = self.groups.emit(EmitTo::All)?;
+        let states = self
+            .accumulators
+            .iter_mut()
+            .map(|a| a.state(EmitTo::All))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((keys, states))
+    }
+}
+
 /// The batch's sequence numbers, [`super::NO_SEQ`] where missing. One
 /// allocation per batch, for the explanation's first/last reading.
 pub fn sequence_numbers(batch: &RecordBatch) -> Vec<u32> {
@@ -251,6 +275,45 @@ impl PaneOperator {
         Ok(())
     }
 
+    /// Starts of the windows (at multiples of the slide) that contain the
+    /// pane starting at `p`: every s with s <= p < p + pane <= s + size.
+    fn window_starts_containing(&self, p: i64) -> impl Iterator<Item = i64> {
+        let lowest = p + self.pane_ms - self.size_ms;
+        let mut first = lowest.div_euclid(self.slide_ms) * self.slide_ms;
+        if first < lowest {
+            first += self.slide_ms;
+        }
+        (first..=p).step_by(self.slide_ms as usize)
+    }
+
+    /// Merges the open (peeked) and sealed panes of `[start, end)` and
+    /// evaluates the window; `None` if no pane holds a group.
+    fn evaluate_window(
+        &self,
+        start: i64,
+        end: i64,
+        peeked: &BTreeMap<i64, PaneState>,
+    ) -> Result<Option<ClosedWindow>> {
+        let mut merged = self.new_pane()?;
+        for (_, state) in peeked.range(start..end) {
+            merge_into(&mut merged, &state.0, &state.1, &state.2)?;
+        }
+        for (_, pane) in self.sealed.range(start..end) {
+            merge_into(&mut merged, &pane.keys, &pane.states, &pane.stats)?;
+        }
+        if merged.groups.is_empty() {
+            return Ok(None);
+        }
+        let (keys, values) = merged.finish()?;
+        let rows = self.output_batch(start, end, keys, values)?;
+        Ok(Some(ClosedWindow {
+            start_ms: start,
+            end_ms: end,
+            rows,
+            stats: merged.stats,
+        }))
+    }
+
     /// Fires every window ending at or before `watermark`, oldest first.
     pub fn fire(&mut self, watermark: i64, out: &mut Vec<ClosedWindow>) -> Result<()> {
         if watermark <= self.fired_through {
@@ -271,12 +334,7 @@ impl PaneOperator {
                 break;
             }
             let mut pane = self.open.remove(&start).expect("first key exists");
-            let keys = pane.groups.emit(EmitTo::All)?;
-            let values = pane
-                .accumulators
-                .iter_mut()
-                .map(|a| a.evaluate(EmitTo::All))
-                .collect::<Result<Vec<_>>>()?;
+            let (keys, values) = pane.finish()?;
             let rows = self.output_batch(start, start + self.size_ms, keys, values)?;
             out.push(ClosedWindow {
                 start_ms: start,
@@ -294,18 +352,10 @@ impl PaneOperator {
         let touched = std::mem::take(&mut self.touched);
         let mut starts = BTreeSet::new();
         for &p in &touched {
-            // Windows (starting at multiples of the slide) containing pane p.
-            let lowest = p + self.pane_ms - self.size_ms;
-            let mut start = lowest.div_euclid(self.slide_ms) * self.slide_ms;
-            if start < lowest {
-                start += self.slide_ms;
-            }
-            while start <= p {
-                if start + self.size_ms > self.fired_through {
-                    starts.insert(start);
-                }
-                start += self.slide_ms;
-            }
+            starts.extend(
+                self.window_starts_containing(p)
+                    .filter(|s| s + self.size_ms > self.fired_through),
+            );
         }
         // Each open pane's state is read once per call, however many
         // windows contain it.
@@ -318,29 +368,7 @@ impl PaneOperator {
                     slot.insert(self.peek_open(p)?);
                 }
             }
-            let mut merged = self.new_pane()?;
-            for (_, state) in peeked.range(start..end) {
-                merge_into(&mut merged, &state.0, &state.1, &state.2)?;
-            }
-            for (_, pane) in self.sealed.range(start..end) {
-                merge_into(&mut merged, &pane.keys, &pane.states, &pane.stats)?;
-            }
-            if merged.groups.is_empty() {
-                continue;
-            }
-            let keys = merged.groups.emit(EmitTo::All)?;
-            let values = merged
-                .accumulators
-                .iter_mut()
-                .map(|a| a.evaluate(EmitTo::All))
-                .collect::<Result<Vec<_>>>()?;
-            let rows = self.output_batch(start, end, keys, values)?;
-            out.push(ClosedWindow {
-                start_ms: start,
-                end_ms: end,
-                rows,
-                stats: merged.stats,
-            });
+            out.extend(self.evaluate_window(start, end, &peeked)?);
         }
         Ok(())
     }
@@ -352,12 +380,7 @@ impl PaneOperator {
             .open
             .remove(&start)
             .expect("caller checked the pane is open");
-        let keys = pane.groups.emit(EmitTo::All)?;
-        let states = pane
-            .accumulators
-            .iter_mut()
-            .map(|a| a.state(EmitTo::All))
-            .collect::<Result<Vec<_>>>()?;
+        let (keys, states) = pane.drain()?;
         let restored = self.pane_from_state(&keys, &states, pane.stats.clone())?;
         self.open.insert(start, restored);
         Ok((keys, states, pane.stats))
@@ -402,12 +425,7 @@ impl PaneOperator {
         let starts: Vec<i64> = self.open.keys().copied().collect();
         for start in starts {
             let mut pane = self.open.remove(&start).expect("key listed above");
-            let keys = pane.groups.emit(EmitTo::All)?;
-            let states = pane
-                .accumulators
-                .iter_mut()
-                .map(|a| a.state(EmitTo::All))
-                .collect::<Result<Vec<_>>>()?;
+            let (keys, states) = pane.drain()?;
             let blob = blobs.push(&state_batch(&keys, &states, &pane.stats)?)?;
             let rebuilt = self.pane_from_state(&keys, &states, pane.stats)?;
             self.open.insert(start, rebuilt);
@@ -457,12 +475,7 @@ impl PaneOperator {
 
     fn seal(&mut self, start: i64) -> Result<()> {
         if let Some(mut pane) = self.open.remove(&start) {
-            let keys = pane.groups.emit(EmitTo::All)?;
-            let states = pane
-                .accumulators
-                .iter_mut()
-                .map(|a| a.state(EmitTo::All))
-                .collect::<Result<Vec<_>>>()?;
+            let (keys, states) = pane.drain()?;
             self.sealed.insert(
                 start,
                 SealedPane {
@@ -488,22 +501,8 @@ impl PaneOperator {
             .chain(self.sealed.range(..watermark).map(|(p, _)| *p))
             .collect();
         for p in panes {
-            // Starts s with s <= p and s + size >= p + pane.
-            let lowest = p + self.pane_ms - self.size_ms;
-            let mut start = lowest.div_euclid(self.slide_ms) * self.slide_ms;
-            if start < lowest {
-                start += self.slide_ms;
-            }
-            while start <= p {
-                let end = start + self.size_ms;
-                if end > watermark {
-                    break;
-                }
-                if end > self.fired_through {
-                    ends.insert(end);
-                }
-                start += self.slide_ms;
-            }
+            let due = self.window_starts_containing(p).map(|s| s + self.size_ms);
+            ends.extend(due.filter(|&end| end <= watermark && end > self.fired_through));
         }
         for end in ends {
             let start = end - self.size_ms;
@@ -511,36 +510,7 @@ impl PaneOperator {
             for p in panes {
                 self.seal(p)?;
             }
-            let mut merged = self.new_pane()?;
-            let mut ids = Vec::new();
-            for (_, pane) in self.sealed.range(start..end) {
-                ids.clear();
-                merged.groups.intern(&pane.keys, &mut ids)?;
-                let total = merged.groups.len();
-                for (acc, state) in merged.accumulators.iter_mut().zip(&pane.states) {
-                    acc.merge_batch(state, &ids, total)?;
-                }
-                merged.stats.resize(total, GroupStats::EMPTY);
-                for (&g, s) in ids.iter().zip(&pane.stats) {
-                    merged.stats[g].merge(s);
-                }
-            }
-            if merged.groups.is_empty() {
-                continue;
-            }
-            let keys = merged.groups.emit(EmitTo::All)?;
-            let values = merged
-                .accumulators
-                .iter_mut()
-                .map(|a| a.evaluate(EmitTo::All))
-                .collect::<Result<Vec<_>>>()?;
-            let rows = self.output_batch(start, end, keys, values)?;
-            out.push(ClosedWindow {
-                start_ms: start,
-                end_ms: end,
-                rows,
-                stats: merged.stats,
-            });
+            out.extend(self.evaluate_window(start, end, &BTreeMap::new())?);
         }
         // Drop panes no future window (ending after the watermark) contains:
         // the last window containing pane p starts at floor(p / slide).

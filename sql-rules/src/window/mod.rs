@@ -73,6 +73,49 @@ impl GroupStats {
     }
 }
 
+/// Lays out window results as the rule's aggregate schema: the group-by
+/// slots (window bounds from `starts`/`ends`, one per row, or keys) then
+/// the aggregate values.
+pub(crate) fn aggregate_rows(
+    plan: &crate::compile::plan::Windowed,
+    starts: arrow::array::ArrayRef,
+    ends: arrow::array::ArrayRef,
+    keys: Vec<arrow::array::ArrayRef>,
+    values: Vec<arrow::array::ArrayRef>,
+) -> datafusion::common::Result<RecordBatch> {
+    use crate::compile::plan::GroupSlot;
+    use std::sync::Arc;
+    let n = starts.len();
+    let mut columns = Vec::with_capacity(plan.group_slots.len() + values.len());
+    for slot in &plan.group_slots {
+        columns.push(match slot {
+            GroupSlot::WindowStart => Arc::clone(&starts),
+            GroupSlot::WindowEnd => Arc::clone(&ends),
+            GroupSlot::Key(i) => Arc::clone(&keys[*i]),
+        });
+    }
+    columns.extend(values);
+    // Cast where DataFusion's planned type differs in a detail such as a
+    // timezone.
+    let schema = Arc::clone(&plan.aggregate_schema);
+    let columns = columns
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c)
+            } else {
+                arrow::compute::cast(&c, f.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new_with_options(
+        schema,
+        columns,
+        &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n)),
+    )?)
+}
+
 /// A window that closed: the aggregate's output rows (schema: the rule's
 /// aggregate schema) and per-row stats.
 #[derive(Debug)]

@@ -22,7 +22,7 @@ use datafusion::physical_plan::aggregates::group_values::{new_group_values, Grou
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
 use super::{ClosedWindow, GroupStats};
-use crate::compile::plan::{AggregateSpec, GroupSlot, Windowed};
+use crate::compile::plan::{AggregateSpec, Windowed};
 use crate::compile::WindowSpec;
 use crate::error::EngineError;
 use crate::eval::{evaluate_all, predicate_mask};
@@ -536,34 +536,6 @@ impl PaneOperator {
         let bound = |v: i64| -> ArrayRef {
             Arc::new(TimestampMillisecondArray::from_value(v, n).with_timezone("UTC"))
         };
-        let mut columns: Vec<ArrayRef> =
-            Vec::with_capacity(self.plan.group_slots.len() + values.len());
-        for slot in &self.plan.group_slots {
-            columns.push(match slot {
-                GroupSlot::WindowStart => bound(start),
-                GroupSlot::WindowEnd => bound(end),
-                GroupSlot::Key(i) => Arc::clone(&keys[*i]),
-            });
-        }
-        columns.extend(values);
-        // Cast where DataFusion's planned type differs in a detail such as
-        // timezone or nullability metadata.
-        let schema = Arc::clone(&self.plan.aggregate_schema);
-        let columns = columns
-            .into_iter()
-            .zip(schema.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c)
-                } else {
-                    arrow::compute::cast(&c, f.data_type())
-                }
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(RecordBatch::try_new_with_options(
-            schema,
-            columns,
-            &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n)),
-        )?)
+        super::aggregate_rows(&self.plan, bound(start), bound(end), keys, values)
     }
 }

@@ -25,7 +25,7 @@ use datafusion::logical_expr::EmitTo;
 
 use super::panes::new_accumulator;
 use super::{ClosedWindow, GroupStats};
-use crate::compile::plan::{GroupSlot, Windowed};
+use crate::compile::plan::Windowed;
 use crate::compile::WindowSpec;
 use crate::error::EngineError;
 use crate::eval::{evaluate_all, predicate_mask};
@@ -301,36 +301,9 @@ impl SessionOperator {
         keys: Vec<ArrayRef>,
         values: Vec<ArrayRef>,
     ) -> Result<RecordBatch> {
-        let n = starts.len();
-        let mut columns: Vec<ArrayRef> = Vec::new();
-        for slot in &self.plan.group_slots {
-            columns.push(match slot {
-                GroupSlot::WindowStart => {
-                    Arc::new(TimestampMillisecondArray::from(starts.to_vec()).with_timezone("UTC"))
-                }
-                GroupSlot::WindowEnd => {
-                    Arc::new(TimestampMillisecondArray::from(ends.to_vec()).with_timezone("UTC"))
-                }
-                GroupSlot::Key(i) => Arc::clone(&keys[*i]),
-            });
-        }
-        columns.extend(values);
-        let schema = Arc::clone(&self.plan.aggregate_schema);
-        let columns = columns
-            .into_iter()
-            .zip(schema.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c)
-                } else {
-                    arrow::compute::cast(&c, f.data_type())
-                }
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(RecordBatch::try_new_with_options(
-            schema,
-            columns,
-            &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(n)),
-        )?)
+        let bounds = |v: &[i64]| -> ArrayRef {
+            Arc::new(TimestampMillisecondArray::from(v.to_vec()).with_timezone("UTC"))
+        };
+        super::aggregate_rows(&self.plan, bounds(starts), bounds(ends), keys, values)
     }
 }

@@ -5,104 +5,17 @@
 //! Nothing is skipped silently: if the broker cannot start, the test fails
 //! and says why.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use anyhow::{bail, Result};
+
+/// The test broker: tansu on 127.0.0.1 with in-memory storage, killed on
+/// drop. The same launcher serves `wardwatch bench pipeline`.
+pub use wardwatch::bench::broker::Broker;
 
 /// A free TCP port on 127.0.0.1 (racy in theory, fine for tests).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn tansu_path() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("WARDWATCH_TANSU") {
-        return Ok(PathBuf::from(p));
-    }
-    let home = std::env::var("HOME").context("HOME is not set")?;
-    let p = PathBuf::from(home).join(".cache/wardwatch/tools/bin/tansu");
-    if p.exists() {
-        Ok(p)
-    } else {
-        bail!("the tansu broker is not installed: run the tests with `bash tests/run.sh`, which installs it, or set WARDWATCH_TANSU")
-    }
-}
-
-/// A tansu broker with in-memory storage; killed on drop.
-pub struct Broker {
-    child: Child,
-    pub bootstrap: String,
-}
-
-impl Broker {
-    pub fn start() -> Result<Self> {
-        let path = tansu_path()?;
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::env::temp_dir().join(format!("wardwatch-tansu-{port}.log"));
-        let child = Command::new(&path)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(Stdio::from(std::fs::File::create(&log)?))
-            .stderr(Stdio::from(std::fs::File::create(
-                log.with_extension("err"),
-            )?))
-            .spawn()
-            .with_context(|| format!("starting the broker {}", path.display()))?;
-        let broker = Broker {
-            child,
-            bootstrap: format!("127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!(
-                    "the broker did not accept connections on port {port} within 20 s; see {}",
-                    log.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(broker)
-    }
-
-    pub fn client_config(&self) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.bootstrap);
-        c
-    }
-
-    pub async fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
-        let admin: AdminClient<DefaultClientContext> = self.client_config().create()?;
-        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-        let results = admin.create_topics(&[topic], &AdminOptions::new()).await?;
-        for r in results {
-            r.map_err(|(t, e)| anyhow::anyhow!("creating topic {t}: {e}"))?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    wardwatch::bench::broker::free_port().expect("a free port on 127.0.0.1")
 }
 
 /// A wardwatch server running in this process.

@@ -1,9 +1,6 @@
 //! A throwaway Kafka-protocol broker (tansu, in-memory storage) on
-//! 127.0.0.1 for the pipeline benchmark.
-//!
-//! The same small logic as the end-to-end tests' harness (`tests/src/lib.rs`),
-//! kept here so the server crate does not depend on the tests crate. The
-//! binary comes from `$WARDWATCH_TANSU` or `~/.cache/wardwatch/tools/bin/tansu`
+//! 127.0.0.1 for the pipeline benchmark and the end-to-end tests (whose
+//! harness re-exports it). The binary comes from `$WARDWATCH_TANSU` or `~/.cache/wardwatch/tools/bin/tansu`
 //! (`bash tests/run.sh` installs it there).
 
 use std::net::TcpListener;
@@ -40,7 +37,7 @@ fn tansu_path() -> Result<PathBuf> {
         Ok(p)
     } else {
         bail!(
-            "the pipeline benchmark needs the tansu broker, which is not installed at {}: \
+            "the tansu broker (a Kafka-protocol broker for tests and benchmarks) is not installed at {}: \
              run `bash tests/run.sh` once (it installs it) or set WARDWATCH_TANSU",
             p.display()
         )
@@ -58,7 +55,7 @@ impl Broker {
         let path = tansu_path()?;
         let port = free_port()?;
         let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::env::temp_dir().join(format!("wardwatch-bench-tansu-{port}.log"));
+        let log = std::env::temp_dir().join(format!("wardwatch-tansu-{port}.log"));
         let child = Command::new(&path)
             .args([
                 "broker",

@@ -215,7 +215,7 @@ impl CatalogError {
     }
 
     /// Wraps a DataFusion error from a history query.
-    pub(crate) fn query(source: datafusion::error::DataFusionError) -> Self {
+    pub fn query(source: datafusion::error::DataFusionError) -> Self {
         Self::Query {
             source: Box::new(source),
         }

@@ -415,3 +415,110 @@ async fn rules_versions_and_the_audit_log_are_tables_too() {
         "{audit}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_results_stream_and_oversized_ones_are_refused_or_marked() {
+    let mut config = wardwatch::config::Config::default();
+    config.archive.query_max_rows = 20_000;
+    let server = Server::start(config).await.expect("server starts");
+    let mut body = String::new();
+    for i in 0..25_000i64 {
+        body.push_str(&reading(
+            &format!("P{}", i % 50),
+            T0 + i * 100,
+            i as u32,
+            97.0,
+        ));
+        body.push('\n');
+    }
+    let r: Value = server
+        .http
+        .post(server.url("/api/ingest"))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["accepted"], 25_000);
+
+    // Within the limit but past the buffering threshold: streamed, complete.
+    let (status, full) = sql(
+        &server,
+        "SELECT sequence_number FROM vitals WHERE sequence_number < 15000",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(full["rows"].as_array().unwrap().len(), 15_000);
+    assert!(full.get("truncated").is_none());
+    let csv = server
+        .http
+        .post(server.url("/api/query"))
+        .header("accept", "text/csv")
+        .json(&json!({"sql": "SELECT patient_id, sequence_number FROM vitals WHERE sequence_number < 15000"}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(csv.lines().count(), 15_001, "header and every row");
+
+    // Past the row limit while streaming: marked, never silently short.
+    let (status, cut) = sql(&server, "SELECT sequence_number FROM vitals").await;
+    assert_eq!(status, 200);
+    assert_eq!(cut["rows"].as_array().unwrap().len(), 20_000);
+    assert_eq!(cut["truncated"], true);
+    assert!(
+        cut["error"].as_str().unwrap().contains("20000"),
+        "{}",
+        cut["error"]
+    );
+    let arrow_cut = match server
+        .http
+        .post(server.url("/api/query"))
+        .header("accept", "application/vnd.apache.arrow.stream")
+        .json(&json!({"sql": "SELECT sequence_number FROM vitals"}))
+        .send()
+        .await
+    {
+        // The cut can reach the client before or after the headers.
+        Ok(response) => response.bytes().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert!(
+        arrow_cut.is_err(),
+        "an Arrow answer past the limit is cut off with an error"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_result_over_the_row_limit_is_refused() {
+    let mut config = wardwatch::config::Config::default();
+    config.archive.query_max_rows = 100;
+    let server = Server::start(config).await.expect("server starts");
+    let mut body = String::new();
+    for i in 0..500i64 {
+        body.push_str(&reading("P1", T0 + i * 1000, i as u32, 97.0));
+        body.push('\n');
+    }
+    server
+        .http
+        .post(server.url("/api/ingest"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let (status, refused) = sql(&server, "SELECT * FROM vitals").await;
+    assert_eq!(status, 413, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("100"),
+        "{refused}"
+    );
+    let (status, ok) = sql(&server, "SELECT count(*) AS n FROM vitals").await;
+    assert_eq!((status, ok["rows"][0]["n"].clone()), (200, json!(500)));
+}

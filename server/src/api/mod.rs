@@ -68,7 +68,12 @@ pub fn router(state: SharedState) -> Router {
         .route("/api/alerts/stream", get(alerts::stream))
         .route("/api/alerts/{id}/ack", post(alerts::acknowledge))
         .route("/api/dead-letters", get(alerts::dead_letters))
-        .route("/api/ingest", post(ingest::ingest))
+        // Batches of newline-delimited events are larger than axum's 2 MB
+        // default body limit.
+        .route(
+            "/api/ingest",
+            post(ingest::ingest).layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024)),
+        )
         .route("/api/query", post(query::query))
         .route("/api/replay", post(replay::replay))
         .with_state(state)

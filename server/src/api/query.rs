@@ -1,13 +1,27 @@
-//! `POST /api/query`: read-only SQL over history (`vitals`, `alerts`),
-//! including events not yet flushed to Parquet. JSON by default; CSV with
-//! `Accept: text/csv`; Arrow IPC with `Accept: application/vnd.apache.arrow.stream`.
+//! `POST /api/query`: read-only SQL over history (`vitals`, `alerts`,
+//! `rules`, `rule_versions`, `audit_log`), including events not yet flushed
+//! to Parquet. JSON by default; CSV with `Accept: text/csv`; Arrow IPC with
+//! `Accept: application/vnd.apache.arrow.stream`.
+//!
+//! Small results are answered whole (and one over `query_max_rows` is a
+//! 413). A result larger than [`STREAM_AFTER`] rows is streamed as it is
+//! produced rather than buffered; if it then passes the row limit or the
+//! time limit, a JSON answer ends with `"truncated": true` and an `error`,
+//! and a CSV or Arrow answer is cut off with an error, never silently short.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use catalog::{CatalogError, QueryLimits};
+use catalog::CatalogError;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use futures::StreamExt;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
@@ -15,10 +29,15 @@ use super::SharedState;
 
 const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
+/// Rows buffered before an answer switches to streaming.
+pub const STREAM_AFTER: usize = 10_000;
+
 #[derive(Debug, serde::Deserialize)]
 pub struct QueryRequest {
     pub sql: String,
 }
+
+pub struct QueryError(ApiError);
 
 impl From<CatalogError> for QueryError {
     fn from(e: CatalogError) -> Self {
@@ -38,12 +57,28 @@ impl From<CatalogError> for QueryError {
     }
 }
 
-pub struct QueryError(ApiError);
-
 impl IntoResponse for QueryError {
     fn into_response(self) -> Response {
         self.0.into_response()
     }
+}
+
+fn internal(e: impl std::fmt::Display) -> QueryError {
+    QueryError(ApiError::internal(e.to_string()))
+}
+
+fn timed_out(limit: Duration) -> QueryError {
+    CatalogError::QueryTimeout {
+        limit_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+    }
+    .into()
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    Json,
+    Csv,
+    Arrow,
 }
 
 pub async fn query(
@@ -56,81 +91,282 @@ pub async fn query(
             "expected {{\"sql\": \"SELECT …\"}}: {e}"
         )))
     })?;
-    let limits = QueryLimits {
-        max_rows: state.config.archive.query_max_rows,
-        timeout: std::time::Duration::from_millis(state.config.archive.query_timeout_ms),
-    };
-    super::tables::refresh(&state)
-        .await
-        .map_err(|e| QueryError(ApiError::internal(format!("preparing history tables: {e}"))))?;
-    let batches = state.history.query(&req.sql, &limits).await?;
+    let max_rows = state.config.archive.query_max_rows;
+    let time_limit = Duration::from_millis(state.config.archive.query_timeout_ms);
+    let deadline = Instant::now() + time_limit;
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let schema = match batches.first() {
-        Some(b) => b.schema(),
-        None => {
-            // An empty result still has columns.
-            state
-                .history
-                .dataframe(&req.sql)
-                .await?
-                .schema()
-                .as_arrow()
-                .clone()
-                .into()
-        }
+    let format = if accept.contains(ARROW_STREAM) {
+        Format::Arrow
+    } else if accept.contains("text/csv") {
+        Format::Csv
+    } else {
+        Format::Json
     };
-    if accept.contains(ARROW_STREAM) {
-        let mut bytes = Vec::new();
-        {
-            let mut w =
-                arrow::ipc::writer::StreamWriter::try_new(&mut bytes, &schema).map_err(internal)?;
-            for b in &batches {
-                w.write(b).map_err(internal)?;
-            }
-            w.finish().map_err(internal)?;
-        }
-        return Ok(([(header::CONTENT_TYPE, ARROW_STREAM)], bytes).into_response());
+
+    super::tables::refresh(&state)
+        .await
+        .map_err(|e| QueryError(ApiError::internal(format!("preparing history tables: {e}"))))?;
+    let mut df = state.history.dataframe(&req.sql).await?;
+    if !matches!(
+        df.logical_plan(),
+        LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) | LogicalPlan::DescribeTable(_)
+    ) {
+        // One row over the limit tells "too large" without running it all.
+        df = df
+            .limit(0, Some(max_rows.saturating_add(1)))
+            .map_err(internal)?;
     }
-    if accept.contains("text/csv") {
-        let mut bytes = Vec::new();
-        {
-            let mut w = arrow::csv::WriterBuilder::new()
-                .with_header(true)
-                .build(&mut bytes);
-            if batches.is_empty() {
-                w.write(&RecordBatch::new_empty(schema.clone()))
-                    .map_err(internal)?;
+    let schema = std::sync::Arc::new(df.schema().as_arrow().clone());
+    let mut stream = tokio::time::timeout_at(deadline.into(), df.execute_stream())
+        .await
+        .map_err(|_| timed_out(time_limit))?
+        .map_err(|e| QueryError::from(CatalogError::query(e)))?;
+
+    // Buffer the head; most answers end here.
+    let mut head = VecDeque::new();
+    let mut rows = 0usize;
+    loop {
+        match tokio::time::timeout_at(deadline.into(), stream.next()).await {
+            Err(_) => return Err(timed_out(time_limit)),
+            Ok(None) => {
+                let batches: Vec<RecordBatch> = head.into_iter().collect();
+                return whole(format, &schema, &batches);
             }
-            for b in &batches {
-                w.write(b).map_err(internal)?;
+            Ok(Some(batch)) => {
+                let batch = batch.map_err(|e| QueryError::from(CatalogError::query(e)))?;
+                rows += batch.num_rows();
+                if rows > max_rows {
+                    return Err(CatalogError::QueryTooLarge { limit: max_rows }.into());
+                }
+                head.push_back(batch);
+                if rows >= STREAM_AFTER {
+                    break;
+                }
             }
         }
-        return Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], bytes).into_response());
     }
-    let columns: Vec<Value> = schema
+    Ok(streamed(
+        format, schema, head, stream, max_rows, deadline, time_limit,
+    ))
+}
+
+fn json_rows(batch: &RecordBatch, out: &mut Vec<u8>, first: &mut bool) {
+    for r in 0..batch.num_rows() {
+        let mut row = Map::new();
+        for (i, f) in batch.schema().fields().iter().enumerate() {
+            row.insert(
+                f.name().clone(),
+                sql_rules::json::cell(batch.column(i).as_ref(), r),
+            );
+        }
+        if !*first {
+            out.push(b',');
+        }
+        *first = false;
+        out.extend_from_slice(Value::Object(row).to_string().as_bytes());
+    }
+}
+
+fn csv_rows(batch: &RecordBatch, with_header: bool) -> Result<Vec<u8>, arrow::error::ArrowError> {
+    let mut bytes = Vec::new();
+    {
+        let mut w = arrow::csv::WriterBuilder::new()
+            .with_header(with_header)
+            .build(&mut bytes);
+        w.write(batch)?;
+    }
+    Ok(bytes)
+}
+
+fn columns_json(schema: &arrow::datatypes::Schema) -> Value {
+    schema
         .fields()
         .iter()
         .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
-        .collect();
-    let mut rows = Vec::new();
-    for b in &batches {
-        for r in 0..b.num_rows() {
-            let mut row = Map::new();
-            for (i, f) in b.schema().fields().iter().enumerate() {
-                row.insert(
-                    f.name().clone(),
-                    sql_rules::json::cell(b.column(i).as_ref(), r),
-                );
-            }
-            rows.push(Value::Object(row));
-        }
-    }
-    Ok(Json(json!({"columns": columns, "rows": rows})).into_response())
+        .collect()
 }
 
-fn internal(e: impl std::fmt::Display) -> QueryError {
-    QueryError(ApiError::internal(e.to_string()))
+/// A complete answer from buffered batches.
+fn whole(
+    format: Format,
+    schema: &arrow::datatypes::SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<Response, QueryError> {
+    match format {
+        Format::Arrow => {
+            let mut bytes = Vec::new();
+            {
+                let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut bytes, schema)
+                    .map_err(internal)?;
+                for b in batches {
+                    w.write(b).map_err(internal)?;
+                }
+                w.finish().map_err(internal)?;
+            }
+            Ok(([(header::CONTENT_TYPE, ARROW_STREAM)], bytes).into_response())
+        }
+        Format::Csv => {
+            let mut bytes =
+                csv_rows(&RecordBatch::new_empty(schema.clone()), true).map_err(internal)?;
+            for b in batches {
+                bytes.extend(csv_rows(b, false).map_err(internal)?);
+            }
+            Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], bytes).into_response())
+        }
+        Format::Json => {
+            let mut rows = Vec::new();
+            let mut first = true;
+            for b in batches {
+                json_rows(b, &mut rows, &mut first);
+            }
+            let mut body =
+                format!("{{\"columns\":{},\"rows\":[", columns_json(schema)).into_bytes();
+            body.extend(rows);
+            body.extend_from_slice(b"]}");
+            Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+        }
+    }
+}
+
+struct Streaming {
+    format: Format,
+    head: VecDeque<RecordBatch>,
+    rest: SendableRecordBatchStream,
+    arrow: Option<arrow::ipc::writer::StreamWriter<Vec<u8>>>,
+    first_row: bool,
+    rows: usize,
+    max_rows: usize,
+    deadline: Instant,
+    time_limit: Duration,
+    done: bool,
+}
+
+impl Streaming {
+    /// The end of the answer: normal, or marked/cut off by `problem`.
+    fn end(&mut self, problem: Option<String>) -> Result<Bytes, std::io::Error> {
+        self.done = true;
+        match (self.format, problem) {
+            (Format::Json, None) => Ok(Bytes::from_static(b"]}")),
+            (Format::Json, Some(p)) => Ok(Bytes::from(format!(
+                "],\"truncated\":true,\"error\":{}}}",
+                Value::from(p)
+            ))),
+            (Format::Arrow, None) => {
+                let mut w = self.arrow.take().expect("arrow writer");
+                w.finish().map_err(std::io::Error::other)?;
+                Ok(Bytes::from(std::mem::take(w.get_mut())))
+            }
+            (_, Some(p)) => Err(std::io::Error::other(p)),
+            (Format::Csv, None) => Ok(Bytes::new()),
+        }
+    }
+
+    fn encode(&mut self, batch: &RecordBatch) -> Result<Bytes, std::io::Error> {
+        match self.format {
+            Format::Json => {
+                let mut out = Vec::new();
+                json_rows(batch, &mut out, &mut self.first_row);
+                Ok(Bytes::from(out))
+            }
+            Format::Csv => Ok(Bytes::from(
+                csv_rows(batch, false).map_err(std::io::Error::other)?,
+            )),
+            Format::Arrow => {
+                let w = self.arrow.as_mut().expect("arrow writer");
+                w.write(batch).map_err(std::io::Error::other)?;
+                Ok(Bytes::from(std::mem::take(w.get_mut())))
+            }
+        }
+    }
+
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        if self.done {
+            return None;
+        }
+        let batch = match self.head.pop_front() {
+            Some(b) => b,
+            None => match tokio::time::timeout_at(self.deadline.into(), self.rest.next()).await {
+                Err(_) => {
+                    return Some(self.end(Some(format!(
+                        "the query ran past its time limit of {} ms",
+                        self.time_limit.as_millis()
+                    ))))
+                }
+                Ok(None) => return Some(self.end(None)),
+                Ok(Some(Err(e))) => return Some(self.end(Some(e.to_string()))),
+                Ok(Some(Ok(b))) => b,
+            },
+        };
+        let room = self.max_rows - self.rows.min(self.max_rows);
+        if batch.num_rows() > room {
+            let chunk = self.encode(&batch.slice(0, room));
+            self.rows = self.max_rows;
+            let tail = self.end(Some(format!(
+                "the result has more than {} rows (query_max_rows); narrow the query or aggregate",
+                self.max_rows
+            )));
+            return Some(match (chunk, tail) {
+                (Ok(a), Ok(b)) => Ok([a, b].concat().into()),
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            });
+        }
+        self.rows += batch.num_rows();
+        Some(self.encode(&batch))
+    }
+}
+
+fn streamed(
+    format: Format,
+    schema: arrow::datatypes::SchemaRef,
+    head: VecDeque<RecordBatch>,
+    rest: SendableRecordBatchStream,
+    max_rows: usize,
+    deadline: Instant,
+    time_limit: Duration,
+) -> Response {
+    let (content_type, prefix, arrow) = match format {
+        Format::Json => (
+            "application/json",
+            format!("{{\"columns\":{},\"rows\":[", columns_json(&schema)).into_bytes(),
+            None,
+        ),
+        Format::Csv => (
+            "text/csv; charset=utf-8",
+            csv_rows(&RecordBatch::new_empty(schema.clone()), true).unwrap_or_default(),
+            None,
+        ),
+        Format::Arrow => match arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &schema) {
+            Ok(mut w) => {
+                let header = std::mem::take(w.get_mut());
+                (ARROW_STREAM, header, Some(w))
+            }
+            Err(e) => return internal(e).into_response(),
+        },
+    };
+    let state = Streaming {
+        format,
+        head,
+        rest,
+        arrow,
+        first_row: true,
+        rows: 0,
+        max_rows,
+        deadline,
+        time_limit,
+        done: false,
+    };
+    let body =
+        futures::stream::once(async move { Ok::<Bytes, std::io::Error>(Bytes::from(prefix)) })
+            .chain(futures::stream::unfold(state, |mut st| async move {
+                st.next_chunk().await.map(|chunk| (chunk, st))
+            }));
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(body),
+    )
+        .into_response()
 }

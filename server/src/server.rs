@@ -222,6 +222,7 @@ pub async fn run_until(
         archive: vitals_archive,
         history,
         audit: Arc::clone(&audit_log),
+        replays: Default::default(),
         kafka_ready,
         rule_writes: tokio::sync::Mutex::new(()),
     });

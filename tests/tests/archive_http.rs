@@ -522,3 +522,101 @@ async fn a_small_result_over_the_row_limit_is_refused() {
     let (status, ok) = sql(&server, "SELECT count(*) AS n FROM vitals").await;
     assert_eq!((status, ok["rows"][0]["n"].clone()), (200, json!(500)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_replay_reports_progress_and_gives_the_same_result() {
+    let server = Server::start(wardwatch::config::Config::default())
+        .await
+        .expect("server starts");
+    let mut body = String::new();
+    for s in (0..3600i64).step_by(5) {
+        body.push_str(&reading(
+            "A",
+            T0 + s * 1000,
+            s as u32,
+            if (600..1200).contains(&s) { 84.0 } else { 97.0 },
+        ));
+        body.push('\n');
+    }
+    server
+        .http
+        .post(server.url("/api/ingest"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let draft = json!({"sql": "SELECT patient_id, MIN(spo2_pct) AS lo FROM vitals GROUP BY TUMBLE(event_time, INTERVAL '1' MINUTE), patient_id HAVING MIN(spo2_pct) < 85",
+                       "cooldown_seconds": 0, "from_ms": T0, "to_ms": T0 + 3_600_000});
+    let sync: Value = server
+        .http
+        .post(server.url("/api/replay"))
+        .json(&draft)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sync["alerts"].as_array().unwrap().len(), 10, "{sync}");
+
+    let mut background = draft.clone();
+    background["async"] = json!(true);
+    let started = server
+        .http
+        .post(server.url("/api/replay"))
+        .json(&background)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(started.status(), 202);
+    let job: Value = started.json().await.unwrap();
+    let id = job["job"].as_str().unwrap().to_string();
+    assert!(
+        ["running", "done"].contains(&job["state"].as_str().unwrap()),
+        "{job}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let status: Value = server
+            .http
+            .get(server.url(&format!("/api/replay/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["state"] != "running" || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["events"], 720);
+    assert_eq!(done["fraction"], 1.0);
+    // Same alerts (ids, windows, values); only the processing time differs.
+    let identity = |v: &Value| -> Vec<(Value, Value, Value)> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["id"].clone(),
+                    a["window_start_ms"].clone(),
+                    a["values"].clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        identity(&done["result"]["alerts"]),
+        identity(&sync["alerts"])
+    );
+    let missing = server
+        .http
+        .delete(server.url("/api/replay/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}

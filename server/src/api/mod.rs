@@ -37,6 +37,8 @@ pub struct AppState {
     pub archive: crate::archive::ArchiveHandle,
     /// Read-only SQL over the archive (and rows not yet flushed).
     pub history: catalog::HistoryCatalog,
+    /// Background replays, by job id.
+    pub replays: std::sync::Mutex<std::collections::HashMap<String, Arc<replay::ReplayJob>>>,
     /// Rule changes, acknowledgements and retention deletions.
     pub audit: Arc<catalog::log::JsonLog>,
     pub store_prefix: object_store::path::Path,
@@ -76,5 +78,9 @@ pub fn router(state: SharedState) -> Router {
         )
         .route("/api/query", post(query::query))
         .route("/api/replay", post(replay::replay))
+        .route(
+            "/api/replay/{job}",
+            get(replay::status).delete(replay::cancel),
+        )
         .with_state(state)
 }

@@ -8,7 +8,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use axum::extract::State;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
 use axum::Json;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -31,6 +35,52 @@ pub struct ReplayRequest {
     pub to_ms: i64,
     #[serde(default)]
     pub audit: bool,
+    /// Run in the background: answer `202 {"job"}` at once; follow it
+    /// with `GET /api/replay/{job}` and cancel with `DELETE`.
+    #[serde(default, rename = "async")]
+    pub background: bool,
+}
+
+/// A replay's progress, shared with `GET /api/replay/{job}`.
+#[derive(Default)]
+pub struct Progress {
+    pub events: AtomicU64,
+    /// Event time reached so far.
+    pub event_time_ms: AtomicI64,
+    pub cancelled: AtomicBool,
+}
+
+/// A background replay.
+pub struct ReplayJob {
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub started_at_ms: i64,
+    pub progress: Progress,
+    pub outcome: Mutex<Option<Result<Value, (u16, String)>>>,
+}
+
+impl ReplayJob {
+    fn view(&self, id: &str) -> Value {
+        let events = self.progress.events.load(Relaxed);
+        let reached = self.progress.event_time_ms.load(Relaxed);
+        let span = (self.to_ms - self.from_ms).max(1) as f64;
+        let fraction = ((reached - self.from_ms).max(0) as f64 / span).min(1.0);
+        let outcome = self.outcome.lock().expect("replay job lock");
+        let (state, result, error) = match &*outcome {
+            None if self.progress.cancelled.load(Relaxed) => {
+                ("cancelling", Value::Null, Value::Null)
+            }
+            None => ("running", Value::Null, Value::Null),
+            Some(Ok(v)) => ("done", v.clone(), Value::Null),
+            Some(Err((_, m))) if self.progress.cancelled.load(Relaxed) => {
+                ("cancelled", Value::Null, Value::from(m.clone()))
+            }
+            Some(Err((_, m))) => ("failed", Value::Null, Value::from(m.clone())),
+        };
+        json!({"job": id, "state": state, "events": events, "event_time_ms": reached,
+               "fraction": if state == "done" { 1.0 } else { fraction },
+               "started_at_ms": self.started_at_ms, "result": result, "error": error})
+    }
 }
 
 fn sql_string(s: &str) -> String {
@@ -40,12 +90,77 @@ fn sql_string(s: &str) -> String {
 pub async fn replay(
     State(state): State<SharedState>,
     body: Result<Json<ReplayRequest>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let Json(req) =
         body.map_err(|e| ApiError::bad_request(format!("invalid replay request: {e}")))?;
     if req.from_ms >= req.to_ms {
         return Err(ApiError::bad_request("from_ms must be before to_ms"));
     }
+    if !req.background {
+        let progress = Progress::default();
+        return Ok(Json(run(&state, &req, &progress).await?).into_response());
+    }
+    let id = format!("{:016x}", rand::random::<u64>());
+    let job = Arc::new(ReplayJob {
+        from_ms: req.from_ms,
+        to_ms: req.to_ms,
+        started_at_ms: chrono::Utc::now().timestamp_millis(),
+        progress: Progress::default(),
+        outcome: Mutex::new(None),
+    });
+    state
+        .replays
+        .lock()
+        .expect("replays lock")
+        .insert(id.clone(), Arc::clone(&job));
+    let task_state = Arc::clone(&state);
+    let task_job = Arc::clone(&job);
+    tokio::spawn(async move {
+        let outcome = run(&task_state, &req, &task_job.progress)
+            .await
+            .map_err(|e| (e.status.as_u16(), e.message));
+        *task_job.outcome.lock().expect("replay job lock") = Some(outcome);
+    });
+    Ok((axum::http::StatusCode::ACCEPTED, Json(job.view(&id))).into_response())
+}
+
+/// `GET /api/replay/{job}`: progress, then the result.
+pub async fn status(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let job = state
+        .replays
+        .lock()
+        .expect("replays lock")
+        .get(&id)
+        .cloned();
+    let job = job.ok_or_else(|| ApiError::not_found(format!("no replay job '{id}'")))?;
+    Ok(Json(job.view(&id)))
+}
+
+/// `DELETE /api/replay/{job}`: stop a running replay.
+pub async fn cancel(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let job = state
+        .replays
+        .lock()
+        .expect("replays lock")
+        .get(&id)
+        .cloned();
+    let job = job.ok_or_else(|| ApiError::not_found(format!("no replay job '{id}'")))?;
+    job.progress.cancelled.store(true, Relaxed);
+    Ok(Json(job.view(&id)))
+}
+
+async fn run(
+    state: &SharedState,
+    req: &ReplayRequest,
+    progress: &Progress,
+) -> Result<Value, ApiError> {
     let spec: RuleSpec = match (&req.rule_id, &req.sql) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
@@ -125,6 +240,20 @@ pub async fn replay(
                     ApiError::internal(format!("archived rows do not match the stream schema: {e}"))
                 })?;
         events += batch.num_rows();
+        progress.events.store(events as u64, Relaxed);
+        if let Some(last) = batch
+            .column(sql_rules::stream::idx::TIMESTAMP_UNIX_MS)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .and_then(|t| t.values().last().copied())
+        {
+            progress.event_time_ms.store(last, Relaxed);
+        }
+        if progress.cancelled.load(Relaxed) {
+            return Err(ApiError::bad_request(format!(
+                "replay cancelled after {events} events"
+            )));
+        }
         let out = engine
             .process(0, &batch, now)
             .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -150,9 +279,9 @@ pub async fn replay(
         "alerts": alerts,
     });
     if req.audit && req.sql.is_none() {
-        body["audit"] = audit(&state, &rule_id, version, &req, &alerts).await?;
+        body["audit"] = audit(state, &rule_id, version, req, &alerts).await?;
     }
-    Ok(Json(body))
+    Ok(body)
 }
 
 /// Diffs replayed alerts with those recorded live for the same rule version

@@ -1,0 +1,162 @@
+//! A crash, not a graceful stop: the `wardwatch` binary is killed with
+//! SIGKILL while events sit in archive buffers not yet written, then started
+//! again on the same data directory and consumer group. Every event must be
+//! in the archive exactly once: re-read from the committed offset, with the
+//! files a previous run wrote past it replaced rather than duplicated.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::{json, Value};
+use wardwatch::bench::broker::{free_port, Broker};
+
+struct Running {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(config: &std::path::Path, data: &std::path::Path) -> Running {
+    let port = free_port().unwrap();
+    let log = std::fs::File::create(data.with_extension(format!("{port}.log"))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_wardwatch"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(["--data-dir"])
+        .arg(data)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("the wardwatch binary starts");
+    Running {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+async fn count(http: &reqwest::Client, server: &Running) -> Option<(i64, i64)> {
+    let r = http
+        .post(format!("{}/api/query", server.url))
+        .json(&json!({"sql": "SELECT count(*) AS n, count(DISTINCT sequence_number) AS d FROM vitals"}))
+        .send()
+        .await
+        .ok()?;
+    let v: Value = r.json().await.ok()?;
+    Some((v["rows"][0]["n"].as_i64()?, v["rows"][0]["d"].as_i64()?))
+}
+
+async fn wait_for(http: &reqwest::Client, server: &Running, want: i64) -> (i64, i64) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(c) = count(http, server).await {
+            if c.0 >= want || Instant::now() > deadline {
+                return c;
+            }
+        } else if Instant::now() > deadline {
+            panic!("the server never answered /api/query");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn produce(broker: &Broker, from: i64, n: i64, t0: i64) {
+    let producer: FutureProducer = broker
+        .client_config()
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let sends: Vec<_> = (from..from + n)
+        .map(|i| {
+            let producer = producer.clone();
+            async move {
+                let patient = format!("P{:03}", i % 40);
+                let payload = json!({"patient_id": patient, "timestamp_unix_ms": t0 + i * 200,
+                                     "heart_rate_bpm": 80.0, "sequence_number": i})
+                .to_string();
+                producer
+                    .send(
+                        FutureRecord::to("vitals").key(&patient).payload(&payload),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .collect();
+    for s in futures::future::join_all(sends).await {
+        s.map_err(|(e, _)| e).expect("produce");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_file_neither_loses_nor_duplicates_archived_events() {
+    let broker = Broker::start().expect("the test broker must start");
+    for (topic, partitions) in [("vitals", 4), ("alert-events", 1), ("vitals-dlq", 1)] {
+        broker.create_topic(topic, partitions).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("wardwatch.toml");
+    // A short session timeout lets the group drop the killed member fast.
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"crash-test\"\n[kafka.properties]\n\"session.timeout.ms\" = \"6000\"\n[archive]\nflush_interval_ms = 1500\n",
+            broker.bootstrap
+        ),
+    )
+    .unwrap();
+    // Recent event time: retention (30 days) would delete older files.
+    let hour = 3_600_000;
+    let t0 = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        / hour
+        - 1)
+        * hour;
+    let http = reqwest::Client::new();
+
+    let first = start(&config, &data);
+    produce(&broker, 0, 2000, t0).await;
+    assert_eq!(wait_for(&http, &first, 2000).await, (2000, 2000));
+    // Let some files land and offsets commit, then add events that stay in
+    // buffers and kill the process before they are written.
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    produce(&broker, 2000, 1500, t0).await;
+    assert_eq!(wait_for(&http, &first, 3500).await, (3500, 3500));
+    drop(first); // SIGKILL: no flush, no final commit
+
+    let second = start(&config, &data);
+    produce(&broker, 3500, 500, t0).await;
+    assert_eq!(
+        wait_for(&http, &second, 4000).await,
+        (4000, 4000),
+        "every event once after the crash"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        count(&http, &second).await,
+        Some((4000, 4000)),
+        "no duplicate once buffers are written"
+    );
+    let glob = format!("{}/vitals/**/*.parquet", data.display());
+    let out = Command::new("python3")
+        .args(["-c", &format!("import duckdb; print(duckdb.connect().execute(\"SELECT count(*), count(DISTINCT sequence_number) FROM read_parquet('{glob}', hive_partitioning=true)\").fetchone())")])
+        .output()
+        .expect("python3 runs (bash tests/run.sh installs duckdb)");
+    assert!(
+        out.status.success(),
+        "duckdb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "(4000, 4000)");
+}

@@ -75,13 +75,28 @@ pub fn alert_id(
     key: &Map<String, Value>,
     discriminator: &str,
 ) -> String {
+    // serde_json's Map is ordered by key, so this text is canonical.
+    alert_id_for_key_text(
+        rule_id,
+        version,
+        &Value::Object(key.clone()).to_string(),
+        discriminator,
+    )
+}
+
+/// [`alert_id`] for a key already rendered as canonical JSON text.
+pub fn alert_id_for_key_text(
+    rule_id: &str,
+    version: u32,
+    key_text: &str,
+    discriminator: &str,
+) -> String {
     use xxhash_rust::xxh3::Xxh3;
     let mut h = Xxh3::new();
     h.update(rule_id.as_bytes());
     h.update(&[0]);
     h.update(&version.to_le_bytes());
-    // serde_json's Map is ordered by key, so this is canonical.
-    h.update(Value::Object(key.clone()).to_string().as_bytes());
+    h.update(key_text.as_bytes());
     h.update(&[0]);
     h.update(discriminator.as_bytes());
     format!("{:016x}", h.digest())

@@ -28,7 +28,7 @@ use arrow::datatypes::TimestampMillisecondType;
 use arrow::record_batch::RecordBatch;
 use serde_json::{Map, Value};
 
-use crate::alert::{alert_id, Alert, AlertStatus, Explanation};
+use crate::alert::{alert_id_for_key_text, Alert, AlertStatus, Explanation};
 use crate::compile::{CompiledRule, RuleShape};
 use crate::error::EngineError;
 use crate::eval::{apply_ops, predicate_mask};
@@ -522,7 +522,6 @@ impl RuleRuntime {
             Operator::Window(op) => {
                 // WHERE first, then lateness per event in partition order.
                 let mut keep: Vec<bool> = vec![true; batch.num_rows()];
-                let mut current = batch.clone();
                 for step in &spec.compiled.input_ops {
                     if let crate::compile::RowOp::Filter(pred) = step {
                         let mask = predicate_mask(pred, batch).map_err(eval_err(&spec))?;
@@ -549,21 +548,19 @@ impl RuleRuntime {
                 if kept == 0 {
                     return Ok(());
                 }
-                let kept_ts: Vec<i64>;
-                let ts_ref = if kept == batch.num_rows() {
-                    ts
+                if kept == batch.num_rows() {
+                    op.insert(batch, ts).map_err(eval_err(&spec))?;
                 } else {
-                    let mask = BooleanArray::from(keep.clone());
-                    current = filter_record_batch(batch, &mask)?;
-                    kept_ts = ts
+                    // Late or filtered-out rows exist: copy only the kept ones.
+                    let kept_ts: Vec<i64> = ts
                         .iter()
                         .zip(&keep)
                         .filter(|(_, k)| **k)
                         .map(|(t, _)| *t)
                         .collect();
-                    &kept_ts
-                };
-                op.insert(&current, ts_ref).map_err(eval_err(&spec))?;
+                    let filtered = filter_record_batch(batch, &BooleanArray::from(keep))?;
+                    op.insert(&filtered, &kept_ts).map_err(eval_err(&spec))?;
+                }
                 if spec.compiled.emit_early {
                     let mut open = Vec::new();
                     op.peek_touched(&mut open).map_err(eval_err(&spec))?;
@@ -653,8 +650,8 @@ impl RuleRuntime {
         processing_time_ms: i64,
     ) -> Alert {
         let spec = &self.spec;
-        let id = alert_id(&spec.id, spec.version, &key, discriminator);
         let key_text = Value::Object(key.clone()).to_string();
+        let id = alert_id_for_key_text(&spec.id, spec.version, &key_text, discriminator);
         let mut suppressed_by = None;
         let mut escalated_from = None;
         let mut severity = spec.severity.clone();

@@ -116,15 +116,11 @@ async fn events_are_archived_exactly_once_across_a_restart() {
     // Files written, then counted by another tool.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(count(&second).await, 5000);
-    let glob = format!("{}/vitals/**/*.parquet", second.data_dir.path().display());
-    let out = std::process::Command::new("python3")
-        .args(["-c", &format!("import duckdb; print(duckdb.connect().execute(\"SELECT count(*), count(DISTINCT sequence_number) FROM read_parquet('{glob}', hive_partitioning=true)\").fetchone())")])
-        .output()
-        .expect("python3 runs (bash tests/run.sh installs duckdb)");
-    assert!(
-        out.status.success(),
-        "duckdb: {}",
-        String::from_utf8_lossy(&out.stderr)
+    assert_eq!(
+        wardwatch_tests::duckdb_first_row(
+            second.data_dir.path(),
+            "SELECT count(*), count(DISTINCT sequence_number) FROM {vitals}"
+        ),
+        "(5000, 5000)"
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "(5000, 5000)");
 }

@@ -125,18 +125,17 @@ pub async fn replay(
     Ok((axum::http::StatusCode::ACCEPTED, Json(job.view(&id))).into_response())
 }
 
+fn find_job(state: &SharedState, id: &str) -> Result<Arc<ReplayJob>, ApiError> {
+    let job = state.replays.lock().expect("replays lock").get(id).cloned();
+    job.ok_or_else(|| ApiError::not_found(format!("no replay job '{id}'")))
+}
+
 /// `GET /api/replay/{job}`: progress, then the result.
 pub async fn status(
     State(state): State<SharedState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let job = state
-        .replays
-        .lock()
-        .expect("replays lock")
-        .get(&id)
-        .cloned();
-    let job = job.ok_or_else(|| ApiError::not_found(format!("no replay job '{id}'")))?;
+    let job = find_job(&state, &id)?;
     Ok(Json(job.view(&id)))
 }
 
@@ -145,13 +144,7 @@ pub async fn cancel(
     State(state): State<SharedState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let job = state
-        .replays
-        .lock()
-        .expect("replays lock")
-        .get(&id)
-        .cloned();
-    let job = job.ok_or_else(|| ApiError::not_found(format!("no replay job '{id}'")))?;
+    let job = find_job(&state, &id)?;
     job.progress.cancelled.store(true, Relaxed);
     Ok(Json(job.view(&id)))
 }

@@ -198,13 +198,7 @@ pub fn start(
                         // are idle rather than waiting their turn.
                         if last_caught_up.elapsed() >= Duration::from_millis(100) {
                             last_caught_up = Instant::now();
-                            for (&partition, buffer) in buffers.iter_mut() {
-                                if buffer.first.is_some() {
-                                    flush_partition(
-                                        &consumer, &topic, &pipeline, &archive, partition, buffer,
-                                    );
-                                }
-                            }
+                            flush_all(&consumer, &topic, &pipeline, &archive, &mut buffers);
                             let _ = pipeline.send(Input::CaughtUp);
                         }
                     }
@@ -218,17 +212,7 @@ pub fn start(
                         let dl = Arc::clone(&dead_letters);
                         rt.block_on(dl.record(batch));
                     }
-                    for (&partition, buffer) in buffers.iter_mut() {
-                        if buffer.first.is_some() {
-                            flush_partition(
-                                &consumer, &topic, &pipeline, &archive, partition, buffer,
-                            );
-                        } else if let Some(durable) = archive.durable_offset(partition) {
-                            // Files are written in the background: commit
-                            // as they land.
-                            store_offset(&consumer, &topic, partition, durable);
-                        }
-                    }
+                    flush_all(&consumer, &topic, &pipeline, &archive, &mut buffers);
                 }
             }
             tracing::info!("Kafka source stopped");
@@ -260,6 +244,25 @@ struct PartitionBuffer {
     decoder: VitalsDecoder,
     first: Option<i64>,
     last: i64,
+}
+
+/// Hands every partition's pending events to the engine and the archive;
+/// for partitions with nothing pending, commits what the archive has since
+/// written (files land in the background).
+fn flush_all<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    pipeline: &PipelineHandle,
+    archive: &ArchiveHandle,
+    buffers: &mut HashMap<i32, PartitionBuffer>,
+) {
+    for (&partition, buffer) in buffers.iter_mut() {
+        if buffer.first.is_some() {
+            flush_partition(consumer, topic, pipeline, archive, partition, buffer);
+        } else if let Some(durable) = archive.durable_offset(partition) {
+            store_offset(consumer, topic, partition, durable);
+        }
+    }
 }
 
 fn flush_partition<C: ConsumerContext>(

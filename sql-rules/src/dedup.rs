@@ -19,21 +19,31 @@ use crate::stream::idx;
 /// Recent events remembered per (patient, device).
 pub const REMEMBERED: usize = 32;
 
-/// Per "patient\0device", its latest (timestamp, sequence number) pairs.
-type RecentByDevice = HashMap<Box<str>, VecDeque<(i64, Option<u32>)>>;
+/// Per (patient index, device index), its latest (timestamp, sequence
+/// number) pairs.
+type RecentByDevice = foldhash::HashMap<u64, VecDeque<(i64, Option<u32>)>>;
+
+/// Device index of a missing `source_device`.
+const NO_DEVICE: u32 = u32::MAX;
 
 #[derive(Default)]
 pub struct Deduplicator {
     /// Per partition.
     recent: HashMap<i32, RecentByDevice>,
-    scratch: String,
+    /// Source devices interned (a handful of kinds in practice).
+    devices: foldhash::HashMap<Box<str>, u32>,
 }
 
 impl Deduplicator {
-    /// Marks duplicates in `batch` (true = duplicate). Returns `None` when
-    /// there are none, the common case, so callers skip any copying.
-    pub fn mark(&mut self, partition: i32, batch: &RecordBatch) -> Option<BooleanArray> {
-        let patients = batch.column(idx::PATIENT_ID).as_string_opt::<i32>()?;
+    /// Marks duplicates in `batch` (true = duplicate); `patients` holds each
+    /// row's patient index (see [`crate::keys`]). Returns `None` when there
+    /// are none, the common case, so callers skip any copying.
+    pub fn mark(
+        &mut self,
+        partition: i32,
+        batch: &RecordBatch,
+        patients: &[u32],
+    ) -> Option<BooleanArray> {
         let devices = batch.column(idx::SOURCE_DEVICE).as_string_opt::<i32>()?;
         let ts = batch
             .column(idx::EVENT_TIME)
@@ -43,21 +53,25 @@ impl Deduplicator {
             .as_primitive_opt::<UInt32Type>()?;
         let recent = self.recent.entry(partition).or_default();
         let mut marks: Option<Vec<bool>> = None;
-        for i in 0..batch.num_rows() {
-            self.scratch.clear();
-            self.scratch.push_str(patients.value(i));
-            self.scratch.push('\0');
-            if devices.is_valid(i) {
-                self.scratch.push_str(devices.value(i));
-            }
+        for (i, &patient) in patients.iter().enumerate().take(batch.num_rows()) {
+            let device = if devices.is_valid(i) {
+                let name = devices.value(i);
+                match self.devices.get(name) {
+                    Some(&d) => d,
+                    None => {
+                        let d = self.devices.len() as u32;
+                        self.devices.insert(name.into(), d);
+                        d
+                    }
+                }
+            } else {
+                NO_DEVICE
+            };
             let t = ts.value(i);
             let seq = seqs.is_valid(i).then(|| seqs.value(i));
-            let entries = match recent.get_mut(self.scratch.as_str()) {
-                Some(e) => e,
-                None => recent
-                    .entry(self.scratch.as_str().into())
-                    .or_insert_with(|| VecDeque::with_capacity(4)),
-            };
+            let entries = recent
+                .entry(u64::from(patient) << 32 | u64::from(device))
+                .or_insert_with(|| VecDeque::with_capacity(4));
             let duplicate = entries
                 .iter()
                 .any(|&(et, es)| et == t || (seq.is_some() && es == seq));

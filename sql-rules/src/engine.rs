@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, BooleanArray};
+use arrow::array::{Array, AsArray};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::TimestampMillisecondType;
 use arrow::record_batch::RecordBatch;
@@ -33,6 +33,7 @@ use crate::compile::{CompiledRule, RuleShape};
 use crate::error::EngineError;
 use crate::eval::{apply_ops, predicate_mask};
 use crate::json::cell;
+use crate::keys::PatientIndex;
 use crate::stream::idx;
 use crate::window::{ClosedWindow, GroupStats, WindowOperator};
 
@@ -147,6 +148,12 @@ pub struct EngineOutput {
 
 pub struct Engine {
     config: EngineConfig,
+    /// Patient ids interned once per batch for every rule.
+    patients: PatientIndex,
+    /// Scratch: the patient index of each row of the batch in hand, and of
+    /// its rows without duplicates.
+    row_patients: Vec<u32>,
+    unique_patients: Vec<u32>,
     dedup: crate::dedup::Deduplicator,
     duplicates: u64,
     rules: Vec<RuleRuntime>,
@@ -157,6 +164,9 @@ impl Engine {
     pub fn new(config: EngineConfig) -> Self {
         Self {
             config,
+            patients: PatientIndex::default(),
+            row_patients: Vec::new(),
+            unique_patients: Vec::new(),
             dedup: Default::default(),
             duplicates: 0,
             rules: Vec::new(),
@@ -260,7 +270,13 @@ impl Engine {
             clock.last_seen_processing_ms = processing_time_ms;
             clock.idle = false;
             let prior_max = clock.max_event_ms;
-            let duplicates = self.dedup.mark(partition, batch);
+            let patient_col = batch
+                .column(idx::PATIENT_ID)
+                .as_string_opt::<i32>()
+                .ok_or_else(|| EngineError::Schema("column patient_id is not a string".into()))?;
+            self.patients
+                .index_column(patient_col, &mut self.row_patients);
+            let duplicates = self.dedup.mark(partition, batch, &self.row_patients);
             // Duplicates are rare: copy the batch without them only then.
             let unique = match &duplicates {
                 Some(marks) => {
@@ -268,6 +284,14 @@ impl Engine {
                     out.duplicates += n;
                     self.duplicates += n;
                     let keep = arrow::compute::not(marks)?;
+                    self.unique_patients.clear();
+                    self.unique_patients.extend(
+                        self.row_patients
+                            .iter()
+                            .zip(marks.values().iter())
+                            .filter(|(_, dup)| !dup)
+                            .map(|(p, _)| *p),
+                    );
                     Some(filter_record_batch(batch, &keep)?)
                 }
                 None => None,
@@ -279,13 +303,19 @@ impl Engine {
                     .as_ref()
             });
             for rule in &mut self.rules {
-                let (input, input_ts) = match (&unique, unique_ts) {
-                    (Some(u), Some(uts)) if !rule.spec.keep_duplicates => (u, uts),
-                    _ => (batch, ts.as_ref()),
+                let (input, input_ts, input_patients) = match (&unique, unique_ts) {
+                    (Some(u), Some(uts)) if !rule.spec.keep_duplicates => {
+                        (u, uts, self.unique_patients.as_slice())
+                    }
+                    _ => (batch, ts.as_ref(), self.row_patients.as_slice()),
                 };
-                if let Err(e) =
-                    rule.process(input, input_ts, prior_max, processing_time_ms, &mut out)
-                {
+                let rows = RowsIn {
+                    batch: input,
+                    ts: input_ts,
+                    patients: input_patients,
+                    index: &self.patients,
+                };
+                if let Err(e) = rule.process(rows, prior_max, processing_time_ms, &mut out) {
                     out.errors.push(e);
                 }
             }
@@ -356,7 +386,7 @@ impl Engine {
                 (Some(t), None) if t > i64::MIN => t.saturating_sub(rule.lateness_ms),
                 _ => continue,
             };
-            if let Err(e) = rule.fire(watermark, processing_time_ms, out) {
+            if let Err(e) = rule.fire(watermark, processing_time_ms, &self.patients, out) {
                 out.errors.push(e);
             }
         }
@@ -372,7 +402,7 @@ impl Engine {
         for rule in &mut self.rules {
             let window = match &mut rule.operator {
                 Operator::PerEvent => serde_json::Value::Null,
-                Operator::Window(w) => w.snapshot(&mut blobs)?,
+                Operator::Window(w) => w.snapshot(&mut blobs, &self.patients)?,
             };
             let mut last_fired: Vec<(&String, &(i64, String, bool))> =
                 rule.last_fired.iter().collect();
@@ -453,7 +483,7 @@ impl Engine {
                     .into_iter()
                     .collect();
             if let Operator::Window(w) = &mut rule.operator {
-                w.restore(&snap["window"], &blobs)?;
+                w.restore(&snap["window"], &blobs, &mut self.patients)?;
             }
         }
         Ok(skipped)
@@ -475,15 +505,30 @@ fn eval_err(rule: &RuleSpec) -> impl Fn(datafusion::error::DataFusionError) -> E
     }
 }
 
+/// One batch as a rule sees it.
+struct RowsIn<'a> {
+    batch: &'a RecordBatch,
+    /// Event time of each row, in milliseconds.
+    ts: &'a [i64],
+    /// Patient index of each row.
+    patients: &'a [u32],
+    index: &'a PatientIndex,
+}
+
 impl RuleRuntime {
     fn process(
         &mut self,
-        batch: &RecordBatch,
-        ts: &[i64],
+        rows: RowsIn<'_>,
         prior_max: i64,
         processing_time_ms: i64,
         out: &mut EngineOutput,
     ) -> Result<(), EngineError> {
+        let RowsIn {
+            batch,
+            ts,
+            patients,
+            index,
+        } = rows;
         let spec = Arc::clone(&self.spec);
         match &mut self.operator {
             Operator::PerEvent => {
@@ -548,22 +593,13 @@ impl RuleRuntime {
                 if kept == 0 {
                     return Ok(());
                 }
-                if kept == batch.num_rows() {
-                    op.insert(batch, ts).map_err(eval_err(&spec))?;
-                } else {
-                    // Late or filtered-out rows exist: copy only the kept ones.
-                    let kept_ts: Vec<i64> = ts
-                        .iter()
-                        .zip(&keep)
-                        .filter(|(_, k)| **k)
-                        .map(|(t, _)| *t)
-                        .collect();
-                    let filtered = filter_record_batch(batch, &BooleanArray::from(keep))?;
-                    op.insert(&filtered, &kept_ts).map_err(eval_err(&spec))?;
-                }
+                let keep = (kept < batch.num_rows()).then_some(keep.as_slice());
+                op.insert(batch, ts, keep, patients)
+                    .map_err(eval_err(&spec))?;
                 if spec.compiled.emit_early {
                     let mut open = Vec::new();
-                    op.peek_touched(&mut open).map_err(eval_err(&spec))?;
+                    op.peek_touched(&mut open, index)
+                        .map_err(eval_err(&spec))?;
                     self.emit_windows(open, true, processing_time_ms, out)?;
                 }
             }
@@ -575,6 +611,7 @@ impl RuleRuntime {
         &mut self,
         watermark: i64,
         processing_time_ms: i64,
+        index: &PatientIndex,
         out: &mut EngineOutput,
     ) -> Result<(), EngineError> {
         let spec = Arc::clone(&self.spec);
@@ -582,7 +619,8 @@ impl RuleRuntime {
             return Ok(());
         };
         let mut closed: Vec<ClosedWindow> = Vec::new();
-        op.fire(watermark, &mut closed).map_err(eval_err(&spec))?;
+        op.fire(watermark, &mut closed, index)
+            .map_err(eval_err(&spec))?;
         self.emit_windows(closed, false, processing_time_ms, out)?;
         Ok(())
     }

@@ -25,6 +25,7 @@ pub mod error;
 pub mod eval;
 pub mod functions;
 pub mod json;
+pub mod keys;
 pub mod snapshot;
 pub mod stream;
 pub mod window;

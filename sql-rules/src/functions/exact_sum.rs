@@ -161,7 +161,14 @@ fn state_fields(name: &str) -> Vec<FieldRef> {
 /// represented and are tracked separately.
 #[inline]
 fn to_fixed(v: f64) -> i128 {
-    (v * SCALE as f64).round() as i128
+    let scaled = (v * SCALE as f64).round();
+    // f64 → i128 is a libcall; through i64 it is one instruction, and every
+    // reading fits.
+    if scaled.abs() < 9.0e18 {
+        scaled as i64 as i128
+    } else {
+        scaled as i128
+    }
 }
 
 fn finish(kind: Kind, sum: i128, count: u64, non_finite: Option<f64>) -> Option<f64> {

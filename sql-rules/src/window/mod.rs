@@ -11,6 +11,24 @@ pub mod session;
 
 use arrow::record_batch::RecordBatch;
 
+use crate::keys::PatientIndex;
+
+/// The rows of `batch` (and their event times) that `keep` selects.
+pub(crate) fn keep_rows(
+    batch: &RecordBatch,
+    ts: &[i64],
+    keep: &[bool],
+) -> datafusion::common::Result<(RecordBatch, Vec<i64>)> {
+    let kept_ts = ts
+        .iter()
+        .zip(keep)
+        .filter(|(_, k)| **k)
+        .map(|(t, _)| *t)
+        .collect();
+    let mask = arrow::array::BooleanArray::from(keep.to_vec());
+    Ok((arrow::compute::filter_record_batch(batch, &mask)?, kept_ts))
+}
+
 /// What the engine learns about each group of a closed window beyond its
 /// aggregates: enough to explain an alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,10 +178,22 @@ impl WindowOperator {
         }
     }
 
-    pub fn insert(&mut self, batch: &RecordBatch, ts: &[i64]) -> datafusion::common::Result<()> {
-        match self {
-            WindowOperator::Panes(p) => p.insert(batch, ts),
-            WindowOperator::Session(s) => s.insert(batch, ts),
+    /// Adds the rows `keep` selects (all when `None`); `ts` is each row's
+    /// event time, `patients` its patient index (see [`crate::keys`]).
+    pub fn insert(
+        &mut self,
+        batch: &RecordBatch,
+        ts: &[i64],
+        keep: Option<&[bool]>,
+        patients: &[u32],
+    ) -> datafusion::common::Result<()> {
+        match (self, keep) {
+            (WindowOperator::Panes(p), keep) => p.insert(batch, ts, keep, patients),
+            (WindowOperator::Session(s), None) => s.insert(batch, ts),
+            (WindowOperator::Session(s), Some(keep)) => {
+                let (batch, ts) = keep_rows(batch, ts, keep)?;
+                s.insert(&batch, &ts)
+            }
         }
     }
 
@@ -171,9 +201,10 @@ impl WindowOperator {
         &mut self,
         watermark: i64,
         out: &mut Vec<ClosedWindow>,
+        index: &PatientIndex,
     ) -> datafusion::common::Result<()> {
         match self {
-            WindowOperator::Panes(p) => p.fire(watermark, out),
+            WindowOperator::Panes(p) => p.fire(watermark, out, index),
             WindowOperator::Session(s) => s.fire(watermark, out),
         }
     }
@@ -181,9 +212,10 @@ impl WindowOperator {
     pub fn snapshot(
         &mut self,
         blobs: &mut crate::snapshot::Blobs,
+        index: &PatientIndex,
     ) -> Result<serde_json::Value, crate::EngineError> {
         match self {
-            WindowOperator::Panes(p) => p.snapshot(blobs),
+            WindowOperator::Panes(p) => p.snapshot(blobs, index),
             WindowOperator::Session(s) => s.snapshot(blobs),
         }
     }
@@ -192,17 +224,22 @@ impl WindowOperator {
         &mut self,
         header: &serde_json::Value,
         blobs: &crate::snapshot::Blobs,
+        index: &mut PatientIndex,
     ) -> Result<(), crate::EngineError> {
         match self {
-            WindowOperator::Panes(p) => p.restore(header, blobs),
+            WindowOperator::Panes(p) => p.restore(header, blobs, index),
             WindowOperator::Session(s) => s.restore(header, blobs),
         }
     }
 
     /// Current results of touched open windows (EMIT EARLY; TUMBLE and HOP).
-    pub fn peek_touched(&mut self, out: &mut Vec<ClosedWindow>) -> datafusion::common::Result<()> {
+    pub fn peek_touched(
+        &mut self,
+        out: &mut Vec<ClosedWindow>,
+        index: &PatientIndex,
+    ) -> datafusion::common::Result<()> {
         match self {
-            WindowOperator::Panes(p) => p.peek_touched(out),
+            WindowOperator::Panes(p) => p.peek_touched(out, index),
             WindowOperator::Session(_) => Ok(()),
         }
     }

@@ -12,10 +12,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, TimestampMillisecondArray, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, TimestampMillisecondArray, UInt32Array};
+use arrow::datatypes::UInt32Type;
 use arrow::compute::take;
 use arrow::record_batch::RecordBatch;
-use datafusion::common::Result;
+use datafusion::common::{DataFusionError, Result};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use datafusion::physical_expr::GroupsAccumulatorAdapter;
 use datafusion::physical_plan::aggregates::group_values::{new_group_values, GroupValues};
@@ -26,11 +27,108 @@ use crate::compile::plan::{AggregateSpec, Windowed};
 use crate::compile::WindowSpec;
 use crate::error::EngineError;
 use crate::eval::{evaluate_all, predicate_mask};
+use crate::keys::PatientIndex;
 use crate::snapshot::{split_state_batch, state_batch, Blobs};
+
+/// How an open pane maps keys to group ids.
+enum PaneGroups {
+    /// `GROUP BY patient_id` alone, as most rules are: the group of a
+    /// patient index (see [`crate::keys`]) is an array lookup. Group 0 is a
+    /// placeholder that rows outside the pane point at (accumulators take a
+    /// group id for every row and skip the filtered ones); it is never
+    /// emitted. The pane's keys are patient indices (`UInt32`) until output.
+    Patient {
+        /// Patient index → group id, 0 when the patient has none yet.
+        slot: Vec<u32>,
+        /// Group id → patient index (`u32::MAX` for the placeholder).
+        patients: Vec<u32>,
+    },
+    /// Any other key: DataFusion's group table over the key columns.
+    General(Box<dyn GroupValues>),
+}
+
+/// The group of patient index `p`, creating it if new.
+#[inline]
+fn patient_group(slot: &mut Vec<u32>, patients: &mut Vec<u32>, p: u32) -> usize {
+    let at = p as usize;
+    if at >= slot.len() {
+        slot.resize(at + 1, 0);
+    }
+    let g = &mut slot[at];
+    if *g == 0 {
+        *g = patients.len() as u32;
+        patients.push(p);
+    }
+    *g as usize
+}
+
+impl PaneGroups {
+    /// Placeholder groups before the first real one.
+    fn skip(&self) -> usize {
+        match self {
+            PaneGroups::Patient { .. } => 1,
+            PaneGroups::General(_) => 0,
+        }
+    }
+
+    /// Group ids in use, placeholder included.
+    fn len(&self) -> usize {
+        match self {
+            PaneGroups::Patient { patients, .. } => patients.len(),
+            PaneGroups::General(g) => g.len(),
+        }
+    }
+
+    fn has_groups(&self) -> bool {
+        self.len() > self.skip()
+    }
+
+    /// Group ids of keys as the pane stores them.
+    fn intern(&mut self, keys: &[ArrayRef], ids: &mut Vec<usize>) -> Result<()> {
+        match self {
+            PaneGroups::General(g) => {
+                ids.clear();
+                g.intern(keys, ids)
+            }
+            PaneGroups::Patient { slot, patients } => {
+                ids.clear();
+                let keys = keys[0].as_primitive::<UInt32Type>();
+                ids.extend(
+                    keys.values()
+                        .iter()
+                        .map(|&p| patient_group(slot, patients, p)),
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Keys of the real groups, in group order; empties the table.
+    fn emit(&mut self) -> Result<Vec<ArrayRef>> {
+        match self {
+            PaneGroups::General(g) => g.emit(EmitTo::All),
+            PaneGroups::Patient { slot, patients } => {
+                let keys: ArrayRef = Arc::new(UInt32Array::from(patients[1..].to_vec()));
+                slot.clear();
+                patients.truncate(1);
+                Ok(vec![keys])
+            }
+        }
+    }
+}
+
+/// `array` without its first `skip` rows (the placeholder group).
+fn drop_front(array: ArrayRef, skip: usize) -> ArrayRef {
+    if skip == 0 {
+        return array;
+    }
+    let skip = skip.min(array.len());
+    array.slice(skip, array.len() - skip)
+}
 
 /// Open panes: keys interned to group ids, one accumulator per aggregate.
 struct OpenPane {
-    groups: Box<dyn GroupValues>,
+    groups: PaneGroups,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
     stats: Vec<GroupStats>,
 }
@@ -39,33 +137,48 @@ struct OpenPane {
 type PaneState = (Vec<ArrayRef>, Vec<Vec<ArrayRef>>, Vec<GroupStats>);
 
 impl OpenPane {
-    /// Empties the pane into its keys and each aggregate's final value.
-    fn finish(&mut self) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>)> {
-        let keys = self.groups.emit(EmitTo::All)?;
+    /// Empties the pane into its keys, each aggregate's final value and
+    /// the groups' stats.
+    fn finish(&mut self) -> Result<(Vec<ArrayRef>, Vec<ArrayRef>, Vec<GroupStats>)> {
+        let skip = self.groups.skip();
+        let keys = self.groups.emit()?;
         let values = self
             .accumulators
             .iter_mut()
-            .map(|a| a.evaluate(EmitTo::All))
+            .map(|a| Ok(drop_front(a.evaluate(EmitTo::All)?, skip)))
             .collect::<Result<Vec<_>>>()?;
-        Ok((keys, values))
+        Ok((keys, values, self.take_stats(skip)))
     }
 
-    /// Empties the pane into its keys and each aggregate's intermediate state.
-    fn drain(&mut self) -> Result<(Vec<ArrayRef>, Vec<Vec<ArrayRef>>)> {
-        let keys = self.groups.emit(EmitTo::All)?;
+    /// Empties the pane into its keys, each aggregate's intermediate state
+    /// and the groups' stats.
+    fn drain(&mut self) -> Result<PaneState> {
+        let skip = self.groups.skip();
+        let keys = self.groups.emit()?;
         let states = self
             .accumulators
             .iter_mut()
-            .map(|a| a.state(EmitTo::All))
+            .map(|a| {
+                Ok(a.state(EmitTo::All)?
+                    .into_iter()
+                    .map(|s| drop_front(s, skip))
+                    .collect())
+            })
             .collect::<Result<Vec<_>>>()?;
-        Ok((keys, states))
+        Ok((keys, states, self.take_stats(skip)))
+    }
+
+    fn take_stats(&mut self, skip: usize) -> Vec<GroupStats> {
+        let mut stats = std::mem::take(&mut self.stats);
+        stats.drain(..skip.min(stats.len()));
+        self.stats = vec![GroupStats::EMPTY; skip];
+        stats
     }
 }
 
 /// The batch's sequence numbers, [`super::NO_SEQ`] where missing. One
 /// allocation per batch, for the explanation's first/last reading.
 pub fn sequence_numbers(batch: &RecordBatch) -> Vec<u32> {
-    use arrow::array::AsArray;
     let col = batch
         .column(crate::stream::idx::SEQUENCE_NUMBER)
         .as_primitive::<arrow::datatypes::UInt32Type>();
@@ -104,16 +217,45 @@ struct SealedPane {
     stats: Vec<GroupStats>,
 }
 
+/// The rows of a batch that go to one pane.
+enum PaneRows<'a> {
+    /// Every row of the batch.
+    All,
+    /// The rows set in a mask over the whole batch: no copy, and the
+    /// accumulators skip the others.
+    Masked(&'a BooleanArray),
+    /// A few rows, copied out (cheaper than a pass over the whole batch).
+    Taken(&'a UInt32Array),
+}
+
+/// A batch's sequence numbers, [`super::NO_SEQ`] where missing.
+struct Seqs<'a>(&'a arrow::array::UInt32Array);
+
+impl Seqs<'_> {
+    #[inline]
+    fn get(&self, i: usize) -> u32 {
+        if self.0.is_valid(i) {
+            self.0.value(i)
+        } else {
+            super::NO_SEQ
+        }
+    }
+}
+
 pub struct PaneOperator {
     plan: Arc<Windowed>,
     size_ms: i64,
     slide_ms: i64,
     pane_ms: i64,
+    /// The rule groups by `patient_id` alone (see [`PaneGroups::Patient`]).
+    by_patient: bool,
     open: BTreeMap<i64, OpenPane>,
     sealed: BTreeMap<i64, SealedPane>,
     /// Every window ending at or before this has fired.
     fired_through: i64,
+    /// Scratch, reused across batches: group id per row, pane per row.
     group_ids: Vec<usize>,
+    row_panes: Vec<i64>,
     /// Panes that received rows since the last `peek_touched`.
     touched: BTreeSet<i64>,
 }
@@ -129,6 +271,21 @@ pub fn new_accumulator(spec: &AggregateSpec) -> Result<Box<dyn GroupsAccumulator
     }
 }
 
+/// Whether the rule's only key is the stream's `patient_id` column.
+fn groups_by_patient(plan: &Windowed) -> bool {
+    use datafusion::physical_expr::expressions::Column;
+    let [key] = plan.key_exprs.as_slice() else {
+        return false;
+    };
+    key.downcast_ref::<Column>().is_some_and(|c| {
+        c.index() == crate::stream::idx::PATIENT_ID && c.name() == crate::stream::col::PATIENT_ID
+    }) && plan.key_schema.field(0).data_type() == &arrow::datatypes::DataType::Utf8
+}
+
+/// Rows per batch below which a pane's rows are copied out rather than
+/// masked: a mask costs a pass over the whole batch per aggregate.
+const TAKE_BELOW_FRACTION: usize = 8;
+
 impl PaneOperator {
     pub fn new(plan: Arc<Windowed>) -> Self {
         let (size_ms, slide_ms) = match plan.window {
@@ -138,6 +295,7 @@ impl PaneOperator {
         };
         Self {
             pane_ms: plan.window.pane_ms(),
+            by_patient: groups_by_patient(&plan),
             plan,
             size_ms,
             slide_ms,
@@ -145,6 +303,7 @@ impl PaneOperator {
             sealed: BTreeMap::new(),
             fired_through: i64::MIN,
             group_ids: Vec::new(),
+            row_panes: Vec::new(),
             touched: BTreeSet::new(),
         }
     }
@@ -167,21 +326,248 @@ impl PaneOperator {
     }
 
     fn new_pane(&self) -> Result<OpenPane> {
+        let groups = if self.by_patient {
+            PaneGroups::Patient {
+                slot: Vec::new(),
+                patients: vec![u32::MAX],
+            }
+        } else {
+            PaneGroups::General(new_group_values(
+                Arc::clone(&self.plan.key_schema),
+                &GroupOrdering::None,
+            )?)
+        };
         Ok(OpenPane {
-            groups: new_group_values(Arc::clone(&self.plan.key_schema), &GroupOrdering::None)?,
+            stats: vec![GroupStats::EMPTY; groups.skip()],
+            groups,
             accumulators: self
                 .plan
                 .aggregates
                 .iter()
                 .map(new_accumulator)
                 .collect::<Result<_>>()?,
-            stats: Vec::new(),
         })
     }
 
-    /// Adds rows (already filtered: no late rows, WHERE applied).
-    /// `ts` is the event time of each row in milliseconds.
-    pub fn insert(&mut self, batch: &RecordBatch, ts: &[i64]) -> Result<()> {
+    /// Keys as the pane stores them → the rule's key columns.
+    fn keys_out(&self, keys: Vec<ArrayRef>, index: &PatientIndex) -> Vec<ArrayRef> {
+        if self.by_patient {
+            vec![index.names_array(keys[0].as_primitive::<UInt32Type>().values())]
+        } else {
+            keys
+        }
+    }
+
+    /// The rule's key columns (from a snapshot) → keys as the pane stores them.
+    fn keys_in(&self, keys: Vec<ArrayRef>, index: &mut PatientIndex) -> Result<Vec<ArrayRef>> {
+        if !self.by_patient {
+            return Ok(keys);
+        }
+        let names = keys[0]
+            .as_string_opt::<i32>()
+            .ok_or_else(|| DataFusionError::Internal("patient keys are not strings".into()))?;
+        let mut ids = Vec::new();
+        index.index_column(names, &mut ids);
+        Ok(vec![Arc::new(UInt32Array::from(ids))])
+    }
+
+    /// Adds the rows of `batch` that `keep` selects (all when `None`): WHERE
+    /// passed, not late. `ts` is each row's event time in milliseconds and
+    /// `patients` its patient index.
+    pub fn insert(
+        &mut self,
+        batch: &RecordBatch,
+        ts: &[i64],
+        keep: Option<&[bool]>,
+        patients: &[u32],
+    ) -> Result<()> {
+        if !self.by_patient {
+            return match keep {
+                None => self.insert_general(batch, ts),
+                Some(keep) => {
+                    let (batch, ts) = super::keep_rows(batch, ts, keep)?;
+                    self.insert_general(&batch, &ts)
+                }
+            };
+        }
+        let n = batch.num_rows();
+        let kept = |i: usize| keep.is_none_or(|k| k[i]);
+        // The pane of each kept row, and the panes with their row counts.
+        // Rows mostly fall in one or two panes: remember the last one.
+        let pane_ms = self.pane_ms;
+        let mut row_panes = std::mem::take(&mut self.row_panes);
+        row_panes.clear();
+        row_panes.resize(n, i64::MIN);
+        let mut panes: Vec<(i64, usize)> = Vec::new();
+        let mut last = usize::MAX;
+        for (i, &t) in ts.iter().enumerate() {
+            if !kept(i) {
+                continue;
+            }
+            let in_last = last != usize::MAX && {
+                let start = panes[last].0;
+                t >= start && t < start + pane_ms
+            };
+            if !in_last {
+                let start = t.div_euclid(pane_ms) * pane_ms;
+                last = match panes.iter().position(|(p, _)| *p == start) {
+                    Some(at) => at,
+                    None => {
+                        panes.push((start, 0));
+                        panes.len() - 1
+                    }
+                };
+            }
+            panes[last].1 += 1;
+            row_panes[i] = panes[last].0;
+        }
+        if panes.is_empty() {
+            self.row_panes = row_panes;
+            return Ok(());
+        }
+        let mut args = Vec::with_capacity(self.plan.aggregates.len());
+        let mut filters = Vec::with_capacity(self.plan.aggregates.len());
+        for agg in &self.plan.aggregates {
+            args.push(evaluate_all(&agg.args, batch)?);
+            filters.push(
+                agg.filter
+                    .as_ref()
+                    .map(|f| predicate_mask(f, batch))
+                    .transpose()?,
+            );
+        }
+        let seq_col = batch
+            .column(crate::stream::idx::SEQUENCE_NUMBER)
+            .as_primitive::<UInt32Type>();
+        let seqs = Seqs(seq_col);
+        let result = (|| {
+            if panes.len() == 1 && panes[0].1 == n {
+                return self.update_pane(panes[0].0, PaneRows::All, &args, &filters, patients, ts, &seqs);
+            }
+            for &(pane, count) in &panes {
+                if count * TAKE_BELOW_FRACTION >= n {
+                    let mask: BooleanArray = row_panes.iter().map(|&p| Some(p == pane)).collect();
+                    self.update_pane(pane, PaneRows::Masked(&mask), &args, &filters, patients, ts, &seqs)?;
+                } else {
+                    let rows: UInt32Array = row_panes
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, &p)| p == pane)
+                        .map(|(i, _)| i as u32)
+                        .collect();
+                    self.update_pane(pane, PaneRows::Taken(&rows), &args, &filters, patients, ts, &seqs)?;
+                }
+            }
+            Ok(())
+        })();
+        self.row_panes = row_panes;
+        result
+    }
+
+    /// Aggregates one pane's rows of a batch grouped by patient. `args` and
+    /// `filters` are evaluated over the whole batch.
+    #[allow(clippy::too_many_arguments)]
+    fn update_pane(
+        &mut self,
+        pane: i64,
+        rows: PaneRows<'_>,
+        args: &[Vec<ArrayRef>],
+        filters: &[Option<BooleanArray>],
+        patients: &[u32],
+        ts: &[i64],
+        seqs: &Seqs<'_>,
+    ) -> Result<()> {
+        self.touched.insert(pane);
+        if !self.open.contains_key(&pane) {
+            let fresh = self.new_pane()?;
+            self.open.insert(pane, fresh);
+        }
+        let state = self.open.get_mut(&pane).expect("inserted above");
+        let PaneGroups::Patient {
+            slot,
+            patients: group_patients,
+        } = &mut state.groups
+        else {
+            unreachable!("panes of a rule grouped by patient group by patient")
+        };
+        let ids = &mut self.group_ids;
+        ids.clear();
+        match rows {
+            PaneRows::All => {
+                ids.extend(
+                    patients
+                        .iter()
+                        .map(|&p| patient_group(slot, group_patients, p)),
+                );
+            }
+            PaneRows::Masked(mask) => {
+                ids.extend(patients.iter().enumerate().map(|(i, &p)| {
+                    if mask.value(i) {
+                        patient_group(slot, group_patients, p)
+                    } else {
+                        0
+                    }
+                }));
+            }
+            PaneRows::Taken(rows) => {
+                ids.extend(
+                    rows.values()
+                        .iter()
+                        .map(|&i| patient_group(slot, group_patients, patients[i as usize])),
+                );
+            }
+        }
+        let total = group_patients.len();
+        for ((acc, values), filter) in state.accumulators.iter_mut().zip(args).zip(filters) {
+            match rows {
+                PaneRows::All => acc.update_batch(values, ids, filter.as_ref(), total)?,
+                PaneRows::Masked(mask) => {
+                    let filter = match filter {
+                        Some(f) => arrow::compute::and(mask, f)?,
+                        None => mask.clone(),
+                    };
+                    acc.update_batch(values, ids, Some(&filter), total)?
+                }
+                PaneRows::Taken(rows) => {
+                    let values = values
+                        .iter()
+                        .map(|v| take(v.as_ref(), rows, None))
+                        .collect::<std::result::Result<Vec<_>, _>>()?;
+                    let filter = match filter {
+                        Some(f) => Some(take(f, rows, None)?.as_boolean().clone()),
+                        None => None,
+                    };
+                    acc.update_batch(&values, ids, filter.as_ref(), total)?
+                }
+            }
+        }
+        state.stats.resize(total, GroupStats::EMPTY);
+        let stats = &mut state.stats;
+        match rows {
+            PaneRows::All => {
+                for (i, (&g, &t)) in ids.iter().zip(ts).enumerate() {
+                    stats[g].add(t, seqs.get(i));
+                }
+            }
+            PaneRows::Masked(mask) => {
+                for (i, (&g, &t)) in ids.iter().zip(ts).enumerate() {
+                    if mask.value(i) {
+                        stats[g].add(t, seqs.get(i));
+                    }
+                }
+            }
+            PaneRows::Taken(rows) => {
+                for (&g, &i) in ids.iter().zip(rows.values()) {
+                    let i = i as usize;
+                    stats[g].add(ts[i], seqs.get(i));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds rows (WHERE applied, no late rows) of a rule with any key.
+    fn insert_general(&mut self, batch: &RecordBatch, ts: &[i64]) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -229,14 +615,7 @@ impl PaneOperator {
                 .iter()
                 .map(|f| {
                     f.as_ref()
-                        .map(|f| {
-                            take(f, &idx, None).map(|a| {
-                                a.as_any()
-                                    .downcast_ref::<arrow::array::BooleanArray>()
-                                    .cloned()
-                                    .expect("boolean take")
-                            })
-                        })
+                        .map(|f| take(f, &idx, None).map(|a| a.as_boolean().clone()))
                         .transpose()
                 })
                 .collect::<std::result::Result<Vec<_>, _>>()?;
@@ -252,7 +631,7 @@ impl PaneOperator {
         pane: i64,
         keys: &[ArrayRef],
         args: &[Vec<ArrayRef>],
-        filters: &[Option<arrow::array::BooleanArray>],
+        filters: &[Option<BooleanArray>],
         ts: &[i64],
         seqs: &[u32],
     ) -> Result<()> {
@@ -262,7 +641,6 @@ impl PaneOperator {
             self.open.insert(pane, fresh);
         }
         let state = self.open.get_mut(&pane).expect("inserted above");
-        self.group_ids.clear();
         state.groups.intern(keys, &mut self.group_ids)?;
         let total = state.groups.len();
         for ((acc, values), filter) in state.accumulators.iter_mut().zip(args).zip(filters) {
@@ -293,6 +671,7 @@ impl PaneOperator {
         start: i64,
         end: i64,
         peeked: &BTreeMap<i64, PaneState>,
+        index: &PatientIndex,
     ) -> Result<Option<ClosedWindow>> {
         let mut merged = self.new_pane()?;
         for (_, state) in peeked.range(start..end) {
@@ -301,46 +680,60 @@ impl PaneOperator {
         for (_, pane) in self.sealed.range(start..end) {
             merge_into(&mut merged, &pane.keys, &pane.states, &pane.stats)?;
         }
-        if merged.groups.is_empty() {
+        if !merged.groups.has_groups() {
             return Ok(None);
         }
-        let (keys, values) = merged.finish()?;
-        let rows = self.output_batch(start, end, keys, values)?;
+        let (keys, values, stats) = merged.finish()?;
+        let rows = self.output_batch(start, end, self.keys_out(keys, index), values)?;
         Ok(Some(ClosedWindow {
             start_ms: start,
             end_ms: end,
             rows,
-            stats: merged.stats,
+            stats,
         }))
     }
 
     /// Fires every window ending at or before `watermark`, oldest first.
-    pub fn fire(&mut self, watermark: i64, out: &mut Vec<ClosedWindow>) -> Result<()> {
+    pub fn fire(
+        &mut self,
+        watermark: i64,
+        out: &mut Vec<ClosedWindow>,
+        index: &PatientIndex,
+    ) -> Result<()> {
         if watermark <= self.fired_through {
             return Ok(());
         }
         if self.size_ms == self.pane_ms {
-            self.fire_tumbling(watermark, out)?;
+            self.fire_tumbling(watermark, out, index)?;
         } else {
-            self.fire_hopping(watermark, out)?;
+            self.fire_hopping(watermark, out, index)?;
         }
         self.fired_through = watermark;
         Ok(())
     }
 
-    fn fire_tumbling(&mut self, watermark: i64, out: &mut Vec<ClosedWindow>) -> Result<()> {
+    fn fire_tumbling(
+        &mut self,
+        watermark: i64,
+        out: &mut Vec<ClosedWindow>,
+        index: &PatientIndex,
+    ) -> Result<()> {
         while let Some((&start, _)) = self.open.first_key_value() {
             if start + self.size_ms > watermark {
                 break;
             }
             let mut pane = self.open.remove(&start).expect("first key exists");
-            let (keys, values) = pane.finish()?;
-            let rows = self.output_batch(start, start + self.size_ms, keys, values)?;
+            if !pane.groups.has_groups() {
+                continue;
+            }
+            let (keys, values, stats) = pane.finish()?;
+            let rows =
+                self.output_batch(start, start + self.size_ms, self.keys_out(keys, index), values)?;
             out.push(ClosedWindow {
                 start_ms: start,
                 end_ms: start + self.size_ms,
                 rows,
-                stats: pane.stats,
+                stats,
             });
         }
         Ok(())
@@ -348,7 +741,7 @@ impl PaneOperator {
 
     /// Current results of the open windows that contain a pane which
     /// received rows since the last call, without closing them (EMIT EARLY).
-    pub fn peek_touched(&mut self, out: &mut Vec<ClosedWindow>) -> Result<()> {
+    pub fn peek_touched(&mut self, out: &mut Vec<ClosedWindow>, index: &PatientIndex) -> Result<()> {
         let touched = std::mem::take(&mut self.touched);
         let mut starts = BTreeSet::new();
         for &p in &touched {
@@ -368,7 +761,7 @@ impl PaneOperator {
                     slot.insert(self.peek_open(p)?);
                 }
             }
-            out.extend(self.evaluate_window(start, end, &peeked)?);
+            out.extend(self.evaluate_window(start, end, &peeked, index)?);
         }
         Ok(())
     }
@@ -380,10 +773,10 @@ impl PaneOperator {
             .open
             .remove(&start)
             .expect("caller checked the pane is open");
-        let (keys, states) = pane.drain()?;
-        let restored = self.pane_from_state(&keys, &states, pane.stats.clone())?;
+        let (keys, states, stats) = pane.drain()?;
+        let restored = self.pane_from_state(&keys, &states, &stats)?;
         self.open.insert(start, restored);
-        Ok((keys, states, pane.stats))
+        Ok((keys, states, stats))
     }
 
     /// Rebuilds an open pane from intermediate state.
@@ -391,19 +784,10 @@ impl PaneOperator {
         &self,
         keys: &[ArrayRef],
         states: &[Vec<ArrayRef>],
-        stats: Vec<GroupStats>,
+        stats: &[GroupStats],
     ) -> Result<OpenPane> {
         let mut pane = self.new_pane()?;
-        let mut ids = Vec::new();
-        pane.groups.intern(keys, &mut ids)?;
-        let total = pane.groups.len();
-        for (acc, state) in pane.accumulators.iter_mut().zip(states) {
-            acc.merge_batch(state, &ids, total)?;
-        }
-        pane.stats = vec![GroupStats::EMPTY; total];
-        for (&g, s) in ids.iter().zip(&stats) {
-            pane.stats[g].merge(s);
-        }
+        merge_into(&mut pane, keys, states, stats)?;
         Ok(pane)
     }
 
@@ -420,19 +804,22 @@ impl PaneOperator {
     pub fn snapshot(
         &mut self,
         blobs: &mut Blobs,
+        index: &PatientIndex,
     ) -> std::result::Result<serde_json::Value, EngineError> {
         let mut panes = Vec::new();
         let starts: Vec<i64> = self.open.keys().copied().collect();
         for start in starts {
             let mut pane = self.open.remove(&start).expect("key listed above");
-            let (keys, states) = pane.drain()?;
-            let blob = blobs.push(&state_batch(&keys, &states, &pane.stats)?)?;
-            let rebuilt = self.pane_from_state(&keys, &states, pane.stats)?;
+            let (keys, states, stats) = pane.drain()?;
+            let key_columns = self.keys_out(keys.clone(), index);
+            let blob = blobs.push(&state_batch(&key_columns, &states, &stats)?)?;
+            let rebuilt = self.pane_from_state(&keys, &states, &stats)?;
             self.open.insert(start, rebuilt);
             panes.push(serde_json::json!({"start": start, "sealed": false, "blob": blob}));
         }
         for (start, pane) in &self.sealed {
-            let blob = blobs.push(&state_batch(&pane.keys, &pane.states, &pane.stats)?)?;
+            let key_columns = self.keys_out(pane.keys.clone(), index);
+            let blob = blobs.push(&state_batch(&key_columns, &pane.states, &pane.stats)?)?;
             panes.push(serde_json::json!({"start": start, "sealed": true, "blob": blob}));
         }
         Ok(serde_json::json!({"fired_through": self.fired_through, "panes": panes}))
@@ -442,6 +829,7 @@ impl PaneOperator {
         &mut self,
         header: &serde_json::Value,
         blobs: &Blobs,
+        index: &mut PatientIndex,
     ) -> std::result::Result<(), EngineError> {
         let bad = |what: &str| EngineError::Restore(format!("pane snapshot: {what}"));
         self.fired_through = header["fired_through"]
@@ -456,6 +844,7 @@ impl PaneOperator {
             let batch = blobs.get(blob)?;
             let (keys, states, stats) =
                 split_state_batch(&batch, self.plan.key_exprs.len(), &state_columns)?;
+            let keys = self.keys_in(keys, index)?;
             if pane["sealed"].as_bool().unwrap_or(false) {
                 self.sealed.insert(
                     start,
@@ -466,7 +855,7 @@ impl PaneOperator {
                     },
                 );
             } else {
-                let rebuilt = self.pane_from_state(&keys, &states, stats)?;
+                let rebuilt = self.pane_from_state(&keys, &states, &stats)?;
                 self.open.insert(start, rebuilt);
             }
         }
@@ -475,20 +864,25 @@ impl PaneOperator {
 
     fn seal(&mut self, start: i64) -> Result<()> {
         if let Some(mut pane) = self.open.remove(&start) {
-            let (keys, states) = pane.drain()?;
+            let (keys, states, stats) = pane.drain()?;
             self.sealed.insert(
                 start,
                 SealedPane {
                     keys,
                     states,
-                    stats: pane.stats,
+                    stats,
                 },
             );
         }
         Ok(())
     }
 
-    fn fire_hopping(&mut self, watermark: i64, out: &mut Vec<ClosedWindow>) -> Result<()> {
+    fn fire_hopping(
+        &mut self,
+        watermark: i64,
+        out: &mut Vec<ClosedWindow>,
+        index: &PatientIndex,
+    ) -> Result<()> {
         // Windows (starting at multiples of the slide) that contain some
         // pane and are due, by end.
         let mut ends = BTreeSet::new();
@@ -510,7 +904,7 @@ impl PaneOperator {
             for p in panes {
                 self.seal(p)?;
             }
-            out.extend(self.evaluate_window(start, end, &BTreeMap::new())?);
+            out.extend(self.evaluate_window(start, end, &BTreeMap::new(), index)?);
         }
         // Drop panes no future window (ending after the watermark) contains:
         // the last window containing pane p starts at floor(p / slide).

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use arrow::array::{Array, AsArray, BooleanArray};
+use arrow::array::{Array, AsArray};
 use arrow::datatypes::{TimestampMillisecondType, UInt32Type};
 use arrow::record_batch::RecordBatch;
 
@@ -19,9 +19,17 @@ use crate::stream::idx;
 /// Recent events remembered per (patient, device).
 pub const REMEMBERED: usize = 32;
 
-/// Per (patient index, device index), its latest (timestamp, sequence
-/// number) pairs.
-type RecentByDevice = foldhash::HashMap<u64, VecDeque<(i64, Option<u32>)>>;
+/// A device's latest events, and the largest timestamp and sequence number
+/// it ever sent: an event past both cannot repeat a remembered one, which
+/// spares the scan for nearly every event.
+struct Recent {
+    max_ts: i64,
+    max_seq: Option<u32>,
+    events: VecDeque<(i64, Option<u32>)>,
+}
+
+/// Per (patient index, device index).
+type RecentByDevice = foldhash::HashMap<u64, Recent>;
 
 /// Device index of a missing `source_device`.
 const NO_DEVICE: u32 = u32::MAX;
@@ -37,13 +45,13 @@ pub struct Deduplicator {
 impl Deduplicator {
     /// Marks duplicates in `batch` (true = duplicate); `patients` holds each
     /// row's patient index (see [`crate::keys`]). Returns `None` when there
-    /// are none, the common case, so callers skip any copying.
+    /// are none, the common case.
     pub fn mark(
         &mut self,
         partition: i32,
         batch: &RecordBatch,
         patients: &[u32],
-    ) -> Option<BooleanArray> {
+    ) -> Option<Vec<bool>> {
         let devices = batch.column(idx::SOURCE_DEVICE).as_string_opt::<i32>()?;
         let ts = batch
             .column(idx::EVENT_TIME)
@@ -69,22 +77,32 @@ impl Deduplicator {
             };
             let t = ts.value(i);
             let seq = seqs.is_valid(i).then(|| seqs.value(i));
-            let entries = recent
+            let recent = recent
                 .entry(u64::from(patient) << 32 | u64::from(device))
-                .or_insert_with(|| VecDeque::with_capacity(4));
-            let duplicate = entries
-                .iter()
-                .any(|&(et, es)| et == t || (seq.is_some() && es == seq));
+                .or_insert_with(|| Recent {
+                    max_ts: i64::MIN,
+                    max_seq: None,
+                    events: VecDeque::with_capacity(4),
+                });
+            let past_all = t > recent.max_ts
+                && seq.is_none_or(|s| recent.max_seq.is_none_or(|m| s > m));
+            let duplicate = !past_all
+                && recent
+                    .events
+                    .iter()
+                    .any(|&(et, es)| et == t || (seq.is_some() && es == seq));
             if duplicate {
                 marks.get_or_insert_with(|| vec![false; batch.num_rows()])[i] = true;
                 continue;
             }
-            if entries.len() == REMEMBERED {
-                entries.pop_front();
+            if recent.events.len() == REMEMBERED {
+                recent.events.pop_front();
             }
-            entries.push_back((t, seq));
+            recent.events.push_back((t, seq));
+            recent.max_ts = recent.max_ts.max(t);
+            recent.max_seq = recent.max_seq.max(seq);
         }
-        marks.map(BooleanArray::from)
+        marks
     }
 
     /// Forgets a partition this instance no longer owns.

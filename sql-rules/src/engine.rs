@@ -23,7 +23,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
-use arrow::compute::filter_record_batch;
 use arrow::datatypes::TimestampMillisecondType;
 use arrow::record_batch::RecordBatch;
 use serde_json::{Map, Value};
@@ -150,10 +149,8 @@ pub struct Engine {
     config: EngineConfig,
     /// Patient ids interned once per batch for every rule.
     patients: PatientIndex,
-    /// Scratch: the patient index of each row of the batch in hand, and of
-    /// its rows without duplicates.
+    /// Scratch: the patient index of each row of the batch in hand.
     row_patients: Vec<u32>,
-    unique_patients: Vec<u32>,
     dedup: crate::dedup::Deduplicator,
     duplicates: u64,
     rules: Vec<RuleRuntime>,
@@ -166,7 +163,6 @@ impl Engine {
             config,
             patients: PatientIndex::default(),
             row_patients: Vec::new(),
-            unique_patients: Vec::new(),
             dedup: Default::default(),
             duplicates: 0,
             rules: Vec::new(),
@@ -277,55 +273,36 @@ impl Engine {
             self.patients
                 .index_column(patient_col, &mut self.row_patients);
             let duplicates = self.dedup.mark(partition, batch, &self.row_patients);
-            // Duplicates are rare: copy the batch without them only then.
-            let unique = match &duplicates {
-                Some(marks) => {
-                    let n = marks.true_count() as u64;
-                    out.duplicates += n;
-                    self.duplicates += n;
-                    let keep = arrow::compute::not(marks)?;
-                    self.unique_patients.clear();
-                    self.unique_patients.extend(
-                        self.row_patients
-                            .iter()
-                            .zip(marks.values().iter())
-                            .filter(|(_, dup)| !dup)
-                            .map(|(p, _)| *p),
-                    );
-                    Some(filter_record_batch(batch, &keep)?)
-                }
-                None => None,
-            };
-            let unique_ts: Option<&[i64]> = unique.as_ref().map(|b| {
-                b.column(idx::EVENT_TIME)
-                    .as_primitive::<TimestampMillisecondType>()
-                    .values()
-                    .as_ref()
-            });
+            if let Some(marks) = &duplicates {
+                let n = marks.iter().filter(|d| **d).count() as u64;
+                out.duplicates += n;
+                self.duplicates += n;
+            }
             for rule in &mut self.rules {
-                let (input, input_ts, input_patients) = match (&unique, unique_ts) {
-                    (Some(u), Some(uts)) if !rule.spec.keep_duplicates => {
-                        (u, uts, self.unique_patients.as_slice())
-                    }
-                    _ => (batch, ts.as_ref(), self.row_patients.as_slice()),
-                };
                 let rows = RowsIn {
-                    batch: input,
-                    ts: input_ts,
-                    patients: input_patients,
+                    batch,
+                    ts,
+                    patients: &self.row_patients,
                     index: &self.patients,
+                    duplicates: duplicates
+                        .as_deref()
+                        .filter(|_| !rule.spec.keep_duplicates),
                 };
                 if let Err(e) = rule.process(rows, prior_max, processing_time_ms, &mut out) {
                     out.errors.push(e);
                 }
             }
             // Duplicates are the same event again: they do not move time.
-            let batch_max = unique_ts
-                .unwrap_or(ts)
-                .iter()
-                .copied()
-                .max()
-                .unwrap_or(i64::MIN);
+            let batch_max = match &duplicates {
+                None => ts.iter().copied().max(),
+                Some(marks) => ts
+                    .iter()
+                    .zip(marks)
+                    .filter(|(_, d)| !**d)
+                    .map(|(t, _)| *t)
+                    .max(),
+            }
+            .unwrap_or(i64::MIN);
             let clock = self.partitions.get_mut(&partition).expect("inserted above");
             clock.max_event_ms = clock.max_event_ms.max(batch_max);
         }
@@ -513,6 +490,8 @@ struct RowsIn<'a> {
     /// Patient index of each row.
     patients: &'a [u32],
     index: &'a PatientIndex,
+    /// Rows that repeat an earlier event, for rules that leave them out.
+    duplicates: Option<&'a [bool]>,
 }
 
 impl RuleRuntime {
@@ -528,15 +507,20 @@ impl RuleRuntime {
             ts,
             patients,
             index,
+            duplicates,
         } = rows;
+        let duplicate = |i: usize| duplicates.is_some_and(|d| d[i]);
         let spec = Arc::clone(&self.spec);
         match &mut self.operator {
             Operator::PerEvent => {
                 let evaluated =
                     apply_ops(&spec.compiled.input_ops, batch).map_err(eval_err(&spec))?;
-                self.stats.events_matched += evaluated.output.num_rows() as u64;
                 for (row, &base) in evaluated.base_rows.values().iter().enumerate() {
                     let base = base as usize;
+                    if duplicate(base) {
+                        continue;
+                    }
+                    self.stats.events_matched += 1;
                     let event_ms = ts[base];
                     let (key, values) = split_row(&spec.compiled, &evaluated.output, row);
                     let seq = cell(batch.column(idx::SEQUENCE_NUMBER).as_ref(), base);
@@ -565,8 +549,12 @@ impl RuleRuntime {
                 }
             }
             Operator::Window(op) => {
-                // WHERE first, then lateness per event in partition order.
-                let mut keep: Vec<bool> = vec![true; batch.num_rows()];
+                // Duplicates out, WHERE, then lateness per event in
+                // partition order.
+                let mut keep: Vec<bool> = match duplicates {
+                    Some(d) => d.iter().map(|dup| !dup).collect(),
+                    None => vec![true; batch.num_rows()],
+                };
                 for step in &spec.compiled.input_ops {
                     if let crate::compile::RowOp::Filter(pred) = step {
                         let mask = predicate_mask(pred, batch).map_err(eval_err(&spec))?;
@@ -579,6 +567,10 @@ impl RuleRuntime {
                 let fired = op.fired_through();
                 let mut late = 0u64;
                 for (i, &t) in ts.iter().enumerate() {
+                    if duplicate(i) {
+                        // The same event again does not move time.
+                        continue;
+                    }
                     let threshold = running.saturating_sub(self.lateness_ms).max(fired);
                     if keep[i] && op.late_bound(t) <= threshold {
                         keep[i] = false;

@@ -306,6 +306,22 @@ impl GroupsAccumulator for ExactGroups {
             }
             return Ok(());
         }
+        if let Some(filter) = opt_filter.filter(|f| f.null_count() == 0) {
+            // Selected rows only, by their set bits.
+            for i in filter.values().set_indices() {
+                if !values.is_valid(i) {
+                    continue;
+                }
+                let (g, v) = (group_indices[i], raw[i]);
+                if v.is_finite() {
+                    self.sums[g] += to_fixed(v);
+                } else {
+                    merge_non_finite(&mut self.non_finite[g], v);
+                }
+                self.counts[g] += 1;
+            }
+            return Ok(());
+        }
         for (i, &g) in group_indices.iter().enumerate() {
             if !values.is_valid(i) || !selected(opt_filter, i) {
                 continue;

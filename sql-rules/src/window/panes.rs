@@ -446,7 +446,10 @@ impl PaneOperator {
             }
             for &(pane, count) in &panes {
                 if count * TAKE_BELOW_FRACTION >= n {
-                    let mask: BooleanArray = row_panes.iter().map(|&p| Some(p == pane)).collect();
+                    let mask = BooleanArray::from(arrow::buffer::BooleanBuffer::collect_bool(
+                        n,
+                        |i| row_panes[i] == pane,
+                    ));
                     self.update_pane(pane, PaneRows::Masked(&mask), &args, &filters, patients, ts, &seqs)?;
                 } else {
                     let rows: UInt32Array = row_panes
@@ -501,13 +504,11 @@ impl PaneOperator {
                 );
             }
             PaneRows::Masked(mask) => {
-                ids.extend(patients.iter().enumerate().map(|(i, &p)| {
-                    if mask.value(i) {
-                        patient_group(slot, group_patients, p)
-                    } else {
-                        0
-                    }
-                }));
+                // Rows outside the mask point at the placeholder group.
+                ids.resize(patients.len(), 0);
+                for i in mask.values().set_indices() {
+                    ids[i] = patient_group(slot, group_patients, patients[i]);
+                }
             }
             PaneRows::Taken(rows) => {
                 ids.extend(
@@ -550,10 +551,8 @@ impl PaneOperator {
                 }
             }
             PaneRows::Masked(mask) => {
-                for (i, (&g, &t)) in ids.iter().zip(ts).enumerate() {
-                    if mask.value(i) {
-                        stats[g].add(t, seqs.get(i));
-                    }
+                for i in mask.values().set_indices() {
+                    stats[ids[i]].add(ts[i], seqs.get(i));
                 }
             }
             PaneRows::Taken(rows) => {

@@ -116,6 +116,7 @@ pub async fn run_until(
             .clone()
             .map(|p| (p, config.kafka.dlq_topic.clone())),
         metrics: Arc::clone(&metrics),
+        in_flight: Default::default(),
     });
 
     // Rules: the demo's examples on first start, then every active rule.

@@ -42,6 +42,7 @@ pub async fn ingest_ndjson(
                     payload: line.to_vec(),
                     reason: rejection.reason,
                     origin: origin.to_string(),
+                    source: None,
                 });
             }
         }

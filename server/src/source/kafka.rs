@@ -30,8 +30,16 @@ use crate::sink::kafka::client_config;
 struct RebalanceContext {
     pipeline: PipelineHandle,
     archive: ArchiveHandle,
+    dead_letters: Arc<DeadLetters>,
     topic: String,
 }
+
+/// Dead letters waiting for delivery past this many make the source wait
+/// (the broker is slow or down) rather than buffer without bound.
+const MAX_DEAD_LETTERS_IN_FLIGHT: usize = 100_000;
+
+/// How long a revocation waits for the partition's dead letters.
+const REVOKE_WAIT: Duration = Duration::from_secs(30);
 
 impl ClientContext for RebalanceContext {}
 
@@ -42,8 +50,15 @@ impl ConsumerContext for RebalanceContext {
         if let Rebalance::Revoke(tpl) = rebalance {
             for e in tpl.elements().iter().filter(|e| e.topic() == self.topic) {
                 self.archive.flush_blocking(e.partition());
+                let waiting = Instant::now();
+                while self.dead_letters.in_flight.pending(e.partition())
+                    && waiting.elapsed() < REVOKE_WAIT
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 if let Some(durable) = self.archive.durable_offset(e.partition()) {
-                    store_offset(consumer, &self.topic, e.partition(), durable);
+                    let cap = self.dead_letters.in_flight.commit_cap(e.partition(), durable);
+                    store_offset(consumer, &self.topic, e.partition(), cap);
                 }
             }
             if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
@@ -130,6 +145,7 @@ pub fn start(
     let context = RebalanceContext {
         pipeline: pipeline.clone(),
         archive: archive.clone(),
+        dead_letters: Arc::clone(&dead_letters),
         topic: kafka.vitals_topic.clone(),
     };
     let consumer: BaseConsumer<RebalanceContext> = cfg
@@ -177,17 +193,23 @@ pub fn start(
                         buffer.last = offset;
                         let payload = msg.payload().unwrap_or_default();
                         if let Err(rejection) = buffer.decoder.push_json(payload) {
+                            // No commit past it until it is delivered.
+                            dead_letters.in_flight.hold(&[(partition, offset)], 1);
                             letters.push(DeadLetter {
                                 key: msg.key().map(<[u8]>::to_vec),
                                 payload: payload.to_vec(),
                                 reason: rejection.reason,
                                 origin: format!("kafka:{topic}/{partition}@{offset}"),
+                                source: Some((partition, offset)),
                             });
                         }
                         if buffer.decoder.len() >= max_rows {
-                            flush_partition(
-                                &consumer, &topic, &pipeline, &archive, partition, buffer,
-                            );
+                            let sinks = Sinks {
+                                pipeline: &pipeline,
+                                archive: &archive,
+                                dead_letters: &dead_letters,
+                            };
+                            flush_partition(&consumer, &topic, &sinks, partition, buffer);
                         }
                     }
                     Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error"),
@@ -198,7 +220,12 @@ pub fn start(
                         // are idle rather than waiting their turn.
                         if last_caught_up.elapsed() >= Duration::from_millis(100) {
                             last_caught_up = Instant::now();
-                            flush_all(&consumer, &topic, &pipeline, &archive, &mut buffers);
+                            let sinks = Sinks {
+                                pipeline: &pipeline,
+                                archive: &archive,
+                                dead_letters: &dead_letters,
+                            };
+                            flush_all(&consumer, &topic, &sinks, &mut buffers);
                             let _ = pipeline.send(Input::CaughtUp);
                         }
                     }
@@ -208,11 +235,19 @@ pub fn start(
                     // Dead letters first: their offsets are stored as done
                     // with the batch that follows them.
                     if !letters.is_empty() {
-                        let batch = std::mem::take(&mut letters);
-                        let dl = Arc::clone(&dead_letters);
-                        rt.block_on(dl.record(batch));
+                        while dead_letters.in_flight.letters() > MAX_DEAD_LETTERS_IN_FLIGHT
+                            && !shutdown.load(Ordering::Relaxed)
+                        {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        dead_letters.record_in_background(&rt, std::mem::take(&mut letters));
                     }
-                    flush_all(&consumer, &topic, &pipeline, &archive, &mut buffers);
+                    let sinks = Sinks {
+                        pipeline: &pipeline,
+                        archive: &archive,
+                        dead_letters: &dead_letters,
+                    };
+                    flush_all(&consumer, &topic, &sinks, &mut buffers);
                 }
             }
             tracing::info!("Kafka source stopped");
@@ -249,18 +284,36 @@ struct PartitionBuffer {
 /// Hands every partition's pending events to the engine and the archive;
 /// for partitions with nothing pending, commits what the archive has since
 /// written (files land in the background).
+/// Where decoded batches go, and what decides how far offsets may be
+/// committed.
+struct Sinks<'a> {
+    pipeline: &'a PipelineHandle,
+    archive: &'a ArchiveHandle,
+    dead_letters: &'a DeadLetters,
+}
+
+impl Sinks<'_> {
+    /// Stores the offset up to which everything read from `partition` is
+    /// safe: archived, and its dead letters delivered.
+    fn store_durable<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, topic: &str, partition: i32) {
+        if let Some(durable) = self.archive.durable_offset(partition) {
+            let cap = self.dead_letters.in_flight.commit_cap(partition, durable);
+            store_offset(consumer, topic, partition, cap);
+        }
+    }
+}
+
 fn flush_all<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
-    pipeline: &PipelineHandle,
-    archive: &ArchiveHandle,
+    sinks: &Sinks<'_>,
     buffers: &mut HashMap<i32, PartitionBuffer>,
 ) {
     for (&partition, buffer) in buffers.iter_mut() {
         if buffer.first.is_some() {
-            flush_partition(consumer, topic, pipeline, archive, partition, buffer);
-        } else if let Some(durable) = archive.durable_offset(partition) {
-            store_offset(consumer, topic, partition, durable);
+            flush_partition(consumer, topic, sinks, partition, buffer);
+        } else {
+            sinks.store_durable(consumer, topic, partition);
         }
     }
 }
@@ -268,11 +321,13 @@ fn flush_all<C: ConsumerContext>(
 fn flush_partition<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
-    pipeline: &PipelineHandle,
-    archive: &ArchiveHandle,
+    sinks: &Sinks<'_>,
     partition: i32,
     buffer: &mut PartitionBuffer,
 ) {
+    let Sinks {
+        pipeline, archive, ..
+    } = sinks;
     let Some(first) = buffer.first.take() else {
         return;
     };
@@ -288,7 +343,5 @@ fn flush_partition<C: ConsumerContext>(
         return;
     }
     // Commit only what the archive has written: a restart re-reads the rest.
-    if let Some(durable) = archive.durable_offset(partition) {
-        store_offset(consumer, topic, partition, durable);
-    }
+    sinks.store_durable(consumer, topic, partition);
 }

@@ -1,18 +1,22 @@
-//! The Kafka source: a consumer-group member reading `vitals`, decoding
-//! straight into per-partition Arrow builders and cutting micro-batches by
-//! size or age.
+//! The Kafka source: a consumer-group member reading `vitals`, cutting
+//! micro-batches per partition by size or age, decoding them straight into
+//! Arrow builders.
 //!
-//! Runs on its own thread with librdkafka's `BaseConsumer` (no per-message
-//! future). Batches are per partition, so the engine sees each partition's
-//! events in offset order and keeps a watermark per partition. Offsets are
-//! stored for commit only after the batch holding them is handed to the
-//! pipeline. Partition assignment and revocation are forwarded to the
-//! engine, so an instance that gains a partition waits for it before
-//! closing windows.
+//! Two threads: the consumer thread polls librdkafka's `BaseConsumer` (no
+//! per-message future) and only copies message bytes into per-partition
+//! chunks; the decode thread turns chunks into Arrow batches, sends dead
+//! letters, and hands each batch to the archive and the engine, in the
+//! order read. Batches are per partition, so the engine sees each
+//! partition's events in offset order and keeps a watermark per partition.
+//! Offsets are committed only up to what the archive has made durable and
+//! before any dead letter not yet delivered. Partition assignment and
+//! revocation are forwarded to the engine, so an instance that gains a
+//! partition waits for it before closing windows.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -31,34 +35,58 @@ struct RebalanceContext {
     pipeline: PipelineHandle,
     archive: ArchiveHandle,
     dead_letters: Arc<DeadLetters>,
+    pending: Pending,
+    decode: SyncSender<DecodeInput>,
     topic: String,
 }
 
-/// Dead letters waiting for delivery past this many make the source wait
+/// Dead letters waiting for delivery past this many make the decoder wait
 /// (the broker is slow or down) rather than buffer without bound.
 const MAX_DEAD_LETTERS_IN_FLIGHT: usize = 100_000;
 
-/// How long a revocation waits for the partition's dead letters.
+/// How long a revocation waits for the partition's data to be decoded and
+/// its dead letters delivered.
 const REVOKE_WAIT: Duration = Duration::from_secs(30);
+
+/// Chunks cut but not yet decoded, in flight to the decode thread.
+const DECODE_QUEUE: usize = 4;
 
 impl ClientContext for RebalanceContext {}
 
 impl ConsumerContext for RebalanceContext {
-    /// Before partitions go: write what the archive buffers for them and
-    /// commit, so the next owner starts where our files end.
+    /// Before partitions go: decode and archive everything read from them,
+    /// then commit, so the next owner starts where our files end.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            for e in tpl.elements().iter().filter(|e| e.topic() == self.topic) {
-                self.archive.flush_blocking(e.partition());
+            let revoked: Vec<i32> = tpl
+                .elements()
+                .iter()
+                .filter(|e| e.topic() == self.topic)
+                .map(|e| e.partition())
+                .collect();
+            for &partition in &revoked {
+                let chunk = self.pending.lock().expect("pending lock").remove(&partition);
+                if let Some(chunk) = chunk.filter(|c| !c.is_empty()) {
+                    let _ = self.decode.send(DecodeInput::Chunk { partition, chunk });
+                }
+            }
+            let (done, wait) = std::sync::mpsc::channel();
+            if self.decode.send(DecodeInput::Barrier(done)).is_ok()
+                && wait.recv_timeout(REVOKE_WAIT).is_err()
+            {
+                tracing::warn!("revocation: the decoder did not drain in time");
+            }
+            for &partition in &revoked {
+                self.archive.flush_blocking(partition);
                 let waiting = Instant::now();
-                while self.dead_letters.in_flight.pending(e.partition())
+                while self.dead_letters.in_flight.pending(partition)
                     && waiting.elapsed() < REVOKE_WAIT
                 {
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                if let Some(durable) = self.archive.durable_offset(e.partition()) {
-                    let cap = self.dead_letters.in_flight.commit_cap(e.partition(), durable);
-                    store_offset(consumer, &self.topic, e.partition(), cap);
+                if let Some(durable) = self.archive.durable_offset(partition) {
+                    let cap = self.dead_letters.in_flight.commit_cap(partition, durable);
+                    store_offset(consumer, &self.topic, partition, cap);
                 }
             }
             if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
@@ -67,9 +95,10 @@ impl ConsumerContext for RebalanceContext {
         }
     }
 
+    /// After an assignment: the archive drops files past the committed
+    /// offsets (a crash wrote them but never committed), then the engine
+    /// learns which partitions it owns.
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        // Reading resumes at the committed offset: files an earlier owner
-        // wrote from there on will be written again, so remove them first.
         if let Rebalance::Assign(tpl) = rebalance {
             match consumer.committed_offsets((*tpl).clone(), Duration::from_secs(10)) {
                 Ok(committed) => {
@@ -106,19 +135,85 @@ impl ConsumerContext for RebalanceContext {
 }
 
 pub struct KafkaSource {
+    /// The broker answered the last metadata request.
     pub connected: Arc<AtomicBool>,
 }
 
-/// Where the source sends what it reads.
+/// Where the source's output goes.
 pub struct SourceOutputs {
     pub pipeline: PipelineHandle,
-    /// Refused events, recorded through the async runtime `rt`.
     pub dead_letters: Arc<DeadLetters>,
     pub archive: ArchiveHandle,
     pub rt: tokio::runtime::Handle,
 }
 
-/// Starts the consumer thread.
+/// Messages of one partition read since the last cut, not yet decoded:
+/// bytes copied into two flat buffers, no allocation per message.
+#[derive(Default)]
+struct RawChunk {
+    first: Option<i64>,
+    last: i64,
+    offsets: Vec<i64>,
+    payloads: Vec<u8>,
+    payload_ends: Vec<usize>,
+    keys: Vec<u8>,
+    key_ends: Vec<usize>,
+}
+
+impl RawChunk {
+    fn push(&mut self, offset: i64, key: Option<&[u8]>, payload: &[u8]) {
+        self.first.get_or_insert(offset);
+        self.last = offset;
+        self.offsets.push(offset);
+        self.payloads.extend_from_slice(payload);
+        self.payload_ends.push(self.payloads.len());
+        self.keys.extend_from_slice(key.unwrap_or_default());
+        self.key_ends.push(self.keys.len());
+    }
+
+    fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn slice<'a>(bytes: &'a [u8], ends: &[usize], i: usize) -> &'a [u8] {
+        let start = if i == 0 { 0 } else { ends[i - 1] };
+        &bytes[start..ends[i]]
+    }
+
+    fn payload(&self, i: usize) -> &[u8] {
+        Self::slice(&self.payloads, &self.payload_ends, i)
+    }
+
+    fn key(&self, i: usize) -> Option<&[u8]> {
+        Some(Self::slice(&self.keys, &self.key_ends, i)).filter(|k| !k.is_empty())
+    }
+}
+
+/// Work for the decode thread, in the order the source read it.
+enum DecodeInput {
+    Chunk { partition: i32, chunk: RawChunk },
+    /// The source has read everything available (passed on to the engine
+    /// after the chunks before it).
+    CaughtUp,
+    /// Answered once everything sent before has reached the archive and
+    /// the engine.
+    Barrier(std::sync::mpsc::Sender<()>),
+}
+
+/// Per partition, the messages read since the last cut. Shared with the
+/// rebalance callback, which runs inside `poll` and must hand a revoked
+/// partition's messages over before committing.
+type Pending = Arc<Mutex<HashMap<i32, RawChunk>>>;
+
+/// Starts the consumer thread and the decode thread.
+///
+/// The consumer thread only polls and copies message bytes; decoding into
+/// Arrow, dead letters and the hand-off to the archive and the engine run
+/// on the decode thread, so reading from the broker and decoding overlap.
 pub fn start(
     kafka: &KafkaConfig,
     brokers: &str,
@@ -142,10 +237,14 @@ pub fn start(
     for (k, v) in &kafka.properties {
         cfg.set(k, v);
     }
+    let pending: Pending = Arc::default();
+    let (decode_tx, decode_rx) = std::sync::mpsc::sync_channel(DECODE_QUEUE);
     let context = RebalanceContext {
         pipeline: pipeline.clone(),
         archive: archive.clone(),
         dead_letters: Arc::clone(&dead_letters),
+        pending: Arc::clone(&pending),
+        decode: decode_tx.clone(),
         topic: kafka.vitals_topic.clone(),
     };
     let consumer: BaseConsumer<RebalanceContext> = cfg
@@ -161,14 +260,39 @@ pub fn start(
     let topic = kafka.vitals_topic.clone();
     let max_rows = pipeline_cfg.max_batch_rows.max(1);
     let max_delay = Duration::from_millis(pipeline_cfg.max_batch_delay_ms.max(1));
+    {
+        let decoder = Decoder {
+            topic: topic.clone(),
+            max_rows,
+            pipeline,
+            archive: archive.clone(),
+            dead_letters: Arc::clone(&dead_letters),
+            rt,
+            shutdown: Arc::clone(&shutdown),
+        };
+        std::thread::Builder::new()
+            .name("wardwatch-decode".into())
+            .spawn(move || decoder.run(decode_rx))
+            .context("spawning the decode thread")?;
+    }
     std::thread::Builder::new()
         .name("wardwatch-kafka-source".into())
         .spawn(move || {
-            let mut buffers: HashMap<i32, PartitionBuffer> = HashMap::new();
-            let mut letters: Vec<DeadLetter> = Vec::new();
             let mut last_flush = Instant::now();
             let mut last_metadata_check = Instant::now() - Duration::from_secs(60);
             let mut last_caught_up = Instant::now();
+            let cut_all = || {
+                let chunks: Vec<(i32, RawChunk)> = pending
+                    .lock()
+                    .expect("pending lock")
+                    .iter_mut()
+                    .filter(|(_, c)| !c.is_empty())
+                    .map(|(&p, c)| (p, std::mem::take(c)))
+                    .collect();
+                for (partition, chunk) in chunks {
+                    let _ = decode_tx.send(DecodeInput::Chunk { partition, chunk });
+                }
+            };
             while !shutdown.load(Ordering::Relaxed) {
                 if last_metadata_check.elapsed() > Duration::from_secs(5) {
                     last_metadata_check = Instant::now();
@@ -183,77 +307,121 @@ pub fn start(
                 match consumer.poll(wait) {
                     Some(Ok(msg)) => {
                         let partition = msg.partition();
-                        let offset = msg.offset();
-                        let buffer = buffers.entry(partition).or_insert_with(|| PartitionBuffer {
-                            decoder: VitalsDecoder::new(max_rows),
-                            first: None,
-                            last: -1,
-                        });
-                        buffer.first.get_or_insert(offset);
-                        buffer.last = offset;
-                        let payload = msg.payload().unwrap_or_default();
-                        if let Err(rejection) = buffer.decoder.push_json(payload) {
-                            // No commit past it until it is delivered.
-                            dead_letters.in_flight.hold(&[(partition, offset)], 1);
-                            letters.push(DeadLetter {
-                                key: msg.key().map(<[u8]>::to_vec),
-                                payload: payload.to_vec(),
-                                reason: rejection.reason,
-                                origin: format!("kafka:{topic}/{partition}@{offset}"),
-                                source: Some((partition, offset)),
-                            });
-                        }
-                        if buffer.decoder.len() >= max_rows {
-                            let sinks = Sinks {
-                                pipeline: &pipeline,
-                                archive: &archive,
-                                dead_letters: &dead_letters,
-                            };
-                            flush_partition(&consumer, &topic, &sinks, partition, buffer);
+                        let full = {
+                            let mut pending = pending.lock().expect("pending lock");
+                            let chunk = pending.entry(partition).or_default();
+                            chunk.push(msg.offset(), msg.key(), msg.payload().unwrap_or_default());
+                            (chunk.len() >= max_rows).then(|| std::mem::take(chunk))
+                        };
+                        if let Some(chunk) = full {
+                            let _ = decode_tx.send(DecodeInput::Chunk { partition, chunk });
                         }
                     }
                     Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error"),
                     None => {
-                        // Nothing buffered locally for any partition: flush
-                        // what is pending, then tell the engine (in order,
-                        // after those batches) that partitions without data
-                        // are idle rather than waiting their turn.
                         if last_caught_up.elapsed() >= Duration::from_millis(100) {
                             last_caught_up = Instant::now();
-                            let sinks = Sinks {
-                                pipeline: &pipeline,
-                                archive: &archive,
-                                dead_letters: &dead_letters,
-                            };
-                            flush_all(&consumer, &topic, &sinks, &mut buffers);
-                            let _ = pipeline.send(Input::CaughtUp);
+                            cut_all();
+                            let _ = decode_tx.send(DecodeInput::CaughtUp);
                         }
                     }
                 }
                 if last_flush.elapsed() >= max_delay {
                     last_flush = Instant::now();
-                    // Dead letters first: their offsets are stored as done
-                    // with the batch that follows them.
-                    if !letters.is_empty() {
-                        while dead_letters.in_flight.letters() > MAX_DEAD_LETTERS_IN_FLIGHT
-                            && !shutdown.load(Ordering::Relaxed)
-                        {
-                            std::thread::sleep(Duration::from_millis(5));
+                    cut_all();
+                    // Commit only what the archive has written and whose
+                    // dead letters are delivered: a restart re-reads the rest.
+                    let partitions: Vec<i32> =
+                        pending.lock().expect("pending lock").keys().copied().collect();
+                    for partition in partitions {
+                        if let Some(durable) = archive.durable_offset(partition) {
+                            let cap = dead_letters.in_flight.commit_cap(partition, durable);
+                            store_offset(&consumer, &topic, partition, cap);
                         }
-                        dead_letters.record_in_background(&rt, std::mem::take(&mut letters));
                     }
-                    let sinks = Sinks {
-                        pipeline: &pipeline,
-                        archive: &archive,
-                        dead_letters: &dead_letters,
-                    };
-                    flush_all(&consumer, &topic, &sinks, &mut buffers);
                 }
             }
             tracing::info!("Kafka source stopped");
         })
         .context("spawning the Kafka source thread")?;
     Ok(source)
+}
+
+/// The decode thread: raw chunks to Arrow batches, dead letters, and the
+/// hand-off to the archive and the engine.
+struct Decoder {
+    topic: String,
+    max_rows: usize,
+    pipeline: PipelineHandle,
+    archive: ArchiveHandle,
+    dead_letters: Arc<DeadLetters>,
+    rt: tokio::runtime::Handle,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl Decoder {
+    fn run(self, inputs: Receiver<DecodeInput>) {
+        let mut decoders: HashMap<i32, VitalsDecoder> = HashMap::new();
+        while let Ok(input) = inputs.recv() {
+            match input {
+                DecodeInput::Chunk { partition, chunk } => {
+                    let decoder = decoders
+                        .entry(partition)
+                        .or_insert_with(|| VitalsDecoder::new(self.max_rows));
+                    self.decode(partition, &chunk, decoder);
+                }
+                DecodeInput::CaughtUp => {
+                    let _ = self.pipeline.send(Input::CaughtUp);
+                }
+                DecodeInput::Barrier(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+        tracing::info!("Kafka decode thread stopped");
+    }
+
+    fn decode(&self, partition: i32, chunk: &RawChunk, decoder: &mut VitalsDecoder) {
+        let Some(first) = chunk.first else {
+            return;
+        };
+        let mut letters = Vec::new();
+        for i in 0..chunk.len() {
+            let payload = chunk.payload(i);
+            if let Err(rejection) = decoder.push_json(payload) {
+                let offset = chunk.offsets[i];
+                // No commit past it until it is delivered: held before the
+                // archive (whose progress drives commits) sees this chunk.
+                self.dead_letters.in_flight.hold(&[(partition, offset)], 1);
+                letters.push(DeadLetter {
+                    key: chunk.key(i).map(<[u8]>::to_vec),
+                    payload: payload.to_vec(),
+                    reason: rejection.reason,
+                    origin: format!("kafka:{}/{partition}@{offset}", self.topic),
+                    source: Some((partition, offset)),
+                });
+            }
+        }
+        let batch = decoder.finish();
+        // The copy for the archive shares the columns (Arc), it copies no data.
+        self.archive.send_blocking(ArchiveInput {
+            partition,
+            offsets: first..=chunk.last,
+            batch: batch.clone(),
+            accepted: None,
+        });
+        if batch.num_rows() > 0 {
+            let _ = self.pipeline.send(Input::Batch { partition, batch });
+        }
+        if !letters.is_empty() {
+            while self.dead_letters.in_flight.letters() > MAX_DEAD_LETTERS_IN_FLIGHT
+                && !self.shutdown.load(Ordering::Relaxed)
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            self.dead_letters.record_in_background(&self.rt, letters);
+        }
+    }
 }
 
 fn store_offset<C: ConsumerContext>(
@@ -271,77 +439,4 @@ fn store_offset<C: ConsumerContext>(
             tracing::debug!(error = %e, partition, "storing offset");
         }
     }
-}
-
-/// A partition's events since its last micro-batch, and their offsets
-/// (dead-lettered messages included, so the archive knows they were consumed).
-struct PartitionBuffer {
-    decoder: VitalsDecoder,
-    first: Option<i64>,
-    last: i64,
-}
-
-/// Hands every partition's pending events to the engine and the archive;
-/// for partitions with nothing pending, commits what the archive has since
-/// written (files land in the background).
-/// Where decoded batches go, and what decides how far offsets may be
-/// committed.
-struct Sinks<'a> {
-    pipeline: &'a PipelineHandle,
-    archive: &'a ArchiveHandle,
-    dead_letters: &'a DeadLetters,
-}
-
-impl Sinks<'_> {
-    /// Stores the offset up to which everything read from `partition` is
-    /// safe: archived, and its dead letters delivered.
-    fn store_durable<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>, topic: &str, partition: i32) {
-        if let Some(durable) = self.archive.durable_offset(partition) {
-            let cap = self.dead_letters.in_flight.commit_cap(partition, durable);
-            store_offset(consumer, topic, partition, cap);
-        }
-    }
-}
-
-fn flush_all<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    topic: &str,
-    sinks: &Sinks<'_>,
-    buffers: &mut HashMap<i32, PartitionBuffer>,
-) {
-    for (&partition, buffer) in buffers.iter_mut() {
-        if buffer.first.is_some() {
-            flush_partition(consumer, topic, sinks, partition, buffer);
-        } else {
-            sinks.store_durable(consumer, topic, partition);
-        }
-    }
-}
-
-fn flush_partition<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    topic: &str,
-    sinks: &Sinks<'_>,
-    partition: i32,
-    buffer: &mut PartitionBuffer,
-) {
-    let Sinks {
-        pipeline, archive, ..
-    } = sinks;
-    let Some(first) = buffer.first.take() else {
-        return;
-    };
-    let batch = buffer.decoder.finish();
-    // The copy for the archive shares the columns (Arc), it copies no data.
-    archive.send_blocking(ArchiveInput {
-        partition,
-        offsets: first..=buffer.last,
-        batch: batch.clone(),
-        accepted: None,
-    });
-    if batch.num_rows() > 0 && pipeline.send(Input::Batch { partition, batch }).is_err() {
-        return;
-    }
-    // Commit only what the archive has written: a restart re-reads the rest.
-    sinks.store_durable(consumer, topic, partition);
 }

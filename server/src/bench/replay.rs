@@ -46,12 +46,13 @@ use crate::api::replay::{replay_rule, Progress};
 
 const NAME: &str = "replay";
 /// (patients, seconds): one day of 25 patients (≈2.2 M archived events) by
-/// default, a week of them (≈15 M) with `--full`. Memory grows with the
-/// range: the replay sorts all of it in memory (≈130 bytes an event) and the
-/// baseline's deduplicating aggregate holds every event's key (≈220 bytes),
-/// so `--full` peaks at about 5 GiB; mind that before raising it.
+/// default, a week of 15 (≈9 M) with `--full`. Memory grows with the range:
+/// the replay's history query sorts all of it in memory, and the baseline's
+/// deduplicating aggregate holds every event's key. The small size peaks at
+/// about 1.4 GiB resident (≈560 bytes an event), so `--full` should peak
+/// near 5 GiB; mind that before raising it.
 const SMALL: (usize, u64) = (25, 86_400);
-const FULL: (usize, u64) = (25, 7 * 86_400);
+const FULL: (usize, u64) = (15, 7 * 86_400);
 /// The rules the scenario replays: one of each window shape.
 pub const REPLAYED: [&str; 4] = [
     "Sustained tachycardia",

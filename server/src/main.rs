@@ -31,15 +31,19 @@ enum Command {
     /// Scenarios: engine (20 rules over in-memory Arrow batches vs the same
     /// rules as DataFusion batch SQL), decode (JSON payloads to Arrow vs
     /// serde_json structs), state (memory of open five-minute windows),
-    /// pipeline (a tansu broker on 127.0.0.1 through an in-process server vs a
-    /// bare rdkafka consumer), or all. Prints a table, or JSON lines with
-    /// --json. Figures from a debug build are not the targets.
+    /// replay (the 20 rules replayed over days of archived Parquet as
+    /// POST /api/replay does, vs the same rules as DataFusion batch SQL over
+    /// the files), query (three history queries as POST /api/query runs them
+    /// vs DuckDB over the same files), pipeline (a tansu broker on 127.0.0.1
+    /// through an in-process server vs a bare rdkafka consumer), or all.
+    /// Prints a table, or JSON lines with --json. Figures from a debug build
+    /// are not the targets.
     Bench(BenchArgs),
 }
 
 #[derive(Args, Debug)]
 struct BenchArgs {
-    /// Scenarios to run: engine, decode, state, pipeline, or all.
+    /// Scenarios to run: engine, decode, state, replay, query, pipeline, or all.
     #[arg(required = true, value_name = "SCENARIO")]
     scenarios: Vec<String>,
     /// One JSON object per scenario per line on stdout instead of the table.

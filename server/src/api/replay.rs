@@ -195,7 +195,47 @@ async fn run(
         },
     };
     let (rule_id, version) = (spec.id.clone(), spec.version);
+    let Replayed { events, alerts } =
+        replay_rule(&state.history, spec, req.from_ms, req.to_ms, progress).await?;
+    let mut body = json!({
+        "rule_id": rule_id,
+        "version": version,
+        "from_ms": req.from_ms,
+        "to_ms": req.to_ms,
+        "events": events,
+        "alerts": alerts,
+    });
+    if req.audit && req.sql.is_none() {
+        body["audit"] = audit(state, &rule_id, version, req, &alerts).await?;
+    }
+    Ok(body)
+}
 
+/// What [`replay_rule`] produced.
+#[derive(Debug)]
+pub struct Replayed {
+    /// Archived events read from the range.
+    pub events: usize,
+    /// Alerts (fired and suppressed) of windows entirely inside the range,
+    /// and of per-event matches inside it.
+    pub alerts: Vec<Alert>,
+}
+
+/// Replays one rule over the archived events of `[from_ms, to_ms)`: the
+/// engine behind `POST /api/replay` (and `wardwatch bench replay`).
+///
+/// Events are read from `history` in event-time order and fed to a fresh
+/// engine holding only `spec`, as one partition; `to_ms` is then a final
+/// watermark. Alerts of windows that began before `from_ms` or end after
+/// `to_ms` are left out (they would miss events). Stops with an error when
+/// `progress.cancelled` is set.
+pub async fn replay_rule(
+    history: &catalog::HistoryCatalog,
+    spec: RuleSpec,
+    from_ms: i64,
+    to_ms: i64,
+    progress: &Progress,
+) -> Result<Replayed, ApiError> {
     let mut engine = Engine::new(EngineConfig::default());
     engine
         .upsert_rule(spec)
@@ -207,13 +247,10 @@ async fn run(
         .map(|f| f.name().clone())
         .collect();
     let sql = format!(
-        "SELECT {} FROM vitals WHERE timestamp_unix_ms >= {} AND timestamp_unix_ms < {} ORDER BY event_time, patient_id, sequence_number",
+        "SELECT {} FROM vitals WHERE timestamp_unix_ms >= {from_ms} AND timestamp_unix_ms < {to_ms} ORDER BY event_time, patient_id, sequence_number",
         columns.join(", "),
-        req.from_ms,
-        req.to_ms
     );
-    let df = state
-        .history
+    let df = history
         .dataframe(&sql)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
@@ -254,27 +291,16 @@ async fn run(
     }
     alerts.extend(
         engine
-            .advance_watermark(req.to_ms, now)
+            .advance_watermark(to_ms, now)
             .map_err(|e| ApiError::internal(e.to_string()))?
             .alerts,
     );
     let inside = |a: &Alert| match (a.window_start_ms, a.window_end_ms) {
-        (Some(s), Some(e)) => s >= req.from_ms && e <= req.to_ms,
-        _ => a.event_time_ms >= req.from_ms && a.event_time_ms < req.to_ms,
+        (Some(s), Some(e)) => s >= from_ms && e <= to_ms,
+        _ => a.event_time_ms >= from_ms && a.event_time_ms < to_ms,
     };
     alerts.retain(inside);
-    let mut body = json!({
-        "rule_id": rule_id,
-        "version": version,
-        "from_ms": req.from_ms,
-        "to_ms": req.to_ms,
-        "events": events,
-        "alerts": alerts,
-    });
-    if req.audit && req.sql.is_none() {
-        body["audit"] = audit(state, &rule_id, version, req, &alerts).await?;
-    }
-    Ok(body)
+    Ok(Replayed { events, alerts })
 }
 
 /// Diffs replayed alerts with those recorded live for the same rule version

@@ -15,10 +15,13 @@
 //! `--full` for figures worth quoting, and `--patients`/`--seconds` to
 //! override either (see [`BenchSize`]).
 
+pub mod archive;
 pub mod broker;
 pub mod decode;
 pub mod engine;
 pub mod pipeline;
+pub mod query;
+pub mod replay;
 pub mod rules;
 pub mod state;
 
@@ -278,16 +281,20 @@ pub enum Scenario {
     Engine,
     Decode,
     State,
+    Replay,
+    Query,
     /// Last: it leaves an idle in-process server behind (see [`pipeline`]).
     Pipeline,
 }
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::Engine,
         Scenario::Decode,
         Scenario::State,
+        Scenario::Replay,
+        Scenario::Query,
         Scenario::Pipeline,
     ];
 
@@ -296,6 +303,8 @@ impl Scenario {
             Scenario::Engine => "engine",
             Scenario::Decode => "decode",
             Scenario::State => "state",
+            Scenario::Replay => "replay",
+            Scenario::Query => "query",
             Scenario::Pipeline => "pipeline",
         }
     }
@@ -305,6 +314,8 @@ impl Scenario {
             Scenario::Engine => engine::run(size),
             Scenario::Decode => decode::run(size),
             Scenario::State => state::run(size),
+            Scenario::Replay => replay::run(size),
+            Scenario::Query => query::run(size),
             Scenario::Pipeline => pipeline::run(size),
         }
     }
@@ -318,12 +329,14 @@ impl FromStr for Scenario {
             "engine" => Ok(Scenario::Engine),
             "decode" => Ok(Scenario::Decode),
             "state" => Ok(Scenario::State),
+            "replay" => Ok(Scenario::Replay),
+            "query" => Ok(Scenario::Query),
             "pipeline" => Ok(Scenario::Pipeline),
-            "latency" | "replay" | "query" => {
+            "latency" => {
                 bail!("the `{s}` scenario is not implemented yet (see issue 6)")
             }
             other => bail!(
-                "unknown scenario `{other}`: expected one of engine, decode, state, pipeline, or all"
+                "unknown scenario `{other}`: expected one of engine, decode, state, replay, query, pipeline, or all"
             ),
         }
     }
@@ -341,7 +354,7 @@ pub fn parse_scenarios<S: AsRef<str>>(names: &[S]) -> Result<Vec<Scenario>> {
         }
     }
     if out.is_empty() {
-        bail!("name at least one scenario: engine, decode, state, pipeline, or all");
+        bail!("name at least one scenario: engine, decode, state, replay, query, pipeline, or all");
     }
     out.sort();
     out.dedup();
@@ -434,7 +447,21 @@ mod tests {
     fn scenarios_parse_in_canonical_order_without_repeats() {
         let s = parse_scenarios(&["pipeline", "engine", "engine"]).unwrap();
         assert_eq!(s, [Scenario::Engine, Scenario::Pipeline]);
+        let s = parse_scenarios(&["pipeline", "query", "replay", "state", "query"]).unwrap();
+        assert_eq!(
+            s,
+            [
+                Scenario::State,
+                Scenario::Replay,
+                Scenario::Query,
+                Scenario::Pipeline
+            ]
+        );
         assert_eq!(parse_scenarios(&["all"]).unwrap(), Scenario::ALL);
+        assert_eq!(Scenario::ALL.last(), Some(&Scenario::Pipeline));
+        for s in Scenario::ALL {
+            assert_eq!(s.name().parse::<Scenario>().unwrap(), s);
+        }
         let err = parse_scenarios(&["latency"]).unwrap_err().to_string();
         assert!(err.contains("not implemented yet"), "{err}");
         let err = parse_scenarios(&["engnie"]).unwrap_err().to_string();

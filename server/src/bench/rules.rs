@@ -10,9 +10,13 @@
 //! The batch twin computes the same windows the simplest honest way in plain
 //! SQL: `date_bin` for tumbling windows, a cross join with the window offsets
 //! for hopping ones (each event lands in size/slide windows), `LAG` and a
-//! running `SUM` for sessions. It does not drop late or duplicate events and
-//! has no cooldown, so its row count is reported but not expected to equal
-//! our alert count.
+//! running `SUM` for sessions. Every twin returns the key first and then
+//! `window_start` (the event time for per-event rules), windowed ones also
+//! `window_end`, so a result can be cut to the windows inside a time range.
+//! It does not drop late or duplicate events and has no cooldown, so over a
+//! live stream its row count is reported but not expected to equal our alert
+//! count; the `replay` scenario feeds both deduplicated, in event-time order,
+//! and there they must agree.
 
 /// How a rule groups events in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +37,8 @@ pub struct BenchRule {
     pub shape: Shape,
     /// The streaming rule, as a clinician would write it.
     pub sql: String,
-    /// The same rule as one batch query over the `vitals` table.
+    /// The same rule as one batch query over the `vitals` table: the key,
+    /// `window_start`, `window_end` (windowed rules), then the rule's columns.
     pub batch_sql: String,
 }
 
@@ -63,10 +68,10 @@ impl Parts<'_> {
             .unwrap_or_default();
         let (key, select) = (self.key, self.select);
         let (sql, batch_sql) = match self.shape {
-            Shape::PerEvent => {
-                let q = format!("SELECT {key}, {select} FROM vitals{where_}");
-                (q.clone(), q)
-            }
+            Shape::PerEvent => (
+                format!("SELECT {key}, {select} FROM vitals{where_}"),
+                format!("SELECT {key}, event_time AS window_start, {select} FROM vitals{where_}"),
+            ),
             Shape::Tumble { size_s } => {
                 let bin = format!("date_bin(INTERVAL '{size_s} seconds', event_time)");
                 (
@@ -75,7 +80,8 @@ impl Parts<'_> {
                          GROUP BY TUMBLE(event_time, INTERVAL '{size_s}' SECOND), {key}{having}"
                     ),
                     format!(
-                        "SELECT {key}, {bin} AS window_start, {select} FROM vitals{where_} \
+                        "SELECT {key}, {bin} AS window_start, \
+                         {bin} + INTERVAL '{size_s} seconds' AS window_end, {select} FROM vitals{where_} \
                          GROUP BY {key}, {bin}{having}"
                     ),
                 )
@@ -92,7 +98,8 @@ impl Parts<'_> {
                          GROUP BY HOP(event_time, INTERVAL '{slide_s}' SECOND, INTERVAL '{size_s}' SECOND), {key}{having}"
                     ),
                     format!(
-                        "SELECT v.{key}, {start} AS window_start, {select} \
+                        "SELECT v.{key}, {start} AS window_start, \
+                         {start} + INTERVAL '{size_s} seconds' AS window_end, {select} \
                          FROM vitals v CROSS JOIN (VALUES {}) AS k(back){where_} \
                          GROUP BY v.{key}, {start}{having}",
                         offsets.join(", ")
@@ -107,11 +114,13 @@ impl Parts<'_> {
                          GROUP BY SESSION(event_time, INTERVAL '{gap_s}' SECOND), {key}{having}"
                     ),
                     // A new session starts where the gap to the key's previous
-                    // (matching) event exceeds the gap; number them with a
+                    // (matching) event is at least the gap, as in the engine
+                    // (a session is [first, last + gap)); number them with a
                     // running sum and group by that number.
                     format!(
-                        "SELECT {key}, session_id, MIN(event_time) AS window_start, {select} FROM ( \
-                           SELECT *, SUM(CASE WHEN prev_ms IS NULL OR timestamp_unix_ms - prev_ms > {gap_ms} THEN 1 ELSE 0 END) \
+                        "SELECT {key}, MIN(event_time) AS window_start, \
+                           MAX(event_time) + INTERVAL '{gap_s} seconds' AS window_end, session_id, {select} FROM ( \
+                           SELECT *, SUM(CASE WHEN prev_ms IS NULL OR timestamp_unix_ms - prev_ms >= {gap_ms} THEN 1 ELSE 0 END) \
                              OVER (PARTITION BY {key} ORDER BY timestamp_unix_ms \
                                    ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS session_id \
                            FROM ( \

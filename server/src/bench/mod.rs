@@ -18,6 +18,8 @@
 pub mod broker;
 pub mod decode;
 pub mod engine;
+pub mod inproc;
+pub mod latency;
 pub mod pipeline;
 pub mod rules;
 pub mod state;
@@ -278,16 +280,19 @@ pub enum Scenario {
     Engine,
     Decode,
     State,
+    /// Runs an in-process server and stops it at the end (see [`latency`]).
+    Latency,
     /// Last: it leaves an idle in-process server behind (see [`pipeline`]).
     Pipeline,
 }
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 5] = [
         Scenario::Engine,
         Scenario::Decode,
         Scenario::State,
+        Scenario::Latency,
         Scenario::Pipeline,
     ];
 
@@ -296,6 +301,7 @@ impl Scenario {
             Scenario::Engine => "engine",
             Scenario::Decode => "decode",
             Scenario::State => "state",
+            Scenario::Latency => "latency",
             Scenario::Pipeline => "pipeline",
         }
     }
@@ -305,6 +311,7 @@ impl Scenario {
             Scenario::Engine => engine::run(size),
             Scenario::Decode => decode::run(size),
             Scenario::State => state::run(size),
+            Scenario::Latency => latency::run(size),
             Scenario::Pipeline => pipeline::run(size),
         }
     }
@@ -319,19 +326,20 @@ impl FromStr for Scenario {
             "decode" => Ok(Scenario::Decode),
             "state" => Ok(Scenario::State),
             "pipeline" => Ok(Scenario::Pipeline),
-            "latency" | "replay" | "query" => {
+            "latency" => Ok(Scenario::Latency),
+            "replay" | "query" => {
                 bail!("the `{s}` scenario is not implemented yet (see issue 6)")
             }
             other => bail!(
-                "unknown scenario `{other}`: expected one of engine, decode, state, pipeline, or all"
+                "unknown scenario `{other}`: expected one of engine, decode, state, latency, pipeline, or all"
             ),
         }
     }
 }
 
 /// Parses scenario names (`all` means every one), without repeats, in the
-/// canonical order: the pipeline runs last because it cannot stop the
-/// in-process server it starts.
+/// canonical order: the scenarios with an in-process server come last, and
+/// the pipeline last of all because it does not stop the server it starts.
 pub fn parse_scenarios<S: AsRef<str>>(names: &[S]) -> Result<Vec<Scenario>> {
     let mut out = Vec::new();
     for name in names {
@@ -341,7 +349,7 @@ pub fn parse_scenarios<S: AsRef<str>>(names: &[S]) -> Result<Vec<Scenario>> {
         }
     }
     if out.is_empty() {
-        bail!("name at least one scenario: engine, decode, state, pipeline, or all");
+        bail!("name at least one scenario: engine, decode, state, latency, pipeline, or all");
     }
     out.sort();
     out.dedup();
@@ -434,8 +442,11 @@ mod tests {
     fn scenarios_parse_in_canonical_order_without_repeats() {
         let s = parse_scenarios(&["pipeline", "engine", "engine"]).unwrap();
         assert_eq!(s, [Scenario::Engine, Scenario::Pipeline]);
+        let s = parse_scenarios(&["pipeline", "latency", "state"]).unwrap();
+        assert_eq!(s, [Scenario::State, Scenario::Latency, Scenario::Pipeline]);
         assert_eq!(parse_scenarios(&["all"]).unwrap(), Scenario::ALL);
-        let err = parse_scenarios(&["latency"]).unwrap_err().to_string();
+        assert_eq!(Scenario::ALL.last(), Some(&Scenario::Pipeline));
+        let err = parse_scenarios(&["replay"]).unwrap_err().to_string();
         assert!(err.contains("not implemented yet"), "{err}");
         let err = parse_scenarios(&["engnie"]).unwrap_err().to_string();
         assert!(err.contains("unknown scenario `engnie`"), "{err}");

@@ -333,6 +333,7 @@ async fn run_async(ward: Ward, broker: &Broker, data_dir: &std::path::Path) -> R
         .detail("windowed_target_met", met(&figures.windowed))
         .detail("offered_events_per_sec", ward.patients as u64)
         .detail("producer_max_lag_ms", run.max_lag_ms)
+        .detail("drain_seconds", run.drain_seconds)
         .detail("producer_linger_ms", PRODUCER_LINGER_MS)
         .detail("slice_ms", SLICE.as_millis() as u64)
         .detail("warmup_seconds", run.warmup_ms as f64 / 1e3)
@@ -445,6 +446,19 @@ async fn measure(
         tokio::time::sleep(POLL_EVERY).await;
     }
     run.drain_seconds = started.elapsed().as_secs_f64();
+
+    // The baseline times every message: wait until it has read them all.
+    let want = run.sent + PARTITIONS as u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while baseline_read.load(Ordering::Relaxed) < want {
+        if Instant::now() > deadline {
+            bail!(
+                "the baseline reader read only {} of {want} `{TOPIC}` messages",
+                baseline_read.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
     Ok(run)
 }
 
@@ -704,6 +718,10 @@ struct MarkerSent {
     window: bool,
 }
 
+/// Alerts still to be read: (patient, event time) for per-event alerts,
+/// (patient, window start) for windowed ones.
+type Expected = HashSet<(String, i64)>;
+
 /// What the load did.
 struct LoadRun {
     t0_ms: i64,
@@ -717,6 +735,7 @@ struct LoadRun {
     /// Indexed by marker id.
     markers: Vec<MarkerSent>,
     appends: Appends,
+    /// From the end of the load until the last expected alert was read.
     drain_seconds: f64,
 }
 
@@ -1032,7 +1051,7 @@ impl LoadRun {
     /// The alerts that must arrive: (patient, event time) of the measured
     /// per-event markers, and (patient, window start) of the measured
     /// windows' markers.
-    fn expected(&self) -> (HashSet<(String, i64)>, HashSet<(String, i64)>) {
+    fn expected(&self) -> (Expected, Expected) {
         let from = self.measured_from_ms();
         let crossings = self.window_crossings();
         let mut events = HashSet::new();

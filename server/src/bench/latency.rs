@@ -32,12 +32,15 @@
 //! and duplicate events are switched off. A generator thread simulates one
 //! second at a time, a few seconds ahead; the producer thread sends every
 //! event whose due time has come in slices of [`SLICE`] (2 ms), keyed by
-//! patient (librdkafka's partitioner spreads patients over the partitions).
+//! patient (librdkafka's partitioner spreads patients over the partitions),
+//! idempotent so that retries cannot reorder a partition (the windowed
+//! rule, with lateness 0, would drop overtaken events as late).
 //! The load starts at a whole second T0 of the wall clock and an event due
 //! `d` ms into the load carries event time T0 + d, so event time is the wall
 //! clock and the watermark moves in real time. If the producer falls behind
 //! schedule it sends what is due at once, late; `producer_max_lag_ms` says
-//! by how much, and `events_per_sec` is the load actually achieved.
+//! by how much (`generator_wait_seconds` and `producer_queue_full_waits`
+//! say why), and `events_per_sec` is the load actually achieved.
 //!
 //! Markers: every `patients / 500`-th event (so about 500 a second) gets
 //! `spo2_pct` 65, a value the simulator never produces (it keeps SpO2 at
@@ -79,8 +82,11 @@
 //! the broker twice — the event in, the alert out — so it stays below 1).
 //! The target (issue 6) is p99 < 100 ms for both rules.
 //!
-//! The run fails if any expected alert has not arrived once no alert has
-//! arrived for 30 s (or after 10 minutes), and the server is stopped at
+//! We wait for every expected alert; if none has arrived for 30 s (or
+//! after 10 minutes) the rest are reported missing (`per_event_missing`,
+//! `windowed_missing`, with a warning on stderr) rather than failing the
+//! run, and left out of the percentiles. `late_events` (the server's count)
+//! says whether the windowed rule dropped events. The server is stopped at
 //! the end.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -259,10 +265,22 @@ async fn run_async(ward: Ward, broker: &Broker, data_dir: &std::path::Path) -> R
     let baseline_reader = tokio::task::spawn_blocking(move || baseline_reader.join());
     let alert_reader = alert_reader.await?;
     let baseline_reader = baseline_reader.await?;
-    let run = result?;
-    alert_reader.map_err(|_| anyhow::anyhow!("the alert reader panicked"))??;
-    let baseline_received =
-        baseline_reader.map_err(|_| anyhow::anyhow!("the baseline reader panicked"))??;
+    let readers = alert_reader
+        .map_err(|_| anyhow::anyhow!("the alert reader panicked"))
+        .and_then(|r| r)
+        .and_then(|()| {
+            baseline_reader
+                .map_err(|_| anyhow::anyhow!("the baseline reader panicked"))
+                .and_then(|r| r)
+        });
+    let (run, baseline_received) = match (result, readers) {
+        (Ok(run), Ok(received)) => (run, received),
+        (Err(e), _) | (_, Err(e)) => {
+            // Stop the server before the broker goes, or it logs its loss.
+            let _ = server.stop(Duration::from_secs(30)).await;
+            return Err(e);
+        }
+    };
 
     let m = server.metrics(&http).await.unwrap_or_default();
     let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
@@ -334,6 +352,8 @@ async fn run_async(ward: Ward, broker: &Broker, data_dir: &std::path::Path) -> R
         .detail("offered_events_per_sec", ward.patients as u64)
         .detail("producer_max_lag_ms", run.max_lag_ms)
         .detail("drain_seconds", run.drain_seconds)
+        .detail("generator_wait_seconds", run.generator_wait.as_secs_f64())
+        .detail("producer_queue_full_waits", run.queue_full_waits)
         .detail("producer_linger_ms", PRODUCER_LINGER_MS)
         .detail("slice_ms", SLICE.as_millis() as u64)
         .detail("warmup_seconds", run.warmup_ms as f64 / 1e3)
@@ -404,11 +424,14 @@ async fn measure(
     progress(
         NAME,
         format!(
-            "produced {} events in {:.2} s ({:.0}/s, at most {} ms behind schedule), {} markers",
+            "produced {} events in {:.2} s ({:.0}/s, at most {} ms behind schedule; \
+             waited {:.2} s for the generator, {} times for queue room), {} markers",
             run.sent,
             run.load_seconds(),
             run.sent as f64 / run.load_seconds().max(1e-9),
             run.max_lag_ms,
+            run.generator_wait.as_secs_f64(),
+            run.queue_full_waits,
             run.markers.len()
         ),
     );
@@ -433,19 +456,34 @@ async fn measure(
             }
         }
         if last_progress.elapsed() > ALERT_STALL || started.elapsed() > ALERT_WAIT_MAX {
-            bail!(
-                "{} per-event and {} window alerts never arrived on `{ALERTS_TOPIC}` \
-                 (nothing new for {:.0} s, {:.0} s after the load)",
-                want_event.len(),
-                want_window.len(),
-                last_progress.elapsed().as_secs_f64(),
-                started.elapsed().as_secs_f64()
+            // Lost alerts are a finding, not a reason to lose the figures:
+            // they are counted (`*_missing`) and left out of the percentiles.
+            let m = server.metrics(http).await.unwrap_or_default();
+            let get = |k: &str| m.get(k).copied().unwrap_or(0.0) as u64;
+            progress(
+                NAME,
+                format!(
+                    "WARNING: {} per-event and {} window alerts never arrived on `{ALERTS_TOPIC}` \
+                     (nothing new for {:.0} s, {:.0} s after the load); the server counted \
+                     {} events, {} late, {} alerts fired, {} delivered to Kafka, {} delivery \
+                     errors. They are reported as per_event_missing / windowed_missing.",
+                    want_event.len(),
+                    want_window.len(),
+                    last_progress.elapsed().as_secs_f64(),
+                    started.elapsed().as_secs_f64(),
+                    get("wardwatch_events_in_total"),
+                    get("wardwatch_events_late_total"),
+                    get("wardwatch_alerts_fired_total"),
+                    get("wardwatch_alerts_delivered_kafka_total"),
+                    get("wardwatch_alert_delivery_errors_total"),
+                ),
             );
+            break;
         }
         server.check_alive().await?;
         tokio::time::sleep(POLL_EVERY).await;
     }
-    run.drain_seconds = started.elapsed().as_secs_f64();
+    run.drain_seconds = last_progress.duration_since(started).as_secs_f64();
 
     // The baseline times every message: wait until it has read them all.
     let want = run.sent + PARTITIONS as u64;
@@ -732,10 +770,14 @@ struct LoadRun {
     first_send: Instant,
     last_send: Instant,
     max_lag_ms: u64,
+    /// How long the producer waited for the generator during the load…
+    generator_wait: Duration,
+    /// …and how often for room in its own queue (1 ms each).
+    queue_full_waits: u64,
     /// Indexed by marker id.
     markers: Vec<MarkerSent>,
     appends: Appends,
-    /// From the end of the load until the last expected alert was read.
+    /// From the end of the load until the last alert was read.
     drain_seconds: f64,
 }
 
@@ -752,6 +794,9 @@ fn produce(
     let t0_ms = (now_ms + 200 + 999) / 1000 * 1000;
     let t0 = now + Duration::from_millis((t0_ms - now_ms) as u64);
     let producer: ThreadedProducer<AppendClock> = config
+        // Retries must not reorder a partition: the windowed rule (lateness
+        // 0) would drop an event that arrives after a later one as late.
+        .set("enable.idempotence", "true")
         .set("linger.ms", PRODUCER_LINGER_MS.to_string())
         .set("queue.buffering.max.messages", "1000000")
         .set("queue.buffering.max.kbytes", "1048576")
@@ -767,12 +812,16 @@ fn produce(
     let mut second: Vec<LoadEvent> = Vec::new();
     let mut next = 0;
     let mut slice = 0u32;
+    let (mut generator_wait, mut queue_full_waits) = (Duration::ZERO, 0u64);
     std::thread::sleep(t0.saturating_duration_since(Instant::now()));
     'load: loop {
         let elapsed_ms = Instant::now().saturating_duration_since(t0).as_millis() as u64;
         loop {
             if next == second.len() {
-                match rx.recv() {
+                let waiting = Instant::now();
+                let received = rx.recv();
+                generator_wait += waiting.elapsed();
+                match received {
                     Ok(s) => {
                         second = s;
                         next = 0;
@@ -810,6 +859,7 @@ fn produce(
                         r,
                     )) => {
                         record = r;
+                        queue_full_waits += 1;
                         std::thread::sleep(Duration::from_millis(1));
                     }
                     Err((e, _)) => bail!("producing to {TOPIC}: {e}"),
@@ -841,6 +891,8 @@ fn produce(
         first_send: first_send.unwrap_or(last_send),
         last_send,
         max_lag_ms,
+        generator_wait,
+        queue_full_waits,
         markers,
         appends,
         drain_seconds: 0.0,

@@ -34,16 +34,18 @@ enum Command {
     /// replay (the 20 rules replayed over days of archived Parquet as
     /// POST /api/replay does, vs the same rules as DataFusion batch SQL over
     /// the files), query (three history queries as POST /api/query runs them
-    /// vs DuckDB over the same files), pipeline (a tansu broker on 127.0.0.1
-    /// through an in-process server vs a bare rdkafka consumer), or all.
-    /// Prints a table, or JSON lines with --json. Figures from a debug build
-    /// are not the targets.
+    /// vs DuckDB over the same files), latency (event append to alert on
+    /// alert-events at 100k events/s, vs the broker's own produce-to-consume
+    /// latency), pipeline (a tansu broker on 127.0.0.1 through an in-process
+    /// server vs a bare rdkafka consumer), or all. Prints a table, or JSON
+    /// lines with --json. Figures from a debug build are not the targets.
     Bench(BenchArgs),
 }
 
 #[derive(Args, Debug)]
 struct BenchArgs {
-    /// Scenarios to run: engine, decode, state, replay, query, pipeline, or all.
+    /// Scenarios to run: engine, decode, state, replay, query, latency,
+    /// pipeline, or all.
     #[arg(required = true, value_name = "SCENARIO")]
     scenarios: Vec<String>,
     /// One JSON object per scenario per line on stdout instead of the table.
@@ -53,10 +55,12 @@ struct BenchArgs {
     /// minute in a debug build).
     #[arg(long)]
     full: bool,
-    /// Patients in the simulated ward (overrides the size's default).
+    /// Patients in the simulated ward (overrides the size's default; for
+    /// latency, the offered load in events/s).
     #[arg(long)]
     patients: Option<usize>,
-    /// Simulated seconds at 1 Hz per patient (overrides the size's default).
+    /// Simulated seconds at 1 Hz per patient (overrides the size's default;
+    /// for latency, the seconds of load).
     #[arg(long)]
     seconds: Option<u64>,
 }

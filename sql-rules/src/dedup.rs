@@ -84,8 +84,8 @@ impl Deduplicator {
                     max_seq: None,
                     events: VecDeque::with_capacity(4),
                 });
-            let past_all = t > recent.max_ts
-                && seq.is_none_or(|s| recent.max_seq.is_none_or(|m| s > m));
+            let past_all =
+                t > recent.max_ts && seq.is_none_or(|s| recent.max_seq.is_none_or(|m| s > m));
             let duplicate = !past_all
                 && recent
                     .events

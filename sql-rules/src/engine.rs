@@ -284,9 +284,7 @@ impl Engine {
                     ts,
                     patients: &self.row_patients,
                     index: &self.patients,
-                    duplicates: duplicates
-                        .as_deref()
-                        .filter(|_| !rule.spec.keep_duplicates),
+                    duplicates: duplicates.as_deref().filter(|_| !rule.spec.keep_duplicates),
                 };
                 if let Err(e) = rule.process(rows, prior_max, processing_time_ms, &mut out) {
                     out.errors.push(e);
@@ -590,8 +588,7 @@ impl RuleRuntime {
                     .map_err(eval_err(&spec))?;
                 if spec.compiled.emit_early {
                     let mut open = Vec::new();
-                    op.peek_touched(&mut open, index)
-                        .map_err(eval_err(&spec))?;
+                    op.peek_touched(&mut open, index).map_err(eval_err(&spec))?;
                     self.emit_windows(open, true, processing_time_ms, out)?;
                 }
             }

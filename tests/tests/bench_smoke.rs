@@ -1,10 +1,11 @@
-//! CI smoke test for `wardwatch bench`: the `engine` and `pipeline`
-//! scenarios run at a tiny size and their alerts are right (some fire, and
-//! the engine fires exactly the same ones twice). Speed is not checked here:
-//! that is what `wardwatch bench` is for.
+//! CI smoke test for `wardwatch bench`: the `engine`, `pipeline` and
+//! `latency` scenarios run at a tiny size and their alerts are right (some
+//! fire, the engine fires exactly the same ones twice, and the latency run
+//! reads an alert for every marker and window it expects). Speed is not
+//! checked here: that is what `wardwatch bench` is for.
 //!
-//! The pipeline scenario needs the tansu broker (`bash tests/run.sh`
-//! installs it); without it the test fails and says so.
+//! The pipeline and latency scenarios need the tansu broker (`bash
+//! tests/run.sh` installs it); without it the tests fail and say so.
 
 use wardwatch::bench::{self, BenchResult, BenchSize};
 
@@ -70,4 +71,29 @@ fn pipeline_bench_runs_through_a_real_broker_and_fires_alerts() {
     // Every produced message was accounted for: accepted or dead-lettered.
     assert_eq!(r.baseline_events, r.events);
     assert!(r.details["rejected"].as_u64() > Some(0), "{r:?}");
+}
+
+#[test]
+fn latency_bench_reads_an_alert_for_every_marker_and_window() {
+    // 2 000 events/s for 4 s: about 500 per-event markers and 20 window
+    // markers a second; the first second is warm-up and the last window is
+    // still open at the end, so two windows are measured.
+    let r = bench::latency::run(&BenchSize::exact(2_000, 4)).expect("the latency benchmark runs");
+    check_shape(&r, "latency");
+    assert_eq!(r.events, 8_000, "every simulated event was sent: {r:?}");
+    let d = &r.details;
+    assert_eq!(d["per_event_missing"], 0, "{r:?}");
+    assert_eq!(d["windowed_missing"], 0, "{r:?}");
+    assert_eq!(d["unexpected_alerts"], 0, "{r:?}");
+    assert_eq!(d["late_events"], 0, "{r:?}");
+    assert!(d["per_event_samples"].as_u64() >= Some(1_000), "{r:?}");
+    assert_eq!(d["windows"], 2, "{r:?}");
+    assert!(d["windowed_samples"].as_u64() >= Some(20), "{r:?}");
+    assert!(d["baseline_samples"].as_u64() >= Some(5_000), "{r:?}");
+    for kind in ["per_event", "windowed", "baseline"] {
+        let p50 = d[&format!("{kind}_p50_ms")].as_f64().unwrap();
+        let p99 = d[&format!("{kind}_p99_ms")].as_f64().unwrap();
+        let max = d[&format!("{kind}_max_ms")].as_f64().unwrap();
+        assert!(p50 <= p99 && p99 <= max, "{kind}: {r:?}");
+    }
 }

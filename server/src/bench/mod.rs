@@ -19,6 +19,8 @@ pub mod archive;
 pub mod broker;
 pub mod decode;
 pub mod engine;
+pub mod inproc;
+pub mod latency;
 pub mod pipeline;
 pub mod query;
 pub mod replay;
@@ -283,18 +285,21 @@ pub enum Scenario {
     State,
     Replay,
     Query,
+    /// Runs an in-process server and stops it at the end (see [`latency`]).
+    Latency,
     /// Last: it leaves an idle in-process server behind (see [`pipeline`]).
     Pipeline,
 }
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Engine,
         Scenario::Decode,
         Scenario::State,
         Scenario::Replay,
         Scenario::Query,
+        Scenario::Latency,
         Scenario::Pipeline,
     ];
 
@@ -305,6 +310,7 @@ impl Scenario {
             Scenario::State => "state",
             Scenario::Replay => "replay",
             Scenario::Query => "query",
+            Scenario::Latency => "latency",
             Scenario::Pipeline => "pipeline",
         }
     }
@@ -316,6 +322,7 @@ impl Scenario {
             Scenario::State => state::run(size),
             Scenario::Replay => replay::run(size),
             Scenario::Query => query::run(size),
+            Scenario::Latency => latency::run(size),
             Scenario::Pipeline => pipeline::run(size),
         }
     }
@@ -332,19 +339,17 @@ impl FromStr for Scenario {
             "replay" => Ok(Scenario::Replay),
             "query" => Ok(Scenario::Query),
             "pipeline" => Ok(Scenario::Pipeline),
-            "latency" => {
-                bail!("the `{s}` scenario is not implemented yet (see issue 6)")
-            }
+            "latency" => Ok(Scenario::Latency),
             other => bail!(
-                "unknown scenario `{other}`: expected one of engine, decode, state, replay, query, pipeline, or all"
+                "unknown scenario `{other}`: expected one of engine, decode, state, replay, query, latency, pipeline, or all"
             ),
         }
     }
 }
 
 /// Parses scenario names (`all` means every one), without repeats, in the
-/// canonical order: the pipeline runs last because it cannot stop the
-/// in-process server it starts.
+/// canonical order: the scenarios with an in-process server come last, and
+/// the pipeline last of all because it does not stop the server it starts.
 pub fn parse_scenarios<S: AsRef<str>>(names: &[S]) -> Result<Vec<Scenario>> {
     let mut out = Vec::new();
     for name in names {
@@ -354,7 +359,7 @@ pub fn parse_scenarios<S: AsRef<str>>(names: &[S]) -> Result<Vec<Scenario>> {
         }
     }
     if out.is_empty() {
-        bail!("name at least one scenario: engine, decode, state, replay, query, pipeline, or all");
+        bail!("name at least one scenario: engine, decode, state, replay, query, latency, pipeline, or all");
     }
     out.sort();
     out.dedup();
@@ -447,13 +452,15 @@ mod tests {
     fn scenarios_parse_in_canonical_order_without_repeats() {
         let s = parse_scenarios(&["pipeline", "engine", "engine"]).unwrap();
         assert_eq!(s, [Scenario::Engine, Scenario::Pipeline]);
-        let s = parse_scenarios(&["pipeline", "query", "replay", "state", "query"]).unwrap();
+        let s =
+            parse_scenarios(&["pipeline", "query", "replay", "latency", "state", "query"]).unwrap();
         assert_eq!(
             s,
             [
                 Scenario::State,
                 Scenario::Replay,
                 Scenario::Query,
+                Scenario::Latency,
                 Scenario::Pipeline
             ]
         );
@@ -462,8 +469,6 @@ mod tests {
         for s in Scenario::ALL {
             assert_eq!(s.name().parse::<Scenario>().unwrap(), s);
         }
-        let err = parse_scenarios(&["latency"]).unwrap_err().to_string();
-        assert!(err.contains("not implemented yet"), "{err}");
         let err = parse_scenarios(&["engnie"]).unwrap_err().to_string();
         assert!(err.contains("unknown scenario `engnie`"), "{err}");
     }

@@ -23,16 +23,15 @@
 //! 50 ms apart and see a batch only once the engine has processed it, so the
 //! server's time is accurate to about 0.1 s.
 //!
-//! The in-process servers cannot be stopped (`serve` stops on Ctrl-C only):
-//! their async tasks end with this scenario's runtime, but the Kafka source
-//! and engine threads stay idle until the process exits. Run this scenario
-//! last in a process. The server archives every event to Parquet in its
+//! This scenario does not stop its in-process servers (see
+//! [`super::inproc`]): their async tasks end with this scenario's runtime,
+//! but the Kafka source and engine threads stay idle until the process
+//! exits. Run this scenario last in a process. The server archives every event to Parquet in its
 //! data directory (a temporary one here); the archive's writer task pushes
 //! back on the source through a bounded channel, so it is in the measured
 //! path, but the timing ends when the engine has counted the last event,
 //! not when the archive has flushed it.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -45,6 +44,7 @@ use rdkafka::ClientContext;
 use serde_json::json;
 
 use super::broker::{free_port, Broker};
+use super::inproc::{self, InProcessServer, POLL_EVERY};
 use super::rules::{self, BenchRule};
 use super::{available_cores, progress, BenchResult, BenchSize, Ward, PARTITIONS};
 use crate::config::Config;
@@ -57,7 +57,6 @@ const FULL: (usize, u64) = (10_000, 300);
 const TOPIC: &str = "vitals";
 /// Longest we wait for either side to read everything.
 const READ_TIMEOUT: Duration = Duration::from_secs(600);
-const POLL_EVERY: Duration = Duration::from_millis(50);
 
 pub fn run(size: &BenchSize) -> Result<BenchResult> {
     run_keeping_broker(size).map(|(result, _broker)| result)
@@ -290,30 +289,6 @@ struct ServerRun {
     batch_mean_ms: f64,
 }
 
-/// Starts `wardwatch::server::run` in this runtime on a free port.
-async fn start_server(
-    mut config: Config,
-    data_dir: &std::path::Path,
-) -> Result<(String, tokio::task::JoinHandle<Result<()>>)> {
-    let port = free_port()?;
-    config.listen = format!("127.0.0.1:{port}").parse()?;
-    config.data_dir = data_dir.to_string_lossy().into_owned();
-    let handle = tokio::spawn(crate::server::run(config, false));
-    Ok((format!("http://127.0.0.1:{port}"), handle))
-}
-
-/// Fails with the server's own error if it has stopped.
-async fn check_alive(handle: &mut tokio::task::JoinHandle<Result<()>>) -> Result<()> {
-    if handle.is_finished() {
-        return match handle.await {
-            Ok(Ok(())) => bail!("the wardwatch server stopped unexpectedly"),
-            Ok(Err(e)) => Err(e.context("the wardwatch server failed")),
-            Err(e) => bail!("the wardwatch server panicked: {e}"),
-        };
-    }
-    Ok(())
-}
-
 async fn wardwatch(
     broker: &Broker,
     data_dir: &std::path::Path,
@@ -322,52 +297,31 @@ async fn wardwatch(
 ) -> Result<ServerRun> {
     let http = reqwest::Client::new();
 
-    // First server, no Kafka: the rules go in over REST and are stored.
-    let (base, mut handle) = start_server(Config::default(), data_dir).await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        check_alive(&mut handle).await?;
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
-            if r.status().is_success() {
-                break;
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("the rules server did not answer /healthz within 60 s");
-        }
-        tokio::time::sleep(POLL_EVERY).await;
-    }
-    for rule in rules {
-        let r = http
-            .post(format!("{base}/api/rules"))
-            .json(&json!({
+    // First server, no Kafka: the rules go in over REST and are stored. It
+    // is left running (see the module doc).
+    let bodies: Vec<serde_json::Value> = rules
+        .iter()
+        .map(|rule| {
+            json!({
                 "name": rule.name,
                 "sql": rule.sql,
                 "severity": rule.severity,
                 "cooldown_seconds": rule.cooldown_seconds,
-            }))
-            .send()
-            .await
-            .with_context(|| format!("creating rule `{}` over REST", rule.name))?;
-        if r.status() != reqwest::StatusCode::CREATED {
-            let status = r.status();
-            let body = r.text().await.unwrap_or_default();
-            bail!("creating rule `{}` over REST: {status}: {body}", rule.name);
-        }
-    }
+            })
+        })
+        .collect();
+    let _rules_server = inproc::create_rules(&http, data_dir, &bodies).await?;
     progress(NAME, format!("{} rules created over REST", rules.len()));
 
     // Second server, consuming, with the stored rules.
-    let mut config = Config::default();
-    config.kafka.brokers = Some(broker.bootstrap.clone());
-    config.kafka.group_id = format!("wardwatch-bench-{}", free_port()?);
+    let config = inproc::consuming_config(broker)?;
     let started = Instant::now();
-    let (base, mut handle) = start_server(config, data_dir).await?;
+    let mut server = InProcessServer::start(config, data_dir).await?;
     let mut first: Option<Instant> = None;
     let mut m;
     loop {
-        check_alive(&mut handle).await?;
-        m = metrics(&http, &base).await.unwrap_or_default();
+        server.check_alive().await?;
+        m = server.metrics(&http).await.unwrap_or_default();
         let seen = m.get("wardwatch_events_in_total").copied().unwrap_or(0.0)
             + m.get("wardwatch_events_rejected_total")
                 .copied()
@@ -397,7 +351,7 @@ async fn wardwatch(
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        m = metrics(&http, &base).await.unwrap_or(m);
+        m = server.metrics(&http).await.unwrap_or(m);
     }
     let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
     let seen = get("wardwatch_events_in_total") + get("wardwatch_events_rejected_total");
@@ -454,41 +408,4 @@ fn parquet_files(dir: &std::path::Path) -> (u64, u64) {
         }
     }
     (files, bytes)
-}
-
-/// The server's `/metrics` as name → value (labelled series keep their labels).
-async fn metrics(http: &reqwest::Client, base: &str) -> Result<HashMap<String, f64>> {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await?
-        .error_for_status()?
-        .text()
-        .await?;
-    Ok(parse_metrics(&text))
-}
-
-fn parse_metrics(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metrics_text_parses_counters_and_gauges() {
-        let text = "# HELP a x\n# TYPE a counter\nwardwatch_events_in_total 42\n\
-                    wardwatch_active_rules 20\nwardwatch_batch_seconds_bucket{le=\"0.5\"} 3\n";
-        let m = parse_metrics(text);
-        assert_eq!(m["wardwatch_events_in_total"], 42.0);
-        assert_eq!(m["wardwatch_active_rules"], 20.0);
-        assert_eq!(m["wardwatch_batch_seconds_bucket{le=\"0.5\"}"], 3.0);
-    }
 }

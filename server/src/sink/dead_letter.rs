@@ -91,7 +91,11 @@ impl DeadLetters {
     /// stall it). Until acknowledged they hold back the consumer's commits
     /// (see [`InFlight::commit_cap`]): the caller has [`InFlight::hold`]
     /// them since it read them.
-    pub fn record_in_background(self: &Arc<Self>, rt: &tokio::runtime::Handle, letters: Vec<DeadLetter>) {
+    pub fn record_in_background(
+        self: &Arc<Self>,
+        rt: &tokio::runtime::Handle,
+        letters: Vec<DeadLetter>,
+    ) {
         if letters.is_empty() {
             return;
         }

@@ -65,7 +65,11 @@ impl ConsumerContext for RebalanceContext {
                 .map(|e| e.partition())
                 .collect();
             for &partition in &revoked {
-                let chunk = self.pending.lock().expect("pending lock").remove(&partition);
+                let chunk = self
+                    .pending
+                    .lock()
+                    .expect("pending lock")
+                    .remove(&partition);
                 if let Some(chunk) = chunk.filter(|c| !c.is_empty()) {
                     let _ = self.decode.send(DecodeInput::Chunk { partition, chunk });
                 }
@@ -195,7 +199,10 @@ impl RawChunk {
 
 /// Work for the decode thread, in the order the source read it.
 enum DecodeInput {
-    Chunk { partition: i32, chunk: RawChunk },
+    Chunk {
+        partition: i32,
+        chunk: RawChunk,
+    },
     /// The source has read everything available (passed on to the engine
     /// after the chunks before it).
     CaughtUp,
@@ -331,8 +338,12 @@ pub fn start(
                     cut_all();
                     // Commit only what the archive has written and whose
                     // dead letters are delivered: a restart re-reads the rest.
-                    let partitions: Vec<i32> =
-                        pending.lock().expect("pending lock").keys().copied().collect();
+                    let partitions: Vec<i32> = pending
+                        .lock()
+                        .expect("pending lock")
+                        .keys()
+                        .copied()
+                        .collect();
                     for partition in partitions {
                         if let Some(durable) = archive.durable_offset(partition) {
                             let cap = dead_letters.in_flight.commit_cap(partition, durable);

@@ -12,9 +12,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, TimestampMillisecondArray, UInt32Array};
-use arrow::datatypes::UInt32Type;
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, TimestampMillisecondArray, UInt32Array,
+};
 use arrow::compute::take;
+use arrow::datatypes::UInt32Type;
 use arrow::record_batch::RecordBatch;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
@@ -442,15 +444,31 @@ impl PaneOperator {
         let seqs = Seqs(seq_col);
         let result = (|| {
             if panes.len() == 1 && panes[0].1 == n {
-                return self.update_pane(panes[0].0, PaneRows::All, &args, &filters, patients, ts, &seqs);
+                return self.update_pane(
+                    panes[0].0,
+                    PaneRows::All,
+                    &args,
+                    &filters,
+                    patients,
+                    ts,
+                    &seqs,
+                );
             }
             for &(pane, count) in &panes {
                 if count * TAKE_BELOW_FRACTION >= n {
-                    let mask = BooleanArray::from(arrow::buffer::BooleanBuffer::collect_bool(
-                        n,
-                        |i| row_panes[i] == pane,
-                    ));
-                    self.update_pane(pane, PaneRows::Masked(&mask), &args, &filters, patients, ts, &seqs)?;
+                    let mask =
+                        BooleanArray::from(arrow::buffer::BooleanBuffer::collect_bool(n, |i| {
+                            row_panes[i] == pane
+                        }));
+                    self.update_pane(
+                        pane,
+                        PaneRows::Masked(&mask),
+                        &args,
+                        &filters,
+                        patients,
+                        ts,
+                        &seqs,
+                    )?;
                 } else {
                     let rows: UInt32Array = row_panes
                         .iter()
@@ -458,7 +476,15 @@ impl PaneOperator {
                         .filter(|(_, &p)| p == pane)
                         .map(|(i, _)| i as u32)
                         .collect();
-                    self.update_pane(pane, PaneRows::Taken(&rows), &args, &filters, patients, ts, &seqs)?;
+                    self.update_pane(
+                        pane,
+                        PaneRows::Taken(&rows),
+                        &args,
+                        &filters,
+                        patients,
+                        ts,
+                        &seqs,
+                    )?;
                 }
             }
             Ok(())
@@ -726,8 +752,12 @@ impl PaneOperator {
                 continue;
             }
             let (keys, values, stats) = pane.finish()?;
-            let rows =
-                self.output_batch(start, start + self.size_ms, self.keys_out(keys, index), values)?;
+            let rows = self.output_batch(
+                start,
+                start + self.size_ms,
+                self.keys_out(keys, index),
+                values,
+            )?;
             out.push(ClosedWindow {
                 start_ms: start,
                 end_ms: start + self.size_ms,
@@ -740,7 +770,11 @@ impl PaneOperator {
 
     /// Current results of the open windows that contain a pane which
     /// received rows since the last call, without closing them (EMIT EARLY).
-    pub fn peek_touched(&mut self, out: &mut Vec<ClosedWindow>, index: &PatientIndex) -> Result<()> {
+    pub fn peek_touched(
+        &mut self,
+        out: &mut Vec<ClosedWindow>,
+        index: &PatientIndex,
+    ) -> Result<()> {
         let touched = std::mem::take(&mut self.touched);
         let mut starts = BTreeSet::new();
         for &p in &touched {

@@ -73,7 +73,9 @@ pub struct KafkaConfig {
 pub struct PipelineConfig {
     /// A micro-batch is cut at this many events…
     pub max_batch_rows: usize,
-    /// …or after this long, whichever comes first.
+    /// …or after this long, whichever comes first. The Kafka source also
+    /// cuts whenever it has read everything available, so this bounds the
+    /// wait only while a backlog is being read.
     pub max_batch_delay_ms: u64,
     /// Default allowed lateness of event time, per rule overridable.
     pub allowed_lateness_ms: i64,

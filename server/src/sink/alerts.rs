@@ -124,25 +124,15 @@ pub async fn deliver(
         while let Ok(more) = rx.try_recv() {
             pending.push(more);
         }
+        // Kafka first: people wait on it, while history and the archive may
+        // be busy writing a file. Live subscribers hear of an alert once
+        // history has it, so what they see they can also look up.
         let records: Vec<serde_json::Value> = pending
             .iter()
             .map(|a| serde_json::to_value(a).expect("alerts serialize"))
             .collect();
-        if let Err(e) = hub.log.append(&records).await {
-            tracing::error!(error = %e, "recording alerts in history");
-        }
-        // Fired and suppressed alerts alike go to the `alerts` table.
-        match catalog::archive::alerts_to_batch(&records) {
-            Ok(batch) => archive.send_local(batch).await,
-            Err(e) => tracing::error!(error = %e, "converting alerts for the archive"),
-        }
-        for alert in pending.drain(..) {
-            match alert.status {
-                AlertStatus::Fired => metrics.alerts_fired.fetch_add(1, Relaxed),
-                AlertStatus::Suppressed => metrics.alerts_suppressed.fetch_add(1, Relaxed),
-            };
-            let alert = Arc::new(alert);
-            let _ = hub.live.send(Arc::clone(&alert));
+        let alerts: Vec<Arc<Alert>> = pending.drain(..).map(Arc::new).collect();
+        for alert in &alerts {
             if alert.status != AlertStatus::Fired {
                 continue;
             }
@@ -150,6 +140,7 @@ pub async fn deliver(
                 let producer = producer.clone();
                 let topic = topic.clone();
                 let metrics = Arc::clone(&metrics);
+                let alert = Arc::clone(alert);
                 tokio::spawn(async move {
                     let payload = serde_json::to_vec(alert.as_ref()).expect("alerts serialize");
                     let key = alert.patient_id().unwrap_or(&alert.rule_id).to_string();
@@ -169,6 +160,21 @@ pub async fn deliver(
                     };
                 });
             }
+        }
+        if let Err(e) = hub.log.append(&records).await {
+            tracing::error!(error = %e, "recording alerts in history");
+        }
+        for alert in alerts {
+            match alert.status {
+                AlertStatus::Fired => metrics.alerts_fired.fetch_add(1, Relaxed),
+                AlertStatus::Suppressed => metrics.alerts_suppressed.fetch_add(1, Relaxed),
+            };
+            let _ = hub.live.send(alert);
+        }
+        // Fired and suppressed alerts alike go to the `alerts` table.
+        match catalog::archive::alerts_to_batch(&records) {
+            Ok(batch) => archive.send_local(batch).await,
+            Err(e) => tracing::error!(error = %e, "converting alerts for the archive"),
         }
     }
 }

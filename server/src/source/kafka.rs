@@ -326,9 +326,13 @@ pub fn start(
                     }
                     Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error"),
                     None => {
+                        // Nothing more to read right now: hand over what we
+                        // have instead of holding it for the batch delay. Under
+                        // load batches fill by size; when the source keeps up,
+                        // an event waits for no timer.
+                        cut_all();
                         if last_caught_up.elapsed() >= Duration::from_millis(100) {
                             last_caught_up = Instant::now();
-                            cut_all();
                             let _ = decode_tx.send(DecodeInput::CaughtUp);
                         }
                     }

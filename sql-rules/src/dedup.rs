@@ -105,8 +105,103 @@ impl Deduplicator {
         marks
     }
 
+    /// Bytes held by the remembered events.
+    pub fn state_bytes(&self) -> usize {
+        let per_device = std::mem::size_of::<(u64, Recent)>() + 8;
+        self.recent
+            .values()
+            .flat_map(|devices| devices.values())
+            .map(|r| per_device + r.events.capacity() * std::mem::size_of::<(i64, Option<u32>)>())
+            .sum()
+    }
+
     /// Forgets a partition this instance no longer owns.
     pub fn forget(&mut self, partition: i32) {
         self.recent.remove(&partition);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{
+        ArrayRef, Float64Array, Int64Array, StringArray, TimestampMillisecondArray, UInt32Array,
+    };
+
+    use super::*;
+    use crate::keys::PatientIndex;
+    use crate::stream::vitals_schema;
+
+    /// (patient, device, timestamp, sequence number) → a vitals batch.
+    fn batch(events: &[(&str, Option<&str>, i64, Option<u32>)]) -> RecordBatch {
+        let n = events.len();
+        let nulls: ArrayRef = Arc::new(Float64Array::from(vec![None::<f64>; n]));
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from(vec![Some("H1"); n])),
+            Arc::new(StringArray::from_iter_values(events.iter().map(|e| e.0))),
+            Arc::new(Int64Array::from_iter_values(events.iter().map(|e| e.2))),
+            Arc::clone(&nulls),
+            Arc::clone(&nulls),
+            Arc::clone(&nulls),
+            Arc::clone(&nulls),
+            Arc::clone(&nulls),
+            Arc::new(StringArray::from_iter(events.iter().map(|e| e.1))),
+            Arc::new(UInt32Array::from_iter(events.iter().map(|e| e.3))),
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(events.iter().map(|e| e.2))
+                    .with_timezone("UTC"),
+            ),
+        ];
+        RecordBatch::try_new(vitals_schema(), columns).unwrap()
+    }
+
+    fn marks(
+        dedup: &mut Deduplicator,
+        index: &mut PatientIndex,
+        events: &[(&str, Option<&str>, i64, Option<u32>)],
+    ) -> Vec<bool> {
+        let batch = batch(events);
+        let mut patients = Vec::new();
+        index.index_column(batch.column(idx::PATIENT_ID).as_string(), &mut patients);
+        dedup
+            .mark(0, &batch, &patients)
+            .unwrap_or_else(|| vec![false; events.len()])
+    }
+
+    #[test]
+    fn repeats_are_caught_in_order_and_out_of_order() {
+        let (mut d, mut ix) = (Deduplicator::default(), PatientIndex::default());
+        let b = Some("BEDSIDE");
+        // In order: nothing repeats (the fast path).
+        let first: Vec<_> = (0..40).map(|i| ("P1", b, 1_000 * i, Some(i as u32))).collect();
+        assert!(marks(&mut d, &mut ix, &first).iter().all(|m| !m));
+        assert_eq!(
+            marks(
+                &mut d,
+                &mut ix,
+                &[
+                    // A resend of a recent event: same time and number.
+                    ("P1", b, 39_000, Some(39)),
+                    // Same number, other time (a clock fix): still the event.
+                    ("P1", b, 39_500, Some(38)),
+                    // Older time, new number: a late reading, not a repeat.
+                    ("P1", b, 20_500, Some(40)),
+                    // Same reading from another device or patient: distinct.
+                    ("P1", Some("PORTABLE"), 39_000, Some(39)),
+                    ("P2", b, 39_000, Some(39)),
+                    // No sequence number: decided by time alone.
+                    ("P3", None, 5_000, None),
+                    ("P3", None, 5_000, None),
+                    ("P3", None, 6_000, None),
+                ]
+            ),
+            [true, true, false, false, false, false, true, false]
+        );
+        // Older than the 32 remembered: no longer recognised.
+        assert_eq!(
+            marks(&mut d, &mut ix, &[("P1", b, 1_000, Some(1))]),
+            [false]
+        );
     }
 }

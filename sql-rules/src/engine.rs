@@ -230,6 +230,21 @@ impl Engine {
         }
     }
 
+    /// Bytes of state the engine holds: window state of every rule, the
+    /// events remembered for duplicate detection, the interned patient ids
+    /// (cooldown maps and counters are small and not counted).
+    pub fn state_bytes(&self) -> usize {
+        let windows: usize = self
+            .rules
+            .iter()
+            .map(|r| match &r.operator {
+                Operator::Window(w) => w.state_bytes(),
+                Operator::PerEvent => 0,
+            })
+            .sum();
+        windows + self.dedup.state_bytes() + self.patients.state_bytes()
+    }
+
     /// Duplicate events seen since the engine started.
     pub fn duplicates(&self) -> u64 {
         self.duplicates

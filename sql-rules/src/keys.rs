@@ -59,6 +59,12 @@ impl PatientIndex {
         }
     }
 
+    /// Bytes held by the interned ids and their index.
+    pub fn state_bytes(&self) -> usize {
+        let names: usize = self.names.iter().map(|n| n.len() + 16).sum();
+        names + self.names.capacity() * 16 + self.ids.capacity() * 24
+    }
+
     pub fn name(&self, index: u32) -> &str {
         &self.names[index as usize]
     }

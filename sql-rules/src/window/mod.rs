@@ -244,6 +244,14 @@ impl WindowOperator {
         }
     }
 
+    /// Bytes of window state held (see the operators' `state_bytes`).
+    pub fn state_bytes(&self) -> usize {
+        match self {
+            WindowOperator::Panes(p) => p.state_bytes(),
+            WindowOperator::Session(s) => s.state_bytes(),
+        }
+    }
+
     /// Open panes or sessions holding state.
     pub fn open_state(&self) -> usize {
         match self {

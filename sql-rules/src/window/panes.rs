@@ -327,6 +327,40 @@ impl PaneOperator {
         self.open.len() + self.sealed.len()
     }
 
+    /// Bytes held by open and sealed panes (group tables, accumulators,
+    /// stats, sealed Arrow state), as the structures report them.
+    pub fn state_bytes(&self) -> usize {
+        let stats = std::mem::size_of::<GroupStats>();
+        let open: usize = self
+            .open
+            .values()
+            .map(|pane| {
+                let groups = match &pane.groups {
+                    PaneGroups::Patient { slot, patients } => {
+                        (slot.capacity() + patients.capacity()) * 4
+                    }
+                    PaneGroups::General(g) => g.size(),
+                };
+                groups
+                    + pane.accumulators.iter().map(|a| a.size()).sum::<usize>()
+                    + pane.stats.capacity() * stats
+            })
+            .sum();
+        let sealed: usize = self
+            .sealed
+            .values()
+            .map(|pane| {
+                pane.keys
+                    .iter()
+                    .chain(pane.states.iter().flatten())
+                    .map(|a| a.get_array_memory_size())
+                    .sum::<usize>()
+                    + pane.stats.capacity() * stats
+            })
+            .sum();
+        open + sealed
+    }
+
     fn new_pane(&self) -> Result<OpenPane> {
         let groups = if self.by_patient {
             PaneGroups::Patient {

@@ -52,6 +52,23 @@ pub struct SessionOperator {
 }
 
 impl SessionOperator {
+    /// Bytes held: the buffered input rows and the session index.
+    pub fn state_bytes(&self) -> usize {
+        let rows: usize = self
+            .buffered
+            .iter()
+            .map(|b| b.get_array_memory_size())
+            .sum();
+        let sessions: usize = self
+            .sessions
+            .iter()
+            .map(|(k, v)| {
+                std::mem::size_of_val(k) + k.len() + v.capacity() * std::mem::size_of::<Session>()
+            })
+            .sum();
+        rows + sessions + self.ends.len() * 32
+    }
+
     pub fn new(plan: Arc<Windowed>) -> Result<Self> {
         let WindowSpec::Session { gap_ms } = plan.window else {
             unreachable!("tumbling and hopping windows use the pane operator")

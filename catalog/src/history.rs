@@ -15,10 +15,13 @@
 //! Bounds on the event time (`event_time >= TIMESTAMP '…'`, `BETWEEN`, and
 //! for vitals also `timestamp_unix_ms`) are translated into the matching
 //! `date`/`hour` predicates when the table is scanned (see
-//! [`hour_partition_filters`]), so a one-hour query over thirty days opens one
-//! hour of files. Within the files that remain, Parquet row-group statistics
-//! prune further. Nothing else about the query changes: the original
-//! predicates are still applied to every row.
+//! [`hour_partition_filters`]), so a one-hour query over thirty days lists
+//! one hour's directory and opens one hour of files. Within the files that
+//! remain, Parquet row-group statistics prune further. Nothing else about the
+//! query changes: the original predicates are still applied to every row.
+//!
+//! [`HistoryCatalog::hours`] tells which hours of a range hold anything at
+//! all, for callers that read a long range one hour at a time (replay).
 //!
 //! # Read-only
 //!
@@ -35,7 +38,7 @@
 //! TODO: the `rules`, `rule_versions` and `audit_log` tables; register them on
 //! [`HistoryCatalog::session`] (they inherit the read-only checks).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -134,6 +137,7 @@ impl Default for QueryLimits {
 /// ```
 pub struct HistoryCatalog {
     ctx: SessionContext,
+    store: Arc<dyn ObjectStore>,
     prefix: Path,
 }
 
@@ -169,7 +173,7 @@ impl HistoryCatalog {
                 location: ARCHIVE_STORE_URL.to_string(),
                 reason: e.to_string(),
             })?;
-        ctx.register_object_store(&url, store);
+        ctx.register_object_store(&url, Arc::clone(&store));
 
         let registered: Vec<String> = ctx.state().table_functions().keys().cloned().collect();
         for name in registered {
@@ -181,7 +185,7 @@ impl HistoryCatalog {
             ctx.register_udtf(name, Arc::new(RefusedFileFunction { name }));
         }
 
-        let catalog = Self { ctx, prefix };
+        let catalog = Self { ctx, store, prefix };
         catalog.register_table(ArchiveTable::vitals(), None)?;
         catalog.register_table(ArchiveTable::alerts(), None)?;
         Ok(catalog)
@@ -242,6 +246,73 @@ impl HistoryCatalog {
             .map_err(CatalogError::query)
     }
 
+    /// The hours (since the epoch, ascending) of archive table `table` that
+    /// may hold rows with an event time in `[from_ms, to_ms)`: those with a
+    /// `date=/hour=` directory, and those the table's writer still buffers
+    /// (see [`with_unflushed`](Self::with_unflushed)).
+    ///
+    /// One listing of the table's top level and one per day of the range
+    /// that has a directory, so reading a long, sparse range hour by hour
+    /// costs nothing for the hours without data. An hour first written after
+    /// this call is not included.
+    pub async fn hours(
+        &self,
+        table: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<i64>, CatalogError> {
+        if from_ms >= to_ms {
+            return Ok(Vec::new());
+        }
+        let (first, last) = (hour_index(from_ms), hour_index(to_ms - 1));
+        let provider = self
+            .ctx
+            .table_provider(table)
+            .await
+            .map_err(CatalogError::query)?;
+        let Some(archive) = provider.downcast_ref::<ArchiveTableProvider>() else {
+            return Err(CatalogError::query(DataFusionError::Plan(format!(
+                "'{table}' is not an archive table"
+            ))));
+        };
+        let mut hours = BTreeSet::new();
+        if let Some(view) = &archive.unflushed {
+            hours.extend(
+                view.snapshot()
+                    .iter()
+                    .map(|part| part.hour_index)
+                    .filter(|h| (first..=last).contains(h)),
+            );
+        }
+        let dir = self.prefix.clone().join(archive.table.name());
+        for day in self.list_dirs(&dir).await? {
+            let Some(day_start) = day.filename().and_then(parse_date_segment) else {
+                continue;
+            };
+            if day_start > last || day_start + 23 < first {
+                continue;
+            }
+            for hour_dir in self.list_dirs(&day).await? {
+                if let Some(hour) = hour_dir.filename().and_then(parse_hour_segment) {
+                    let index = day_start + i64::from(hour);
+                    if (first..=last).contains(&index) {
+                        hours.insert(index);
+                    }
+                }
+            }
+        }
+        Ok(hours.into_iter().collect())
+    }
+
+    /// The directories directly under `dir` (none if it does not exist).
+    async fn list_dirs(&self, dir: &Path) -> Result<Vec<Path>, CatalogError> {
+        match self.store.list_with_delimiter(Some(dir)).await {
+            Ok(listing) => Ok(listing.common_prefixes),
+            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(CatalogError::store(dir, e)),
+        }
+    }
+
     /// Runs read-only `sql` and returns its result, within `limits`.
     pub async fn query(
         &self,
@@ -292,6 +363,8 @@ impl HistoryCatalog {
 /// open). The result holds only for rows whose event time is in the range,
 /// so adding it to a query never changes the answer, only what is read:
 ///
+/// - within one hour: `date = 'D' AND hour = 'H'` (the equalities narrow the
+///   listing to that hour's directory);
 /// - within one day: `date = 'D' AND hour >= 'H1' AND hour <= 'H2'` (the
 ///   equality also narrows the listing to one directory);
 /// - across days: `date >= 'D1' AND (date > 'D1' OR hour >= 'H1')` and
@@ -305,6 +378,9 @@ pub fn hour_partition_filters(from_ms: Option<i64>, to_ms: Option<i64>) -> Vec<E
     let date = || col("date");
     let hour = || col("hour");
     match (lower, upper) {
+        (Some((d1, h1)), Some((d2, h2))) if d1 == d2 && h1 == h2 => {
+            vec![date().eq(lit(d1)), hour().eq(lit(h1))]
+        }
         (Some((d1, h1)), Some((d2, h2))) if d1 == d2 => vec![
             date().eq(lit(d1)),
             hour().gt_eq(lit(h1)),
@@ -323,6 +399,23 @@ pub fn hour_partition_filters(from_ms: Option<i64>, to_ms: Option<i64>) -> Vec<E
             filters
         }
     }
+}
+
+/// The first hour (since the epoch) of a `date=YYYY-MM-DD` path segment.
+fn parse_date_segment(segment: &str) -> Option<i64> {
+    let value = segment.strip_prefix("date=")?;
+    let date = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d").ok()?;
+    let midnight = date.and_hms_opt(0, 0, 0)?.and_utc().timestamp();
+    Some(midnight.div_euclid(3600))
+}
+
+/// The hour of an `hour=HH` path segment, as the writer spells it.
+fn parse_hour_segment(segment: &str) -> Option<u8> {
+    let value = segment.strip_prefix("hour=")?;
+    if value.len() != 2 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok().filter(|h| *h < 24)
 }
 
 /// The tightest inclusive millisecond bounds that `filters` put on any of
@@ -865,6 +958,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn hours_are_the_directories_and_buffers_of_the_range() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let prefix = Path::from("arch");
+        let mut writer =
+            ArchiveWriter::new(Arc::clone(&store), prefix.clone(), ArchiveConfig::default());
+        // Files for 10:00 on the 1st and 16:00 on the 2nd; 15:00 buffered.
+        for (offset, t) in [(0, T0), (10, T0 + 30 * HOUR)] {
+            writer
+                .append(0, offset, &vitals(&[t], 0), T0)
+                .await
+                .unwrap();
+            writer.flush_all().await.unwrap();
+        }
+        writer
+            .append(0, 20, &vitals(&[T0 + 5 * HOUR], 0), T0)
+            .await
+            .unwrap();
+        let history = HistoryCatalog::new(store, prefix)
+            .unwrap()
+            .with_unflushed(writer.buffered_view())
+            .unwrap();
+        let h0 = T0 / HOUR;
+        let hours = |from: i64, to: i64| {
+            let history = &history;
+            async move { history.hours("vitals", from, to).await.unwrap() }
+        };
+        assert_eq!(
+            hours(T0 - HOUR, T0 + 48 * HOUR).await,
+            [h0, h0 + 5, h0 + 30]
+        );
+        // Half open: an hour starting at `to` is out, one ending after
+        // `from` is in.
+        assert_eq!(hours(T0 + 1, T0 + 30 * HOUR).await, [h0, h0 + 5]);
+        assert_eq!(
+            hours(T0 + 6 * HOUR, T0 + 29 * HOUR).await,
+            Vec::<i64>::new()
+        );
+        assert!(hours(T0, T0).await.is_empty());
+        assert!(history.hours("nope", T0, T0 + HOUR).await.is_err());
+    }
+
+    #[tokio::test]
     async fn buffered_rows_outside_the_time_range_are_not_scanned() {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let prefix = Path::from("arch");
@@ -1096,6 +1231,11 @@ mod tests {
         assert!(
             text.contains("date < Utf8(\"2026-01-02\") OR hour <= Utf8(\"06\")"),
             "{text}"
+        );
+        let one_hour = hour_partition_filters(Some(T0 + 5), Some(T0 + HOUR - 1));
+        assert_eq!(
+            shown(one_hour),
+            "date = Utf8(\"2026-01-01\") AND hour = Utf8(\"10\")"
         );
         assert!(hour_partition_filters(None, None).is_empty());
         assert_eq!(hour_partition_filters(Some(T0), None).len(), 2);

@@ -85,7 +85,7 @@ fn now_ms() -> i64 {
 pub fn start(
     config: EngineConfig,
     metrics: Arc<Metrics>,
-    alerts: UnboundedSender<Alert>,
+    alerts: UnboundedSender<Vec<Alert>>,
     idle_from_source: bool,
 ) -> PipelineHandle {
     let (tx, rx) = mpsc::sync_channel::<Input>(64);
@@ -162,10 +162,10 @@ pub fn start(
                             }
                             metrics.events_duplicate.fetch_add(out.duplicates, std::sync::atomic::Ordering::Relaxed);
                             metrics.events_late.fetch_add(out.late_events, std::sync::atomic::Ordering::Relaxed);
-                            for alert in out.alerts {
-                                if alerts.send(alert).is_err() {
-                                    tracing::error!("alert delivery task has stopped");
-                                }
+                            // One send per batch's alerts: each send may wake
+                            // the delivery task, a system call.
+                            if !out.alerts.is_empty() && alerts.send(out.alerts).is_err() {
+                                tracing::error!("alert delivery task has stopped");
                             }
                         }
                         // A failing rule must not stop the others; the error

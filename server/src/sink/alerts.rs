@@ -110,7 +110,7 @@ impl AlertFilter {
 
 /// Delivers alerts until the engine's sender is dropped.
 pub async fn deliver(
-    mut rx: UnboundedReceiver<Alert>,
+    mut rx: UnboundedReceiver<Vec<Alert>>,
     hub: Arc<AlertHub>,
     kafka: Option<(KafkaProducer, String)>,
     metrics: Arc<Metrics>,
@@ -120,9 +120,9 @@ pub async fn deliver(
     loop {
         // Take everything queued, so history is appended in batches.
         let Some(first) = rx.recv().await else { break };
-        pending.push(first);
+        pending.extend(first);
         while let Ok(more) = rx.try_recv() {
-            pending.push(more);
+            pending.extend(more);
         }
         // Kafka first: people wait on it, while history and the archive may
         // be busy writing a file. Live subscribers hear of an alert once

@@ -241,9 +241,10 @@ pub struct Replayed {
 /// sorted on its own, and the sorted hours in turn are exactly the range in
 /// event-time order. Hours without data are skipped
 /// ([`HistoryCatalog::hours`](catalog::HistoryCatalog::hours)). Memory is
-/// bounded by about two hours of events, not by the range: the next hour is
-/// read and sorted in the background while the engine runs over the current
-/// one. Progress and cancellation are per batch of the engine.
+/// bounded by the events of about two hours, not by the range: the hour the
+/// engine runs over, and the next one, read and sorted in the background
+/// meanwhile (held twice while its sorted copy is made). Progress and
+/// cancellation are per batch of the engine.
 pub async fn replay_rule(
     history: &catalog::HistoryCatalog,
     spec: RuleSpec,
@@ -296,6 +297,9 @@ pub async fn replay_rule(
                 .process(0, &batch, now)
                 .map_err(|e| ApiError::internal(e.to_string()))?;
             alerts.extend(out.alerts);
+            // An hour can be long: let the runtime's other tasks (the next
+            // hour's read among them) have this thread between batches.
+            tokio::task::yield_now().await;
         }
     }
     alerts.extend(

@@ -174,7 +174,9 @@ mod tests {
         let (mut d, mut ix) = (Deduplicator::default(), PatientIndex::default());
         let b = Some("BEDSIDE");
         // In order: nothing repeats (the fast path).
-        let first: Vec<_> = (0..40).map(|i| ("P1", b, 1_000 * i, Some(i as u32))).collect();
+        let first: Vec<_> = (0..40)
+            .map(|i| ("P1", b, 1_000 * i, Some(i as u32)))
+            .collect();
         assert!(marks(&mut d, &mut ix, &first).iter().all(|m| !m));
         assert_eq!(
             marks(

@@ -161,8 +161,14 @@ impl HistoryCatalog {
             .with_cache_manager(CacheManagerConfig::default().with_list_files_cache_limit(0))
             .build_arc()
             .map_err(CatalogError::query)?;
+        let mut config = SessionConfig::new().with_information_schema(false);
+        // Evaluate filters while decoding Parquet (late materialisation):
+        // a query for one patient decodes the other columns only for that
+        // patient's rows.
+        config.options_mut().execution.parquet.pushdown_filters = true;
+        config.options_mut().execution.parquet.reorder_filters = true;
         let state = SessionStateBuilder::new()
-            .with_config(SessionConfig::new().with_information_schema(false))
+            .with_config(config)
             .with_runtime_env(runtime)
             .with_default_features()
             .build();

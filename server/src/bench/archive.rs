@@ -17,6 +17,10 @@
 //! are cut (as the live engine would, with the simulated clock as processing
 //! time), and every alert, fired or suppressed, is archived in `alerts`
 //! through [`catalog::alerts_to_batch`], as the server's alert sink does.
+//!
+//! To inspect an archive afterwards (with DuckDB, say), set
+//! [`KEEP_ARCHIVE_ENV`] to an existing directory: the archive is then made
+//! in a fresh `wardwatch-bench-*` directory inside it and left there.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +32,7 @@ use object_store::ObjectStore;
 use sql_rules::{Alert, AlertStatus, Engine, EngineConfig, RuleSpec};
 use tokio::runtime::Runtime;
 
-use super::{partition_of, Ward, BATCH_ROWS, PARTITIONS};
+use super::{partition_of, progress, Ward, BATCH_ROWS, PARTITIONS};
 use crate::demo::simulator::SimEvent;
 use crate::source::decode::VitalsDecoder;
 
@@ -37,6 +41,9 @@ pub const FLUSH_HOURS: i64 = 6;
 const HOUR_MS: i64 = 3_600_000;
 /// Alerts per appended batch of the `alerts` table.
 const ALERT_BATCH: usize = 4_096;
+/// Names a directory to generate archives in and keep them (not removed on
+/// drop); unset, they go to the system's temporary directory and are removed.
+pub const KEEP_ARCHIVE_ENV: &str = "WARDWATCH_BENCH_KEEP_ARCHIVE";
 
 /// Files written for one archive table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -56,7 +63,8 @@ impl TableFiles {
     }
 }
 
-/// A generated archive; the directory is removed when this is dropped.
+/// A generated archive; the directory is removed when this is dropped
+/// (unless [`KEEP_ARCHIVE_ENV`] is set).
 pub struct BenchArchive {
     pub dir: tempfile::TempDir,
     pub store: Arc<dyn ObjectStore>,
@@ -87,13 +95,25 @@ impl BenchArchive {
 }
 
 /// Writes the archive of `ward` (and, with `rules`, the alerts they fire)
-/// into a fresh temporary directory. Blocks on `runtime`: call it from a
+/// into a fresh temporary directory (kept, inside the directory
+/// [`KEEP_ARCHIVE_ENV`] names, if set). Blocks on `runtime`: call it from a
 /// plain thread.
 pub fn generate(ward: Ward, rules: Option<&[RuleSpec]>, runtime: &Runtime) -> Result<BenchArchive> {
-    let dir = tempfile::Builder::new()
-        .prefix("wardwatch-bench-")
-        .tempdir()
-        .context("creating a temporary data directory")?;
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("wardwatch-bench-");
+    let dir = match std::env::var_os(KEEP_ARCHIVE_ENV) {
+        Some(parent) => {
+            let dir = builder
+                .disable_cleanup(true)
+                .tempdir_in(&parent)
+                .with_context(|| format!("creating a data directory in {parent:?}"))?;
+            progress("archive", format!("keeping it in {}", dir.path().display()));
+            dir
+        }
+        None => builder
+            .tempdir()
+            .context("creating a temporary data directory")?,
+    };
     let location = dir
         .path()
         .to_str()

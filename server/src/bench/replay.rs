@@ -17,7 +17,9 @@
 //! running each rule's batch twin (see [`super::rules`]) made equivalent to
 //! the replay: events of the range only, duplicates removed as the engine
 //! removes them (same patient, device and event time; the first by sequence
-//! number stays), and only the windows entirely inside the range.
+//! number stays), only the windows entirely inside the range, and `SUM` and
+//! `AVG` of readings computed exactly as the engine computes them (see
+//! [`exact_sums`]).
 //!
 //! Correctness: for every rule, the replay's alerts (fired and suppressed:
 //! cooldown only changes the status) and the baseline's rows must be the
@@ -46,11 +48,11 @@ use crate::api::replay::{replay_rule, Progress};
 
 const NAME: &str = "replay";
 /// (patients, seconds): one day of 25 patients (≈2.2 M archived events) by
-/// default, a week of 15 (≈9 M) with `--full`. Memory grows with the range:
-/// the replay's history query sorts all of it in memory, and the baseline's
-/// deduplicating aggregate holds every event's key. The small size peaks at
-/// about 1.4 GiB resident (≈560 bytes an event), so `--full` should peak
-/// near 5 GiB; mind that before raising it.
+/// default, a week of 15 (≈9 M) with `--full`. The replay's memory is flat
+/// in the range: it reads and sorts one event-time hour at a time (see
+/// [`replay_rule`]). The scenario's peak resident memory is mostly the
+/// DataFusion baseline's, whose deduplicating aggregate holds every event's
+/// key: about 1.4 GiB at the small size, 3 GiB over 3 days of 25 patients.
 const SMALL: (usize, u64) = (25, 86_400);
 const FULL: (usize, u64) = (15, 7 * 86_400);
 /// The rules the scenario replays: one of each window shape.
@@ -86,8 +88,39 @@ fn alert_identity(alert: &Alert) -> Identity {
     (key, alert.window_start_ms.unwrap_or(alert.event_time_ms))
 }
 
+/// `sql` with every `SUM` and `AVG` of a float reading over the reading cast
+/// to `DECIMAL(18, 6)`, so DataFusion sums it exactly.
+///
+/// The engine sums float readings as integer millionths (rounded to the
+/// nearest; `sql_rules::functions::exact_sum`), so its sums and averages do
+/// not depend on the order of the terms. DataFusion's float `AVG` does, and
+/// a window whose exact average sits on a `HAVING` threshold is decided by
+/// how the batch query happened to split and merge it: over 3 days of 25
+/// patients, one 5-minute window of P000023 averages exactly 90.0 (298
+/// readings, sum 26 820.0), which the replay rightly does not take as
+/// `AVG(spo2_pct) < 90`, and which a float sum puts anywhere from
+/// 89.9999999999999 to 90.0000000000001 depending on the order: DataFusion
+/// alerted on it. The cast rounds to millionths as the engine does (readings
+/// have one decimal).
+fn exact_sums(sql: &str) -> String {
+    let mut sql = sql.to_owned();
+    for field in vitals_schema().fields() {
+        if field.data_type() != &DataType::Float64 {
+            continue;
+        }
+        let c = field.name();
+        for agg in ["SUM", "AVG"] {
+            sql = sql.replace(
+                &format!("{agg}({c})"),
+                &format!("{agg}(CAST({c} AS DECIMAL(18, 6)))"),
+            );
+        }
+    }
+    sql
+}
+
 /// The batch twin of `rule` made equivalent to a replay of `[from_ms,
-/// to_ms)`: deduplicated events of the range, windows inside it.
+/// to_ms)`: deduplicated events of the range, windows inside it, exact sums.
 pub fn baseline_sql(rule: &BenchRule, from_ms: i64, to_ms: i64) -> String {
     let columns: Vec<String> = vitals_schema()
         .fields()
@@ -119,13 +152,13 @@ pub fn baseline_sql(rule: &BenchRule, from_ms: i64, to_ms: i64) -> String {
         firsts.join(", "),
         keys.join(", ")
     );
+    let twin = exact_sums(&rule.batch_sql);
     match rule.shape {
-        Shape::PerEvent => format!("{vitals} {}", rule.batch_sql),
+        Shape::PerEvent => format!("{vitals} {twin}"),
         _ => format!(
-            "{vitals} SELECT * FROM ({}) AS windows \
+            "{vitals} SELECT * FROM ({twin}) AS windows \
              WHERE window_start >= to_timestamp_millis({from_ms}) \
-               AND window_end <= to_timestamp_millis({to_ms})",
-            rule.batch_sql
+               AND window_end <= to_timestamp_millis({to_ms})"
         ),
     }
 }
@@ -441,5 +474,54 @@ mod tests {
         assert!(sql.contains("window_end <= to_timestamp_millis(2000)"));
         let per_event = rules.iter().find(|r| r.shape == Shape::PerEvent).unwrap();
         assert!(!baseline_sql(per_event, 1_000, 2_000).contains("window_end"));
+    }
+
+    #[test]
+    fn the_equivalent_batch_query_sums_readings_exactly() {
+        let hypoxemia = rules::rules()
+            .into_iter()
+            .find(|r| r.name == "Sustained hypoxemia")
+            .unwrap();
+        let sql = baseline_sql(&hypoxemia, 1_000, 2_000);
+        assert!(sql.contains("HAVING AVG(CAST(spo2_pct AS DECIMAL(18, 6))) < 90"));
+        // No float SUM or AVG is left in any rule's twin: every one is over
+        // a cast, or over a CASE of integers.
+        for rule in rules::rules() {
+            let sql = baseline_sql(&rule, 1_000, 2_000);
+            for agg in ["SUM(", "AVG("] {
+                for (i, _) in sql.match_indices(agg) {
+                    let arg = &sql[i + agg.len()..];
+                    assert!(
+                        arg.starts_with("CAST(") || arg.starts_with("CASE "),
+                        "`{}`: {}",
+                        rule.name,
+                        &sql[i..]
+                    );
+                }
+            }
+        }
+    }
+
+    /// Readings averaging exactly 90 whose float sum, in this order, is
+    /// 359.99999999999994: the 3-day bench's P000023 window in small.
+    #[test]
+    fn an_average_exactly_on_the_threshold_is_not_below_it() {
+        let values = [94.2, 82.0, 89.1, 94.7];
+        assert!(values.iter().sum::<f64>() / 4.0 < 90.0);
+        let rows: Vec<String> = values
+            .iter()
+            .map(|v| format!("(CAST({v:?} AS DOUBLE))"))
+            .collect();
+        let sql = exact_sums(&format!(
+            "SELECT AVG(spo2_pct) < 90 AS below FROM (VALUES {}) AS t(spo2_pct)",
+            rows.join(", ")
+        ));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let batches = runtime
+            .block_on(async { SessionContext::new().sql(&sql).await?.collect().await })
+            .unwrap();
+        assert!(!batches[0].column(0).as_boolean().value(0), "{sql}");
     }
 }

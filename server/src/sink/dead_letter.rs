@@ -42,6 +42,7 @@ impl InFlight {
         }
     }
 
+    /// Delivered: commits may pass these offsets.
     fn done(&self, sources: &[(i32, i64)], letters: usize) {
         let mut map = self.by_partition.lock().expect("in-flight lock");
         for &(p, o) in sources {
@@ -103,14 +104,25 @@ impl DeadLetters {
         let count = letters.len();
         let this = Arc::clone(self);
         rt.spawn(async move {
-            this.record(letters).await;
-            this.in_flight.done(&sources, count);
+            if this.record(letters).await {
+                this.in_flight.done(&sources, count);
+            } else {
+                // Not delivered even after the producer's retries: keep
+                // holding commits, so a restart reads these events again and
+                // retries them, rather than committing past them.
+                this.in_flight.letters.fetch_sub(count, Relaxed);
+                tracing::error!(
+                    letters = count,
+                    "dead letters not delivered; commits for their partitions stay behind them until a restart"
+                );
+            }
         });
     }
 
-    pub async fn record(&self, letters: Vec<DeadLetter>) {
+    /// Returns whether every letter was delivered.
+    pub async fn record(&self, letters: Vec<DeadLetter>) -> bool {
         if letters.is_empty() {
-            return;
+            return true;
         }
         self.metrics
             .events_rejected
@@ -135,15 +147,18 @@ impl DeadLetters {
                         producer.send(topic, &key, &letter.payload, &headers).await,
                     )
                 });
+                let mut all = true;
                 for (letter, result) in futures::future::join_all(sends).await {
                     match result {
                         Ok(()) => self.metrics.dead_letters_delivered.fetch_add(1, Relaxed),
                         Err(e) => {
+                            all = false;
                             tracing::error!(error = %e, reason = %letter.reason, "dead letter not delivered");
                             self.metrics.dead_letter_errors.fetch_add(1, Relaxed)
                         }
                     };
                 }
+                all
             }
             None => {
                 let now = chrono::Utc::now().timestamp_millis();
@@ -160,17 +175,20 @@ impl DeadLetters {
                     })
                     .collect();
                 match self.table.append(&records).await {
-                    Ok(()) => self
-                        .metrics
-                        .dead_letters_delivered
-                        .fetch_add(records.len() as u64, Relaxed),
+                    Ok(()) => {
+                        self.metrics
+                            .dead_letters_delivered
+                            .fetch_add(records.len() as u64, Relaxed);
+                        true
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "recording dead letters");
                         self.metrics
                             .dead_letter_errors
-                            .fetch_add(records.len() as u64, Relaxed)
+                            .fetch_add(records.len() as u64, Relaxed);
+                        false
                     }
-                };
+                }
             }
         }
     }

@@ -251,6 +251,10 @@ pub struct PaneOperator {
     pane_ms: i64,
     /// The rule groups by `patient_id` alone (see [`PaneGroups::Patient`]).
     by_patient: bool,
+    /// Every aggregate argument is a column or a literal and no aggregate
+    /// has a FILTER: evaluating them over rows WHERE excluded cannot fail
+    /// (an expression such as `x / y` guarded by `WHERE y <> 0` could).
+    plain_inputs: bool,
     open: BTreeMap<i64, OpenPane>,
     sealed: BTreeMap<i64, SealedPane>,
     /// Every window ending at or before this has fired.
@@ -284,6 +288,17 @@ fn groups_by_patient(plan: &Windowed) -> bool {
     }) && plan.key_schema.field(0).data_type() == &arrow::datatypes::DataType::Utf8
 }
 
+/// Whether evaluating the aggregates' inputs over any row is safe.
+fn plain_inputs(plan: &Windowed) -> bool {
+    use datafusion::physical_expr::expressions::{Column, Literal};
+    plan.aggregates.iter().all(|a| {
+        a.filter.is_none()
+            && a.args.iter().all(|e| {
+                e.downcast_ref::<Column>().is_some() || e.downcast_ref::<Literal>().is_some()
+            })
+    })
+}
+
 /// Rows per batch below which a pane's rows are copied out rather than
 /// masked: a mask costs a pass over the whole batch per aggregate.
 const TAKE_BELOW_FRACTION: usize = 8;
@@ -298,6 +313,7 @@ impl PaneOperator {
         Self {
             pane_ms: plan.window.pane_ms(),
             by_patient: groups_by_patient(&plan),
+            plain_inputs: plain_inputs(&plan),
             plan,
             size_ms,
             slide_ms,
@@ -425,6 +441,17 @@ impl PaneOperator {
                     self.insert_general(&batch, &ts)
                 }
             };
+        }
+        if let (Some(k), false) = (keep, self.plain_inputs) {
+            // Expressions see only the rows WHERE kept, as in SQL.
+            let (batch, ts) = super::keep_rows(batch, ts, k)?;
+            let patients: Vec<u32> = patients
+                .iter()
+                .zip(k)
+                .filter(|(_, kept)| **kept)
+                .map(|(p, _)| *p)
+                .collect();
+            return self.insert(&batch, &ts, None, &patients);
         }
         let n = batch.num_rows();
         let kept = |i: usize| keep.is_none_or(|k| k[i]);

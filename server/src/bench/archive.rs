@@ -29,7 +29,7 @@ use anyhow::{Context, Result};
 use catalog::archive::{ArchiveConfig, ArchiveWriter, ArchivedFile, NO_PARTITION};
 use object_store::path::Path;
 use object_store::ObjectStore;
-use sql_rules::{Alert, AlertStatus, Engine, EngineConfig, RuleSpec};
+use sql_rules::{Alert, AlertStatus, Engine, RuleSpec};
 use tokio::runtime::Runtime;
 
 use super::{partition_of, progress, Ward, BATCH_ROWS, PARTITIONS};
@@ -125,17 +125,7 @@ pub fn generate(ward: Ward, rules: Option<&[RuleSpec]>, runtime: &Runtime) -> Re
         ..ArchiveConfig::default()
     };
     let engine = match rules {
-        Some(specs) => {
-            let mut engine = Engine::new(EngineConfig::default());
-            for spec in specs {
-                engine
-                    .upsert_rule(spec.clone())
-                    .with_context(|| format!("adding rule {}", spec.name))?;
-            }
-            let partitions: Vec<i32> = (0..PARTITIONS).collect();
-            engine.assign_partitions(&partitions, 0);
-            Some(engine)
-        }
+        Some(specs) => Some(super::engine::engine_with(specs)?),
         None => None,
     };
     let start_ms = ward.config().start_ms;

@@ -79,9 +79,8 @@ pub fn rule_specs(rules: &[BenchRule]) -> Result<Vec<RuleSpec>> {
         .collect()
 }
 
-/// One timed pass: a fresh engine with `specs`, every batch, then close
-/// every window.
-pub fn run_engine(specs: &[RuleSpec], data: &DecodedWard) -> Result<EngineRun> {
+/// A fresh engine with `specs`, owning every benchmark partition.
+pub fn engine_with(specs: &[RuleSpec]) -> Result<Engine> {
     let mut engine = Engine::new(EngineConfig::default());
     for spec in specs {
         engine
@@ -90,6 +89,13 @@ pub fn run_engine(specs: &[RuleSpec], data: &DecodedWard) -> Result<EngineRun> {
     }
     let partitions: Vec<i32> = (0..PARTITIONS).collect();
     engine.assign_partitions(&partitions, 0);
+    Ok(engine)
+}
+
+/// One timed pass: a fresh engine with `specs`, every batch, then close
+/// every window.
+pub fn run_engine(specs: &[RuleSpec], data: &DecodedWard) -> Result<EngineRun> {
+    let mut engine = engine_with(specs)?;
     let mut ids: Vec<(String, bool)> = Vec::new();
     let mut run = EngineRun {
         seconds_nanos: 0,

@@ -17,6 +17,26 @@ use serde_json::Value;
 use super::broker::{free_port, Broker};
 use crate::config::Config;
 
+/// What an end-to-end scenario runs in: tansu on 127.0.0.1, a temporary
+/// data directory for the server (it must outlive the runtime: the server's
+/// flush tasks write there until they stop), and a multi-threaded runtime.
+pub fn broker_and_runtime(
+    name: &str,
+) -> Result<(Broker, tempfile::TempDir, tokio::runtime::Runtime)> {
+    let broker = Broker::start().with_context(|| {
+        format!(
+            "the {name} benchmark needs a Kafka-protocol broker (tansu) on 127.0.0.1 and it could not start"
+        )
+    })?;
+    super::progress(name, format!("tansu broker on {}", broker.bootstrap));
+    let data_dir = tempfile::tempdir().context("creating a data directory")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .with_context(|| format!("building the {name} benchmark's runtime"))?;
+    Ok((broker, data_dir, runtime))
+}
+
 /// How often the helpers poll the server.
 pub const POLL_EVERY: Duration = Duration::from_millis(50);
 

@@ -160,15 +160,7 @@ const NONE: u32 = u32::MAX;
 
 pub fn run(size: &BenchSize) -> Result<BenchResult> {
     let ward = size.resolve(SMALL, FULL);
-    let broker = Broker::start().context(
-        "the latency benchmark needs a Kafka-protocol broker (tansu) on 127.0.0.1 and it could not start",
-    )?;
-    progress(NAME, format!("tansu broker on {}", broker.bootstrap));
-    let data_dir = tempfile::tempdir().context("creating a data directory")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("building the latency benchmark's runtime")?;
+    let (broker, data_dir, runtime) = super::inproc::broker_and_runtime(NAME)?;
     let result = runtime.block_on(run_async(ward, &broker, data_dir.path()));
     runtime.shutdown_timeout(Duration::from_secs(2));
     result

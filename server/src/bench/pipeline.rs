@@ -67,16 +67,7 @@ pub fn run(size: &BenchSize) -> Result<BenchResult> {
 /// broker is gone, so the CLI stops the broker only when it is about to exit.
 pub fn run_keeping_broker(size: &BenchSize) -> Result<(BenchResult, Broker)> {
     let ward = size.resolve(SMALL, FULL);
-    let broker = Broker::start().context(
-        "the pipeline benchmark needs a Kafka-protocol broker (tansu) on 127.0.0.1 and it could not start",
-    )?;
-    progress(NAME, format!("tansu broker on {}", broker.bootstrap));
-    // Outlives the runtime: its flush tasks write there until they stop.
-    let data_dir = tempfile::tempdir().context("creating a data directory")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("building the pipeline benchmark's runtime")?;
+    let (broker, data_dir, runtime) = super::inproc::broker_and_runtime(NAME)?;
     let result = runtime.block_on(run_async(ward, &broker, data_dir.path()));
     runtime.shutdown_timeout(Duration::from_secs(2));
     Ok((result?, broker))

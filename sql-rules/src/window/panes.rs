@@ -488,17 +488,7 @@ impl PaneOperator {
             self.row_panes = row_panes;
             return Ok(());
         }
-        let mut args = Vec::with_capacity(self.plan.aggregates.len());
-        let mut filters = Vec::with_capacity(self.plan.aggregates.len());
-        for agg in &self.plan.aggregates {
-            args.push(evaluate_all(&agg.args, batch)?);
-            filters.push(
-                agg.filter
-                    .as_ref()
-                    .map(|f| predicate_mask(f, batch))
-                    .transpose()?,
-            );
-        }
+        let (args, filters) = self.aggregate_inputs(batch)?;
         let seq_col = batch
             .column(crate::stream::idx::SEQUENCE_NUMBER)
             .as_primitive::<UInt32Type>();
@@ -567,12 +557,8 @@ impl PaneOperator {
         ts: &[i64],
         seqs: &Seqs<'_>,
     ) -> Result<()> {
-        self.touched.insert(pane);
-        if !self.open.contains_key(&pane) {
-            let fresh = self.new_pane()?;
-            self.open.insert(pane, fresh);
-        }
-        let state = self.open.get_mut(&pane).expect("inserted above");
+        self.touch_pane(pane)?;
+        let state = self.open.get_mut(&pane).expect("opened by touch_pane");
         let PaneGroups::Patient {
             slot,
             patients: group_patients,
@@ -652,12 +638,22 @@ impl PaneOperator {
         Ok(())
     }
 
-    /// Adds rows (WHERE applied, no late rows) of a rule with any key.
-    fn insert_general(&mut self, batch: &RecordBatch, ts: &[i64]) -> Result<()> {
-        if batch.num_rows() == 0 {
-            return Ok(());
+    /// Marks `pane` as having received rows, opening it if new.
+    fn touch_pane(&mut self, pane: i64) -> Result<()> {
+        self.touched.insert(pane);
+        if !self.open.contains_key(&pane) {
+            let fresh = self.new_pane()?;
+            self.open.insert(pane, fresh);
         }
-        let keys = evaluate_all(&self.plan.key_exprs, batch)?;
+        Ok(())
+    }
+
+    /// Each aggregate's arguments and FILTER mask over `batch`.
+    #[allow(clippy::type_complexity)]
+    fn aggregate_inputs(
+        &self,
+        batch: &RecordBatch,
+    ) -> Result<(Vec<Vec<ArrayRef>>, Vec<Option<BooleanArray>>)> {
         let mut args = Vec::with_capacity(self.plan.aggregates.len());
         let mut filters = Vec::with_capacity(self.plan.aggregates.len());
         for agg in &self.plan.aggregates {
@@ -669,6 +665,16 @@ impl PaneOperator {
                     .transpose()?,
             );
         }
+        Ok((args, filters))
+    }
+
+    /// Adds rows (WHERE applied, no late rows) of a rule with any key.
+    fn insert_general(&mut self, batch: &RecordBatch, ts: &[i64]) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let keys = evaluate_all(&self.plan.key_exprs, batch)?;
+        let (args, filters) = self.aggregate_inputs(batch)?;
         let seqs = sequence_numbers(batch);
         let pane_ms = self.pane_ms;
         let first = ts[0].div_euclid(pane_ms);
@@ -721,12 +727,8 @@ impl PaneOperator {
         ts: &[i64],
         seqs: &[u32],
     ) -> Result<()> {
-        self.touched.insert(pane);
-        if !self.open.contains_key(&pane) {
-            let fresh = self.new_pane()?;
-            self.open.insert(pane, fresh);
-        }
-        let state = self.open.get_mut(&pane).expect("inserted above");
+        self.touch_pane(pane)?;
+        let state = self.open.get_mut(&pane).expect("opened by touch_pane");
         state.groups.intern(keys, &mut self.group_ids)?;
         let total = state.groups.len();
         for ((acc, values), filter) in state.accumulators.iter_mut().zip(args).zip(filters) {

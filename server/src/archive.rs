@@ -50,6 +50,8 @@ enum Message {
         partition: i32,
         done: std::sync::mpsc::Sender<()>,
     },
+    /// Shutdown: write everything buffered and stop the writer task.
+    Close,
 }
 
 /// Sends batches to an archive writer task.
@@ -101,6 +103,13 @@ impl ArchiveHandle {
         {
             let _ = wait.recv();
         }
+    }
+
+    /// Shutdown: the writer writes everything it buffers and stops; batches
+    /// sent afterwards are refused with an error log. Await the writer's
+    /// task handle to know the final flush is done.
+    pub async fn close(&self) {
+        let _ = self.tx.send(Message::Close).await;
     }
 
     /// Archives a batch that did not come from Kafka; returns once the rows
@@ -170,7 +179,7 @@ pub fn start(
                         }
                         let _ = done.send(());
                     }
-                    None => break,
+                    Some(Message::Close) | None => break,
                 },
                 _ = tick.tick() => {
                     if let Err(e) = writer.flush_due(now_ms()).await {

@@ -32,6 +32,10 @@ pub enum Input {
     Revoke(Vec<i32>),
     /// Replies once everything sent before it has been processed.
     Barrier(std::sync::mpsc::Sender<()>),
+    /// Shutdown: process everything sent before it, then stop the engine
+    /// thread (which closes the alert channel, so delivery drains and ends);
+    /// replies once the thread has let go of the alert channel.
+    Stop(std::sync::mpsc::Sender<()>),
     /// The Kafka source has nothing buffered: every assigned partition is
     /// caught up, so partitions without data may now count as idle.
     CaughtUp,
@@ -55,6 +59,15 @@ impl PipelineHandle {
         tokio::task::spawn_blocking(move || tx.send(input).map_err(|_| PipelineClosed))
             .await
             .map_err(|_| PipelineClosed)?
+    }
+
+    /// Processes everything sent before this call, then stops the engine
+    /// thread; returns once it has stopped (or already had).
+    pub async fn stop(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.send_async(Input::Stop(tx)).await.is_ok() {
+            let _ = tokio::task::spawn_blocking(move || rx.recv()).await;
+        }
     }
 
     /// Waits until every input sent before this call has been processed.
@@ -96,6 +109,7 @@ pub fn start(
         .spawn(move || {
             let mut engine = Engine::new(config);
             let mut last_tick = Instant::now();
+            let mut stopped_reply = None;
             loop {
                 let input = match rx.recv_timeout(Duration::from_millis(100)) {
                     Ok(input) => Some(input),
@@ -138,6 +152,10 @@ pub fn start(
                         Ok(Default::default())
                     }
                     Some(Input::CaughtUp) => engine.tick(now_ms()),
+                    Some(Input::Stop(reply)) => {
+                        stopped_reply = Some(reply);
+                        break;
+                    }
                     None => Ok(Default::default()),
                 };
                 let mut outputs = vec![result];
@@ -174,7 +192,12 @@ pub fn start(
                     }
                 }
             }
+            // Dropping the alert sender lets delivery drain what it has and end.
+            drop(alerts);
             tracing::info!("engine thread stopped");
+            if let Some(reply) = stopped_reply {
+                let _ = reply.send(());
+            }
         })
         .expect("spawning the engine thread");
     PipelineHandle { tx, rule_stats }

@@ -11,8 +11,10 @@ use sql_rules::{EngineConfig, RuleCompiler};
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Input};
+use crate::shutdown::Shutdown;
 use crate::sink::alerts::{self, AlertHub};
 use crate::sink::dead_letter::DeadLetters;
 use crate::sink::kafka::KafkaProducer;
@@ -23,8 +25,10 @@ pub async fn run(config: Config, demo_mode: bool) -> Result<()> {
     run_until(config, demo_mode, shutdown_signal()).await
 }
 
-/// Runs until `shutdown` completes, then stops consuming, flushes the
-/// archive and logs, and returns.
+/// Runs until `shutdown_requested` completes, then drains in a fixed order
+/// (input stops, the Kafka source commits and leaves, the engine finishes,
+/// alerts are delivered, the archive and logs are flushed) and returns,
+/// each stage bounded so the whole takes seconds whatever clients hold open.
 pub async fn run_until(
     config: Config,
     demo_mode: bool,
@@ -101,7 +105,7 @@ pub async fn run_until(
         Arc::clone(&audit_log),
     );
 
-    tokio::spawn(alerts::deliver(
+    let delivery = tokio::spawn(alerts::deliver(
         alert_rx,
         Arc::clone(&hub),
         producer
@@ -146,42 +150,50 @@ pub async fn run_until(
         }
     }
 
-    let shutdown = Arc::new(AtomicBool::new(false));
+    let mut shutdown = Shutdown::new();
+    let intake = Intake::new(
+        pipeline.clone(),
+        vitals_archive.clone(),
+        Arc::clone(&dead_letters),
+        tokio::runtime::Handle::current(),
+        shutdown.notice(),
+    );
     let kafka_ready = Arc::new(AtomicBool::new(config.kafka.brokers.is_none()));
+    let mut kafka_source = None;
     if let Some(brokers) = &config.kafka.brokers {
         let src = source::kafka::start(
             &config.kafka,
             brokers,
             &config.pipeline,
-            source::kafka::SourceOutputs {
-                pipeline: pipeline.clone(),
-                dead_letters: Arc::clone(&dead_letters),
-                archive: vitals_archive.clone(),
-                rt: tokio::runtime::Handle::current(),
-            },
-            Arc::clone(&shutdown),
+            intake.clone(),
+            shutdown.notice(),
         )?;
+        let connected = Arc::clone(&src.connected);
         let ready = Arc::clone(&kafka_ready);
+        let stop = shutdown.notice();
         tokio::spawn(async move {
-            loop {
-                ready.store(src.connected.load(Ordering::Relaxed), Ordering::Relaxed);
+            while !stop.is_requested() {
+                ready.store(connected.load(Ordering::Relaxed), Ordering::Relaxed);
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
         });
+        kafka_source = Some(src);
         tracing::info!(brokers = %brokers, topic = %config.kafka.vitals_topic, "consuming from Kafka");
     } else {
         tracing::info!("no Kafka configured: events arrive over POST /api/ingest");
     }
 
+    // Tasks that stop on the notice and are waited for (bounded) before the
+    // pipeline drains: the demo ward, the HTTP server, the log flusher.
+    let mut front = Vec::new();
     if demo_mode {
-        tokio::spawn(demo::run(
+        front.push(tokio::spawn(demo::run(
             config.demo.patients,
             config.demo.seed,
-            pipeline.clone(),
-            Arc::clone(&dead_letters),
-            vitals_archive.clone(),
+            intake.clone(),
             config.pipeline.max_batch_rows,
-        ));
+            shutdown.notice(),
+        )));
     }
 
     // Flush history logs to storage every second.
@@ -189,24 +201,17 @@ pub async fn run_until(
         let hub = Arc::clone(&hub);
         let dl = Arc::clone(&dead_letters);
         let audit = Arc::clone(&audit_log);
-        tokio::spawn(async move {
+        let stop = shutdown.notice();
+        front.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
-                tick.tick().await;
-                if let Err(e) = hub.log.flush().await {
-                    tracing::error!(error = %e, "flushing alert history");
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.clone().requested() => return,
                 }
-                if let Err(e) = dl.table.flush().await {
-                    tracing::error!(error = %e, "flushing dead letters");
-                }
-                if let Err(e) = hub.acks.flush().await {
-                    tracing::error!(error = %e, "flushing acknowledgements");
-                }
-                if let Err(e) = audit.flush().await {
-                    tracing::error!(error = %e, "flushing the audit log");
-                }
+                flush_logs(&hub, &dl, &audit).await;
             }
-        });
+        }));
     }
 
     let listen = config.listen;
@@ -214,13 +219,14 @@ pub async fn run_until(
         config,
         rules,
         compiler,
-        pipeline,
+        pipeline: pipeline.clone(),
         alerts: Arc::clone(&hub),
         dead_letters: Arc::clone(&dead_letters),
         metrics,
         store,
         store_prefix: prefix,
-        archive: vitals_archive,
+        intake,
+        shutdown: shutdown.notice(),
         history,
         audit: Arc::clone(&audit_log),
         replays: Default::default(),
@@ -231,29 +237,97 @@ pub async fn run_until(
         .await
         .with_context(|| format!("listening on {listen}"))?;
     tracing::info!("wardwatch listening on http://{listen}");
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown_requested)
-        .await?;
-    shutdown.store(true, Ordering::Relaxed);
-    // Dropping the state closes the archive channels; wait for the final
-    // flush so buffered events reach Parquet before exit.
-    if let Err(e) = audit_log.flush().await {
-        tracing::error!(error = %e, "flushing the audit log at shutdown");
+    let http = {
+        let stop = shutdown.notice();
+        tokio::spawn(async move {
+            axum::serve(listener, api::router(state))
+                .with_graceful_shutdown(stop.requested())
+                .await
+        })
+    };
+    let http_abort = http.abort_handle();
+
+    // Run until asked to stop, or until the HTTP server fails.
+    let mut http = std::pin::pin!(http);
+    let http_result = tokio::select! {
+        _ = shutdown_requested => None,
+        r = &mut http => Some(r),
+    };
+    let started = std::time::Instant::now();
+    shutdown.trigger();
+    tracing::info!("shutting down: draining the pipeline");
+
+    // 1. Stop taking input: the HTTP server finishes requests in flight (live
+    //    feeds end on the notice), the demo and periodic tasks return. A
+    //    client that holds a connection open past the grace is cut off.
+    if http_result.is_none() && tokio::time::timeout(STAGE_LIMIT, &mut http).await.is_err() {
+        tracing::warn!("HTTP connections still open after {STAGE_LIMIT:?}: closing them");
+        http_abort.abort();
     }
-    drop(audit_log);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+    for task in front {
+        if tokio::time::timeout(STAGE_LIMIT, task).await.is_err() {
+            tracing::warn!("a background task did not stop in time");
+        }
+    }
+    // 2. The Kafka source hands over what it read, commits what is
+    //    archived, and leaves the group.
+    if let Some(src) = kafka_source {
+        if !src.stopped(STAGE_LIMIT).await {
+            tracing::warn!("the Kafka source did not stop in time");
+        }
+    }
+    // 3. The engine processes everything it was given and stops; alert
+    //    delivery drains and ends with it.
+    if tokio::time::timeout(STAGE_LIMIT, pipeline.stop())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the engine did not stop in time");
+    }
+    if tokio::time::timeout(STAGE_LIMIT, delivery).await.is_err() {
+        tracing::warn!("alert delivery did not finish in time");
+    }
+    // 4. The archives write everything they buffer.
+    vitals_archive.close().await;
+    let archives = async {
         let _ = vitals_task.await;
         let _ = alerts_task.await;
-    })
-    .await;
+    };
+    if tokio::time::timeout(ARCHIVE_LIMIT, archives).await.is_err() {
+        tracing::error!("the archive's final flush did not finish in time");
+    }
+    // 5. The logs: alert history, dead letters, acknowledgements, audit.
+    flush_logs(&hub, &dead_letters, &audit_log).await;
+    if !shutdown.finished(STAGE_LIMIT).await {
+        tracing::warn!("some tasks did not report completion");
+    }
+    tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "stopped");
+    match http_result {
+        Some(Ok(Ok(()))) | None => Ok(()),
+        Some(Ok(Err(e))) => Err(anyhow::Error::from(e).context("the HTTP server failed")),
+        Some(Err(e)) => Err(anyhow::anyhow!("the HTTP server task failed: {e}")),
+    }
+}
 
+/// How long each shutdown stage may take before the next one starts anyway.
+const STAGE_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
+/// The archive's final flush writes Parquet files: give it a little longer.
+const ARCHIVE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Writes the JSON-lines logs' buffered records to storage.
+async fn flush_logs(hub: &AlertHub, dead_letters: &DeadLetters, audit: &JsonLog) {
     if let Err(e) = hub.log.flush().await {
-        tracing::error!(error = %e, "flushing alert history at shutdown");
+        tracing::error!(error = %e, "flushing alert history");
     }
     if let Err(e) = dead_letters.table.flush().await {
-        tracing::error!(error = %e, "flushing dead letters at shutdown");
+        tracing::error!(error = %e, "flushing dead letters");
     }
-    Ok(())
+    if let Err(e) = hub.acks.flush().await {
+        tracing::error!(error = %e, "flushing acknowledgements");
+    }
+    if let Err(e) = audit.flush().await {
+        tracing::error!(error = %e, "flushing the audit log");
+    }
 }
 
 /// Ctrl-C, or SIGTERM from a container runtime or systemd: stop accepting

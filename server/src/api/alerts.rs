@@ -76,29 +76,34 @@ pub async fn stream(
     Query(filter): Query<AlertFilter>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let rx = state.alerts.live.subscribe();
-    let stream = BroadcastStream::new(rx).filter_map(move |item| {
-        let filter = filter.clone();
-        async move {
-            match item {
-                Ok(alert) => {
-                    let value = serde_json::to_value(alert.as_ref()).ok()?;
-                    if !filter.matches(&value) {
-                        return None;
+    // The feed ends when the server shuts down, so an open client cannot
+    // hold the process (clients reconnect, to another instance if need be).
+    let stop = state.shutdown.clone().requested();
+    let stream = BroadcastStream::new(rx)
+        .take_until(stop)
+        .filter_map(move |item| {
+            let filter = filter.clone();
+            async move {
+                match item {
+                    Ok(alert) => {
+                        let value = serde_json::to_value(alert.as_ref()).ok()?;
+                        if !filter.matches(&value) {
+                            return None;
+                        }
+                        Some(Ok(Event::default()
+                            .event("alert")
+                            .id(alert.id.clone())
+                            .data(value.to_string())))
                     }
-                    Some(Ok(Event::default()
-                        .event("alert")
-                        .id(alert.id.clone())
-                        .data(value.to_string())))
-                }
-                // A slow client missed alerts: say so rather than hide it.
-                Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
-                    Some(Ok(Event::default()
-                        .event("lagged")
-                        .data(json!({"missed": n}).to_string())))
+                    // A slow client missed alerts: say so rather than hide it.
+                    Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                        Some(Ok(Event::default()
+                            .event("lagged")
+                            .data(json!({"missed": n}).to_string())))
+                    }
                 }
             }
-        }
-    });
+        });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 

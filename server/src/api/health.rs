@@ -22,7 +22,8 @@ pub async fn readyz(State(state): State<SharedState>) -> impl IntoResponse {
         .await
         .is_ok();
     let kafka = state.kafka_ready.load(Ordering::Relaxed);
-    let ready = storage && kafka;
+    let draining = state.shutdown.is_requested();
+    let ready = storage && kafka && !draining;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -36,7 +37,7 @@ pub async fn readyz(State(state): State<SharedState>) -> impl IntoResponse {
     (
         status,
         Json(
-            json!({"ready": ready, "storage": if storage {"ok"} else {"unreachable"}, "kafka": kafka_state}),
+            json!({"ready": ready, "storage": if storage {"ok"} else {"unreachable"}, "kafka": kafka_state, "draining": draining}),
         ),
     )
 }

@@ -17,9 +17,7 @@ pub async fn ingest(
     let result = ingest_ndjson(
         &body,
         "http:/api/ingest",
-        &state.pipeline,
-        &state.dead_letters,
-        &state.archive,
+        &state.intake,
         state.config.pipeline.max_batch_rows,
     )
     .await

@@ -33,8 +33,10 @@ pub struct AppState {
     pub dead_letters: Arc<DeadLetters>,
     pub metrics: Arc<Metrics>,
     pub store: Arc<dyn object_store::ObjectStore>,
-    /// Raw events and alerts on their way to Parquet.
-    pub archive: crate::archive::ArchiveHandle,
+    /// Where ingested events enter (archive, engine, dead letters).
+    pub intake: crate::intake::Intake,
+    /// Fires when the server begins to shut down: live feeds end on it.
+    pub shutdown: crate::shutdown::ShutdownNotice,
     /// Read-only SQL over the archive (and rows not yet flushed).
     pub history: catalog::HistoryCatalog,
     /// Background replays, by job id.

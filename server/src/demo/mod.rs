@@ -3,13 +3,12 @@
 
 pub mod simulator;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use catalog::rules::{RuleDraft, Severity};
 
-use crate::pipeline::PipelineHandle;
-use crate::sink::dead_letter::DeadLetters;
+use crate::intake::Intake;
+use crate::shutdown::ShutdownNotice;
 use crate::source::ingest::ingest_ndjson;
 use simulator::{SimEvent, WardConfig, WardSimulator};
 
@@ -74,14 +73,14 @@ fn to_ndjson(events: &[SimEvent]) -> Vec<u8> {
 }
 
 /// Runs the simulated ward: first replays the last few minutes at full speed
-/// so windows close at once, then one reading per patient per second.
+/// so windows close at once, then one reading per patient per second, until
+/// shutdown.
 pub async fn run(
     patients: usize,
     seed: u64,
-    pipeline: PipelineHandle,
-    dead_letters: Arc<DeadLetters>,
-    archive: crate::archive::ArchiveHandle,
+    intake: Intake,
     max_batch_rows: usize,
+    shutdown: ShutdownNotice,
 ) {
     const BACKFILL_SECONDS: i64 = 180;
     let now = chrono::Utc::now().timestamp_millis();
@@ -101,23 +100,22 @@ pub async fn run(
     loop {
         // Catch up to the wall clock, then wait for the next second.
         while ward.now_ms() <= chrono::Utc::now().timestamp_millis() {
+            if shutdown.is_requested() {
+                return;
+            }
             events.clear();
             ward.tick(&mut events);
             let body = to_ndjson(&events);
-            if ingest_ndjson(
-                &body,
-                "demo",
-                &pipeline,
-                &dead_letters,
-                &archive,
-                max_batch_rows,
-            )
-            .await
-            .is_err()
+            if ingest_ndjson(&body, "demo", &intake, max_batch_rows)
+                .await
+                .is_err()
             {
                 return;
             }
         }
-        interval.tick().await;
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.clone().requested() => return,
+        }
     }
 }

@@ -1,12 +1,10 @@
-//! Newline-delimited JSON into the pipeline: `POST /api/ingest` and the
-//! demo ward use this; it is the same decode and the same engine as Kafka.
-
-use std::sync::Arc;
+//! Newline-delimited JSON into the intake: `POST /api/ingest` and the demo
+//! ward use this; it is the same decode, intake and engine as Kafka.
 
 use super::decode::VitalsDecoder;
-use crate::archive::ArchiveHandle;
-use crate::pipeline::{Input, PipelineHandle, LOCAL_PARTITION};
-use crate::sink::dead_letter::{DeadLetter, DeadLetters};
+use crate::intake::{Intake, IntakeBatch, Origin};
+use crate::pipeline::PipelineClosed;
+use crate::sink::dead_letter::DeadLetter;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct IngestResult {
@@ -15,17 +13,15 @@ pub struct IngestResult {
 }
 
 /// Decodes each non-empty line as one VitalEvent; refused lines become
-/// dead letters. Accepted events are handed to the pipeline before this
-/// returns.
+/// dead letters. Everything is handed to the intake before this returns.
 pub async fn ingest_ndjson(
     body: &[u8],
     origin: &str,
-    pipeline: &PipelineHandle,
-    dead_letters: &Arc<DeadLetters>,
-    archive: &ArchiveHandle,
+    intake: &Intake,
     max_batch_rows: usize,
-) -> Result<IngestResult, crate::pipeline::PipelineClosed> {
-    let mut decoder = VitalsDecoder::new(max_batch_rows.min(65_536));
+) -> Result<IngestResult, PipelineClosed> {
+    let max_batch_rows = max_batch_rows.clamp(1, 65_536);
+    let mut decoder = VitalsDecoder::new(max_batch_rows);
     let mut letters = Vec::new();
     let mut result = IngestResult::default();
     for line in body.split(|b| *b == b'\n') {
@@ -47,26 +43,23 @@ pub async fn ingest_ndjson(
             }
         }
         if decoder.len() >= max_batch_rows {
-            let batch = decoder.finish();
-            archive.send_local(batch.clone()).await;
-            pipeline
-                .send_async(Input::Batch {
-                    partition: LOCAL_PARTITION,
-                    batch,
+            intake
+                .submit(IntakeBatch {
+                    origin: Origin::Local,
+                    batch: decoder.finish(),
+                    dead_letters: std::mem::take(&mut letters),
                 })
                 .await?;
         }
     }
-    if !decoder.is_empty() {
-        let batch = decoder.finish();
-        archive.send_local(batch.clone()).await;
-        pipeline
-            .send_async(Input::Batch {
-                partition: LOCAL_PARTITION,
-                batch,
+    if !decoder.is_empty() || !letters.is_empty() {
+        intake
+            .submit(IntakeBatch {
+                origin: Origin::Local,
+                batch: decoder.finish(),
+                dead_letters: letters,
             })
             .await?;
     }
-    dead_letters.record(letters).await;
     Ok(result)
 }

@@ -4,14 +4,15 @@
 //!
 //! Two threads: the consumer thread polls librdkafka's `BaseConsumer` (no
 //! per-message future) and only copies message bytes into per-partition
-//! chunks; the decode thread turns chunks into Arrow batches, sends dead
-//! letters, and hands each batch to the archive and the engine, in the
-//! order read. Batches are per partition, so the engine sees each
-//! partition's events in offset order and keeps a watermark per partition.
-//! Offsets are committed only up to what the archive has made durable and
-//! before any dead letter not yet delivered. Partition assignment and
-//! revocation are forwarded to the engine, so an instance that gains a
-//! partition waits for it before closing windows.
+//! chunks; the decode thread turns chunks into Arrow batches and dead
+//! letters and hands each to the [`Intake`], in the order read. Batches are
+//! per partition, so the engine sees each partition's events in offset order
+//! and keeps a watermark per partition. Offsets are committed only as far as
+//! the intake's commit gate allows (archived, and no dead letter in flight
+//! before them). Partition assignment and revocation are forwarded to the
+//! engine, so an instance that gains a partition waits for it before closing
+//! windows. On shutdown the consumer stops fetching, hands over what it
+//! read, commits, and leaves the group.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,28 +26,22 @@ use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::decode::VitalsDecoder;
-use crate::archive::{ArchiveHandle, ArchiveInput};
 use crate::config::{KafkaConfig, PipelineConfig};
-use crate::pipeline::{Input, PipelineHandle};
-use crate::sink::dead_letter::{DeadLetter, DeadLetters};
+use crate::intake::{Intake, IntakeBatch, Origin};
+use crate::pipeline::Input;
+use crate::shutdown::ShutdownNotice;
+use crate::sink::dead_letter::DeadLetter;
 use crate::sink::kafka::client_config;
 
 struct RebalanceContext {
-    pipeline: PipelineHandle,
-    archive: ArchiveHandle,
-    dead_letters: Arc<DeadLetters>,
+    intake: Intake,
     pending: Pending,
     decode: SyncSender<DecodeInput>,
     topic: String,
 }
 
-/// Dead letters waiting for delivery past this many make the decoder wait
-/// (the broker is slow or down) rather than buffer without bound.
-const MAX_DEAD_LETTERS_IN_FLIGHT: usize = 100_000;
-
-/// How long a revocation waits for the partition's data to be decoded and
-/// its dead letters delivered.
-const REVOKE_WAIT: Duration = Duration::from_secs(30);
+/// How long a revocation or shutdown waits for a partition's dead letters.
+const SETTLE_WAIT: Duration = Duration::from_secs(30);
 
 /// Chunks cut but not yet decoded, in flight to the decode thread.
 const DECODE_QUEUE: usize = 4;
@@ -74,28 +69,8 @@ impl ConsumerContext for RebalanceContext {
                     let _ = self.decode.send(DecodeInput::Chunk { partition, chunk });
                 }
             }
-            let (done, wait) = std::sync::mpsc::channel();
-            if self.decode.send(DecodeInput::Barrier(done)).is_ok()
-                && wait.recv_timeout(REVOKE_WAIT).is_err()
-            {
-                tracing::warn!("revocation: the decoder did not drain in time");
-            }
-            for &partition in &revoked {
-                self.archive.flush_blocking(partition);
-                let waiting = Instant::now();
-                while self.dead_letters.in_flight.pending(partition)
-                    && waiting.elapsed() < REVOKE_WAIT
-                {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                if let Some(durable) = self.archive.durable_offset(partition) {
-                    let cap = self.dead_letters.in_flight.commit_cap(partition, durable);
-                    store_offset(consumer, &self.topic, partition, cap);
-                }
-            }
-            if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
-                tracing::debug!(error = %e, "committing before revocation");
-            }
+            drain_decoder(&self.decode);
+            settle_and_commit(consumer, &self.intake, &self.topic, &revoked, SETTLE_WAIT);
         }
     }
 
@@ -112,7 +87,7 @@ impl ConsumerContext for RebalanceContext {
                         .filter(|e| e.topic() == self.topic)
                     {
                         if let Offset::Offset(next) = e.offset() {
-                            self.archive.resume_blocking(e.partition(), next);
+                            self.intake.archive().resume_blocking(e.partition(), next);
                         }
                     }
                 }
@@ -134,21 +109,58 @@ impl ConsumerContext for RebalanceContext {
                 return;
             }
         };
-        let _ = self.pipeline.send(input);
+        let _ = self.intake.pipeline().send(input);
+    }
+}
+
+/// Waits until the decode thread has handed everything sent before to the
+/// intake (bounded: a stuck engine must not hold a rebalance forever).
+fn drain_decoder(decode: &SyncSender<DecodeInput>) {
+    let (done, wait) = std::sync::mpsc::channel();
+    if decode.send(DecodeInput::Barrier(done)).is_ok() && wait.recv_timeout(SETTLE_WAIT).is_err() {
+        tracing::warn!("the decoder did not drain in time");
+    }
+}
+
+/// Writes the partitions' archived rows, waits for their dead letters, and
+/// commits as far as the commit gate allows: the next owner (or the next
+/// run) starts where our files end. For revocation and shutdown.
+fn settle_and_commit<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    intake: &Intake,
+    topic: &str,
+    partitions: &[i32],
+    limit: Duration,
+) {
+    for &partition in partitions {
+        intake.gate().settle_blocking(partition, limit);
+        if let Some(cap) = intake.gate().committable(partition) {
+            store_offset(consumer, topic, partition, cap);
+        }
+    }
+    if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+        tracing::debug!(error = %e, "committing");
     }
 }
 
 pub struct KafkaSource {
     /// The broker answered the last metadata request.
     pub connected: Arc<AtomicBool>,
+    consumer_thread: std::thread::JoinHandle<()>,
+    decode_thread: std::thread::JoinHandle<()>,
 }
 
-/// Where the source's output goes.
-pub struct SourceOutputs {
-    pub pipeline: PipelineHandle,
-    pub dead_letters: Arc<DeadLetters>,
-    pub archive: ArchiveHandle,
-    pub rt: tokio::runtime::Handle,
+impl KafkaSource {
+    /// Waits (at most `limit`) for the source to stop after the shutdown
+    /// notice: it stops fetching, hands what it read to the intake, commits
+    /// what the archive made durable, and leaves the group.
+    pub async fn stopped(self, limit: Duration) -> bool {
+        let join = tokio::task::spawn_blocking(move || {
+            let _ = self.consumer_thread.join();
+            let _ = self.decode_thread.join();
+        });
+        tokio::time::timeout(limit, join).await.is_ok()
+    }
 }
 
 /// Messages of one partition read since the last cut, not yet decoded:
@@ -225,15 +237,9 @@ pub fn start(
     kafka: &KafkaConfig,
     brokers: &str,
     pipeline_cfg: &PipelineConfig,
-    outputs: SourceOutputs,
-    shutdown: Arc<AtomicBool>,
+    intake: Intake,
+    shutdown: ShutdownNotice,
 ) -> Result<KafkaSource> {
-    let SourceOutputs {
-        pipeline,
-        dead_letters,
-        archive,
-        rt,
-    } = outputs;
     let mut cfg = client_config(kafka, brokers);
     cfg.set("group.id", &kafka.group_id)
         .set("enable.auto.commit", "true")
@@ -247,9 +253,7 @@ pub fn start(
     let pending: Pending = Arc::default();
     let (decode_tx, decode_rx) = std::sync::mpsc::sync_channel(DECODE_QUEUE);
     let context = RebalanceContext {
-        pipeline: pipeline.clone(),
-        archive: archive.clone(),
-        dead_letters: Arc::clone(&dead_letters),
+        intake: intake.clone(),
         pending: Arc::clone(&pending),
         decode: decode_tx.clone(),
         topic: kafka.vitals_topic.clone(),
@@ -261,28 +265,22 @@ pub fn start(
         .subscribe(&[kafka.vitals_topic.as_str()])
         .with_context(|| format!("subscribing to {}", kafka.vitals_topic))?;
     let connected = Arc::new(AtomicBool::new(false));
-    let source = KafkaSource {
-        connected: Arc::clone(&connected),
-    };
+    let connected_flag = Arc::clone(&connected);
     let topic = kafka.vitals_topic.clone();
     let max_rows = pipeline_cfg.max_batch_rows.max(1);
     let max_delay = Duration::from_millis(pipeline_cfg.max_batch_delay_ms.max(1));
-    {
+    let decode_thread = {
         let decoder = Decoder {
             topic: topic.clone(),
             max_rows,
-            pipeline,
-            archive: archive.clone(),
-            dead_letters: Arc::clone(&dead_letters),
-            rt,
-            shutdown: Arc::clone(&shutdown),
+            intake: intake.clone(),
         };
         std::thread::Builder::new()
             .name("wardwatch-decode".into())
             .spawn(move || decoder.run(decode_rx))
-            .context("spawning the decode thread")?;
-    }
-    std::thread::Builder::new()
+            .context("spawning the decode thread")?
+    };
+    let consumer_thread = std::thread::Builder::new()
         .name("wardwatch-kafka-source".into())
         .spawn(move || {
             let mut last_flush = Instant::now();
@@ -300,13 +298,13 @@ pub fn start(
                     let _ = decode_tx.send(DecodeInput::Chunk { partition, chunk });
                 }
             };
-            while !shutdown.load(Ordering::Relaxed) {
+            while !shutdown.is_requested() {
                 if last_metadata_check.elapsed() > Duration::from_secs(5) {
                     last_metadata_check = Instant::now();
                     let ok = consumer
                         .fetch_metadata(Some(&topic), Duration::from_secs(2))
                         .is_ok();
-                    connected.store(ok, Ordering::Relaxed);
+                    connected_flag.store(ok, Ordering::Relaxed);
                 }
                 let wait = max_delay
                     .saturating_sub(last_flush.elapsed())
@@ -349,29 +347,47 @@ pub fn start(
                         .copied()
                         .collect();
                     for partition in partitions {
-                        if let Some(durable) = archive.durable_offset(partition) {
-                            let cap = dead_letters.in_flight.commit_cap(partition, durable);
+                        if let Some(cap) = intake.gate().committable(partition) {
                             store_offset(&consumer, &topic, partition, cap);
                         }
                     }
                 }
             }
+            // Shutdown: hand over what was read, write it, commit it, and
+            // leave the group (dropping the consumer closes it).
+            cut_all();
+            drain_decoder(&decode_tx);
+            let partitions: Vec<i32> = pending
+                .lock()
+                .expect("pending lock")
+                .keys()
+                .copied()
+                .collect();
+            settle_and_commit(
+                &consumer,
+                &intake,
+                &topic,
+                &partitions,
+                Duration::from_secs(2),
+            );
+            drop(decode_tx);
+            drop(consumer);
             tracing::info!("Kafka source stopped");
         })
         .context("spawning the Kafka source thread")?;
-    Ok(source)
+    Ok(KafkaSource {
+        connected,
+        consumer_thread,
+        decode_thread,
+    })
 }
 
-/// The decode thread: raw chunks to Arrow batches, dead letters, and the
-/// hand-off to the archive and the engine.
+/// The decode thread: raw chunks to Arrow batches and dead letters, handed
+/// to the intake in the order read.
 struct Decoder {
     topic: String,
     max_rows: usize,
-    pipeline: PipelineHandle,
-    archive: ArchiveHandle,
-    dead_letters: Arc<DeadLetters>,
-    rt: tokio::runtime::Handle,
-    shutdown: Arc<AtomicBool>,
+    intake: Intake,
 }
 
 impl Decoder {
@@ -386,7 +402,7 @@ impl Decoder {
                     self.decode(partition, &chunk, decoder);
                 }
                 DecodeInput::CaughtUp => {
-                    let _ = self.pipeline.send(Input::CaughtUp);
+                    let _ = self.intake.pipeline().send(Input::CaughtUp);
                 }
                 DecodeInput::Barrier(done) => {
                     let _ = done.send(());
@@ -405,9 +421,6 @@ impl Decoder {
             let payload = chunk.payload(i);
             if let Err(rejection) = decoder.push_json(payload) {
                 let offset = chunk.offsets[i];
-                // No commit past it until it is delivered: held before the
-                // archive (whose progress drives commits) sees this chunk.
-                self.dead_letters.in_flight.hold(&[(partition, offset)], 1);
                 letters.push(DeadLetter {
                     key: chunk.key(i).map(<[u8]>::to_vec),
                     payload: payload.to_vec(),
@@ -417,25 +430,14 @@ impl Decoder {
                 });
             }
         }
-        let batch = decoder.finish();
-        // The copy for the archive shares the columns (Arc), it copies no data.
-        self.archive.send_blocking(ArchiveInput {
-            partition,
-            offsets: first..=chunk.last,
-            batch: batch.clone(),
-            accepted: None,
+        self.intake.submit_blocking(IntakeBatch {
+            origin: Origin::Kafka {
+                partition,
+                offsets: first..=chunk.last,
+            },
+            batch: decoder.finish(),
+            dead_letters: letters,
         });
-        if batch.num_rows() > 0 {
-            let _ = self.pipeline.send(Input::Batch { partition, batch });
-        }
-        if !letters.is_empty() {
-            while self.dead_letters.in_flight.letters() > MAX_DEAD_LETTERS_IN_FLIGHT
-                && !self.shutdown.load(Ordering::Relaxed)
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            self.dead_letters.record_in_background(&self.rt, letters);
-        }
     }
 }
 

@@ -81,6 +81,9 @@ pub struct PipelineConfig {
     pub allowed_lateness_ms: i64,
     /// A partition silent this long stops holding back the watermark.
     pub idle_timeout_ms: i64,
+    /// The engine thread busy on one input this long counts as stalled:
+    /// `/healthz` fails and `wardwatch_engine_stalled` is 1.
+    pub engine_stall_ms: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -124,6 +127,7 @@ impl Default for PipelineConfig {
             max_batch_delay_ms: 20,
             allowed_lateness_ms: 500,
             idle_timeout_ms: 10_000,
+            engine_stall_ms: 15_000,
         }
     }
 }

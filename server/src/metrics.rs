@@ -24,6 +24,8 @@ pub struct Metrics {
     pub alert_delivery_errors: AtomicU64,
     pub dead_letters_delivered: AtomicU64,
     pub dead_letter_errors: AtomicU64,
+    /// Rule evaluations that failed at run time.
+    pub rule_errors: AtomicU64,
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
@@ -45,7 +47,7 @@ impl Metrics {
 
     pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
         let mut out = String::with_capacity(2048);
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 12] = [
             ("wardwatch_events_duplicate_total", "Duplicate events dropped before rules (same patient, device and sequence number or timestamp).", &self.events_duplicate),
             ("wardwatch_events_in_total", "Events accepted into the pipeline.", &self.events_in),
             ("wardwatch_events_rejected_total", "Events refused (malformed or impossible values) and dead-lettered.", &self.events_rejected),
@@ -57,6 +59,7 @@ impl Metrics {
             ("wardwatch_alert_delivery_errors_total", "Alerts Kafka failed to accept.", &self.alert_delivery_errors),
             ("wardwatch_dead_letters_total", "Events written to the dead-letter topic or table.", &self.dead_letters_delivered),
             ("wardwatch_dead_letter_errors_total", "Dead letters that could not be written.", &self.dead_letter_errors),
+            ("wardwatch_rule_errors_total", "Rule evaluations that failed at run time (the rule keeps running; see GET /api/rules).", &self.rule_errors),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(

@@ -8,12 +8,16 @@
 //! delivery task (alerts are few; losing one is not an option).
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
-use sql_rules::{Alert, Engine, EngineConfig, RuleSpec, RuleStats};
+use sql_rules::alert::alert_id;
+use sql_rules::engine::RuleFailure;
+use sql_rules::{Alert, AlertStatus, Engine, EngineConfig, Explanation, RuleSpec, RuleStats};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::metrics::Metrics;
@@ -45,18 +49,80 @@ pub enum Input {
 pub struct PipelineHandle {
     tx: SyncSender<Input>,
     pub rule_stats: Arc<Mutex<HashMap<String, RuleStats>>>,
+    /// Per rule, its run-time failures (see [`RuleHealth`]).
+    pub rule_health: Arc<Mutex<HashMap<String, RuleHealth>>>,
+    /// Whether the engine thread is making progress (see [`EngineHealth`]).
+    pub health: Arc<EngineHealth>,
+}
+
+/// A rule that fails at run time keeps running (each input is a new try)
+/// and never stops the others, but it must not look healthy: its errors
+/// are counted and the latest is kept, for the API, the UI and metrics.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RuleHealth {
+    pub errors_total: u64,
+    pub last_error: Option<String>,
+    pub last_error_at_ms: Option<i64>,
+}
+
+/// A rule is `failing` while its latest error is this recent.
+pub const FAILING_FOR_MS: i64 = 60_000;
+
+impl RuleHealth {
+    pub fn failing(&self, now_ms: i64) -> bool {
+        self.last_error_at_ms
+            .is_some_and(|at| now_ms.saturating_sub(at) < FAILING_FOR_MS)
+    }
+}
+
+/// The engine thread's liveness. An input that keeps the thread busy past
+/// the stall limit (a runaway rule, a deadlock) makes `/healthz` fail, so
+/// an orchestrator restarts the process instead of alerting silently
+/// stopping while the process looks alive.
+#[derive(Default)]
+pub struct EngineHealth {
+    /// Inputs sent and not yet taken by the engine thread.
+    queued: AtomicI64,
+    /// Processing time at which the thread took its current input; 0 while
+    /// it waits for input.
+    busy_since_ms: AtomicI64,
+    /// Set when the thread has exited (stopped, or died).
+    exited: AtomicBool,
+}
+
+impl EngineHealth {
+    /// Inputs waiting for the engine thread.
+    pub fn queued(&self) -> i64 {
+        self.queued.load(Relaxed).max(0)
+    }
+
+    /// How long the thread has been on its current input, when that is at
+    /// least `limit_ms`; or `Some(0)` when the thread has exited while input
+    /// is waiting. `None`: healthy.
+    pub fn stalled_ms(&self, now_ms: i64, limit_ms: i64) -> Option<i64> {
+        if self.exited.load(Relaxed) {
+            return (self.queued() > 0).then_some(0);
+        }
+        let since = self.busy_since_ms.load(Relaxed);
+        let busy = if since == 0 { 0 } else { now_ms - since };
+        (since != 0 && busy >= limit_ms).then_some(busy)
+    }
 }
 
 impl PipelineHandle {
     /// Sends input, blocking while the pipeline is busy (backpressure).
     pub fn send(&self, input: Input) -> Result<(), PipelineClosed> {
-        self.tx.send(input).map_err(|_| PipelineClosed)
+        self.health.queued.fetch_add(1, Relaxed);
+        self.tx.send(input).map_err(|_| {
+            self.health.queued.fetch_sub(1, Relaxed);
+            PipelineClosed
+        })
     }
 
     /// Sends from async code without blocking the runtime's worker.
     pub async fn send_async(&self, input: Input) -> Result<(), PipelineClosed> {
-        let tx = self.tx.clone();
-        tokio::task::spawn_blocking(move || tx.send(input).map_err(|_| PipelineClosed))
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.send(input))
             .await
             .map_err(|_| PipelineClosed)?
     }
@@ -104,29 +170,49 @@ pub fn start(
     let (tx, rx) = mpsc::sync_channel::<Input>(64);
     let rule_stats = Arc::new(Mutex::new(HashMap::new()));
     let stats = Arc::clone(&rule_stats);
+    let rule_health: Arc<Mutex<HashMap<String, RuleHealth>>> = Arc::default();
+    let failures = Arc::clone(&rule_health);
+    let health = Arc::new(EngineHealth::default());
+    let liveness = Arc::clone(&health);
     std::thread::Builder::new()
         .name("wardwatch-engine".into())
         .spawn(move || {
+            // Marks the thread exited however it ends, panics included.
+            struct Exited(Arc<EngineHealth>);
+            impl Drop for Exited {
+                fn drop(&mut self) {
+                    self.0.exited.store(true, Relaxed);
+                }
+            }
+            let _exited = Exited(Arc::clone(&liveness));
             let mut engine = Engine::new(config);
             let mut last_tick = Instant::now();
             let mut stopped_reply = None;
             loop {
+                liveness.busy_since_ms.store(0, Relaxed);
                 let input = match rx.recv_timeout(Duration::from_millis(100)) {
-                    Ok(input) => Some(input),
+                    Ok(input) => {
+                        liveness.queued.fetch_sub(1, Relaxed);
+                        Some(input)
+                    }
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => break,
                 };
+                // Busy from here until the next wait, timer-driven ticks too.
+                liveness.busy_since_ms.store(now_ms(), Relaxed);
                 let result = match input {
                     Some(Input::Batch { partition, batch }) => {
                         let started = Instant::now();
                         let rows = batch.num_rows() as u64;
                         let r = engine.process(partition, &batch, now_ms());
                         metrics.observe_batch(started.elapsed().as_secs_f64());
-                        metrics.events_in.fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
+                        metrics.events_in.fetch_add(rows, Relaxed);
                         r
                     }
                     Some(Input::Upsert(spec)) => {
                         let (id, version) = (spec.id.clone(), spec.version);
+                        // A new version starts with a clean record.
+                        failures.lock().expect("rule health lock").remove(&id);
                         match engine.upsert_rule(*spec) {
                             Ok(()) => tracing::info!(rule = %id, version, "rule activated"),
                             Err(e) => tracing::error!(rule = %id, version, error = %e, "rule could not start"),
@@ -134,6 +220,7 @@ pub fn start(
                         Ok(Default::default())
                     }
                     Some(Input::Remove(id)) => {
+                        failures.lock().expect("rule health lock").remove(&id);
                         if engine.remove_rule(&id) {
                             tracing::info!(rule = %id, "rule deactivated");
                         }
@@ -174,12 +261,14 @@ pub fn start(
                 }
                 for out in outputs {
                     match out {
-                        Ok(out) => {
-                            for e in &out.errors {
-                                tracing::error!(error = %e, "rule failed on a batch");
+                        Ok(mut out) => {
+                            if !out.errors.is_empty() {
+                                let system =
+                                    record_failures(&engine, &out.errors, &failures, &metrics);
+                                out.alerts.extend(system);
                             }
-                            metrics.events_duplicate.fetch_add(out.duplicates, std::sync::atomic::Ordering::Relaxed);
-                            metrics.events_late.fetch_add(out.late_events, std::sync::atomic::Ordering::Relaxed);
+                            metrics.events_duplicate.fetch_add(out.duplicates, Relaxed);
+                            metrics.events_late.fetch_add(out.late_events, Relaxed);
                             // One send per batch's alerts: each send may wake
                             // the delivery task, a system call.
                             if !out.alerts.is_empty() && alerts.send(out.alerts).is_err() {
@@ -194,11 +283,83 @@ pub fn start(
             }
             // Dropping the alert sender lets delivery drain what it has and end.
             drop(alerts);
+            liveness.busy_since_ms.store(0, Relaxed);
             tracing::info!("engine thread stopped");
             if let Some(reply) = stopped_reply {
                 let _ = reply.send(());
             }
         })
         .expect("spawning the engine thread");
-    PipelineHandle { tx, rule_stats }
+    PipelineHandle {
+        tx,
+        rule_stats,
+        rule_health,
+        health,
+    }
+}
+
+/// Counts each rule's failures and keeps the latest; a rule that starts
+/// failing (no error in the last [`FAILING_FOR_MS`]) raises one
+/// `rule_failing` system alert, so the on-call hears of it without reading
+/// logs. Returns those alerts.
+fn record_failures(
+    engine: &Engine,
+    errors: &[RuleFailure],
+    failures: &Mutex<HashMap<String, RuleHealth>>,
+    metrics: &Metrics,
+) -> Vec<Alert> {
+    let now = now_ms();
+    let mut alerts = Vec::new();
+    let mut failures = failures.lock().expect("rule health lock");
+    for failure in errors {
+        tracing::error!(error = %failure, "rule failed on a batch");
+        metrics.rule_errors.fetch_add(1, Relaxed);
+        let health = failures.entry(failure.rule_id.clone()).or_default();
+        let starts_failing = !health.failing(now);
+        health.errors_total += 1;
+        health.last_error = Some(failure.error.to_string());
+        health.last_error_at_ms = Some(now);
+        if !starts_failing {
+            continue;
+        }
+        let Some((spec, _)) = engine.rules().find(|(s, _)| s.id == failure.rule_id) else {
+            continue;
+        };
+        alerts.push(rule_failing_alert(spec, &failure.error.to_string(), now));
+    }
+    alerts
+}
+
+/// The system alert for a rule that fails at run time: keyed by the rule,
+/// on the alert topic like any fired alert.
+fn rule_failing_alert(spec: &RuleSpec, error: &str, now: i64) -> Alert {
+    let mut key = serde_json::Map::new();
+    key.insert("rule_id".into(), spec.id.clone().into());
+    let mut values = serde_json::Map::new();
+    values.insert("error".into(), error.into());
+    values.insert("rule_name".into(), spec.name.clone().into());
+    Alert {
+        id: alert_id(&spec.id, spec.version, &key, &format!("rule_failing@{now}")),
+        rule_id: spec.id.clone(),
+        rule_version: spec.version,
+        rule_name: format!("rule_failing: {}", spec.name),
+        severity: "high".into(),
+        status: AlertStatus::Fired,
+        key,
+        window_start_ms: None,
+        window_end_ms: None,
+        values,
+        event_time_ms: now,
+        fired_at_ms: now,
+        explanation: Explanation {
+            condition: "the rule failed to evaluate at run time".into(),
+            event_count: 0,
+            first_event_ms: now,
+            last_event_ms: now,
+            first_sequence_number: None,
+            last_sequence_number: None,
+            suppressed_by: None,
+            escalated_from: None,
+        },
+    }
 }

@@ -4,66 +4,14 @@
 //! alert in history, and an acknowledgement made just before the signal.
 //! A restart on the same data directory is the reader that checks it.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{post, start};
 use futures::StreamExt;
 use serde_json::{json, Value};
-
-struct Running {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
-}
-
-async fn start(data: &std::path::Path, http: &reqwest::Client) -> Running {
-    let port = free_port();
-    let log = std::fs::File::create(data.with_extension(format!("{port}.log"))).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_wardwatch"))
-        .args(["serve", "--data-dir"])
-        .arg(data)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("the wardwatch binary starts");
-    let running = Running {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http
-        .get(format!("{}/healthz", running.url))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "the server never answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    running
-}
-
-async fn post(http: &reqwest::Client, url: String, body: Value) -> Value {
-    let r = http.post(url).json(&body).send().await.unwrap();
-    let status = r.status();
-    let v: Value = r.json().await.unwrap();
-    assert!(status.is_success(), "{status}: {v}");
-    v
-}
 
 #[tokio::test]
 async fn sigterm_with_a_live_feed_open_exits_within_5_s_with_everything_flushed() {

@@ -141,8 +141,25 @@ pub struct EngineOutput {
     /// deduplicate).
     pub duplicates: u64,
     /// Rules that failed on this input. One failing rule never stops the
-    /// others; its error names it.
-    pub errors: Vec<EngineError>,
+    /// others.
+    pub errors: Vec<RuleFailure>,
+}
+
+/// One rule's failure on one input.
+#[derive(Debug)]
+pub struct RuleFailure {
+    pub rule_id: String,
+    pub error: EngineError,
+}
+
+impl std::fmt::Display for RuleFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.error {
+            // Already names the rule.
+            EngineError::Evaluation { .. } => write!(f, "{}", self.error),
+            other => write!(f, "rule {}: {other}", self.rule_id),
+        }
+    }
 }
 
 pub struct Engine {
@@ -301,8 +318,9 @@ impl Engine {
                     index: &self.patients,
                     duplicates: duplicates.as_deref().filter(|_| !rule.spec.keep_duplicates),
                 };
-                if let Err(e) = rule.process(rows, prior_max, processing_time_ms, &mut out) {
-                    out.errors.push(e);
+                if let Err(error) = rule.process(rows, prior_max, processing_time_ms, &mut out) {
+                    let rule_id = rule.spec.id.clone();
+                    out.errors.push(RuleFailure { rule_id, error });
                 }
             }
             // Duplicates are the same event again: they do not move time.
@@ -376,8 +394,9 @@ impl Engine {
                 (Some(t), None) if t > i64::MIN => t.saturating_sub(rule.lateness_ms),
                 _ => continue,
             };
-            if let Err(e) = rule.fire(watermark, processing_time_ms, &self.patients, out) {
-                out.errors.push(e);
+            if let Err(error) = rule.fire(watermark, processing_time_ms, &self.patients, out) {
+                let rule_id = rule.spec.id.clone();
+                out.errors.push(RuleFailure { rule_id, error });
             }
         }
         Ok(())

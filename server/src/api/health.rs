@@ -10,8 +10,24 @@ use serde_json::json;
 
 use super::SharedState;
 
-pub async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
+/// Live while the engine thread makes progress: a thread stuck on one
+/// input past `engine_stall_ms` (or dead with input waiting) answers 503,
+/// so an orchestrator restarts the process rather than alerting silently
+/// stopping behind a green check.
+pub async fn healthz(State(state): State<SharedState>) -> impl IntoResponse {
+    let health = &state.pipeline.health;
+    let now = chrono::Utc::now().timestamp_millis();
+    match health.stalled_ms(now, state.config.pipeline.engine_stall_ms) {
+        None => (StatusCode::OK, Json(json!({"status": "ok"}))),
+        Some(busy_ms) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "stalled",
+                "engine_busy_ms": busy_ms,
+                "inputs_waiting": health.queued(),
+            })),
+        ),
+    }
 }
 
 /// Ready once storage answers and, when configured, Kafka answers.
@@ -51,6 +67,17 @@ pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
         .unwrap_or_default();
     let active_rules = stats.len() as f64;
     let open_panes = stats.values().map(|s| s.open_panes).sum::<u64>() as f64;
+    let now = chrono::Utc::now().timestamp_millis();
+    let health = &state.pipeline.health;
+    let stalled = health
+        .stalled_ms(now, state.config.pipeline.engine_stall_ms)
+        .is_some();
+    let failing = state
+        .pipeline
+        .rule_health
+        .lock()
+        .map(|h| h.values().filter(|r| r.failing(now)).count())
+        .unwrap_or_default() as f64;
     let body = state.metrics.render(&[
         (
             "wardwatch_active_rules",
@@ -61,6 +88,21 @@ pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
             "wardwatch_open_panes",
             "Window panes holding state.",
             open_panes,
+        ),
+        (
+            "wardwatch_engine_stalled",
+            "1 while the engine thread has been busy on one input past engine_stall_ms (or has died with input waiting).",
+            if stalled { 1.0 } else { 0.0 },
+        ),
+        (
+            "wardwatch_engine_queue",
+            "Inputs waiting for the engine thread.",
+            health.queued() as f64,
+        ),
+        (
+            "wardwatch_rules_failing",
+            "Rules with a run-time error in the last minute.",
+            failing,
         ),
     ]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)

@@ -41,6 +41,19 @@ fn rule_json(state: &SharedState, rule: &Rule) -> Value {
         .lock()
         .ok()
         .and_then(|s| s.get(&rule.id).cloned());
+    let health = state
+        .pipeline
+        .rule_health
+        .lock()
+        .ok()
+        .and_then(|h| h.get(&rule.id).cloned());
+    let now = chrono::Utc::now().timestamp_millis();
+    // What an operator needs first: is it running, and is it healthy?
+    let run_state = match &health {
+        _ if !rule.active => "inactive",
+        Some(h) if h.failing(now) => "failing",
+        _ => "active",
+    };
     let window = state
         .compiler
         .compile(&rule.current.sql)
@@ -64,6 +77,8 @@ fn rule_json(state: &SharedState, rule: &Rule) -> Value {
         "created_at_ms": rule.created_at_ms,
         "updated_at_ms": rule.updated_at_ms,
         "stats": stats,
+        "state": run_state,
+        "health": health,
     })
 }
 

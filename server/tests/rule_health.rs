@@ -1,0 +1,147 @@
+//! A rule that fails at run time (an integer division by zero that only
+//! some readings trigger, so no validation sample can catch it) must not
+//! look healthy and must not stop the others: it shows `failing` with its
+//! error in `GET /api/rules` and `/metrics`, raises one `rule_failing`
+//! system alert, and a canary rule keeps firing on every later event.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{get, post, start};
+use serde_json::{json, Value};
+
+fn events(t0: i64, n: i64, spo2: f64) -> String {
+    let mut body = String::new();
+    for i in 0..n {
+        body.push_str(
+            &json!({"patient_id": format!("P{}", i % 5), "timestamp_unix_ms": t0 + i * 100,
+                    "heart_rate_bpm": 80.0, "spo2_pct": spo2, "sequence_number": t0 / 100 + i})
+            .to_string(),
+        );
+        body.push('\n');
+    }
+    body
+}
+
+#[tokio::test]
+async fn a_rule_failing_at_run_time_is_shown_alerted_and_leaves_the_canary_firing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let http = reqwest::Client::new();
+    let server = start(&data, &http).await;
+    let url = |p: &str| format!("{}{p}", server.url);
+
+    let broken = post(
+        &http,
+        url("/api/rules"),
+        json!({"name": "divides by spo2 - 97", "severity": "low", "cooldown_seconds": 0,
+               "sql": "SELECT patient_id FROM vitals WHERE CAST(heart_rate_bpm AS BIGINT) / (CAST(spo2_pct AS BIGINT) - 97) > 100"}),
+    )
+    .await;
+    let broken_id = broken["id"].as_str().unwrap().to_string();
+    post(
+        &http,
+        url("/api/rules"),
+        json!({"name": "canary", "severity": "critical", "cooldown_seconds": 0,
+               "sql": "SELECT patient_id, spo2_pct FROM vitals WHERE spo2_pct < 98"}),
+    )
+    .await;
+
+    // spo2 97 makes the broken rule divide by zero; the canary fires on it.
+    let t0 = chrono::Utc::now().timestamp_millis() - 120_000;
+    let r = http
+        .post(url("/api/ingest"))
+        .body(events(t0, 10, 97.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let rule = loop {
+        let rules = get(&http, url("/api/rules")).await;
+        let rule = rules["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == broken_id.as_str())
+            .cloned()
+            .unwrap();
+        if rule["state"] == "failing" {
+            break rule;
+        }
+        assert!(Instant::now() < deadline, "never shown failing: {rule}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        rule["health"]["errors_total"].as_u64().unwrap() >= 1,
+        "{rule}"
+    );
+    let error = rule["health"]["last_error"].as_str().unwrap();
+    assert!(error.to_lowercase().contains("divide by zero"), "{error}");
+
+    let metrics = http
+        .get(url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("\nwardwatch_rules_failing 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("\nwardwatch_rule_errors_total 0\n"),
+        "{metrics}"
+    );
+
+    // One system alert, then the canary keeps firing on fresh events.
+    let alerts = get(&http, url("/api/alerts?limit=1000")).await;
+    let list = alerts["alerts"].as_array().unwrap();
+    let system: Vec<&Value> = list
+        .iter()
+        .filter(|a| {
+            a["rule_id"] == broken_id.as_str()
+                && a["rule_name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("rule_failing"))
+        })
+        .collect();
+    assert_eq!(system.len(), 1, "{alerts}");
+    assert_eq!(system[0]["status"], "fired");
+
+    let before = list.iter().filter(|a| a["rule_name"] == "canary").count();
+    assert_eq!(before, 10, "{alerts}");
+    let r = http
+        .post(url("/api/ingest"))
+        .body(events(t0 + 10_000, 10, 97.0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let alerts = get(&http, url("/api/alerts?limit=1000")).await;
+        let list = alerts["alerts"].as_array().unwrap();
+        let canary = list.iter().filter(|a| a["rule_name"] == "canary").count();
+        let system = list
+            .iter()
+            .filter(|a| {
+                a["rule_name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("rule_failing"))
+            })
+            .count();
+        if canary == 20 {
+            assert_eq!(system, 1, "still one system alert while it keeps failing");
+            break;
+        }
+        assert!(Instant::now() < deadline, "canary stopped firing: {canary}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let health = http.get(url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+}

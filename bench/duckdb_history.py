@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""DuckDB baseline of `wardwatch bench query` (server/src/bench/query.rs).
+"""DuckDB baseline of `wardwatch-bench query` (bench/src/query.rs).
 
 Runs history queries over a wardwatch Parquet archive with DuckDB and times
 them inside Python: the connection and the views are set up first (not

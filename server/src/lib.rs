@@ -1,10 +1,10 @@
 //! The `wardwatch` server: configuration, Kafka source and sinks, the
-//! pipeline around the rule engine, the REST API, metrics, the demo ward,
-//! the web UI, and the benchmark suite (`wardwatch bench`).
+//! pipeline around the rule engine, the REST API, metrics, the demo ward and
+//! the web UI. The benchmarks (`bench/`) and the test harness
+//! (`test-support/`) are crates of their own on top of this one.
 
 pub mod api;
 pub mod archive;
-pub mod bench;
 pub mod config;
 pub mod demo;
 pub mod intake;

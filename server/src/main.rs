@@ -1,11 +1,11 @@
-//! The `wardwatch` command line.
+//! The `wardwatch` command line: `wardwatch serve`. The benchmarks are a
+//! separate binary, `wardwatch-bench` (the `bench/` crate), so nothing of
+//! them ships in this one.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use wardwatch::bench::Scenario;
 use wardwatch::config::Config;
 
 /// SQL streaming rules for clinical alerting: bedside vitals from Kafka,
@@ -25,91 +25,7 @@ enum Command {
     /// environment variables, then flags. Without --kafka-brokers the server runs
     /// embedded: events arrive over POST /api/ingest (or from --demo).
     Serve(ServeArgs),
-    /// Run benchmarks over simulated ward data, each against a baseline
-    /// measured in the same run.
-    ///
-    /// Scenarios: engine (20 rules over in-memory Arrow batches vs the same
-    /// rules as DataFusion batch SQL), decode (JSON payloads to Arrow vs
-    /// serde_json structs), state (memory of open five-minute windows),
-    /// replay (the 20 rules replayed over days of archived Parquet as
-    /// POST /api/replay does, vs the same rules as DataFusion batch SQL over
-    /// the files), query (three history queries as POST /api/query runs them
-    /// vs DuckDB over the same files), latency (event append to alert on
-    /// alert-events at 100k events/s, vs the broker's own produce-to-consume
-    /// latency), pipeline (a tansu broker on 127.0.0.1 through an in-process
-    /// server vs a bare rdkafka consumer), or all. Prints a table, or JSON
-    /// lines with --json. Figures from a debug build are not the targets.
-    Bench(BenchArgs),
 }
-
-#[derive(Args, Debug)]
-struct BenchArgs {
-    /// Scenarios to run: engine, decode, state, replay, query, latency,
-    /// pipeline, or all.
-    #[arg(required = true, value_name = "SCENARIO")]
-    scenarios: Vec<String>,
-    /// One JSON object per scenario per line on stdout instead of the table.
-    #[arg(long)]
-    json: bool,
-    /// The large size (for release builds; the default finishes in about a
-    /// minute in a debug build).
-    #[arg(long)]
-    full: bool,
-    /// Patients in the simulated ward (overrides the size's default; for
-    /// latency, the offered load in events/s).
-    #[arg(long)]
-    patients: Option<usize>,
-    /// Simulated seconds at 1 Hz per patient (overrides the size's default;
-    /// for latency, the seconds of load).
-    #[arg(long)]
-    seconds: Option<u64>,
-}
-
-/// Runs the scenarios in order, printing each JSON line as it completes.
-fn bench(args: BenchArgs) -> Result<()> {
-    let scenarios = wardwatch::bench::parse_scenarios(&args.scenarios)?;
-    let size = wardwatch::bench::BenchSize {
-        full: args.full,
-        patients: args.patients,
-        seconds: args.seconds,
-    };
-    let mut results = Vec::new();
-    // The pipeline's broker lives until we exit: the in-process server it
-    // fed cannot be stopped and would log its loss (the pipeline runs last).
-    let mut _broker = None;
-    for scenario in scenarios {
-        let result = match scenario {
-            Scenario::Pipeline => {
-                wardwatch::bench::pipeline::run_keeping_broker(&size).map(|(result, broker)| {
-                    _broker = Some(broker);
-                    result
-                })
-            }
-            other => other.run(&size),
-        }
-        .with_context(|| format!("benchmark `{}` failed", scenario.name()))?;
-        if args.json {
-            println!("{}", result.to_json_line());
-        }
-        results.push(result);
-    }
-    if !args.json {
-        print!("{}", wardwatch::bench::table(&results));
-        if cfg!(debug_assertions) {
-            println!(
-                "(debug build: these figures are not the targets; use a release build for those)"
-            );
-        }
-    }
-    // Stopping the broker makes the idle in-process consumer complain; the
-    // run is over, so nothing said from here on matters.
-    BENCH_QUIET.store(true, Ordering::Relaxed);
-    drop(_broker);
-    Ok(())
-}
-
-/// Set once a benchmark run is over, to silence the teardown's logs.
-static BENCH_QUIET: AtomicBool = AtomicBool::new(false);
 
 #[derive(Args, Debug)]
 struct ServeArgs {
@@ -193,26 +109,9 @@ impl ServeArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let filter = |default: &str| {
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into())
-    };
-    match cli.command {
-        Command::Serve(_) => tracing_subscriber::fmt()
-            .with_env_filter(filter("info,rdkafka=warn,datafusion=warn"))
-            .init(),
-        // Benchmarks print a table or JSON on stdout: logs go to stderr, and
-        // the in-process server's info logs are left out.
-        Command::Bench(_) => {
-            use tracing_subscriber::prelude::*;
-            let layer = tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_filter(filter("warn,rdkafka=error"))
-                .with_filter(tracing_subscriber::filter::filter_fn(|_| {
-                    !BENCH_QUIET.load(Ordering::Relaxed)
-                }));
-            tracing_subscriber::registry().with(layer).init();
-        }
-    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,rdkafka=warn,datafusion=warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).init();
     match cli.command {
         Command::Serve(args) => {
             let (config, demo) = args.into_config()?;
@@ -221,6 +120,5 @@ fn main() -> Result<()> {
                 .build()?;
             runtime.block_on(wardwatch::server::run(config, demo))
         }
-        Command::Bench(args) => bench(args),
     }
 }

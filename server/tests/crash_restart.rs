@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
-use wardwatch::bench::broker::{free_port, Broker};
+use wardwatch_test_support::{free_port, Broker};
 
 struct Running {
     child: Child,

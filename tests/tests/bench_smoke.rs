@@ -1,13 +1,13 @@
-//! CI smoke test for `wardwatch bench`: the `engine`, `pipeline` and
+//! CI smoke test for `wardwatch-bench`: the `engine`, `pipeline` and
 //! `latency` scenarios run at a tiny size and their alerts are right (some
 //! fire, the engine fires exactly the same ones twice, and the latency run
 //! reads an alert for every marker and window it expects). Speed is not
-//! checked here: that is what `wardwatch bench` is for.
+//! checked here: that is what `wardwatch-bench` is for.
 //!
 //! The pipeline and latency scenarios need the tansu broker (`bash
 //! tests/run.sh` installs it); without it the tests fail and say so.
 
-use wardwatch::bench::{self, BenchResult, BenchSize};
+use wardwatch_bench::{self as bench, BenchResult, BenchSize};
 
 /// Fields every scenario's JSON line must carry.
 const REQUIRED: [&str; 7] = [

@@ -1,4 +1,4 @@
-//! `bench state`: resident memory of the engine's window state with a ward
+//! `wardwatch-bench state`: resident memory of the engine's window state with a ward
 //! of patients and 20 rules whose five-minute windows are all still open.
 //!
 //! The ward runs for four simulated minutes from a five-minute boundary, so
@@ -24,10 +24,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use sql_rules::{Engine, EngineConfig};
 
-use super::engine::rule_specs;
-use super::rules::five_minute_rules;
-use super::{partition_of, progress, BenchResult, BenchSize, BATCH_ROWS, PARTITIONS};
-use crate::source::decode::VitalsDecoder;
+use crate::engine::rule_specs;
+use crate::rules::five_minute_rules;
+use crate::{partition_of, progress, BenchResult, BenchSize, BATCH_ROWS, PARTITIONS};
+use wardwatch::source::decode::VitalsDecoder;
 
 const NAME: &str = "state";
 /// (patients, seconds): the target is 100 k patients (`--full`); the small

@@ -1,4 +1,4 @@
-//! `bench engine`: Arrow batches in memory through the 20 rules, no I/O.
+//! `wardwatch-bench engine`: Arrow batches in memory through the 20 rules, no I/O.
 //!
 //! The simulated ward is decoded once into per-partition batches (as the
 //! Kafka source would cut them); the timed part is `Engine::process` over
@@ -7,7 +7,7 @@
 //! events/s per core. It runs twice: the alerts must be non-empty and the
 //! same both times (count and ids), and the faster run is reported.
 //!
-//! Baseline: the same 20 rules as batch SQL (see [`super::rules`]) in
+//! Baseline: the same 20 rules as batch SQL (see [`crate::rules`]) in
 //! DataFusion over the same batches in a `MemTable`, with one target
 //! partition on a current-thread runtime so it also uses one core; the
 //! faster of two runs.
@@ -23,8 +23,8 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use sql_rules::stream::vitals_schema;
 use sql_rules::{AlertStatus, Engine, EngineConfig, RuleCompiler, RuleSpec};
 
-use super::rules::{self, BenchRule};
-use super::{progress, BenchResult, BenchSize, DecodedWard, PARTITIONS};
+use crate::rules::{self, BenchRule};
+use crate::{progress, BenchResult, BenchSize, DecodedWard, PARTITIONS};
 
 const NAME: &str = "engine";
 /// (patients, seconds): 600 k events by default, 18 M with `--full`.

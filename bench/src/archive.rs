@@ -32,9 +32,9 @@ use object_store::ObjectStore;
 use sql_rules::{Alert, AlertStatus, Engine, RuleSpec};
 use tokio::runtime::Runtime;
 
-use super::{partition_of, progress, Ward, BATCH_ROWS, PARTITIONS};
-use crate::demo::simulator::SimEvent;
-use crate::source::decode::VitalsDecoder;
+use crate::{partition_of, progress, Ward, BATCH_ROWS, PARTITIONS};
+use wardwatch::demo::simulator::SimEvent;
+use wardwatch::source::decode::VitalsDecoder;
 
 /// Simulated hours between two flushes of every partition's buffers.
 pub const FLUSH_HOURS: i64 = 6;
@@ -125,7 +125,7 @@ pub fn generate(ward: Ward, rules: Option<&[RuleSpec]>, runtime: &Runtime) -> Re
         ..ArchiveConfig::default()
     };
     let engine = match rules {
-        Some(specs) => Some(super::engine::engine_with(specs)?),
+        Some(specs) => Some(crate::engine::engine_with(specs)?),
         None => None,
     };
     let start_ms = ward.config().start_ms;

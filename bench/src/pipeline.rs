@@ -1,4 +1,4 @@
-//! `bench pipeline`: end to end from a real Kafka-protocol broker on
+//! `wardwatch-bench pipeline`: end to end from a real Kafka-protocol broker on
 //! 127.0.0.1 through the Kafka source, decode, the 20 rules and the alert
 //! sink of a real `wardwatch` server running in this process.
 //!
@@ -24,7 +24,7 @@
 //! server's time is accurate to about 0.1 s.
 //!
 //! This scenario does not stop its in-process servers (see
-//! [`super::inproc`]): their async tasks end with this scenario's runtime,
+//! [`crate::inproc`]): their async tasks end with this scenario's runtime,
 //! but the Kafka source and engine threads stay idle until the process
 //! exits. Run this scenario last in a process. The server archives every event to Parquet in its
 //! data directory (a temporary one here); the archive's writer task pushes
@@ -33,6 +33,7 @@
 //! not when the archive has flushed it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -42,13 +43,14 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use serde_json::json;
+use tempfile::TempDir;
 
-use super::broker::{free_port, Broker};
-use super::inproc::{self, InProcessServer, POLL_EVERY};
-use super::rules::{self, BenchRule};
-use super::{available_cores, progress, BenchResult, BenchSize, Ward, PARTITIONS};
-use crate::config::Config;
-use crate::demo::simulator::SimEvent;
+use crate::inproc::{self, POLL_EVERY};
+use crate::rules::{self, BenchRule};
+use crate::{available_cores, progress, BenchResult, BenchSize, Ward, PARTITIONS};
+use wardwatch::config::Config;
+use wardwatch::demo::simulator::SimEvent;
+use wardwatch_test_support::{free_port, Broker, Server};
 
 const NAME: &str = "pipeline";
 /// (patients, seconds): 600 k messages by default, 3 M with `--full`.
@@ -67,13 +69,13 @@ pub fn run(size: &BenchSize) -> Result<BenchResult> {
 /// broker is gone, so the CLI stops the broker only when it is about to exit.
 pub fn run_keeping_broker(size: &BenchSize) -> Result<(BenchResult, Broker)> {
     let ward = size.resolve(SMALL, FULL);
-    let (broker, data_dir, runtime) = super::inproc::broker_and_runtime(NAME)?;
-    let result = runtime.block_on(run_async(ward, &broker, data_dir.path()));
+    let (broker, data_dir, runtime) = crate::inproc::broker_and_runtime(NAME)?;
+    let result = runtime.block_on(run_async(ward, &broker, &data_dir));
     runtime.shutdown_timeout(Duration::from_secs(2));
     Ok((result?, broker))
 }
 
-async fn run_async(ward: Ward, broker: &Broker, data_dir: &std::path::Path) -> Result<BenchResult> {
+async fn run_async(ward: Ward, broker: &Broker, data_dir: &Arc<TempDir>) -> Result<BenchResult> {
     for (topic, partitions) in [(TOPIC, PARTITIONS), ("alert-events", 1), ("vitals-dlq", 1)] {
         broker.create_topic(topic, partitions).await?;
     }
@@ -113,7 +115,7 @@ async fn run_async(ward: Ward, broker: &Broker, data_dir: &std::path::Path) -> R
     );
 
     let ours = wardwatch(broker, data_dir, n, &rules::rules()).await?;
-    let (archive_files, archive_bytes) = parquet_files(data_dir);
+    let (archive_files, archive_bytes) = parquet_files(data_dir.path());
     progress(
         NAME,
         format!(
@@ -282,12 +284,10 @@ struct ServerRun {
 
 async fn wardwatch(
     broker: &Broker,
-    data_dir: &std::path::Path,
+    data_dir: &Arc<TempDir>,
     n: u64,
     rules: &[BenchRule],
 ) -> Result<ServerRun> {
-    let http = reqwest::Client::new();
-
     // First server, no Kafka: the rules go in over REST and are stored. It
     // is left running (see the module doc).
     let bodies: Vec<serde_json::Value> = rules
@@ -301,18 +301,18 @@ async fn wardwatch(
             })
         })
         .collect();
-    let _rules_server = inproc::create_rules(&http, data_dir, &bodies).await?;
+    let _rules_server = inproc::create_rules(data_dir, &bodies).await?;
     progress(NAME, format!("{} rules created over REST", rules.len()));
 
     // Second server, consuming, with the stored rules.
     let config = inproc::consuming_config(broker)?;
     let started = Instant::now();
-    let mut server = InProcessServer::start(config, data_dir).await?;
+    let mut server = Server::spawn_in(config, Arc::clone(data_dir))?;
     let mut first: Option<Instant> = None;
     let mut m;
     loop {
         server.check_alive().await?;
-        m = server.metrics(&http).await.unwrap_or_default();
+        m = server.metrics().await.unwrap_or_default();
         let seen = m.get("wardwatch_events_in_total").copied().unwrap_or(0.0)
             + m.get("wardwatch_events_rejected_total")
                 .copied()
@@ -342,7 +342,7 @@ async fn wardwatch(
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        m = server.metrics(&http).await.unwrap_or(m);
+        m = server.metrics().await.unwrap_or(m);
     }
     let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
     let seen = get("wardwatch_events_in_total") + get("wardwatch_events_rejected_total");

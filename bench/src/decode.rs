@@ -1,4 +1,4 @@
-//! `bench decode`: Kafka payload bytes (JSON VitalEvents) into Arrow.
+//! `wardwatch-bench decode`: Kafka payload bytes (JSON VitalEvents) into Arrow.
 //!
 //! The simulated ward's payloads (with its malformed ones) are generated
 //! once; the timed part is [`VitalsDecoder::push_json`] over all of them,
@@ -16,8 +16,8 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use serde::Deserialize;
 
-use super::{progress, BenchResult, BenchSize, BATCH_ROWS};
-use crate::source::decode::VitalsDecoder;
+use crate::{progress, BenchResult, BenchSize, BATCH_ROWS};
+use wardwatch::source::decode::VitalsDecoder;
 
 const NAME: &str = "decode";
 /// (patients, seconds): 300 k payloads by default, 1.5 M with `--full`.

@@ -1,7 +1,7 @@
-//! `bench replay`: bench rules replayed over days of archived Parquet,
+//! `wardwatch-bench replay`: bench rules replayed over days of archived Parquet,
 //! through the code path of `POST /api/replay`.
 //!
-//! The archive is generated once, not timed (see [`super::archive`]). The
+//! The archive is generated once, not timed (see [`crate::archive`]). The
 //! timed part replays each of [`REPLAYED`] — four of the 20 bench rules, one
 //! per window shape — in turn over the whole simulated range `[start, end)`
 //! with [`replay_rule`], the function behind `POST /api/replay`: a
@@ -14,7 +14,7 @@
 //!
 //! Baseline: DataFusion (a default `SessionContext`, all cores, like the
 //! history catalog) over the same files registered with `register_parquet`,
-//! running each rule's batch twin (see [`super::rules`]) made equivalent to
+//! running each rule's batch twin (see [`crate::rules`]) made equivalent to
 //! the replay: events of the range only, duplicates removed as the engine
 //! removes them (same patient, device and event time; the first by sequence
 //! number stays), only the windows entirely inside the range, and `SUM` and
@@ -40,11 +40,11 @@ use serde_json::json;
 use sql_rules::stream::vitals_schema;
 use sql_rules::{Alert, AlertStatus};
 
-use super::archive::{self, BenchArchive};
-use super::engine::rule_specs;
-use super::rules::{self, BenchRule, Shape};
-use super::{available_cores, progress, BenchResult, BenchSize, Ward};
-use crate::api::replay::{replay_rule, Progress};
+use crate::archive::{self, BenchArchive};
+use crate::engine::rule_specs;
+use crate::rules::{self, BenchRule, Shape};
+use crate::{available_cores, progress, BenchResult, BenchSize, Ward};
+use wardwatch::api::replay::{replay_rule, Progress};
 
 const NAME: &str = "replay";
 /// (patients, seconds): one day of 25 patients (≈2.2 M archived events) by

@@ -1,7 +1,8 @@
 //! A throwaway Kafka-protocol broker (tansu, in-memory storage) on
-//! 127.0.0.1 for the pipeline benchmark and the end-to-end tests (whose
-//! harness re-exports it). The binary comes from `$WARDWATCH_TANSU` or `~/.cache/wardwatch/tools/bin/tansu`
-//! (`bash tests/run.sh` installs it there).
+//! 127.0.0.1 for the end-to-end tests and the `pipeline` and `latency`
+//! benchmarks. The binary comes from `$WARDWATCH_TANSU` or
+//! `~/.cache/wardwatch/tools/bin/tansu` (`bash tests/run.sh` installs it
+//! there); without it [`Broker::start`] fails and says how to get it.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 
 /// A free TCP port on 127.0.0.1 (another process could take it before we
-/// bind it; good enough for a benchmark).
+/// bind it; good enough for tests and benchmarks).
 pub fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(listener.local_addr()?.port())

@@ -1,8 +1,8 @@
-//! `bench query`: three history queries over days of archived Parquet,
+//! `wardwatch-bench query`: three history queries over days of archived Parquet,
 //! through the [`HistoryCatalog`] behind `POST /api/query`, against DuckDB
 //! over the same files.
 //!
-//! The archive is generated once, not timed (see [`super::archive`]), with
+//! The archive is generated once, not timed (see [`crate::archive`]), with
 //! the alerts the 20 bench rules fire over it in the `alerts` table. The
 //! queries:
 //!
@@ -33,9 +33,9 @@ use anyhow::{bail, Context, Result};
 use catalog::{HistoryCatalog, QueryLimits};
 use serde_json::{json, Value};
 
-use super::archive::{self, BenchArchive};
-use super::engine::rule_specs;
-use super::{available_cores, progress, rules, BenchResult, BenchSize, Ward};
+use crate::archive::{self, BenchArchive};
+use crate::engine::rule_specs;
+use crate::{available_cores, progress, rules, BenchResult, BenchSize, Ward};
 
 const NAME: &str = "query";
 /// (patients, seconds): one day of 25 patients (≈2.2 M archived events) by
@@ -46,7 +46,7 @@ const FULL: (usize, u64) = (100, 7 * 86_400);
 /// Runs of each query on each side; the median counts.
 pub const REPS: usize = 5;
 /// The DuckDB side, embedded so the binary runs from any directory.
-const DUCKDB_SCRIPT: &str = include_str!("../../../bench/duckdb_history.py");
+const DUCKDB_SCRIPT: &str = include_str!("../duckdb_history.py");
 /// What the baseline is called when DuckDB cannot be used.
 pub const UNAVAILABLE: &str = "duckdb unavailable";
 

@@ -1,4 +1,4 @@
-//! `bench latency`: how long after an event is appended to `vitals` its
+//! `wardwatch-bench latency`: how long after an event is appended to `vitals` its
 //! alert can be read from `alert-events`, at a fixed offered load, through a
 //! real broker and a real `wardwatch` server running in this process.
 //!
@@ -105,12 +105,13 @@ use rdkafka::producer::{
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use serde_json::json;
+use tempfile::TempDir;
 
-use super::broker::{free_port, Broker};
-use super::inproc::{self, InProcessServer, POLL_EVERY};
-use super::{available_cores, progress, BenchResult, BenchSize, Ward, PARTITIONS};
-use crate::config::Config;
-use crate::demo::simulator::{WardConfig, WardSimulator};
+use crate::inproc::{self, POLL_EVERY};
+use crate::{available_cores, progress, BenchResult, BenchSize, Ward, PARTITIONS};
+use wardwatch::config::Config;
+use wardwatch::demo::simulator::{WardConfig, WardSimulator};
+use wardwatch_test_support::{free_port, Broker, Server};
 
 const NAME: &str = "latency";
 /// (patients = events/s, seconds of load).
@@ -160,8 +161,8 @@ const NONE: u32 = u32::MAX;
 
 pub fn run(size: &BenchSize) -> Result<BenchResult> {
     let ward = size.resolve(SMALL, FULL);
-    let (broker, data_dir, runtime) = super::inproc::broker_and_runtime(NAME)?;
-    let result = runtime.block_on(run_async(ward, &broker, data_dir.path()));
+    let (broker, data_dir, runtime) = crate::inproc::broker_and_runtime(NAME)?;
+    let result = runtime.block_on(run_async(ward, &broker, &data_dir));
     runtime.shutdown_timeout(Duration::from_secs(2));
     result
 }
@@ -190,29 +191,28 @@ fn epoch_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-async fn run_async(ward: Ward, broker: &Broker, data_dir: &std::path::Path) -> Result<BenchResult> {
+async fn run_async(ward: Ward, broker: &Broker, data_dir: &Arc<TempDir>) -> Result<BenchResult> {
     let clock = Clock {
         base: Instant::now(),
     };
     for (topic, partitions) in [(TOPIC, PARTITIONS), (ALERTS_TOPIC, 1), ("vitals-dlq", 1)] {
         broker.create_topic(topic, partitions).await?;
     }
-    let http = reqwest::Client::new();
     let rules = [
         json!({"name": "bench latency per-event", "sql": PER_EVENT_SQL, "severity": "high",
                "cooldown_seconds": 0, "allowed_lateness_ms": LATENESS_MS}),
         json!({"name": "bench latency windowed", "sql": WINDOWED_SQL, "severity": "high",
                "cooldown_seconds": 0, "allowed_lateness_ms": LATENESS_MS}),
     ];
-    inproc::create_rules(&http, data_dir, &rules)
+    inproc::create_rules(data_dir, &rules)
         .await?
-        .stop(Duration::from_secs(30))
+        .stop_within(Duration::from_secs(30))
         .await
         .context("stopping the rules server")?;
     let config = inproc::consuming_config(broker)?;
     let server_settings = config.clone();
-    let mut server = InProcessServer::start(config, data_dir).await?;
-    server.wait_healthy(&http, Duration::from_secs(60)).await?;
+    let mut server = Server::spawn_in(config, Arc::clone(data_dir))?;
+    server.wait_healthy(Duration::from_secs(60)).await?;
 
     // The bench's own readers.
     let stop = Arc::new(AtomicBool::new(false));
@@ -244,7 +244,6 @@ async fn run_async(ward: Ward, broker: &Broker, data_dir: &std::path::Path) -> R
     let result = measure(
         ward,
         broker,
-        &http,
         &mut server,
         clock,
         &alerts,
@@ -269,12 +268,12 @@ async fn run_async(ward: Ward, broker: &Broker, data_dir: &std::path::Path) -> R
         (Ok(run), Ok(received)) => (run, received),
         (Err(e), _) | (_, Err(e)) => {
             // Stop the server before the broker goes, or it logs its loss.
-            let _ = server.stop(Duration::from_secs(30)).await;
+            let _ = server.stop_within(Duration::from_secs(30)).await;
             return Err(e);
         }
     };
 
-    let m = server.metrics(&http).await.unwrap_or_default();
+    let m = server.metrics().await.unwrap_or_default();
     let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
     let late = get("wardwatch_events_late_total") as u64;
     let batches = get("wardwatch_batch_seconds_count");
@@ -283,9 +282,8 @@ async fn run_async(ward: Ward, broker: &Broker, data_dir: &std::path::Path) -> R
     } else {
         0.0
     };
-    drop(http);
     server
-        .stop(Duration::from_secs(30))
+        .stop_within(Duration::from_secs(30))
         .await
         .context("stopping the consuming server")?;
 
@@ -372,14 +370,13 @@ async fn run_async(ward: Ward, broker: &Broker, data_dir: &std::path::Path) -> R
 async fn measure(
     ward: Ward,
     broker: &Broker,
-    http: &reqwest::Client,
-    server: &mut InProcessServer,
+    server: &mut Server,
     clock: Clock,
     alerts: &Arc<Mutex<Vec<AlertSeen>>>,
     alerts_read: &AtomicU64,
     baseline_read: &AtomicU64,
 ) -> Result<LoadRun> {
-    prime(broker, http, server, alerts_read, baseline_read).await?;
+    prime(broker, server, alerts_read, baseline_read).await?;
 
     // The generator runs ahead of the producer; start once it has a lead.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<LoadEvent>>(3);
@@ -450,7 +447,7 @@ async fn measure(
         if last_progress.elapsed() > ALERT_STALL || started.elapsed() > ALERT_WAIT_MAX {
             // Lost alerts are a finding, not a reason to lose the figures:
             // they are counted (`*_missing`) and left out of the percentiles.
-            let m = server.metrics(http).await.unwrap_or_default();
+            let m = server.metrics().await.unwrap_or_default();
             let get = |k: &str| m.get(k).copied().unwrap_or(0.0) as u64;
             progress(
                 NAME,
@@ -497,8 +494,7 @@ async fn measure(
 /// its message, so every consumer group has joined before the load.
 async fn prime(
     broker: &Broker,
-    http: &reqwest::Client,
-    server: &mut InProcessServer,
+    server: &mut Server,
     alerts_read: &AtomicU64,
     baseline_read: &AtomicU64,
 ) -> Result<()> {
@@ -539,7 +535,7 @@ async fn prime(
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         server.check_alive().await?;
-        let m = server.metrics(http).await.unwrap_or_default();
+        let m = server.metrics().await.unwrap_or_default();
         let events = m.get("wardwatch_events_in_total").copied().unwrap_or(0.0) as u64;
         let vitals = baseline_read.load(Ordering::Relaxed);
         let alerts = alerts_read.load(Ordering::Relaxed);

@@ -21,7 +21,15 @@
 //! query changes: the original predicates are still applied to every row.
 //!
 //! [`HistoryCatalog::hours`] tells which hours of a range hold anything at
-//! all, for callers that read a long range one hour at a time (replay).
+//! all, for callers that read a long range one hour at a time; replay does,
+//! through [`HistoryCatalog::events_in_order`] ([`replay_input`]).
+//!
+//! # State tables
+//!
+//! `rules`, `rule_versions` and `audit_log` show the current state of the
+//! rule store and the audit log, read when a query scans them
+//! ([`state_tables`], registered once with
+//! [`HistoryCatalog::register_state_tables`]).
 //!
 //! # Read-only
 //!
@@ -34,9 +42,6 @@
 //! The object store is registered under [`ARCHIVE_STORE_URL`] in this
 //! context only. The listing cache is off, so a file written a moment ago is
 //! seen by the next query.
-//!
-//! TODO: the `rules`, `rule_versions` and `audit_log` tables; register them on
-//! [`HistoryCatalog::session`] (they inherit the read-only checks).
 
 use std::collections::{BTreeSet, HashSet};
 use std::future::Future;
@@ -74,6 +79,11 @@ use object_store::ObjectStore;
 
 use crate::archive::{hour_index, partition_values, ArchiveTable, BufferedView, PendingFile};
 use crate::CatalogError;
+
+pub mod replay_input;
+pub mod state_tables;
+
+pub use replay_input::{EventsInOrder, RecordedAlert};
 
 /// The URL the archive's object store is registered under in the history
 /// session; table locations are `wardwatch://archive/{prefix}/{table}/`.

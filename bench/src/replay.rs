@@ -44,7 +44,7 @@ use crate::archive::{self, BenchArchive};
 use crate::engine::rule_specs;
 use crate::rules::{self, BenchRule, Shape};
 use crate::{available_cores, progress, BenchResult, BenchSize, Ward};
-use wardwatch::api::replay::{replay_rule, Progress};
+use wardwatch::replay::{replay_rule, Progress};
 
 const NAME: &str = "replay";
 /// (patients, seconds): one day of 25 patients (≈2.2 M archived events) by
@@ -217,7 +217,7 @@ fn run_replays(
                 archive.end_ms,
                 &Progress::default(),
             ))
-            .map_err(|e| anyhow!("replaying `{}`: {}", rule.name, e.message))?;
+            .map_err(|e| anyhow!("replaying `{}`: {e}", rule.name))?;
         let seconds = started.elapsed().as_secs_f64();
         events += replayed.events as u64;
         let fired = replayed

@@ -13,7 +13,8 @@
 //! - [`archive`] writes raw events and alerts to Parquet, partitioned by
 //!   event date and hour, and applies retention;
 //! - [`history`] answers read-only SQL over the archive, including rows the
-//!   archive writer has not flushed yet.
+//!   archive writer has not flushed yet, and over the current rules and audit
+//!   log; it also reads what a replay needs (events in order, recorded alerts).
 //!
 //! The catalog does not judge rule SQL (the server compiles it with
 //! `sql-rules` first), does not read a clock (callers pass `now_ms`), and
@@ -31,7 +32,7 @@ pub use archive::{
     ArchivedFile, BufferedView,
 };
 pub use error::CatalogError;
-pub use history::{HistoryCatalog, QueryLimits};
+pub use history::{EventsInOrder, HistoryCatalog, QueryLimits, RecordedAlert};
 pub use log::JsonLog;
 pub use rules::{Rule, RuleDraft, RuleStore, RuleVersion, Severity};
 pub use storage::open_store;

@@ -231,6 +231,22 @@ pub struct RuleVersion {
 }
 
 impl RuleVersion {
+    /// The engine's view of this version, with its SQL compiled by the
+    /// caller (the catalog does not judge SQL).
+    pub fn spec(&self, compiled: sql_rules::CompiledRule) -> sql_rules::RuleSpec {
+        sql_rules::RuleSpec {
+            id: self.rule_id.clone(),
+            version: self.version,
+            name: self.name.clone(),
+            severity: self.severity.to_string(),
+            cooldown_ms: self.cooldown_seconds as i64 * 1000,
+            allowed_lateness_ms: self.allowed_lateness_ms,
+            keep_duplicates: self.keep_duplicates,
+            escalation: self.escalation.clone(),
+            compiled,
+        }
+    }
+
     fn from_draft(rule_id: String, version: u32, draft: RuleDraft, now_ms: i64) -> Self {
         Self {
             rule_id,
@@ -500,6 +516,20 @@ impl RuleStore {
             .collect();
         rules.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
         rules
+    }
+
+    /// Every stored version of every rule: rules in the order of
+    /// [`list`](Self::list), each rule's versions ascending.
+    pub async fn all_versions(&self) -> Vec<RuleVersion> {
+        let index = self.inner.index.read().await;
+        let mut entries: Vec<&Entry> = index.values().collect();
+        entries.sort_by(|a, b| {
+            (a.meta.created_at_ms, &a.meta.id).cmp(&(b.meta.created_at_ms, &b.meta.id))
+        });
+        entries
+            .into_iter()
+            .flat_map(|entry| entry.versions.values().cloned())
+            .collect()
     }
 
     /// A short, URL-safe id: a slug of the name plus four random hex digits.

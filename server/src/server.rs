@@ -98,6 +98,9 @@ pub async fn run_until(
             .await
             .context("opening the audit log")?,
     );
+    history
+        .register_state_tables(rules.clone(), Arc::clone(&audit_log))
+        .context("opening history")?;
     crate::archive::start_retention(
         Arc::clone(&store),
         prefix.clone(),

@@ -29,7 +29,7 @@ use arrow::record_batch::RecordBatch;
 use serde_json::Value;
 use sql_rules::stream::vitals_schema;
 use sql_rules::{Alert, Engine, EngineConfig, RuleSpec};
-use wardwatch::api::replay::{replay_rule, Progress, Replayed};
+use wardwatch::replay::{replay_rule, Progress, Replayed};
 use wardwatch_bench::{archive, engine::rule_specs, rules, Ward};
 
 const HOUR_MS: i64 = 3_600_000;

@@ -65,7 +65,7 @@ pub async fn acknowledge(
         .acknowledge(ack.clone())
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    super::tables::audit(&state, "alert_acknowledged", ack).await;
+    crate::audit::record(&state.audit, "alert_acknowledged", ack).await;
     let mut alerts = state.alerts.with_acks(vec![alert]);
     Ok(Json(alerts.remove(0)))
 }

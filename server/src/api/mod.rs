@@ -1,4 +1,7 @@
-//! The HTTP API (axum): rules, alerts, ingest, health, metrics, and the UI.
+//! The HTTP API (axum): rules, alerts, ingest, history SQL, replay, health,
+//! metrics, and the UI. Handlers parse requests, call the domain modules
+//! (the engine through the pipeline, [`crate::replay`], the catalog) and map
+//! their errors to responses.
 
 pub mod alerts;
 pub mod error;
@@ -7,7 +10,6 @@ pub mod ingest;
 pub mod query;
 pub mod replay;
 pub mod rules;
-pub mod tables;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -40,7 +42,7 @@ pub struct AppState {
     /// Read-only SQL over the archive (and rows not yet flushed).
     pub history: catalog::HistoryCatalog,
     /// Background replays, by job id.
-    pub replays: std::sync::Mutex<std::collections::HashMap<String, Arc<replay::ReplayJob>>>,
+    pub replays: crate::replay::jobs::ReplayJobs,
     /// Rule changes, acknowledgements and retention deletions.
     pub audit: Arc<catalog::log::JsonLog>,
     pub store_prefix: object_store::path::Path,

@@ -106,9 +106,6 @@ pub async fn query(
         Format::Json
     };
 
-    super::tables::refresh(&state)
-        .await
-        .map_err(|e| QueryError(ApiError::internal(format!("preparing history tables: {e}"))))?;
     let mut df = state.history.dataframe(&req.sql).await?;
     if !matches!(
         df.logical_plan(),

@@ -21,17 +21,7 @@ fn now_ms() -> i64 {
 
 /// The engine's view of a stored rule version.
 pub fn rule_spec(version: &RuleVersion, compiled: CompiledRule) -> RuleSpec {
-    RuleSpec {
-        id: version.rule_id.clone(),
-        version: version.version,
-        name: version.name.clone(),
-        severity: version.severity.to_string(),
-        cooldown_ms: version.cooldown_seconds as i64 * 1000,
-        allowed_lateness_ms: version.allowed_lateness_ms,
-        keep_duplicates: version.keep_duplicates,
-        escalation: version.escalation.clone(),
-        compiled,
-    }
+    version.spec(compiled)
 }
 
 fn rule_json(state: &SharedState, rule: &Rule) -> Value {
@@ -151,8 +141,8 @@ pub async fn create(
     let compiled = state.compiler.compile(&draft.sql)?;
     let _guard = state.rule_writes.lock().await;
     let rule = state.rules.create(draft, now_ms()).await?;
-    super::tables::audit(
-        &state,
+    crate::audit::record(
+        &state.audit,
         "rule_created",
         json!({"rule_id": rule.id, "version": rule.current.version, "name": rule.current.name}),
     )
@@ -174,8 +164,8 @@ pub async fn update(
     let compiled = state.compiler.compile(&draft.sql)?;
     let _guard = state.rule_writes.lock().await;
     let mut rule = state.rules.update(&id, draft, now_ms()).await?;
-    super::tables::audit(
-        &state,
+    crate::audit::record(
+        &state.audit,
         "rule_updated",
         json!({"rule_id": rule.id, "version": rule.current.version}),
     )
@@ -197,8 +187,8 @@ pub async fn deactivate(
 ) -> Result<Json<Value>, ApiError> {
     let _guard = state.rule_writes.lock().await;
     let rule = state.rules.set_active(&id, false, now_ms()).await?;
-    super::tables::audit(
-        &state,
+    crate::audit::record(
+        &state.audit,
         "rule_deactivated",
         json!({"rule_id": rule.id, "version": rule.current.version}),
     )

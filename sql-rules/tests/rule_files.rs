@@ -47,9 +47,14 @@
 //! batch (partition order kept); the alerts must be identical. Besides the
 //! files, `self_check/…` cases prove the runner itself fails when it should.
 
+// A test target's root takes its modules from `tests/`: point at its folder.
+#[path = "rule_files/complete.rs"]
 mod complete;
+#[path = "rule_files/format.rs"]
 mod format;
+#[path = "rule_files/replay.rs"]
 mod replay;
+#[path = "rule_files/self_check.rs"]
 mod self_check;
 
 use std::cell::RefCell;

@@ -19,15 +19,6 @@ pub struct PatientIndex {
 }
 
 impl PatientIndex {
-    /// Patients interned so far; every index is below this.
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-
     /// The index of `name`, adding it if new.
     #[inline]
     pub fn intern(&mut self, name: &str) -> u32 {

@@ -153,7 +153,7 @@ pub struct RuleDraft {
     pub keep_duplicates: bool,
     /// Re-fire a suppressed repeat that crosses a higher threshold.
     #[serde(default)]
-    pub escalation: Option<sql_rules::engine::Escalation>,
+    pub escalation: Option<sql_rules::Escalation>,
 }
 
 impl RuleDraft {
@@ -226,7 +226,7 @@ pub struct RuleVersion {
     pub keep_duplicates: bool,
     /// Escalation during cooldown at this version.
     #[serde(default)]
-    pub escalation: Option<sql_rules::engine::Escalation>,
+    pub escalation: Option<sql_rules::Escalation>,
     pub created_at_ms: i64,
 }
 

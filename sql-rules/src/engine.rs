@@ -66,7 +66,9 @@ pub struct RuleSpec {
     /// within this much event time are suppressed. 0 disables.
     pub cooldown_ms: i64,
     pub allowed_lateness_ms: Option<i64>,
-    /// Aggregate duplicate events too (see [`crate::dedup`]); off by default.
+    /// Aggregate duplicate events too; off by default, when an event that
+    /// repeats the sequence number or timestamp of a recent one from the
+    /// same patient and device is dropped.
     pub keep_duplicates: bool,
     /// A suppressed repeat that crosses this threshold fires anyway.
     pub escalation: Option<Escalation>,

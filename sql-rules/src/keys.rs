@@ -19,15 +19,6 @@ pub struct PatientIndex {
 }
 
 impl PatientIndex {
-    /// Patients interned so far; every index is below this.
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-
     /// The index of `name`, adding it if new.
     #[inline]
     pub fn intern(&mut self, name: &str) -> u32 {
@@ -88,7 +79,7 @@ mod tests {
         let mut rows = Vec::new();
         index.index_column(&column, &mut rows);
         assert_eq!(rows, [0, 1, 0, 2, 1]);
-        assert_eq!(index.len(), 3);
+        assert_eq!(index.names.len(), 3);
         assert_eq!(index.intern("P1"), 1);
         let names = index.names_array(&[2, 0]);
         let names = names.as_any().downcast_ref::<StringArray>().unwrap();

@@ -17,20 +17,33 @@
 //! assert!(rule.window().is_some());
 //! ```
 
-pub mod alert;
-pub mod compile;
-pub mod dedup;
-pub mod engine;
-pub mod error;
-pub mod eval;
-pub mod functions;
-pub mod json;
-pub mod keys;
-pub mod snapshot;
-pub mod stream;
-pub mod window;
+//! The public surface is the items re-exported here plus two modules other
+//! crates build on: [`stream`] (the `vitals` input schema, its column names
+//! and indices) and [`json`] (Arrow cells as JSON, the form alert keys and
+//! values take). Everything else is the engine's inside and may change
+//! without notice.
 
-pub use alert::{Alert, AlertStatus, Explanation};
-pub use compile::{CompiledRule, RuleCompiler, WindowSpec};
-pub use engine::{Engine, EngineConfig, EngineOutput, RuleSpec, RuleStats};
+// The modules other crates use by path.
+pub mod json;
+pub mod stream;
+
+mod alert;
+mod compile;
+mod dedup;
+mod engine;
+mod error;
+mod eval;
+mod functions;
+mod keys;
+mod snapshot;
+mod window;
+
+pub use alert::{alert_id, Alert, AlertStatus, Explanation};
+pub use compile::{reading_type, CompiledRule, RuleCompiler, WindowSpec};
+pub use engine::{Engine, EngineConfig, EngineOutput, Escalation, RuleSpec, RuleStats};
 pub use error::{EngineError, RuleError, SqlPosition};
+/// Registers wardwatch's order-independent `sum` and `avg` in a DataFusion
+/// session, so SQL run elsewhere (history, replay baselines) sums readings
+/// the way rules do.
+pub use functions::register as register_functions;
+pub use stream::vitals_schema;

@@ -1,8 +1,24 @@
 //! Rule semantics as files: `tests/rules/*.rules` hold rules, input events
 //! and the alerts they must produce (the sqllogictest habit), so a reader
-//! sees behaviour without reading Rust.
+//! sees behaviour without reading Rust. This is their runner (`harness =
+//! false`, like DataFusion's sqllogictest runner).
 //!
-//! Format (blank lines and `#` comments are ignored):
+//! ```text
+//! cargo test -p wardwatch-sql-rules --test rule_files               # every file
+//! cargo test -p wardwatch-sql-rules --test rule_files -- tumble     # names containing `tumble`
+//! cargo test -p wardwatch-sql-rules --test rule_files -- --complete # rewrite expect blocks
+//! ```
+//!
+//! `--complete` rewrites the expect blocks that fail from the alerts the
+//! engine produced (see `rule_files/complete.rs`) and leaves everything else
+//! byte for byte; review the result with `git diff`. libtest's flags that
+//! cargo may pass are accepted: `--list`, `--exact`, `--skip <f>`,
+//! `--ignored` (runs nothing: no file is ignored), `-q`/`--quiet` (only
+//! failures and the summary); the others (`--nocapture`, `--test-threads`,
+//! `--color`, `--format`, …) are ignored.
+//!
+//! Format (blank lines and `#` comments are ignored; `tests/rules/README.md`
+//! says the same with examples):
 //!
 //! ```text
 //! rule <id> [cooldown=<ms>] [lateness=<ms>] [keep_duplicates] [escalate=<col>><value>:<severity>]
@@ -10,11 +26,15 @@
 //! end
 //! events [partition=<n>]          # one batch
 //! <ts_ms> <patient> [hr=…] [spo2=…] [rr=…] [sbp=…] [dbp=…] [hospital=…] [seq=…]
+//! repeat <n> [<field>+=<step>…]   # the next event n times, each copy stepping
+//! <ts_ms> <patient> …             #   `field` (ts, seq, hr, …) by `step`
 //! end
 //! tick <processing_ms>            # processing time passes (idle partitions)
 //! watermark <ms>                  # close every window ending at or before
 //! expect                          # every alert so far, in any order
 //! <rule> <patient|-> [window=<start>..<end>] [status=fired|suppressed] [col=value…]
+//! repeat <n>                      # the next line stands for n alerts
+//! <rule> <patient|-> …
 //! end
 //! late <rule> <count>
 //! refuse <line>:<column> <message fragment>
@@ -22,428 +42,374 @@
 //! end
 //! ```
 //!
-//! Every file also runs a second time with each event in its own batch
-//! (partition order kept); the alerts must be identical.
+//! An expect line pins only the fields it names (numbers match to 1e-9
+//! relative). Every file also runs a second time with each event in its own
+//! batch (partition order kept); the alerts must be identical. Besides the
+//! files, `self_check/…` cases prove the runner itself fails when it should.
 
-use std::path::Path;
-use std::sync::Arc;
+// A test target's root takes its modules from `tests/`: point at its folder.
+#[path = "rule_files/complete.rs"]
+mod complete;
+#[path = "rule_files/format.rs"]
+mod format;
+#[path = "rule_files/replay.rs"]
+mod replay;
+#[path = "rule_files/self_check.rs"]
+mod self_check;
 
-use arrow::array::{Float64Array, Int64Array, StringArray, TimestampMillisecondArray, UInt32Array};
-use arrow::record_batch::RecordBatch;
-use sql_rules::stream::vitals_schema;
-use sql_rules::{Alert, CompiledRule, Engine, EngineConfig, RuleSpec};
+use std::cell::RefCell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
-#[derive(Clone, Debug)]
-struct Event {
-    ts: i64,
-    patient: String,
-    hospital: Option<String>,
-    hr: Option<f64>,
-    spo2: Option<f64>,
-    rr: Option<f64>,
-    sbp: Option<f64>,
-    dbp: Option<f64>,
-    seq: Option<u32>,
+use replay::{difference, ExpectResult, Problem, Rendered};
+
+/// What checking one file found.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub alerts: usize,
+    /// Each failure, already worded for the person reading the output.
+    pub failures: Vec<String>,
+    /// The file as `--complete` would write it, when that differs.
+    pub completed: Option<String>,
 }
 
-#[derive(Debug)]
-enum Step {
-    Rule(Box<RuleSpec>),
-    Events {
-        partition: i32,
-        events: Vec<Event>,
-    },
-    Tick(i64),
-    Watermark(i64),
-    Expect {
-        line: usize,
-        alerts: Vec<Vec<(String, String)>>,
-    },
-    Late {
-        line: usize,
-        rule: String,
-        count: u64,
-    },
+fn describe_problems(name: &str, problems: &[Problem], mode: &str) -> Vec<String> {
+    problems
+        .iter()
+        .map(|p| match p.line {
+            Some(line) => format!("{name}:{line}: {}{mode}", p.message),
+            None => format!("{name}: {}{mode}", p.message),
+        })
+        .collect()
 }
 
-fn parse_opt(v: &str) -> Option<f64> {
-    if v == "null" {
-        None
-    } else {
-        Some(v.parse().expect("a number or null"))
-    }
-}
-
-fn batch(events: &[Event]) -> RecordBatch {
-    RecordBatch::try_new(
-        vitals_schema(),
-        vec![
-            Arc::new(StringArray::from(
-                events
-                    .iter()
-                    .map(|e| e.hospital.clone())
-                    .collect::<Vec<_>>(),
-            )),
-            Arc::new(StringArray::from(
-                events.iter().map(|e| e.patient.clone()).collect::<Vec<_>>(),
-            )),
-            Arc::new(Int64Array::from(
-                events.iter().map(|e| e.ts).collect::<Vec<_>>(),
-            )),
-            Arc::new(Float64Array::from(
-                events.iter().map(|e| e.hr).collect::<Vec<_>>(),
-            )),
-            Arc::new(Float64Array::from(
-                events.iter().map(|e| e.spo2).collect::<Vec<_>>(),
-            )),
-            Arc::new(Float64Array::from(
-                events.iter().map(|e| e.rr).collect::<Vec<_>>(),
-            )),
-            Arc::new(Float64Array::from(
-                events.iter().map(|e| e.sbp).collect::<Vec<_>>(),
-            )),
-            Arc::new(Float64Array::from(
-                events.iter().map(|e| e.dbp).collect::<Vec<_>>(),
-            )),
-            Arc::new(StringArray::from(vec![Some("BEDSIDE"); events.len()])),
-            Arc::new(UInt32Array::from(
-                events.iter().map(|e| e.seq).collect::<Vec<_>>(),
-            )),
-            Arc::new(
-                TimestampMillisecondArray::from(events.iter().map(|e| e.ts).collect::<Vec<_>>())
-                    .with_timezone("UTC"),
-            ),
-        ],
-    )
-    .expect("valid batch")
-}
-
-/// Parses a file into steps; refusals are checked while parsing.
-fn parse(path: &Path) -> Vec<Step> {
-    let text = std::fs::read_to_string(path).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    let name = path.file_name().unwrap().to_string_lossy().to_string();
-    let mut steps = vec![];
-    let mut i = 0;
-    let block = |i: &mut usize| -> Vec<(usize, String)> {
-        let mut out = vec![];
-        *i += 1;
-        while *i < lines.len() && lines[*i].trim() != "end" {
-            out.push((*i + 1, lines[*i].to_string()));
-            *i += 1;
+/// `- wanted` / `+ unexpected` lines for a failed expect block.
+fn describe_expect(name: &str, e: &ExpectResult, mode: &str) -> String {
+    let missing: usize = e.wanted.iter().map(|w| w.count - w.matched).sum();
+    let mut out = format!(
+        "{name}:{}: expect{mode}: {missing} expected alert(s) missing, {} unexpected",
+        e.line,
+        e.unexpected.len()
+    );
+    for w in e.wanted.iter().filter(|w| w.matched < w.count) {
+        out.push_str(&format!("\n    - {}", replay::line(&w.pattern)));
+        if w.count > 1 {
+            out.push_str(&format!("   ({} of {})", w.count - w.matched, w.count));
         }
-        assert!(*i < lines.len(), "{name}: block without `end`");
-        out
+    }
+    for (n, text) in complete::folded(&e.unexpected) {
+        out.push_str(&format!("\n    + {text}"));
+        if n > 1 {
+            out.push_str(&format!("   (x{n})"));
+        }
+    }
+    out
+}
+
+fn describe_batching(name: &str, whole: &[Rendered], single: &[Rendered]) -> Option<String> {
+    let (only_whole, only_single) = difference(whole, single);
+    if only_whole.is_empty() && only_single.is_empty() {
+        return None;
+    }
+    let mut out = format!(
+        "{name}: alerts depend on batching (- whole batches only, + one event per batch only)"
+    );
+    for a in &only_whole {
+        out.push_str(&format!("\n    - {}", replay::line(a)));
+    }
+    for a in &only_single {
+        out.push_str(&format!("\n    + {}", replay::line(a)));
+    }
+    Some(out)
+}
+
+/// Checks the rule file `name` holding `text`; with `completing`, failed
+/// expect blocks are not failures but are rewritten into
+/// [`Report::completed`].
+pub fn check(name: &str, text: &str, completing: bool) -> Report {
+    let mut report = Report::default();
+    let steps = match format::parse(text) {
+        Ok(steps) => steps,
+        Err(e) => {
+            report
+                .failures
+                .push(format!("{name}:{}: {}", e.line, e.message));
+            return report;
+        }
     };
-    while i < lines.len() {
-        let line = lines[i].trim();
-        let lineno = i + 1;
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.first().copied() {
-            None => {}
-            Some(w) if w.starts_with('#') => {}
-            Some("rule") => {
-                let id = words[1].to_string();
-                let mut cooldown = 0;
-                let mut lateness = None;
-                let mut keep_duplicates = false;
-                let mut escalation = None;
-                for w in &words[2..] {
-                    if let Some(v) = w.strip_prefix("cooldown=") {
-                        cooldown = v.parse().unwrap();
-                    }
-                    if let Some(v) = w.strip_prefix("lateness=") {
-                        lateness = Some(v.parse().unwrap());
-                    }
-                    if *w == "keep_duplicates" {
-                        keep_duplicates = true;
-                    }
-                    // escalate=<column>><value>:<severity>
-                    if let Some(v) = w.strip_prefix("escalate=") {
-                        let (cond, severity) =
-                            v.split_once(':').expect("escalate=col>value:severity");
-                        let (column, above) =
-                            cond.split_once('>').expect("escalate=col>value:severity");
-                        escalation = Some(sql_rules::engine::Escalation {
-                            column: column.into(),
-                            above: Some(above.parse().unwrap()),
-                            below: None,
-                            severity: Some(severity.into()),
-                        });
-                    }
-                }
-                let sql: Vec<String> = block(&mut i).into_iter().map(|(_, l)| l).collect();
-                let sql = sql.join("\n");
-                let compiled = CompiledRule::compile(&sql, &vitals_schema())
-                    .unwrap_or_else(|e| panic!("{name}:{lineno}: rule {id} does not compile: {e}"));
-                steps.push(Step::Rule(Box::new(RuleSpec {
-                    id: id.clone(),
-                    version: 1,
-                    name: id,
-                    severity: "high".into(),
-                    cooldown_ms: cooldown,
-                    allowed_lateness_ms: lateness,
-                    keep_duplicates,
-                    escalation,
-                    compiled,
-                })));
-            }
-            Some("events") => {
-                let partition = words
-                    .get(1)
-                    .and_then(|w| w.strip_prefix("partition="))
-                    .map_or(0, |p| p.parse().unwrap());
-                let events = block(&mut i)
-                    .into_iter()
-                    .filter(|(_, l)| !l.trim().is_empty() && !l.trim().starts_with('#'))
-                    .map(|(n, l)| {
-                        let f: Vec<&str> = l.split_whitespace().collect();
-                        let mut e = Event {
-                            ts: f[0]
-                                .parse()
-                                .unwrap_or_else(|_| panic!("{name}:{n}: bad ts")),
-                            patient: f[1].into(),
-                            hospital: Some("H01".into()),
-                            hr: None,
-                            spo2: None,
-                            rr: None,
-                            sbp: None,
-                            dbp: None,
-                            seq: None,
-                        };
-                        for kv in &f[2..] {
-                            let (k, v) = kv
-                                .split_once('=')
-                                .unwrap_or_else(|| panic!("{name}:{n}: expected key=value"));
-                            match k {
-                                "hr" => e.hr = parse_opt(v),
-                                "spo2" => e.spo2 = parse_opt(v),
-                                "rr" => e.rr = parse_opt(v),
-                                "sbp" => e.sbp = parse_opt(v),
-                                "dbp" => e.dbp = parse_opt(v),
-                                "hospital" => e.hospital = Some(v.into()),
-                                "seq" => e.seq = Some(v.parse().unwrap()),
-                                other => panic!("{name}:{n}: unknown field {other}"),
-                            }
-                        }
-                        e
-                    })
-                    .collect();
-                steps.push(Step::Events { partition, events });
-            }
-            Some("tick") => steps.push(Step::Tick(words[1].parse().unwrap())),
-            Some("watermark") => steps.push(Step::Watermark(words[1].parse().unwrap())),
-            Some("late") => steps.push(Step::Late {
-                line: lineno,
-                rule: words[1].into(),
-                count: words[2].parse().unwrap(),
-            }),
-            Some("expect") => {
-                let alerts = block(&mut i)
-                    .into_iter()
-                    .filter(|(_, l)| !l.trim().is_empty() && !l.trim().starts_with('#'))
-                    .map(|(_, l)| {
-                        let f: Vec<&str> = l.split_whitespace().collect();
-                        let mut fields = vec![
-                            ("rule".to_string(), f[0].to_string()),
-                            ("patient".to_string(), f[1].to_string()),
-                        ];
-                        for kv in &f[2..] {
-                            let (k, v) = kv.split_once('=').expect("key=value");
-                            fields.push((k.to_string(), v.to_string()));
-                        }
-                        fields
-                    })
-                    .collect();
-                steps.push(Step::Expect {
-                    line: lineno,
-                    alerts,
-                });
-            }
-            Some("refuse") => {
-                let (pos, fragment) = line["refuse".len()..]
-                    .trim()
-                    .split_once(' ')
-                    .expect("refuse <line>:<col> <fragment>");
-                let (l, c) = pos.split_once(':').expect("<line>:<col>");
-                let sql: Vec<String> = block(&mut i).into_iter().map(|(_, l)| l).collect();
-                let sql = sql.join("\n");
-                match CompiledRule::compile(&sql, &vitals_schema()) {
-                    Ok(_) => {
-                        panic!("{name}:{lineno}: expected a refusal, the rule compiled:\n{sql}")
-                    }
-                    Err(e) => {
-                        assert!(
-                            e.message.contains(fragment.trim()),
-                            "{name}:{lineno}: message `{}` lacks `{}`",
-                            e.message,
-                            fragment.trim()
-                        );
-                        let want: (u64, u64) = (l.parse().unwrap(), c.parse().unwrap());
-                        assert_eq!(
-                            (e.position.line, e.position.column),
-                            want,
-                            "{name}:{lineno}: position of `{}`",
-                            e.message
-                        );
-                    }
-                }
-            }
-            Some(other) => panic!("{name}:{lineno}: unknown directive `{other}`"),
-        }
-        i += 1;
-    }
-    steps
-}
+    let whole = replay::run(&steps, false);
+    let single = replay::run(&steps, true);
+    report.alerts = whole.alerts.len();
 
-fn render(a: &Alert) -> Vec<(String, String)> {
-    let mut f = vec![
-        ("rule".to_string(), a.rule_id.clone()),
-        (
-            "patient".to_string(),
-            a.key
-                .get("patient_id")
-                .and_then(|v| v.as_str())
-                .unwrap_or("-")
-                .to_string(),
-        ),
-        (
-            "status".to_string(),
-            format!("{:?}", a.status).to_lowercase(),
-        ),
-        ("severity".to_string(), a.severity.clone()),
-    ];
-    if let (Some(s), Some(e)) = (a.window_start_ms, a.window_end_ms) {
-        f.push(("window".into(), format!("{s}..{e}")));
-    }
-    for (k, v) in &a.values {
-        f.push((
-            k.clone(),
-            match v {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            },
+    report
+        .failures
+        .extend(describe_problems(name, &whole.problems, ""));
+    let single_mode = " (one event per batch)";
+    let new_problems: Vec<Problem> = single
+        .problems
+        .into_iter()
+        .filter(|p| {
+            !whole
+                .problems
+                .iter()
+                .any(|w| w.line == p.line && w.message == p.message)
+        })
+        .collect();
+    report
+        .failures
+        .extend(describe_problems(name, &new_problems, single_mode));
+
+    let completed = complete::complete(text, &whole.expects);
+    let all_passed = whole.expects.iter().all(ExpectResult::passed);
+    if all_passed && completed != text {
+        report.failures.push(format!(
+            "{name}: runner bug: --complete would rewrite a file whose expectations hold"
         ));
     }
-    for (k, v) in &a.key {
-        if k != "patient_id" {
-            f.push((
-                k.clone(),
-                v.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.to_string()),
-            ));
+    if completing {
+        if completed != text {
+            report.completed = Some(completed);
+        }
+    } else {
+        for e in whole.expects.iter().filter(|e| !e.passed()) {
+            report.failures.push(describe_expect(name, e, ""));
         }
     }
-    f
-}
-
-fn value_matches(want: &str, got: &str) -> bool {
-    match (want.parse::<f64>(), got.parse::<f64>()) {
-        (Ok(w), Ok(g)) => (w - g).abs() <= 1e-9 * w.abs().max(1.0),
-        _ => want == got,
+    for e in single.expects.iter().filter(|e| !e.passed()) {
+        let failed_whole = whole
+            .expects
+            .iter()
+            .any(|w| w.line == e.line && !w.passed());
+        if !failed_whole {
+            report.failures.push(describe_expect(name, e, single_mode));
+        }
     }
+
+    let mut sorted_whole = whole.alerts;
+    let mut sorted_single = single.alerts;
+    sorted_whole.sort();
+    sorted_single.sort();
+    report
+        .failures
+        .extend(describe_batching(name, &sorted_whole, &sorted_single));
+    report
 }
 
-/// Does `got` satisfy every field `want` names?
-fn matches(want: &[(String, String)], got: &[(String, String)]) -> bool {
-    want.iter().all(|(k, v)| {
-        got.iter().any(|(gk, gv)| gk == k && value_matches(v, gv))
-            || (k == "status" && v == "fired" && !got.iter().any(|(gk, _)| gk == "status"))
+thread_local! {
+    /// The last panic on this thread, for the report (the default hook
+    /// would print it in the middle of the results).
+    static PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Runs `f`, turning a panic (a bug in the engine or the runner) into a
+/// failure of this case rather than the end of the run.
+fn guarded<T>(name: &str, f: impl FnOnce() -> T) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|_| {
+        let what = PANIC.with(|p| p.borrow_mut().take());
+        format!(
+            "{name}: panicked: {}",
+            what.unwrap_or_else(|| "(no message)".into())
+        )
     })
 }
 
-fn run(name: &str, steps: &[Step], one_event_batches: bool) -> Vec<Vec<(String, String)>> {
-    let mut engine = Engine::new(EngineConfig::default());
-    let mut alerts: Vec<Alert> = vec![];
-    let partitions: Vec<i32> = steps
-        .iter()
-        .filter_map(|s| {
-            if let Step::Events { partition, .. } = s {
-                Some(*partition)
-            } else {
-                None
-            }
-        })
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    engine.assign_partitions(&partitions, 0);
-    let mut now = 0;
-    for step in steps {
-        match step {
-            Step::Rule(spec) => engine.upsert_rule((**spec).clone()).unwrap(),
-            Step::Events { partition, events } => {
-                let chunks: Vec<&[Event]> = if one_event_batches {
-                    events.chunks(1).collect()
-                } else {
-                    vec![events.as_slice()]
-                };
-                for chunk in chunks {
-                    let out = engine.process(*partition, &batch(chunk), now).unwrap();
-                    assert!(out.errors.is_empty(), "{name}: {:?}", out.errors);
-                    alerts.extend(out.alerts);
+/// What to run, from the command line.
+#[derive(Debug, Default)]
+struct Options {
+    filters: Vec<String>,
+    skip: Vec<String>,
+    exact: bool,
+    complete: bool,
+    list: bool,
+    only_ignored: bool,
+    quiet: bool,
+}
+
+impl Options {
+    fn parse(mut args: impl Iterator<Item = String>) -> Self {
+        // libtest flags followed by a value (unless given as `--flag=value`).
+        const TAKES_VALUE: &[&str] = &[
+            "--test-threads",
+            "--color",
+            "--format",
+            "--logfile",
+            "--shuffle-seed",
+            "-Z",
+        ];
+        let mut o = Options::default();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--complete" => o.complete = true,
+                "--list" => o.list = true,
+                "--exact" => o.exact = true,
+                "--ignored" => o.only_ignored = true,
+                "-q" | "--quiet" => o.quiet = true,
+                "--skip" => o.skip.extend(args.next()),
+                a if a.starts_with("--skip=") => o.skip.push(a["--skip=".len()..].into()),
+                a if TAKES_VALUE.contains(&a) => {
+                    args.next();
                 }
+                // --nocapture, --include-ignored, --test-threads=2, --bench, …
+                a if a.starts_with('-') => {}
+                a => o.filters.push(a.into()),
             }
-            Step::Tick(t) => {
-                now = *t;
-                alerts.extend(engine.tick(now).unwrap().alerts);
+        }
+        o
+    }
+
+    fn selects(&self, name: &str) -> bool {
+        let stem = name.strip_suffix(".rules").unwrap_or(name);
+        let hit = |f: &String| {
+            if self.exact {
+                name == f || stem == f
+            } else {
+                name.contains(f.as_str())
             }
-            Step::Watermark(w) => alerts.extend(engine.advance_watermark(*w, now).unwrap().alerts),
-            Step::Late { line, rule, count } => {
-                let stats = engine
-                    .rule_stats(rule)
-                    .unwrap_or_else(|| panic!("{name}:{line}: no rule {rule}"));
-                assert_eq!(
-                    stats.late_events, *count,
-                    "{name}:{line}: late events of {rule}"
-                );
-            }
-            Step::Expect { line, alerts: want } => {
-                let got: Vec<Vec<(String, String)>> = alerts.iter().map(render).collect();
-                let mut unmatched: Vec<&Vec<(String, String)>> = got.iter().collect();
-                for w in want {
-                    match unmatched.iter().position(|g| matches(w, g)) {
-                        Some(p) => {
-                            unmatched.remove(p);
+        };
+        !self.only_ignored
+            && (self.filters.is_empty() || self.filters.iter().any(hit))
+            && !self.skip.iter().any(|s| name.contains(s.as_str()))
+    }
+}
+
+fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    let mut files = vec![];
+    for entry in entries {
+        let path = entry
+            .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+            .path();
+        if path.extension().is_some_and(|e| e == "rules") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn main() -> ExitCode {
+    let options = Options::parse(std::env::args().skip(1));
+    std::panic::set_hook(Box::new(|info| {
+        PANIC.with(|p| *p.borrow_mut() = Some(info.to_string()));
+    }));
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rules");
+    let files = match rule_files(&dir) {
+        Ok(files) if files.len() >= 5 => files,
+        Ok(_) => {
+            eprintln!("rule files are missing from {}", dir.display());
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let name_of = |p: &PathBuf| {
+        p.file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into())
+    };
+    let total = files.len() + self_check::CASES.len();
+    let files: Vec<(String, PathBuf)> = files
+        .iter()
+        .map(|p| (name_of(p), p.clone()))
+        .filter(|(n, _)| options.selects(n))
+        .collect();
+    let checks: Vec<&(&str, self_check::Case)> = self_check::CASES
+        .iter()
+        .filter(|(n, _)| options.selects(n))
+        .collect();
+
+    if options.list {
+        for (name, _) in &files {
+            println!("{name}: test");
+        }
+        for (name, _) in &checks {
+            println!("{name}: test");
+        }
+        return ExitCode::SUCCESS;
+    }
+
+    let selected = files.len() + checks.len();
+    println!("\nrunning {selected} rule files and runner checks");
+    let mut failed: Vec<(String, Vec<String>)> = vec![];
+    let mut completed = 0;
+    for (name, path) in &files {
+        let report = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))
+            .and_then(|text| {
+                guarded(name, || check(name, &text, options.complete)).map(|r| (text, r))
+            });
+        let (failures, note) = match report {
+            Err(e) => (vec![e], String::new()),
+            Ok((_, mut r)) => {
+                let mut note = format!(" ({} alerts)", r.alerts);
+                if let Some(text) = r.completed.take() {
+                    match std::fs::write(path, text) {
+                        Ok(()) => {
+                            completed += 1;
+                            note.push_str(", expect blocks rewritten");
                         }
-                        None => {
-                            panic!("{name}:{line}: expected alert {w:?} not found among\n{got:#?}")
-                        }
+                        Err(e) => r
+                            .failures
+                            .push(format!("{}: cannot write: {e}", path.display())),
                     }
                 }
-                assert!(
-                    unmatched.is_empty(),
-                    "{name}:{line}: unexpected alerts {unmatched:#?}"
+                (r.failures, note)
+            }
+        };
+        if failures.is_empty() {
+            if !options.quiet {
+                println!("rule file {name} ... ok{note}");
+            }
+        } else {
+            println!("rule file {name} ... FAILED");
+            for f in &failures {
+                println!("  {}", f.replace('\n', "\n  "));
+            }
+            failed.push((name.clone(), failures));
+        }
+    }
+    for (name, case) in checks {
+        match guarded(name, case).and_then(|r| r.map_err(|e| format!("{name}: {e}"))) {
+            Ok(()) => {
+                if !options.quiet {
+                    println!("runner check {name} ... ok");
+                }
+            }
+            Err(e) => {
+                println!(
+                    "runner check {name} ... FAILED\n  {}",
+                    e.replace('\n', "\n  ")
                 );
+                failed.push((name.to_string(), vec![e]));
             }
         }
     }
-    let mut all: Vec<Vec<(String, String)>> = alerts.iter().map(render).collect();
-    all.sort();
-    all
-}
 
-#[test]
-fn rule_files() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/rules");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "rules"))
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 5,
-        "rule files are missing from {}",
-        dir.display()
+    if !failed.is_empty() {
+        println!("\nfailures:");
+        for (name, _) in &failed {
+            println!("    {name}");
+        }
+    }
+    if completed > 0 {
+        println!(
+            "\n{completed} file(s) rewritten by --complete: review them with `git diff {}`",
+            dir.display()
+        );
+    }
+    println!(
+        "\ntest result: {}. {} passed; {} failed; {} filtered out\n",
+        if failed.is_empty() { "ok" } else { "FAILED" },
+        selected - failed.len(),
+        failed.len(),
+        total - selected
     );
-    for path in files {
-        let name = path.file_name().unwrap().to_string_lossy().to_string();
-        let steps = parse(&path);
-        let whole = run(&name, &steps, false);
-        let single = run(&name, &steps, true);
-        assert_eq!(whole, single, "{name}: alerts depend on batching");
-        println!("{name}: ok ({} alerts)", whole.len());
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

@@ -12,5 +12,5 @@ pub mod tvf;
 pub mod validate;
 pub mod window;
 
-pub use plan::{CompiledRule, RowOp, RuleCompiler, RuleShape};
+pub use plan::{reading_type, CompiledRule, RowOp, RuleCompiler, RuleShape};
 pub use window::WindowSpec;

@@ -73,6 +73,21 @@ impl Default for RuleLimits {
     }
 }
 
+/// The parser's own refusal of nesting deeper than its recursion limit
+/// (DataFusion's default, 50), which it words as `RecursionLimitExceeded`.
+pub fn parser_recursion_error(parser_message: &str) -> Option<RuleError> {
+    let at = parser_message.find("RecursionLimitExceeded")?;
+    let limit: String = parser_message[at..]
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(char::is_ascii_digit)
+        .collect();
+    Some(RuleError::at_start(format!(
+        "syntax error: the SQL nests parentheses, function calls, CASE or NOT more than {} deep (the SQL parser's recursion limit); simplify it",
+        if limit.is_empty() { "50" } else { limit.as_str() }
+    )))
+}
+
 /// Refuses SQL longer than `max_sql_bytes`, pointing at where it overflows.
 pub fn check_sql_length(sql: &str, limits: &RuleLimits) -> Result<(), RuleError> {
     if sql.len() <= limits.max_sql_bytes {
@@ -214,18 +229,19 @@ pub fn on_compile_stack<T: Send>(
 }
 
 /// The SQL checks of a history query (`POST /api/query`): its length, and
-/// the depth of every statement's expressions. A statement that does not
-/// parse passes, so that DataFusion reports the syntax error itself.
+/// the depth of every statement's expressions. SQL that does not parse
+/// passes, so that DataFusion reports the syntax error itself, unless it is
+/// nested past the parser's recursion limit.
 pub fn check_query_sql(sql: &str, limits: &RuleLimits) -> Result<(), RuleError> {
     use datafusion::sql::parser::{CopyToSource, DFParser, Statement as DFStatement};
     check_sql_length(sql, limits)?;
     let max_depth = limits.max_expression_depth;
     on_compile_stack(|| {
-        let Ok(statements) =
-            DFParser::parse_sql_with_dialect(sql, &sqlparser::dialect::GenericDialect {})
-        else {
-            return Ok(());
-        };
+        let statements =
+            match DFParser::parse_sql_with_dialect(sql, &sqlparser::dialect::GenericDialect {}) {
+                Ok(statements) => statements,
+                Err(e) => return parser_recursion_error(&e.to_string()).map_or(Ok(()), Err),
+            };
         fn check(statement: &DFStatement, max_depth: usize) -> Result<(), RuleError> {
             match statement {
                 DFStatement::Statement(s) => check_expression_depth(&**s, max_depth),

@@ -559,6 +559,9 @@ pub fn offset_to_position(sql: &str, offset: usize) -> SqlPosition {
 /// Parser errors say "at Line: 3, Column: 15"; lift that into a position.
 fn parser_error(e: &DataFusionError) -> RuleError {
     let text = e.to_string();
+    if let Some(e) = super::limits::parser_recursion_error(&text) {
+        return e;
+    }
     let position = find_line_column(&text).unwrap_or(SqlPosition::new(1, 1));
     let message = text
         .trim_start_matches("SQL error: ")

@@ -19,7 +19,10 @@
 //! [`RuleStore`] loads everything once at open and serves reads from memory;
 //! writes go to the object store first and reach the in-memory index only
 //! once they are durable. It does not validate SQL: the server compiles a rule
-//! against the event schema before handing it here.
+//! against the event schema before handing it here. Nor does it hold drafts
+//! to [`DraftLimits`]: the server does that with its configured limits
+//! ([`RuleDraft::validate_within`]); the store refuses only drafts without a
+//! name or SQL.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -37,7 +40,7 @@ use tokio::sync::{Mutex, RwLock};
 use crate::storage::{get_bytes, list_all, put_new, put_overwrite};
 use crate::CatalogError;
 
-/// Longest accepted rule name, in characters.
+/// Longest accepted rule name, in characters, unless configured otherwise.
 pub const MAX_NAME_CHARS: usize = 200;
 
 /// Cooldown applied when a draft does not say otherwise.
@@ -171,33 +174,138 @@ impl RuleDraft {
         }
     }
 
-    /// Checks the fields the catalog is responsible for (not the SQL's meaning).
+    /// Checks the fields the catalog is responsible for (not the SQL's
+    /// meaning), within the default [`DraftLimits`].
     pub fn validate(&self) -> Result<(), CatalogError> {
+        self.validate_within(&DraftLimits::default())
+    }
+
+    /// Checks the fields the catalog is responsible for (not the SQL's
+    /// meaning): a name, some SQL, and every field within `limits`. Each
+    /// refusal names the limit, its value and the setting behind it.
+    pub fn validate_within(&self, limits: &DraftLimits) -> Result<(), CatalogError> {
+        self.validate_shape()?;
+        let name = self.name.trim();
+        let chars = name.chars().count();
+        if chars > limits.max_name_chars {
+            return Err(CatalogError::InvalidRule(format!(
+                "the rule name is {chars} characters long; the limit is {} (max_name_chars)",
+                limits.max_name_chars
+            )));
+        }
+        if let Some(description) = &self.description {
+            if description.len() > limits.max_description_bytes {
+                return Err(CatalogError::InvalidRule(format!(
+                    "the description of rule '{name}' is {} bytes long; the limit is {} bytes (max_description_bytes)",
+                    description.len(),
+                    limits.max_description_bytes
+                )));
+            }
+        }
+        if self.cooldown_seconds > limits.max_cooldown_seconds {
+            return Err(CatalogError::InvalidRule(format!(
+                "rule '{name}' has cooldown_seconds = {}; the limit is {} ({} days, max_cooldown_seconds)",
+                self.cooldown_seconds,
+                limits.max_cooldown_seconds,
+                limits.max_cooldown_seconds / 86_400
+            )));
+        }
+        if let Some(lateness) = self.allowed_lateness_ms {
+            if lateness > limits.max_allowed_lateness_ms {
+                return Err(CatalogError::InvalidRule(format!(
+                    "rule '{name}' has allowed_lateness_ms = {lateness}; the limit is {} (max_allowed_lateness_ms): \
+                     every window would stay open that much longer",
+                    limits.max_allowed_lateness_ms
+                )));
+            }
+        }
+        if let Some(escalation) = &self.escalation {
+            if let Some(severity) = &escalation.severity {
+                if severity.parse::<Severity>().is_err() {
+                    return Err(CatalogError::InvalidRule(format!(
+                        "rule '{name}' escalates to severity '{}'; expected one of {}",
+                        truncated(severity, 40),
+                        Severity::ALL.map(Severity::as_str).join(", ")
+                    )));
+                }
+            }
+            let column = escalation.column.chars().count();
+            if column > limits.max_name_chars {
+                return Err(CatalogError::InvalidRule(format!(
+                    "rule '{name}' escalates on a column name {column} characters long; the limit is {} (max_name_chars)",
+                    limits.max_name_chars
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// What every stored draft must have, whatever the limits: the store
+    /// checks only this, so raising a limit in the server's configuration
+    /// is not undone here.
+    fn validate_shape(&self) -> Result<(), CatalogError> {
         let name = self.name.trim();
         if name.is_empty() {
             return Err(CatalogError::InvalidRule(
                 "the rule name is empty; give the rule a short descriptive name".into(),
             ));
         }
-        let chars = name.chars().count();
-        if chars > MAX_NAME_CHARS {
-            return Err(CatalogError::InvalidRule(format!(
-                "the rule name is {chars} characters long; the limit is {MAX_NAME_CHARS}"
-            )));
-        }
         if self.sql.trim().is_empty() {
             return Err(CatalogError::InvalidRule(format!(
-                "rule '{name}' has no SQL"
+                "rule '{}' has no SQL",
+                truncated(name, 80)
             )));
         }
         if let Some(lateness) = self.allowed_lateness_ms {
             if lateness < 0 {
                 return Err(CatalogError::InvalidRule(format!(
-                    "rule '{name}' has allowed_lateness_ms = {lateness}; it must be 0 or more"
+                    "rule '{}' has allowed_lateness_ms = {lateness}; it must be 0 or more",
+                    truncated(name, 80)
                 )));
             }
         }
         Ok(())
+    }
+}
+
+/// The first `max` characters of `text`, with `…` if it was longer: user
+/// text quoted back in an error stays short.
+fn truncated(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
+/// How large a rule's fields may be, checked when a draft is submitted.
+///
+/// ```
+/// use catalog::rules::{DraftLimits, RuleDraft};
+/// let mut draft = RuleDraft::new("Brady", "SELECT 1");
+/// draft.cooldown_seconds = u64::MAX;
+/// let err = draft.validate_within(&DraftLimits::default()).unwrap_err();
+/// assert!(err.to_string().contains("max_cooldown_seconds"));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DraftLimits {
+    /// Longest rule name (and escalation column name), in characters.
+    pub max_name_chars: usize,
+    /// Longest description, in bytes.
+    pub max_description_bytes: usize,
+    /// Longest cooldown.
+    pub max_cooldown_seconds: u64,
+    /// Longest per-rule allowed lateness.
+    pub max_allowed_lateness_ms: i64,
+}
+
+impl Default for DraftLimits {
+    fn default() -> Self {
+        Self {
+            max_name_chars: MAX_NAME_CHARS,
+            max_description_bytes: 4 * 1024,
+            max_cooldown_seconds: 7 * 24 * 60 * 60,
+            max_allowed_lateness_ms: 60 * 60 * 1000,
+        }
     }
 }
 
@@ -239,7 +347,11 @@ impl RuleVersion {
             version: self.version,
             name: self.name.clone(),
             severity: self.severity.to_string(),
-            cooldown_ms: self.cooldown_seconds as i64 * 1000,
+            // Saturating: a cooldown stored before it was bounded (up to
+            // u64::MAX s) must mean "very long", not wrap round to none.
+            cooldown_ms: i64::try_from(self.cooldown_seconds)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1000),
             allowed_lateness_ms: self.allowed_lateness_ms,
             keep_duplicates: self.keep_duplicates,
             escalation: self.escalation.clone(),
@@ -382,7 +494,7 @@ impl RuleStore {
 
     /// Creates a new, active rule at version 1 with a fresh id.
     pub async fn create(&self, draft: RuleDraft, now_ms: i64) -> Result<Rule, CatalogError> {
-        draft.validate()?;
+        draft.validate_shape()?;
         let _writer = self.inner.writes.lock().await;
 
         let mut last_clash = None;
@@ -435,7 +547,7 @@ impl RuleStore {
         draft: RuleDraft,
         now_ms: i64,
     ) -> Result<Rule, CatalogError> {
-        draft.validate()?;
+        draft.validate_shape()?;
         let _writer = self.inner.writes.lock().await;
 
         let (mut meta, next) = {
@@ -789,7 +901,8 @@ mod tests {
     fn draft_validation_explains_what_is_wrong() {
         let msg = |d: RuleDraft| d.validate().unwrap_err().to_string();
         assert!(msg(RuleDraft::new("  ", "SELECT 1")).contains("name is empty"));
-        assert!(msg(RuleDraft::new("x".repeat(201), "SELECT 1")).contains("limit is 200"));
+        assert!(msg(RuleDraft::new("x".repeat(201), "SELECT 1"))
+            .contains("the limit is 200 (max_name_chars)"));
         assert!(msg(RuleDraft::new("ok", " \n")).contains("has no SQL"));
         let mut late = RuleDraft::new("ok", "SELECT 1");
         late.allowed_lateness_ms = Some(-1);

@@ -19,6 +19,78 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub demo: DemoConfig,
     pub archive: ArchiveSettings,
+    pub limits: Limits,
+}
+
+/// What the server accepts from a client (`[limits]`): every budget a rule,
+/// a query or an acknowledgement is held to, so no single request can stop
+/// alerting. A request over one is refused with `400` and a message that
+/// names the setting.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Longest SQL of a rule, a validation, a backtest or a history query.
+    pub max_sql_bytes: usize,
+    /// Deepest nesting of expressions in that SQL (each operator of a chain
+    /// such as `a + b + c` is a level).
+    pub max_expression_depth: usize,
+    /// Longest TUMBLE or HOP size, or SESSION gap.
+    pub max_window_ms: i64,
+    /// Most panes a HOP window is merged from: size / gcd(size, slide).
+    pub max_panes_per_window: i64,
+    /// Longest per-rule `allowed_lateness_ms`.
+    pub max_allowed_lateness_ms: i64,
+    /// Longest `cooldown_seconds`.
+    pub max_cooldown_seconds: u64,
+    /// Longest rule name, in characters.
+    pub max_name_chars: usize,
+    /// Longest rule description, in bytes.
+    pub max_description_bytes: usize,
+    /// Longest `by` of an acknowledgement, in characters.
+    pub max_ack_by_chars: usize,
+    /// Longest `note` of an acknowledgement, in bytes.
+    pub max_ack_note_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let rules = sql_rules::RuleLimits::default();
+        let drafts = catalog::rules::DraftLimits::default();
+        Self {
+            max_sql_bytes: rules.max_sql_bytes,
+            max_expression_depth: rules.max_expression_depth,
+            max_window_ms: rules.max_window_ms,
+            max_panes_per_window: rules.max_panes_per_window,
+            max_allowed_lateness_ms: drafts.max_allowed_lateness_ms,
+            max_cooldown_seconds: drafts.max_cooldown_seconds,
+            max_name_chars: drafts.max_name_chars,
+            max_description_bytes: drafts.max_description_bytes,
+            max_ack_by_chars: 200,
+            max_ack_note_bytes: 4 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    /// The budgets the rule compiler checks SQL against.
+    pub fn rules(&self) -> sql_rules::RuleLimits {
+        sql_rules::RuleLimits {
+            max_sql_bytes: self.max_sql_bytes,
+            max_expression_depth: self.max_expression_depth,
+            max_window_ms: self.max_window_ms,
+            max_panes_per_window: self.max_panes_per_window,
+        }
+    }
+
+    /// The budgets a rule's other fields are checked against.
+    pub fn drafts(&self) -> catalog::rules::DraftLimits {
+        catalog::rules::DraftLimits {
+            max_name_chars: self.max_name_chars,
+            max_description_bytes: self.max_description_bytes,
+            max_cooldown_seconds: self.max_cooldown_seconds,
+            max_allowed_lateness_ms: self.max_allowed_lateness_ms,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -102,6 +174,7 @@ impl Default for Config {
             pipeline: PipelineConfig::default(),
             demo: DemoConfig::default(),
             archive: ArchiveSettings::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -183,5 +256,22 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors_not_silently_ignored() {
         assert!(toml::from_str::<Config>("listne = \"x\"").is_err());
+        assert!(toml::from_str::<Config>("[limits]\nmax_window = 1\n").is_err());
+    }
+
+    #[test]
+    fn limits_default_to_the_documented_budgets_and_can_be_raised() {
+        let l = Config::default().limits;
+        assert_eq!(l.max_sql_bytes, 65_536);
+        assert_eq!(l.max_expression_depth, 200);
+        assert_eq!(l.max_window_ms, 86_400_000);
+        assert_eq!(l.max_panes_per_window, 1440);
+        assert_eq!(l.max_allowed_lateness_ms, 3_600_000);
+        assert_eq!(l.max_cooldown_seconds, 604_800);
+        assert_eq!((l.max_name_chars, l.max_description_bytes), (200, 4096));
+        assert_eq!((l.max_ack_by_chars, l.max_ack_note_bytes), (200, 4096));
+        let c: Config = toml::from_str("[limits]\nmax_window_ms = 172800000\n").unwrap();
+        assert_eq!(c.limits.rules().max_window_ms, 172_800_000);
+        assert_eq!(c.limits.max_panes_per_window, 1440);
     }
 }

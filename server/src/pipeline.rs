@@ -15,9 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
-use sql_rules::alert::alert_id;
-use sql_rules::engine::RuleFailure;
-use sql_rules::{Alert, AlertStatus, Engine, EngineConfig, Explanation, RuleSpec, RuleStats};
+use sql_rules::{
+    alert_id, Alert, AlertStatus, Engine, EngineConfig, Explanation, RuleFailure, RuleSpec,
+    RuleStats,
+};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::metrics::Metrics;

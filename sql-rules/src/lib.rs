@@ -39,8 +39,10 @@ mod snapshot;
 mod window;
 
 pub use alert::{alert_id, Alert, AlertStatus, Explanation};
-pub use compile::{reading_type, CompiledRule, RuleCompiler, WindowSpec};
-pub use engine::{Engine, EngineConfig, EngineOutput, Escalation, RuleSpec, RuleStats};
+pub use compile::{check_query_sql, reading_type, CompiledRule, RuleCompiler, RuleLimits, WindowSpec};
+pub use engine::{
+    Engine, EngineConfig, EngineOutput, Escalation, RuleFailure, RuleSpec, RuleStats,
+};
 pub use error::{EngineError, RuleError, SqlPosition};
 /// Registers wardwatch's order-independent `sum` and `avg` in a DataFusion
 /// session, so SQL run elsewhere (history, replay baselines) sums readings

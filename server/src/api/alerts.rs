@@ -48,6 +48,23 @@ pub async fn acknowledge(
             "`by` must name who acknowledges the alert",
         ));
     }
+    let limits = &state.config.limits;
+    let by_chars = req.by.trim().chars().count();
+    if by_chars > limits.max_ack_by_chars {
+        return Err(ApiError::bad_request(format!(
+            "`by` is {by_chars} characters long; the limit is {} (max_ack_by_chars)",
+            limits.max_ack_by_chars
+        )));
+    }
+    if let Some(note) = &req.note {
+        if note.len() > limits.max_ack_note_bytes {
+            return Err(ApiError::bad_request(format!(
+                "`note` is {} bytes long; the limit is {} bytes (max_ack_note_bytes)",
+                note.len(),
+                limits.max_ack_note_bytes
+            )));
+        }
+    }
     let found = state.alerts.log.recent(1, |a| {
         a.get("id").and_then(Value::as_str) == Some(id.as_str())
     });

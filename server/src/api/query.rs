@@ -3,7 +3,9 @@
 //! to Parquet. JSON by default; CSV with `Accept: text/csv`; Arrow IPC with
 //! `Accept: application/vnd.apache.arrow.stream`.
 //!
-//! Small results are answered whole (and one over `query_max_rows` is a
+//! SQL longer than `max_sql_bytes` or nested deeper than
+//! `max_expression_depth` (`[limits]`) is refused with `400` before it is
+//! planned. Small results are answered whole (and one over `query_max_rows` is a
 //! 413). A result larger than [`STREAM_AFTER`] rows is streamed as it is
 //! produced rather than buffered; if it then passes the row limit or the
 //! time limit, a JSON answer ends with `"truncated": true` and an `error`,
@@ -106,6 +108,10 @@ pub async fn query(
         Format::Json
     };
 
+    // Before DataFusion sees it: SQL too long or nested too deep to plan
+    // on a request thread's stack is refused with the limit.
+    sql_rules::check_query_sql(&req.sql, &state.config.limits.rules())
+        .map_err(|e| QueryError(ApiError::from(e)))?;
     let mut df = state.history.dataframe(&req.sql).await?;
     if !matches!(
         df.logical_plan(),

@@ -1,7 +1,8 @@
 //! Rules over REST. A rule is compiled before it is stored, so a rule that
 //! cannot run is refused with the position of the problem and never
-//! reaches the engine. `PUT` makes a new version (old versions stay);
-//! `DELETE` deactivates.
+//! reaches the engine; so is one over a budget of `[limits]` (window
+//! length, panes, cooldown, lateness, field lengths, SQL size and depth).
+//! `PUT` makes a new version (old versions stay); `DELETE` deactivates.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -9,7 +10,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use catalog::rules::{Rule, RuleDraft, RuleVersion};
 use serde_json::{json, Value};
-use sql_rules::{CompiledRule, RuleSpec};
+use sql_rules::{CompiledRule, RuleError, RuleSpec};
 
 use super::error::ApiError;
 use super::SharedState;
@@ -44,9 +45,7 @@ fn rule_json(state: &SharedState, rule: &Rule) -> Value {
         Some(h) if h.failing(now) => "failing",
         _ => "active",
     };
-    let window = state
-        .compiler
-        .compile(&rule.current.sql)
+    let window = compile(state, &rule.current.sql)
         .ok()
         .and_then(|c| c.window())
         .map(|w| w.describe());
@@ -72,11 +71,36 @@ fn rule_json(state: &SharedState, rule: &Rule) -> Value {
     })
 }
 
-fn parse_draft(body: Value) -> Result<RuleDraft, ApiError> {
+/// Compiles rule SQL within the configured `[limits]`.
+pub fn compile(state: &SharedState, sql: &str) -> Result<CompiledRule, RuleError> {
+    state
+        .compiler
+        .compile_within(sql, &state.config.limits.rules())
+}
+
+/// A submitted rule: its fields within `[limits]`, its SQL compiled, and
+/// its escalation column one of the rule's output columns.
+fn parse_draft(state: &SharedState, body: Value) -> Result<(RuleDraft, CompiledRule), ApiError> {
     let draft: RuleDraft = serde_json::from_value(body)
         .map_err(|e| ApiError::bad_request(format!("invalid rule: {e}")))?;
-    draft.validate()?;
-    Ok(draft)
+    draft.validate_within(&state.config.limits.drafts())?;
+    let compiled = compile(state, &draft.sql)?;
+    if let Some(escalation) = &draft.escalation {
+        let columns: Vec<&str> = compiled
+            .output_schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        if !columns.contains(&escalation.column.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "the escalation column '{}' is not an output column of the rule; it has {}",
+                escalation.column,
+                columns.join(", ")
+            )));
+        }
+    }
+    Ok((draft, compiled))
 }
 
 pub async fn list(State(state): State<SharedState>) -> Json<Value> {
@@ -118,7 +142,7 @@ pub async fn validate(
         .get("sql")
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::bad_request("expected {\"sql\": \"SELECT …\"}"))?;
-    let compiled = state.compiler.compile(sql)?;
+    let compiled = compile(&state, sql)?;
     let columns: Vec<Value> = compiled
         .output_schema
         .fields()
@@ -137,8 +161,7 @@ pub async fn create(
     State(state): State<SharedState>,
     Json(body): Json<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let draft = parse_draft(body)?;
-    let compiled = state.compiler.compile(&draft.sql)?;
+    let (draft, compiled) = parse_draft(&state, body)?;
     let _guard = state.rule_writes.lock().await;
     let rule = state.rules.create(draft, now_ms()).await?;
     crate::audit::record(
@@ -160,8 +183,7 @@ pub async fn update(
     Path(id): Path<String>,
     Json(body): Json<Value>,
 ) -> Result<Json<Value>, ApiError> {
-    let draft = parse_draft(body)?;
-    let compiled = state.compiler.compile(&draft.sql)?;
+    let (draft, compiled) = parse_draft(&state, body)?;
     let _guard = state.rule_writes.lock().await;
     let mut rule = state.rules.update(&id, draft, now_ms()).await?;
     crate::audit::record(

@@ -7,10 +7,12 @@
 //! [`CompiledRule`]: physical expressions and aggregate functions that the
 //! engine runs incrementally.
 
+pub mod limits;
 pub mod plan;
 pub mod tvf;
 pub mod validate;
 pub mod window;
 
+pub use limits::{check_query_sql, RuleLimits};
 pub use plan::{reading_type, CompiledRule, RowOp, RuleCompiler, RuleShape};
 pub use window::WindowSpec;

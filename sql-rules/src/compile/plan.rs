@@ -21,6 +21,9 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use sqlparser::dialect::GenericDialect;
 
+use super::limits::{
+    check_expression_depth, check_sql_length, check_window, on_compile_stack, RuleLimits,
+};
 use super::validate::streaming_query;
 use super::window::{rewrite_windows, WindowSpec, WINDOWED_TABLE, WINDOW_END, WINDOW_START};
 use crate::error::{RuleError, SqlPosition};
@@ -119,12 +122,14 @@ impl CompiledRule {
 pub struct RuleCompiler {
     ctx: SessionContext,
     schema: SchemaRef,
+    limits: RuleLimits,
 }
 
 impl std::fmt::Debug for RuleCompiler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RuleCompiler")
             .field("schema", &self.schema)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -148,14 +153,51 @@ impl RuleCompiler {
             .expect("fresh context accepts a table");
         ctx.register_table(WINDOWED_TABLE, windowed)
             .expect("fresh context accepts a table");
-        Self { ctx, schema }
+        Self {
+            ctx,
+            schema,
+            limits: RuleLimits::default(),
+        }
+    }
+
+    /// The budgets [`compile`](Self::compile) holds rules to.
+    pub fn with_limits(mut self, limits: RuleLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> &RuleLimits {
+        &self.limits
     }
 
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
     }
 
+    /// Compiles a rule within this compiler's [`RuleLimits`]. Every caller
+    /// (REST, replay, the server's start-up) goes through here, so a rule
+    /// over a budget, stored by an older version, is refused rather than run.
     pub fn compile(&self, sql: &str) -> Result<CompiledRule, RuleError> {
+        self.compile_within(sql, &self.limits)
+    }
+
+    /// Compiles a rule within `limits`: the SQL's length is checked first,
+    /// then everything else runs on a thread with a large stack (see
+    /// [`limits`](super::limits)), so no SQL can overflow the caller's.
+    pub fn compile_within(
+        &self,
+        sql: &str,
+        limits: &RuleLimits,
+    ) -> Result<CompiledRule, RuleError> {
+        check_sql_length(sql, limits)?;
+        on_compile_stack(|| self.compile_on_this_thread(sql, limits))
+    }
+
+    fn compile_on_this_thread(
+        &self,
+        sql: &str,
+        limits: &RuleLimits,
+    ) -> Result<CompiledRule, RuleError> {
         if sql.trim().is_empty() {
             return Err(RuleError::at_start("the rule's SQL is empty"));
         }
@@ -163,7 +205,7 @@ impl RuleCompiler {
         let table_function = super::tvf::rewrite_table_functions(&sql_text)?;
         let parse_text = table_function
             .as_ref()
-            .map_or(sql_text.as_str(), |(text, _)| text.as_str());
+            .map_or(sql_text.as_str(), |(text, _, _)| text.as_str());
         let mut statements = DFParser::parse_sql_with_dialect(parse_text, &GenericDialect {})
             .map_err(|e| parser_error(&e))?;
         if statements.len() != 1 {
@@ -176,16 +218,22 @@ impl RuleCompiler {
         let DFStatement::Statement(mut stmt) = statement else {
             return Err(RuleError::at_start("a rule must be a SELECT query"));
         };
+        check_expression_depth(&*stmt, limits.max_expression_depth)?;
         let query = streaming_query(&mut stmt)?;
         let rewritten = rewrite_windows(query)?;
-        let window = match (rewritten.window, table_function.map(|(_, w)| w)) {
+        let window = match (rewritten.window, table_function.map(|(_, w, at)| (w, at))) {
             (Some(_), Some(_)) => {
                 return Err(RuleError::at_start(
                     "use either a window table function or a window in GROUP BY, not both",
                 ))
             }
-            (a, b) => a.or(b),
+            (Some(w), None) => Some((w, rewritten.window_at)),
+            (None, b) => b,
         };
+        if let Some((w, at)) = &window {
+            check_window(w, *at, limits)?;
+        }
+        let window = window.map(|(w, _)| w);
 
         let state = self.ctx.state();
         let plan = futures_lite_block_on(state.statement_to_plan(DFStatement::Statement(stmt)))
@@ -511,6 +559,9 @@ pub fn offset_to_position(sql: &str, offset: usize) -> SqlPosition {
 /// Parser errors say "at Line: 3, Column: 15"; lift that into a position.
 fn parser_error(e: &DataFusionError) -> RuleError {
     let text = e.to_string();
+    if let Some(e) = super::limits::parser_recursion_error(&text) {
+        return e;
+    }
     let position = find_line_column(&text).unwrap_or(SqlPosition::new(1, 1));
     let message = text
         .trim_start_matches("SQL error: ")

@@ -12,7 +12,10 @@ use crate::error::{RuleError, SqlPosition};
 use crate::stream::{col, STREAM_NAME};
 
 /// Finds a windowing table function, returns the rewritten SQL and window.
-pub fn rewrite_table_functions(sql: &str) -> Result<Option<(String, WindowSpec)>, RuleError> {
+/// The position returned is that of the window function (`TUMBLE` or `HOP`).
+pub fn rewrite_table_functions(
+    sql: &str,
+) -> Result<Option<(String, WindowSpec, SqlPosition)>, RuleError> {
     let upper = sql.to_ascii_uppercase();
     let bytes = upper.as_bytes();
     let mut search = 0;
@@ -131,7 +134,7 @@ pub fn rewrite_table_functions(sql: &str) -> Result<Option<(String, WindowSpec)>
         out.push_str(&sql[..start]);
         out.push_str(&replacement);
         out.push_str(&sql[outer_close + 1..]);
-        return Ok(Some((out, window)));
+        return Ok(Some((out, window, at)));
     }
     Ok(None)
 }
@@ -173,9 +176,6 @@ fn split_args(sql: &str, open: usize) -> Option<(Vec<(String, usize)>, usize)> {
     None
 }
 
-#[allow(dead_code)]
-fn _position_type_is_used(_: SqlPosition) {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,7 +183,8 @@ mod tests {
     #[test]
     fn tumble_table_function_is_rewritten_in_place() {
         let sql = "SELECT patient_id, COUNT(*) FROM TABLE(TUMBLE(TABLE vitals, DESCRIPTOR(event_time), INTERVAL '1' MINUTE)) GROUP BY window_start, window_end, patient_id";
-        let (out, w) = rewrite_table_functions(sql).unwrap().unwrap();
+        let (out, w, at) = rewrite_table_functions(sql).unwrap().unwrap();
+        assert_eq!(at, SqlPosition::new(1, 40));
         assert_eq!(w, WindowSpec::Tumble { size_ms: 60_000 });
         assert_eq!(out.len(), sql.len());
         assert!(out.contains("FROM __vitals_windowed vitals"), "{out}");
@@ -193,7 +194,7 @@ mod tests {
     #[test]
     fn hop_table_function_takes_slide_then_size() {
         let sql = "SELECT 1 FROM TABLE(HOP(TABLE vitals, DESCRIPTOR(event_time), INTERVAL '1' MINUTE, INTERVAL '5' MINUTE)) GROUP BY window_start, window_end";
-        let (_, w) = rewrite_table_functions(sql).unwrap().unwrap();
+        let (_, w, _) = rewrite_table_functions(sql).unwrap().unwrap();
         assert_eq!(
             w,
             WindowSpec::Hop {

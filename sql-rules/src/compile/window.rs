@@ -54,7 +54,7 @@ impl WindowSpec {
     }
 }
 
-fn fmt_ms(ms: i64) -> String {
+pub(crate) fn fmt_ms(ms: i64) -> String {
     if ms % 60_000 == 0 {
         format!("{} min", ms / 60_000)
     } else if ms % 1000 == 0 {
@@ -260,6 +260,8 @@ fn parse_window_call(
 /// The outcome of rewriting: the window (if any) and the rewritten query.
 pub struct Rewritten {
     pub window: Option<WindowSpec>,
+    /// Where the window call is in the SQL (for budget refusals).
+    pub window_at: SqlPosition,
 }
 
 /// Rewrites `query` in place, removing window syntax. Returns the window.
@@ -274,7 +276,7 @@ pub fn rewrite_windows(query: &mut Query) -> Result<Rewritten, RuleError> {
     };
 
     // 1. Windows in GROUP BY.
-    let mut window: Option<(WindowSpec, Family)> = None;
+    let mut window: Option<(WindowSpec, Family, SqlPosition)> = None;
     if let GroupByExpr::Expressions(exprs, _) = &mut select.group_by {
         let mut rewritten = Vec::with_capacity(exprs.len() + 1);
         for expr in exprs.drain(..) {
@@ -292,7 +294,7 @@ pub fn rewrite_windows(query: &mut Query) -> Result<Rewritten, RuleError> {
                         return Err(RuleError::new("a rule may group by only one window", at));
                     }
                     let args = unnamed_args(&f.args, at)?;
-                    window = Some((parse_window_call(family, &args, at)?, family));
+                    window = Some((parse_window_call(family, &args, at)?, family, at));
                     rewritten.push(Expr::Identifier(Ident::new(WINDOW_START)));
                     rewritten.push(Expr::Identifier(Ident::new(WINDOW_END)));
                 }
@@ -317,7 +319,7 @@ pub fn rewrite_windows(query: &mut Query) -> Result<Rewritten, RuleError> {
         let check = unnamed_args(&f.args, at).and_then(|args| {
             let spec = parse_window_call(family, &args, at)?;
             match window {
-                Some((w, fam)) if w == spec && fam == family => Ok(()),
+                Some((w, fam, _)) if w == spec && fam == family => Ok(()),
                 Some(_) => Err(RuleError::new(
                     format!("`{expr}` does not match the window in GROUP BY"),
                     at,
@@ -362,7 +364,8 @@ pub fn rewrite_windows(query: &mut Query) -> Result<Rewritten, RuleError> {
         }
     }
     Ok(Rewritten {
-        window: window.map(|(w, _)| w),
+        window: window.map(|(w, _, _)| w),
+        window_at: window.map_or(SqlPosition::new(1, 1), |(_, _, at)| at),
     })
 }
 

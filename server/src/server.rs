@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use catalog::log::JsonLog;
 use catalog::rules::RuleStore;
 use sql_rules::stream::vitals_schema;
-use sql_rules::{EngineConfig, RuleCompiler};
+use sql_rules::RuleCompiler;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
@@ -56,10 +56,7 @@ pub async fn run_until(
     };
 
     let (alert_tx, alert_rx) = tokio::sync::mpsc::unbounded_channel();
-    let engine_config = EngineConfig {
-        default_lateness_ms: config.pipeline.allowed_lateness_ms,
-        idle_timeout_ms: config.pipeline.idle_timeout_ms,
-    };
+    let engine_config = config.pipeline.engine_config();
     let pipeline = pipeline::start(
         engine_config,
         Arc::clone(&metrics),
@@ -158,6 +155,7 @@ pub async fn run_until(
                 dead_letters: Arc::clone(&dead_letters),
                 archive: vitals_archive.clone(),
                 rt: tokio::runtime::Handle::current(),
+                time_bounds: source::decode::EventTimeBounds::from_config(&config),
             },
             Arc::clone(&shutdown),
         )?;
@@ -181,6 +179,7 @@ pub async fn run_until(
             Arc::clone(&dead_letters),
             vitals_archive.clone(),
             config.pipeline.max_batch_rows,
+            source::decode::EventTimeBounds::from_config(&config),
         ));
     }
 

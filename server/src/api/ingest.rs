@@ -21,6 +21,7 @@ pub async fn ingest(
         &state.dead_letters,
         &state.archive,
         state.config.pipeline.max_batch_rows,
+        crate::source::decode::EventTimeBounds::from_config(&state.config),
     )
     .await
     .map_err(|e| ApiError::unavailable(e.to_string()))?;

@@ -82,6 +82,7 @@ pub async fn run(
     dead_letters: Arc<DeadLetters>,
     archive: crate::archive::ArchiveHandle,
     max_batch_rows: usize,
+    time_bounds: crate::source::decode::EventTimeBounds,
 ) {
     const BACKFILL_SECONDS: i64 = 180;
     let now = chrono::Utc::now().timestamp_millis();
@@ -111,6 +112,7 @@ pub async fn run(
                 &dead_letters,
                 &archive,
                 max_batch_rows,
+                time_bounds,
             )
             .await
             .is_err()

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::decode::VitalsDecoder;
+use super::decode::{EventTimeBounds, VitalsDecoder};
 use crate::archive::ArchiveHandle;
 use crate::pipeline::{Input, PipelineHandle, LOCAL_PARTITION};
 use crate::sink::dead_letter::{DeadLetter, DeadLetters};
@@ -24,8 +24,11 @@ pub async fn ingest_ndjson(
     dead_letters: &Arc<DeadLetters>,
     archive: &ArchiveHandle,
     max_batch_rows: usize,
+    time_bounds: EventTimeBounds,
 ) -> Result<IngestResult, crate::pipeline::PipelineClosed> {
-    let mut decoder = VitalsDecoder::new(max_batch_rows.min(65_536));
+    // The clock is read once per request.
+    let mut decoder = VitalsDecoder::new(max_batch_rows.min(65_536))
+        .with_time_bounds(time_bounds, chrono::Utc::now().timestamp_millis());
     let mut letters = Vec::new();
     let mut result = IngestResult::default();
     for line in body.split(|b| *b == b'\n') {

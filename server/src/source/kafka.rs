@@ -24,7 +24,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use super::decode::VitalsDecoder;
+use super::decode::{EventTimeBounds, VitalsDecoder};
 use crate::archive::{ArchiveHandle, ArchiveInput};
 use crate::config::{KafkaConfig, PipelineConfig};
 use crate::pipeline::{Input, PipelineHandle};
@@ -149,6 +149,8 @@ pub struct SourceOutputs {
     pub dead_letters: Arc<DeadLetters>,
     pub archive: ArchiveHandle,
     pub rt: tokio::runtime::Handle,
+    /// Event times accepted around the server clock.
+    pub time_bounds: EventTimeBounds,
 }
 
 /// Messages of one partition read since the last cut, not yet decoded:
@@ -233,6 +235,7 @@ pub fn start(
         dead_letters,
         archive,
         rt,
+        time_bounds,
     } = outputs;
     let mut cfg = client_config(kafka, brokers);
     cfg.set("group.id", &kafka.group_id)
@@ -276,6 +279,7 @@ pub fn start(
             dead_letters: Arc::clone(&dead_letters),
             rt,
             shutdown: Arc::clone(&shutdown),
+            time_bounds,
         };
         std::thread::Builder::new()
             .name("wardwatch-decode".into())
@@ -372,6 +376,7 @@ struct Decoder {
     dead_letters: Arc<DeadLetters>,
     rt: tokio::runtime::Handle,
     shutdown: Arc<AtomicBool>,
+    time_bounds: EventTimeBounds,
 }
 
 impl Decoder {
@@ -380,9 +385,11 @@ impl Decoder {
         while let Ok(input) = inputs.recv() {
             match input {
                 DecodeInput::Chunk { partition, chunk } => {
-                    let decoder = decoders
-                        .entry(partition)
-                        .or_insert_with(|| VitalsDecoder::new(self.max_rows));
+                    let now = chrono::Utc::now().timestamp_millis();
+                    let decoder = decoders.entry(partition).or_insert_with(|| {
+                        VitalsDecoder::new(self.max_rows).with_time_bounds(self.time_bounds, now)
+                    });
+                    decoder.set_now(now);
                     self.decode(partition, &chunk, decoder);
                 }
                 DecodeInput::CaughtUp => {

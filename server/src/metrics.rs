@@ -92,7 +92,10 @@ impl Metrics {
         );
         for (reason, value) in [
             ("timestamp_in_the_future", &self.events_rejected_future),
-            ("timestamp_older_than_retention", &self.events_rejected_too_old),
+            (
+                "timestamp_older_than_retention",
+                &self.events_rejected_too_old,
+            ),
         ] {
             let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {}", value.load(Relaxed));
         }

@@ -315,8 +315,7 @@ impl Engine {
                     .max(),
             }
             .unwrap_or(i64::MIN);
-            self.clock
-                .deliver(partition, batch_max, processing_time_ms);
+            self.clock.deliver(partition, batch_max, processing_time_ms);
         }
         self.fire_due(processing_time_ms, None, None, &mut out)?;
         Ok(out)

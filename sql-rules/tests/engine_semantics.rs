@@ -794,10 +794,7 @@ fn traffic_resuming_partition_by_partition_after_a_quiet_hour_loses_no_window() 
                 .map(|a| a.fired_at_ms - a.window_end_ms.unwrap())
                 .unwrap()
         };
-        let p2 = alerts
-            .iter()
-            .find(|a| a.key["patient_id"] == "P2")
-            .unwrap();
+        let p2 = alerts.iter().find(|a| a.key["patient_id"] == "P2").unwrap();
         assert!(p2.fired_at_ms < T0 + 3_600_000, "seed {seed}: {p2:?}");
         assert!(
             (5_500..7_000).contains(&fired_at("P2")),
@@ -822,7 +819,12 @@ fn processing_time_closes_nothing_while_a_partition_is_still_delivering() {
     // Partition 0: a minute of tachycardia, as it happens.
     for s in 0..60 {
         let e = ev("P1", T0 + s * 1_000, 125.0);
-        alerts.extend(engine.process(0, &batch(&[e]), T0 + s * 1_000 + 50).unwrap().alerts);
+        alerts.extend(
+            engine
+                .process(0, &batch(&[e]), T0 + s * 1_000 + 50)
+                .unwrap()
+                .alerts,
+        );
     }
     // Partition 1 works through an old backlog for a minute of processing
     // time, ticking in between: its event time holds the watermark back and

@@ -28,9 +28,7 @@ fn reading(patient: &str, ts: i64, seq: u32, spo2: f64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_gives_one_alert_live_over_sse_and_the_rest_are_recorded_as_suppressed() {
-    let server = Server::start(config())
-        .await
-        .expect("server starts");
+    let server = Server::start(config()).await.expect("server starts");
     let created = server
         .http
         .post(server.url("/api/rules"))

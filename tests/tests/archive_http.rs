@@ -356,9 +356,7 @@ async fn replay_of_an_unchanged_rule_reproduces_exactly_the_fired_ids_and_backte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_versions_and_the_audit_log_are_tables_too() {
-    let server = Server::start(config())
-        .await
-        .expect("server starts");
+    let server = Server::start(config()).await.expect("server starts");
     let rule: Value = server
         .http
         .post(server.url("/api/rules"))
@@ -527,9 +525,7 @@ async fn a_small_result_over_the_row_limit_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_background_replay_reports_progress_and_gives_the_same_result() {
-    let server = Server::start(config())
-        .await
-        .expect("server starts");
+    let server = Server::start(config()).await.expect("server starts");
     let mut body = String::new();
     for s in (0..3600i64).step_by(5) {
         body.push_str(&reading(

@@ -86,9 +86,11 @@ impl EventTimeBounds {
     /// instant the archive's retention keeps (it deletes whole days).
     fn accepted(self, now_ms: i64) -> (i64, i64) {
         let today = now_ms.div_euclid(DAY_MS).saturating_mul(DAY_MS);
-        let earliest =
-            today.saturating_sub(i64::from(self.retention_days).saturating_mul(DAY_MS));
-        (earliest, now_ms.saturating_add(self.max_future_skew_ms.max(0)))
+        let earliest = today.saturating_sub(i64::from(self.retention_days).saturating_mul(DAY_MS));
+        (
+            earliest,
+            now_ms.saturating_add(self.max_future_skew_ms.max(0)),
+        )
     }
 }
 

@@ -228,12 +228,20 @@ mod tests {
     fn a_partition_that_never_delivers_holds_the_stream_back_until_passed_and_timed_out() {
         let mut c = clock(&[0, 1]);
         c.tick(1_000_000);
-        assert_eq!(c.stream_time(), Some(i64::MIN), "silence alone is not idleness");
+        assert_eq!(
+            c.stream_time(),
+            Some(i64::MIN),
+            "silence alone is not idleness"
+        );
         c.deliver(0, 5_000, 1_000_000);
         c.tick(1_000_000 + IDLE - 1);
         assert_eq!(c.stream_time(), Some(i64::MIN));
         c.tick(1_000_000 + IDLE);
-        assert_eq!(c.stream_time(), Some(5_000), "passed and silent for the timeout");
+        assert_eq!(
+            c.stream_time(),
+            Some(5_000),
+            "passed and silent for the timeout"
+        );
     }
 
     #[test]

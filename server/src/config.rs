@@ -151,11 +151,35 @@ pub struct PipelineConfig {
     pub max_batch_delay_ms: u64,
     /// Default allowed lateness of event time, per rule overridable.
     pub allowed_lateness_ms: i64,
-    /// A partition silent this long stops holding back the watermark.
+    /// A partition that other partitions have moved past in event time, and
+    /// that delivers nothing for this long, stops holding back the
+    /// watermark. Silence alone never does: a stream quiet this long as a
+    /// whole starts over when traffic resumes.
     pub idle_timeout_ms: i64,
     /// The engine thread busy on one input this long counts as stalled:
     /// `/healthz` fails and `wardwatch_engine_stalled` is 1.
     pub engine_stall_ms: i64,
+    /// An event dated more than this far ahead of the server clock is
+    /// refused (dead-lettered, reason `timestamp in the future`), so no
+    /// partition's event time goes past now + this. Events older than
+    /// `[archive] retention_days` are refused too.
+    pub max_future_skew_ms: i64,
+    /// When every partition is caught up and none has delivered anything for
+    /// this long, windows whose end + allowed lateness is this far behind
+    /// the server clock close (the last window before a quiet period would
+    /// otherwise wait for the next event). 0 turns it off.
+    pub quiet_close_ms: i64,
+}
+
+impl PipelineConfig {
+    /// The engine's settings from this section.
+    pub fn engine_config(&self) -> sql_rules::EngineConfig {
+        sql_rules::EngineConfig {
+            default_lateness_ms: self.allowed_lateness_ms,
+            idle_timeout_ms: self.idle_timeout_ms,
+            quiet_close_ms: (self.quiet_close_ms > 0).then_some(self.quiet_close_ms),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -201,6 +225,8 @@ impl Default for PipelineConfig {
             allowed_lateness_ms: 500,
             idle_timeout_ms: 10_000,
             engine_stall_ms: 15_000,
+            max_future_skew_ms: 300_000,
+            quiet_close_ms: 5_000,
         }
     }
 }

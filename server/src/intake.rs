@@ -17,6 +17,7 @@ use arrow::record_batch::RecordBatch;
 use crate::archive::{ArchiveHandle, ArchiveInput};
 use crate::pipeline::{Input, PipelineClosed, PipelineHandle, LOCAL_PARTITION};
 use crate::shutdown::ShutdownNotice;
+use crate::source::decode::EventTimeBounds;
 use crate::sink::dead_letter::{DeadLetter, DeadLetters};
 
 /// Dead letters waiting for delivery past this many make a Kafka source
@@ -55,6 +56,7 @@ pub struct Intake {
     gate: Arc<CommitGate>,
     rt: tokio::runtime::Handle,
     shutdown: ShutdownNotice,
+    time_bounds: EventTimeBounds,
 }
 
 impl Intake {
@@ -64,6 +66,7 @@ impl Intake {
         dead_letters: Arc<DeadLetters>,
         rt: tokio::runtime::Handle,
         shutdown: ShutdownNotice,
+        time_bounds: EventTimeBounds,
     ) -> Self {
         let gate = Arc::new(CommitGate {
             archive: archive.clone(),
@@ -76,7 +79,14 @@ impl Intake {
             gate,
             rt,
             shutdown,
+            time_bounds,
         }
+    }
+
+    /// The event times sources accept around the server clock: decoders
+    /// refuse the rest before they reach the intake.
+    pub fn time_bounds(&self) -> EventTimeBounds {
+        self.time_bounds
     }
 
     pub fn gate(&self) -> &Arc<CommitGate> {

@@ -15,6 +15,10 @@ const BUCKETS: [f64; 12] = [
 pub struct Metrics {
     pub events_in: AtomicU64,
     pub events_rejected: AtomicU64,
+    /// Of those, refused for being dated too far ahead of the server clock…
+    pub events_rejected_future: AtomicU64,
+    /// …or older than the archive's retention.
+    pub events_rejected_too_old: AtomicU64,
     pub events_late: AtomicU64,
     pub events_duplicate: AtomicU64,
     pub batches: AtomicU64,
@@ -32,6 +36,22 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts refused events, by reason (once per group of dead letters).
+    pub fn count_rejected<'a>(&self, reasons: impl Iterator<Item = &'a str>) {
+        let (mut all, mut future, mut too_old) = (0, 0, 0);
+        for reason in reasons {
+            all += 1;
+            if reason.starts_with(crate::source::decode::FUTURE) {
+                future += 1;
+            } else if reason.starts_with(crate::source::decode::OLDER_THAN_RETENTION) {
+                too_old += 1;
+            }
+        }
+        self.events_rejected.fetch_add(all, Relaxed);
+        self.events_rejected_future.fetch_add(future, Relaxed);
+        self.events_rejected_too_old.fetch_add(too_old, Relaxed);
+    }
+
     /// Records the time the engine took for one batch.
     pub fn observe_batch(&self, seconds: f64) {
         self.batches.fetch_add(1, Relaxed);
@@ -67,6 +87,20 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
                 value.load(Relaxed)
             );
+        }
+        let name = "wardwatch_events_rejected_by_reason_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Events refused for their event time, by reason (a part of wardwatch_events_rejected_total).\n# TYPE {name} counter"
+        );
+        for (reason, value) in [
+            ("timestamp_in_the_future", &self.events_rejected_future),
+            (
+                "timestamp_older_than_retention",
+                &self.events_rejected_too_old,
+            ),
+        ] {
+            let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {}", value.load(Relaxed));
         }
         for (name, help, value) in extra {
             let _ = writeln!(
@@ -117,5 +151,33 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("wardwatch_batch_seconds_count 2"), "{text}");
+    }
+
+    #[test]
+    fn refusals_by_event_time_are_counted_by_reason() {
+        let m = Metrics::default();
+        m.count_rejected(
+            [
+                "timestamp in the future: timestamp_unix_ms 32503593600000 …",
+                "timestamp older than retention: timestamp_unix_ms 1 …",
+                "missing patient_id",
+                "timestamp in the future: …",
+            ]
+            .into_iter(),
+        );
+        let text = m.render(&[]);
+        assert!(text.contains("wardwatch_events_rejected_total 4"), "{text}");
+        assert!(
+            text.contains(
+                "wardwatch_events_rejected_by_reason_total{reason=\"timestamp_in_the_future\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "wardwatch_events_rejected_by_reason_total{reason=\"timestamp_older_than_retention\"} 1"
+            ),
+            "{text}"
+        );
     }
 }

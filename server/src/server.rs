@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use catalog::log::JsonLog;
 use catalog::rules::RuleStore;
 use sql_rules::stream::vitals_schema;
-use sql_rules::{EngineConfig, RuleCompiler};
+use sql_rules::RuleCompiler;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
@@ -60,10 +60,7 @@ pub async fn run_until(
     };
 
     let (alert_tx, alert_rx) = tokio::sync::mpsc::unbounded_channel();
-    let engine_config = EngineConfig {
-        default_lateness_ms: config.pipeline.allowed_lateness_ms,
-        idle_timeout_ms: config.pipeline.idle_timeout_ms,
-    };
+    let engine_config = config.pipeline.engine_config();
     let pipeline = pipeline::start(
         engine_config,
         Arc::clone(&metrics),
@@ -160,6 +157,7 @@ pub async fn run_until(
         Arc::clone(&dead_letters),
         tokio::runtime::Handle::current(),
         shutdown.notice(),
+        source::decode::EventTimeBounds::from_config(&config),
     );
     let kafka_ready = Arc::new(AtomicBool::new(config.kafka.brokers.is_none()));
     let mut kafka_source = None;

@@ -11,13 +11,20 @@
 //!   rule and left out of aggregation. Because this is decided per event in
 //!   partition order, the result does not depend on how the stream was cut
 //!   into batches.
-//! * A rule's watermark is the minimum over active partitions of
-//!   `max event time − allowed lateness`; windows fire once, when it passes
-//!   their end. A partition silent for longer than the idle timeout stops
-//!   holding the watermark back. A partition far ahead of the others only
-//!   keeps more panes open: nothing is dropped or split.
+//! * A rule's watermark is the stream time minus its allowed lateness;
+//!   windows fire once, when it passes their end. The stream time is the
+//!   minimum over partitions that are not idle of their max event time; a
+//!   partition is idle only after other partitions have moved past it and
+//!   it delivered nothing for the idle timeout, and a stream quiet as a
+//!   whole starts over (see [`crate::window::watermark`]). A partition far
+//!   ahead of the others only keeps more panes open: nothing is dropped or
+//!   split.
+//! * When every partition is caught up and quiet, [`Engine::tick`] closes
+//!   windows whose end plus lateness is `quiet_close_ms` behind the
+//!   stream's clock (for live traffic, processing time), if some event
+//!   reached them.
 //!
-//! The engine has no clock and does no I/O.
+//! The engine has no clock and does no I/O: processing time is an argument.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,6 +41,7 @@ use crate::eval::{apply_ops, predicate_mask};
 use crate::json::cell;
 use crate::keys::PatientIndex;
 use crate::stream::idx;
+use crate::window::watermark::StreamClock;
 use crate::window::{ClosedWindow, GroupStats, WindowOperator};
 
 /// Engine-wide settings.
@@ -41,9 +49,16 @@ use crate::window::{ClosedWindow, GroupStats, WindowOperator};
 pub struct EngineConfig {
     /// Allowed lateness for rules that do not set their own.
     pub default_lateness_ms: i64,
-    /// A partition without events for this long (processing time) stops
-    /// holding back the watermark.
+    /// A partition that other partitions have moved past, and that
+    /// delivers nothing for this long (processing time), stops holding back
+    /// the watermark. A stream quiet this long as a whole starts over.
     pub idle_timeout_ms: i64,
+    /// When no partition has delivered anything for this long and every
+    /// partition is caught up ([`Engine::tick`]), windows whose end plus
+    /// lateness is this far behind the stream's clock (the latest event
+    /// time plus the processing time since the last delivery, at most
+    /// processing time) close, if an event reached them. `None`: off.
+    pub quiet_close_ms: Option<i64>,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +66,7 @@ impl Default for EngineConfig {
         Self {
             default_lateness_ms: 500,
             idle_timeout_ms: 10_000,
+            quiet_close_ms: Some(5_000),
         }
     }
 }
@@ -127,13 +143,6 @@ struct RuleRuntime {
     stats: RuleStats,
 }
 
-#[derive(Debug, Clone)]
-struct PartitionClock {
-    max_event_ms: i64,
-    last_seen_processing_ms: i64,
-    idle: bool,
-}
-
 /// What one call produced.
 #[derive(Debug, Default)]
 pub struct EngineOutput {
@@ -173,19 +182,19 @@ pub struct Engine {
     dedup: crate::dedup::Deduplicator,
     duplicates: u64,
     rules: Vec<RuleRuntime>,
-    partitions: HashMap<i32, PartitionClock>,
+    clock: StreamClock,
 }
 
 impl Engine {
     pub fn new(config: EngineConfig) -> Self {
         Self {
+            clock: StreamClock::new(config.idle_timeout_ms, config.quiet_close_ms),
             config,
             patients: PatientIndex::default(),
             row_patients: Vec::new(),
             dedup: Default::default(),
             duplicates: 0,
             rules: Vec::new(),
-            partitions: HashMap::new(),
         }
     }
 
@@ -238,15 +247,12 @@ impl Engine {
     }
 
     /// Declares partitions this instance owns, so a partition that has not
-    /// delivered anything yet holds the watermark back (until idle).
-    pub fn assign_partitions(&mut self, partitions: &[i32], processing_time_ms: i64) {
-        for &p in partitions {
-            self.partitions.entry(p).or_insert(PartitionClock {
-                max_event_ms: i64::MIN,
-                last_seen_processing_ms: processing_time_ms,
-                idle: false,
-            });
-        }
+    /// delivered anything yet holds the watermark back (until idle: other
+    /// partitions have delivered for the idle timeout while it did not).
+    /// Assignment alone starts no idle count, so the processing time is
+    /// not needed.
+    pub fn assign_partitions(&mut self, partitions: &[i32], _processing_time_ms: i64) {
+        self.clock.assign(partitions);
     }
 
     /// Bytes of state the engine holds: window state of every rule, the
@@ -272,7 +278,7 @@ impl Engine {
     pub fn revoke_partitions(&mut self, partitions: &[i32]) {
         for p in partitions {
             self.dedup.forget(*p);
-            self.partitions.remove(p);
+            self.clock.revoke(*p);
         }
     }
 
@@ -292,14 +298,7 @@ impl Engine {
                     EngineError::Schema("column event_time is not a millisecond timestamp".into())
                 })?;
             let ts = ts_col.values();
-            let clock = self.partitions.entry(partition).or_insert(PartitionClock {
-                max_event_ms: i64::MIN,
-                last_seen_processing_ms: processing_time_ms,
-                idle: false,
-            });
-            clock.last_seen_processing_ms = processing_time_ms;
-            clock.idle = false;
-            let prior_max = clock.max_event_ms;
+            let prior_max = self.clock.max_event(partition);
             let patient_col = batch
                 .column(idx::PATIENT_ID)
                 .as_string_opt::<i32>()
@@ -336,23 +335,25 @@ impl Engine {
                     .max(),
             }
             .unwrap_or(i64::MIN);
-            let clock = self.partitions.get_mut(&partition).expect("inserted above");
-            clock.max_event_ms = clock.max_event_ms.max(batch_max);
+            self.clock.deliver(partition, batch_max, processing_time_ms);
         }
-        self.fire_due(processing_time_ms, None, &mut out)?;
+        self.fire_due(processing_time_ms, None, None, &mut out)?;
         Ok(out)
     }
 
-    /// Lets processing time pass: partitions silent for longer than the idle
-    /// timeout stop holding back the watermark, and windows may close.
+    /// Lets processing time pass. Call it only when every partition has
+    /// delivered everything available (the Kafka source's caught-up
+    /// signal; a source that hands events over as they arrive always is):
+    /// partitions that others have moved past and that delivered nothing
+    /// for the idle timeout stop holding back the watermark, and, when no
+    /// partition has delivered anything for `quiet_close_ms`, windows whose
+    /// end plus lateness is that far behind the stream's clock (see
+    /// [`EngineConfig::quiet_close_ms`]) close.
     pub fn tick(&mut self, processing_time_ms: i64) -> Result<EngineOutput, EngineError> {
-        for clock in self.partitions.values_mut() {
-            if processing_time_ms - clock.last_seen_processing_ms >= self.config.idle_timeout_ms {
-                clock.idle = true;
-            }
-        }
+        self.clock.tick(processing_time_ms);
+        let quiet_floor = self.clock.quiet_floor(processing_time_ms);
         let mut out = EngineOutput::default();
-        self.fire_due(processing_time_ms, None, &mut out)?;
+        self.fire_due(processing_time_ms, None, quiet_floor, &mut out)?;
         Ok(out)
     }
 
@@ -364,37 +365,40 @@ impl Engine {
         processing_time_ms: i64,
     ) -> Result<EngineOutput, EngineError> {
         let mut out = EngineOutput::default();
-        self.fire_due(processing_time_ms, Some(event_time_ms), &mut out)?;
+        self.fire_due(processing_time_ms, Some(event_time_ms), None, &mut out)?;
         Ok(out)
     }
 
-    /// The minimum max-event-time over active partitions; if all are idle,
-    /// the maximum (a quiet stream still closes its windows).
-    fn stream_time(&self) -> Option<i64> {
-        let active = self
-            .partitions
-            .values()
-            .filter(|c| !c.idle)
-            .map(|c| c.max_event_ms)
-            .min();
-        match active {
-            Some(t) => Some(t),
-            None => self.partitions.values().map(|c| c.max_event_ms).max(),
-        }
-    }
-
+    /// Fires what is due: at `forced` if given, else at each rule's
+    /// watermark (stream time − lateness), raised by the quiet close when
+    /// `quiet_floor` is given (see [`Self::tick`]).
     fn fire_due(
         &mut self,
         processing_time_ms: i64,
         forced: Option<i64>,
+        quiet_floor: Option<i64>,
         out: &mut EngineOutput,
     ) -> Result<(), EngineError> {
-        let stream_time = self.stream_time();
+        let stream_time = self.clock.stream_time().filter(|t| *t > i64::MIN);
+        let latest = self.clock.latest_event().filter(|t| *t > i64::MIN);
         for rule in &mut self.rules {
-            let watermark = match (stream_time, forced) {
-                (_, Some(f)) => f,
-                (Some(t), None) if t > i64::MIN => t.saturating_sub(rule.lateness_ms),
-                _ => continue,
+            let by_events = stream_time.map(|t| t.saturating_sub(rule.lateness_ms));
+            // Capped at the last window the latest event can be in: the
+            // quiet close finishes windows that hold data, and never marks
+            // a window no event has reached as fired (later events there
+            // would count as late).
+            let by_quiet = match (quiet_floor, latest, &rule.operator) {
+                (Some(floor), Some(latest), Operator::Window(op)) => Some(
+                    floor
+                        .saturating_sub(rule.lateness_ms)
+                        .min(op.last_window_end(latest)),
+                ),
+                _ => None,
+            };
+            let watermark = match (forced, by_events.max(by_quiet)) {
+                (Some(f), _) => f,
+                (None, Some(w)) => w,
+                (None, None) => continue,
             };
             if let Err(error) = rule.fire(watermark, processing_time_ms, &self.patients, out) {
                 let rule_id = rule.spec.id.clone();
@@ -427,8 +431,8 @@ impl Engine {
                 "window": window,
             }));
         }
-        let mut partitions: Vec<(&i32, &PartitionClock)> = self.partitions.iter().collect();
-        partitions.sort_by_key(|(p, _)| **p);
+        let mut partitions: Vec<_> = self.clock.partitions().collect();
+        partitions.sort_by_key(|(p, _)| *p);
         let partitions: Vec<serde_json::Value> = partitions
             .into_iter()
             .map(|(p, c)| serde_json::json!({"partition": p, "max_event_ms": c.max_event_ms, "idle": c.idle}))
@@ -440,10 +444,12 @@ impl Engine {
     /// Restores a [`snapshot`](Self::snapshot) into this engine. Rules must
     /// already be added; state is restored for rules whose id and version
     /// match, and the ids of the others are returned (they start fresh).
+    /// Idle counts start over (processing time is not needed): a restart
+    /// never makes a partition idle sooner.
     pub fn restore(
         &mut self,
         bytes: &[u8],
-        processing_time_ms: i64,
+        _processing_time_ms: i64,
     ) -> Result<Vec<String>, EngineError> {
         let (header, blobs) = crate::snapshot::decode(bytes)?;
         let bad = |what: &str| EngineError::Restore(format!("snapshot header: {what}"));
@@ -455,15 +461,12 @@ impl Engine {
             .ok_or_else(|| bad("partitions"))?
         {
             let partition = p["partition"].as_i64().ok_or_else(|| bad("partition"))? as i32;
-            self.partitions.insert(
+            self.clock.restore(
                 partition,
-                PartitionClock {
-                    max_event_ms: p["max_event_ms"]
-                        .as_i64()
-                        .ok_or_else(|| bad("max_event_ms"))?,
-                    last_seen_processing_ms: processing_time_ms,
-                    idle: p["idle"].as_bool().unwrap_or(false),
-                },
+                p["max_event_ms"]
+                    .as_i64()
+                    .ok_or_else(|| bad("max_event_ms"))?,
+                p["idle"].as_bool().unwrap_or(false),
             );
         }
         let mut skipped = Vec::new();
@@ -503,7 +506,8 @@ impl Engine {
     /// The watermark a rule currently uses (for metrics and tests).
     pub fn watermark(&self, rule_id: &str) -> Option<i64> {
         let rule = self.rules.iter().find(|r| r.spec.id == rule_id)?;
-        self.stream_time()
+        self.clock
+            .stream_time()
             .filter(|t| *t > i64::MIN)
             .map(|t| t - rule.lateness_ms)
     }

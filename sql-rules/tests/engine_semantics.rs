@@ -618,3 +618,233 @@ fn five_clinical_rules_run_at_once_and_each_flags_exactly_its_patient() {
         2
     );
 }
+
+/// 2026-01-01T00:00:00Z: event and processing time of the clock-driven
+/// scenarios below (a window boundary).
+const T0: i64 = 1_767_225_600_000;
+
+/// An event as a Kafka log holds it: readable from processing time `at_ms`.
+#[derive(Clone, Debug)]
+struct Logged {
+    ev: Ev,
+    at_ms: i64,
+}
+
+/// Six patients on three partitions (patient i on partition i % 3), 1 Hz:
+/// 150 s of readings, an hour of silence, then a gateway on each partition
+/// flushes the three minutes it buffered, partition 0 first, partition 1
+/// three seconds later, partition 2 six seconds later; then two minutes of
+/// live readings. Tachycardia in the first minute after the silence on
+/// partitions 1 and 2 (the windows a burst read first used to make late),
+/// in the last window before the silence and in the last window of all
+/// (which close only when the stream goes quiet).
+fn quiet_then_burst_logs() -> Vec<Vec<Logged>> {
+    let patients = ["P0", "P1", "P2", "P3", "P4", "P5"];
+    let tachy = |p: usize, s: i64| -> bool {
+        matches!(
+            (p, s / 60),
+            (1, 0) | (2, 2) | (1, 60) | (5, 60) | (4, 61) | (0, 62) | (3, 64)
+        )
+    };
+    let flush = |partition: usize| T0 + 3_781_000 + 3_000 * partition as i64;
+    let mut logs: Vec<Vec<Logged>> = vec![vec![]; 3];
+    let seconds = (0..150).chain(3_600..3_900);
+    for s in seconds {
+        for (i, p) in patients.iter().enumerate() {
+            let partition = i % 3;
+            let ts = T0 + s * 1_000 + (i as i64 * 37) % 400;
+            let hr = if tachy(i, s) {
+                124.0 + (s % 5) as f64
+            } else {
+                72.0 + (s % 3) as f64
+            };
+            let readable = if (3_600..3_780).contains(&s) {
+                flush(partition)
+            } else {
+                ts + 50
+            };
+            logs[partition].push(Logged {
+                ev: Ev {
+                    partition: partition as i32,
+                    ..ev(p, ts, hr)
+                },
+                at_ms: readable,
+            });
+        }
+    }
+    for log in &mut logs {
+        log.sort_by_key(|l| l.ev.ts);
+        // A log is read in order: nothing is readable before what precedes it.
+        let mut readable = i64::MIN;
+        for l in log.iter_mut() {
+            readable = readable.max(l.at_ms);
+            l.at_ms = readable;
+        }
+    }
+    logs
+}
+
+/// Reads `logs` as a Kafka consumer would: whenever events are readable,
+/// a random partition's next chunk of random size (seeded); whenever none
+/// is, the consumer is caught up and the engine ticks while processing time
+/// passes. Returns the alerts with the processing time each was fired at,
+/// and the engine (after a final quiet period, nothing forced).
+fn consume(rules: &[RuleSpec], logs: &[Vec<Logged>], seed: u64) -> (Vec<Alert>, Engine) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut engine = Engine::new(EngineConfig::default());
+    for r in rules {
+        engine.upsert_rule(r.clone()).unwrap();
+    }
+    let partitions: Vec<i32> = (0..logs.len() as i32).collect();
+    let mut now = T0 - 1_000;
+    engine.assign_partitions(&partitions, now);
+    let mut cursors = vec![0usize; logs.len()];
+    let mut alerts = vec![];
+    let readable = |p: usize, cursors: &[usize], now: i64| {
+        logs[p][cursors[p]..]
+            .iter()
+            .take_while(|l| l.at_ms <= now)
+            .count()
+    };
+    loop {
+        let ready: Vec<usize> = (0..logs.len())
+            .filter(|&p| readable(p, &cursors, now) > 0)
+            .collect();
+        if ready.is_empty() {
+            // Caught up: processing time passes in steps, ticking.
+            let out = engine.tick(now).unwrap();
+            assert!(out.errors.is_empty(), "{:?}", out.errors);
+            alerts.extend(out.alerts);
+            let next = (0..logs.len())
+                .filter_map(|p| logs[p].get(cursors[p]).map(|l| l.at_ms))
+                .min();
+            let Some(next) = next else {
+                if now > logs.iter().flatten().map(|l| l.at_ms).max().unwrap() + 20_000 {
+                    break;
+                }
+                now += 250;
+                continue;
+            };
+            now = (now + rng.gen_range(50..500)).min(next.max(now + 1));
+            continue;
+        }
+        let p = ready[rng.gen_range(0..ready.len())];
+        let take = rng.gen_range(1..=64).min(readable(p, &cursors, now));
+        let chunk: Vec<Ev> = logs[p][cursors[p]..cursors[p] + take]
+            .iter()
+            .map(|l| l.ev.clone())
+            .collect();
+        cursors[p] += take;
+        let out = engine.process(p as i32, &batch(&chunk), now).unwrap();
+        assert!(out.errors.is_empty(), "{:?}", out.errors);
+        alerts.extend(out.alerts);
+        now += rng.gen_range(0..20);
+    }
+    (alerts, engine)
+}
+
+#[test]
+fn traffic_resuming_partition_by_partition_after_a_quiet_hour_loses_no_window() {
+    let rules = [spec("tachy", TACHY, 0)];
+    let logs = quiet_then_burst_logs();
+    // The same events with no pause: every partition's log in one go, no
+    // processing time passing, everything closed at the end.
+    let unpaused: Vec<Ev> = logs.iter().flatten().map(|l| l.ev.clone()).collect();
+    let want = summary(&run(&rules, &unpaused, &[], Some(i64::MAX / 4)));
+    let windows: Vec<(String, i64)> = run(&rules, &unpaused, &[], Some(i64::MAX / 4))
+        .iter()
+        .map(|a| {
+            (
+                a.key["patient_id"].as_str().unwrap().to_string(),
+                (a.window_start_ms.unwrap() - T0) / 1_000,
+            )
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        windows,
+        [
+            ("P0", 3_720),
+            ("P1", 0),
+            ("P1", 3_600),
+            ("P2", 120),
+            ("P3", 3_840),
+            ("P4", 3_660),
+            ("P5", 3_600),
+        ]
+        .map(|(p, s)| (p.to_string(), s)),
+        "the scenario is what we think it is"
+    );
+    for seed in 0..5 {
+        let (alerts, engine) = consume(&rules, &logs, seed);
+        assert_eq!(summary(&alerts), want, "seed {seed}");
+        assert_eq!(
+            engine.rule_stats("tachy").unwrap().late_events,
+            0,
+            "seed {seed}"
+        );
+        // The last window before the silence closed during it, and the last
+        // window of all once the stream went quiet (5 s after its end +
+        // lateness), without a later event.
+        let fired_at = |patient: &str| {
+            alerts
+                .iter()
+                .find(|a| a.key["patient_id"] == patient)
+                .map(|a| a.fired_at_ms - a.window_end_ms.unwrap())
+                .unwrap()
+        };
+        let p2 = alerts.iter().find(|a| a.key["patient_id"] == "P2").unwrap();
+        assert!(p2.fired_at_ms < T0 + 3_600_000, "seed {seed}: {p2:?}");
+        assert!(
+            (5_500..7_000).contains(&fired_at("P2")),
+            "seed {seed}: {}",
+            fired_at("P2")
+        );
+        assert!(
+            (5_500..7_000).contains(&fired_at("P3")),
+            "seed {seed}: {}",
+            fired_at("P3")
+        );
+    }
+}
+
+#[test]
+fn processing_time_closes_nothing_while_a_partition_is_still_delivering() {
+    let rules = [spec("tachy", TACHY, 0)];
+    let mut engine = Engine::new(EngineConfig::default());
+    engine.upsert_rule(rules[0].clone()).unwrap();
+    engine.assign_partitions(&[0, 1], T0);
+    let mut alerts = vec![];
+    // Partition 0: a minute of tachycardia, as it happens.
+    for s in 0..60 {
+        let e = ev("P1", T0 + s * 1_000, 125.0);
+        alerts.extend(
+            engine
+                .process(0, &batch(&[e]), T0 + s * 1_000 + 50)
+                .unwrap()
+                .alerts,
+        );
+    }
+    // Partition 1 works through an old backlog for a minute of processing
+    // time, ticking in between: its event time holds the watermark back and
+    // its deliveries keep the stream from being quiet.
+    for k in 0..600 {
+        let now = T0 + 60_000 + k * 100;
+        let e = Ev {
+            partition: 1,
+            ..ev("P9", T0 - 3_600_000 + k * 100, 70.0)
+        };
+        alerts.extend(engine.process(1, &batch(&[e]), now).unwrap().alerts);
+        alerts.extend(engine.tick(now + 50).unwrap().alerts);
+    }
+    assert!(alerts.is_empty(), "{alerts:?}");
+    // Once the stream is quiet, the window closes 5 s after end + lateness
+    // (partition 1 is also idle by then: partition 0 is ahead of it).
+    let last = T0 + 60_000 + 599 * 100;
+    alerts.extend(engine.tick(last + 4_999).unwrap().alerts);
+    assert!(alerts.is_empty(), "{alerts:?}");
+    alerts.extend(engine.tick(last + 10_000).unwrap().alerts);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].window_start_ms, Some(T0));
+}

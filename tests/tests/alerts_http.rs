@@ -11,6 +11,15 @@ use wardwatch_tests::Server;
 
 const T0: i64 = 1_767_225_600_000;
 
+/// The default configuration, except that events dated T0 (2026-01-01)
+/// stay acceptable: the server refuses events older than the archive's
+/// retention (30 days by default).
+fn config() -> wardwatch::config::Config {
+    let mut config = wardwatch::config::Config::default();
+    config.archive.retention_days = 36_500;
+    config
+}
+
 fn reading(patient: &str, ts: i64, seq: u32, spo2: f64) -> String {
     json!({"hospital_id": "H01", "patient_id": patient, "timestamp_unix_ms": ts, "spo2_pct": spo2,
            "heart_rate_bpm": 88.0, "source_device": "BEDSIDE", "sequence_number": seq})
@@ -19,9 +28,7 @@ fn reading(patient: &str, ts: i64, seq: u32, spo2: f64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_gives_one_alert_live_over_sse_and_the_rest_are_recorded_as_suppressed() {
-    let server = Server::start(wardwatch::config::Config::default())
-        .await
-        .expect("server starts");
+    let server = Server::start(config()).await.expect("server starts");
     let created = server
         .http
         .post(server.url("/api/rules"))

@@ -10,6 +10,15 @@ use wardwatch_tests::Server;
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 
+/// The default configuration, except that events dated T0 (2026-01-01)
+/// stay acceptable: the server refuses events older than the archive's
+/// retention (30 days by default).
+fn config() -> wardwatch::config::Config {
+    let mut config = wardwatch::config::Config::default();
+    config.archive.retention_days = 36_500;
+    config
+}
+
 fn reading(patient: &str, ts: i64, seq: u32, spo2: f64) -> String {
     json!({"hospital_id": "H01", "patient_id": patient, "timestamp_unix_ms": ts, "spo2_pct": spo2,
            "heart_rate_bpm": 80.0, "source_device": "BEDSIDE", "sequence_number": seq})
@@ -47,7 +56,7 @@ fn parquet_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingested_events_are_archived_once_and_queryable_with_sql() {
-    let mut config = wardwatch::config::Config::default();
+    let mut config = config();
     config.archive.flush_interval_ms = 300;
     let server = Server::start(config).await.expect("server starts");
     let created = server
@@ -237,7 +246,7 @@ async fn ingested_events_are_archived_once_and_queryable_with_sql() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_of_an_unchanged_rule_reproduces_exactly_the_fired_ids_and_backtests_a_draft() {
-    let mut config = wardwatch::config::Config::default();
+    let mut config = config();
     config.archive.flush_interval_ms = 200;
     let server = Server::start(config).await.expect("server starts");
     let rule: Value = server
@@ -347,9 +356,7 @@ async fn replay_of_an_unchanged_rule_reproduces_exactly_the_fired_ids_and_backte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_versions_and_the_audit_log_are_tables_too() {
-    let server = Server::start(wardwatch::config::Config::default())
-        .await
-        .expect("server starts");
+    let server = Server::start(config()).await.expect("server starts");
     let rule: Value = server
         .http
         .post(server.url("/api/rules"))
@@ -411,7 +418,7 @@ async fn rules_versions_and_the_audit_log_are_tables_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_results_stream_and_oversized_ones_are_refused_or_marked() {
-    let mut config = wardwatch::config::Config::default();
+    let mut config = config();
     config.archive.query_max_rows = 20_000;
     let server = Server::start(config).await.expect("server starts");
     let mut body = String::new();
@@ -488,7 +495,7 @@ async fn large_results_stream_and_oversized_ones_are_refused_or_marked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_result_over_the_row_limit_is_refused() {
-    let mut config = wardwatch::config::Config::default();
+    let mut config = config();
     config.archive.query_max_rows = 100;
     let server = Server::start(config).await.expect("server starts");
     let mut body = String::new();
@@ -518,9 +525,7 @@ async fn a_small_result_over_the_row_limit_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_background_replay_reports_progress_and_gives_the_same_result() {
-    let server = Server::start(wardwatch::config::Config::default())
-        .await
-        .expect("server starts");
+    let server = Server::start(config()).await.expect("server starts");
     let mut body = String::new();
     for s in (0..3600i64).step_by(5) {
         body.push_str(&reading(

@@ -144,6 +144,8 @@ async fn tachycardia_rule_fires_for_exactly_the_right_patients_through_kafka() {
     config.kafka.brokers = Some(broker.bootstrap.clone());
     config.kafka.group_id = "wardwatch-e2e".into();
     config.pipeline.idle_timeout_ms = 3_000;
+    // Events are dated 2026-01-01, older than the default 30-day retention.
+    config.archive.retention_days = 36_500;
     let server = Server::start(config).await.expect("server starts");
 
     // A bad rule is refused with the position of the problem.

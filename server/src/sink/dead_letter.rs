@@ -125,8 +125,7 @@ impl DeadLetters {
             return true;
         }
         self.metrics
-            .events_rejected
-            .fetch_add(letters.len() as u64, Relaxed);
+            .count_rejected(letters.iter().map(|l| l.reason.as_str()));
         match &self.kafka {
             Some((producer, topic)) => {
                 // All in flight at once: one broker round trip for the lot,

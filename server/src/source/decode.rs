@@ -7,6 +7,14 @@
 //! sends refused payloads to the dead-letter topic with [`Rejection::reason`]
 //! as the `reason` header, and calls [`VitalsDecoder::finish`] to cut a batch.
 //!
+//! Event time is checked against the server's clock when the source asks for
+//! it ([`VitalsDecoder::with_time_bounds`]): an event more than
+//! `max_future_skew_ms` ahead of the clock, or older than the archive keeps
+//! events, is refused. The clock is data here: the source reads it once per
+//! chunk and hands it over with [`VitalsDecoder::set_now`]. This is what
+//! keeps one event with a wild timestamp from moving a partition's event time
+//! (and so the watermark) anywhere past `now + max_future_skew_ms`.
+//!
 //! Decoding is two-step and allocation-free per event in the common case:
 //! the payload is parsed with serde into a stack-only [`RawEvent`] whose strings
 //! borrow from the payload (only strings containing JSON escapes are copied),
@@ -31,7 +39,110 @@ use sql_rules::stream::{col, event_time_type, vitals_schema, SOURCE_DEVICES};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejection {
     /// Short, specific and human-readable, e.g. `missing patient_id`.
+    /// Refusals by event time start with [`FUTURE`] or
+    /// [`OLDER_THAN_RETENTION`].
     pub reason: String,
+}
+
+/// How a refusal of an event dated too far ahead of the server clock starts.
+pub const FUTURE: &str = "timestamp in the future";
+
+/// How a refusal of an event older than the archive keeps starts.
+pub const OLDER_THAN_RETENTION: &str = "timestamp older than retention";
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Which event times the server accepts, relative to its clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventTimeBounds {
+    /// An event more than this far ahead of the server clock is refused.
+    pub max_future_skew_ms: i64,
+    /// An event dated before the first day the archive keeps (today, UTC,
+    /// minus this many days) is refused: retention would delete it.
+    pub retention_days: u32,
+}
+
+impl Default for EventTimeBounds {
+    fn default() -> Self {
+        Self {
+            max_future_skew_ms: 300_000,
+            retention_days: 30,
+        }
+    }
+}
+
+impl EventTimeBounds {
+    /// The bounds a server runs with: `[pipeline] max_future_skew_ms` and
+    /// `[archive] retention_days`.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            max_future_skew_ms: config.pipeline.max_future_skew_ms,
+            retention_days: config.archive.retention_days,
+        }
+    }
+
+    /// The accepted range `[earliest, latest]` at server time `now_ms`. The
+    /// earliest is midnight UTC `retention_days` before today's, the first
+    /// instant the archive's retention keeps (it deletes whole days).
+    fn accepted(self, now_ms: i64) -> (i64, i64) {
+        let today = now_ms.div_euclid(DAY_MS).saturating_mul(DAY_MS);
+        let earliest = today.saturating_sub(i64::from(self.retention_days).saturating_mul(DAY_MS));
+        (
+            earliest,
+            now_ms.saturating_add(self.max_future_skew_ms.max(0)),
+        )
+    }
+}
+
+/// The accepted event-time range at the last [`VitalsDecoder::set_now`].
+#[derive(Debug, Clone, Copy)]
+struct TimeCheck {
+    bounds: EventTimeBounds,
+    now_ms: i64,
+    earliest_ms: i64,
+    latest_ms: i64,
+}
+
+impl TimeCheck {
+    fn new(bounds: EventTimeBounds, now_ms: i64) -> Self {
+        let (earliest_ms, latest_ms) = bounds.accepted(now_ms);
+        Self {
+            bounds,
+            now_ms,
+            earliest_ms,
+            latest_ms,
+        }
+    }
+
+    #[inline]
+    fn check(&self, ts: i64) -> Result<(), Rejection> {
+        if ts > self.latest_ms {
+            return Err(Rejection::new(format!(
+                "{FUTURE}: {} {ts} ({}) is more than {} ms ahead of the server clock ({})",
+                col::TIMESTAMP_UNIX_MS,
+                utc(ts),
+                self.bounds.max_future_skew_ms,
+                utc(self.now_ms),
+            )));
+        }
+        if ts < self.earliest_ms {
+            return Err(Rejection::new(format!(
+                "{OLDER_THAN_RETENTION}: {} {ts} ({}) is before {}, the oldest day the archive keeps ({} days)",
+                col::TIMESTAMP_UNIX_MS,
+                utc(ts),
+                utc(self.earliest_ms),
+                self.bounds.retention_days,
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A timestamp for people, e.g. `2026-01-01T00:00:00.000Z`.
+fn utc(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|| ms.to_string())
 }
 
 impl Rejection {
@@ -85,6 +196,9 @@ pub struct VitalsDecoder {
     capacity: usize,
     columns: Columns,
     rows: usize,
+    /// `None`: event time is checked only against fixed bounds (years 1970
+    /// to 3000), as for archived or generated events.
+    time: Option<TimeCheck>,
 }
 
 impl VitalsDecoder {
@@ -95,6 +209,22 @@ impl VitalsDecoder {
             capacity,
             columns: Columns::with_capacity(capacity),
             rows: 0,
+            time: None,
+        }
+    }
+
+    /// Also refuses events outside `bounds` around the server clock, which
+    /// reads `now_ms` until the next [`set_now`](Self::set_now).
+    pub fn with_time_bounds(mut self, bounds: EventTimeBounds, now_ms: i64) -> Self {
+        self.time = Some(TimeCheck::new(bounds, now_ms));
+        self
+    }
+
+    /// The server clock, read by the caller once per chunk (not per event).
+    /// Without [`with_time_bounds`](Self::with_time_bounds) it is not used.
+    pub fn set_now(&mut self, now_ms: i64) {
+        if let Some(check) = &mut self.time {
+            *check = TimeCheck::new(check.bounds, now_ms);
         }
     }
 
@@ -102,6 +232,11 @@ impl VitalsDecoder {
     pub fn push_json(&mut self, payload: &[u8]) -> Result<(), Rejection> {
         let raw: RawEvent<'_> = serde_json::from_slice(payload).map_err(json_rejection)?;
         let event = raw.validate()?;
+        // After the other checks: a malformed event is refused for what is
+        // wrong with it, whatever its date.
+        if let Some(check) = &self.time {
+            check.check(event.timestamp_unix_ms)?;
+        }
         self.columns.append(&event);
         self.rows += 1;
         Ok(())
@@ -793,6 +928,84 @@ mod tests {
         decoder
             .push_json(with_field("timestamp_unix_ms", Some("32503679999999")).as_bytes())
             .expect("in range");
+    }
+
+    /// 2026-12-01T12:00:00Z, the server clock in the event-time tests.
+    const NOW: i64 = 1_796_126_400_000;
+
+    fn bounded() -> VitalsDecoder {
+        VitalsDecoder::new(4).with_time_bounds(EventTimeBounds::default(), NOW)
+    }
+
+    #[test]
+    fn an_event_far_in_the_future_is_refused_whatever_the_fixed_bounds_allow() {
+        let mut decoder = bounded();
+        // 2999-12-31: inside the fixed bound (year 3000), refused by the clock.
+        let reason = decoder
+            .push_json(with_field("timestamp_unix_ms", Some("32503593600000")).as_bytes())
+            .expect_err("refused")
+            .reason;
+        assert!(reason.starts_with(FUTURE), "{reason}");
+        assert!(reason.contains("2999-12-31T00:00:00.000Z"), "{reason}");
+        assert!(reason.contains("300000 ms ahead"), "{reason}");
+        assert!(decoder.is_empty());
+        // Up to the skew is fine, one millisecond more is not.
+        let at = |ms: i64| with_field("timestamp_unix_ms", Some(&ms.to_string()));
+        decoder
+            .push_json(at(NOW + 300_000).as_bytes())
+            .expect("exactly the allowed skew");
+        assert!(decoder
+            .push_json(at(NOW + 300_001).as_bytes())
+            .expect_err("past the skew")
+            .reason
+            .starts_with(FUTURE));
+        assert_eq!(decoder.len(), 1);
+    }
+
+    #[test]
+    fn an_event_older_than_the_archive_keeps_is_refused() {
+        let mut decoder = bounded();
+        let at = |ms: i64| with_field("timestamp_unix_ms", Some(&ms.to_string()));
+        // Retention keeps whole days: 30 days before today's midnight is kept.
+        let oldest_kept = 1_796_083_200_000 - 30 * DAY_MS; // 2026-11-01T00:00:00Z
+        decoder
+            .push_json(at(oldest_kept).as_bytes())
+            .expect("the oldest kept day");
+        let reason = decoder
+            .push_json(at(oldest_kept - 1).as_bytes())
+            .expect_err("a day the archive would delete")
+            .reason;
+        assert!(reason.starts_with(OLDER_THAN_RETENTION), "{reason}");
+        assert!(reason.contains("2026-11-01T00:00:00.000Z"), "{reason}");
+        assert_eq!(decoder.len(), 1);
+    }
+
+    #[test]
+    fn the_clock_moves_only_when_the_source_says_so() {
+        let mut decoder = bounded();
+        let ahead = with_field("timestamp_unix_ms", Some(&(NOW + 600_000).to_string()));
+        assert!(decoder.push_json(ahead.as_bytes()).is_err());
+        decoder.set_now(NOW + 600_000);
+        decoder
+            .push_json(ahead.as_bytes())
+            .expect("accepted once the clock has caught up");
+        // Without bounds only the fixed range applies (archives, benchmarks).
+        let mut unbounded = VitalsDecoder::new(1);
+        unbounded.set_now(NOW);
+        unbounded
+            .push_json(with_field("timestamp_unix_ms", Some("1000")).as_bytes())
+            .expect("no clock, no refusal by it");
+    }
+
+    #[test]
+    fn a_malformed_event_is_refused_for_what_is_wrong_with_it_not_its_date() {
+        let mut decoder = bounded();
+        // VALID is dated 2024, older than retention, and its heart rate is bad.
+        let reason = decoder
+            .push_json(with_field("heart_rate_bpm", Some("-5")).as_bytes())
+            .expect_err("refused")
+            .reason;
+        assert!(reason.starts_with("heart_rate_bpm"), "{reason}");
     }
 
     #[test]

@@ -21,7 +21,9 @@ pub async fn ingest_ndjson(
     max_batch_rows: usize,
 ) -> Result<IngestResult, PipelineClosed> {
     let max_batch_rows = max_batch_rows.clamp(1, 65_536);
-    let mut decoder = VitalsDecoder::new(max_batch_rows);
+    // The clock is read once per request.
+    let mut decoder = VitalsDecoder::new(max_batch_rows)
+        .with_time_bounds(intake.time_bounds(), chrono::Utc::now().timestamp_millis());
     let mut letters = Vec::new();
     let mut result = IngestResult::default();
     for line in body.split(|b| *b == b'\n') {

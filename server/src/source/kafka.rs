@@ -396,9 +396,13 @@ impl Decoder {
         while let Ok(input) = inputs.recv() {
             match input {
                 DecodeInput::Chunk { partition, chunk } => {
-                    let decoder = decoders
-                        .entry(partition)
-                        .or_insert_with(|| VitalsDecoder::new(self.max_rows));
+                    // The clock is read once per chunk.
+                    let now = chrono::Utc::now().timestamp_millis();
+                    let bounds = self.intake.time_bounds();
+                    let decoder = decoders.entry(partition).or_insert_with(|| {
+                        VitalsDecoder::new(self.max_rows).with_time_bounds(bounds, now)
+                    });
+                    decoder.set_now(now);
                     self.decode(partition, &chunk, decoder);
                 }
                 DecodeInput::CaughtUp => {

@@ -4,10 +4,12 @@
 //! ([`panes`]): each event is aggregated once into the pane of
 //! gcd(size, slide) that contains it, and a window is its panes merged.
 //! Session windows have their own operator ([`session`]) because their
-//! bounds depend on the data.
+//! bounds depend on the data. How far event time has got, and so which
+//! windows may close, is [`watermark`]'s business.
 
 pub mod panes;
 pub mod session;
+pub mod watermark;
 
 use arrow::record_batch::RecordBatch;
 
@@ -175,6 +177,16 @@ impl WindowOperator {
         match self {
             WindowOperator::Panes(p) => p.fired_through(),
             WindowOperator::Session(s) => s.fired_through(),
+        }
+    }
+
+    /// The end of the last window an event at `ts` can belong to: a
+    /// watermark there closes every window that holds events up to `ts`
+    /// and none that can only hold later ones (the quiet close's cap).
+    pub fn last_window_end(&self, ts: i64) -> i64 {
+        match self {
+            WindowOperator::Panes(p) => p.last_window_end(ts),
+            WindowOperator::Session(s) => s.last_window_end(ts),
         }
     }
 

@@ -339,6 +339,15 @@ impl PaneOperator {
         self.fired_through
     }
 
+    /// End of the last window that contains an event at `ts`: the one
+    /// starting at the last multiple of the slide at or before `ts`.
+    #[inline]
+    pub fn last_window_end(&self, ts: i64) -> i64 {
+        ts.div_euclid(self.slide_ms)
+            .saturating_mul(self.slide_ms)
+            .saturating_add(self.size_ms)
+    }
+
     pub fn open_panes(&self) -> usize {
         self.open.len() + self.sealed.len()
     }

@@ -94,6 +94,13 @@ impl SessionOperator {
         self.fired_through
     }
 
+    /// A session whose last event is at `ts` closes once the watermark
+    /// reaches `ts + gap`.
+    #[inline]
+    pub fn last_window_end(&self, ts: i64) -> i64 {
+        ts.saturating_add(self.gap_ms)
+    }
+
     /// An event at `ts` could belong to a session that closed once the
     /// threshold passes `ts` (any closed session ended at or before it).
     #[inline]

@@ -70,5 +70,8 @@ pub fn consuming_config(broker: &Broker) -> Result<Config> {
     let mut config = Config::default();
     config.kafka.brokers = Some(broker.bootstrap.clone());
     config.kafka.group_id = format!("wardwatch-bench-{}", free_port()?);
+    // The simulated ward is dated 2024, older than the default retention:
+    // the server would refuse it.
+    config.archive.retention_days = 36_500;
     Ok(config)
 }

@@ -124,7 +124,7 @@ pub async fn run_until(
     });
 
     // Rules: the demo's examples on first start, then every active rule.
-    let compiler = RuleCompiler::new(vitals_schema());
+    let compiler = RuleCompiler::new(vitals_schema()).with_limits(config.limits.rules());
     let now = chrono::Utc::now().timestamp_millis();
     if demo_mode && rules.list().await.is_empty() {
         for draft in demo::example_rules() {

@@ -16,7 +16,7 @@ fn events(t0: i64, n: i64, spo2: f64) -> String {
     for i in 0..n {
         body.push_str(
             &json!({"patient_id": format!("P{}", i % 5), "timestamp_unix_ms": t0 + i * 100,
-                    "heart_rate_bpm": 80.0, "spo2_pct": spo2, "sequence_number": t0 / 100 + i})
+                    "heart_rate_bpm": 80.0, "spo2_pct": spo2, "sequence_number": (t0 / 100) % 1_000_000 + i})
             .to_string(),
         );
         body.push('\n');

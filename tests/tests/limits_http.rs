@@ -13,7 +13,18 @@ use serde_json::{json, Value};
 use wardwatch::config::Config;
 use wardwatch_tests::Server;
 
-const T0: i64 = 1_767_225_600_000;
+/// Ten minutes ago, to the minute: inside the archive's retention and not
+/// in the future, so the server accepts the events.
+fn t0() -> i64 {
+    static T0: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *T0.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("the clock is after 1970")
+            .as_millis() as i64;
+        (now / 60_000 - 10) * 60_000
+    })
+}
 
 const CANARY_SQL: &str = "SELECT patient_id, spo2_pct FROM vitals WHERE spo2_pct < 85";
 
@@ -75,7 +86,7 @@ async fn create_canary(server: &Server) -> String {
 
 /// Posts a low reading and waits for the canary's alert for that patient.
 async fn canary_fires(server: &Server, rule_id: &str, patient: &str) {
-    let event = json!({"hospital_id": "H01", "patient_id": patient, "timestamp_unix_ms": T0,
+    let event = json!({"hospital_id": "H01", "patient_id": patient, "timestamp_unix_ms": t0(),
                        "spo2_pct": 80.0, "source_device": "BEDSIDE", "sequence_number": 1});
     let ingested = server
         .http
@@ -167,7 +178,7 @@ async fn deep_sql_is_refused_on_every_route_that_takes_sql_and_the_server_keeps_
         &server,
         Method::POST,
         "/api/replay",
-        json!({"sql": deep_rule, "from_ms": T0 - 60_000, "to_ms": T0 + 60_000}),
+        json!({"sql": deep_rule, "from_ms": t0() - 60_000, "to_ms": t0() + 60_000}),
         depth,
     )
     .await;
@@ -378,13 +389,13 @@ async fn a_stored_rule_over_a_budget_is_not_run_at_startup_and_the_others_fire()
                 "Century of 1 ms panes",
                 hop_rule("'1' MILLISECOND", "'36500' DAY"),
             ),
-            T0,
+            t0(),
         )
         .await
         .unwrap();
     let mut no_cooldown = catalog::rules::RuleDraft::new("Canary", CANARY_SQL);
     no_cooldown.cooldown_seconds = u64::MAX;
-    let canary = rules.create(no_cooldown, T0).await.unwrap().id;
+    let canary = rules.create(no_cooldown, t0()).await.unwrap().id;
     drop(rules);
 
     let server = Server::start_in(Config::default(), data_dir)
@@ -393,7 +404,7 @@ async fn a_stored_rule_over_a_budget_is_not_run_at_startup_and_the_others_fire()
     canary_fires(&server, &canary, "P1").await;
     // A cooldown of u64::MAX seconds is very long, not none: the repeat
     // is suppressed.
-    let event = json!({"hospital_id": "H01", "patient_id": "P1", "timestamp_unix_ms": T0 + 1000,
+    let event = json!({"hospital_id": "H01", "patient_id": "P1", "timestamp_unix_ms": t0() + 1000,
                        "spo2_pct": 79.0, "source_device": "BEDSIDE", "sequence_number": 2});
     server
         .http

@@ -156,6 +156,23 @@ pub struct EngineOutput {
     pub errors: Vec<RuleFailure>,
 }
 
+/// Runs one rule's step so that a bug it hits (a panic in an operator or a
+/// DataFusion kernel) fails that rule on this input, like an evaluation
+/// error, instead of unwinding the engine thread and silencing every rule.
+fn isolated<T>(step: impl FnOnce() -> Result<T, EngineError>) -> Result<T, EngineError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(EngineError::Panicked(what))
+        }
+    }
+}
+
 /// One rule's failure on one input.
 #[derive(Debug)]
 pub struct RuleFailure {
@@ -319,7 +336,8 @@ impl Engine {
                     index: &self.patients,
                     duplicates: duplicates.as_deref().filter(|_| !rule.spec.keep_duplicates),
                 };
-                if let Err(error) = rule.process(rows, prior_max, processing_time_ms, &mut out) {
+                let result = isolated(|| rule.process(rows, prior_max, processing_time_ms, &mut out));
+                if let Err(error) = result {
                     let rule_id = rule.spec.id.clone();
                     out.errors.push(RuleFailure { rule_id, error });
                 }
@@ -400,7 +418,9 @@ impl Engine {
                 (None, Some(w)) => w,
                 (None, None) => continue,
             };
-            if let Err(error) = rule.fire(watermark, processing_time_ms, &self.patients, out) {
+            let patients = &self.patients;
+            let result = isolated(|| rule.fire(watermark, processing_time_ms, patients, out));
+            if let Err(error) = result {
                 let rule_id = rule.spec.id.clone();
                 out.errors.push(RuleFailure { rule_id, error });
             }
@@ -726,7 +746,7 @@ impl RuleRuntime {
         let escalated_severity = || spec.escalation.as_ref().and_then(|e| e.severity.clone());
         let status = match self.last_fired.get(&key_text) {
             Some((last, last_id, last_crossed))
-                if spec.cooldown_ms > 0 && alert_time_ms < last + spec.cooldown_ms =>
+                if spec.cooldown_ms > 0 && alert_time_ms < last.saturating_add(spec.cooldown_ms) =>
             {
                 if crossed && !last_crossed {
                     // Worse than the alert that started the cooldown: fire,

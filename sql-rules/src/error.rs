@@ -77,4 +77,8 @@ pub enum EngineError {
     Restore(String),
     #[error("input batch does not match the stream schema: {0}")]
     Schema(String),
+    /// A bug reached while running one rule; the rule failed this input,
+    /// the others ran.
+    #[error("internal error while running the rule: {0}")]
+    Panicked(String),
 }

@@ -19,6 +19,7 @@
 //! `sql-rules` first), does not read a clock (callers pass `now_ms`), and
 //! never overwrites an object that is meant to be immutable.
 
+pub mod alert_history;
 pub mod archive;
 mod error;
 pub mod history;
@@ -27,8 +28,8 @@ pub mod rules;
 pub mod storage;
 
 pub use archive::{
-    alerts_schema, alerts_to_batch, apply_retention, ArchiveConfig, ArchiveTable, ArchiveWriter,
-    ArchivedFile, BufferedView,
+    alerts_from_batch, alerts_schema, alerts_to_batch, apply_retention, ArchiveConfig,
+    ArchiveTable, ArchiveWriter, ArchivedFile, BufferedView,
 };
 pub use error::CatalogError;
 pub use history::{HistoryCatalog, QueryLimits};

@@ -170,11 +170,7 @@ pub fn generate(ward: Ward, rules: Option<&[RuleSpec]>, runtime: &Runtime) -> Re
                     AlertStatus::Suppressed => suppressed += 1,
                 }
             }
-            let records: Vec<serde_json::Value> = chunk
-                .iter()
-                .map(|a| serde_json::to_value(a).expect("alerts serialize"))
-                .collect();
-            let batch = catalog::alerts_to_batch(&records)?;
+            let batch = catalog::alerts_to_batch(chunk)?;
             let written = runtime.block_on(writer.append(NO_PARTITION, offset, &batch, end_ms))?;
             alerts.add(&written);
             offset += chunk.len() as i64;

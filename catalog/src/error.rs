@@ -154,7 +154,7 @@ pub enum CatalogError {
     },
 
     /// An alert record does not have the shape the alerts archive expects.
-    #[error("alert #{index} cannot be archived: {reason}")]
+    #[error("alert #{index} cannot be archived or read back: {reason}")]
     InvalidAlert {
         /// Position of the alert in the slice that was passed.
         index: usize,

@@ -8,18 +8,21 @@
 //! - [`storage`] turns the configured location into an object store and prefix;
 //! - [`rules`] keeps rules as immutable, numbered versions plus a small
 //!   mutable record of which version is current and whether the rule is active;
-//! - [`log`] keeps append-only JSON-lines logs (alert history, dead letters,
-//!   audit log) until the Parquet archive takes them over;
+//! - [`log`] keeps append-only JSON-lines logs (acknowledgements, dead
+//!   letters, audit log);
 //! - [`archive`] writes raw events and alerts to Parquet, partitioned by
 //!   event date and hour, and applies retention;
 //! - [`history`] answers read-only SQL over the archive, including rows the
 //!   archive writer has not flushed yet, and over the current rules and audit
-//!   log; it also reads what a replay needs (events in order, recorded alerts).
+//!   log; it also reads what a replay needs (events in order, recorded alerts);
+//! - [`alert_history`] lists alerts newest first from the `alerts` table
+//!   (what `GET /api/alerts` and acknowledgements read).
 //!
 //! The catalog does not judge rule SQL (the server compiles it with
 //! `sql-rules` first), does not read a clock (callers pass `now_ms`), and
 //! never overwrites an object that is meant to be immutable.
 
+pub mod alert_history;
 pub mod archive;
 mod error;
 pub mod history;
@@ -28,8 +31,8 @@ pub mod rules;
 pub mod storage;
 
 pub use archive::{
-    alerts_schema, alerts_to_batch, apply_retention, ArchiveConfig, ArchiveTable, ArchiveWriter,
-    ArchivedFile, BufferedView,
+    alerts_from_batch, alerts_schema, alerts_to_batch, apply_retention, ArchiveConfig,
+    ArchiveTable, ArchiveWriter, ArchivedFile, BufferedView,
 };
 pub use error::CatalogError;
 pub use history::{EventsInOrder, HistoryCatalog, QueryLimits, RecordedAlert};

@@ -1,7 +1,8 @@
 //! Append-only JSON-lines logs on the object store.
 //!
-//! The alert history, the embedded dead-letter table and the audit log are
-//! kept here until the Parquet archive takes them over. Records are appended
+//! Acknowledgements, the embedded dead-letter table and the audit log are
+//! kept here (alert history is the archive's `alerts` table, see
+//! [`crate::alert_history`]). Records are appended
 //! to memory, where [`JsonLog::recent`] sees them at once, and [`JsonLog::flush`]
 //! writes everything appended since the last flush as one new immutable
 //! segment:

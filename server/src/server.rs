@@ -43,9 +43,6 @@ pub async fn run_until(
     let rules = RuleStore::open(Arc::clone(&store), prefix.clone())
         .await
         .context("loading rules")?;
-    let alert_log = JsonLog::open(Arc::clone(&store), prefix.clone(), "alerts")
-        .await
-        .context("opening alert history")?;
     let dead_letter_log = JsonLog::open(Arc::clone(&store), prefix.clone(), "dead_letters")
         .await
         .context("opening dead letters")?;
@@ -68,7 +65,7 @@ pub async fn run_until(
         config.kafka.brokers.is_some(),
     );
 
-    let hub = Arc::new(AlertHub::new(alert_log, ack_log));
+    let hub = Arc::new(AlertHub::new(ack_log));
     // The Parquet archive: raw events and alerts, each on a writer task.
     let archive_config = crate::archive::writer_config(&config.archive);
     let (vitals_archive, vitals_view, vitals_task) = crate::archive::start(
@@ -297,7 +294,7 @@ pub async fn run_until(
     if tokio::time::timeout(ARCHIVE_LIMIT, archives).await.is_err() {
         tracing::error!("the archive's final flush did not finish in time");
     }
-    // 5. The logs: alert history, dead letters, acknowledgements, audit.
+    // 5. The logs: dead letters, acknowledgements, audit.
     flush_logs(&hub, &dead_letters, &audit_log).await;
     if !shutdown.finished(STAGE_LIMIT).await {
         tracing::warn!("some tasks did not report completion");
@@ -317,9 +314,6 @@ const ARCHIVE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Writes the JSON-lines logs' buffered records to storage.
 async fn flush_logs(hub: &AlertHub, dead_letters: &DeadLetters, audit: &JsonLog) {
-    if let Err(e) = hub.log.flush().await {
-        tracing::error!(error = %e, "flushing alert history");
-    }
     if let Err(e) = dead_letters.table.flush().await {
         tracing::error!(error = %e, "flushing dead letters");
     }

@@ -11,9 +11,11 @@
 //!   with column statistics, in a single `put`;
 //! - [`apply_retention`] deletes whole files once their `date=` directory is
 //!   older than the retention period;
-//! - [`alerts_to_batch`] turns alert JSON into rows of [`alerts_schema`] so
-//!   alerts are archived by the same writer;
-//! - [`crate::history`] reads it all back with SQL.
+//! - [`alerts_to_batch`] turns the engine's alerts into rows of
+//!   [`alerts_schema`] so alerts are archived by the same writer, and
+//!   [`alerts_from_batch`] turns rows back into alerts;
+//! - [`crate::history`] reads it all back with SQL, and
+//!   [`crate::alert_history`] lists alerts newest first from it.
 //!
 //! The archive does not decode events, does not talk to Kafka, and does not
 //! read a clock: the caller passes source offsets and `now_ms`.
@@ -76,7 +78,7 @@ use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 
 use crate::CatalogError;
 
-pub use alerts::{alert_col, alerts_schema, alerts_to_batch};
+pub use alerts::{alert_col, alerts_from_batch, alerts_schema, alerts_to_batch, status_text};
 pub use retention::apply_retention;
 pub use writer::{ArchiveWriter, ArchivedFile, BufferedView, PendingFile};
 

@@ -1269,12 +1269,15 @@ mod tests {
             Path::from("arch"),
             ArchiveConfig::default(),
         );
-        let alert = serde_json::json!({
+        let alert: sql_rules::Alert = serde_json::from_value(serde_json::json!({
             "id": "a1", "rule_id": "tachy", "rule_version": 1, "rule_name": "Tachycardia",
             "severity": "high", "status": "fired", "key": {"patient_id": "P1"},
             "window_start_ms": T0, "window_end_ms": T0 + 60_000, "values": {},
-            "event_time_ms": T0 + 59_000, "fired_at_ms": T0 + 61_000, "explanation": {},
-        });
+            "event_time_ms": T0 + 59_000, "fired_at_ms": T0 + 61_000,
+            "explanation": {"condition": "true", "event_count": 1,
+                            "first_event_ms": T0, "last_event_ms": T0 + 59_000},
+        }))
+        .unwrap();
         let batch = alerts_to_batch(&[alert]).unwrap();
         writer.append(-1, 0, &batch, T0).await.unwrap();
         let files = writer.flush_all().await.unwrap();

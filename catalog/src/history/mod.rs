@@ -696,13 +696,16 @@ mod tests {
         let prefix = Path::from("arch");
         let mut writer =
             ArchiveWriter::alerts(Arc::clone(&store), prefix.clone(), ArchiveConfig::default());
-        let alert = |id: &str, patient: &str, t: i64| {
-            serde_json::json!({
+        let alert = |id: &str, patient: &str, t: i64| -> sql_rules::Alert {
+            serde_json::from_value(serde_json::json!({
                 "id": id, "rule_id": "tachy", "rule_version": 1, "rule_name": "Tachycardia",
                 "severity": "high", "status": "fired", "key": {"patient_id": patient},
                 "window_start_ms": null, "window_end_ms": null, "values": {"hr": 140},
-                "event_time_ms": t, "fired_at_ms": t + 100, "explanation": {},
-            })
+                "event_time_ms": t, "fired_at_ms": t + 100,
+                "explanation": {"condition": "hr > 130", "event_count": 1,
+                                "first_event_ms": t, "last_event_ms": t},
+            }))
+            .unwrap()
         };
         let batch = alerts_to_batch(&[
             alert("a", "P1", T0),

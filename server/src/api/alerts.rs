@@ -1,10 +1,13 @@
-//! Alerts for people and dashboards: a filtered list and a live SSE feed.
+//! Alerts for people and dashboards: a filtered list read from the alert
+//! history (the archive's `alerts` table), acknowledgements, and a live SSE
+//! feed of new alerts.
 
 use std::convert::Infallible;
 
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
+use catalog::alert_history;
 use futures::{Stream, StreamExt};
 use serde_json::{json, Value};
 use tokio_stream::wrappers::BroadcastStream;
@@ -16,13 +19,20 @@ use crate::sink::alerts::AlertFilter;
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 10_000;
 
+/// `GET /api/alerts`: the newest alerts in history (the archive's `alerts`
+/// table, flushed or not) that match the filters.
 pub async fn list(
     State(state): State<SharedState>,
     Query(filter): Query<AlertFilter>,
-) -> Json<Value> {
+) -> Result<Json<Value>, ApiError> {
     let limit = filter.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
-    let alerts = state.alerts.log.recent(limit, |a| filter.matches(a));
-    Json(json!({"alerts": state.alerts.with_acks(alerts)}))
+    let Some(query) = filter.history_query(limit) else {
+        return Ok(Json(json!({"alerts": []})));
+    };
+    let alerts = alert_history::recent_alerts(&state.history, &query)
+        .await
+        .map_err(|e| ApiError::internal(format!("reading alert history: {e}")))?;
+    Ok(Json(json!({"alerts": state.alerts.with_acks(&alerts)})))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -65,10 +75,10 @@ pub async fn acknowledge(
             )));
         }
     }
-    let found = state.alerts.log.recent(1, |a| {
-        a.get("id").and_then(Value::as_str) == Some(id.as_str())
-    });
-    let Some(alert) = found.into_iter().next() else {
+    let found = alert_history::find_alert(&state.history, &id)
+        .await
+        .map_err(|e| ApiError::internal(format!("reading alert history: {e}")))?;
+    let Some(alert) = found else {
         return Err(ApiError::not_found(format!("no alert with id '{id}'")));
     };
     let ack = json!({
@@ -83,7 +93,7 @@ pub async fn acknowledge(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
     crate::audit::record(&state.audit, "alert_acknowledged", ack).await;
-    let mut alerts = state.alerts.with_acks(vec![alert]);
+    let mut alerts = state.alerts.with_acks(std::slice::from_ref(&alert));
     Ok(Json(alerts.remove(0)))
 }
 
@@ -103,14 +113,14 @@ pub async fn stream(
             async move {
                 match item {
                     Ok(alert) => {
-                        let value = serde_json::to_value(alert.as_ref()).ok()?;
-                        if !filter.matches(&value) {
+                        if !filter.matches(&alert) {
                             return None;
                         }
+                        let data = serde_json::to_string(alert.as_ref()).ok()?;
                         Some(Ok(Event::default()
                             .event("alert")
                             .id(alert.id.clone())
-                            .data(value.to_string())))
+                            .data(data)))
                     }
                     // A slow client missed alerts: say so rather than hide it.
                     Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {

@@ -1,13 +1,21 @@
-//! The alert hub: every alert the engine emits goes to the history log
-//! (queryable by `GET /api/alerts`), the live feed (SSE), and, when Kafka is
+//! The alert hub: every alert the engine emits goes to the alert history
+//! (the archive's `alerts` table, which `GET /api/alerts`, acknowledgements
+//! and history SQL all read), the live feed (SSE), and, when Kafka is
 //! configured, the `alert-events` topic keyed by patient with the alert id
 //! as a header. Suppressed alerts are recorded and counted, not delivered
 //! to Kafka or people.
+//!
+//! One representation travels the whole way: the engine's [`Alert`]. It is
+//! serialized once per Kafka message and per live-feed event, and turned
+//! into Arrow columns for the archive; it is never round-tripped through JSON.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
+use catalog::alert_history::AlertQuery;
 use catalog::log::JsonLog;
+use serde_json::Value;
 use sql_rules::{Alert, AlertStatus};
 use tokio::sync::{broadcast, mpsc::UnboundedReceiver};
 
@@ -15,36 +23,35 @@ use super::kafka::KafkaProducer;
 use crate::metrics::Metrics;
 
 pub struct AlertHub {
-    pub log: JsonLog,
     pub live: broadcast::Sender<Arc<Alert>>,
     /// Acknowledgements: who saw an alert, when, with what note.
     pub acks: JsonLog,
-    ack_index: std::sync::RwLock<std::collections::HashMap<String, serde_json::Value>>,
+    /// The latest acknowledgement of each alert, by alert id.
+    ack_index: RwLock<HashMap<String, Value>>,
 }
 
 impl AlertHub {
-    pub fn new(log: JsonLog, acks: JsonLog) -> Self {
+    pub fn new(acks: JsonLog) -> Self {
         let (live, _) = broadcast::channel(4096);
-        let mut index = std::collections::HashMap::new();
+        let mut index = HashMap::new();
         // Oldest first, so the latest acknowledgement of an alert wins.
         for ack in acks.recent(usize::MAX, |_| true).into_iter().rev() {
-            if let Some(id) = ack.get("alert_id").and_then(|v| v.as_str()) {
+            if let Some(id) = ack.get("alert_id").and_then(Value::as_str) {
                 index.insert(id.to_string(), ack.clone());
             }
         }
         Self {
-            log,
             live,
             acks,
-            ack_index: std::sync::RwLock::new(index),
+            ack_index: RwLock::new(index),
         }
     }
 
     /// Records an acknowledgement (kept in history; a later one supersedes
     /// the earlier in alert views).
-    pub async fn acknowledge(&self, ack: serde_json::Value) -> Result<(), catalog::CatalogError> {
+    pub async fn acknowledge(&self, ack: Value) -> Result<(), catalog::CatalogError> {
         self.acks.append(std::slice::from_ref(&ack)).await?;
-        if let Some(id) = ack.get("alert_id").and_then(|v| v.as_str()) {
+        if let Some(id) = ack.get("alert_id").and_then(Value::as_str) {
             self.ack_index
                 .write()
                 .expect("ack index lock")
@@ -53,24 +60,23 @@ impl AlertHub {
         Ok(())
     }
 
-    /// Adds the `ack` field to alert records that have one.
-    pub fn with_acks(&self, mut alerts: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    /// Alerts in their JSON shape, with the `ack` field on those that have one.
+    pub fn with_acks(&self, alerts: &[Alert]) -> Vec<Value> {
         let index = self.ack_index.read().expect("ack index lock");
-        for a in &mut alerts {
-            let ack = a
-                .get("id")
-                .and_then(|v| v.as_str())
-                .and_then(|id| index.get(id))
-                .cloned();
-            if let (Some(ack), Some(obj)) = (ack, a.as_object_mut()) {
-                obj.insert("ack".into(), ack);
-            }
-        }
         alerts
+            .iter()
+            .map(|alert| {
+                let mut value = serde_json::to_value(alert).unwrap_or(Value::Null);
+                if let (Some(ack), Some(obj)) = (index.get(&alert.id), value.as_object_mut()) {
+                    obj.insert("ack".into(), ack.clone());
+                }
+                value
+            })
+            .collect()
     }
 }
 
-/// Filters accepted by `GET /api/alerts`.
+/// Filters accepted by `GET /api/alerts` and the live feed.
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 pub struct AlertFilter {
     pub rule: Option<String>,
@@ -83,28 +89,44 @@ pub struct AlertFilter {
 }
 
 impl AlertFilter {
-    pub fn matches(&self, a: &serde_json::Value) -> bool {
-        let s = |k: &str| a.get(k).and_then(|v| v.as_str());
-        let t = a.get("event_time_ms").and_then(|v| v.as_i64()).unwrap_or(0);
+    /// Whether a live alert passes the filter (`limit` aside).
+    pub fn matches(&self, a: &Alert) -> bool {
         self.rule
             .as_deref()
-            .is_none_or(|r| s("rule_id") == Some(r) || s("rule_name") == Some(r))
-            && self.patient.as_deref().is_none_or(|p| {
-                a.get("key")
-                    .and_then(|k| k.get("patient_id"))
-                    .and_then(|v| v.as_str())
-                    == Some(p)
-            })
+            .is_none_or(|r| a.rule_id == r || a.rule_name == r)
             && self
-                .severity
+                .patient
                 .as_deref()
-                .is_none_or(|x| s("severity") == Some(x))
+                .is_none_or(|p| a.patient_id() == Some(p))
+            && self.severity.as_deref().is_none_or(|x| a.severity == x)
             && self
                 .status
                 .as_deref()
-                .is_none_or(|x| s("status") == Some(x))
-            && self.since.is_none_or(|since| t >= since)
-            && self.until.is_none_or(|until| t < until)
+                .is_none_or(|x| catalog::archive::status_text(a.status) == x)
+            && self.since.is_none_or(|since| a.event_time_ms >= since)
+            && self.until.is_none_or(|until| a.event_time_ms < until)
+    }
+
+    /// The history query for this filter, returning at most `limit` alerts;
+    /// `None` when nothing can match (a status that is neither `fired` nor
+    /// `suppressed`).
+    pub fn history_query(&self, limit: usize) -> Option<AlertQuery> {
+        let status = match self.status.as_deref() {
+            None => None,
+            Some("fired") => Some(AlertStatus::Fired),
+            Some("suppressed") => Some(AlertStatus::Suppressed),
+            Some(_) => return None,
+        };
+        Some(AlertQuery {
+            rule: self.rule.clone(),
+            patient: self.patient.clone(),
+            severity: self.severity.clone(),
+            status,
+            id: None,
+            since_ms: self.since,
+            until_ms: self.until,
+            limit,
+        })
     }
 }
 
@@ -124,13 +146,11 @@ pub async fn deliver(
         while let Ok(more) = rx.try_recv() {
             pending.extend(more);
         }
-        // Kafka first: people wait on it, while history and the archive may
-        // be busy writing a file. Live subscribers hear of an alert once
-        // history has it, so what they see they can also look up.
-        let records: Vec<serde_json::Value> = pending
-            .iter()
-            .map(|a| serde_json::to_value(a).expect("alerts serialize"))
-            .collect();
+        // Kafka first: people wait on it, while the archive may be busy
+        // writing a file. Live subscribers hear of an alert once history has
+        // it (`send_local` returns when the rows are buffered, and history
+        // reads buffered rows), so what they see they can also look up.
+        let batch = catalog::archive::alerts_to_batch(&pending);
         let alerts: Vec<Arc<Alert>> = pending.drain(..).map(Arc::new).collect();
         for alert in &alerts {
             if alert.status != AlertStatus::Fired {
@@ -161,8 +181,10 @@ pub async fn deliver(
                 });
             }
         }
-        if let Err(e) = hub.log.append(&records).await {
-            tracing::error!(error = %e, "recording alerts in history");
+        // Fired and suppressed alerts alike go to the `alerts` table.
+        match batch {
+            Ok(batch) => archive.send_local(batch).await,
+            Err(e) => tracing::error!(error = %e, "converting alerts for the archive"),
         }
         for alert in alerts {
             match alert.status {
@@ -170,11 +192,6 @@ pub async fn deliver(
                 AlertStatus::Suppressed => metrics.alerts_suppressed.fetch_add(1, Relaxed),
             };
             let _ = hub.live.send(alert);
-        }
-        // Fired and suppressed alerts alike go to the `alerts` table.
-        match catalog::archive::alerts_to_batch(&records) {
-            Ok(batch) => archive.send_local(batch).await,
-            Err(e) => tracing::error!(error = %e, "converting alerts for the archive"),
         }
     }
 }

@@ -1,0 +1,372 @@
+//! The alert history: what `GET /api/alerts` lists and what an
+//! acknowledgement looks up, read from the `alerts` archive table (Parquet
+//! files plus the rows its writer still buffers) — the same rows history SQL
+//! sees, so the two cannot disagree.
+//!
+//! Queries are built with DataFusion expressions, never SQL text, and read
+//! newest first: the hours that hold alerts are listed (directories, not
+//! files), then scanned from the newest back, a few hours at a time, until
+//! enough rows are found. Listing the newest 100 alerts of a year reads the
+//! last hours' files, not the year's. This module owns no state and writes
+//! nothing.
+
+use arrow::record_batch::RecordBatch;
+use datafusion::prelude::{col, lit, Expr};
+use futures::TryStreamExt;
+use sql_rules::{Alert, AlertStatus};
+
+use crate::archive::{alert_col as c, alerts_from_batch, alerts_schema, status_text};
+use crate::{CatalogError, HistoryCatalog};
+
+const HOUR_MS: i64 = 3_600_000;
+/// Event times outside this range are not looked at (about ±73,000 years):
+/// far enough for any clock, near enough that hour arithmetic cannot overflow.
+const TIME_BOUND_MS: i64 = i64::MAX / 4;
+
+/// Which alerts to list; every field narrows the list.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AlertQuery {
+    /// A rule id or a rule name.
+    pub rule: Option<String>,
+    /// `key.patient_id`.
+    pub patient: Option<String>,
+    pub severity: Option<String>,
+    pub status: Option<AlertStatus>,
+    /// The alert's id (for a lookup).
+    pub id: Option<String>,
+    /// Event time in ms, inclusive.
+    pub since_ms: Option<i64>,
+    /// Event time in ms, exclusive.
+    pub until_ms: Option<i64>,
+    /// At most this many alerts.
+    pub limit: usize,
+}
+
+impl AlertQuery {
+    /// The row filter, without the time range (added per scan).
+    fn predicate(&self) -> Option<Expr> {
+        let mut parts: Vec<Expr> = Vec::new();
+        if let Some(rule) = &self.rule {
+            parts.push(
+                col(c::RULE_ID)
+                    .eq(lit(rule.as_str()))
+                    .or(col(c::RULE_NAME).eq(lit(rule.as_str()))),
+            );
+        }
+        if let Some(patient) = &self.patient {
+            parts.push(col(c::PATIENT_ID).eq(lit(patient.as_str())));
+        }
+        if let Some(severity) = &self.severity {
+            parts.push(col(c::SEVERITY).eq(lit(severity.as_str())));
+        }
+        if let Some(status) = self.status {
+            parts.push(col(c::STATUS).eq(lit(status_text(status))));
+        }
+        if let Some(id) = &self.id {
+            parts.push(col(c::ID).eq(lit(id.as_str())));
+        }
+        parts.into_iter().reduce(Expr::and)
+    }
+}
+
+/// The newest alerts (by event time, then id, descending) that match `query`.
+pub async fn recent_alerts(
+    history: &HistoryCatalog,
+    query: &AlertQuery,
+) -> Result<Vec<Alert>, CatalogError> {
+    if query.limit == 0 {
+        return Ok(Vec::new());
+    }
+    let since = query
+        .since_ms
+        .unwrap_or(-TIME_BOUND_MS)
+        .clamp(-TIME_BOUND_MS, TIME_BOUND_MS);
+    let until = query
+        .until_ms
+        .unwrap_or(TIME_BOUND_MS)
+        .clamp(-TIME_BOUND_MS, TIME_BOUND_MS);
+    let hours = history.hours(crate::archive::ALERTS, since, until).await?;
+    let predicate = query.predicate();
+    let mut found: Vec<Alert> = Vec::new();
+    // Hours are scanned newest first in groups that double in size, so a
+    // dense recent history costs one small scan and a sparse filter over a
+    // long one a few dozen scans, not one per hour.
+    let mut end = hours.len();
+    let mut group = 1usize;
+    while end > 0 && found.len() < query.limit {
+        let start = end.saturating_sub(group);
+        let from = (hours[start] * HOUR_MS).max(since);
+        let to = ((hours[end - 1] + 1) * HOUR_MS).min(until);
+        let remaining = query.limit - found.len();
+        let batches = scan(history, predicate.clone(), from, to, remaining).await?;
+        for batch in &batches {
+            found.extend(alerts_from_batch(batch)?);
+        }
+        end = start;
+        group = group.saturating_mul(2);
+    }
+    found.truncate(query.limit);
+    Ok(found)
+}
+
+/// The alert with this id, wherever it is in history (newest hours first,
+/// since acknowledgements are mostly of recent alerts).
+pub async fn find_alert(history: &HistoryCatalog, id: &str) -> Result<Option<Alert>, CatalogError> {
+    let query = AlertQuery {
+        id: Some(id.to_string()),
+        limit: 1,
+        ..AlertQuery::default()
+    };
+    Ok(recent_alerts(history, &query).await?.into_iter().next())
+}
+
+/// One scan of `[from, to)`: matching rows, newest first, at most `limit`.
+async fn scan(
+    history: &HistoryCatalog,
+    predicate: Option<Expr>,
+    from: i64,
+    to: i64,
+    limit: usize,
+) -> Result<Vec<RecordBatch>, CatalogError> {
+    let ts = |ms: i64| {
+        lit(datafusion::scalar::ScalarValue::TimestampMillisecond(
+            Some(ms),
+            Some("UTC".into()),
+        ))
+    };
+    // The time range prunes the scan to the hours it names.
+    let mut filter = col(c::EVENT_TIME)
+        .gt_eq(ts(from))
+        .and(col(c::EVENT_TIME).lt(ts(to)));
+    if let Some(predicate) = predicate {
+        filter = filter.and(predicate);
+    }
+    let columns: Vec<String> = alerts_schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+    let df = history
+        .session()
+        .table(crate::archive::ALERTS)
+        .await
+        .map_err(CatalogError::query)?
+        .filter(filter)
+        .and_then(|df| {
+            df.sort(vec![
+                col(c::EVENT_TIME).sort(false, false),
+                col(c::ID).sort(false, false),
+            ])
+        })
+        .and_then(|df| df.limit(0, Some(limit)))
+        .and_then(|df| df.select_columns(&columns))
+        .map_err(CatalogError::query)?;
+    df.execute_stream()
+        .await
+        .map_err(CatalogError::query)?
+        .try_collect()
+        .await
+        .map_err(CatalogError::query)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use object_store::{local::LocalFileSystem, path::Path, ObjectStore};
+    use sql_rules::Explanation;
+
+    use super::*;
+    use crate::archive::{alerts_to_batch, ArchiveConfig, ArchiveWriter};
+
+    /// 2026-01-01T00:00:00Z.
+    const T0: i64 = 1_767_225_600_000;
+    const DAY_MS: i64 = 24 * HOUR_MS;
+
+    fn alert(n: i64, t: i64, status: AlertStatus) -> Alert {
+        Alert {
+            id: format!("a{n:08}"),
+            rule_id: if n % 2 == 0 { "tachy" } else { "brady" }.into(),
+            rule_version: 1,
+            rule_name: if n % 2 == 0 {
+                "Tachycardia"
+            } else {
+                "Bradycardia"
+            }
+            .into(),
+            severity: "high".into(),
+            status,
+            key: serde_json::json!({"patient_id": format!("P{}", n % 7)})
+                .as_object()
+                .unwrap()
+                .clone(),
+            window_start_ms: None,
+            window_end_ms: None,
+            values: serde_json::Map::new(),
+            event_time_ms: t,
+            fired_at_ms: t + 5,
+            explanation: Explanation {
+                condition: "heart_rate_bpm > 130".into(),
+                event_count: 1,
+                first_event_ms: t,
+                last_event_ms: t,
+                first_sequence_number: None,
+                last_sequence_number: None,
+                suppressed_by: None,
+                escalated_from: None,
+            },
+        }
+    }
+
+    /// `per_hour` alerts in each of `hours` hours back from T0 (flushed),
+    /// plus `buffered` written but not flushed.
+    async fn history(
+        store: Arc<dyn ObjectStore>,
+        hours: i64,
+        per_hour: i64,
+        buffered: &[Alert],
+    ) -> (HistoryCatalog, ArchiveWriter) {
+        let prefix = Path::from("arch");
+        let mut writer =
+            ArchiveWriter::alerts(Arc::clone(&store), prefix.clone(), ArchiveConfig::default());
+        let alerts: Vec<Alert> = (0..hours * per_hour)
+            .map(|n| {
+                let hour = n / per_hour;
+                let t = T0 - hour * HOUR_MS + (n % per_hour) * 1_000;
+                let status = if n % 10 == 0 {
+                    AlertStatus::Fired
+                } else {
+                    AlertStatus::Suppressed
+                };
+                alert(n, t, status)
+            })
+            .collect();
+        for (i, chunk) in alerts.chunks(4_096).enumerate() {
+            let batch = alerts_to_batch(chunk).unwrap();
+            writer
+                .append(-1, i as i64 * 4_096, &batch, T0)
+                .await
+                .unwrap();
+        }
+        writer.flush_all().await.unwrap();
+        let batch = alerts_to_batch(buffered).unwrap();
+        writer.append(-1, 1 << 40, &batch, T0).await.unwrap();
+        let history = HistoryCatalog::new(store, prefix)
+            .unwrap()
+            .with_unflushed(writer.buffered_view())
+            .unwrap();
+        (history, writer)
+    }
+
+    fn query(limit: usize) -> AlertQuery {
+        AlertQuery {
+            limit,
+            ..AlertQuery::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn alerts_are_listed_newest_first_across_hours_and_the_buffer() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let newest = alert(99_999, T0 + 2 * HOUR_MS, AlertStatus::Fired);
+        let (history, _writer) = history(store, 6, 5, std::slice::from_ref(&newest)).await;
+
+        let all = recent_alerts(&history, &query(1_000)).await.unwrap();
+        assert_eq!(all.len(), 31);
+        assert_eq!(all[0], newest, "buffered rows are history too");
+        assert!(all
+            .windows(2)
+            .all(|w| (w[0].event_time_ms, &w[0].id) > (w[1].event_time_ms, &w[1].id)));
+
+        let three = recent_alerts(&history, &query(3)).await.unwrap();
+        assert_eq!(three, all[..3]);
+
+        let fired = AlertQuery {
+            status: Some(AlertStatus::Fired),
+            rule: Some("Tachycardia".into()),
+            ..query(100)
+        };
+        let fired = recent_alerts(&history, &fired).await.unwrap();
+        assert!(fired
+            .iter()
+            .all(|a| a.status == AlertStatus::Fired && a.rule_id == "tachy"));
+        assert_eq!(fired.len(), 3, "alerts 0, 10 and 20: {fired:?}");
+
+        let window = AlertQuery {
+            patient: Some("P3".into()),
+            since_ms: Some(T0 - 3 * HOUR_MS),
+            until_ms: Some(T0),
+            ..query(100)
+        };
+        let window = recent_alerts(&history, &window).await.unwrap();
+        assert!(!window.is_empty());
+        assert!(window
+            .iter()
+            .all(|a| a.patient_id() == Some("P3")
+                && (T0 - 3 * HOUR_MS..T0).contains(&a.event_time_ms)));
+
+        let oldest = all.last().unwrap();
+        let found = find_alert(&history, &oldest.id).await.unwrap();
+        assert_eq!(found.as_ref(), Some(oldest));
+        assert_eq!(find_alert(&history, "nope").await.unwrap(), None);
+    }
+
+    /// A year of hourly files: the newest 100 are read from the last hours,
+    /// not from every file. Prints the figures (`--nocapture`).
+    #[tokio::test]
+    async fn the_newest_alerts_of_a_long_history_are_found_without_reading_it_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+        // 5,000 alerts, 5 an hour over 1,000 hours (about 42 days).
+        let hours = 1_000;
+        let (history, _writer) = history(store, hours, 5, &[]).await;
+
+        let started = Instant::now();
+        let newest = recent_alerts(&history, &query(100)).await.unwrap();
+        let walk = started.elapsed();
+        assert_eq!(newest.len(), 100);
+        assert_eq!(newest[0].event_time_ms, T0 + 4_000);
+
+        let started = Instant::now();
+        let oldest = T0 - (hours - 1) * HOUR_MS;
+        let first = AlertQuery {
+            since_ms: Some(oldest),
+            until_ms: Some(oldest + HOUR_MS),
+            ..query(100)
+        };
+        assert_eq!(recent_alerts(&history, &first).await.unwrap().len(), 5);
+        let narrow = started.elapsed();
+
+        let started = Instant::now();
+        let all = history
+            .session()
+            .table(crate::archive::ALERTS)
+            .await
+            .unwrap()
+            .sort(vec![
+                col(c::EVENT_TIME).sort(false, false),
+                col(c::ID).sort(false, false),
+            ])
+            .unwrap()
+            .limit(0, Some(100))
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let full = started.elapsed();
+        assert_eq!(all.iter().map(RecordBatch::num_rows).sum::<usize>(), 100);
+        eprintln!(
+            "{} alerts in {hours} hourly files over {} days: newest 100 by walking back {walk:?}; \
+             one old hour by `since`/`until` {narrow:?}; the same 100 by a scan of every file {full:?}",
+            hours * 5,
+            hours * HOUR_MS / DAY_MS,
+        );
+        assert!(
+            walk < full,
+            "walking back ({walk:?}) beats scanning every file ({full:?})"
+        );
+    }
+}

@@ -17,8 +17,8 @@ use arrow::record_batch::RecordBatch;
 use crate::archive::{ArchiveHandle, ArchiveInput};
 use crate::pipeline::{Input, PipelineClosed, PipelineHandle, LOCAL_PARTITION};
 use crate::shutdown::ShutdownNotice;
-use crate::source::decode::EventTimeBounds;
 use crate::sink::dead_letter::{DeadLetter, DeadLetters};
+use crate::source::decode::EventTimeBounds;
 
 /// Dead letters waiting for delivery past this many make a Kafka source
 /// wait (the broker is slow or down) rather than buffer without bound.

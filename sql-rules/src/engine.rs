@@ -336,7 +336,8 @@ impl Engine {
                     index: &self.patients,
                     duplicates: duplicates.as_deref().filter(|_| !rule.spec.keep_duplicates),
                 };
-                let result = isolated(|| rule.process(rows, prior_max, processing_time_ms, &mut out));
+                let result =
+                    isolated(|| rule.process(rows, prior_max, processing_time_ms, &mut out));
                 if let Err(error) = result {
                     let rule_id = rule.spec.id.clone();
                     out.errors.push(RuleFailure { rule_id, error });
@@ -746,7 +747,8 @@ impl RuleRuntime {
         let escalated_severity = || spec.escalation.as_ref().and_then(|e| e.severity.clone());
         let status = match self.last_fired.get(&key_text) {
             Some((last, last_id, last_crossed))
-                if spec.cooldown_ms > 0 && alert_time_ms < last.saturating_add(spec.cooldown_ms) =>
+                if spec.cooldown_ms > 0
+                    && alert_time_ms < last.saturating_add(spec.cooldown_ms) =>
             {
                 if crossed && !last_crossed {
                     // Worse than the alert that started the cooldown: fire,

@@ -39,7 +39,9 @@ mod snapshot;
 mod window;
 
 pub use alert::{alert_id, Alert, AlertStatus, Explanation};
-pub use compile::{check_query_sql, reading_type, CompiledRule, RuleCompiler, RuleLimits, WindowSpec};
+pub use compile::{
+    check_query_sql, reading_type, CompiledRule, RuleCompiler, RuleLimits, WindowSpec,
+};
 pub use engine::{
     Engine, EngineConfig, EngineOutput, Escalation, RuleFailure, RuleSpec, RuleStats,
 };

@@ -7,7 +7,18 @@ use std::collections::BTreeSet;
 use serde_json::{json, Value};
 use wardwatch_tests::Server;
 
-const T0: i64 = 1_767_225_600_000;
+/// Six hours ago, on the hour: the alerts span four hours, all inside the
+/// archive's retention and none in the future.
+fn t0() -> i64 {
+    static T0: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *T0.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("the clock is after 1970")
+            .as_millis() as i64;
+        (now / 3_600_000 - 6) * 3_600_000
+    })
+}
 
 fn reading(patient: &str, ts: i64, seq: u32, spo2: f64) -> String {
     json!({"hospital_id": "H01", "patient_id": patient, "timestamp_unix_ms": ts, "spo2_pct": spo2,
@@ -71,7 +82,7 @@ async fn a_flood_of_suppressed_alerts_does_not_hide_a_fired_alert_or_its_ack() {
         .expect("server starts");
     create_rule(&server).await;
 
-    ingest(&server, reading("P1", T0, 0, 80.0) + "\n").await;
+    ingest(&server, reading("P1", t0(), 0, 80.0) + "\n").await;
     let fired = wait_for(&server, "patient=P1&status=fired", 1).await;
     assert_eq!(fired.len(), 1);
     let fired_id = fired[0]["id"].as_str().unwrap().to_string();
@@ -81,7 +92,7 @@ async fn a_flood_of_suppressed_alerts_does_not_hide_a_fired_alert_or_its_ack() {
     const FLOOD: u32 = 5_001;
     let mut body = String::new();
     for i in 0..FLOOD {
-        body.push_str(&reading("P2", T0 + 1_000 + i64::from(i) * 50, i, 70.0));
+        body.push_str(&reading("P2", t0() + 1_000 + i64::from(i) * 50, i, 70.0));
         body.push('\n');
     }
     ingest(&server, body).await;
@@ -96,7 +107,7 @@ async fn a_flood_of_suppressed_alerts_does_not_hide_a_fired_alert_or_its_ack() {
         .map(|a| a["event_time_ms"].as_i64().unwrap())
         .collect();
     assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first");
-    assert_eq!(times[0], T0 + 1_000 + i64::from(FLOOD - 1) * 50);
+    assert_eq!(times[0], t0() + 1_000 + i64::from(FLOOD - 1) * 50);
     // ...and the fired alert is still there, and can be acknowledged.
     let fired = list(&server, "status=fired").await;
     let ids: Vec<&str> = fired.iter().map(|a| a["id"].as_str().unwrap()).collect();
@@ -130,7 +141,7 @@ async fn the_alert_list_and_sql_agree_after_a_restart() {
     for (i, patient) in ["P1", "P2", "P3"].iter().enumerate() {
         for h in 0..4u32 {
             for k in 0..3u32 {
-                let ts = T0 + i64::from(h) * 3_600_000 + i as i64 * 1_000 + i64::from(k) * 10_000;
+                let ts = t0() + i64::from(h) * 3_600_000 + i as i64 * 1_000 + i64::from(k) * 10_000;
                 body.push_str(&reading(patient, ts, h * 10 + k, 80.0));
                 body.push('\n');
             }

@@ -291,4 +291,3 @@ pub fn inside(alert: &Alert, from_ms: i64, to_ms: i64) -> bool {
         _ => alert.event_time_ms >= from_ms && alert.event_time_ms < to_ms,
     }
 }
-

@@ -364,3 +364,36 @@ fn rule_failing_alert(spec: &RuleSpec, error: &str, now: i64) -> Alert {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engine_is_stalled_only_when_one_input_takes_past_the_limit_or_it_died_with_input_waiting(
+    ) {
+        let h = EngineHealth::default();
+        // Waiting for input: healthy however long.
+        assert_eq!(h.stalled_ms(1_000_000, 15_000), None);
+        // Busy for 10 s of a 15 s limit: healthy; for 20 s: stalled.
+        h.busy_since_ms.store(100_000, Relaxed);
+        assert_eq!(h.stalled_ms(110_000, 15_000), None);
+        assert_eq!(h.stalled_ms(120_000, 15_000), Some(20_000));
+        // Exited with nothing waiting (a clean stop): not a stall.
+        h.busy_since_ms.store(0, Relaxed);
+        h.exited.store(true, Relaxed);
+        assert_eq!(h.stalled_ms(120_000, 15_000), None);
+        // Exited (died) while input waits: stalled.
+        h.queued.store(3, Relaxed);
+        assert_eq!(h.stalled_ms(120_000, 15_000), Some(0));
+    }
+
+    #[test]
+    fn a_rule_counts_as_failing_for_a_minute_after_its_latest_error() {
+        let mut r = RuleHealth::default();
+        assert!(!r.failing(1_000));
+        r.last_error_at_ms = Some(1_000);
+        assert!(r.failing(1_000 + FAILING_FOR_MS - 1));
+        assert!(!r.failing(1_000 + FAILING_FOR_MS));
+    }
+}

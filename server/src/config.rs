@@ -50,6 +50,14 @@ pub struct Limits {
     pub max_ack_by_chars: usize,
     /// Longest `note` of an acknowledgement, in bytes.
     pub max_ack_note_bytes: usize,
+    /// History queries (`POST /api/query`) running at once; more get 503.
+    pub max_concurrent_queries: usize,
+    /// Replays and backtests running at once (in the foreground or as
+    /// jobs); more get 503.
+    pub max_concurrent_replays: usize,
+    /// Finished background replays kept for `GET /api/replay/{job}`; the
+    /// oldest are forgotten past this.
+    pub max_finished_replays: usize,
 }
 
 impl Default for Limits {
@@ -67,6 +75,9 @@ impl Default for Limits {
             max_description_bytes: drafts.max_description_bytes,
             max_ack_by_chars: 200,
             max_ack_note_bytes: 4 * 1024,
+            max_concurrent_queries: 4,
+            max_concurrent_replays: 2,
+            max_finished_replays: 16,
         }
     }
 }

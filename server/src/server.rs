@@ -213,6 +213,15 @@ pub async fn run_until(
     }
 
     let listen = config.listen;
+    // Bounded pools for the heavy readers of history (each can hold a
+    // scan's buffers, or an engine and an hour of events, in memory).
+    let replays = crate::replay::jobs::ReplayJobs::new(
+        config.limits.max_concurrent_replays,
+        config.limits.max_finished_replays,
+    );
+    let query_slots = Arc::new(tokio::sync::Semaphore::new(
+        config.limits.max_concurrent_queries.max(1),
+    ));
     let state = Arc::new(AppState {
         config,
         rules,
@@ -227,7 +236,8 @@ pub async fn run_until(
         shutdown: shutdown.notice(),
         history,
         audit: Arc::clone(&audit_log),
-        replays: Default::default(),
+        replays,
+        query_slots,
         kafka_ready,
         rule_writes: tokio::sync::Mutex::new(()),
     });

@@ -441,3 +441,60 @@ async fn a_stored_rule_over_a_budget_is_not_run_at_startup_and_the_others_fire()
     }
     server.stop().await.unwrap();
 }
+
+/// History queries and replays run in bounded pools: past the limit a
+/// request gets `503` with the limit named, a streamed answer holds its
+/// slot until it has been read, and alerting goes on throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_readers_beyond_their_pools_get_503_and_alerting_goes_on() {
+    let mut config = Config::default();
+    config.limits.max_concurrent_queries = 1;
+    config.archive.query_max_rows = 10_000_000;
+    let server = Server::start(config).await.expect("server starts");
+    let canary = create_canary(&server).await;
+
+    // Streamed (over 10,000 rows) and far larger than the socket's buffers,
+    // so the slot stays taken until the client reads it.
+    let big = server
+        .http
+        .post(server.url("/api/query"))
+        .json(&json!({"sql": "SELECT value FROM generate_series(1, 3000000)"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 200);
+    let busy = server
+        .http
+        .post(server.url("/api/query"))
+        .json(&json!({"sql": "SELECT 1 AS one"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(busy.status(), 503);
+    let message = busy.json::<Value>().await.unwrap()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(message.contains("max_concurrent_queries"), "{message}");
+    canary_fires(&server, &canary, "P-during").await;
+
+    // Reading the first answer to its end frees the slot.
+    let body = big.text().await.unwrap();
+    assert!(body.len() > 3_000_000, "{} bytes", body.len());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let again = server
+            .http
+            .post(server.url("/api/query"))
+            .json(&json!({"sql": "SELECT 1 AS one"}))
+            .send()
+            .await
+            .unwrap();
+        if again.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    canary_fires(&server, &canary, "P-after").await;
+}

@@ -43,6 +43,8 @@ pub struct AppState {
     pub history: catalog::HistoryCatalog,
     /// Background replays, by job id.
     pub replays: crate::replay::jobs::ReplayJobs,
+    /// History queries running at once (`[limits] max_concurrent_queries`).
+    pub query_slots: Arc<tokio::sync::Semaphore>,
     /// Rule changes, acknowledgements and retention deletions.
     pub audit: Arc<catalog::log::JsonLog>,
     pub store_prefix: object_store::path::Path,

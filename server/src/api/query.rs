@@ -12,6 +12,7 @@
 //! and a CSV or Arrow answer is cut off with an error, never silently short.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
@@ -22,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use catalog::CatalogError;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
@@ -112,6 +114,17 @@ pub async fn query(
     // on a request thread's stack is refused with the limit.
     sql_rules::check_query_sql(&req.sql, &state.config.limits.rules())
         .map_err(|e| QueryError(ApiError::from(e)))?;
+    // A bounded number at once: each can hold a scan's buffers in memory,
+    // and alerting must keep its share of the machine. Held until the
+    // answer has been sent, streamed ones included.
+    let slot = Arc::clone(&state.query_slots)
+        .try_acquire_owned()
+        .map_err(|_| {
+            QueryError(ApiError::unavailable(format!(
+                "{} history queries are already running, the limit (max_concurrent_queries); retry shortly",
+                state.config.limits.max_concurrent_queries
+            )))
+        })?;
     let mut df = state.history.dataframe(&req.sql).await?;
     if !matches!(
         df.logical_plan(),
@@ -151,6 +164,13 @@ pub async fn query(
             }
         }
     }
+    let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
+        Arc::clone(&schema),
+        stream.map(move |batch| {
+            let _held = &slot;
+            batch
+        }),
+    ));
     Ok(streamed(
         format, schema, head, stream, max_rows, deadline, time_limit,
     ))

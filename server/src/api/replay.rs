@@ -88,19 +88,26 @@ pub async fn replay(
     if req.from_ms >= req.to_ms {
         return Err(ApiError::bad_request("from_ms must be before to_ms"));
     }
+    let slot = state
+        .replays
+        .slot()
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
     if !req.background {
         let replay = req.into_replay()?;
         let report = run(&state, &replay, &Progress::default()).await?;
+        drop(slot);
         return Ok(Json(report).into_response());
     }
     let (from_ms, to_ms) = (req.from_ms, req.to_ms);
     let now_ms = chrono::Utc::now().timestamp_millis();
     let task_state = Arc::clone(&state);
-    let (id, job) = state.replays.start(from_ms, to_ms, now_ms, move |job| {
-        // A request naming both or neither a rule and a draft is accepted
-        // and fails as a job, as it always has.
-        async move { run(&task_state, &req.into_replay()?, &job.progress).await }
-    });
+    let (id, job) = state
+        .replays
+        .start(slot, from_ms, to_ms, now_ms, move |job| {
+            // A request naming both or neither a rule and a draft is accepted
+            // and fails as a job, as it always has.
+            async move { run(&task_state, &req.into_replay()?, &job.progress).await }
+        });
     Ok((StatusCode::ACCEPTED, Json(job.view(&id))).into_response())
 }
 

@@ -149,3 +149,56 @@ async fn a_reading_dated_2999_is_refused_and_alerting_goes_on() {
     }
     server.stop().await.unwrap();
 }
+
+/// A device cannot park megabytes in the server: a 1 MiB `patient_id` is a
+/// dead letter (ids are interned and kept in engine state), and the
+/// embedded dead-letter table keeps only the first 4 KiB of its payload.
+/// The burst after it alerts as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_megabyte_patient_id_is_refused_and_its_dead_letter_is_bounded() {
+    let server = Server::start(wardwatch::config::Config::default())
+        .await
+        .expect("server starts");
+    let created = server
+        .http
+        .post(server.url("/api/rules"))
+        .json(&json!({"name": "Sustained tachycardia", "sql": TACHYCARDIA, "severity": "high", "cooldown_seconds": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let huge = "P".repeat(1 << 20);
+    let result = ingest(&server, reading(&huge, now - 1_000, 130.0) + "\n").await;
+    assert_eq!(result["rejected"], 1, "{result}");
+
+    let letters: Value = server
+        .http
+        .get(server.url("/api/dead-letters?limit=10"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let letter = &letters["dead_letters"][0];
+    assert!(
+        letter["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("patient_id is 1048576 bytes long"),
+        "{}",
+        letter["reason"]
+    );
+    assert!(letter["payload"].as_str().unwrap().len() <= 4096);
+    assert_eq!(letter["payload_truncated"], true);
+    assert!(letter["payload_bytes"].as_u64().unwrap() > 1 << 20);
+
+    let start = (now / 60_000 - 5) * 60_000;
+    ingest(&server, burst(start)).await;
+    let fired = alerts(&server, "Sustained tachycardia", 3).await;
+    assert_eq!(fired.len(), 3, "alerting goes on: {fired:?}");
+}

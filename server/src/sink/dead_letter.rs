@@ -12,6 +12,11 @@ use catalog::log::JsonLog;
 use super::kafka::KafkaProducer;
 use crate::metrics::Metrics;
 
+/// The embedded dead-letter table keeps at most this much of each refused
+/// payload (the Kafka topic gets the original bytes): a client must not be
+/// able to make the server keep, and list, megabytes per refused line.
+pub const MAX_KEPT_PAYLOAD: usize = 4096;
+
 pub struct DeadLetter {
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
@@ -169,7 +174,9 @@ impl DeadLetters {
                             "reason": l.reason,
                             "origin": l.origin,
                             "key": l.key.as_deref().map(String::from_utf8_lossy),
-                            "payload": String::from_utf8_lossy(&l.payload),
+                            "payload": String::from_utf8_lossy(&l.payload[..l.payload.len().min(MAX_KEPT_PAYLOAD)]),
+                            "payload_bytes": l.payload.len(),
+                            "payload_truncated": l.payload.len() > MAX_KEPT_PAYLOAD,
                         })
                     })
                     .collect();

@@ -549,6 +549,9 @@ impl<'de> Visitor<'de> for RawEventVisitor {
     }
 }
 
+/// Longest `patient_id` or `hospital_id`, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+
 impl<'a> RawEvent<'a> {
     /// Checks every field; the first problem found is the rejection.
     fn validate(self) -> Result<ValidEvent<'a>, Rejection> {
@@ -556,6 +559,14 @@ impl<'a> RawEvent<'a> {
             None | Some(Scalar::Null) => return Err(Rejection::new("missing patient_id")),
             Some(Scalar::Str(s)) if s.is_empty() => {
                 return Err(Rejection::new("patient_id must not be empty"))
+            }
+            // Every id is interned and kept in engine state: a device must
+            // not be able to park megabytes per event there.
+            Some(Scalar::Str(s)) if s.len() > MAX_ID_BYTES => {
+                return Err(Rejection::new(format!(
+                    "patient_id is {} bytes long; the limit is {MAX_ID_BYTES}",
+                    s.len()
+                )))
             }
             Some(Scalar::Str(s)) => s,
             Some(other) => {
@@ -568,6 +579,12 @@ impl<'a> RawEvent<'a> {
 
         let hospital_id = match self.hospital_id {
             None | Some(Scalar::Null) => None,
+            Some(Scalar::Str(s)) if s.len() > MAX_ID_BYTES => {
+                return Err(Rejection::new(format!(
+                    "hospital_id is {} bytes long; the limit is {MAX_ID_BYTES}",
+                    s.len()
+                )))
+            }
             Some(Scalar::Str(s)) => Some(s),
             Some(other) => {
                 return Err(Rejection::new(format!(
@@ -872,6 +889,26 @@ mod tests {
             reject(r#"{"patient_id":"P1","timestamp_unix_ms":1,"patient_id":"P2"}"#)
                 .starts_with("invalid event: duplicate field `patient_id`"),
         );
+    }
+
+    #[test]
+    fn ids_longer_than_the_limit_are_refused() {
+        let long = format!("\"{}\"", "P".repeat(MAX_ID_BYTES + 1));
+        assert_eq!(
+            reject(&with_field("patient_id", Some(&long))),
+            format!(
+                "patient_id is {} bytes long; the limit is {MAX_ID_BYTES}",
+                MAX_ID_BYTES + 1
+            )
+        );
+        assert!(
+            reject(&with_field("hospital_id", Some(&long))).starts_with("hospital_id is 129 bytes")
+        );
+        let longest = format!("\"{}\"", "P".repeat(MAX_ID_BYTES));
+        let mut d = VitalsDecoder::new(4);
+        assert!(d
+            .push_json(with_field("patient_id", Some(&longest)).as_bytes())
+            .is_ok());
     }
 
     #[test]

@@ -124,3 +124,38 @@ async fn events_are_archived_exactly_once_across_a_restart() {
         "(5000, 5000)"
     );
 }
+
+/// A server started before its topic exists (a fresh cluster, a topic
+/// created by a later deploy step) starts consuming within seconds of the
+/// topic's creation, not after librdkafka's five-minute metadata refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_created_after_start_is_consumed_within_seconds() {
+    let broker = Broker::start().expect("the test broker must start");
+    broker.create_topic("alert-events", 1).await.unwrap();
+    broker.create_topic("vitals-dlq", 1).await.unwrap();
+    let mut config = wardwatch::config::Config::default();
+    config.kafka.brokers = Some(broker.bootstrap.clone());
+    config.kafka.group_id = "wardwatch-late-topic".into();
+    config.archive.flush_interval_ms = 300;
+    let server = Server::start(config).await.expect("server starts");
+    // Long enough for the consumer to have joined its group with no topic.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    broker.create_topic("vitals", 2).await.unwrap();
+    let created = Instant::now();
+    produce(&broker, 0, 200).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    while Instant::now() < deadline {
+        n = count(&server).await;
+        if n >= 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(n, 200, "events of a topic created after start");
+    eprintln!(
+        "consumed {:?} after the topic was created",
+        created.elapsed()
+    );
+}

@@ -19,5 +19,5 @@ pub mod server;
 pub mod ward;
 
 pub use broker::{free_port, Broker};
-pub use server::Server;
+pub use server::{recent_ms, Server};
 pub use ward::{partition_of, DecodedWard, Ward, BATCH_ROWS, PARTITIONS};

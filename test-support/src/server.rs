@@ -85,6 +85,26 @@ impl Server {
         format!("{}{}", self.base_url, path)
     }
 
+    /// GETs `path` and returns its JSON body; panics (failing the test)
+    /// when the server does not answer with JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let response = self.http.get(self.url(path)).send().await;
+        let response = response.unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        response
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
+    }
+
+    /// POSTs newline-delimited events to `/api/ingest`, checks the `202`,
+    /// and returns `{"accepted","rejected"}`.
+    pub async fn ingest(&self, ndjson: String) -> serde_json::Value {
+        let response = self.http.post(self.url("/api/ingest")).body(ndjson).send();
+        let response = response.await.expect("POST /api/ingest");
+        assert_eq!(response.status(), 202, "POST /api/ingest");
+        response.json().await.expect("POST /api/ingest: JSON")
+    }
+
     /// Fails with the server's own error if it has stopped.
     pub async fn check_alive(&mut self) -> Result<()> {
         if self.task.is_finished() {
@@ -150,6 +170,17 @@ impl Server {
             Err(_) => bail!("the wardwatch server did not stop within {timeout:?}"),
         }
     }
+}
+
+/// `back` whole `unit`s before now, aligned to `unit` (ms): event times
+/// that the server accepts (inside retention, not in the future) and that
+/// start windows cleanly.
+pub fn recent_ms(unit: i64, back: i64) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_millis() as i64;
+    (now / unit - back) * unit
 }
 
 /// Prometheus text as name → value; comments are skipped, labelled series

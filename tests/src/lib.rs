@@ -8,4 +8,4 @@
 //! and says why.
 
 pub use wardwatch_test_support::duckdb::duckdb_first_row;
-pub use wardwatch_test_support::{free_port, Broker, Server};
+pub use wardwatch_test_support::{free_port, recent_ms, Broker, Server};

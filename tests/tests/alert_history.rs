@@ -5,19 +5,13 @@
 use std::collections::BTreeSet;
 
 use serde_json::{json, Value};
-use wardwatch_tests::Server;
+use wardwatch_tests::{recent_ms, Server};
 
 /// Six hours ago, on the hour: the alerts span four hours, all inside the
 /// archive's retention and none in the future.
 fn t0() -> i64 {
     static T0: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *T0.get_or_init(|| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("the clock is after 1970")
-            .as_millis() as i64;
-        (now / 3_600_000 - 6) * 3_600_000
-    })
+    *T0.get_or_init(|| recent_ms(3_600_000, 6))
 }
 
 fn reading(patient: &str, ts: i64, seq: u32, spo2: f64) -> String {
@@ -36,17 +30,6 @@ async fn create_rule(server: &Server) {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-}
-
-async fn ingest(server: &Server, body: String) {
-    let ingested = server
-        .http
-        .post(server.url("/api/ingest"))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ingested.status(), 202);
 }
 
 async fn list(server: &Server, query: &str) -> Vec<Value> {
@@ -82,7 +65,7 @@ async fn a_flood_of_suppressed_alerts_does_not_hide_a_fired_alert_or_its_ack() {
         .expect("server starts");
     create_rule(&server).await;
 
-    ingest(&server, reading("P1", t0(), 0, 80.0) + "\n").await;
+    server.ingest(reading("P1", t0(), 0, 80.0) + "\n").await;
     let fired = wait_for(&server, "patient=P1&status=fired", 1).await;
     assert_eq!(fired.len(), 1);
     let fired_id = fired[0]["id"].as_str().unwrap().to_string();
@@ -95,7 +78,7 @@ async fn a_flood_of_suppressed_alerts_does_not_hide_a_fired_alert_or_its_ack() {
         body.push_str(&reading("P2", t0() + 1_000 + i64::from(i) * 50, i, 70.0));
         body.push('\n');
     }
-    ingest(&server, body).await;
+    server.ingest(body).await;
     let suppressed = wait_for(&server, "patient=P2&status=suppressed&limit=10000", 5_000).await;
     assert_eq!(suppressed.len(), 5_000);
 
@@ -147,7 +130,7 @@ async fn the_alert_list_and_sql_agree_after_a_restart() {
             }
         }
     }
-    ingest(&server, body).await;
+    server.ingest(body).await;
     assert_eq!(wait_for(&server, "limit=1000", 36).await.len(), 36);
     let data_dir = server.data_dir.clone();
     server.stop().await.unwrap();

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use wardwatch_tests::Server;
+use wardwatch_tests::{recent_ms, Server};
 
 const TACHYCARDIA: &str = "SELECT patient_id, AVG(heart_rate_bpm) AS avg_hr, COUNT(*) AS n
 FROM vitals WHERE heart_rate_bpm > 100
@@ -35,30 +35,12 @@ fn burst(start: i64) -> String {
     body
 }
 
-async fn ingest(server: &Server, body: String) -> Value {
-    let r = server
-        .http
-        .post(server.url("/api/ingest"))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    r.json().await.unwrap()
-}
-
 async fn alerts(server: &Server, rule: &str, want: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let listed: Value = server
-            .http
-            .get(server.url(&format!("/api/alerts?rule={rule}&limit=100")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .get_json(&format!("/api/alerts?rule={rule}&limit=100"))
+            .await;
         let alerts = listed["alerts"].as_array().cloned().unwrap_or_default();
         if alerts.len() >= want || Instant::now() > deadline {
             return alerts;
@@ -84,35 +66,28 @@ async fn a_reading_dated_2999_is_refused_and_alerting_goes_on() {
     let rule = rule["id"].as_str().unwrap().to_string();
 
     // Recent readings (retention refuses old ones), on a minute boundary.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = recent_ms(1, 0);
     let base = (now / 60_000 - 20) * 60_000;
-    let before = ingest(&server, burst(base)).await;
+    let before = server.ingest(burst(base)).await;
     assert_eq!(before, json!({"accepted": 181, "rejected": 0}));
     assert_eq!(alerts(&server, &rule, 3).await.len(), 3, "the first burst");
 
-    let outlier = ingest(&server, reading("P1", 32_503_593_600_000, 130.0)).await;
+    let outlier = server
+        .ingest(reading("P1", 32_503_593_600_000, 130.0))
+        .await;
     assert_eq!(outlier, json!({"accepted": 0, "rejected": 1}));
     // Just as far in the past: older than the archive's retention.
-    let ancient = ingest(&server, reading("P1", now - 40 * 86_400_000, 130.0)).await;
+    let ancient = server
+        .ingest(reading("P1", now - 40 * 86_400_000, 130.0))
+        .await;
     assert_eq!(ancient, json!({"accepted": 0, "rejected": 1}));
 
-    let after = ingest(&server, burst(base + 120_000)).await;
+    let after = server.ingest(burst(base + 120_000)).await;
     assert_eq!(after, json!({"accepted": 181, "rejected": 0}));
     let all = alerts(&server, &rule, 6).await;
     assert_eq!(all.len(), 6, "the same burst alerts again: {all:?}");
 
-    let letters: Value = server
-        .http
-        .get(server.url("/api/dead-letters?limit=10"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let letters: Value = server.get_json("/api/dead-letters?limit=10").await;
     let reasons: Vec<&str> = letters["dead_letters"]
         .as_array()
         .unwrap()
@@ -167,23 +142,14 @@ async fn a_megabyte_patient_id_is_refused_and_its_dead_letter_is_bounded() {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
+    let now = recent_ms(1, 0);
     let huge = "P".repeat(1 << 20);
-    let result = ingest(&server, reading(&huge, now - 1_000, 130.0) + "\n").await;
+    let result = server
+        .ingest(reading(&huge, now - 1_000, 130.0) + "\n")
+        .await;
     assert_eq!(result["rejected"], 1, "{result}");
 
-    let letters: Value = server
-        .http
-        .get(server.url("/api/dead-letters?limit=10"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let letters: Value = server.get_json("/api/dead-letters?limit=10").await;
     let letter = &letters["dead_letters"][0];
     assert!(
         letter["reason"]
@@ -198,7 +164,7 @@ async fn a_megabyte_patient_id_is_refused_and_its_dead_letter_is_bounded() {
     assert!(letter["payload_bytes"].as_u64().unwrap() > 1 << 20);
 
     let start = (now / 60_000 - 5) * 60_000;
-    ingest(&server, burst(start)).await;
+    server.ingest(burst(start)).await;
     let fired = alerts(&server, "Sustained tachycardia", 3).await;
     assert_eq!(fired.len(), 3, "alerting goes on: {fired:?}");
 }

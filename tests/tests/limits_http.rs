@@ -11,19 +11,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use wardwatch::config::Config;
-use wardwatch_tests::Server;
+use wardwatch_tests::{recent_ms, Server};
 
 /// Ten minutes ago, to the minute: inside the archive's retention and not
 /// in the future, so the server accepts the events.
 fn t0() -> i64 {
     static T0: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *T0.get_or_init(|| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("the clock is after 1970")
-            .as_millis() as i64;
-        (now / 60_000 - 10) * 60_000
-    })
+    *T0.get_or_init(|| recent_ms(60_000, 10))
 }
 
 const CANARY_SQL: &str = "SELECT patient_id, spo2_pct FROM vitals WHERE spo2_pct < 85";
@@ -88,25 +82,12 @@ async fn create_canary(server: &Server) -> String {
 async fn canary_fires(server: &Server, rule_id: &str, patient: &str) {
     let event = json!({"hospital_id": "H01", "patient_id": patient, "timestamp_unix_ms": t0(),
                        "spo2_pct": 80.0, "source_device": "BEDSIDE", "sequence_number": 1});
-    let ingested = server
-        .http
-        .post(server.url("/api/ingest"))
-        .body(event.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ingested.status(), 202);
+    server.ingest(event.to_string()).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let alerts: Value = server
-            .http
-            .get(server.url(&format!("/api/alerts?rule={rule_id}&patient={patient}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .get_json(&format!("/api/alerts?rule={rule_id}&patient={patient}"))
+            .await;
         if !alerts["alerts"].as_array().unwrap().is_empty() {
             break;
         }
@@ -228,15 +209,7 @@ async fn deep_sql_is_refused_on_every_route_that_takes_sql_and_the_server_keeps_
     assert_eq!(ok.status(), 200, "{}", ok.text().await.unwrap());
 
     // The canary is unchanged (the refused PUT made no version) and fires.
-    let rule: Value = server
-        .http
-        .get(server.url(&format!("/api/rules/{canary}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rule: Value = server.get_json(&format!("/api/rules/{canary}")).await;
     assert_eq!(rule["version"], 1);
     canary_fires(&server, &canary, "P-after").await;
     server.stop().await.unwrap();
@@ -346,15 +319,7 @@ async fn rules_over_a_budget_are_refused_with_the_limit_and_the_server_keeps_ale
     .await;
 
     // Nothing refused was stored; the canary fires.
-    let rules: Value = server
-        .http
-        .get(server.url("/api/rules"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rules: Value = server.get_json("/api/rules").await;
     assert_eq!(rules["rules"].as_array().unwrap().len(), 1, "{rules}");
     canary_fires(&server, &canary, "P1").await;
     server.stop().await.unwrap();
@@ -418,14 +383,8 @@ async fn a_stored_rule_over_a_budget_is_not_run_at_startup_and_the_others_fire()
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let alerts: Value = server
-            .http
-            .get(server.url(&format!("/api/alerts?rule={canary}&patient=P1")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .get_json(&format!("/api/alerts?rule={canary}&patient=P1"))
+            .await;
         let statuses: Vec<&str> = alerts["alerts"]
             .as_array()
             .unwrap()

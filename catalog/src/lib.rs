@@ -16,7 +16,9 @@
 //!   archive writer has not flushed yet, and over the current rules and audit
 //!   log; it also reads what a replay needs (events in order, recorded alerts);
 //! - [`alert_history`] lists alerts newest first from the `alerts` table
-//!   (what `GET /api/alerts` and acknowledgements read).
+//!   (what `GET /api/alerts` and acknowledgements read);
+//! - [`damage`] counts the damaged files readers skipped or recovered from
+//!   ([`damaged_files`]), so a half-written file is never fatal.
 //!
 //! The catalog does not judge rule SQL (the server compiles it with
 //! `sql-rules` first), does not read a clock (callers pass `now_ms`), and
@@ -24,6 +26,7 @@
 
 pub mod alert_history;
 pub mod archive;
+pub mod damage;
 mod error;
 pub mod history;
 pub mod log;
@@ -34,8 +37,9 @@ pub use archive::{
     alerts_from_batch, alerts_schema, alerts_to_batch, apply_retention, ArchiveConfig,
     ArchiveTable, ArchiveWriter, ArchivedFile, BufferedView,
 };
+pub use damage::{damaged_files, DamagedFile};
 pub use error::CatalogError;
-pub use history::{EventsInOrder, HistoryCatalog, QueryLimits, RecordedAlert};
+pub use history::{EventsInOrder, HistoryCatalog, QueryLimits, QueryResources, RecordedAlert};
 pub use log::JsonLog;
 pub use rules::{Rule, RuleDraft, RuleStore, RuleVersion, Severity};
 pub use storage::open_store;

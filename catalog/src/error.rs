@@ -178,6 +178,15 @@ pub enum CatalogError {
         source: Box<datafusion::error::DataFusionError>,
     },
 
+    /// A history query needed more memory than its budget (the per-query
+    /// memory pool, or one call of a size-amplifying function) and was
+    /// stopped; see `HistoryCatalog::with_resources`.
+    #[error("history query stopped: it needs more memory than one query may hold ({reason}); narrow the time range, filter or aggregate")]
+    QueryOverBudget {
+        /// DataFusion's account of what did not fit.
+        reason: String,
+    },
+
     /// A history query ran longer than its time limit and was cancelled.
     #[error("history query cancelled after {limit_ms} ms (the time limit); narrow the time range or add filters")]
     QueryTimeout {
@@ -216,6 +225,13 @@ impl CatalogError {
 
     /// Wraps a DataFusion error from a history query.
     pub fn query(source: datafusion::error::DataFusionError) -> Self {
+        // Wherever it was wrapped (a stream, a join task), running out of a
+        // query's memory budget is its own answer (HTTP 413), not a failure.
+        if let datafusion::error::DataFusionError::ResourcesExhausted(reason) = source.find_root() {
+            return Self::QueryOverBudget {
+                reason: reason.clone(),
+            };
+        }
         Self::Query {
             source: Box::new(source),
         }

@@ -58,6 +58,13 @@ pub struct Limits {
     /// Finished background replays kept for `GET /api/replay/{job}`; the
     /// oldest are forgotten past this.
     pub max_finished_replays: usize,
+    /// Memory one history query's operators (sorts, aggregates, joins) may
+    /// hold; over it the query is stopped with 413. Nothing spills to disk.
+    pub max_query_memory_bytes: usize,
+    /// Output of one call of `repeat`, `lpad`, `rpad`, `range`,
+    /// `generate_series`, `array_repeat` or `array_resize` in history SQL;
+    /// over it the query is stopped with 413.
+    pub max_function_output_bytes: usize,
 }
 
 impl Default for Limits {
@@ -78,6 +85,8 @@ impl Default for Limits {
             max_concurrent_queries: 4,
             max_concurrent_replays: 2,
             max_finished_replays: 16,
+            max_query_memory_bytes: 512 * 1024 * 1024,
+            max_function_output_bytes: 16 * 1024 * 1024,
         }
     }
 }

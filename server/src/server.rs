@@ -83,7 +83,11 @@ pub async fn run_until(
     let history = catalog::HistoryCatalog::new(Arc::clone(&store), prefix.clone())
         .context("opening history")?
         .with_unflushed(vitals_view)
-        .context("opening history")?;
+        .context("opening history")?
+        .with_resources(catalog::history::QueryResources {
+            max_memory_bytes: config.limits.max_query_memory_bytes,
+            max_function_output_bytes: config.limits.max_function_output_bytes,
+        });
     history
         .register_table(catalog::archive::ArchiveTable::alerts(), Some(alerts_view))
         .context("opening alert history")?;

@@ -54,6 +54,8 @@ use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
@@ -65,6 +67,7 @@ use object_store::ObjectStore;
 use crate::archive::{hour_index, ArchiveTable, BufferedView};
 use crate::CatalogError;
 
+mod bounded_functions;
 mod provider;
 mod pruning;
 pub mod replay_input;
@@ -140,6 +143,29 @@ pub struct HistoryCatalog {
     ctx: SessionContext,
     store: Arc<dyn ObjectStore>,
     prefix: Path,
+    resources: QueryResources,
+}
+
+/// What one history query may hold, whatever it asks for; see
+/// [`HistoryCatalog::with_resources`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryResources {
+    /// Bytes one query's operators (sorts, aggregates, joins) may reserve in
+    /// DataFusion's memory pool. Over it the query fails with
+    /// [`CatalogError::QueryOverBudget`]; nothing spills to disk.
+    pub max_memory_bytes: usize,
+    /// Bytes one call of a size-amplifying function (`repeat`, `lpad`,
+    /// `range`, …) may produce: the pool does not see scalar values.
+    pub max_function_output_bytes: usize,
+}
+
+impl Default for QueryResources {
+    fn default() -> Self {
+        Self {
+            max_memory_bytes: 512 * 1024 * 1024,
+            max_function_output_bytes: 16 * 1024 * 1024,
+        }
+    }
 }
 
 impl std::fmt::Debug for HistoryCatalog {
@@ -192,7 +218,14 @@ impl HistoryCatalog {
             ctx.register_udtf(name, Arc::new(RefusedFileFunction { name }));
         }
 
-        let catalog = Self { ctx, store, prefix };
+        let resources = QueryResources::default();
+        bounded_functions::register(&ctx, resources.max_function_output_bytes);
+        let catalog = Self {
+            ctx,
+            store,
+            prefix,
+            resources,
+        };
         catalog.register_table(ArchiveTable::vitals(), None)?;
         catalog.register_table(ArchiveTable::alerts(), None)?;
         Ok(catalog)
@@ -225,6 +258,42 @@ impl HistoryCatalog {
         Ok(())
     }
 
+    /// Bounds what each query may hold (memory, function output); the
+    /// defaults are [`QueryResources::default`]. With `max_concurrent_queries`
+    /// this bounds the memory history SQL can take from alerting.
+    pub fn with_resources(mut self, resources: QueryResources) -> Self {
+        bounded_functions::register(&self.ctx, resources.max_function_output_bytes);
+        self.resources = resources;
+        self
+    }
+
+    /// The limits set by [`with_resources`](Self::with_resources).
+    pub fn resources(&self) -> QueryResources {
+        self.resources
+    }
+
+    /// A session for one query: the shared catalog and caches, with a memory
+    /// pool of its own (so one query cannot starve the others) and no
+    /// spilling (a query over its memory is refused, never fills the disk).
+    fn query_session(&self) -> Result<SessionContext, CatalogError> {
+        let base = self.ctx.runtime_env();
+        let pool = TrackConsumersPool::new(
+            GreedyMemoryPool::new(self.resources.max_memory_bytes),
+            std::num::NonZeroUsize::new(3).expect("3 is not zero"),
+        );
+        let runtime = RuntimeEnvBuilder::from_runtime_env(&base)
+            .with_memory_pool(Arc::new(pool))
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
+            .build_arc()
+            .map_err(CatalogError::query)?;
+        let state = SessionStateBuilder::new_from_existing(self.ctx.state())
+            .with_runtime_env(runtime)
+            .build();
+        Ok(SessionContext::new_with_state(state))
+    }
+
     /// The DataFusion session, to register further read-only tables.
     pub fn session(&self) -> &SessionContext {
         &self.ctx
@@ -233,8 +302,8 @@ impl HistoryCatalog {
     /// Plans `sql` after the read-only checks, for callers that stream the
     /// result themselves (they own the row and time limits then).
     pub async fn dataframe(&self, sql: &str) -> Result<DataFrame, CatalogError> {
-        let plan = self
-            .ctx
+        let ctx = self.query_session()?;
+        let plan = ctx
             .state()
             .create_logical_plan(sql)
             .await
@@ -247,8 +316,7 @@ impl HistoryCatalog {
             .map_err(|e| CatalogError::QueryRefused {
                 reason: format!("{}; only queries are allowed", plain_message(e)),
             })?;
-        self.ctx
-            .execute_logical_plan(plan)
+        ctx.execute_logical_plan(plan)
             .await
             .map_err(CatalogError::query)
     }
@@ -805,6 +873,73 @@ mod tests {
             matches!(err, CatalogError::QueryTooLarge { limit: 10 }),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn size_amplifying_functions_are_bounded_per_call() {
+        let history = HistoryCatalog::new(Arc::new(InMemory::new()), Path::default()).unwrap();
+        // Within the bound they answer as DataFusion's own do.
+        let n = count(
+            &history,
+            "SELECT CAST(length(repeat('ab', 1000)) AS BIGINT)",
+        )
+        .await;
+        assert_eq!(n, 2000);
+        let n = count(
+            &history,
+            "SELECT CAST(cardinality(range(1, 1001)) AS BIGINT)",
+        )
+        .await;
+        assert_eq!(n, 1000);
+        let started = std::time::Instant::now();
+        for sql in [
+            "SELECT length(repeat('x', 1000000000))",
+            "SELECT length(lpad('x', 2000000000))",
+            "SELECT cardinality(range(1, 10000000000))",
+            "SELECT cardinality(array_repeat(1, 100000000))",
+            "SELECT cardinality(generate_series(TIMESTAMP '1970-01-01', TIMESTAMP '2070-01-01', \
+             INTERVAL '1 millisecond'))",
+        ] {
+            let err = history.query(sql, &limits()).await.unwrap_err();
+            assert!(
+                matches!(&err, CatalogError::QueryOverBudget { reason } if reason.contains("per function call")),
+                "{sql}: {err}"
+            );
+        }
+        // Refused before allocating: five gigabyte-sized calls take no time.
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_query_over_its_memory_budget_is_stopped_and_others_still_run() {
+        let small = QueryResources {
+            max_memory_bytes: 1024 * 1024,
+            ..QueryResources::default()
+        };
+        let history = HistoryCatalog::new(Arc::new(InMemory::new()), Path::default())
+            .unwrap()
+            .with_resources(small);
+        // A million groups need far more than 1 MiB of hash table.
+        let sql = "SELECT count(*) FROM (SELECT value FROM generate_series(1, 3000000) \
+                   GROUP BY value)";
+        let err = history.query(sql, &limits()).await.unwrap_err();
+        assert!(
+            matches!(&err, CatalogError::QueryOverBudget { .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("more memory than one query may hold"),
+            "{err}"
+        );
+        // The pool is the query's own: a small query right after runs.
+        assert_eq!(
+            count(&history, "SELECT count(*) FROM generate_series(1, 10)").await,
+            10
+        );
+        // And with the default budget the same query answers.
+        let history = history.with_resources(QueryResources::default());
+        assert_eq!(count(&history, sql).await, 3_000_000);
     }
 
     #[tokio::test]

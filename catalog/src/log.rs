@@ -15,7 +15,17 @@
 //! A segment is named after the sequence number of its first record and is
 //! written with `PutMode::Create`, so an existing segment is never replaced.
 //! Records not yet flushed are lost if the process dies; the caller decides
-//! how often to flush. A log has one writer: two processes appending to the
+//! how often to flush, or opens the log with
+//! [`with_durable_appends`](JsonLog::with_durable_appends) so that an append
+//! returns only once its record is written (and, on a local directory,
+//! fsync'd: see [`crate::storage::DurableLocalStore`]).
+//!
+//! A damaged segment (a line that is not JSON, such as half a record left by
+//! a power cut) never stops a log from opening: its intact lines are kept, the
+//! rest is skipped, and the segment is reported to [`crate::damage`] and
+//! listed by [`JsonLog::damaged_files`] for the audit log. A bad line still
+//! counts as a record, so sequence numbers (and segment names) are never
+//! reused. A log has one writer: two processes appending to the
 //! same `{prefix}/{name}` would pick the same segment names, and the second
 //! flush fails with [`CatalogError::AlreadyExists`] instead of overwriting.
 //!
@@ -31,6 +41,7 @@ use object_store::path::Path;
 use object_store::ObjectStore;
 use serde_json::Value;
 
+use crate::damage::{self, DamagedFile};
 use crate::storage::{get_bytes, list_all, put_new};
 use crate::CatalogError;
 
@@ -65,6 +76,10 @@ pub struct JsonLog {
     state: Mutex<State>,
     /// Serialises flushes so segments are written in sequence order.
     flushing: tokio::sync::Mutex<()>,
+    /// Whether [`append`](Self::append) flushes before it returns.
+    durable_appends: bool,
+    /// Segments found damaged when the log was opened.
+    damaged: Vec<DamagedFile>,
 }
 
 struct State {
@@ -121,7 +136,11 @@ impl JsonLog {
     ) -> Result<Self, CatalogError> {
         validate_name(name)?;
         let dir = prefix.join(name);
-        let (tail, next_seq) = load_tail(store.as_ref(), &dir, max_in_memory).await?;
+        let Loaded {
+            tail,
+            next_seq,
+            damaged,
+        } = load_tail(store.as_ref(), &dir, max_in_memory).await?;
         tracing::debug!(log = %dir, records = next_seq, in_memory = tail.len(), "opened log");
         Ok(Self {
             store,
@@ -136,12 +155,42 @@ impl JsonLog {
                 sealed: VecDeque::new(),
             }),
             flushing: tokio::sync::Mutex::new(()),
+            durable_appends: false,
+            damaged,
         })
     }
 
+    /// Makes every [`append`](Self::append) write its records (with whatever
+    /// else is buffered) before returning, for records that must not be lost
+    /// once answered, such as acknowledgements. Each append then costs one
+    /// object write (on local disk, two fsyncs); appends made while a write is
+    /// under way share the next one.
+    pub fn with_durable_appends(mut self) -> Self {
+        self.durable_appends = true;
+        self
+    }
+
+    /// The damaged segments found when the log was opened (see the
+    /// [module docs](self)), for the audit log.
+    pub fn damaged_files(&self) -> &[DamagedFile] {
+        &self.damaged
+    }
+
     /// Appends `records`. They are visible to [`recent`](Self::recent) at once
-    /// and reach the object store at the next [`flush`](Self::flush).
+    /// and reach the object store at the next [`flush`](Self::flush), or
+    /// before this returns with [`with_durable_appends`](Self::with_durable_appends).
+    ///
+    /// With durable appends an error means the records may not be durable:
+    /// they stay queued (and visible), and the next flush retries them.
     pub async fn append(&self, records: &[Value]) -> Result<(), CatalogError> {
+        self.append_to_memory(records)?;
+        if self.durable_appends && !records.is_empty() {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    fn append_to_memory(&self, records: &[Value]) -> Result<(), CatalogError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -234,6 +283,54 @@ impl JsonLog {
         state.buffer_count + state.sealed.iter().map(|s| s.count).sum::<u64>()
     }
 
+    /// Drops from memory the oldest records for which `expired` is true,
+    /// stopping at the first that is not (records are kept in append order).
+    /// Returns how many were dropped. Storage is untouched: see
+    /// [`delete_segments_written_before`](Self::delete_segments_written_before).
+    pub fn forget_oldest_while(&self, expired: impl Fn(&Value) -> bool) -> usize {
+        let mut state = self.lock_state();
+        let keep_from = state
+            .tail
+            .iter()
+            .position(|record| !expired(record))
+            .unwrap_or(state.tail.len());
+        state.tail.drain(..keep_from);
+        keep_from
+    }
+
+    /// Deletes the stored segments last written before `cutoff_ms` (Unix
+    /// ms, by the store's modification time), except the newest segment,
+    /// whose name carries the record count on. Returns the deleted paths.
+    pub async fn delete_segments_written_before(
+        &self,
+        cutoff_ms: i64,
+    ) -> Result<Vec<Path>, CatalogError> {
+        use object_store::ObjectStoreExt;
+        let _flushing = self.flushing.lock().await;
+        let mut segments: Vec<(u64, object_store::ObjectMeta)> =
+            list_all(self.store.as_ref(), &self.dir)
+                .await?
+                .into_iter()
+                .filter_map(|object| {
+                    let first_seq = object.location.filename().and_then(parse_segment_name)?;
+                    Some((first_seq, object))
+                })
+                .collect();
+        segments.sort_by_key(|(first_seq, _)| *first_seq);
+        segments.pop();
+        let mut deleted = Vec::new();
+        for (_, object) in segments {
+            if object.last_modified.timestamp_millis() >= cutoff_ms {
+                continue;
+            }
+            match self.store.delete(&object.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted.push(object.location),
+                Err(e) => return Err(CatalogError::store(&object.location, e)),
+            }
+        }
+        Ok(deleted)
+    }
+
     fn lock_state(&self) -> MutexGuard<'_, State> {
         // A panic elsewhere cannot leave State half-updated in a way that
         // matters more than losing the log, so keep serving it.
@@ -288,15 +385,24 @@ fn parse_segment_name(file_name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// What [`load_tail`] found.
+struct Loaded {
+    /// The most recent records, oldest first.
+    tail: VecDeque<Value>,
+    /// The sequence number the next record gets.
+    next_seq: u64,
+    damaged: Vec<DamagedFile>,
+}
+
 /// Reads the newest segments until `max_in_memory` records are found.
 ///
-/// Returns the tail (oldest first) and the total record count, which the
-/// newest segment's name and length give without reading older segments.
+/// The total record count comes from the newest segment's name and length,
+/// without reading older segments. Damaged segments give their intact lines.
 async fn load_tail(
     store: &dyn ObjectStore,
     dir: &Path,
     max_in_memory: usize,
-) -> Result<(VecDeque<Value>, u64), CatalogError> {
+) -> Result<Loaded, CatalogError> {
     let mut segments = Vec::new();
     for object in list_all(store, dir).await? {
         let parts: Vec<_> = match object.location.prefix_match(dir) {
@@ -317,11 +423,27 @@ async fn load_tail(
     let mut next_seq = 0;
     // Newest segment first; each chunk keeps its records oldest first.
     let mut chunks: Vec<Vec<Value>> = Vec::new();
+    let mut damaged = Vec::new();
     let mut loaded = 0;
     let mut expected_end = None;
     for (first_seq, path) in segments.iter().rev() {
-        let records = parse_segment(path.as_ref(), &get_bytes(store, path).await?)?;
-        let end = first_seq + records.len() as u64;
+        let bytes = match get_bytes(store, path).await {
+            Ok(bytes) => bytes,
+            // Deleted by retention between the listing and the read.
+            Err(CatalogError::Store { source, .. })
+                if matches!(source, object_store::Error::NotFound { .. }) =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
+        let segment = parse_segment(&bytes);
+        if let Some(file) = segment.damage(path) {
+            damaged.push(damage::report(file));
+        }
+        // A bad line was a record once; an empty segment (cut off before
+        // its first line reached disk) still used its name.
+        let end = first_seq + segment.lines.max(1);
         match expected_end {
             // The newest segment fixes the total count.
             None => next_seq = end,
@@ -332,8 +454,8 @@ async fn load_tail(
             Some(_) => {}
         }
         expected_end = Some(*first_seq);
-        loaded += records.len();
-        chunks.push(records);
+        loaded += segment.records.len();
+        chunks.push(segment.records);
         if loaded >= max_in_memory {
             break;
         }
@@ -342,22 +464,67 @@ async fn load_tail(
     let mut tail: VecDeque<Value> = chunks.into_iter().rev().flatten().collect();
     let excess = tail.len().saturating_sub(max_in_memory);
     tail.drain(..excess);
-    Ok((tail, next_seq))
+    Ok(Loaded {
+        tail,
+        next_seq,
+        damaged,
+    })
 }
 
-fn parse_segment(path: &str, bytes: &[u8]) -> Result<Vec<Value>, CatalogError> {
-    let mut records = Vec::new();
+/// One segment's lines, decoded as far as they go.
+struct ParsedSegment {
+    records: Vec<Value>,
+    /// Non-blank lines, intact or not.
+    lines: u64,
+    /// Line numbers (1-based) that are not JSON, with the first error.
+    bad_lines: Vec<usize>,
+    first_error: Option<String>,
+}
+
+impl ParsedSegment {
+    fn damage(&self, path: &Path) -> Option<DamagedFile> {
+        let first = self.bad_lines.first()?;
+        let more = match self.bad_lines.len() {
+            1 => String::new(),
+            n => format!(" (and {} more lines)", n - 1),
+        };
+        Some(DamagedFile {
+            path: path.to_string(),
+            kind: "log segment",
+            reason: format!(
+                "line {first}: {}{more}",
+                self.first_error.as_deref().unwrap_or("not JSON")
+            ),
+            outcome: format!(
+                "kept {} intact records, skipped {} lines",
+                self.records.len(),
+                self.bad_lines.len()
+            ),
+        })
+    }
+}
+
+fn parse_segment(bytes: &[u8]) -> ParsedSegment {
+    let mut parsed = ParsedSegment {
+        records: Vec::new(),
+        lines: 0,
+        bad_lines: Vec::new(),
+        first_error: None,
+    };
     for (number, line) in bytes.split(|b| *b == b'\n').enumerate() {
         if line.trim_ascii().is_empty() {
             continue;
         }
-        let record = serde_json::from_slice(line).map_err(|source| CatalogError::Decode {
-            path: format!("{path}:{}", number + 1),
-            source,
-        })?;
-        records.push(record);
+        parsed.lines += 1;
+        match serde_json::from_slice(line) {
+            Ok(record) => parsed.records.push(record),
+            Err(e) => {
+                parsed.first_error.get_or_insert_with(|| e.to_string());
+                parsed.bad_lines.push(number + 1);
+            }
+        }
     }
-    Ok(records)
+    parsed
 }
 
 #[cfg(test)]
@@ -530,7 +697,7 @@ mod tests {
         let kept = get_bytes(store.as_ref(), &Path::from("alerts/seg-000000000002.jsonl"))
             .await
             .unwrap();
-        assert_eq!(seqs(&parse_segment("x", &kept).unwrap()), vec![2]);
+        assert_eq!(seqs(&parse_segment(&kept).records), vec![2]);
     }
 
     #[tokio::test]
@@ -547,20 +714,118 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_corrupt_line_is_reported_with_its_path_and_line() {
+    async fn a_corrupt_line_is_skipped_and_reported_with_its_path_and_line() {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let path = Path::from("alerts/seg-000000000000.jsonl");
         store
-            .put(&path, "{\"seq\": 0}\nnot json\n".into())
+            .put(
+                &path,
+                "{\"seq\": 0}\nnot json\n{\"seq\": 2}\n{\"seq\": 3, \"ha".into(),
+            )
             .await
             .unwrap();
-        let err = JsonLog::open(store, Path::default(), "alerts")
+        let before = damage::damaged_files();
+        let log = JsonLog::open(store, Path::default(), "alerts")
             .await
-            .unwrap_err();
+            .unwrap();
+        assert_eq!(seqs(&log.recent(10, |_| true)), vec![2, 0]);
+        // The two bad lines were records: numbering goes on after them.
+        assert_eq!(log.len(), 4);
+        let damaged = log.damaged_files();
+        assert_eq!(damaged.len(), 1);
+        assert_eq!(damaged[0].path, "alerts/seg-000000000000.jsonl");
         assert!(
-            err.to_string().contains("alerts/seg-000000000000.jsonl:2"),
-            "{err}"
+            damaged[0].reason.starts_with("line 2: "),
+            "{:?}",
+            damaged[0]
         );
+        assert!(
+            damaged[0].reason.contains("(and 1 more lines)"),
+            "{:?}",
+            damaged[0]
+        );
+        assert_eq!(damaged[0].outcome, "kept 2 intact records, skipped 2 lines");
+        assert!(damage::damaged_files() > before);
+    }
+
+    #[tokio::test]
+    async fn an_empty_newest_segment_does_not_block_the_next_flush() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let log = JsonLog::open(store.clone(), Path::default(), "acks")
+            .await
+            .unwrap();
+        log.append(&records(0..3)).await.unwrap();
+        log.flush().await.unwrap();
+        // A power cut left the next segment's name with nothing in it.
+        store
+            .put(&Path::from("acks/seg-000000000003.jsonl"), "".into())
+            .await
+            .unwrap();
+        let log = JsonLog::open(store.clone(), Path::default(), "acks")
+            .await
+            .unwrap();
+        assert_eq!(log.len(), 4);
+        log.append(&records(4..5)).await.unwrap();
+        log.flush().await.unwrap();
+        let log = JsonLog::open(store, Path::default(), "acks").await.unwrap();
+        assert_eq!(seqs(&log.recent(10, |_| true)), vec![4, 2, 1, 0]);
+        assert!(
+            log.damaged_files().is_empty(),
+            "an empty segment has no bad line"
+        );
+    }
+
+    #[tokio::test]
+    async fn durable_appends_are_written_before_append_returns() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let log = JsonLog::open(store.clone(), Path::default(), "acks")
+            .await
+            .unwrap()
+            .with_durable_appends();
+        log.append(&records(0..1)).await.unwrap();
+        assert_eq!(log.unflushed(), 0);
+        log.append(&records(1..3)).await.unwrap();
+        assert_eq!(
+            object_names(store.as_ref(), "acks").await,
+            vec!["seg-000000000000.jsonl", "seg-000000000001.jsonl"]
+        );
+        // Nothing lost without a flush or a shutdown.
+        let reopened = JsonLog::open(store, Path::default(), "acks").await.unwrap();
+        assert_eq!(seqs(&reopened.recent(10, |_| true)), vec![2, 1, 0]);
+    }
+
+    #[tokio::test]
+    async fn old_records_are_forgotten_and_old_segments_deleted_but_the_newest() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let log = JsonLog::open(store.clone(), Path::default(), "dead_letters")
+            .await
+            .unwrap();
+        for range in [0..2, 2..4, 4..6] {
+            log.append(&records(range)).await.unwrap();
+            log.flush().await.unwrap();
+        }
+        assert_eq!(log.forget_oldest_while(|r| r["seq"].as_u64() < Some(3)), 3);
+        assert_eq!(seqs(&log.recent(10, |_| true)), vec![5, 4, 3]);
+        assert_eq!(log.forget_oldest_while(|r| r["even"] == json!(true)), 0);
+
+        let future = chrono::Utc::now().timestamp_millis() + 60_000;
+        let deleted = log.delete_segments_written_before(future).await.unwrap();
+        assert_eq!(deleted.len(), 2);
+        assert_eq!(
+            object_names(store.as_ref(), "dead_letters").await,
+            vec!["seg-000000000004.jsonl"]
+        );
+        let past = chrono::Utc::now().timestamp_millis() - 60_000;
+        assert!(log
+            .delete_segments_written_before(past)
+            .await
+            .unwrap()
+            .is_empty());
+        // Numbering carries on from the kept segment.
+        let reopened = JsonLog::open(store, Path::default(), "dead_letters")
+            .await
+            .unwrap();
+        assert_eq!(reopened.len(), 6);
     }
 
     #[tokio::test]

@@ -16,6 +16,16 @@
 //! and listed, but does not become current. A rule directory without
 //! `rule.json` (a create interrupted the same way) is ignored on load.
 //!
+//! A damaged object (not JSON, empty, or contradicting its name) never stops
+//! the store from opening; it is reported to [`crate::damage`] and listed by
+//! [`RuleStore::damaged_files`] for the audit log:
+//! - a damaged version is skipped; its number is never reused;
+//! - a damaged `rule.json` is rebuilt from the newest intact version, and the
+//!   rule runs (active): for alerting, a rule that runs when it was meant to
+//!   be off is visible and can be switched off, one silently off is not;
+//! - if the current version is damaged or missing, the newest intact version
+//!   below it is current; a rule with no intact version is left out.
+//!
 //! [`RuleStore`] loads everything once at open and serves reads from memory;
 //! writes go to the object store first and reach the in-memory index only
 //! once they are durable. It does not validate SQL: the server compiles a rule
@@ -37,6 +47,7 @@ use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, RwLock};
 
+use crate::damage::{self, DamagedFile};
 use crate::storage::{get_bytes, list_all, put_new, put_overwrite};
 use crate::CatalogError;
 
@@ -413,6 +424,9 @@ struct Entry {
     /// needs no lookup that could fail.
     current: RuleVersion,
     versions: BTreeMap<u32, RuleVersion>,
+    /// The highest version number stored, damaged ones included: the next
+    /// version must not reuse a number whose object exists.
+    highest_version: u32,
 }
 
 impl Entry {
@@ -455,6 +469,8 @@ struct Inner {
     /// `{prefix}/rules`.
     root: Path,
     index: RwLock<BTreeMap<String, Entry>>,
+    /// Objects found damaged at open.
+    damaged: Vec<DamagedFile>,
     /// Serialises writers so version numbers are assigned one at a time,
     /// without making readers wait on object-store I/O.
     writes: Mutex<()>,
@@ -474,18 +490,19 @@ impl fmt::Debug for RuleStore {
 impl RuleStore {
     /// Opens the store and loads every rule under `{prefix}/rules/`.
     ///
-    /// Fails if a stored object cannot be read or decoded, or a rule's objects
-    /// contradict each other: silently dropping a clinical rule is worse than
-    /// refusing to start.
+    /// Fails only if the store cannot be listed or read. Damaged objects are
+    /// skipped or recovered from (see the [module docs](self)) and listed by
+    /// [`damaged_files`](Self::damaged_files).
     pub async fn open(store: Arc<dyn ObjectStore>, prefix: Path) -> Result<Self, CatalogError> {
         let root = prefix.join("rules");
-        let index = load_index(store.as_ref(), &root).await?;
+        let (index, damaged) = load_index(store.as_ref(), &root).await?;
         tracing::debug!(rules = index.len(), root = %root, "loaded rules");
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
                 root,
                 index: RwLock::new(index),
+                damaged,
                 writes: Mutex::new(()),
                 id_counter: AtomicU64::new(0),
             }),
@@ -527,6 +544,7 @@ impl RuleStore {
                 meta,
                 current: version.clone(),
                 versions: BTreeMap::from([(1, version)]),
+                highest_version: 1,
             };
             let rule = entry.to_rule();
             self.inner.index.write().await.insert(id, entry);
@@ -553,7 +571,13 @@ impl RuleStore {
         let (mut meta, next) = {
             let index = self.inner.index.read().await;
             let entry = index.get(id).ok_or_else(|| not_found(id))?;
-            let highest = entry.versions.keys().next_back().copied().unwrap_or(0);
+            let highest = entry
+                .versions
+                .keys()
+                .next_back()
+                .copied()
+                .unwrap_or(0)
+                .max(entry.highest_version);
             let next = highest.checked_add(1).ok_or_else(|| {
                 CatalogError::InvalidRule(format!("rule '{id}' has run out of version numbers"))
             })?;
@@ -571,6 +595,7 @@ impl RuleStore {
         // The version object exists even if rule.json failed, so remember it:
         // the next update must not try to reuse its number.
         entry.versions.insert(next, version.clone());
+        entry.highest_version = entry.highest_version.max(next);
         committed?;
         entry.meta = meta;
         entry.current = version;
@@ -603,6 +628,12 @@ impl RuleStore {
         let entry = index.get_mut(id).ok_or_else(|| not_found(id))?;
         entry.meta = meta;
         Ok(entry.to_rule())
+    }
+
+    /// The objects found damaged when the store was opened, with what was
+    /// done about each (for the audit log).
+    pub fn damaged_files(&self) -> &[DamagedFile] {
+        &self.inner.damaged
     }
 
     /// The rule with this id, active or not.
@@ -725,16 +756,24 @@ fn classify(file_name: &str) -> Option<RuleObject> {
     digits.parse().ok().map(RuleObject::Version)
 }
 
+/// A stored object that could not be used, before it is reported.
+struct Damage {
+    path: Path,
+    reason: String,
+}
+
 #[derive(Default)]
 struct Loaded {
     meta: Option<(Path, RuleMeta)>,
+    damaged_meta: Option<Damage>,
     versions: BTreeMap<u32, (Path, RuleVersion)>,
+    damaged_versions: BTreeMap<u32, Damage>,
 }
 
 async fn load_index(
     store: &dyn ObjectStore,
     root: &Path,
-) -> Result<BTreeMap<String, Entry>, CatalogError> {
+) -> Result<(BTreeMap<String, Entry>, Vec<DamagedFile>), CatalogError> {
     let mut wanted = Vec::new();
     for object in list_all(store, root).await? {
         let parts: Vec<_> = match object.location.prefix_match(root) {
@@ -766,89 +805,194 @@ async fn load_index(
     for (id, kind, path, bytes) in fetched {
         let loaded = by_id.entry(id).or_default();
         match kind {
-            RuleObject::Meta => {
-                let meta = decode_json(&path, &bytes)?;
-                loaded.meta = Some((path, meta));
-            }
-            RuleObject::Version(n) => {
-                let version = decode_json(&path, &bytes)?;
-                loaded.versions.insert(n, (path, version));
-            }
+            RuleObject::Meta => match decode_json(&bytes) {
+                Ok(meta) => loaded.meta = Some((path, meta)),
+                Err(reason) => loaded.damaged_meta = Some(Damage { path, reason }),
+            },
+            RuleObject::Version(n) => match decode_json(&bytes) {
+                Ok(version) => {
+                    loaded.versions.insert(n, (path, version));
+                }
+                Err(reason) => {
+                    loaded.damaged_versions.insert(n, Damage { path, reason });
+                }
+            },
         }
     }
 
     let mut index = BTreeMap::new();
-    for (id, loaded) in by_id {
-        if let Some(entry) = assemble(&id, loaded)? {
+    let mut damaged = Vec::new();
+    let mut ids: Vec<String> = by_id.keys().cloned().collect();
+    ids.sort();
+    for id in ids {
+        let Some(loaded) = by_id.remove(&id) else {
+            continue;
+        };
+        if let Some(entry) = assemble(&id, loaded, &mut damaged) {
             index.insert(id, entry);
         }
     }
-    Ok(index)
+    Ok((index, damaged))
 }
 
-fn decode_json<T: serde::de::DeserializeOwned>(
-    path: &Path,
-    bytes: &[u8],
-) -> Result<T, CatalogError> {
-    serde_json::from_slice(bytes).map_err(|source| CatalogError::Decode {
-        path: path.to_string(),
-        source,
+fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| match bytes.len() {
+        0 => "the file is empty".to_string(),
+        n => format!("not valid JSON ({n} bytes): {e}"),
     })
 }
 
-/// Checks one rule's objects against each other and builds its index entry.
-fn assemble(id: &str, loaded: Loaded) -> Result<Option<Entry>, CatalogError> {
-    let corrupt = |path: &Path, reason: String| CatalogError::CorruptRule {
-        rule_id: id.to_string(),
-        path: path.to_string(),
-        reason,
-    };
+/// Checks one rule's objects against each other and builds its index entry,
+/// skipping or recovering from damaged objects (reported into `damaged`).
+fn assemble(id: &str, loaded: Loaded, damaged: &mut Vec<DamagedFile>) -> Option<Entry> {
+    let Loaded {
+        meta,
+        mut damaged_meta,
+        versions: stored,
+        mut damaged_versions,
+    } = loaded;
 
-    let Some((meta_path, meta)) = loaded.meta else {
-        // Version objects without rule.json come from a create that failed
-        // after writing version 1; that create reported an error, so the rule
-        // never existed for its caller.
-        tracing::warn!(
-            rule_id = id,
-            "ignoring rule versions without rule.json (interrupted create)"
-        );
-        return Ok(None);
-    };
-    if meta.id != id {
-        return Err(corrupt(
-            &meta_path,
-            format!("rule.json names rule '{}'", meta.id),
-        ));
-    }
-
+    // A version object that holds another rule or number is damaged too.
     let mut versions = BTreeMap::new();
-    for (n, (path, version)) in loaded.versions {
-        if version.rule_id != id || version.version != n {
-            return Err(corrupt(
-                &path,
-                format!(
-                    "the object holds rule '{}' version {}",
-                    version.rule_id, version.version
-                ),
-            ));
+    for (n, (path, version)) in stored {
+        if version.rule_id == id && version.version == n {
+            versions.insert(n, version);
+        } else {
+            let reason = format!(
+                "the object holds rule '{}' version {}",
+                version.rule_id, version.version
+            );
+            damaged_versions.insert(n, Damage { path, reason });
         }
-        versions.insert(n, version);
     }
+    let highest_version = versions
+        .keys()
+        .chain(damaged_versions.keys())
+        .max()
+        .copied()
+        .unwrap_or(0);
 
+    let meta = match meta {
+        Some((path, meta)) if meta.id == id => Some((path, meta)),
+        Some((path, meta)) => {
+            let reason = format!("rule.json names rule '{}'", meta.id);
+            damaged_meta = Some(Damage { path, reason });
+            None
+        }
+        None => None,
+    };
+
+    // The state to use: rule.json, or one rebuilt from the versions.
+    let (meta_path, meta, meta_damage) = match (meta, damaged_meta) {
+        (Some((path, meta)), _) => (path, meta, None),
+        (None, None) => {
+            // Version objects without rule.json come from a create that
+            // failed after writing version 1; that create reported an
+            // error, so the rule never existed for its caller.
+            tracing::warn!(
+                rule_id = id,
+                "ignoring rule versions without rule.json (interrupted create)"
+            );
+            return None;
+        }
+        (None, Some(damage)) => {
+            let (Some(first), Some(last)) = (versions.values().next(), versions.values().last())
+            else {
+                report_all(
+                    damaged,
+                    damage,
+                    damaged_versions,
+                    "rule left out: no intact version",
+                );
+                return None;
+            };
+            let rebuilt = RuleMeta {
+                id: id.to_string(),
+                active: true,
+                current_version: last.version,
+                created_at_ms: first.created_at_ms,
+                updated_at_ms: last.created_at_ms,
+            };
+            (damage.path.clone(), rebuilt, Some(damage))
+        }
+    };
+
+    // The current version, or the newest intact one below it.
     let current = versions
-        .get(&meta.current_version)
-        .cloned()
-        .ok_or_else(|| {
-            corrupt(
-                &meta_path,
-                format!("current version {} is missing", meta.current_version),
-            )
-        })?;
-    Ok(Some(Entry {
+        .range(..=meta.current_version)
+        .next_back()
+        .map(|(_, v)| v.clone());
+    let Some(current) = current else {
+        let damage = meta_damage.unwrap_or_else(|| Damage {
+            path: meta_path,
+            reason: format!("current version {} is missing", meta.current_version),
+        });
+        report_all(
+            damaged,
+            damage,
+            damaged_versions,
+            "rule left out: no intact version",
+        );
+        return None;
+    };
+    if let Some(damage) = meta_damage {
+        push_report(
+            damaged,
+            "rule state",
+            damage,
+            format!("rule recovered from version {} and active", current.version),
+        );
+    } else if current.version != meta.current_version
+        && !damaged_versions.contains_key(&meta.current_version)
+    {
+        let damage = Damage {
+            path: meta_path,
+            reason: format!("current version {} is missing", meta.current_version),
+        };
+        let outcome = format!("the rule runs version {}", current.version);
+        push_report(damaged, "rule state", damage, outcome);
+    }
+    for (n, damage) in damaged_versions {
+        let outcome = if n == meta.current_version {
+            format!("version skipped; the rule runs version {}", current.version)
+        } else {
+            "version skipped".to_string()
+        };
+        push_report(damaged, "rule version", damage, outcome);
+    }
+    Some(Entry {
         meta,
         current,
         versions,
-    }))
+        highest_version,
+    })
+}
+
+/// Reports the damaged state and versions of a rule that is left out.
+fn report_all(
+    damaged: &mut Vec<DamagedFile>,
+    meta: Damage,
+    versions: BTreeMap<u32, Damage>,
+    outcome: &str,
+) {
+    push_report(damaged, "rule state", meta, outcome.to_string());
+    for damage in versions.into_values() {
+        push_report(damaged, "rule version", damage, outcome.to_string());
+    }
+}
+
+fn push_report(
+    damaged: &mut Vec<DamagedFile>,
+    kind: &'static str,
+    damage: Damage,
+    outcome: String,
+) {
+    damaged.push(damage::report(DamagedFile {
+        path: damage.path.to_string(),
+        kind,
+        reason: damage.reason,
+        outcome,
+    }));
 }
 
 #[cfg(test)]
@@ -1133,20 +1277,104 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn corrupt_objects_fail_open_with_the_path() {
+    async fn a_damaged_rule_json_is_rebuilt_from_the_newest_version_and_runs() {
         let (store, rules) = memory_store().await;
         let rule = rules.create(draft("Tachy"), 10).await.unwrap();
+        rules.update(&rule.id, draft("Tachy v2"), 20).await.unwrap();
+        rules.set_active(&rule.id, false, 30).await.unwrap();
         let meta = meta_path(&Path::from("ward/rules"), &rule.id);
-        store.put(&meta, "not json".into()).await.unwrap();
-        let err = RuleStore::open(store.clone(), Path::from("ward"))
+        store.put(&meta, "".into()).await.unwrap();
+
+        let reopened = RuleStore::open(store.clone(), Path::from("ward"))
             .await
-            .unwrap_err();
-        assert!(matches!(err, CatalogError::Decode { .. }), "{err}");
-        assert!(err.to_string().contains(&meta.to_string()), "{err}");
+            .unwrap();
+        let loaded = reopened.get(&rule.id).await.unwrap();
+        assert_eq!(loaded.current.version, 2);
+        assert!(loaded.active, "a recovered rule runs");
+        assert_eq!((loaded.created_at_ms, loaded.updated_at_ms), (10, 20));
+        let damaged = reopened.damaged_files();
+        assert_eq!(damaged.len(), 1);
+        assert_eq!(damaged[0].path, meta.to_string());
+        assert_eq!(damaged[0].reason, "the file is empty");
+        assert_eq!(
+            damaged[0].outcome,
+            "rule recovered from version 2 and active"
+        );
+
+        // rule.json naming another rule is damage of the same kind.
+        let mut wrong = serde_json::to_value(&loaded).unwrap();
+        wrong["id"] = "someone-else".into();
+        wrong["current_version"] = 1.into();
+        store
+            .put(&meta, serde_json::to_vec(&wrong).unwrap().into())
+            .await
+            .unwrap();
+        let reopened = RuleStore::open(store, Path::from("ward")).await.unwrap();
+        assert_eq!(reopened.get(&rule.id).await.unwrap().current.version, 2);
+        assert!(reopened.damaged_files()[0]
+            .reason
+            .contains("names rule 'someone-else'"));
+    }
+
+    #[tokio::test]
+    async fn a_damaged_current_version_falls_back_and_its_number_is_not_reused() {
+        let (store, rules) = memory_store().await;
+        let rule = rules.create(draft("Tachy"), 10).await.unwrap();
+        rules.update(&rule.id, draft("Tachy v2"), 20).await.unwrap();
+        let v2 = version_path(&Path::from("ward/rules"), &rule.id, 2);
+        store.put(&v2, "{\"rule_id\": \"tach".into()).await.unwrap();
+        let before = damage::damaged_files();
+
+        let reopened = RuleStore::open(store.clone(), Path::from("ward"))
+            .await
+            .unwrap();
+        let loaded = reopened.get(&rule.id).await.unwrap();
+        assert_eq!(loaded.current.version, 1);
+        assert_eq!(loaded.versions, vec![1]);
+        let damaged = reopened.damaged_files();
+        assert_eq!(damaged.len(), 1);
+        assert_eq!(damaged[0].kind, "rule version");
+        assert!(
+            damaged[0].reason.starts_with("not valid JSON"),
+            "{:?}",
+            damaged[0]
+        );
+        assert_eq!(
+            damaged[0].outcome,
+            "version skipped; the rule runs version 1"
+        );
+        assert!(damage::damaged_files() > before);
+
+        let next = reopened
+            .update(&rule.id, draft("Tachy v3"), 30)
+            .await
+            .unwrap();
+        assert_eq!(next.current.version, 3, "version 2's object still exists");
+    }
+
+    #[tokio::test]
+    async fn a_rule_without_any_intact_version_is_left_out_and_others_load() {
+        let (store, rules) = memory_store().await;
+        let broken = rules.create(draft("Broken"), 10).await.unwrap();
+        let fine = rules.create(draft("Fine"), 11).await.unwrap();
+        let v1 = version_path(&Path::from("ward/rules"), &broken.id, 1);
+        store.put(&v1, "not json".into()).await.unwrap();
+
+        let reopened = RuleStore::open(store.clone(), Path::from("ward"))
+            .await
+            .unwrap();
+        assert!(reopened.get(&broken.id).await.is_none());
+        assert!(reopened.get(&fine.id).await.is_some());
+        let damaged = reopened.damaged_files();
+        assert_eq!(damaged.len(), 2, "{damaged:?}");
+        assert!(damaged
+            .iter()
+            .all(|d| d.outcome == "rule left out: no intact version"));
 
         // rule.json pointing at a version that does not exist.
+        let meta = meta_path(&Path::from("ward/rules"), &fine.id);
         let bad = RuleMeta {
-            id: rule.id.clone(),
+            id: fine.id.clone(),
             active: true,
             current_version: 7,
             created_at_ms: 10,
@@ -1156,12 +1384,15 @@ mod tests {
             .put(&meta, serde_json::to_vec(&bad).unwrap().into())
             .await
             .unwrap();
-        let err = RuleStore::open(store, Path::from("ward"))
-            .await
-            .unwrap_err();
+        let reopened = RuleStore::open(store, Path::from("ward")).await.unwrap();
+        assert_eq!(reopened.get(&fine.id).await.unwrap().current.version, 1);
+        let damaged = reopened.damaged_files();
         assert!(
-            err.to_string().contains("current version 7 is missing"),
-            "{err}"
+            damaged
+                .iter()
+                .any(|d| d.reason == "current version 7 is missing"
+                    && d.outcome == "the rule runs version 1"),
+            "{damaged:?}"
         );
     }
 }

@@ -38,6 +38,12 @@ pub struct Explanation {
     /// threshold: the alert it escalates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalated_from: Option<String>,
+    /// Set when the alert comes from events that arrived after the
+    /// window's allowed lateness and turned its closed window's decision
+    /// into an alert (see `sql-rules/tests/rules/README.md`). Absent from
+    /// JSON when false, so alerts written before it read back unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

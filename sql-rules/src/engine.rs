@@ -59,6 +59,12 @@ pub struct EngineConfig {
     /// time plus the processing time since the last delivery, at most
     /// processing time) close, if an event reached them. `None`: off.
     pub quiet_close_ms: Option<i64>,
+    /// A closed TUMBLE or HOP window is kept this long (event time past
+    /// its end) so that a late event that turns its decision from no alert
+    /// into an alert raises an alert marked `late` (see
+    /// [`crate::window::panes`]' `late` module). 0: late events are only
+    /// counted.
+    pub late_alert_horizon_ms: i64,
 }
 
 impl Default for EngineConfig {
@@ -67,6 +73,7 @@ impl Default for EngineConfig {
             default_lateness_ms: 500,
             idle_timeout_ms: 10_000,
             quiet_close_ms: Some(5_000),
+            late_alert_horizon_ms: 600_000,
         }
     }
 }
@@ -222,7 +229,9 @@ impl Engine {
         let operator = match &spec.compiled.shape {
             RuleShape::PerEvent => Operator::PerEvent,
             RuleShape::Windowed(w) => Operator::Window(
-                WindowOperator::new(Arc::new((**w).clone())).map_err(eval_err(&spec))?,
+                WindowOperator::new(Arc::new((**w).clone()))
+                    .map_err(eval_err(&spec))?
+                    .with_late_alerts(self.config.late_alert_horizon_ms, &spec.compiled.output_ops),
             ),
         };
         let runtime = RuleRuntime {
@@ -625,6 +634,8 @@ impl RuleRuntime {
                 let mut running = prior_max;
                 let fired = op.fired_through();
                 let mut late = 0u64;
+                // Late rows and the threshold each was judged against.
+                let mut late_rows: Vec<(u32, i64)> = Vec::new();
                 for (i, &t) in ts.iter().enumerate() {
                     if duplicate(i) {
                         // The same event again does not move time.
@@ -634,11 +645,17 @@ impl RuleRuntime {
                     if keep[i] && op.late_bound(t) <= threshold {
                         keep[i] = false;
                         late += 1;
+                        late_rows.push((i as u32, threshold));
                     }
                     running = running.max(t);
                 }
                 self.stats.late_events += late;
                 out.late_events += late;
+                if !late_rows.is_empty() {
+                    // Held for closed windows that may alert late.
+                    op.hold_late(batch, ts, &late_rows, patients)
+                        .map_err(eval_err(&spec))?;
+                }
                 let kept = keep.iter().filter(|k| **k).count();
                 self.stats.events_matched += kept as u64;
                 if kept == 0 {
@@ -702,8 +719,14 @@ impl RuleRuntime {
                         continue;
                     }
                 }
-                let discriminator = format!("w={}", window.start_ms);
-                let alert = self.make_alert(
+                // A late alert's id differs from the on-time one's; the
+                // event count tells successive late alerts apart.
+                let discriminator = if window.late {
+                    format!("w={};late;n={}", window.start_ms, stats.count)
+                } else {
+                    format!("w={}", window.start_ms)
+                };
+                let mut alert = self.make_alert(
                     key,
                     values,
                     Some((window.start_ms, window.end_ms)),
@@ -713,6 +736,7 @@ impl RuleRuntime {
                     stats,
                     processing_time_ms,
                 );
+                alert.explanation.late = window.late;
                 out.alerts.push(alert);
             }
             if !early && spec.compiled.emit_early {
@@ -800,6 +824,7 @@ impl RuleRuntime {
                     .then_some(stats.last_seq),
                 suppressed_by,
                 escalated_from,
+                late: false,
             },
         }
     }

@@ -848,3 +848,296 @@ fn processing_time_closes_nothing_while_a_partition_is_still_delivering() {
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0].window_start_ms, Some(T0));
 }
+
+// Late data that still alerts (see `window/panes/late.rs` and
+// `tests/rules/late_alerts.rules`).
+
+const BURST: &str = "SELECT patient_id, COUNT(*) AS n FROM vitals
+GROUP BY TUMBLE(event_time, INTERVAL '10' SECOND), patient_id HAVING COUNT(*) >= 3";
+
+fn engine_with(rules: &[RuleSpec], horizon_ms: i64) -> Engine {
+    let mut engine = Engine::new(EngineConfig {
+        late_alert_horizon_ms: horizon_ms,
+        ..EngineConfig::default()
+    });
+    for r in rules {
+        engine.upsert_rule(r.clone()).unwrap();
+    }
+    engine
+}
+
+#[test]
+fn a_late_event_that_turns_a_closed_window_into_an_alert_raises_a_late_alert() {
+    let rules = [spec("burst", BURST, 0)];
+    let events = [
+        ev("A", 1_000, 70.0),
+        ev("A", 2_000, 70.0),
+        ev("B", 15_000, 70.0), // [0,10 s) closes: A has 2, no alert
+        ev("A", 9_000, 70.0),  // late: A's third reading
+        ev("B", 16_000, 70.0), // the stream moves on: the late row is applied
+    ];
+    for horizon in [0, 600_000] {
+        let mut engine = engine_with(&rules, horizon);
+        let mut alerts = vec![];
+        for e in &events {
+            let out = engine
+                .process(0, &batch(std::slice::from_ref(e)), 0)
+                .unwrap();
+            alerts.extend(out.alerts);
+        }
+        assert_eq!(engine.rule_stats("burst").unwrap().late_events, 1);
+        if horizon == 0 {
+            assert!(alerts.is_empty(), "horizon 0 only counts: {alerts:?}");
+            continue;
+        }
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        let late = &alerts[0];
+        assert!(late.explanation.late);
+        assert_eq!(late.window_start_ms, Some(0));
+        assert_eq!(late.values["n"], 3);
+        assert_eq!(late.explanation.event_count, 3);
+        assert_eq!(late.status, AlertStatus::Fired);
+        // Not the id an on-time alert of that window would have had.
+        let on_time_id = sql_rules::alert_id("burst", 1, &late.key, "w=0");
+        assert_ne!(late.id, on_time_id);
+        // `late` is in the JSON only when set.
+        let json = serde_json::to_value(late).unwrap();
+        assert_eq!(json["explanation"]["late"], true);
+    }
+}
+
+#[test]
+fn an_on_time_alert_serialises_without_a_late_field_and_old_json_reads_back() {
+    let rules = [spec("burst", BURST, 0)];
+    let events = [
+        ev("A", 1_000, 70.0),
+        ev("A", 2_000, 70.0),
+        ev("A", 3_000, 70.0),
+        ev("B", 15_000, 70.0),
+    ];
+    let alerts = run(&rules, &events, &[], None);
+    assert_eq!(alerts.len(), 1);
+    let mut json = serde_json::to_value(&alerts[0]).unwrap();
+    assert!(json["explanation"].get("late").is_none(), "{json}");
+    json["explanation"].as_object_mut().unwrap().remove("late");
+    let back: Alert = serde_json::from_value(json).unwrap();
+    assert!(!back.explanation.late);
+    assert_eq!(back, alerts[0]);
+}
+
+#[test]
+fn a_window_that_already_alerted_gets_no_late_alert() {
+    let rules = [spec("burst", BURST, 0)];
+    let events = [
+        ev("A", 1_000, 70.0),
+        ev("A", 2_000, 70.0),
+        ev("A", 3_000, 70.0),
+        ev("B", 15_000, 70.0),
+        ev("A", 9_000, 70.0), // late, window alerted already
+        ev("B", 16_000, 70.0),
+    ];
+    let alerts = run(&rules, &events, &[], None);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert!(!alerts[0].explanation.late);
+    assert_eq!(alerts[0].values["n"], 3);
+}
+
+/// Readings of 6 patients over `minutes`, in two partitions, a few of
+/// them delayed by 2 to 40 s (a device buffering): late for the rules.
+fn stream_with_late_readings(minutes: i64, seed: u64) -> Vec<Ev> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let patients = ["A", "B", "C", "D", "E", "F"];
+    let mut by_partition: [Vec<Ev>; 2] = [vec![], vec![]];
+    for s in 0..minutes * 60 {
+        for (i, p) in patients.iter().enumerate() {
+            if rng.gen_bool(0.4) {
+                continue;
+            }
+            let e = Ev {
+                partition: (i % 2) as i32,
+                ..ev(
+                    p,
+                    s * 1000 + rng.gen_range(0..300),
+                    rng.gen_range(60.0..140.0),
+                )
+            };
+            by_partition[i % 2].push(e);
+        }
+    }
+    // Delay some readings within their partition: they arrive later in
+    // partition order, after the stream passed their window.
+    for part in &mut by_partition {
+        let n = part.len();
+        for _ in 0..n / 25 {
+            let from = rng.gen_range(0..n);
+            let by = rng.gen_range(2..40);
+            let to = (from + by * 4).min(n - 1);
+            let e = part.remove(from);
+            part.insert(to, e);
+        }
+    }
+    // Interleave the partitions as a consumer might.
+    let mut events = vec![];
+    let (mut a, mut b) = (0, 0);
+    while a < by_partition[0].len() || b < by_partition[1].len() {
+        if b >= by_partition[1].len() || (a < by_partition[0].len() && rng.gen_bool(0.5)) {
+            events.push(by_partition[0][a].clone());
+            a += 1;
+        } else {
+            events.push(by_partition[1][b].clone());
+            b += 1;
+        }
+    }
+    events
+}
+
+fn late_summary(alerts: &[Alert]) -> Vec<String> {
+    let mut v: Vec<String> = alerts
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {} {} {:?} {:?} late={} n={}",
+                a.id,
+                a.rule_id,
+                a.key["patient_id"],
+                a.window_start_ms,
+                a.status,
+                a.explanation.late,
+                a.explanation.event_count
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn late_rules() -> Vec<RuleSpec> {
+    vec![
+        spec(
+            "tumble",
+            "SELECT patient_id, AVG(heart_rate_bpm) AS a, COUNT(*) AS n FROM vitals
+             GROUP BY TUMBLE(event_time, INTERVAL '20' SECOND), patient_id
+             HAVING AVG(heart_rate_bpm) > 108 AND COUNT(*) >= 3",
+            30_000,
+        ),
+        spec(
+            "hop",
+            "SELECT patient_id, MAX(heart_rate_bpm) AS hi, COUNT(*) AS n FROM vitals
+             GROUP BY HOP(event_time, INTERVAL '10' SECOND, INTERVAL '30' SECOND), patient_id
+             HAVING MAX(heart_rate_bpm) > 138",
+            0,
+        ),
+    ]
+}
+
+#[test]
+fn late_alerts_do_not_depend_on_batching_and_their_ids_are_stable() {
+    let rules = late_rules();
+    let events = stream_with_late_readings(20, 11);
+    let whole = late_summary(&run(&rules, &events, &[], Some(10_000_000)));
+    let late = whole.iter().filter(|s| s.contains("late=true")).count();
+    assert!(late >= 3, "the stream should raise late alerts: {late}");
+    // Ids are unique: a late alert never takes an on-time alert's id.
+    let ids: BTreeSet<&str> = whole.iter().map(|s| s.split(' ').next().unwrap()).collect();
+    assert_eq!(ids.len(), whole.len());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for _ in 0..6 {
+        let mut cuts: Vec<usize> = (0..rng.gen_range(1..200))
+            .map(|_| rng.gen_range(0..events.len()))
+            .collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let again = late_summary(&run(&rules, &events, &cuts, Some(10_000_000)));
+        assert_eq!(again, whole, "cut at {} places", cuts.len());
+    }
+    // One event per batch.
+    let every: Vec<usize> = (1..events.len()).collect();
+    assert_eq!(
+        late_summary(&run(&rules, &events, &every, Some(10_000_000))),
+        whole
+    );
+}
+
+#[test]
+fn late_alerts_survive_a_snapshot_and_restore() {
+    let rules = late_rules();
+    let events = stream_with_late_readings(10, 17);
+    let uninterrupted = late_summary(&run(&rules, &events, &[], Some(10_000_000)));
+    assert!(uninterrupted.iter().any(|s| s.contains("late=true")));
+    for cut in [300, 1_000, 1_777] {
+        let mut alerts = vec![];
+        let feed = |engine: &mut Engine, part: &[Ev], alerts: &mut Vec<Alert>| {
+            for e in part {
+                let out = engine
+                    .process(e.partition, &batch(std::slice::from_ref(e)), 0)
+                    .unwrap();
+                alerts.extend(out.alerts);
+            }
+        };
+        let mut first = engine_with(&rules, 600_000);
+        first.assign_partitions(&[0, 1], 0);
+        feed(&mut first, &events[..cut], &mut alerts);
+        let bytes = first.snapshot().unwrap();
+        drop(first);
+        let mut second = engine_with(&rules, 600_000);
+        assert!(second.restore(&bytes, 0).unwrap().is_empty());
+        feed(&mut second, &events[cut..], &mut alerts);
+        alerts.extend(second.advance_watermark(10_000_000, 0).unwrap().alerts);
+        assert_eq!(late_summary(&alerts), uninterrupted, "snapshot after {cut}");
+    }
+}
+
+#[test]
+fn closed_windows_are_kept_for_the_horizon_only() {
+    let rules = late_rules();
+    let events = stream_with_late_readings(60, 23);
+    let bytes_at = |horizon: i64| -> Vec<usize> {
+        let mut engine = engine_with(&rules, horizon);
+        engine.assign_partitions(&[0, 1], 0);
+        let mut sizes = vec![];
+        for (i, chunk) in events.chunks(events.len() / 6).enumerate() {
+            for p in [0, 1] {
+                let part: Vec<Ev> = chunk.iter().filter(|e| e.partition == p).cloned().collect();
+                engine.process(p, &batch(&part), 0).unwrap();
+            }
+            if i >= 2 {
+                sizes.push(engine.state_bytes());
+            }
+        }
+        sizes
+    };
+    let kept = bytes_at(600_000);
+    let none = bytes_at(0);
+    // The horizon costs state, and that state stops growing once the
+    // stream is past it (20, 30, 40, 50 and 60 minutes in).
+    assert!(kept[0] > none[0], "{kept:?} vs {none:?}");
+    let (lo, hi) = (kept.iter().min().unwrap(), kept.iter().max().unwrap());
+    assert!(
+        *hi <= lo + lo / 2,
+        "kept state grows with the stream: {kept:?}"
+    );
+}
+
+#[test]
+fn a_late_row_held_at_a_snapshot_is_applied_after_restore() {
+    let rules = [spec("burst", BURST, 0)];
+    let mut first = engine_with(&rules, 600_000);
+    for e in [
+        ev("A", 1_000, 70.0),
+        ev("A", 2_000, 70.0),
+        ev("B", 15_000, 70.0),
+        ev("A", 9_000, 70.0), // late, held until the stream moves on
+    ] {
+        let out = first.process(0, &batch(&[e]), 0).unwrap();
+        assert!(out.alerts.is_empty());
+    }
+    let bytes = first.snapshot().unwrap();
+    let mut second = engine_with(&rules, 600_000);
+    assert!(second.restore(&bytes, 0).unwrap().is_empty());
+    let out = second
+        .process(0, &batch(&[ev("B", 16_000, 70.0)]), 0)
+        .unwrap();
+    assert_eq!(out.alerts.len(), 1, "{:?}", out.alerts);
+    assert!(out.alerts[0].explanation.late);
+    assert_eq!(out.alerts[0].values["n"], 3);
+}

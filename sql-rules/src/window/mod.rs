@@ -144,6 +144,10 @@ pub struct ClosedWindow {
     pub end_ms: i64,
     pub rows: RecordBatch,
     pub stats: Vec<GroupStats>,
+    /// The rows are groups of an already closed window that late events
+    /// turned from no alert into an alert (see [`panes`]' `late` module);
+    /// only those groups are in `rows`.
+    pub late: bool,
 }
 
 /// The window operator a rule runs: panes (TUMBLE, HOP) or sessions.
@@ -162,6 +166,41 @@ impl WindowOperator {
             }
             _ => WindowOperator::Panes(panes::PaneOperator::new(plan)),
         })
+    }
+
+    /// Keeps closed windows for `horizon_ms` of event time after they
+    /// close, so that a late event there that turns the window's decision
+    /// (`output_ops`: HAVING) from no alert into an alert raises a late
+    /// alert. 0 (or less) keeps nothing: late events are only counted.
+    /// Session windows do not support it yet: their late events are only
+    /// counted.
+    pub fn with_late_alerts(
+        mut self,
+        horizon_ms: i64,
+        output_ops: &[crate::compile::RowOp],
+    ) -> Self {
+        if let WindowOperator::Panes(p) = &mut self {
+            p.keep_closed_windows(horizon_ms, output_ops);
+        }
+        self
+    }
+
+    /// Holds late rows (already counted late by the caller) for the closed
+    /// windows they belong to; they are applied when the watermark passes
+    /// the point the stream had reached when each arrived (see
+    /// [`panes`]' `late` module). `late` lists `(row, threshold)`: the row
+    /// of `batch` and the lateness threshold it was judged against.
+    pub fn hold_late(
+        &mut self,
+        batch: &RecordBatch,
+        ts: &[i64],
+        late: &[(u32, i64)],
+        patients: &[u32],
+    ) -> datafusion::common::Result<()> {
+        match self {
+            WindowOperator::Panes(p) => p.hold_late(batch, ts, late, patients),
+            WindowOperator::Session(_) => Ok(()),
+        }
     }
 
     /// An event at `ts` is late once the lateness threshold reaches this.

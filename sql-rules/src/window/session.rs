@@ -267,6 +267,7 @@ impl SessionOperator {
                 end_ms: window_ends[i],
                 rows: rows.slice(i, 1),
                 stats: vec![stats[i]],
+                late: false,
             });
         }
         Ok(())

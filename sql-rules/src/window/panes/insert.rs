@@ -13,7 +13,6 @@ use datafusion::common::Result;
 use super::pane::sequence_numbers;
 use super::PaneOperator;
 use crate::eval::{evaluate_all, predicate_mask};
-use crate::window::GroupStats;
 
 impl PaneOperator {
     /// Adds the rows of `batch` that `keep` selects (all when `None`): WHERE
@@ -127,15 +126,6 @@ impl PaneOperator {
     ) -> Result<()> {
         self.touch_pane(pane)?;
         let state = self.open.get_mut(&pane).expect("opened by touch_pane");
-        state.groups.intern(keys, &mut self.group_ids)?;
-        let total = state.groups.len();
-        for ((acc, values), filter) in state.accumulators.iter_mut().zip(args).zip(filters) {
-            acc.update_batch(values, &self.group_ids, filter.as_ref(), total)?;
-        }
-        state.stats.resize(total, GroupStats::EMPTY);
-        for ((&g, &t), &seq) in self.group_ids.iter().zip(ts).zip(seqs) {
-            state.stats[g].add(t, seq);
-        }
-        Ok(())
+        state.update(keys, args, filters, ts, seqs, &mut self.group_ids)
     }
 }

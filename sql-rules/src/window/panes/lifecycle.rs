@@ -19,7 +19,7 @@ use crate::window::{ClosedWindow, GroupStats};
 impl PaneOperator {
     /// Starts of the windows (at multiples of the slide) that contain the
     /// pane starting at `p`: every s with s <= p < p + pane <= s + size.
-    fn window_starts_containing(&self, p: i64) -> impl Iterator<Item = i64> {
+    pub(super) fn window_starts_containing(&self, p: i64) -> impl Iterator<Item = i64> {
         let lowest = p + self.pane_ms - self.size_ms;
         let mut first = lowest.div_euclid(self.slide_ms) * self.slide_ms;
         if first < lowest {
@@ -54,11 +54,37 @@ impl PaneOperator {
             end_ms: end,
             rows,
             stats,
+            late: false,
         }))
     }
 
     /// Fires every window ending at or before `watermark`, oldest first.
+    /// Late rows held for closed windows (see [`super::late`]) are applied
+    /// in the same sequence: those that arrived when the stream stood at
+    /// `t` right after the windows ending at or before `t`, so on-time and
+    /// late alerts reach cooldown in an order that does not depend on
+    /// batching.
     pub fn fire(
+        &mut self,
+        watermark: i64,
+        out: &mut Vec<ClosedWindow>,
+        index: &PatientIndex,
+    ) -> Result<()> {
+        if watermark <= self.fired_through {
+            return Ok(());
+        }
+        while let Some(at) = self.late.next_held_before(watermark) {
+            self.fire_through(at, out, index)?;
+            self.apply_held_late(at, out, index)?;
+        }
+        self.fire_through(watermark, out, index)?;
+        self.late
+            .forget_closed_before(self.size_ms, self.fired_through);
+        Ok(())
+    }
+
+    /// [`Self::fire`] without late rows.
+    fn fire_through(
         &mut self,
         watermark: i64,
         out: &mut Vec<ClosedWindow>,
@@ -90,6 +116,13 @@ impl PaneOperator {
             if !pane.groups.has_groups() {
                 continue;
             }
+            if self.late.keeps_windows() {
+                // Kept as state for late events, and evaluated from it.
+                let end = start + self.size_ms;
+                self.sealed.insert(start, SealedPane::from_pane(&mut pane)?);
+                out.extend(self.evaluate_window(start, end, &BTreeMap::new(), index)?);
+                continue;
+            }
             let (keys, values, stats) = pane.finish()?;
             let rows = self.output_batch(
                 start,
@@ -102,7 +135,16 @@ impl PaneOperator {
                 end_ms: start + self.size_ms,
                 rows,
                 stats,
+                late: false,
             });
+        }
+        // Drop windows kept for late alerts once past the horizon.
+        let keep_until = self.size_ms.saturating_add(self.late.horizon_ms());
+        while let Some((&p, _)) = self.sealed.first_key_value() {
+            if p.saturating_add(keep_until) > watermark {
+                break;
+            }
+            self.sealed.remove(&p);
         }
         Ok(())
     }
@@ -189,11 +231,14 @@ impl PaneOperator {
         let mut ends = BTreeSet::new();
         // Open and sealed panes are two sorted maps; their chain is not
         // sorted, so take each one's range below the watermark.
+        // Sealed panes before `lowest` only have windows that already fired
+        // (they are kept for late alerts): skip them.
+        let lowest = self.fired_through.saturating_sub(self.size_ms);
         let panes: Vec<i64> = self
             .open
             .range(..watermark)
             .map(|(p, _)| *p)
-            .chain(self.sealed.range(..watermark).map(|(p, _)| *p))
+            .chain(self.sealed.range(lowest..watermark).map(|(p, _)| *p))
             .collect();
         for p in panes {
             let due = self.window_starts_containing(p).map(|s| s + self.size_ms);
@@ -207,16 +252,22 @@ impl PaneOperator {
             }
             out.extend(self.evaluate_window(start, end, &BTreeMap::new(), index)?);
         }
-        // Drop panes no future window (ending after the watermark) contains:
-        // the last window containing pane p starts at floor(p / slide).
-        let (size, slide) = (self.size_ms, self.slide_ms);
-        self.sealed
-            .retain(|&p, _| p.div_euclid(slide) * slide + size > watermark);
+        // Drop panes no future window (ending after the watermark) contains
+        // and no window kept for late alerts needs: the last window
+        // containing pane p starts at floor(p / slide). Panes are sorted and
+        // that end grows with p, so only the front can go.
+        let horizon = self.late.horizon_ms();
+        while let Some((&p, _)) = self.sealed.first_key_value() {
+            if self.last_window_end(p).saturating_add(horizon) > watermark {
+                break;
+            }
+            self.sealed.remove(&p);
+        }
         Ok(())
     }
 
     /// Lays out closed-window rows as the aggregate's output schema.
-    fn output_batch(
+    pub(super) fn output_batch(
         &self,
         start: i64,
         end: i64,

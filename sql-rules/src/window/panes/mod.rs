@@ -16,10 +16,13 @@
 //! * [`insert`]: adding rows for a rule with any GROUP BY key.
 //! * [`fast_path`]: adding rows for a rule grouped by `patient_id` alone.
 //! * [`lifecycle`]: firing windows, sealing and dropping panes, EMIT EARLY.
+//! * [`late`]: closed windows kept for a late horizon, and the late alerts
+//!   a late event there can raise.
 //! * [`snapshot`]: writing and restoring the panes.
 
 mod fast_path;
 mod insert;
+mod late;
 mod lifecycle;
 mod pane;
 mod snapshot;
@@ -63,6 +66,9 @@ pub struct PaneOperator {
     row_panes: Vec<i64>,
     /// Panes that received rows since the last `peek_touched`.
     touched: BTreeSet<i64>,
+    /// Closed windows kept for late alerts, and late rows waiting for them.
+    /// Boxed: cold, and it would make every window operator larger.
+    late: Box<late::LateState>,
 }
 
 pub fn new_accumulator(spec: &AggregateSpec) -> Result<Box<dyn GroupsAccumulator>> {
@@ -118,6 +124,7 @@ impl PaneOperator {
             group_ids: Vec::new(),
             row_panes: Vec::new(),
             touched: BTreeSet::new(),
+            late: Box::default(),
         }
     }
 
@@ -143,42 +150,24 @@ impl PaneOperator {
             .saturating_add(self.size_ms)
     }
 
+    /// Panes some window still to fire needs; panes kept only for late
+    /// alerts (see [`late`]) are not counted.
     pub fn open_panes(&self) -> usize {
-        self.open.len() + self.sealed.len()
+        let needed = self
+            .sealed
+            .keys()
+            .filter(|&&p| self.last_window_end(p) > self.fired_through)
+            .count();
+        self.open.len() + needed
     }
 
     /// Bytes held by open and sealed panes (group tables, accumulators,
-    /// stats, sealed Arrow state), as the structures report them.
+    /// stats, sealed Arrow state) and by closed windows kept for late
+    /// alerts, as the structures report them.
     pub fn state_bytes(&self) -> usize {
-        let stats = std::mem::size_of::<GroupStats>();
-        let open: usize = self
-            .open
-            .values()
-            .map(|pane| {
-                let groups = match &pane.groups {
-                    PaneGroups::Patient { slot, patients } => {
-                        (slot.capacity() + patients.capacity()) * 4
-                    }
-                    PaneGroups::General(g) => g.size(),
-                };
-                groups
-                    + pane.accumulators.iter().map(|a| a.size()).sum::<usize>()
-                    + pane.stats.capacity() * stats
-            })
-            .sum();
-        let sealed: usize = self
-            .sealed
-            .values()
-            .map(|pane| {
-                pane.keys
-                    .iter()
-                    .chain(pane.states.iter().flatten())
-                    .map(|a| a.get_array_memory_size())
-                    .sum::<usize>()
-                    + pane.stats.capacity() * stats
-            })
-            .sum();
-        open + sealed
+        let open: usize = self.open.values().map(OpenPane::size).sum();
+        let sealed: usize = self.sealed.values().map(SealedPane::size).sum();
+        open + sealed + self.late.state_bytes()
     }
 
     fn new_pane(&self) -> Result<OpenPane> {

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, UInt32Array};
 use arrow::datatypes::UInt32Type;
 use arrow::record_batch::RecordBatch;
 use datafusion::common::Result;
@@ -176,13 +176,14 @@ pub fn sequence_numbers(batch: &RecordBatch) -> Vec<u32> {
     }
 }
 
-/// Merges intermediate state into a pane.
+/// Merges intermediate state into a pane; returns the group id of each
+/// merged key.
 pub(super) fn merge_into(
     pane: &mut OpenPane,
     keys: &[ArrayRef],
     states: &[Vec<ArrayRef>],
     stats: &[GroupStats],
-) -> Result<()> {
+) -> Result<Vec<usize>> {
     let mut ids = Vec::new();
     pane.groups.intern(keys, &mut ids)?;
     let total = pane.groups.len();
@@ -193,7 +194,67 @@ pub(super) fn merge_into(
     for (&g, s) in ids.iter().zip(stats) {
         pane.stats[g].merge(s);
     }
-    Ok(())
+    Ok(ids)
+}
+
+impl OpenPane {
+    /// Aggregates rows into the pane: their keys (as the pane stores
+    /// them), each aggregate's arguments and FILTER mask, event times and
+    /// sequence numbers. `ids` is scratch for the rows' group ids.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn update(
+        &mut self,
+        keys: &[ArrayRef],
+        args: &[Vec<ArrayRef>],
+        filters: &[Option<BooleanArray>],
+        ts: &[i64],
+        seqs: &[u32],
+        ids: &mut Vec<usize>,
+    ) -> Result<()> {
+        self.groups.intern(keys, ids)?;
+        let total = self.groups.len();
+        for ((acc, values), filter) in self.accumulators.iter_mut().zip(args).zip(filters) {
+            acc.update_batch(values, ids, filter.as_ref(), total)?;
+        }
+        self.stats.resize(total, GroupStats::EMPTY);
+        for ((&g, &t), &seq) in ids.iter().zip(ts).zip(seqs) {
+            self.stats[g].add(t, seq);
+        }
+        Ok(())
+    }
+
+    /// Bytes held: group table, accumulators, stats.
+    pub(super) fn size(&self) -> usize {
+        let groups = match &self.groups {
+            PaneGroups::Patient { slot, patients } => (slot.capacity() + patients.capacity()) * 4,
+            PaneGroups::General(g) => g.size(),
+        };
+        groups
+            + self.accumulators.iter().map(|a| a.size()).sum::<usize>()
+            + self.stats.capacity() * std::mem::size_of::<GroupStats>()
+    }
+}
+
+impl SealedPane {
+    /// Empties an open pane into its intermediate state.
+    pub(super) fn from_pane(pane: &mut OpenPane) -> Result<SealedPane> {
+        let (keys, states, stats) = pane.drain()?;
+        Ok(SealedPane {
+            keys,
+            states,
+            stats,
+        })
+    }
+
+    /// Bytes held: Arrow state and stats.
+    pub(super) fn size(&self) -> usize {
+        self.keys
+            .iter()
+            .chain(self.states.iter().flatten())
+            .map(|a| a.get_array_memory_size())
+            .sum::<usize>()
+            + self.stats.capacity() * std::mem::size_of::<GroupStats>()
+    }
 }
 
 /// A pane no event can reach any more, kept as intermediate state until

@@ -1,7 +1,9 @@
 //! Snapshots of a pane operator: every open and sealed pane's
 //! intermediate state as an Arrow blob, with the patient keys written as
 //! ids (indices are per process), so a restored engine continues exactly
-//! where the snapshot was taken.
+//! where the snapshot was taken. Closed windows kept for late alerts are
+//! sealed panes like any other; the late rows held or applied to them
+//! (see [`super::late`]) are written beside them.
 
 use super::pane::SealedPane;
 use super::PaneOperator;
@@ -42,7 +44,42 @@ impl PaneOperator {
             let blob = blobs.push(&state_batch(&key_columns, &pane.states, &pane.stats)?)?;
             panes.push(serde_json::json!({"start": start, "sealed": true, "blob": blob}));
         }
-        Ok(serde_json::json!({"fired_through": self.fired_through, "panes": panes}))
+        // Late rows held for closed windows, and those applied to them.
+        let mut held = Vec::new();
+        let thresholds: Vec<i64> = self.late.held.keys().copied().collect();
+        for at in thresholds {
+            let starts: Vec<i64> = self.late.held[&at].keys().copied().collect();
+            for start in starts {
+                let pane = self
+                    .late
+                    .held
+                    .get_mut(&at)
+                    .and_then(|g| g.get_mut(&start))
+                    .expect("key listed above");
+                let (keys, states, stats) = pane.drain()?;
+                let key_columns = self.keys_out(keys.clone(), index);
+                let blob = blobs.push(&state_batch(&key_columns, &states, &stats)?)?;
+                let rebuilt = self.pane_from_state(&keys, &states, &stats)?;
+                self.late
+                    .held
+                    .get_mut(&at)
+                    .expect("listed")
+                    .insert(start, rebuilt);
+                held.push(serde_json::json!({"threshold": at, "start": start, "blob": blob}));
+            }
+        }
+        let mut applied = Vec::new();
+        for (start, pane) in &self.late.applied {
+            let key_columns = self.keys_out(pane.keys.clone(), index);
+            let blob = blobs.push(&state_batch(&key_columns, &pane.states, &pane.stats)?)?;
+            applied.push(serde_json::json!({"start": start, "blob": blob}));
+        }
+        Ok(serde_json::json!({
+            "fired_through": self.fired_through,
+            "panes": panes,
+            "late_held": held,
+            "late_applied": applied,
+        }))
     }
 
     pub fn restore(
@@ -57,6 +94,8 @@ impl PaneOperator {
             .ok_or_else(|| bad("fired_through"))?;
         self.open.clear();
         self.sealed.clear();
+        self.late.held.clear();
+        self.late.applied.clear();
         let state_columns = self.state_columns()?;
         for pane in header["panes"].as_array().ok_or_else(|| bad("panes"))? {
             let start = pane["start"].as_i64().ok_or_else(|| bad("start"))?;
@@ -78,6 +117,33 @@ impl PaneOperator {
                 let rebuilt = self.pane_from_state(&keys, &states, &stats)?;
                 self.open.insert(start, rebuilt);
             }
+        }
+        // Snapshots from before late alerts have neither list.
+        let empty = Vec::new();
+        for held in header["late_held"].as_array().unwrap_or(&empty) {
+            let at = held["threshold"].as_i64().ok_or_else(|| bad("threshold"))?;
+            let start = held["start"].as_i64().ok_or_else(|| bad("start"))?;
+            let blob = held["blob"].as_u64().ok_or_else(|| bad("blob"))? as usize;
+            let (keys, states, stats) =
+                split_state_batch(&blobs.get(blob)?, self.plan.key_exprs.len(), &state_columns)?;
+            let keys = self.keys_in(keys, index)?;
+            let pane = self.pane_from_state(&keys, &states, &stats)?;
+            self.late.held.entry(at).or_default().insert(start, pane);
+        }
+        for applied in header["late_applied"].as_array().unwrap_or(&empty) {
+            let start = applied["start"].as_i64().ok_or_else(|| bad("start"))?;
+            let blob = applied["blob"].as_u64().ok_or_else(|| bad("blob"))? as usize;
+            let (keys, states, stats) =
+                split_state_batch(&blobs.get(blob)?, self.plan.key_exprs.len(), &state_columns)?;
+            let keys = self.keys_in(keys, index)?;
+            self.late.applied.insert(
+                start,
+                SealedPane {
+                    keys,
+                    states,
+                    stats,
+                },
+            );
         }
         Ok(())
     }

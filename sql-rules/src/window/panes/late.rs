@@ -1,0 +1,297 @@
+//! Late data that still alerts: closed windows kept for a late horizon.
+//!
+//! An event is *late* when the first window containing it may already
+//! have closed (see [`crate::engine`]): it is counted and left out of the
+//! on-time result, which never changes. With a late horizon (engine
+//! setting `late_alert_horizon_ms`, 0 to turn off), a window's state is
+//! kept for that much event time after it closes. A late event for such a
+//! window is applied to it, and if that turns the window's decision for
+//! the event's group from no alert (HAVING failed, or the group had no
+//! rows) into an alert, the window yields a *late* result for that group,
+//! which the engine turns into an alert marked `late` that goes through
+//! cooldown like any other. A group that already alerted gets nothing
+//! more: the earlier alert stands, and repeating it with slightly
+//! different numbers would page people without a new decision. Beyond the
+//! horizon a late event is only counted.
+//!
+//! Which windows: those containing the event that end at or before the
+//! lateness threshold it was judged against (the partition's latest event
+//! time minus the allowed lateness, or the rule's watermark if higher) and
+//! within the horizon of it. For HOP, windows containing the event that
+//! end after that threshold do not get it either, as before: the on-time
+//! result does not depend on how late data arrived.
+//!
+//! When: late rows are held, by that threshold, until the watermark passes
+//! it, and applied right after the windows ending at or before it fire.
+//! Rows held at the same threshold are applied together. Both the
+//! threshold and that order depend only on the events in partition order,
+//! so late alerts, and how cooldown treats them, do not depend on
+//! batching. A held row waits at most until the stream moves on (a later
+//! event, or the quiet close).
+//!
+//! What it costs: the panes of closed windows and the late rows applied
+//! to them, for the horizon, counted in `state_bytes`; applying late rows
+//! evaluates the window twice (before and after), once per threshold and
+//! window.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, UInt32Array};
+use arrow::compute::take_record_batch;
+use arrow::record_batch::RecordBatch;
+use datafusion::common::Result;
+
+use super::pane::{merge_into, sequence_numbers, OpenPane, SealedPane};
+use super::PaneOperator;
+use crate::compile::RowOp;
+use crate::eval::{apply_ops, evaluate_all};
+use crate::keys::PatientIndex;
+use crate::window::ClosedWindow;
+
+/// A pane operator's late-alert state.
+#[derive(Default)]
+pub(super) struct LateState {
+    /// Event time a closed window is kept after its end; 0: off.
+    horizon_ms: i64,
+    /// The rule's HAVING (and projection), to tell whether a group alerts.
+    output_ops: Vec<RowOp>,
+    /// Late rows not applied yet, by the threshold they were judged late
+    /// against, then by the start of the window they go to.
+    pub(super) held: BTreeMap<i64, BTreeMap<i64, OpenPane>>,
+    /// Late rows applied so far to each kept window, by window start.
+    pub(super) applied: BTreeMap<i64, SealedPane>,
+}
+
+impl LateState {
+    pub(super) fn horizon_ms(&self) -> i64 {
+        self.horizon_ms
+    }
+
+    /// Whether closed windows are kept at all.
+    pub(super) fn keeps_windows(&self) -> bool {
+        self.horizon_ms > 0
+    }
+
+    /// The lowest threshold of held rows below `watermark`.
+    pub(super) fn next_held_before(&self, watermark: i64) -> Option<i64> {
+        self.held
+            .first_key_value()
+            .map(|(&at, _)| at)
+            .filter(|&at| at < watermark)
+    }
+
+    /// Forgets late rows applied to windows past the horizon.
+    pub(super) fn forget_closed_before(&mut self, size_ms: i64, fired_through: i64) {
+        let keep_until = size_ms.saturating_add(self.horizon_ms);
+        while let Some((&start, _)) = self.applied.first_key_value() {
+            if start.saturating_add(keep_until) > fired_through {
+                break;
+            }
+            self.applied.remove(&start);
+        }
+    }
+
+    pub(super) fn state_bytes(&self) -> usize {
+        let held: usize = self
+            .held
+            .values()
+            .flat_map(|g| g.values())
+            .map(OpenPane::size)
+            .sum();
+        held + self.applied.values().map(SealedPane::size).sum::<usize>()
+    }
+}
+
+impl PaneOperator {
+    /// See [`crate::window::WindowOperator::with_late_alerts`].
+    pub fn keep_closed_windows(&mut self, horizon_ms: i64, output_ops: &[RowOp]) {
+        self.late.horizon_ms = horizon_ms.max(0);
+        self.late.output_ops = output_ops.to_vec();
+    }
+
+    /// See [`crate::window::WindowOperator::hold_late`].
+    pub fn hold_late(
+        &mut self,
+        batch: &RecordBatch,
+        ts: &[i64],
+        late: &[(u32, i64)],
+        patients: &[u32],
+    ) -> Result<()> {
+        let horizon = self.late.horizon_ms;
+        if horizon <= 0 || late.is_empty() {
+            return Ok(());
+        }
+        // (threshold, window start) → the late rows that go there.
+        let mut targets: BTreeMap<(i64, i64), Vec<u32>> = BTreeMap::new();
+        for &(row, threshold) in late {
+            let pane = ts[row as usize].div_euclid(self.pane_ms) * self.pane_ms;
+            for start in self.window_starts_containing(pane) {
+                let end = start.saturating_add(self.size_ms);
+                if end <= threshold && end.saturating_add(horizon) > threshold {
+                    targets.entry((threshold, start)).or_default().push(row);
+                }
+            }
+        }
+        for ((threshold, start), rows) in targets {
+            let idx = UInt32Array::from(rows);
+            // Late rows are few: copying them out is cheaper than a mask
+            // over the batch, and expressions then see only rows WHERE kept.
+            let late_rows = take_record_batch(batch, &idx)?;
+            let keys: Vec<ArrayRef> = if self.by_patient {
+                let ids = idx.values().iter().map(|&r| patients[r as usize]);
+                vec![Arc::new(UInt32Array::from_iter_values(ids))]
+            } else {
+                evaluate_all(&self.plan.key_exprs, &late_rows)?
+            };
+            let (args, filters) = self.aggregate_inputs(&late_rows)?;
+            let late_ts: Vec<i64> = idx.values().iter().map(|&r| ts[r as usize]).collect();
+            let seqs = sequence_numbers(&late_rows);
+            let held = self
+                .late
+                .held
+                .get(&threshold)
+                .is_some_and(|g| g.contains_key(&start));
+            if !held {
+                let fresh = self.new_pane()?;
+                self.late
+                    .held
+                    .entry(threshold)
+                    .or_default()
+                    .insert(start, fresh);
+            }
+            let pane = self
+                .late
+                .held
+                .get_mut(&threshold)
+                .and_then(|g| g.get_mut(&start))
+                .expect("held above");
+            pane.update(&keys, &args, &filters, &late_ts, &seqs, &mut self.group_ids)?;
+        }
+        Ok(())
+    }
+
+    /// Applies the late rows held at threshold `at` to their windows (which
+    /// have fired: the watermark is past `at`), and yields, per window, the
+    /// groups whose decision they turned into an alert.
+    pub(super) fn apply_held_late(
+        &mut self,
+        at: i64,
+        out: &mut Vec<ClosedWindow>,
+        index: &PatientIndex,
+    ) -> Result<()> {
+        let Some(group) = self.late.held.remove(&at) else {
+            return Ok(());
+        };
+        for (start, mut rows) in group {
+            let end = start.saturating_add(self.size_ms);
+            let late = SealedPane::from_pane(&mut rows)?;
+            // The window as it stands: its panes, and late rows applied
+            // before. Built twice, before and after these rows, in the
+            // same order, so a group has the same id in both.
+            let mut window = self.new_pane()?;
+            for (_, pane) in self.sealed.range(start..end) {
+                merge_into(&mut window, &pane.keys, &pane.states, &pane.stats)?;
+            }
+            if let Some(applied) = self.late.applied.get(&start) {
+                merge_into(&mut window, &applied.keys, &applied.states, &applied.stats)?;
+            }
+            let groups_before = window.groups.len();
+            let skip = window.groups.skip();
+            let state = SealedPane::from_pane(&mut window)?;
+            let mut before = self.pane_from_state(&state.keys, &state.states, &state.stats)?;
+            let mut after = self.pane_from_state(&state.keys, &state.states, &state.stats)?;
+            let touched = merge_into(&mut after, &late.keys, &late.states, &late.stats)?;
+
+            let (keys, values, _) = before.finish()?;
+            let rows_before = self.output_batch(start, end, self.keys_out(keys, index), values)?;
+            let alerted_before = self.alerting(&rows_before)?;
+            let (keys, values, stats) = after.finish()?;
+            let rows_after = self.output_batch(start, end, self.keys_out(keys, index), values)?;
+            let alerts_after = self.alerting(&rows_after)?;
+            let mut turned: Vec<u32> = touched
+                .iter()
+                .filter(|&&g| g >= skip)
+                .filter(|&&g| {
+                    let row = g - skip;
+                    alerts_after[row] && !(g < groups_before && alerted_before[row])
+                })
+                .map(|&g| (g - skip) as u32)
+                .collect();
+            turned.sort_unstable();
+            turned.dedup();
+
+            // Remember these rows with the window, for later late rows.
+            let applied = match self.late.applied.remove(&start) {
+                None => late,
+                Some(prev) => {
+                    let mut pane = self.pane_from_state(&prev.keys, &prev.states, &prev.stats)?;
+                    merge_into(&mut pane, &late.keys, &late.states, &late.stats)?;
+                    SealedPane::from_pane(&mut pane)?
+                }
+            };
+            self.late.applied.insert(start, applied);
+
+            if turned.is_empty() {
+                continue;
+            }
+            let stats = turned.iter().map(|&r| stats[r as usize]).collect();
+            let rows = take_record_batch(&rows_after, &UInt32Array::from(turned))?;
+            out.push(ClosedWindow {
+                start_ms: start,
+                end_ms: end,
+                rows,
+                stats,
+                late: true,
+            });
+        }
+        Ok(())
+    }
+
+    /// Which rows of a window's aggregate output pass the rule's HAVING.
+    fn alerting(&self, rows: &RecordBatch) -> Result<Vec<bool>> {
+        let mut passed = vec![false; rows.num_rows()];
+        let evaluated = apply_ops(&self.late.output_ops, rows)?;
+        for &row in evaluated.base_rows.values() {
+            passed[row as usize] = true;
+        }
+        Ok(passed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn held_rows_wait_until_the_watermark_is_strictly_past_their_threshold() {
+        let mut late = LateState::default();
+        late.held.insert(14_500, BTreeMap::new());
+        late.held.insert(20_000, BTreeMap::new());
+        assert_eq!(late.next_held_before(14_500), None);
+        assert_eq!(late.next_held_before(14_501), Some(14_500));
+        late.held.remove(&14_500);
+        assert_eq!(late.next_held_before(30_000), Some(20_000));
+    }
+
+    #[test]
+    fn applied_rows_are_forgotten_past_the_horizon() {
+        let mut late = LateState {
+            horizon_ms: 60_000,
+            ..LateState::default()
+        };
+        let empty = || SealedPane {
+            keys: vec![],
+            states: vec![],
+            stats: vec![],
+        };
+        late.applied.insert(0, empty());
+        late.applied.insert(10_000, empty());
+        // Window [0, 10 s) is kept while the watermark is below 70 s.
+        late.forget_closed_before(10_000, 69_999);
+        assert_eq!(late.applied.len(), 2);
+        late.forget_closed_before(10_000, 70_000);
+        assert_eq!(late.applied.keys().copied().collect::<Vec<_>>(), [10_000]);
+        assert!(!LateState::default().keeps_windows());
+    }
+}

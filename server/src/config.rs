@@ -189,6 +189,11 @@ pub struct PipelineConfig {
     /// the server clock close (the last window before a quiet period would
     /// otherwise wait for the next event). 0 turns it off.
     pub quiet_close_ms: i64,
+    /// A closed TUMBLE or HOP window is kept this long (event time past
+    /// its end) so that a late event that turns its decision into an alert
+    /// still alerts, marked late. 0 turns it off: late events are only
+    /// counted.
+    pub late_alert_horizon_ms: i64,
 }
 
 impl PipelineConfig {
@@ -198,6 +203,7 @@ impl PipelineConfig {
             default_lateness_ms: self.allowed_lateness_ms,
             idle_timeout_ms: self.idle_timeout_ms,
             quiet_close_ms: (self.quiet_close_ms > 0).then_some(self.quiet_close_ms),
+            late_alert_horizon_ms: self.late_alert_horizon_ms,
         }
     }
 }
@@ -247,6 +253,7 @@ impl Default for PipelineConfig {
             engine_stall_ms: 15_000,
             max_future_skew_ms: 300_000,
             quiet_close_ms: 5_000,
+            late_alert_horizon_ms: 600_000,
         }
     }
 }

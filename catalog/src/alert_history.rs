@@ -216,6 +216,7 @@ mod tests {
                 last_sequence_number: None,
                 suppressed_by: None,
                 escalated_from: None,
+                late: false,
             },
         }
     }

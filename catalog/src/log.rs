@@ -430,11 +430,10 @@ async fn load_tail(
         let bytes = match get_bytes(store, path).await {
             Ok(bytes) => bytes,
             // Deleted by retention between the listing and the read.
-            Err(CatalogError::Store { source, .. })
-                if matches!(source, object_store::Error::NotFound { .. }) =>
-            {
-                continue
-            }
+            Err(CatalogError::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => continue,
             Err(e) => return Err(e),
         };
         let segment = parse_segment(&bytes);

@@ -898,12 +898,11 @@ fn assemble(id: &str, loaded: Loaded, damaged: &mut Vec<DamagedFile>) -> Option<
         (None, Some(damage)) => {
             let (Some(first), Some(last)) = (versions.values().next(), versions.values().last())
             else {
-                report_all(
-                    damaged,
-                    damage,
-                    damaged_versions,
-                    "rule left out: no intact version",
-                );
+                let outcome = "rule left out: no intact version";
+                push_report(damaged, "rule state", damage, outcome.to_string());
+                for damage in damaged_versions.into_values() {
+                    push_report(damaged, "rule version", damage, outcome.to_string());
+                }
                 return None;
             };
             let rebuilt = RuleMeta {
@@ -923,16 +922,20 @@ fn assemble(id: &str, loaded: Loaded, damaged: &mut Vec<DamagedFile>) -> Option<
         .next_back()
         .map(|(_, v)| v.clone());
     let Some(current) = current else {
-        let damage = meta_damage.unwrap_or_else(|| Damage {
-            path: meta_path,
-            reason: format!("current version {} is missing", meta.current_version),
+        let outcome = "rule left out: no intact version";
+        // rule.json itself is fine when it names a version that is damaged.
+        let meta_damage = meta_damage.or_else(|| {
+            (!damaged_versions.contains_key(&meta.current_version)).then(|| Damage {
+                path: meta_path,
+                reason: format!("current version {} is missing", meta.current_version),
+            })
         });
-        report_all(
-            damaged,
-            damage,
-            damaged_versions,
-            "rule left out: no intact version",
-        );
+        if let Some(damage) = meta_damage {
+            push_report(damaged, "rule state", damage, outcome.to_string());
+        }
+        for damage in damaged_versions.into_values() {
+            push_report(damaged, "rule version", damage, outcome.to_string());
+        }
         return None;
     };
     if let Some(damage) = meta_damage {
@@ -966,19 +969,6 @@ fn assemble(id: &str, loaded: Loaded, damaged: &mut Vec<DamagedFile>) -> Option<
         versions,
         highest_version,
     })
-}
-
-/// Reports the damaged state and versions of a rule that is left out.
-fn report_all(
-    damaged: &mut Vec<DamagedFile>,
-    meta: Damage,
-    versions: BTreeMap<u32, Damage>,
-    outcome: &str,
-) {
-    push_report(damaged, "rule state", meta, outcome.to_string());
-    for damage in versions.into_values() {
-        push_report(damaged, "rule version", damage, outcome.to_string());
-    }
 }
 
 fn push_report(
@@ -1365,11 +1355,11 @@ mod tests {
             .unwrap();
         assert!(reopened.get(&broken.id).await.is_none());
         assert!(reopened.get(&fine.id).await.is_some());
+        // Only the version is damaged: rule.json names it, and is fine.
         let damaged = reopened.damaged_files();
-        assert_eq!(damaged.len(), 2, "{damaged:?}");
-        assert!(damaged
-            .iter()
-            .all(|d| d.outcome == "rule left out: no intact version"));
+        assert_eq!(damaged.len(), 1, "{damaged:?}");
+        assert_eq!(damaged[0].kind, "rule version");
+        assert_eq!(damaged[0].outcome, "rule left out: no intact version");
 
         // rule.json pointing at a version that does not exist.
         let meta = meta_path(&Path::from("ward/rules"), &fine.id);

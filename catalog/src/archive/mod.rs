@@ -15,7 +15,9 @@
 //!   [`alerts_schema`] so alerts are archived by the same writer, and
 //!   [`alerts_from_batch`] turns rows back into alerts;
 //! - [`crate::history`] reads it all back with SQL, and
-//!   [`crate::alert_history`] lists alerts newest first from it.
+//!   [`crate::alert_history`] lists alerts newest first from it;
+//! - [`SkipDamagedParquet`] keeps damaged files (a footer cut off by a power
+//!   cut on a store without atomic writes) out of those reads.
 //!
 //! The archive does not decode events, does not talk to Kafka, and does not
 //! read a clock: the caller passes source offsets and `now_ms`.
@@ -66,6 +68,7 @@
 //! alert sink) uses partition `-1` and a sequence number it keeps itself.
 
 mod alerts;
+pub mod intact;
 mod layout;
 pub mod retention;
 #[cfg(test)]
@@ -79,6 +82,7 @@ use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use crate::CatalogError;
 
 pub use alerts::{alert_col, alerts_from_batch, alerts_schema, alerts_to_batch, status_text};
+pub use intact::SkipDamagedParquet;
 pub use retention::apply_retention;
 pub use writer::{ArchiveWriter, ArchivedFile, BufferedView, PendingFile};
 

@@ -1,6 +1,11 @@
 //! The archive tables as DataFusion sees them: a listing table over the
 //! Parquet files of `vitals` or `alerts`, unioned with the rows the table's
 //! writer still buffers, and pruned by event time (see [`super::pruning`]).
+//!
+//! The listing never includes a damaged file: before its first scan, a table
+//! makes sure the session's archive store is wrapped in
+//! [`SkipDamagedParquet`], so one half-written file is left out (counted and
+//! logged) instead of failing every query over its hours.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -18,6 +23,7 @@ use datafusion::datasource::listing::{
 use datafusion::datasource::memory::{DataSourceExec, MemorySourceConfig};
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::error::DataFusionError;
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::ExecutionPlan;
@@ -25,7 +31,7 @@ use object_store::path::Path;
 
 use super::pruning::{hour_partition_filters, time_bounds};
 use super::ARCHIVE_STORE_URL;
-use crate::archive::{hour_index, ArchiveTable, BufferedView, PendingFile};
+use crate::archive::{hour_index, ArchiveTable, BufferedView, PendingFile, SkipDamagedParquet};
 
 /// One archive table as DataFusion sees it: Parquet files plus buffered rows.
 #[derive(Debug)]
@@ -82,6 +88,7 @@ impl ArchiveTableProvider {
             .map(BufferedView::snapshot)
             .unwrap_or_default();
 
+        skip_damaged_files(state)?;
         let (from_ms, to_ms) = time_bounds(filters, self.table.pruning_columns());
         let mut file_filters = filters.to_vec();
         file_filters.extend(hour_partition_filters(from_ms, to_ms));
@@ -173,6 +180,18 @@ impl TableProvider for ArchiveTableProvider {
     {
         Box::pin(self.scan_archive(state, projection, filters, limit))
     }
+}
+
+/// Wraps the session's archive store in [`SkipDamagedParquet`] unless it
+/// already is (the first scan of a session does it; later ones find it done).
+fn skip_damaged_files(state: &dyn Session) -> Result<(), DataFusionError> {
+    let url = ObjectStoreUrl::parse(ARCHIVE_STORE_URL)?;
+    let runtime = state.runtime_env();
+    let store = runtime.object_store(&url)?;
+    if !SkipDamagedParquet::wraps(store.as_ref()) {
+        runtime.register_object_store(url.as_ref(), Arc::new(SkipDamagedParquet::new(store)));
+    }
+    Ok(())
 }
 
 /// The files a scan plan will read.

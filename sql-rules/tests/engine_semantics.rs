@@ -1141,3 +1141,28 @@ fn a_late_row_held_at_a_snapshot_is_applied_after_restore() {
     assert!(out.alerts[0].explanation.late);
     assert_eq!(out.alerts[0].values["n"], 3);
 }
+
+#[test]
+fn a_window_that_closed_before_the_rule_saw_the_stream_never_alerts_late() {
+    // As after a restart without a snapshot, or a rule added mid-stream:
+    // whether [0,10 s) alerted is unknown, so late readings there only
+    // count; [10 s,20 s), which the rule saw, still alerts late.
+    let rules = [spec("burst", BURST, 0)];
+    let events = [
+        ev("B", 15_000, 70.0), // the first reading the rule sees
+        ev("B", 31_000, 70.0), // [10 s,20 s) closes: B has 1
+        ev("A", 9_000, 70.0),  // late, before the rule's time
+        ev("A", 9_100, 70.0),
+        ev("A", 9_200, 70.0),
+        ev("B", 16_000, 70.0), // late, in a window the rule saw
+        ev("B", 17_000, 70.0),
+        ev("B", 32_000, 70.0),
+    ];
+    for cuts in [vec![], (1..events.len()).collect::<Vec<_>>()] {
+        let alerts = run(&rules, &events, &cuts, None);
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert!(alerts[0].explanation.late);
+        assert_eq!(alerts[0].key["patient_id"], "B");
+        assert_eq!(alerts[0].window_start_ms, Some(10_000));
+    }
+}

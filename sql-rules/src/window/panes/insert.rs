@@ -25,6 +25,15 @@ impl PaneOperator {
         keep: Option<&[bool]>,
         patients: &[u32],
     ) -> Result<()> {
+        if self.late.since.is_none() {
+            let first = match keep {
+                None => ts.first(),
+                Some(keep) => ts.iter().zip(keep).find(|(_, k)| **k).map(|(t, _)| t),
+            };
+            if let Some(&t) = first {
+                self.late.saw(t);
+            }
+        }
         match (self.by_patient, keep) {
             (true, keep) => self.insert_by_patient(batch, ts, keep, patients),
             (false, None) => self.insert_general(batch, ts),

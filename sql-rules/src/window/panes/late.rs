@@ -21,6 +21,10 @@
 //! end after that threshold do not get it either, as before: the on-time
 //! result does not depend on how late data arrived.
 //!
+//! Only windows that end after the first event the operator aggregated:
+//! for an earlier one (the rule was added, or the engine started without a
+//! snapshot, mid-stream) whether it alerted is unknown.
+//!
 //! When: late rows are held, by that threshold, until the watermark passes
 //! it, and applied right after the windows ending at or before it fire.
 //! Rows held at the same threshold are applied together. Both the
@@ -61,6 +65,11 @@ pub(super) struct LateState {
     pub(super) held: BTreeMap<i64, BTreeMap<i64, OpenPane>>,
     /// Late rows applied so far to each kept window, by window start.
     pub(super) applied: BTreeMap<i64, SealedPane>,
+    /// Event time of the first row this operator aggregated. A window
+    /// ending at or before it closed before the operator saw the stream
+    /// (a rule added, or an engine started without a snapshot, mid-stream):
+    /// whether it alerted is unknown, so late rows never alert for it.
+    pub(super) since: Option<i64>,
 }
 
 impl LateState {
@@ -89,6 +98,14 @@ impl LateState {
                 break;
             }
             self.applied.remove(&start);
+        }
+    }
+
+    /// Notes the event time of the first row aggregated (see `since`).
+    #[inline]
+    pub(super) fn saw(&mut self, ts: i64) {
+        if self.since.is_none() {
+            self.since = Some(ts);
         }
     }
 
@@ -185,6 +202,11 @@ impl PaneOperator {
         };
         for (start, mut rows) in group {
             let end = start.saturating_add(self.size_ms);
+            // Checked here, not when held: the first aggregated row of a
+            // batch is inserted after that batch's late rows are held.
+            if !self.late.since.is_some_and(|since| end > since) {
+                continue;
+            }
             let late = SealedPane::from_pane(&mut rows)?;
             // The window as it stands: its panes, and late rows applied
             // before. Built twice, before and after these rows, in the

@@ -79,6 +79,7 @@ impl PaneOperator {
             "panes": panes,
             "late_held": held,
             "late_applied": applied,
+            "late_since": self.late.since,
         }))
     }
 
@@ -118,7 +119,12 @@ impl PaneOperator {
                 self.open.insert(start, rebuilt);
             }
         }
-        // Snapshots from before late alerts have neither list.
+        // Snapshots from before late alerts kept no closed window: only
+        // windows closing after the restore can alert late.
+        self.late.since = match header.get("late_since") {
+            Some(since) => since.as_i64(),
+            None => Some(self.fired_through),
+        };
         let empty = Vec::new();
         for held in header["late_held"].as_array().unwrap_or(&empty) {
             let at = held["threshold"].as_i64().ok_or_else(|| bad("threshold"))?;

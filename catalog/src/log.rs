@@ -286,7 +286,7 @@ impl JsonLog {
     /// Drops from memory the oldest records for which `expired` is true,
     /// stopping at the first that is not (records are kept in append order).
     /// Returns how many were dropped. Storage is untouched: see
-    /// [`delete_segments_written_before`](Self::delete_segments_written_before).
+    /// [`delete_old_segments`](Self::delete_old_segments).
     pub fn forget_oldest_while(&self, expired: impl Fn(&Value) -> bool) -> usize {
         let mut state = self.lock_state();
         let keep_from = state
@@ -298,15 +298,19 @@ impl JsonLog {
         keep_from
     }
 
-    /// Deletes the stored segments last written before `cutoff_ms` (Unix
-    /// ms, by the store's modification time), except the newest segment,
-    /// whose name carries the record count on. Returns the deleted paths.
-    pub async fn delete_segments_written_before(
+    /// Deletes stored segments that are old by time or by count: those last
+    /// written before `written_before_ms` (Unix ms, the store's modification
+    /// time), and those whose every record is older than the newest
+    /// `keep_records`. The newest segment is always kept: its name carries
+    /// the record count on. Returns the deleted paths.
+    pub async fn delete_old_segments(
         &self,
-        cutoff_ms: i64,
+        written_before_ms: i64,
+        keep_records: u64,
     ) -> Result<Vec<Path>, CatalogError> {
         use object_store::ObjectStoreExt;
         let _flushing = self.flushing.lock().await;
+        let keep_from_seq = self.len().saturating_sub(keep_records);
         let mut segments: Vec<(u64, object_store::ObjectMeta)> =
             list_all(self.store.as_ref(), &self.dir)
                 .await?
@@ -317,14 +321,20 @@ impl JsonLog {
                 })
                 .collect();
         segments.sort_by_key(|(first_seq, _)| *first_seq);
-        segments.pop();
         let mut deleted = Vec::new();
-        for (_, object) in segments {
-            if object.last_modified.timestamp_millis() >= cutoff_ms {
+        for pair in segments.windows(2) {
+            let [(_, object), (next_first_seq, _)] = pair else {
+                continue;
+            };
+            let too_old = object.last_modified.timestamp_millis() < written_before_ms;
+            let too_many = *next_first_seq <= keep_from_seq;
+            if !(too_old || too_many) {
                 continue;
             }
             match self.store.delete(&object.location).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted.push(object.location),
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                    deleted.push(object.location.clone())
+                }
                 Err(e) => return Err(CatalogError::store(&object.location, e)),
             }
         }
@@ -808,18 +818,21 @@ mod tests {
         assert_eq!(log.forget_oldest_while(|r| r["even"] == json!(true)), 0);
 
         let future = chrono::Utc::now().timestamp_millis() + 60_000;
-        let deleted = log.delete_segments_written_before(future).await.unwrap();
-        assert_eq!(deleted.len(), 2);
+        let past = chrono::Utc::now().timestamp_millis() - 60_000;
+        // By count: the newest 3 records are in segments 2.. and 4..
+        let deleted = log.delete_old_segments(past, 3).await.unwrap();
+        assert_eq!(
+            deleted,
+            vec![Path::from("dead_letters/seg-000000000000.jsonl")]
+        );
+        assert!(log.delete_old_segments(past, 3).await.unwrap().is_empty());
+        // By time: everything was written before `future`, but the newest stays.
+        let deleted = log.delete_old_segments(future, u64::MAX).await.unwrap();
+        assert_eq!(deleted.len(), 1);
         assert_eq!(
             object_names(store.as_ref(), "dead_letters").await,
             vec!["seg-000000000004.jsonl"]
         );
-        let past = chrono::Utc::now().timestamp_millis() - 60_000;
-        assert!(log
-            .delete_segments_written_before(past)
-            .await
-            .unwrap()
-            .is_empty());
         // Numbering carries on from the kept segment.
         let reopened = JsonLog::open(store, Path::default(), "dead_letters")
             .await

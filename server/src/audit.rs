@@ -1,5 +1,6 @@
-//! Recording in the audit log: rule changes, acknowledgements (retention
-//! deletions are recorded by the archive's retention task).
+//! Recording in the audit log: rule changes, acknowledgements, damaged
+//! files found at startup (retention deletions are recorded by the
+//! archive's retention task).
 //!
 //! The log itself and the `audit_log` table that shows it to SQL are the
 //! catalog's ([`catalog::JsonLog`],
@@ -19,5 +20,15 @@ pub async fn record(log: &JsonLog, action: &str, details: Value) {
     }
     if let Err(e) = log.append(&[record]).await {
         tracing::error!(error = %e, action, "recording in the audit log");
+    }
+}
+
+/// Records each damaged file a store found while opening (and skipped, or
+/// recovered from) as a `damaged_file` entry, so an auditor sees what was
+/// not loaded and why.
+pub async fn record_damaged_files(log: &JsonLog, files: &[catalog::DamagedFile]) {
+    for file in files {
+        let details = serde_json::to_value(file).unwrap_or_default();
+        record(log, "damaged_file", details).await;
     }
 }

@@ -124,6 +124,15 @@ pub struct ArchiveSettings {
     pub retention_days: u32,
     /// Alerts (and the audit log) are kept longer.
     pub alerts_retention_days: u32,
+    /// Embedded dead letters (no Kafka) older than this are forgotten and
+    /// their stored segments deleted (720 h: the vitals archive's 30 days).
+    pub dead_letter_retention_hours: u64,
+    /// Embedded dead letters kept in memory for `GET /api/dead-letters`
+    /// (each at most 4 KiB of payload): the newest this many.
+    pub max_dead_letters: usize,
+    /// Embedded dead letters kept in storage: segments holding only older
+    /// ones are deleted (at 4 KiB each, 1,000,000 is about 4 GiB).
+    pub max_dead_letters_stored: u64,
     /// History queries: more result rows than this is an error.
     pub query_max_rows: usize,
     /// History queries are cancelled after this long.
@@ -137,6 +146,9 @@ impl Default for ArchiveSettings {
             max_file_mb: 64,
             retention_days: 30,
             alerts_retention_days: 365,
+            dead_letter_retention_hours: 720,
+            max_dead_letters: 10_000,
+            max_dead_letters_stored: 1_000_000,
             query_max_rows: 100_000,
             query_timeout_ms: 30_000,
         }

@@ -102,6 +102,13 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {}", value.load(Relaxed));
         }
+        // Process-wide, kept by the catalog's readers (catalog::damage).
+        let name = "wardwatch_damaged_files_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Damaged stored files (rule files, log segments, archive Parquet) skipped or recovered from.\n# TYPE {name} counter\n{name} {}",
+            catalog::damaged_files()
+        );
         for (name, help, value) in extra {
             let _ = writeln!(
                 out,

@@ -43,12 +43,20 @@ pub async fn run_until(
     let rules = RuleStore::open(Arc::clone(&store), prefix.clone())
         .await
         .context("loading rules")?;
-    let dead_letter_log = JsonLog::open(Arc::clone(&store), prefix.clone(), "dead_letters")
-        .await
-        .context("opening dead letters")?;
+    let dead_letter_log = JsonLog::open_with_limit(
+        Arc::clone(&store),
+        prefix.clone(),
+        "dead_letters",
+        config.archive.max_dead_letters,
+    )
+    .await
+    .context("opening dead letters")?;
+    // An acknowledgement is written (and on local disk fsync'd) before the
+    // request that made it is answered.
     let ack_log = JsonLog::open(Arc::clone(&store), prefix.clone(), "acks")
         .await
-        .context("opening acknowledgements")?;
+        .context("opening acknowledgements")?
+        .with_durable_appends();
     let metrics = Arc::new(Metrics::default());
 
     let producer = match &config.kafka.brokers {
@@ -96,6 +104,15 @@ pub async fn run_until(
             .await
             .context("opening the audit log")?,
     );
+    // Damaged files the stores skipped or recovered from while opening.
+    let damaged = [
+        rules.damaged_files(),
+        dead_letter_log.damaged_files(),
+        hub.acks.damaged_files(),
+        audit_log.damaged_files(),
+    ]
+    .concat();
+    crate::audit::record_damaged_files(&audit_log, &damaged).await;
     history
         .register_state_tables(rules.clone(), Arc::clone(&audit_log))
         .context("opening history")?;
@@ -188,6 +205,11 @@ pub async fn run_until(
     // Tasks that stop on the notice and are waited for (bounded) before the
     // pipeline drains: the demo ward, the HTTP server, the log flusher.
     let mut front = Vec::new();
+    front.push(tokio::spawn(crate::sink::dead_letter::run_retention(
+        Arc::clone(&dead_letters),
+        crate::sink::dead_letter::Retention::from_config(&config.archive),
+        shutdown.notice(),
+    )));
     if demo_mode {
         front.push(tokio::spawn(demo::run(
             config.demo.patients,

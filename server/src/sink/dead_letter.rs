@@ -2,6 +2,13 @@
 //! reason. With Kafka they go to the dead-letter topic (reason in a header);
 //! embedded, to the `dead_letters` table. Always counted, never dropped
 //! silently.
+//!
+//! The embedded table is bounded ([`DeadLetters::apply_retention`], run every
+//! minute by [`run_retention`]): in memory, where `GET /api/dead-letters`
+//! reads, the newest `[archive] max_dead_letters` letters younger than
+//! `dead_letter_retention_hours`; in storage, segments older than that or
+//! holding only letters beyond the newest `max_dead_letters_stored` are
+//! deleted. The Kafka topic's retention is the broker's.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -84,7 +91,28 @@ impl InFlight {
     }
 }
 
+/// How long and how many embedded dead letters are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_age_ms: i64,
+    pub max_stored: u64,
+}
+
+impl Retention {
+    pub fn from_config(settings: &crate::config::ArchiveSettings) -> Self {
+        let hours = i64::try_from(settings.dead_letter_retention_hours).unwrap_or(i64::MAX);
+        Self {
+            max_age_ms: hours.saturating_mul(3_600_000),
+            max_stored: settings.max_dead_letters_stored,
+        }
+    }
+}
+
+/// How often the embedded dead-letter table is trimmed.
+const RETENTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub struct DeadLetters {
+    /// Opened with the in-memory bound (`[archive] max_dead_letters`).
     pub table: JsonLog,
     pub kafka: Option<(KafkaProducer, String)>,
     pub metrics: Arc<Metrics>,
@@ -92,6 +120,37 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
+    /// Forgets embedded letters received before `now_ms - max_age_ms` and
+    /// deletes stored segments that are too old or beyond `max_stored`
+    /// letters. Returns (letters forgotten in memory, segments deleted).
+    pub async fn apply_retention(
+        &self,
+        now_ms: i64,
+        retention: Retention,
+    ) -> Result<(usize, usize), catalog::CatalogError> {
+        let cutoff = now_ms.saturating_sub(retention.max_age_ms);
+        // Letters are appended in receiving order; one without a time (never
+        // written by this code) is as old as the one before it.
+        let forgotten = self.table.forget_oldest_while(|letter| {
+            letter
+                .get("received_at_ms")
+                .and_then(serde_json::Value::as_i64)
+                .is_none_or(|at| at < cutoff)
+        });
+        let deleted = self
+            .table
+            .delete_old_segments(cutoff, retention.max_stored)
+            .await?;
+        if forgotten > 0 || !deleted.is_empty() {
+            tracing::info!(
+                forgotten,
+                segments_deleted = deleted.len(),
+                "dead-letter retention"
+            );
+        }
+        Ok((forgotten, deleted.len()))
+    }
+
     /// Delivers letters without waiting for them: the Kafka source goes on
     /// reading while they are produced (a broker round trip each time would
     /// stall it). Until acknowledged they hold back the consumer's commits
@@ -200,9 +259,96 @@ impl DeadLetters {
     }
 }
 
+/// Applies [`DeadLetters::apply_retention`] every minute until shutdown.
+pub async fn run_retention(
+    letters: Arc<DeadLetters>,
+    retention: Retention,
+    stop: crate::shutdown::ShutdownNotice,
+) {
+    let mut tick = tokio::time::interval(RETENTION_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.clone().requested() => return,
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        if let Err(e) = letters.apply_retention(now, retention).await {
+            tracing::error!(error = %e, "applying dead-letter retention");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use object_store::ObjectStore;
+
+    fn letter(payload: &[u8]) -> DeadLetter {
+        DeadLetter {
+            key: None,
+            payload: payload.to_vec(),
+            reason: "malformed".into(),
+            origin: "http:/api/ingest".into(),
+            source: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn embedded_dead_letters_are_bounded_by_count_and_age() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (store, prefix) = catalog::open_store(tmp.path().to_str().unwrap()).unwrap();
+        let open = |limit| {
+            let store: Arc<dyn ObjectStore> = Arc::clone(&store);
+            let prefix = prefix.clone();
+            async move {
+                DeadLetters {
+                    table: JsonLog::open_with_limit(store, prefix, "dead_letters", limit)
+                        .await
+                        .unwrap(),
+                    kafka: None,
+                    metrics: Arc::default(),
+                    in_flight: InFlight::default(),
+                }
+            }
+        };
+        let letters = open(5).await;
+        for batch in 0..4 {
+            let refused = (0..3).map(|i| letter(format!("{batch}-{i}").as_bytes()));
+            assert!(letters.record(refused.collect()).await);
+            letters.table.flush().await.unwrap();
+        }
+        // Count in memory: the newest five of twelve.
+        let kept = letters.table.recent(100, |_| true);
+        assert_eq!(kept.len(), 5);
+        assert_eq!(kept[0]["payload"], "3-2");
+        assert_eq!(letters.table.len(), 12);
+
+        // Count in storage: segments holding only letters beyond the newest
+        // four go; the segment holding letter 9 stays.
+        let retention = Retention {
+            max_age_ms: 3_600_000,
+            max_stored: 4,
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        assert_eq!(
+            letters.apply_retention(now, retention).await.unwrap(),
+            (0, 2)
+        );
+        let stored = std::fs::read_dir(tmp.path().join("dead_letters"))
+            .unwrap()
+            .count();
+        assert_eq!(stored, 2);
+
+        // Age: an hour and a second later, every letter is past retention;
+        // the newest segment stays (its name carries the numbering on).
+        let later = now + 3_601_000;
+        let (forgotten, deleted) = letters.apply_retention(later, retention).await.unwrap();
+        assert_eq!((forgotten, deleted), (5, 1));
+        assert!(letters.table.recent(100, |_| true).is_empty());
+        let reopened = open(5).await;
+        assert_eq!(reopened.table.len(), 12, "numbering carries on");
+        assert_eq!(reopened.table.recent(100, |_| true).len(), 3);
+    }
 
     #[test]
     fn commits_stop_before_the_oldest_letter_in_flight() {

@@ -204,7 +204,7 @@ impl PaneOperator {
             let end = start.saturating_add(self.size_ms);
             // Checked here, not when held: the first aggregated row of a
             // batch is inserted after that batch's late rows are held.
-            if !self.late.since.is_some_and(|since| end > since) {
+            if self.late.since.is_none_or(|since| end <= since) {
                 continue;
             }
             let late = SealedPane::from_pane(&mut rows)?;

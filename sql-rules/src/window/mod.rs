@@ -5,7 +5,9 @@
 //! gcd(size, slide) that contains it, and a window is its panes merged.
 //! Session windows have their own operator ([`session`]) because their
 //! bounds depend on the data. How far event time has got, and so which
-//! windows may close, is [`watermark`]'s business.
+//! windows may close, is [`watermark`]'s business. Closed TUMBLE and HOP
+//! windows are kept for a late horizon so that late data can still alert
+//! (`panes::late`; sessions only count late events).
 
 pub mod panes;
 pub mod session;

@@ -65,6 +65,17 @@ pub struct Limits {
     /// `generate_series`, `array_repeat` or `array_resize` in history SQL;
     /// over it the query is stopped with 413.
     pub max_function_output_bytes: usize,
+    /// Run time: bytes of window state one rule may hold. A rule over any
+    /// `max_rule_*` / `max_alerts_per_rule_minute` budget is suspended
+    /// (state dropped, no longer evaluated, a `rule_suspended` system
+    /// alert, `stats.suspension` in `GET /api/rules`) until a new version
+    /// of it is saved; the other rules keep running.
+    pub max_rule_state_bytes: u64,
+    /// Run time: units of window work one rule may do on one batch (each
+    /// window result row counts the panes merged into it).
+    pub max_rule_work_per_batch: u64,
+    /// Run time: alerts one rule may fire within one minute of event time.
+    pub max_alerts_per_rule_minute: u64,
 }
 
 impl Default for Limits {
@@ -87,6 +98,9 @@ impl Default for Limits {
             max_finished_replays: 16,
             max_query_memory_bytes: 512 * 1024 * 1024,
             max_function_output_bytes: 16 * 1024 * 1024,
+            max_rule_state_bytes: sql_rules::RuleBudgets::default().max_state_bytes,
+            max_rule_work_per_batch: sql_rules::RuleBudgets::default().max_work_per_batch,
+            max_alerts_per_rule_minute: sql_rules::RuleBudgets::default().max_alerts_per_minute,
         }
     }
 }
@@ -99,6 +113,15 @@ impl Limits {
             max_expression_depth: self.max_expression_depth,
             max_window_ms: self.max_window_ms,
             max_panes_per_window: self.max_panes_per_window,
+        }
+    }
+
+    /// What each rule may cost at run time before it is suspended.
+    pub fn budgets(&self) -> sql_rules::RuleBudgets {
+        sql_rules::RuleBudgets {
+            max_state_bytes: self.max_rule_state_bytes,
+            max_work_per_batch: self.max_rule_work_per_batch,
+            max_alerts_per_minute: self.max_alerts_per_rule_minute,
         }
     }
 
@@ -216,6 +239,18 @@ impl PipelineConfig {
             idle_timeout_ms: self.idle_timeout_ms,
             quiet_close_ms: (self.quiet_close_ms > 0).then_some(self.quiet_close_ms),
             late_alert_horizon_ms: self.late_alert_horizon_ms,
+            budgets: sql_rules::RuleBudgets::default(),
+        }
+    }
+}
+
+impl Config {
+    /// The engine's settings: `[pipeline]`, with the run-time budgets of
+    /// `[limits]`.
+    pub fn engine_config(&self) -> sql_rules::EngineConfig {
+        sql_rules::EngineConfig {
+            budgets: self.limits.budgets(),
+            ..self.pipeline.engine_config()
         }
     }
 }
@@ -335,6 +370,11 @@ mod tests {
         assert_eq!(l.max_cooldown_seconds, 604_800);
         assert_eq!((l.max_name_chars, l.max_description_bytes), (200, 4096));
         assert_eq!((l.max_ack_by_chars, l.max_ack_note_bytes), (200, 4096));
+        assert_eq!(l.max_rule_state_bytes, 268_435_456);
+        assert_eq!(l.max_rule_work_per_batch, 50_000_000);
+        assert_eq!(l.max_alerts_per_rule_minute, 1_000);
+        let c: Config = toml::from_str("[limits]\nmax_alerts_per_rule_minute = 50\n").unwrap();
+        assert_eq!(c.engine_config().budgets.max_alerts_per_minute, 50);
         let c: Config = toml::from_str("[limits]\nmax_window_ms = 172800000\n").unwrap();
         assert_eq!(c.limits.rules().max_window_ms, 172_800_000);
         assert_eq!(c.limits.max_panes_per_window, 1440);

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub dead_letter_errors: AtomicU64,
     /// Rule evaluations that failed at run time.
     pub rule_errors: AtomicU64,
+    /// Rules suspended for going over a run-time budget.
+    pub rules_suspended: AtomicU64,
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
@@ -67,7 +69,7 @@ impl Metrics {
 
     pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
         let mut out = String::with_capacity(2048);
-        let counters: [(&str, &str, &AtomicU64); 12] = [
+        let counters: [(&str, &str, &AtomicU64); 13] = [
             ("wardwatch_events_duplicate_total", "Duplicate events dropped before rules (same patient, device and sequence number or timestamp).", &self.events_duplicate),
             ("wardwatch_events_in_total", "Events accepted into the pipeline.", &self.events_in),
             ("wardwatch_events_rejected_total", "Events refused (malformed or impossible values) and dead-lettered.", &self.events_rejected),
@@ -80,6 +82,7 @@ impl Metrics {
             ("wardwatch_dead_letters_total", "Events written to the dead-letter topic or table.", &self.dead_letters_delivered),
             ("wardwatch_dead_letter_errors_total", "Dead letters that could not be written.", &self.dead_letter_errors),
             ("wardwatch_rule_errors_total", "Rule evaluations that failed at run time (the rule keeps running; see GET /api/rules).", &self.rule_errors),
+            ("wardwatch_rules_suspended_total", "Rules suspended for going over a run-time budget ([limits] max_rule_state_bytes, max_rule_work_per_batch, max_alerts_per_rule_minute); a new version of the rule clears it.", &self.rules_suspended),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use arrow::record_batch::RecordBatch;
 use sql_rules::{
     alert_id, Alert, AlertStatus, Engine, EngineConfig, Explanation, RuleFailure, RuleSpec,
-    RuleStats,
+    RuleStats, RuleSuspended,
 };
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -268,6 +268,17 @@ pub fn start(
                                     record_failures(&engine, &out.errors, &failures, &metrics);
                                 out.alerts.extend(system);
                             }
+                            if !out.suspended.is_empty() {
+                                let system = record_suspensions(&engine, &out.suspended, &metrics);
+                                out.alerts.extend(system);
+                                // Shown at once, not at the next refresh.
+                                let mut s = stats.lock().expect("stats lock");
+                                for suspended in &out.suspended {
+                                    if let Some(st) = engine.rule_stats(&suspended.rule_id) {
+                                        s.insert(suspended.rule_id.clone(), st);
+                                    }
+                                }
+                            }
                             metrics.events_duplicate.fetch_add(out.duplicates, Relaxed);
                             metrics.events_late.fetch_add(out.late_events, Relaxed);
                             // One send per batch's alerts: each send may wake
@@ -331,19 +342,59 @@ fn record_failures(
     alerts
 }
 
+/// A rule over a run-time budget has been suspended by the engine (its
+/// state dropped, no longer evaluated): count it, log it, and raise one
+/// `rule_suspended` system alert, since a rule that stops running stops
+/// alerting. Returns those alerts.
+fn record_suspensions(
+    engine: &Engine,
+    suspended: &[RuleSuspended],
+    metrics: &Metrics,
+) -> Vec<Alert> {
+    let now = now_ms();
+    let mut alerts = Vec::new();
+    for s in suspended {
+        tracing::warn!(rule = %s.rule_id, reason = ?s.suspension.reason, budget = s.suspension.budget,
+            observed = s.suspension.observed, "rule suspended: {}", s.suspension.message);
+        metrics.rules_suspended.fetch_add(1, Relaxed);
+        let Some((spec, _)) = engine.rules().find(|(spec, _)| spec.id == s.rule_id) else {
+            continue;
+        };
+        let mut alert = system_alert(spec, "rule_suspended", &s.suspension.message, now);
+        let reason = serde_json::to_value(s.suspension.reason).unwrap_or_default();
+        alert.values.insert("reason".into(), reason);
+        alert
+            .values
+            .insert("budget".into(), s.suspension.budget.into());
+        alert
+            .values
+            .insert("observed".into(), s.suspension.observed.into());
+        alert.explanation.condition =
+            "the rule went over a run-time budget and was suspended".into();
+        alerts.push(alert);
+    }
+    alerts
+}
+
 /// The system alert for a rule that fails at run time: keyed by the rule,
 /// on the alert topic like any fired alert.
 fn rule_failing_alert(spec: &RuleSpec, error: &str, now: i64) -> Alert {
+    system_alert(spec, "rule_failing", error, now)
+}
+
+/// An alert about a rule itself (`kind`: `rule_failing`, `rule_suspended`),
+/// keyed by the rule, delivered like any fired alert.
+fn system_alert(spec: &RuleSpec, kind: &str, error: &str, now: i64) -> Alert {
     let mut key = serde_json::Map::new();
     key.insert("rule_id".into(), spec.id.clone().into());
     let mut values = serde_json::Map::new();
     values.insert("error".into(), error.into());
     values.insert("rule_name".into(), spec.name.clone().into());
     Alert {
-        id: alert_id(&spec.id, spec.version, &key, &format!("rule_failing@{now}")),
+        id: alert_id(&spec.id, spec.version, &key, &format!("{kind}@{now}")),
         rule_id: spec.id.clone(),
         rule_version: spec.version,
-        rule_name: format!("rule_failing: {}", spec.name),
+        rule_name: format!("{kind}: {}", spec.name),
         severity: "high".into(),
         status: AlertStatus::Fired,
         key,
@@ -361,6 +412,7 @@ fn rule_failing_alert(spec: &RuleSpec, error: &str, now: i64) -> Alert {
             last_sequence_number: None,
             suppressed_by: None,
             escalated_from: None,
+            late: false,
         },
     }
 }

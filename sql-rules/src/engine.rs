@@ -24,6 +24,12 @@
 //!   stream's clock (for live traffic, processing time), if some event
 //!   reached them.
 //!
+//! * Each rule runs within [`RuleBudgets`] of state, work per call and
+//!   alerts per minute of event time; a rule over one is suspended (its
+//!   state dropped, no longer evaluated, the reason in its
+//!   [`RuleStats::suspension`]) while the others keep running, until a new
+//!   version of it is upserted (see [`crate::budget`]).
+//!
 //! The engine has no clock and does no I/O: processing time is an argument.
 
 use std::collections::HashMap;
@@ -35,6 +41,7 @@ use arrow::record_batch::RecordBatch;
 use serde_json::{Map, Value};
 
 use crate::alert::{alert_id_for_key_text, Alert, AlertStatus, Explanation};
+use crate::budget::{Meter, RuleBudgets, Suspension, SuspensionReason};
 use crate::compile::{CompiledRule, RuleShape};
 use crate::error::EngineError;
 use crate::eval::{apply_ops, predicate_mask};
@@ -65,6 +72,8 @@ pub struct EngineConfig {
     /// [`crate::window::panes`]' `late` module). 0: late events are only
     /// counted.
     pub late_alert_horizon_ms: i64,
+    /// What each rule may cost at run time before it is suspended.
+    pub budgets: RuleBudgets,
 }
 
 impl Default for EngineConfig {
@@ -74,6 +83,7 @@ impl Default for EngineConfig {
             idle_timeout_ms: 10_000,
             quiet_close_ms: Some(5_000),
             late_alert_horizon_ms: 600_000,
+            budgets: RuleBudgets::default(),
         }
     }
 }
@@ -130,11 +140,17 @@ pub struct RuleStats {
     pub alerts_fired: u64,
     pub alerts_suppressed: u64,
     pub open_panes: u64,
+    /// Set when the rule went over a run-time budget: it no longer runs
+    /// and holds no state. Cleared only by a new version of the rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspension: Option<Suspension>,
 }
 
 enum Operator {
     PerEvent,
     Window(WindowOperator),
+    /// Over a budget: state dropped, not evaluated.
+    Suspended,
 }
 
 struct RuleRuntime {
@@ -148,7 +164,15 @@ struct RuleRuntime {
     /// EMIT EARLY: (window start, key) that already alerted while open.
     fired_early: std::collections::HashSet<(i64, String)>,
     stats: RuleStats,
+    /// Panes merged into each window result (size / pane for HOP, else 1):
+    /// the work one result row costs.
+    panes_per_window: u64,
+    meter: Meter,
 }
+
+/// Approximate bytes of one cooldown or EMIT EARLY entry (key text and
+/// map overhead), counted towards a rule's state without walking the maps.
+const BOOKKEEPING_ENTRY_BYTES: usize = 96;
 
 /// What one call produced.
 #[derive(Debug, Default)]
@@ -161,6 +185,15 @@ pub struct EngineOutput {
     /// Rules that failed on this input. One failing rule never stops the
     /// others.
     pub errors: Vec<RuleFailure>,
+    /// Rules suspended during this call for going over a budget.
+    pub suspended: Vec<RuleSuspended>,
+}
+
+/// A rule the engine suspended (see [`crate::budget`]).
+#[derive(Debug, Clone)]
+pub struct RuleSuspended {
+    pub rule_id: String,
+    pub suspension: Suspension,
 }
 
 /// Runs one rule's step so that a bug it hits (a panic in an operator or a
@@ -223,9 +256,16 @@ impl Engine {
     }
 
     /// Adds a rule, or replaces the rule with the same id (a new version
-    /// starts with fresh state; the other rules are untouched).
+    /// starts with fresh state and a clean record: this is what clears a
+    /// suspension; the other rules are untouched).
     pub fn upsert_rule(&mut self, spec: RuleSpec) -> Result<(), EngineError> {
         let condition = condition_text(&spec.compiled.sql);
+        let panes_per_window = match spec.compiled.window() {
+            Some(w @ crate::compile::WindowSpec::Hop { size_ms, .. }) => {
+                (size_ms / w.pane_ms().max(1)).max(1) as u64
+            }
+            _ => 1,
+        };
         let operator = match &spec.compiled.shape {
             RuleShape::PerEvent => Operator::PerEvent,
             RuleShape::Windowed(w) => Operator::Window(
@@ -244,6 +284,8 @@ impl Engine {
             last_fired: HashMap::new(),
             fired_early: Default::default(),
             stats: RuleStats::default(),
+            panes_per_window,
+            meter: Meter::default(),
         };
         match self.rules.iter_mut().find(|r| r.spec.id == runtime.spec.id) {
             Some(existing) => *existing = runtime,
@@ -260,6 +302,16 @@ impl Engine {
 
     pub fn rules(&self) -> impl Iterator<Item = (&RuleSpec, &RuleStats)> {
         self.rules.iter().map(|r| (r.spec.as_ref(), &r.stats))
+    }
+
+    /// Changes the run-time budgets of every rule; counts so far are kept,
+    /// and rules already suspended stay so.
+    pub fn set_budgets(&mut self, budgets: RuleBudgets) {
+        self.config.budgets = budgets;
+    }
+
+    pub fn budgets(&self) -> &RuleBudgets {
+        &self.config.budgets
     }
 
     pub fn rule_stats(&self, id: &str) -> Option<RuleStats> {
@@ -290,7 +342,7 @@ impl Engine {
             .iter()
             .map(|r| match &r.operator {
                 Operator::Window(w) => w.state_bytes(),
-                Operator::PerEvent => 0,
+                Operator::PerEvent | Operator::Suspended => 0,
             })
             .sum();
         windows + self.dedup.state_bytes() + self.patients.state_bytes()
@@ -316,6 +368,7 @@ impl Engine {
         processing_time_ms: i64,
     ) -> Result<EngineOutput, EngineError> {
         let mut out = EngineOutput::default();
+        self.start_call();
         if batch.num_rows() > 0 {
             let ts_col = batch
                 .column(idx::EVENT_TIME)
@@ -337,7 +390,12 @@ impl Engine {
                 out.duplicates += n;
                 self.duplicates += n;
             }
+            let batch_max_event = ts.iter().copied().max();
+            let budgets = self.config.budgets;
             for rule in &mut self.rules {
+                if matches!(rule.operator, Operator::Suspended) {
+                    continue;
+                }
                 let rows = RowsIn {
                     batch,
                     ts,
@@ -345,12 +403,14 @@ impl Engine {
                     index: &self.patients,
                     duplicates: duplicates.as_deref().filter(|_| !rule.spec.keep_duplicates),
                 };
-                let result =
-                    isolated(|| rule.process(rows, prior_max, processing_time_ms, &mut out));
-                if let Err(error) = result {
-                    let rule_id = rule.spec.id.clone();
-                    out.errors.push(RuleFailure { rule_id, error });
-                }
+                let at = Moment {
+                    event_ms: batch_max_event
+                        .max(Some(prior_max))
+                        .filter(|t| *t > i64::MIN),
+                    processing_ms: processing_time_ms,
+                };
+                let result = isolated(|| rule.process(rows, prior_max, at, &budgets, &mut out));
+                rule.settle(result, &mut out);
             }
             // Duplicates are the same event again: they do not move time.
             let batch_max = match &duplicates {
@@ -378,6 +438,7 @@ impl Engine {
     /// end plus lateness is that far behind the stream's clock (see
     /// [`EngineConfig::quiet_close_ms`]) close.
     pub fn tick(&mut self, processing_time_ms: i64) -> Result<EngineOutput, EngineError> {
+        self.start_call();
         self.clock.tick(processing_time_ms);
         let quiet_floor = self.clock.quiet_floor(processing_time_ms);
         let mut out = EngineOutput::default();
@@ -393,8 +454,16 @@ impl Engine {
         processing_time_ms: i64,
     ) -> Result<EngineOutput, EngineError> {
         let mut out = EngineOutput::default();
+        self.start_call();
         self.fire_due(processing_time_ms, Some(event_time_ms), None, &mut out)?;
         Ok(out)
+    }
+
+    /// Work is budgeted per engine call: start counting afresh.
+    fn start_call(&mut self) {
+        for rule in &mut self.rules {
+            rule.meter.work = 0;
+        }
     }
 
     /// Fires what is due: at `forced` if given, else at each rule's
@@ -409,7 +478,11 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let stream_time = self.clock.stream_time().filter(|t| *t > i64::MIN);
         let latest = self.clock.latest_event().filter(|t| *t > i64::MIN);
+        let budgets = self.config.budgets;
         for rule in &mut self.rules {
+            if matches!(rule.operator, Operator::Suspended) {
+                continue;
+            }
             let by_events = stream_time.map(|t| t.saturating_sub(rule.lateness_ms));
             // Capped at the last window the latest event can be in: the
             // quiet close finishes windows that hold data, and never marks
@@ -429,11 +502,12 @@ impl Engine {
                 (None, None) => continue,
             };
             let patients = &self.patients;
-            let result = isolated(|| rule.fire(watermark, processing_time_ms, patients, out));
-            if let Err(error) = result {
-                let rule_id = rule.spec.id.clone();
-                out.errors.push(RuleFailure { rule_id, error });
-            }
+            let at = Moment {
+                event_ms: latest,
+                processing_ms: processing_time_ms,
+            };
+            let result = isolated(|| rule.fire(watermark, at, &budgets, patients, out));
+            rule.settle(result, out);
         }
         Ok(())
     }
@@ -446,7 +520,7 @@ impl Engine {
         let mut rules = Vec::with_capacity(self.rules.len());
         for rule in &mut self.rules {
             let window = match &mut rule.operator {
-                Operator::PerEvent => serde_json::Value::Null,
+                Operator::PerEvent | Operator::Suspended => serde_json::Value::Null,
                 Operator::Window(w) => w.snapshot(&mut blobs, &self.patients)?,
             };
             let mut last_fired: Vec<(&String, &(i64, String, bool))> =
@@ -526,7 +600,10 @@ impl Engine {
                     .unwrap_or_default()
                     .into_iter()
                     .collect();
-            if let Operator::Window(w) = &mut rule.operator {
+            if rule.stats.suspension.is_some() {
+                // Suspended when the snapshot was taken: stays so.
+                rule.suspend_in_place();
+            } else if let Operator::Window(w) = &mut rule.operator {
                 w.restore(&snap["window"], &blobs, &mut self.patients)?;
             }
         }
@@ -562,14 +639,109 @@ struct RowsIn<'a> {
     duplicates: Option<&'a [bool]>,
 }
 
+/// When something happened, for a suspension's record.
+#[derive(Debug, Clone, Copy)]
+struct Moment {
+    /// Event time reached (`None` before any event).
+    event_ms: Option<i64>,
+    processing_ms: i64,
+}
+
 impl RuleRuntime {
+    /// Records the outcome of one step of this rule: a budget it went over
+    /// suspends it, an error is reported, and the other rules are
+    /// unaffected either way.
+    fn settle(&mut self, result: Result<(), EngineError>, out: &mut EngineOutput) {
+        match result {
+            Ok(()) => {}
+            Err(EngineError::OverBudget(suspension)) => {
+                self.suspend_in_place();
+                self.stats.suspension = Some((*suspension).clone());
+                out.suspended.push(RuleSuspended {
+                    rule_id: self.spec.id.clone(),
+                    suspension: *suspension,
+                });
+            }
+            Err(error) => out.errors.push(RuleFailure {
+                rule_id: self.spec.id.clone(),
+                error,
+            }),
+        }
+    }
+
+    /// Drops every piece of state and stops evaluating the rule.
+    fn suspend_in_place(&mut self) {
+        self.operator = Operator::Suspended;
+        self.last_fired = HashMap::new();
+        self.fired_early = Default::default();
+        self.meter = Meter::default();
+        self.stats.open_panes = 0;
+    }
+
+    fn over_budget(
+        reason: SuspensionReason,
+        budget: u64,
+        observed: u64,
+        at: Moment,
+    ) -> EngineError {
+        EngineError::OverBudget(Box::new(Suspension::new(
+            reason,
+            budget,
+            observed,
+            at.event_ms,
+            at.processing_ms,
+        )))
+    }
+
+    /// Bytes of state this rule holds: its window operator's, plus an
+    /// estimate for its cooldown and EMIT EARLY entries.
+    fn state_bytes(&self) -> usize {
+        let window = match &self.operator {
+            Operator::Window(w) => w.state_bytes(),
+            Operator::PerEvent | Operator::Suspended => 0,
+        };
+        window + (self.last_fired.len() + self.fired_early.len()) * BOOKKEEPING_ENTRY_BYTES
+    }
+
+    /// Hands an alert out, within the alert budget: the fired alert that
+    /// would go over is not emitted and suspends the rule instead.
+    fn emit(
+        &mut self,
+        alert: Alert,
+        alert_time_ms: i64,
+        at: Moment,
+        budgets: &RuleBudgets,
+        out: &mut EngineOutput,
+    ) -> Result<(), EngineError> {
+        if alert.status == AlertStatus::Fired {
+            let budget = budgets.max_alerts_per_minute;
+            if let Err(observed) = self.meter.count_alert(alert_time_ms, budget) {
+                self.stats.alerts_fired -= 1;
+                let at = Moment {
+                    event_ms: Some(alert_time_ms),
+                    ..at
+                };
+                return Err(Self::over_budget(
+                    SuspensionReason::AlertsPerMinute,
+                    budget,
+                    observed,
+                    at,
+                ));
+            }
+        }
+        out.alerts.push(alert);
+        Ok(())
+    }
+
     fn process(
         &mut self,
         rows: RowsIn<'_>,
         prior_max: i64,
-        processing_time_ms: i64,
+        at: Moment,
+        budgets: &RuleBudgets,
         out: &mut EngineOutput,
     ) -> Result<(), EngineError> {
+        let processing_time_ms = at.processing_ms;
         let RowsIn {
             batch,
             ts,
@@ -580,6 +752,7 @@ impl RuleRuntime {
         let duplicate = |i: usize| duplicates.is_some_and(|d| d[i]);
         let spec = Arc::clone(&self.spec);
         match &mut self.operator {
+            Operator::Suspended => {}
             Operator::PerEvent => {
                 let evaluated =
                     apply_ops(&spec.compiled.input_ops, batch).map_err(eval_err(&spec))?;
@@ -613,7 +786,7 @@ impl RuleRuntime {
                         stats,
                         processing_time_ms,
                     );
-                    out.alerts.push(alert);
+                    self.emit(alert, event_ms, at, budgets, out)?;
                 }
             }
             Operator::Window(op) => {
@@ -664,10 +837,24 @@ impl RuleRuntime {
                 let keep = (kept < batch.num_rows()).then_some(keep.as_slice());
                 op.insert(batch, ts, keep, patients)
                     .map_err(eval_err(&spec))?;
+                let mut open = Vec::new();
                 if spec.compiled.emit_early {
-                    let mut open = Vec::new();
                     op.peek_touched(&mut open, index).map_err(eval_err(&spec))?;
-                    self.emit_windows(open, true, processing_time_ms, out)?;
+                }
+                if self.meter.state_check_due(kept) {
+                    let budget = budgets.max_state_bytes;
+                    let held = self.state_bytes() as u64;
+                    if held > budget {
+                        return Err(Self::over_budget(
+                            SuspensionReason::StateBytes,
+                            budget,
+                            held,
+                            at,
+                        ));
+                    }
+                }
+                if spec.compiled.emit_early {
+                    self.emit_windows(open, true, at, budgets, out)?;
                 }
             }
         }
@@ -677,7 +864,8 @@ impl RuleRuntime {
     fn fire(
         &mut self,
         watermark: i64,
-        processing_time_ms: i64,
+        at: Moment,
+        budgets: &RuleBudgets,
         index: &PatientIndex,
         out: &mut EngineOutput,
     ) -> Result<(), EngineError> {
@@ -688,21 +876,34 @@ impl RuleRuntime {
         let mut closed: Vec<ClosedWindow> = Vec::new();
         op.fire(watermark, &mut closed, index)
             .map_err(eval_err(&spec))?;
-        self.emit_windows(closed, false, processing_time_ms, out)?;
+        self.emit_windows(closed, false, at, budgets, out)?;
         Ok(())
     }
 
     /// Turns window results into alerts. `early`: the windows are still
-    /// open; each (window, key) alerts at most once either way.
+    /// open; each (window, key) alerts at most once either way. Each
+    /// result row is work: the panes merged into it.
     fn emit_windows(
         &mut self,
         windows: Vec<ClosedWindow>,
         early: bool,
-        processing_time_ms: i64,
+        at: Moment,
+        budgets: &RuleBudgets,
         out: &mut EngineOutput,
     ) -> Result<(), EngineError> {
         let spec = Arc::clone(&self.spec);
+        let processing_time_ms = at.processing_ms;
         for window in windows {
+            let units = (window.rows.num_rows() as u64).saturating_mul(self.panes_per_window);
+            let budget = budgets.max_work_per_batch;
+            if let Err(observed) = self.meter.add_work(units, budget) {
+                return Err(Self::over_budget(
+                    SuspensionReason::WorkPerBatch,
+                    budget,
+                    observed,
+                    at,
+                ));
+            }
             let evaluated =
                 apply_ops(&spec.compiled.output_ops, &window.rows).map_err(eval_err(&spec))?;
             for (row, &base) in evaluated.base_rows.values().iter().enumerate() {
@@ -737,7 +938,7 @@ impl RuleRuntime {
                     processing_time_ms,
                 );
                 alert.explanation.late = window.late;
-                out.alerts.push(alert);
+                self.emit(alert, window.end_ms, at, budgets, out)?;
             }
             if !early && spec.compiled.emit_early {
                 // Keys that fired early but fail HAVING at close leave

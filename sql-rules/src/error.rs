@@ -81,4 +81,8 @@ pub enum EngineError {
     /// the others ran.
     #[error("internal error while running the rule: {0}")]
     Panicked(String),
+    /// The rule went over a run-time budget: the engine suspends it (see
+    /// [`crate::budget`]); never reported as a failure.
+    #[error("{0}")]
+    OverBudget(Box<crate::budget::Suspension>),
 }

@@ -28,6 +28,7 @@ pub mod json;
 pub mod stream;
 
 mod alert;
+mod budget;
 mod compile;
 mod dedup;
 mod engine;
@@ -39,11 +40,12 @@ mod snapshot;
 mod window;
 
 pub use alert::{alert_id, Alert, AlertStatus, Explanation};
+pub use budget::{RuleBudgets, Suspension, SuspensionReason};
 pub use compile::{
     check_query_sql, reading_type, CompiledRule, RuleCompiler, RuleLimits, WindowSpec,
 };
 pub use engine::{
-    Engine, EngineConfig, EngineOutput, Escalation, RuleFailure, RuleSpec, RuleStats,
+    Engine, EngineConfig, EngineOutput, Escalation, RuleFailure, RuleSpec, RuleStats, RuleSuspended,
 };
 pub use error::{EngineError, RuleError, SqlPosition};
 /// Registers wardwatch's order-independent `sum` and `avg` in a DataFusion

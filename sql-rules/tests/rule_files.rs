@@ -37,6 +37,8 @@
 //! <rule> <patient|-> …
 //! end
 //! late <rule> <count>
+//! budgets [alerts_per_minute=<n>] [work_per_batch=<n>] [state_bytes=<n>]
+//! suspended <rule> <alerts_per_minute|work_per_batch|state_bytes|none>
 //! refuse <line>:<column> <message fragment>
 //! <SQL…>
 //! end

@@ -73,19 +73,92 @@ impl Default for RuleLimits {
     }
 }
 
-/// The parser's own refusal of nesting deeper than its recursion limit
-/// (DataFusion's default, 50), which it words as `RecursionLimitExceeded`.
-pub fn parser_recursion_error(parser_message: &str) -> Option<RuleError> {
-    let at = parser_message.find("RecursionLimitExceeded")?;
-    let limit: String = parser_message[at..]
-        .chars()
-        .skip_while(|c| !c.is_ascii_digit())
-        .take_while(char::is_ascii_digit)
-        .collect();
-    Some(RuleError::at_start(format!(
-        "syntax error: the SQL nests parentheses, function calls, CASE or NOT more than {} deep (the SQL parser's recursion limit); simplify it",
-        if limit.is_empty() { "50" } else { limit.as_str() }
-    )))
+/// The recursion limit of DataFusion's SQL parser (its default): each
+/// parenthesis, function call, CASE or NOT nested in another is a level.
+pub const PARSER_RECURSION_LIMIT: usize = 50;
+
+/// The limit of the second parse [`nesting_error`] runs. Far more than any
+/// SQL the first parse accepts, and small enough for the compile stack.
+const DEEP_PARSE_LIMIT: usize = 400;
+
+/// Levels the parser spends above a rule's expressions (statement, query,
+/// clause), so the expression that crossed its limit is about this many
+/// levels less deep.
+const PARSER_LEVELS_ABOVE_EXPRESSIONS: usize = 4;
+
+/// Tells nesting past the parser's recursion limit from a syntax error, for
+/// SQL that did not parse. The parser says so itself
+/// (`RecursionLimitExceeded`) only some of the time: when it fails on a
+/// keyword it retries the keyword as a name, so a CASE nested 50 deep fails
+/// as a CASE, parses as a column named `case`, and the error is a
+/// misleading "Expected: end of statement, found: ELSE" further on. So the
+/// SQL is nested too deeply when the parser says so, when its CASE … END
+/// and parentheses nest past the limit, or when it parses with a much
+/// higher limit. Call on the compile stack ([`on_compile_stack`]): the
+/// second parse recurses.
+pub fn nesting_error(parser_message: &str, sql: &str) -> Option<RuleError> {
+    use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
+    let max = PARSER_RECURSION_LIMIT - PARSER_LEVELS_ABOVE_EXPRESSIONS;
+    let too_deep = |position| {
+        RuleError::new(
+            format!(
+                "the expression is nested too deeply: parentheses, function calls, CASE or NOT more than \
+                 {PARSER_RECURSION_LIMIT} deep (the SQL parser's recursion limit); simplify it, e.g. one CASE \
+                 with several WHEN branches instead of a CASE nested in each ELSE"
+            ),
+            position,
+        )
+    };
+    if let Some(at) = token_nesting_past(sql, max) {
+        return Some(too_deep(at));
+    }
+    let said_so = parser_message.contains("RecursionLimitExceeded");
+    let deep = DFParserBuilder::new(sql)
+        .with_dialect(&sqlparser::dialect::GenericDialect {})
+        .with_recursion_limit(DEEP_PARSE_LIMIT)
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|mut p| p.parse_statements().map_err(|e| e.to_string()));
+    let statements = match deep {
+        Ok(statements) => Some(statements),
+        Err(e) if said_so || e.contains("RecursionLimitExceeded") => None,
+        Err(_) => return None,
+    };
+    // Point at the expression where the nesting went past the limit.
+    let position = statements
+        .iter()
+        .flatten()
+        .find_map(|s| match s {
+            DFStatement::Statement(s) => check_expression_depth(&**s, max).err(),
+            _ => None,
+        })
+        .map_or(SqlPosition::new(1, 1), |e| e.position);
+    Some(too_deep(position))
+}
+
+/// The position of the first `(` or `CASE` nested more than `max` deep in
+/// parentheses and CASE … END, if any.
+fn token_nesting_past(sql: &str, max: usize) -> Option<SqlPosition> {
+    use sqlparser::keywords::Keyword;
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let dialect = sqlparser::dialect::GenericDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .ok()?;
+    let mut depth = 0usize;
+    for t in tokens {
+        match &t.token {
+            Token::LParen => depth += 1,
+            Token::Word(w) if w.keyword == Keyword::CASE => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            Token::Word(w) if w.keyword == Keyword::END => depth = depth.saturating_sub(1),
+            _ => continue,
+        }
+        if depth > max {
+            return Some(SqlPosition::from_sqlparser(t.span.start));
+        }
+    }
+    None
 }
 
 /// Refuses SQL longer than `max_sql_bytes`, pointing at where it overflows.
@@ -240,7 +313,7 @@ pub fn check_query_sql(sql: &str, limits: &RuleLimits) -> Result<(), RuleError> 
         let statements =
             match DFParser::parse_sql_with_dialect(sql, &sqlparser::dialect::GenericDialect {}) {
                 Ok(statements) => statements,
-                Err(e) => return parser_recursion_error(&e.to_string()).map_or(Ok(()), Err),
+                Err(e) => return nesting_error(&e.to_string(), sql).map_or(Ok(()), Err),
             };
         fn check(statement: &DFStatement, max_depth: usize) -> Result<(), RuleError> {
             match statement {

@@ -207,7 +207,7 @@ impl RuleCompiler {
             .as_ref()
             .map_or(sql_text.as_str(), |(text, _, _)| text.as_str());
         let mut statements = DFParser::parse_sql_with_dialect(parse_text, &GenericDialect {})
-            .map_err(|e| parser_error(&e))?;
+            .map_err(|e| parser_error(&e, parse_text))?;
         if statements.len() != 1 {
             return Err(RuleError::at_start(format!(
                 "a rule is exactly one SELECT statement, found {}",
@@ -219,6 +219,7 @@ impl RuleCompiler {
             return Err(RuleError::at_start("a rule must be a SELECT query"));
         };
         check_expression_depth(&*stmt, limits.max_expression_depth)?;
+        let divisions = super::sample::division_positions(&*stmt, parse_text);
         let query = streaming_query(&mut stmt)?;
         let rewritten = rewrite_windows(query)?;
         let window = match (rewritten.window, table_function.map(|(_, w, at)| (w, at))) {
@@ -260,6 +261,7 @@ impl RuleCompiler {
                 }
             }
         }
+        super::sample::check_over_sample(&rule, sql, &divisions)?;
         Ok(rule)
     }
 }
@@ -557,9 +559,11 @@ pub fn offset_to_position(sql: &str, offset: usize) -> SqlPosition {
 }
 
 /// Parser errors say "at Line: 3, Column: 15"; lift that into a position.
-fn parser_error(e: &DataFusionError) -> RuleError {
+/// `sql` is the text parsed, to tell nesting past the parser's limit from
+/// a syntax error (see [`super::limits::nesting_error`]).
+fn parser_error(e: &DataFusionError, sql: &str) -> RuleError {
     let text = e.to_string();
-    if let Some(e) = super::limits::parser_recursion_error(&text) {
+    if let Some(e) = super::limits::nesting_error(&text, sql) {
         return e;
     }
     let position = find_line_column(&text).unwrap_or(SqlPosition::new(1, 1));

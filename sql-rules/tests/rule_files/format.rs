@@ -7,7 +7,7 @@
 //! lines so that `--complete` can leave a correct block byte for byte alone.
 
 use sql_rules::stream::vitals_schema;
-use sql_rules::{CompiledRule, Escalation, RuleSpec};
+use sql_rules::{CompiledRule, Escalation, RuleBudgets, RuleSpec};
 
 /// A parse error: the 1-based line and what is wrong with it.
 #[derive(Debug)]
@@ -85,6 +85,16 @@ pub enum Step {
         line: usize,
         rule: String,
         count: u64,
+    },
+    /// `budgets <name>=<n>…`: the engine's run-time budgets from here on.
+    Budgets(RuleBudgets),
+    /// `suspended <rule> <reason|none>`: the rule is suspended for this
+    /// reason (`alerts_per_minute`, `work_per_batch`, `state_bytes`), or
+    /// with `none` still runs.
+    Suspended {
+        line: usize,
+        rule: String,
+        reason: Option<String>,
     },
 }
 
@@ -380,6 +390,38 @@ pub fn parse(text: &str) -> Parsed<Vec<Step>> {
                     line: lineno,
                     rule,
                     count,
+                });
+            }
+            Some("budgets") => {
+                let mut budgets = RuleBudgets::default();
+                for w in &words[1..] {
+                    let Some((name, value)) = w.split_once('=') else {
+                        return error(lineno, format!("expected <budget>=<n>, found `{w}`"));
+                    };
+                    let Ok(value) = value.parse::<u64>() else {
+                        return error(lineno, format!("`{value}` is not a count"));
+                    };
+                    match name {
+                        "alerts_per_minute" => budgets.max_alerts_per_minute = value,
+                        "work_per_batch" => budgets.max_work_per_batch = value,
+                        "state_bytes" => budgets.max_state_bytes = value,
+                        other => {
+                            return error(
+                                lineno,
+                                format!("unknown budget `{other}` (alerts_per_minute, work_per_batch, state_bytes)"),
+                            )
+                        }
+                    }
+                }
+                steps.push(Step::Budgets(budgets));
+            }
+            Some("suspended") => {
+                let rule = arg(1, "a rule id")?.to_string();
+                let reason = arg(2, "a reason or `none`")?;
+                steps.push(Step::Suspended {
+                    line: lineno,
+                    rule,
+                    reason: (reason != "none").then(|| reason.to_string()),
                 });
             }
             Some("expect") => {

@@ -358,6 +358,37 @@ pub fn run(steps: &[Step], one_event_batches: bool) -> Outcome {
                 out.expects.push(check_expect(expect, &out.alerts));
                 Ok(vec![])
             }
+            Step::Budgets(budgets) => {
+                engine.set_budgets(*budgets);
+                Ok(vec![])
+            }
+            Step::Suspended { line, rule, reason } => {
+                let got = engine.rule_stats(rule).map(|s| {
+                    s.suspension.map(|s| {
+                        serde_json::to_value(s.reason)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                            .unwrap_or_default()
+                    })
+                });
+                match got {
+                    None => out
+                        .problems
+                        .push(problem(Some(*line), format!("no rule {rule}"))),
+                    Some(got) if got != *reason => out.problems.push(problem(
+                        Some(*line),
+                        format!(
+                            "{rule} is {}, expected {}",
+                            got.map_or("running".into(), |r| format!("suspended ({r})")),
+                            reason
+                                .as_ref()
+                                .map_or("running".into(), |r| format!("suspended ({r})"))
+                        ),
+                    )),
+                    Some(_) => {}
+                }
+                Ok(vec![])
+            }
         };
         match result {
             Ok(alerts) => out.alerts.extend(alerts.iter().map(render)),

@@ -156,6 +156,15 @@ pub struct ArchiveSettings {
     /// Embedded dead letters kept in storage: segments holding only older
     /// ones are deleted (at 4 KiB each, 1,000,000 is about 4 GiB).
     pub max_dead_letters_stored: u64,
+    /// `POST /api/ingest` (and the demo) answer only once their events are
+    /// in a written archive file (fsync'd on local disk) and their embedded
+    /// dead letters are written. Off: the answer means "buffered in memory",
+    /// written within `flush_interval_ms`.
+    pub ingest_durable_ack: bool,
+    /// With `ingest_durable_ack`, how long a request's events may wait for
+    /// others to share their archive write (group commit): the latency added
+    /// to each ingest, and at most one small file per interval and hour.
+    pub ingest_commit_interval_ms: u64,
     /// History queries: more result rows than this is an error.
     pub query_max_rows: usize,
     /// History queries are cancelled after this long.
@@ -172,6 +181,8 @@ impl Default for ArchiveSettings {
             dead_letter_retention_hours: 720,
             max_dead_letters: 10_000,
             max_dead_letters_stored: 1_000_000,
+            ingest_durable_ack: false,
+            ingest_commit_interval_ms: 200,
             query_max_rows: 100_000,
             query_timeout_ms: 30_000,
         }

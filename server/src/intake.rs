@@ -57,6 +57,9 @@ pub struct Intake {
     rt: tokio::runtime::Handle,
     shutdown: ShutdownNotice,
     time_bounds: EventTimeBounds,
+    /// Whether [`submit`](Self::submit) of a local batch waits until the
+    /// archive has written it (`[archive] ingest_durable_ack`).
+    durable_local: bool,
 }
 
 impl Intake {
@@ -80,7 +83,18 @@ impl Intake {
             rt,
             shutdown,
             time_bounds,
+            durable_local: false,
         }
+    }
+
+    /// Makes [`submit`](Self::submit) of local batches (`POST /api/ingest`,
+    /// the demo) return only once the archive has written them to a file
+    /// (fsync'd on local disk) and embedded dead letters are written too.
+    /// Costs up to the archive's group-commit interval plus one write per
+    /// request, and one small Parquet file per commit and event hour.
+    pub fn with_durable_local(mut self, durable: bool) -> Self {
+        self.durable_local = durable;
+        self
     }
 
     /// The event times sources accept around the server clock: decoders
@@ -133,6 +147,7 @@ impl Intake {
             offsets,
             batch: batch.clone(),
             accepted: None,
+            durable: None,
         });
         if batch.num_rows() > 0 {
             let _ = self.pipeline.send(Input::Batch { partition, batch });
@@ -150,7 +165,8 @@ impl Intake {
 
     /// For HTTP and the demo: returns once the events are in the archive's
     /// buffer (visible to history queries), handed to the engine, and the
-    /// refused ones recorded.
+    /// refused ones recorded; with [`with_durable_local`](Self::with_durable_local),
+    /// once the events and the embedded dead letters are written to storage.
     pub async fn submit(&self, input: IntakeBatch) -> Result<(), PipelineClosed> {
         let IntakeBatch {
             origin,
@@ -173,14 +189,38 @@ impl Intake {
                     .map_err(|_| PipelineClosed);
             }
         };
+        if !self.durable_local {
+            if batch.num_rows() > 0 {
+                self.archive.send_local(batch.clone()).await;
+                self.pipeline
+                    .send_async(Input::Batch { partition, batch })
+                    .await?;
+            }
+            self.dead_letters.record(dead_letters).await;
+            return Ok(());
+        }
+        // Durable: queued for the archive before the engine sees it (the
+        // same order), then answered once written. A batch the archive does
+        // not confirm is reported as not taken, never as accepted.
+        let written = self
+            .archive
+            .send_local_durable(batch.clone())
+            .await
+            .map_err(|_| PipelineClosed)?;
         if batch.num_rows() > 0 {
-            self.archive.send_local(batch.clone()).await;
             self.pipeline
                 .send_async(Input::Batch { partition, batch })
                 .await?;
         }
+        let embedded_letters = !dead_letters.is_empty() && self.dead_letters.kafka.is_none();
         self.dead_letters.record(dead_letters).await;
-        Ok(())
+        if embedded_letters {
+            if let Err(e) = self.dead_letters.table.flush().await {
+                tracing::error!(error = %e, "writing dead letters of a durable ingest");
+                return Err(PipelineClosed);
+            }
+        }
+        written.await.map_err(|_| PipelineClosed)
     }
 }
 

@@ -76,13 +76,14 @@ pub async fn run_until(
     let hub = Arc::new(AlertHub::new(ack_log));
     // The Parquet archive: raw events and alerts, each on a writer task.
     let archive_config = crate::archive::writer_config(&config.archive);
-    let (vitals_archive, vitals_view, vitals_task) = crate::archive::start(
+    let (vitals_archive, vitals_view, vitals_task) = crate::archive::start_with_commit_interval(
         catalog::archive::ArchiveWriter::new(
             Arc::clone(&store),
             prefix.clone(),
             archive_config.clone(),
         ),
         "vitals",
+        std::time::Duration::from_millis(config.archive.ingest_commit_interval_ms),
     );
     let (alerts_archive, alerts_view, alerts_task) = crate::archive::start(
         catalog::archive::ArchiveWriter::alerts(Arc::clone(&store), prefix.clone(), archive_config),
@@ -176,7 +177,8 @@ pub async fn run_until(
         tokio::runtime::Handle::current(),
         shutdown.notice(),
         source::decode::EventTimeBounds::from_config(&config),
-    );
+    )
+    .with_durable_local(config.archive.ingest_durable_ack);
     let kafka_ready = Arc::new(AtomicBool::new(config.kafka.brokers.is_none()));
     let mut kafka_source = None;
     if let Some(brokers) = &config.kafka.brokers {

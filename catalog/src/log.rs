@@ -37,6 +37,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use object_store::path::Path;
 use object_store::ObjectStore;
 use serde_json::Value;
@@ -49,6 +50,9 @@ use crate::CatalogError;
 pub const DEFAULT_MAX_IN_MEMORY: usize = 100_000;
 
 const MAX_NAME_CHARS: usize = 64;
+
+/// Segments read at once while opening a log.
+const SEGMENT_READS: usize = 16;
 
 /// An append-only log of JSON records, see the [module docs](self).
 ///
@@ -436,8 +440,13 @@ async fn load_tail(
     let mut damaged = Vec::new();
     let mut loaded = 0;
     let mut expected_end = None;
-    for (first_seq, path) in segments.iter().rev() {
-        let bytes = match get_bytes(store, path).await {
+    // Newest first, several reads in flight: a log written by durable
+    // appends has one small segment per record.
+    let mut reads = futures::stream::iter(segments.iter().rev())
+        .map(|(first_seq, path)| async move { (first_seq, path, get_bytes(store, path).await) })
+        .buffered(SEGMENT_READS);
+    while let Some((first_seq, path, read)) = reads.next().await {
+        let bytes = match read {
             Ok(bytes) => bytes,
             // Deleted by retention between the listing and the read.
             Err(CatalogError::Store {

@@ -1166,3 +1166,41 @@ fn a_window_that_closed_before_the_rule_saw_the_stream_never_alerts_late() {
         assert_eq!(alerts[0].window_start_ms, Some(10_000));
     }
 }
+
+#[test]
+fn a_rule_keyed_by_more_than_the_patient_alerts_late_for_the_touched_group_only() {
+    // Keyed by (patient, heart rate band): DataFusion's group table, not
+    // the patient fast path.
+    let rules = [spec(
+        "bands",
+        "SELECT patient_id, heart_rate_bpm > 100 AS fast, COUNT(*) AS n FROM vitals
+         GROUP BY TUMBLE(event_time, INTERVAL '10' SECOND), patient_id, heart_rate_bpm > 100
+         HAVING COUNT(*) >= 2",
+        0,
+    )];
+    let events = [
+        ev("A", 1_000, 120.0),
+        ev("A", 2_000, 70.0),
+        ev("A", 3_000, 70.0), // (A, slow) alerts on time
+        ev("B", 4_000, 120.0),
+        ev("C", 15_000, 70.0),
+        ev("A", 9_000, 130.0), // late: (A, fast) now has 2
+        ev("A", 9_500, 60.0),  // late: (A, slow) alerted already
+        ev("C", 16_000, 70.0),
+    ];
+    for cuts in [vec![], (1..events.len()).collect::<Vec<_>>()] {
+        let alerts = run(&rules, &events, &cuts, None);
+        let got: Vec<(bool, &serde_json::Value, bool)> = alerts
+            .iter()
+            .map(|a| (a.explanation.late, &a.key["fast"], a.values["n"] == 2))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (false, &serde_json::Value::Bool(false), true),
+                (true, &serde_json::Value::Bool(true), true),
+            ],
+            "{alerts:?}"
+        );
+    }
+}

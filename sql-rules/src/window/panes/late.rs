@@ -35,14 +35,14 @@
 //!
 //! What it costs: the panes of closed windows and the late rows applied
 //! to them, for the horizon, counted in `state_bytes`; applying late rows
-//! evaluates the window twice (before and after), once per threshold and
-//! window.
+//! looks up their groups in the window's panes and evaluates those groups
+//! twice (before and after), once per threshold and window.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, UInt32Array};
-use arrow::compute::take_record_batch;
+use arrow::compute::{take, take_record_batch};
 use arrow::record_batch::RecordBatch;
 use datafusion::common::Result;
 
@@ -51,7 +51,7 @@ use super::PaneOperator;
 use crate::compile::RowOp;
 use crate::eval::{apply_ops, evaluate_all};
 use crate::keys::PatientIndex;
-use crate::window::ClosedWindow;
+use crate::window::{ClosedWindow, GroupStats};
 
 /// A pane operator's late-alert state.
 #[derive(Default)]
@@ -118,6 +118,54 @@ impl LateState {
             .sum();
         held + self.applied.values().map(SealedPane::size).sum::<usize>()
     }
+}
+
+/// Keys, per-aggregate states and stats of some groups of a pane.
+type PartState = (Vec<ArrayRef>, Vec<Vec<ArrayRef>>, Vec<GroupStats>);
+
+/// The rows of each of `parts` whose key is one of `late`'s. `probe` is an
+/// empty pane whose group table finds them: `late`'s keys are interned
+/// first, so a key with a lower id than the table's size then is one.
+fn touched_part<'a>(
+    mut probe: OpenPane,
+    late: &SealedPane,
+    parts: impl Iterator<Item = &'a SealedPane>,
+) -> Result<Vec<PartState>> {
+    let mut ids = Vec::new();
+    probe.groups.intern(&late.keys, &mut ids)?;
+    let touched_below = probe.groups.len();
+    let mut out = Vec::new();
+    for part in parts {
+        probe.groups.intern(&part.keys, &mut ids)?;
+        let rows: Vec<u32> = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, &g)| g < touched_below)
+            .map(|(i, _)| i as u32)
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let rows = UInt32Array::from(rows);
+        let pick = |arrays: &[ArrayRef]| -> Result<Vec<ArrayRef>> {
+            Ok(arrays
+                .iter()
+                .map(|a| take(a.as_ref(), &rows, None))
+                .collect::<std::result::Result<_, _>>()?)
+        };
+        let states = part
+            .states
+            .iter()
+            .map(|s| pick(s))
+            .collect::<Result<Vec<_>>>()?;
+        let stats = rows
+            .values()
+            .iter()
+            .map(|&r| part.stats[r as usize])
+            .collect();
+        out.push((pick(&part.keys)?, states, stats));
+    }
+    Ok(out)
 }
 
 impl PaneOperator {
@@ -208,15 +256,19 @@ impl PaneOperator {
                 continue;
             }
             let late = SealedPane::from_pane(&mut rows)?;
-            // The window as it stands: its panes, and late rows applied
-            // before. Built twice, before and after these rows, in the
-            // same order, so a group has the same id in both.
+            // The window as it stands for the groups these rows touch: its
+            // panes and the late rows applied before, other groups left
+            // out (a late row costs work for its own group, not the ward's).
+            // Built twice, before and after these rows, in the same order,
+            // so a group has the same id in both.
             let mut window = self.new_pane()?;
-            for (_, pane) in self.sealed.range(start..end) {
-                merge_into(&mut window, &pane.keys, &pane.states, &pane.stats)?;
-            }
-            if let Some(applied) = self.late.applied.get(&start) {
-                merge_into(&mut window, &applied.keys, &applied.states, &applied.stats)?;
+            let parts = self
+                .sealed
+                .range(start..end)
+                .map(|(_, pane)| pane)
+                .chain(self.late.applied.get(&start));
+            for (keys, states, stats) in touched_part(self.new_pane()?, &late, parts)? {
+                merge_into(&mut window, &keys, &states, &stats)?;
             }
             let groups_before = window.groups.len();
             let skip = window.groups.skip();

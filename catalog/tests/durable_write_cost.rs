@@ -65,8 +65,15 @@ async fn fsync_cost_per_archive_file_and_per_ack() {
     let buffered = appends(Arc::clone(&store), false, 200).await;
     let dir = tempfile::tempdir_in(".").unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(DurableLocalStore::new(dir.path()).unwrap());
-    let durable = appends(store, true, 200).await;
+    let durable = appends(Arc::clone(&store), true, 1_000).await;
     println!(
         "ack append: {buffered:.3} ms buffered, {durable:.2} ms durable (written and fsync'd)"
+    );
+    let started = Instant::now();
+    let reopened = JsonLog::open(store, Path::default(), "acks").await.unwrap();
+    println!(
+        "opening a log of {} one-record segments: {:.1} ms",
+        reopened.len(),
+        started.elapsed().as_secs_f64() * 1000.0
     );
 }

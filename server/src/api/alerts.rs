@@ -4,50 +4,101 @@
 
 use std::convert::Infallible;
 
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::Json;
 use catalog::alert_history;
 use futures::{Stream, StreamExt};
-use serde_json::{json, Value};
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::error::ApiError;
+use super::types::{
+    AckRequest, Acknowledgement, AlertFilterParams, AlertList, AlertView, DeadLetter,
+    DeadLetterList, DeadLetterParams, ErrorBody, LiveFeedLagged,
+};
 use super::SharedState;
 use crate::sink::alerts::AlertFilter;
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 10_000;
 
+/// Alerts as the API shows them: each with its latest acknowledgement.
+fn views(state: &SharedState, alerts: Vec<sql_rules::Alert>) -> Vec<AlertView> {
+    // The hub keeps acknowledgements by alert id as JSON; only `ack` is read
+    // back from its answer.
+    let with_acks = state.alerts.with_acks(&alerts);
+    alerts
+        .into_iter()
+        .zip(with_acks)
+        .map(|(alert, mut value)| {
+            let ack = value
+                .get_mut("ack")
+                .map(serde_json::Value::take)
+                .and_then(|ack| match serde_json::from_value::<Acknowledgement>(ack) {
+                    Ok(ack) => Some(ack),
+                    Err(e) => {
+                        tracing::warn!(alert = %alert.id, error = %e, "unreadable acknowledgement left out");
+                        None
+                    }
+                });
+            AlertView::new(alert, ack)
+        })
+        .collect()
+}
+
 /// `GET /api/alerts`: the newest alerts in history (the archive's `alerts`
 /// table, flushed or not) that match the filters.
+#[utoipa::path(
+    get,
+    path = "/api/alerts",
+    operation_id = "list_alerts",
+    tag = "alerts",
+    params(AlertFilterParams),
+    responses(
+        (status = 200, description = "Matching alerts, newest first, fired and suppressed.", body = AlertList),
+        (status = 400, description = "A query parameter of the wrong type.", body = ErrorBody),
+        (status = 500, description = "The alert history could not be read.", body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<SharedState>,
-    Query(filter): Query<AlertFilter>,
-) -> Result<Json<Value>, ApiError> {
+    params: Result<Query<AlertFilterParams>, QueryRejection>,
+) -> Result<Json<AlertList>, ApiError> {
+    let Query(params) = params?;
+    let filter = AlertFilter::from(params);
     let limit = filter.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
     let Some(query) = filter.history_query(limit) else {
-        return Ok(Json(json!({"alerts": []})));
+        return Ok(Json(AlertList { alerts: vec![] }));
     };
     let alerts = alert_history::recent_alerts(&state.history, &query)
         .await
         .map_err(|e| ApiError::internal(format!("reading alert history: {e}")))?;
-    Ok(Json(json!({"alerts": state.alerts.with_acks(&alerts)})))
-}
-
-#[derive(Debug, serde::Deserialize)]
-pub struct AckRequest {
-    pub by: String,
-    #[serde(default)]
-    pub note: Option<String>,
+    Ok(Json(AlertList {
+        alerts: views(&state, alerts),
+    }))
 }
 
 /// `POST /api/alerts/{id}/ack`: someone has seen the alert and acts on it.
+#[utoipa::path(
+    post,
+    path = "/api/alerts/{id}/ack",
+    operation_id = "acknowledge_alert",
+    tag = "alerts",
+    params(("id" = String, Path, description = "The alert's id.")),
+    request_body = AckRequest,
+    responses(
+        (status = 200, description = "Recorded: the alert with its `ack`.", body = AlertView),
+        (status = 400, description = "No `by`, or `by` or `note` over its limit.", body = ErrorBody),
+        (status = 404, description = "No alert with this id.", body = ErrorBody),
+        (status = 500, description = "The acknowledgement could not be recorded.", body = ErrorBody),
+    )
+)]
 pub async fn acknowledge(
     State(state): State<SharedState>,
     Path(id): Path<String>,
-    body: Result<Json<AckRequest>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+    body: Result<Json<AckRequest>, JsonRejection>,
+) -> Result<Json<AlertView>, ApiError> {
     let Json(req) = body.map_err(|e| {
         ApiError::bad_request(format!(
             "expected {{\"by\": \"who\", \"note\": \"…\"}}: {e}"
@@ -81,27 +132,40 @@ pub async fn acknowledge(
     let Some(alert) = found else {
         return Err(ApiError::not_found(format!("no alert with id '{id}'")));
     };
-    let ack = json!({
-        "alert_id": id,
-        "by": req.by.trim(),
-        "note": req.note,
-        "at_ms": chrono::Utc::now().timestamp_millis(),
-    });
+    let ack = Acknowledgement {
+        alert_id: id,
+        by: req.by.trim().to_string(),
+        note: req.note,
+        at_ms: chrono::Utc::now().timestamp_millis(),
+    };
+    let record = serde_json::to_value(&ack).map_err(|e| ApiError::internal(e.to_string()))?;
     state
         .alerts
-        .acknowledge(ack.clone())
+        .acknowledge(record.clone())
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    crate::audit::record(&state.audit, "alert_acknowledged", ack).await;
-    let mut alerts = state.alerts.with_acks(std::slice::from_ref(&alert));
-    Ok(Json(alerts.remove(0)))
+    crate::audit::record(&state.audit, "alert_acknowledged", record).await;
+    Ok(Json(AlertView::new(alert, Some(ack))))
 }
 
 /// Server-Sent Events: one `alert` event per alert, as it is emitted.
+#[utoipa::path(
+    get,
+    path = "/api/alerts/stream",
+    operation_id = "alert_stream",
+    tag = "alerts",
+    params(AlertFilterParams),
+    responses(
+        (status = 200, description = "Server-Sent Events, until the server shuts down. Event `alert`: an `AlertView` (without `ack`), its id the alert id. Event `lagged`: a `LiveFeedLagged`, when this client was too slow and missed alerts.", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A query parameter of the wrong type.", body = ErrorBody),
+    )
+)]
 pub async fn stream(
     State(state): State<SharedState>,
-    Query(filter): Query<AlertFilter>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    params: Result<Query<AlertFilterParams>, QueryRejection>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let Query(params) = params?;
+    let filter = AlertFilter::from(params);
     let rx = state.alerts.live.subscribe();
     // The feed ends when the server shuts down, so an open client cannot
     // hold the process (clients reconnect, to another instance if need be).
@@ -116,6 +180,9 @@ pub async fn stream(
                         if !filter.matches(&alert) {
                             return None;
                         }
+                        // The engine's alert serializes as `AlertView` (a
+                        // test in api/types.rs holds them together); it is
+                        // shared by every client, so it is not copied into one.
                         let data = serde_json::to_string(alert.as_ref()).ok()?;
                         Some(Ok(Event::default()
                             .event("alert")
@@ -124,26 +191,53 @@ pub async fn stream(
                     }
                     // A slow client missed alerts: say so rather than hide it.
                     Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                        let lagged = LiveFeedLagged { missed: n };
                         Some(Ok(Event::default()
                             .event("lagged")
-                            .data(json!({"missed": n}).to_string())))
+                            .data(serde_json::to_string(&lagged).ok()?)))
                     }
                 }
             }
         });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-#[derive(Debug, serde::Deserialize)]
-pub struct DeadLetterQuery {
-    pub limit: Option<usize>,
-}
-
+/// Events that could not be used, newest first (the embedded dead-letter
+/// table; empty when dead letters go to Kafka).
+#[utoipa::path(
+    get,
+    path = "/api/dead-letters",
+    operation_id = "list_dead_letters",
+    tag = "ingest",
+    params(DeadLetterParams),
+    responses(
+        (status = 200, description = "The newest dead letters.", body = DeadLetterList),
+        (status = 400, description = "A query parameter of the wrong type.", body = ErrorBody),
+    )
+)]
 pub async fn dead_letters(
     State(state): State<SharedState>,
-    Query(q): Query<DeadLetterQuery>,
-) -> Json<Value> {
+    params: Result<Query<DeadLetterParams>, QueryRejection>,
+) -> Result<Json<DeadLetterList>, ApiError> {
+    let Query(q) = params?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
-    let letters = state.dead_letters.table.recent(limit, |_| true);
-    Json(json!({"dead_letters": letters, "total": state.dead_letters.table.len()}))
+    let dead_letters = state
+        .dead_letters
+        .table
+        .recent(limit, |_| true)
+        .into_iter()
+        .filter_map(
+            |record| match serde_json::from_value::<DeadLetter>(record) {
+                Ok(letter) => Some(letter),
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable dead-letter record left out");
+                    None
+                }
+            },
+        )
+        .collect();
+    Ok(Json(DeadLetterList {
+        dead_letters,
+        total: state.dead_letters.table.len(),
+    }))
 }

@@ -1,11 +1,15 @@
-//! Error responses: `{"error": {"message", "line", "column"}}` with a 4xx
-//! status for the caller's mistakes and 5xx for ours.
+//! Error responses: [`ErrorBody`], `{"error": {"message", "line", "column"}}`,
+//! with a 4xx status for the caller's mistakes and 5xx for ours. Requests
+//! axum cannot read (malformed JSON, a wrong content type, a bad query
+//! string) answer the same body, with axum's status.
 
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 use sql_rules::RuleError;
+
+use super::types::{ErrorBody, ErrorDetail};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -66,14 +70,37 @@ impl From<catalog::CatalogError> for ApiError {
     }
 }
 
+/// axum's rejections keep their status and message, in the error body.
+macro_rules! from_rejection {
+    ($($rejection:ty),*) => {$(
+        impl From<$rejection> for ApiError {
+            fn from(e: $rejection) -> Self {
+                Self {
+                    status: e.status(),
+                    message: e.body_text(),
+                    position: None,
+                }
+            }
+        }
+    )*};
+}
+
+from_rejection!(JsonRejection, QueryRejection, BytesRejection);
+
+impl From<ApiError> for ErrorBody {
+    fn from(e: ApiError) -> Self {
+        ErrorBody {
+            error: ErrorDetail {
+                message: e.message,
+                line: e.position.map(|(line, _)| line),
+                column: e.position.map(|(_, column)| column),
+            },
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = match self.position {
-            Some((line, column)) => {
-                json!({"error": {"message": self.message, "line": line, "column": column}})
-            }
-            None => json!({"error": {"message": self.message}}),
-        };
-        (self.status, Json(body)).into_response()
+        (self.status, Json(ErrorBody::from(self))).into_response()
     }
 }

@@ -6,32 +6,59 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use serde_json::json;
 
+use super::types::{Health, HealthStatus, KafkaState, Readiness, StorageState};
 use super::SharedState;
 
 /// Live while the engine thread makes progress: a thread stuck on one
 /// input past `engine_stall_ms` (or dead with input waiting) answers 503,
 /// so an orchestrator restarts the process rather than alerting silently
 /// stopping behind a green check.
-pub async fn healthz(State(state): State<SharedState>) -> impl IntoResponse {
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "health",
+    responses(
+        (status = 200, description = "The engine makes progress: `{\"status\": \"ok\"}`.", body = Health),
+        (status = 503, description = "The engine thread is stalled (or has died with input waiting).", body = Health),
+    )
+)]
+pub async fn healthz(State(state): State<SharedState>) -> (StatusCode, Json<Health>) {
     let health = &state.pipeline.health;
     let now = chrono::Utc::now().timestamp_millis();
     match health.stalled_ms(now, state.config.pipeline.engine_stall_ms) {
-        None => (StatusCode::OK, Json(json!({"status": "ok"}))),
+        None => (
+            StatusCode::OK,
+            Json(Health {
+                status: HealthStatus::Ok,
+                engine_busy_ms: None,
+                inputs_waiting: None,
+            }),
+        ),
         Some(busy_ms) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({
-                "status": "stalled",
-                "engine_busy_ms": busy_ms,
-                "inputs_waiting": health.queued(),
-            })),
+            Json(Health {
+                status: HealthStatus::Stalled,
+                engine_busy_ms: Some(busy_ms),
+                inputs_waiting: Some(health.queued()),
+            }),
         ),
     }
 }
 
 /// Ready once storage answers and, when configured, Kafka answers.
-pub async fn readyz(State(state): State<SharedState>) -> impl IntoResponse {
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready to take traffic.", body = Readiness),
+        (status = 503, description = "Not ready: storage or Kafka unreachable, or draining for shutdown.", body = Readiness),
+    )
+)]
+pub async fn readyz(State(state): State<SharedState>) -> (StatusCode, Json<Readiness>) {
     let storage = state
         .store
         .list_with_delimiter(Some(&state.store_prefix))
@@ -45,19 +72,37 @@ pub async fn readyz(State(state): State<SharedState>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let kafka_state = match &state.config.kafka.brokers {
-        None => "not configured",
-        Some(_) if kafka => "ok",
-        Some(_) => "unreachable",
+    let kafka = match &state.config.kafka.brokers {
+        None => KafkaState::NotConfigured,
+        Some(_) if kafka => KafkaState::Ok,
+        Some(_) => KafkaState::Unreachable,
+    };
+    let storage = if storage {
+        StorageState::Ok
+    } else {
+        StorageState::Unreachable
     };
     (
         status,
-        Json(
-            json!({"ready": ready, "storage": if storage {"ok"} else {"unreachable"}, "kafka": kafka_state, "draining": draining}),
-        ),
+        Json(Readiness {
+            ready,
+            storage,
+            kafka,
+            draining,
+        }),
     )
 }
 
+/// Prometheus metrics (text exposition format 0.0.4).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "health",
+    responses(
+        (status = 200, description = "Counters and gauges in the Prometheus text format.", body = String, content_type = "text/plain; version=0.0.4"),
+    )
+)]
 pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
     let stats = state
         .pipeline

@@ -2,22 +2,32 @@
 //! metrics, and the UI. Handlers parse requests, call the domain modules
 //! (the engine through the pipeline, [`crate::replay`], the catalog) and map
 //! their errors to responses.
+//!
+//! The contract, every body a route takes or answers, is [`types`]; the
+//! routes and the OpenAPI document (`GET /api/openapi.json`) are built from
+//! one list, [`routes`], so the server cannot serve a route the document
+//! does not describe.
 
 pub mod alerts;
 pub mod error;
 pub mod health;
 pub mod ingest;
+pub mod openapi;
 pub mod query;
 pub mod replay;
 pub mod rules;
+pub mod types;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use axum::routing::{get, post};
 use axum::Router;
 use catalog::rules::RuleStore;
 use sql_rules::RuleCompiler;
+
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -58,35 +68,45 @@ pub type SharedState = Arc<AppState>;
 
 const INDEX_HTML: &str = include_str!("../../../web/index.html");
 
+/// The UI: one page that reads the API.
+#[utoipa::path(
+    get,
+    path = "/",
+    operation_id = "index",
+    tag = "ui",
+    responses((status = 200, description = "The web UI.", body = String, content_type = "text/html"))
+)]
+pub async fn index() -> axum::response::Html<&'static str> {
+    axum::response::Html(INDEX_HTML)
+}
+
+/// Every route, each with its handler's `#[utoipa::path]` (path, methods,
+/// parameters, bodies): the router and the OpenAPI document both come from
+/// here. Handlers of one path go in one `routes!`.
+pub fn routes() -> OpenApiRouter<SharedState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(index))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(rules::list, rules::create))
+        .routes(routes!(rules::validate))
+        .routes(routes!(rules::get_one, rules::update, rules::deactivate))
+        .routes(routes!(alerts::list))
+        .routes(routes!(alerts::stream))
+        .routes(routes!(alerts::acknowledge))
+        .routes(routes!(alerts::dead_letters))
+        .routes(
+            routes!(ingest::ingest)
+                .layer(axum::extract::DefaultBodyLimit::max(ingest::MAX_BODY_BYTES)),
+        )
+        .routes(routes!(query::query))
+        .routes(routes!(replay::replay))
+        .routes(routes!(replay::status, replay::cancel))
+}
+
 pub fn router(state: SharedState) -> Router {
-    Router::new()
-        .route("/", get(|| async { axum::response::Html(INDEX_HTML) }))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/api/rules", get(rules::list).post(rules::create))
-        .route("/api/rules/validate", post(rules::validate))
-        .route(
-            "/api/rules/{id}",
-            get(rules::get_one)
-                .put(rules::update)
-                .delete(rules::deactivate),
-        )
-        .route("/api/alerts", get(alerts::list))
-        .route("/api/alerts/stream", get(alerts::stream))
-        .route("/api/alerts/{id}/ack", post(alerts::acknowledge))
-        .route("/api/dead-letters", get(alerts::dead_letters))
-        // Batches of newline-delimited events are larger than axum's 2 MB
-        // default body limit.
-        .route(
-            "/api/ingest",
-            post(ingest::ingest).layer(axum::extract::DefaultBodyLimit::max(64 * 1024 * 1024)),
-        )
-        .route("/api/query", post(query::query))
-        .route("/api/replay", post(replay::replay))
-        .route(
-            "/api/replay/{job}",
-            get(replay::status).delete(replay::cancel),
-        )
-        .with_state(state)
+    let (router, _) = routes().split_for_parts();
+    router.with_state(state)
 }

@@ -26,20 +26,16 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use futures::StreamExt;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use super::types::{Column, ErrorBody, QueryRequest, QueryResult};
 use super::SharedState;
 
 const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
 /// Rows buffered before an answer switches to streaming.
 pub const STREAM_AFTER: usize = 10_000;
-
-#[derive(Debug, serde::Deserialize)]
-pub struct QueryRequest {
-    pub sql: String,
-}
 
 pub struct QueryError(ApiError);
 
@@ -85,6 +81,26 @@ enum Format {
     Arrow,
 }
 
+/// Read-only SQL over history. The answer's format follows `Accept`.
+#[utoipa::path(
+    post,
+    path = "/api/query",
+    operation_id = "query",
+    tag = "query",
+    request_body = QueryRequest,
+    responses(
+        (status = 200, description = "The result. JSON by default (`QueryResult`; a streamed one that passes the row or time limit ends with `truncated` and `error`); CSV with `Accept: text/csv`; Arrow IPC stream with `Accept: application/vnd.apache.arrow.stream` (CSV and Arrow answers are cut off with an error instead).", content(
+            (QueryResult = "application/json"),
+            (String = "text/csv"),
+            ("application/vnd.apache.arrow.stream"),
+        )),
+        (status = 400, description = "Not a JSON `{\"sql\"}`, SQL that does not plan or is not read-only, or SQL over `max_sql_bytes` / `max_expression_depth`.", body = ErrorBody),
+        (status = 413, description = "The result has more than `query_max_rows` rows.", body = ErrorBody),
+        (status = 500, description = "The query failed while running.", body = ErrorBody),
+        (status = 503, description = "`max_concurrent_queries` queries are already running; retry shortly.", body = ErrorBody),
+        (status = 504, description = "The query ran past `query_timeout_ms`.", body = ErrorBody),
+    )
+)]
 pub async fn query(
     State(state): State<SharedState>,
     headers: HeaderMap,
@@ -204,12 +220,12 @@ fn csv_rows(batch: &RecordBatch, with_header: bool) -> Result<Vec<u8>, arrow::er
     Ok(bytes)
 }
 
-fn columns_json(schema: &arrow::datatypes::Schema) -> Value {
-    schema
-        .fields()
-        .iter()
-        .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
-        .collect()
+/// The opening of a JSON answer, up to its first row: `{"columns":[…],"rows":[`.
+/// The rest is written row by row ([`json_rows`]) and closed by `]}` or by
+/// [`Streaming::end`]; the keys are [`QueryResult`]'s.
+fn json_head(schema: &arrow::datatypes::Schema) -> Vec<u8> {
+    let columns = serde_json::to_string(&Column::of(schema)).unwrap_or_else(|_| "[]".into());
+    format!("{{\"columns\":{columns},\"rows\":[").into_bytes()
 }
 
 /// A complete answer from buffered batches.
@@ -245,8 +261,7 @@ fn whole(
             for b in batches {
                 json_rows(b, &mut rows, &mut first);
             }
-            let mut body =
-                format!("{{\"columns\":{},\"rows\":[", columns_json(schema)).into_bytes();
+            let mut body = json_head(schema);
             body.extend(rows);
             body.extend_from_slice(b"]}");
             Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
@@ -351,11 +366,7 @@ fn streamed(
     time_limit: Duration,
 ) -> Response {
     let (content_type, prefix, arrow) = match format {
-        Format::Json => (
-            "application/json",
-            format!("{{\"columns\":{},\"rows\":[", columns_json(&schema)).into_bytes(),
-            None,
-        ),
+        Format::Json => ("application/json", json_head(&schema), None),
         Format::Csv => (
             "text/csv; charset=utf-8",
             csv_rows(&RecordBatch::new_empty(schema.clone()), true).unwrap_or_default(),
@@ -392,4 +403,69 @@ fn streamed(
         Body::from_stream(body),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    async fn json_of(response: Response) -> Value {
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).expect("a JSON answer")
+    }
+
+    /// The JSON answer is written by hand, whole or streamed; it must read
+    /// back as the documented [`QueryResult`] and write out the same.
+    fn as_query_result(answer: Value) -> QueryResult {
+        let result: QueryResult = serde_json::from_value(answer.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&result).unwrap(), answer);
+        result
+    }
+
+    #[tokio::test]
+    async fn json_answers_whole_or_cut_short_are_query_results() {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from(vec![1, 2, 3]))],
+        )
+        .unwrap();
+        let Ok(answer) = whole(Format::Json, &schema, std::slice::from_ref(&batch)) else {
+            panic!("a whole answer");
+        };
+        let result = as_query_result(json_of(answer).await);
+        assert_eq!(result.rows.len(), 3);
+        assert_eq!(result.truncated, None);
+        assert_eq!(
+            result.columns,
+            vec![Column {
+                name: "n".into(),
+                data_type: "Int64".into()
+            }]
+        );
+
+        let rest: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
+            schema.clone(),
+            futures::stream::iter(vec![Ok(batch.clone())]),
+        ));
+        let limit = Duration::from_secs(30);
+        let answer = streamed(
+            Format::Json,
+            schema,
+            VecDeque::from([batch]),
+            rest,
+            4,
+            Instant::now() + limit,
+            limit,
+        );
+        let result = as_query_result(json_of(answer).await);
+        assert_eq!(result.rows.len(), 4);
+        assert_eq!(result.truncated, Some(true));
+        assert!(result.error.unwrap().contains("query_max_rows"));
+    }
 }

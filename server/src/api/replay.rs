@@ -8,46 +8,28 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::error::ApiError;
+use super::types::{ErrorBody, ReplayJobView, ReplayReportView, ReplayRequest};
 use super::SharedState;
-use crate::replay::jobs::{JobView, ReplayJob};
+use crate::replay::jobs::ReplayJob;
 use crate::replay::{self, Progress, Replay, ReplayError, RuleSource};
 
-#[derive(Debug, serde::Deserialize)]
-pub struct ReplayRequest {
-    pub rule_id: Option<String>,
-    pub version: Option<u32>,
-    /// A draft never activated (backtest), instead of `rule_id`.
-    pub sql: Option<String>,
-    #[serde(default)]
-    pub cooldown_seconds: Option<u64>,
-    pub from_ms: i64,
-    pub to_ms: i64,
-    #[serde(default)]
-    pub audit: bool,
-    /// Run in the background: answer `202 {"job"}` at once; follow it
-    /// with `GET /api/replay/{job}` and cancel with `DELETE`.
-    #[serde(default, rename = "async")]
-    pub background: bool,
-}
-
-impl ReplayRequest {
-    /// The replay asked for; fails if it names both or neither a rule and a
-    /// draft.
-    fn into_replay(self) -> Result<Replay, ReplayError> {
-        Ok(Replay {
-            source: RuleSource::new(self.rule_id, self.version, self.sql)?,
-            cooldown_seconds: self.cooldown_seconds,
-            from_ms: self.from_ms,
-            to_ms: self.to_ms,
-            audit: self.audit,
-        })
-    }
+/// The replay asked for; fails if it names both or neither a rule and a
+/// draft.
+fn into_replay(req: ReplayRequest) -> Result<Replay, ReplayError> {
+    Ok(Replay {
+        source: RuleSource::new(req.rule_id, req.version, req.sql)?,
+        cooldown_seconds: req.cooldown_seconds,
+        from_ms: req.from_ms,
+        to_ms: req.to_ms,
+        audit: req.audit,
+    })
 }
 
 impl From<ReplayError> for ApiError {
@@ -79,9 +61,26 @@ async fn run(
     .await
 }
 
+/// Replays a rule version or a draft over archived events, in the request
+/// or (`"async": true`) in the background.
+#[utoipa::path(
+    post,
+    path = "/api/replay",
+    operation_id = "replay",
+    tag = "replay",
+    request_body = ReplayRequest,
+    responses(
+        (status = 200, description = "The replay's alerts, and the audit when asked for.", body = ReplayReportView),
+        (status = 202, description = "`\"async\": true`: the job, started; follow it with `GET /api/replay/{job}`.", body = ReplayJobView),
+        (status = 400, description = "An invalid request: `from_ms` not before `to_ms`, both or neither of `rule_id` and `sql`, SQL that does not compile (with its line and column).", body = ErrorBody),
+        (status = 404, description = "No such rule or version.", body = ErrorBody),
+        (status = 500, description = "The archive could not be read, or the engine failed.", body = ErrorBody),
+        (status = 503, description = "`max_concurrent_replays` replays are already running.", body = ErrorBody),
+    )
+)]
 pub async fn replay(
     State(state): State<SharedState>,
-    body: Result<Json<ReplayRequest>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<ReplayRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) =
         body.map_err(|e| ApiError::bad_request(format!("invalid replay request: {e}")))?;
@@ -93,10 +92,10 @@ pub async fn replay(
         .slot()
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
     if !req.background {
-        let replay = req.into_replay()?;
+        let replay = into_replay(req)?;
         let report = run(&state, &replay, &Progress::default()).await?;
         drop(slot);
-        return Ok(Json(report).into_response());
+        return Ok(Json(ReplayReportView::from(report)).into_response());
     }
     let (from_ms, to_ms) = (req.from_ms, req.to_ms);
     let now_ms = chrono::Utc::now().timestamp_millis();
@@ -106,9 +105,13 @@ pub async fn replay(
         .start(slot, from_ms, to_ms, now_ms, move |job| {
             // A request naming both or neither a rule and a draft is accepted
             // and fails as a job, as it always has.
-            async move { run(&task_state, &req.into_replay()?, &job.progress).await }
+            async move { run(&task_state, &into_replay(req)?, &job.progress).await }
         });
-    Ok((StatusCode::ACCEPTED, Json(job.view(&id))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ReplayJobView::from(job.view(&id))),
+    )
+        .into_response())
 }
 
 fn find_job(state: &SharedState, id: &str) -> Result<Arc<ReplayJob>, ApiError> {
@@ -119,20 +122,42 @@ fn find_job(state: &SharedState, id: &str) -> Result<Arc<ReplayJob>, ApiError> {
 }
 
 /// `GET /api/replay/{job}`: progress, then the result.
+#[utoipa::path(
+    get,
+    path = "/api/replay/{job}",
+    operation_id = "replay_status",
+    tag = "replay",
+    params(("job" = String, Path, description = "The job id from `POST /api/replay`.")),
+    responses(
+        (status = 200, description = "The job now.", body = ReplayJobView),
+        (status = 404, description = "No such job (finished jobs are forgotten past `max_finished_replays`).", body = ErrorBody),
+    )
+)]
 pub async fn status(
     State(state): State<SharedState>,
     Path(id): Path<String>,
-) -> Result<Json<JobView>, ApiError> {
+) -> Result<Json<ReplayJobView>, ApiError> {
     let job = find_job(&state, &id)?;
-    Ok(Json(job.view(&id)))
+    Ok(Json(job.view(&id).into()))
 }
 
 /// `DELETE /api/replay/{job}`: stop a running replay.
+#[utoipa::path(
+    delete,
+    path = "/api/replay/{job}",
+    operation_id = "cancel_replay",
+    tag = "replay",
+    params(("job" = String, Path, description = "The job id from `POST /api/replay`.")),
+    responses(
+        (status = 200, description = "Asked to stop: the job, `cancelling` until it has.", body = ReplayJobView),
+        (status = 404, description = "No such job.", body = ErrorBody),
+    )
+)]
 pub async fn cancel(
     State(state): State<SharedState>,
     Path(id): Path<String>,
-) -> Result<Json<JobView>, ApiError> {
+) -> Result<Json<ReplayJobView>, ApiError> {
     let job = find_job(&state, &id)?;
     job.cancel();
-    Ok(Json(job.view(&id)))
+    Ok(Json(job.view(&id).into()))
 }

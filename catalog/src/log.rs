@@ -442,8 +442,13 @@ async fn load_tail(
     let mut expected_end = None;
     // Newest first, several reads in flight: a log written by durable
     // appends has one small segment per record.
-    let mut reads = futures::stream::iter(segments.iter().rev())
-        .map(|(first_seq, path)| async move { (first_seq, path, get_bytes(store, path).await) })
+    // Owned items: a closure over borrowed ones makes the future of every
+    // caller (`run_until` under `tokio::spawn`) fail to be `Send`.
+    let mut reads = futures::stream::iter(segments.into_iter().rev())
+        .map(|(first_seq, path)| async move {
+            let read = get_bytes(store, &path).await;
+            (first_seq, path, read)
+        })
         .buffered(SEGMENT_READS);
     while let Some((first_seq, path, read)) = reads.next().await {
         let bytes = match read {
@@ -456,7 +461,7 @@ async fn load_tail(
             Err(e) => return Err(e),
         };
         let segment = parse_segment(&bytes);
-        if let Some(file) = segment.damage(path) {
+        if let Some(file) = segment.damage(&path) {
             damaged.push(damage::report(file));
         }
         // A bad line was a record once; an empty segment (cut off before
@@ -471,7 +476,7 @@ async fn load_tail(
             ),
             Some(_) => {}
         }
-        expected_end = Some(*first_seq);
+        expected_end = Some(first_seq);
         loaded += segment.records.len();
         chunks.push(segment.records);
         if loaded >= max_in_memory {

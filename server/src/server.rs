@@ -106,13 +106,10 @@ pub async fn run_until(
             .context("opening the audit log")?,
     );
     // Damaged files the stores skipped or recovered from while opening.
-    let damaged = [
-        rules.damaged_files(),
-        dead_letter_log.damaged_files(),
-        hub.acks.damaged_files(),
-        audit_log.damaged_files(),
-    ]
-    .concat();
+    let mut damaged = rules.damaged_files().to_vec();
+    damaged.extend_from_slice(dead_letter_log.damaged_files());
+    damaged.extend_from_slice(hub.acks.damaged_files());
+    damaged.extend_from_slice(audit_log.damaged_files());
     crate::audit::record_damaged_files(&audit_log, &damaged).await;
     history
         .register_state_tables(rules.clone(), Arc::clone(&audit_log))

@@ -32,15 +32,16 @@
 //!
 //! The engine has no clock and does no I/O: processing time is an argument.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::TimestampMillisecondType;
 use arrow::record_batch::RecordBatch;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::alert::{alert_id_for_key_text, Alert, AlertStatus, Explanation};
+use crate::alert::{Alert, AlertStatus};
+pub use crate::alerting::Escalation;
+use crate::alerting::{split_row, AlertMaker, Candidate};
 use crate::budget::{Meter, RuleBudgets, Suspension, SuspensionReason};
 use crate::compile::{CompiledRule, RuleShape};
 use crate::error::EngineError;
@@ -108,30 +109,6 @@ pub struct RuleSpec {
     pub compiled: CompiledRule,
 }
 
-/// Re-fire during cooldown when a value crosses a higher threshold, e.g.
-/// `avg_hr` above 140 after an alert at 115.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Escalation {
-    /// One of the rule's output columns.
-    pub column: String,
-    #[serde(default)]
-    pub above: Option<f64>,
-    #[serde(default)]
-    pub below: Option<f64>,
-    /// Severity of the escalated alert (default: the rule's).
-    #[serde(default)]
-    pub severity: Option<String>,
-}
-
-impl Escalation {
-    fn crossed(&self, values: &Map<String, Value>) -> bool {
-        let Some(v) = values.get(&self.column).and_then(Value::as_f64) else {
-            return false;
-        };
-        self.above.is_some_and(|a| v > a) || self.below.is_some_and(|b| v < b)
-    }
-}
-
 /// Per-rule counters, cumulative since the rule (version) was added.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RuleStats {
@@ -156,11 +133,9 @@ enum Operator {
 struct RuleRuntime {
     spec: Arc<RuleSpec>,
     lateness_ms: i64,
-    condition: String,
+    /// Ids, cooldowns, escalation and explanations of its alerts.
+    alerting: AlertMaker,
     operator: Operator,
-    /// Cooldown: per key, the alert time and id of the last fired alert,
-    /// and whether it was past the escalation threshold.
-    last_fired: HashMap<String, (i64, String, bool)>,
     /// EMIT EARLY: (window start, key) that already alerted while open.
     fired_early: std::collections::HashSet<(i64, String)>,
     stats: RuleStats,
@@ -259,7 +234,7 @@ impl Engine {
     /// starts with fresh state and a clean record: this is what clears a
     /// suspension; the other rules are untouched).
     pub fn upsert_rule(&mut self, spec: RuleSpec) -> Result<(), EngineError> {
-        let condition = condition_text(&spec.compiled.sql);
+        let alerting = AlertMaker::new(&spec.compiled.sql);
         let panes_per_window = match spec.compiled.window() {
             Some(w @ crate::compile::WindowSpec::Hop { size_ms, .. }) => {
                 (size_ms / w.pane_ms().max(1)).max(1) as u64
@@ -279,9 +254,8 @@ impl Engine {
                 .allowed_lateness_ms
                 .unwrap_or(self.config.default_lateness_ms),
             spec: Arc::new(spec),
-            condition,
+            alerting,
             operator,
-            last_fired: HashMap::new(),
             fired_early: Default::default(),
             stats: RuleStats::default(),
             panes_per_window,
@@ -524,7 +498,7 @@ impl Engine {
                 Operator::Window(w) => w.snapshot(&mut blobs, &self.patients)?,
             };
             let mut last_fired: Vec<(&String, &(i64, String, bool))> =
-                rule.last_fired.iter().collect();
+                rule.alerting.last_fired.iter().collect();
             last_fired.sort();
             rules.push(serde_json::json!({
                 "id": rule.spec.id,
@@ -589,12 +563,13 @@ impl Engine {
             };
             rule.stats =
                 serde_json::from_value(snap["stats"].clone()).map_err(|e| bad(&e.to_string()))?;
-            rule.last_fired = serde_json::from_value::<Vec<(String, (i64, String, bool))>>(
-                snap["last_fired"].clone(),
-            )
-            .map_err(|e| bad(&e.to_string()))?
-            .into_iter()
-            .collect();
+            rule.alerting.last_fired =
+                serde_json::from_value::<Vec<(String, (i64, String, bool))>>(
+                    snap["last_fired"].clone(),
+                )
+                .map_err(|e| bad(&e.to_string()))?
+                .into_iter()
+                .collect();
             rule.fired_early =
                 serde_json::from_value::<Vec<(i64, String)>>(snap["fired_early"].clone())
                     .unwrap_or_default()
@@ -672,7 +647,7 @@ impl RuleRuntime {
     /// Drops every piece of state and stops evaluating the rule.
     fn suspend_in_place(&mut self) {
         self.operator = Operator::Suspended;
-        self.last_fired = HashMap::new();
+        self.alerting.forget();
         self.fired_early = Default::default();
         self.meter = Meter::default();
         self.stats.open_panes = 0;
@@ -700,7 +675,7 @@ impl RuleRuntime {
             Operator::Window(w) => w.state_bytes(),
             Operator::PerEvent | Operator::Suspended => 0,
         };
-        window + (self.last_fired.len() + self.fired_early.len()) * BOOKKEEPING_ENTRY_BYTES
+        window + (self.alerting.last_fired.len() + self.fired_early.len()) * BOOKKEEPING_ENTRY_BYTES
     }
 
     /// Hands an alert out, within the alert budget: the fired alert that
@@ -776,16 +751,17 @@ impl RuleRuntime {
                         crate::window::NO_SEQ
                     };
                     let stats = GroupStats::one(event_ms, seq);
-                    let alert = self.make_alert(
+                    let row = Candidate {
                         key,
                         values,
-                        None,
-                        event_ms,
-                        event_ms,
-                        &discriminator,
+                        window: None,
+                        event_time_ms: event_ms,
+                        alert_time_ms: event_ms,
+                        discriminator: &discriminator,
                         stats,
                         processing_time_ms,
-                    );
+                    };
+                    let alert = self.alerting.make(&spec, &mut self.stats, row);
                     self.emit(alert, event_ms, at, budgets, out)?;
                 }
             }
@@ -927,16 +903,17 @@ impl RuleRuntime {
                 } else {
                     format!("w={}", window.start_ms)
                 };
-                let mut alert = self.make_alert(
+                let row = Candidate {
                     key,
                     values,
-                    Some((window.start_ms, window.end_ms)),
-                    stats.last_event_ms,
-                    window.end_ms,
-                    &discriminator,
+                    window: Some((window.start_ms, window.end_ms)),
+                    event_time_ms: stats.last_event_ms,
+                    alert_time_ms: window.end_ms,
+                    discriminator: &discriminator,
                     stats,
                     processing_time_ms,
-                );
+                };
+                let mut alert = self.alerting.make(&spec, &mut self.stats, row);
                 alert.explanation.late = window.late;
                 self.emit(alert, window.end_ms, at, budgets, out)?;
             }
@@ -949,121 +926,4 @@ impl RuleRuntime {
         }
         Ok(())
     }
-
-    #[allow(clippy::too_many_arguments)]
-    fn make_alert(
-        &mut self,
-        key: Map<String, Value>,
-        values: Map<String, Value>,
-        window: Option<(i64, i64)>,
-        event_time_ms: i64,
-        alert_time_ms: i64,
-        discriminator: &str,
-        stats: GroupStats,
-        processing_time_ms: i64,
-    ) -> Alert {
-        let spec = &self.spec;
-        let key_text = Value::Object(key.clone()).to_string();
-        let id = alert_id_for_key_text(&spec.id, spec.version, &key_text, discriminator);
-        let mut suppressed_by = None;
-        let mut escalated_from = None;
-        let mut severity = spec.severity.clone();
-        let crossed = spec.escalation.as_ref().is_some_and(|e| e.crossed(&values));
-        let escalated_severity = || spec.escalation.as_ref().and_then(|e| e.severity.clone());
-        let status = match self.last_fired.get(&key_text) {
-            Some((last, last_id, last_crossed))
-                if spec.cooldown_ms > 0
-                    && alert_time_ms < last.saturating_add(spec.cooldown_ms) =>
-            {
-                if crossed && !last_crossed {
-                    // Worse than the alert that started the cooldown: fire,
-                    // once, and restart the cooldown from here.
-                    escalated_from = Some(last_id.clone());
-                    severity = escalated_severity().unwrap_or(severity);
-                    self.last_fired
-                        .insert(key_text, (alert_time_ms, id.clone(), true));
-                    AlertStatus::Fired
-                } else {
-                    suppressed_by = Some(last_id.clone());
-                    AlertStatus::Suppressed
-                }
-            }
-            _ => {
-                if crossed {
-                    severity = escalated_severity().unwrap_or(severity);
-                }
-                self.last_fired
-                    .insert(key_text, (alert_time_ms, id.clone(), crossed));
-                AlertStatus::Fired
-            }
-        };
-        match status {
-            AlertStatus::Fired => self.stats.alerts_fired += 1,
-            AlertStatus::Suppressed => self.stats.alerts_suppressed += 1,
-        }
-        Alert {
-            id,
-            rule_id: spec.id.clone(),
-            rule_version: spec.version,
-            rule_name: spec.name.clone(),
-            severity,
-            status,
-            key,
-            window_start_ms: window.map(|w| w.0),
-            window_end_ms: window.map(|w| w.1),
-            values,
-            event_time_ms,
-            fired_at_ms: processing_time_ms,
-            explanation: Explanation {
-                condition: self.condition.clone(),
-                event_count: stats.count,
-                first_event_ms: stats.first_event_ms,
-                last_event_ms: stats.last_event_ms,
-                first_sequence_number: (stats.first_seq != crate::window::NO_SEQ)
-                    .then_some(stats.first_seq),
-                last_sequence_number: (stats.last_seq != crate::window::NO_SEQ)
-                    .then_some(stats.last_seq),
-                suppressed_by,
-                escalated_from,
-                late: false,
-            },
-        }
-    }
-}
-
-/// Splits one output row into the alert's key and values.
-fn split_row(
-    rule: &CompiledRule,
-    output: &RecordBatch,
-    row: usize,
-) -> (Map<String, Value>, Map<String, Value>) {
-    let mut key = Map::new();
-    let mut values = Map::new();
-    for (i, field) in output.schema().fields().iter().enumerate() {
-        let v = cell(output.column(i).as_ref(), row);
-        if rule.key_columns.contains(&i) {
-            key.insert(field.name().clone(), v);
-        } else {
-            values.insert(field.name().clone(), v);
-        }
-    }
-    (key, values)
-}
-
-/// The HAVING clause, or WHERE for per-event rules, as the author wrote it.
-fn condition_text(sql: &str) -> String {
-    let upper = sql.to_ascii_uppercase();
-    let pick = |word: &str| -> Option<String> {
-        let at = upper.rfind(word)?;
-        let rest = &sql[at + word.len()..];
-        let end_words = [" GROUP BY", " HAVING", " ORDER BY", " LIMIT"];
-        let rest_upper = rest.to_ascii_uppercase();
-        let end = end_words
-            .iter()
-            .filter_map(|w| rest_upper.find(w))
-            .min()
-            .unwrap_or(rest.len());
-        Some(rest[..end].split_whitespace().collect::<Vec<_>>().join(" "))
-    };
-    pick("HAVING").or_else(|| pick("WHERE")).unwrap_or_default()
 }

@@ -28,6 +28,7 @@ pub mod json;
 pub mod stream;
 
 mod alert;
+mod alerting;
 mod budget;
 mod compile;
 mod dedup;

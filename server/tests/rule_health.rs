@@ -236,6 +236,24 @@ async fn a_rule_over_its_alert_budget_is_suspended_shown_alerted_and_the_canary_
         .unwrap();
     assert_eq!(rule["stats"]["alerts_fired"], 1_000, "{rule}");
     assert_eq!(rule["stats"]["events_matched"], 1_001, "{rule}");
+    // Why and when, in `GET /api/rules`.
+    let suspension = &rule["stats"]["suspension"];
+    assert_eq!(suspension["reason"], "alerts_per_minute", "{rule}");
+    assert_eq!(suspension["budget"], 1_000, "{rule}");
+    assert_eq!(suspension["observed"], 1_001, "{rule}");
+    // The 1,001st reading's alert went over.
+    assert_eq!(suspension["at_event_ms"], t0 + 1_000 * 40, "{rule}");
+    assert!(
+        suspension["at_processing_ms"].as_i64().unwrap() > 0,
+        "{rule}"
+    );
+    assert!(
+        suspension["message"]
+            .as_str()
+            .unwrap()
+            .contains("new version of the rule"),
+        "{rule}"
+    );
 
     let metrics = http
         .get(url("/metrics"))

@@ -206,7 +206,12 @@ impl HistoryCatalog {
                 location: ARCHIVE_STORE_URL.to_string(),
                 reason: e.to_string(),
             })?;
-        ctx.register_object_store(&url, Arc::clone(&store));
+        // Damaged Parquet files (a footer cut off by a power cut) are left
+        // out of listings, so one cannot fail every query over its hours.
+        ctx.register_object_store(
+            &url,
+            Arc::new(crate::archive::SkipDamagedParquet::new(Arc::clone(&store))),
+        );
 
         let registered: Vec<String> = ctx.state().table_functions().keys().cloned().collect();
         for name in registered {

@@ -114,8 +114,8 @@ impl Suspension {
         at_processing_ms: i64,
     ) -> Self {
         let message = format!(
-            "suspended: {observed} {} is over the budget of {budget} ({}); \
-             its state was dropped and it no longer runs until a new version of the rule is saved",
+            "suspended for going over its budget of {budget} {} (it reached {observed}; [limits] {}): \
+             its state was dropped and it does not run again until a new version of the rule is saved",
             reason.what(),
             reason.setting(),
         );

@@ -195,6 +195,13 @@ pub struct KafkaConfig {
     /// `host:port[,host:port…]`; empty means no Kafka (embedded mode).
     pub brokers: Option<String>,
     pub group_id: String,
+    /// librdkafka `group.instance.id` (static group membership, KIP-345):
+    /// a member restarted with the same id takes its partitions back
+    /// without waiting for the dead member's session to time out. Set it
+    /// per instance, stable across that instance's restarts and different
+    /// from every other member of the group (two live members with one id
+    /// fence each other out). Unset (the default): dynamic membership.
+    pub group_instance_id: Option<String>,
     pub vitals_topic: String,
     pub dlq_topic: String,
     pub alerts_topic: String,
@@ -292,6 +299,7 @@ impl Default for KafkaConfig {
         Self {
             brokers: None,
             group_id: "wardwatch".into(),
+            group_instance_id: None,
             vitals_topic: "vitals".into(),
             dlq_topic: "vitals-dlq".into(),
             alerts_topic: "alert-events".into(),
@@ -362,6 +370,13 @@ mod tests {
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.kafka.brokers.as_deref(), Some("k:9092"));
         assert_eq!(c.kafka.vitals_topic, "vitals");
+    }
+
+    #[test]
+    fn static_membership_is_off_unless_an_instance_id_is_configured() {
+        assert!(Config::default().kafka.group_instance_id.is_none());
+        let c: Config = toml::from_str("[kafka]\ngroup_instance_id = \"ward-a\"\n").unwrap();
+        assert_eq!(c.kafka.group_instance_id.as_deref(), Some("ward-a"));
     }
 
     #[test]

@@ -44,6 +44,10 @@ struct ServeArgs {
     /// Consumer group id [default: wardwatch].
     #[arg(long, env = "WARDWATCH_KAFKA_GROUP")]
     kafka_group: Option<String>,
+    /// Static group membership id (librdkafka group.instance.id): stable per
+    /// instance, unique in the group. Unset: dynamic membership.
+    #[arg(long, env = "WARDWATCH_KAFKA_GROUP_INSTANCE_ID")]
+    kafka_group_instance_id: Option<String>,
     /// Topic of incoming VitalEvents [default: vitals].
     #[arg(long, env = "WARDWATCH_VITALS_TOPIC")]
     vitals_topic: Option<String>,
@@ -84,6 +88,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.kafka_group {
             config.kafka.group_id = v;
+        }
+        if let Some(v) = self.kafka_group_instance_id {
+            config.kafka.group_instance_id = Some(v);
         }
         if let Some(v) = self.vitals_topic {
             config.kafka.vitals_topic = v;

@@ -13,6 +13,16 @@
 //! engine, so an instance that gains a partition waits for it before closing
 //! windows. On shutdown the consumer stops fetching, hands over what it
 //! read, commits, and leaves the group.
+//!
+//! With `[kafka] group_instance_id` set the consumer is a static group
+//! member (`group.instance.id`, KIP-345): the group remembers the instance
+//! and its assignment, so the same instance restarted (after a crash too)
+//! takes its partitions back instead of waiting for the dead member's
+//! session to time out. A static member does not leave the group on
+//! shutdown either (librdkafka sends no LeaveGroup for it): its partitions
+//! wait `session.timeout.ms` for it to come back. Another live member with
+//! the same id fences this one out, a fatal consumer error: it is logged,
+//! the source stops reading and `/readyz` reports Kafka unavailable.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -247,6 +257,16 @@ pub fn start(
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string())
         .set("queued.min.messages", "200000");
+    let instance_id = kafka
+        .group_instance_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|id| !id.is_empty());
+    if let Some(id) = instance_id {
+        cfg.set("group.instance.id", id);
+        tracing::info!(group_instance_id = id, "static group membership");
+    }
+    let instance_id = instance_id.map(str::to_owned);
     for (k, v) in &kafka.properties {
         cfg.set(k, v);
     }
@@ -286,6 +306,7 @@ pub fn start(
             let mut last_flush = Instant::now();
             let mut last_metadata_check = Instant::now() - Duration::from_secs(60);
             let mut last_caught_up = Instant::now();
+            let mut fatal = false;
             let cut_all = || {
                 let chunks: Vec<(i32, RawChunk)> = pending
                     .lock()
@@ -299,6 +320,13 @@ pub fn start(
                 }
             };
             while !shutdown.is_requested() {
+                if fatal {
+                    // The consumer is unusable (e.g. fenced by another
+                    // member with our group.instance.id): read nothing more.
+                    connected_flag.store(false, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
                 if last_metadata_check.elapsed() > Duration::from_secs(5) {
                     last_metadata_check = Instant::now();
                     let ok = consumer
@@ -322,7 +350,18 @@ pub fn start(
                             let _ = decode_tx.send(DecodeInput::Chunk { partition, chunk });
                         }
                     }
-                    Some(Err(e)) => tracing::warn!(error = %e, "Kafka consumer error"),
+                    Some(Err(e)) => match consumer.client().fatal_error() {
+                        Some((code, reason)) => {
+                            fatal = true;
+                            tracing::error!(
+                                error = %e, ?code, %reason, group_instance_id = ?instance_id,
+                                "fatal Kafka consumer error: no longer reading (a fenced \
+                                 group_instance_id means another live member uses the same id; \
+                                 give each instance its own)"
+                            );
+                        }
+                        None => tracing::warn!(error = %e, "Kafka consumer error"),
+                    },
                     None => {
                         // Nothing more to read right now: hand over what we
                         // have instead of holding it for the batch delay. Under

@@ -874,7 +874,7 @@ fn a_late_event_that_turns_a_closed_window_into_an_alert_raises_a_late_alert() {
         ev("A", 2_000, 70.0),
         ev("B", 15_000, 70.0), // [0,10 s) closes: A has 2, no alert
         ev("A", 9_000, 70.0),  // late: A's third reading
-        ev("B", 16_000, 70.0), // the stream moves on: the late row is applied
+        ev("B", 21_000, 70.0), // the stream reaches 20 s: the late row is applied
     ];
     for horizon in [0, 600_000] {
         let mut engine = engine_with(&rules, horizon);
@@ -933,8 +933,8 @@ fn a_window_that_already_alerted_gets_no_late_alert() {
         ev("A", 2_000, 70.0),
         ev("A", 3_000, 70.0),
         ev("B", 15_000, 70.0),
-        ev("A", 9_000, 70.0), // late, window alerted already
-        ev("B", 16_000, 70.0),
+        ev("A", 9_000, 70.0),  // late, window alerted already
+        ev("B", 21_000, 70.0), // the stream reaches 20 s: the late row is applied
     ];
     let alerts = run(&rules, &events, &[], None);
     assert_eq!(alerts.len(), 1, "{alerts:?}");
@@ -1135,7 +1135,7 @@ fn a_late_row_held_at_a_snapshot_is_applied_after_restore() {
     let mut second = engine_with(&rules, 600_000);
     assert!(second.restore(&bytes, 0).unwrap().is_empty());
     let out = second
-        .process(0, &batch(&[ev("B", 16_000, 70.0)]), 0)
+        .process(0, &batch(&[ev("B", 21_000, 70.0)]), 0)
         .unwrap();
     assert_eq!(out.alerts.len(), 1, "{:?}", out.alerts);
     assert!(out.alerts[0].explanation.late);
@@ -1156,7 +1156,7 @@ fn a_window_that_closed_before_the_rule_saw_the_stream_never_alerts_late() {
         ev("A", 9_200, 70.0),
         ev("B", 16_000, 70.0), // late, in a window the rule saw
         ev("B", 17_000, 70.0),
-        ev("B", 32_000, 70.0),
+        ev("B", 41_000, 70.0), // the stream reaches 40 s: late rows applied
     ];
     for cuts in [vec![], (1..events.len()).collect::<Vec<_>>()] {
         let alerts = run(&rules, &events, &cuts, None);
@@ -1186,7 +1186,7 @@ fn a_rule_keyed_by_more_than_the_patient_alerts_late_for_the_touched_group_only(
         ev("C", 15_000, 70.0),
         ev("A", 9_000, 130.0), // late: (A, fast) now has 2
         ev("A", 9_500, 60.0),  // late: (A, slow) alerted already
-        ev("C", 16_000, 70.0),
+        ev("C", 21_000, 70.0),
     ];
     for cuts in [vec![], (1..events.len()).collect::<Vec<_>>()] {
         let alerts = run(&rules, &events, &cuts, None);

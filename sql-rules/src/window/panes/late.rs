@@ -25,18 +25,20 @@
 //! for an earlier one (the rule was added, or the engine started without a
 //! snapshot, mid-stream) whether it alerted is unknown.
 //!
-//! When: late rows are held, by that threshold, until the watermark passes
-//! it, and applied right after the windows ending at or before it fire.
-//! Rows held at the same threshold are applied together. Both the
-//! threshold and that order depend only on the events in partition order,
-//! so late alerts, and how cooldown treats them, do not depend on
-//! batching. A held row waits at most until the stream moves on (a later
-//! event, or the quiet close).
+//! When: a late row is held until the next window end after its threshold
+//! (the first end a later on-time window can have), and applied when the
+//! watermark reaches that end, before the windows ending there fire. Rows
+//! held for the same end are applied together, as one step. The threshold,
+//! that end and that order depend only on the events in partition order,
+//! so late alerts, and how cooldown treats them, do not depend on batching;
+//! and a flood of late rows costs one step per window end, not one per row.
+//! A held row waits for the stream to reach that end (later events, or the
+//! quiet close): at most one slide more than an on-time row.
 //!
 //! What it costs: the panes of closed windows and the late rows applied
 //! to them, for the horizon, counted in `state_bytes`; applying late rows
 //! looks up their groups in the window's panes and evaluates those groups
-//! twice (before and after), once per threshold and window.
+//! twice (before and after), once per window end and window.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -60,8 +62,8 @@ pub(super) struct LateState {
     horizon_ms: i64,
     /// The rule's HAVING (and projection), to tell whether a group alerts.
     output_ops: Vec<RowOp>,
-    /// Late rows not applied yet, by the threshold they were judged late
-    /// against, then by the start of the window they go to.
+    /// Late rows not applied yet, by the window end they wait for, then by
+    /// the start of the window they go to.
     pub(super) held: BTreeMap<i64, BTreeMap<i64, OpenPane>>,
     /// Late rows applied so far to each kept window, by window start.
     pub(super) applied: BTreeMap<i64, SealedPane>,
@@ -82,12 +84,13 @@ impl LateState {
         self.horizon_ms > 0
     }
 
-    /// The lowest threshold of held rows below `watermark`.
-    pub(super) fn next_held_before(&self, watermark: i64) -> Option<i64> {
+    /// The first window end that held rows wait for, if `watermark` has
+    /// reached it.
+    pub(super) fn next_held_due(&self, watermark: i64) -> Option<i64> {
         self.held
             .first_key_value()
             .map(|(&at, _)| at)
-            .filter(|&at| at < watermark)
+            .filter(|&at| at <= watermark)
     }
 
     /// Forgets late rows applied to windows past the horizon.
@@ -187,18 +190,21 @@ impl PaneOperator {
         if horizon <= 0 || late.is_empty() {
             return Ok(());
         }
-        // (threshold, window start) → the late rows that go there.
+        // (window end to wait for, window start) → the late rows that go
+        // there: windows closed by the row's threshold, and still kept when
+        // the watermark reaches the end it waits for.
         let mut targets: BTreeMap<(i64, i64), Vec<u32>> = BTreeMap::new();
         for &(row, threshold) in late {
+            let at = self.first_window_end(threshold);
             let pane = ts[row as usize].div_euclid(self.pane_ms) * self.pane_ms;
             for start in self.window_starts_containing(pane) {
                 let end = start.saturating_add(self.size_ms);
-                if end <= threshold && end.saturating_add(horizon) > threshold {
-                    targets.entry((threshold, start)).or_default().push(row);
+                if end <= threshold && end.saturating_add(horizon) >= at {
+                    targets.entry((at, start)).or_default().push(row);
                 }
             }
         }
-        for ((threshold, start), rows) in targets {
+        for ((at, start), rows) in targets {
             let idx = UInt32Array::from(rows);
             // Late rows are few: copying them out is cheaper than a mask
             // over the batch, and expressions then see only rows WHERE kept.
@@ -215,20 +221,16 @@ impl PaneOperator {
             let held = self
                 .late
                 .held
-                .get(&threshold)
+                .get(&at)
                 .is_some_and(|g| g.contains_key(&start));
             if !held {
                 let fresh = self.new_pane()?;
-                self.late
-                    .held
-                    .entry(threshold)
-                    .or_default()
-                    .insert(start, fresh);
+                self.late.held.entry(at).or_default().insert(start, fresh);
             }
             let pane = self
                 .late
                 .held
-                .get_mut(&threshold)
+                .get_mut(&at)
                 .and_then(|g| g.get_mut(&start))
                 .expect("held above");
             pane.update(&keys, &args, &filters, &late_ts, &seqs, &mut self.group_ids)?;
@@ -236,8 +238,9 @@ impl PaneOperator {
         Ok(())
     }
 
-    /// Applies the late rows held at threshold `at` to their windows (which
-    /// have fired: the watermark is past `at`), and yields, per window, the
+    /// Applies the late rows waiting for window end `at` to their windows
+    /// (which have fired: they end at or before the rows' thresholds, below
+    /// `at`), and yields, per window, the
     /// groups whose decision they turned into an alert.
     pub(super) fn apply_held_late(
         &mut self,
@@ -338,14 +341,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn held_rows_wait_until_the_watermark_is_strictly_past_their_threshold() {
+    fn held_rows_wait_until_the_watermark_reaches_their_window_end() {
         let mut late = LateState::default();
-        late.held.insert(14_500, BTreeMap::new());
         late.held.insert(20_000, BTreeMap::new());
-        assert_eq!(late.next_held_before(14_500), None);
-        assert_eq!(late.next_held_before(14_501), Some(14_500));
-        late.held.remove(&14_500);
-        assert_eq!(late.next_held_before(30_000), Some(20_000));
+        late.held.insert(30_000, BTreeMap::new());
+        assert_eq!(late.next_held_due(19_999), None);
+        assert_eq!(late.next_held_due(20_000), Some(20_000));
+        late.held.remove(&20_000);
+        assert_eq!(late.next_held_due(45_000), Some(30_000));
     }
 
     #[test]

@@ -60,10 +60,9 @@ impl PaneOperator {
 
     /// Fires every window ending at or before `watermark`, oldest first.
     /// Late rows held for closed windows (see [`super::late`]) are applied
-    /// in the same sequence: those that arrived when the stream stood at
-    /// `t` right after the windows ending at or before `t`, so on-time and
-    /// late alerts reach cooldown in an order that does not depend on
-    /// batching.
+    /// in the same sequence, right before the windows ending at the end
+    /// they wait for, so on-time and late alerts reach cooldown in an order
+    /// that does not depend on batching.
     pub fn fire(
         &mut self,
         watermark: i64,
@@ -73,8 +72,8 @@ impl PaneOperator {
         if watermark <= self.fired_through {
             return Ok(());
         }
-        while let Some(at) = self.late.next_held_before(watermark) {
-            self.fire_through(at, out, index)?;
+        while let Some(at) = self.late.next_held_due(watermark) {
+            self.fire_through(at.saturating_sub(1), out, index)?;
             self.apply_held_late(at, out, index)?;
         }
         self.fire_through(watermark, out, index)?;

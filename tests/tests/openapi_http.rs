@@ -482,17 +482,25 @@ async fn real_answers_have_exactly_the_keys_their_schemas_declare() {
     .await;
 
     // Rules again, now that the engine has counted and fired.
-    let rules = checked(
-        &server,
-        &doc,
-        Method::GET,
-        "/api/rules",
-        "/api/rules",
-        None,
-        200,
-    )
-    .await;
-    assert!(rules["rules"][0]["stats"].is_object(), "{rules}");
+    // The engine publishes its counters every 100 ms or so.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rules = checked(
+            &server,
+            &doc,
+            Method::GET,
+            "/api/rules",
+            "/api/rules",
+            None,
+            200,
+        )
+        .await;
+        if rules["rules"][0]["stats"].is_object() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no stats for the rule: {rules}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let detail = checked(
         &server,
         &doc,

@@ -181,7 +181,7 @@ pub async fn stream(
                             return None;
                         }
                         // The engine's alert serializes as `AlertView` (a
-                        // test in api/types.rs holds them together); it is
+                        // test in api/types/tests.rs holds them together); it is
                         // shared by every client, so it is not copied into one.
                         let data = serde_json::to_string(alert.as_ref()).ok()?;
                         Some(Ok(Event::default()

@@ -122,6 +122,10 @@ pub fn render(a: &Alert) -> Rendered {
         format!("{:?}", a.status).to_lowercase(),
     ));
     f.push(("severity".to_string(), a.severity.clone()));
+    // A late alert (explanation.late) says so; `late=true` pins it.
+    if a.explanation.late {
+        f.push(("late".to_string(), "true".to_string()));
+    }
     for (k, v) in &a.values {
         f.push((k.clone(), text(v)));
     }

@@ -236,6 +236,7 @@ async fn a_rule_over_its_alert_budget_is_suspended_shown_alerted_and_the_canary_
         .unwrap();
     assert_eq!(rule["stats"]["alerts_fired"], 1_000, "{rule}");
     assert_eq!(rule["stats"]["events_matched"], 1_001, "{rule}");
+    assert_eq!(rule["state"], "suspended", "{rule}");
     // Why and when, in `GET /api/rules`.
     let suspension = &rule["stats"]["suspension"];
     assert_eq!(suspension["reason"], "alerts_per_minute", "{rule}");
@@ -265,6 +266,10 @@ async fn a_rule_over_its_alert_budget_is_suspended_shown_alerted_and_the_canary_
         .unwrap();
     assert!(
         metrics.contains("\nwardwatch_rules_suspended_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\nwardwatch_rules_suspended 1\n"),
         "{metrics}"
     );
 

@@ -112,6 +112,7 @@ pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
         .unwrap_or_default();
     let active_rules = stats.len() as f64;
     let open_panes = stats.values().map(|s| s.open_panes).sum::<u64>() as f64;
+    let suspended = stats.values().filter(|s| s.suspension.is_some()).count() as f64;
     let now = chrono::Utc::now().timestamp_millis();
     let health = &state.pipeline.health;
     let stalled = health
@@ -148,6 +149,11 @@ pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
             "wardwatch_rules_failing",
             "Rules with a run-time error in the last minute.",
             failing,
+        ),
+        (
+            "wardwatch_rules_suspended",
+            "Rules suspended for going over a run-time budget (GET /api/rules: stats.suspension); a new version of the rule clears it.",
+            suspended,
         ),
     ]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)

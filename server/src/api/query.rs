@@ -45,7 +45,9 @@ impl From<CatalogError> for QueryError {
             CatalogError::QueryRefused { .. } | CatalogError::Query { .. } => {
                 StatusCode::BAD_REQUEST
             }
-            CatalogError::QueryTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            CatalogError::QueryTooLarge { .. } | CatalogError::QueryOverBudget { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             CatalogError::QueryTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -95,7 +97,7 @@ enum Format {
             ("application/vnd.apache.arrow.stream"),
         )),
         (status = 400, description = "Not a JSON `{\"sql\"}`, SQL that does not plan or is not read-only, or SQL over `max_sql_bytes` / `max_expression_depth`.", body = ErrorBody),
-        (status = 413, description = "The result has more than `query_max_rows` rows.", body = ErrorBody),
+        (status = 413, description = "The result has more than `query_max_rows` rows, or the query needs more memory than one query may hold (`max_query_memory_bytes`, `max_function_output_bytes`).", body = ErrorBody),
         (status = 500, description = "The query failed while running.", body = ErrorBody),
         (status = 503, description = "`max_concurrent_queries` queries are already running; retry shortly.", body = ErrorBody),
         (status = 504, description = "The query ran past `query_timeout_ms`.", body = ErrorBody),

@@ -183,7 +183,7 @@ impl RuleView {
         window: Option<String>,
         now_ms: i64,
     ) -> Self {
-        let state = RuleState::of(rule.active, health.as_ref(), now_ms);
+        let state = RuleState::of(rule.active, stats.as_ref(), health.as_ref(), now_ms);
         let v = rule.current;
         Self {
             id: rule.id,
@@ -218,12 +218,22 @@ pub enum RuleState {
     Active,
     /// Running, with a run-time error in the last minute.
     Failing,
+    /// Stopped by the engine for going over a run-time budget (state,
+    /// work per batch, alerts per minute; `stats.suspension` says which):
+    /// it holds no state and is not evaluated until a new version is saved.
+    Suspended,
 }
 
 impl RuleState {
-    pub fn of(active: bool, health: Option<&crate::pipeline::RuleHealth>, now_ms: i64) -> Self {
+    pub fn of(
+        active: bool,
+        stats: Option<&sql_rules::RuleStats>,
+        health: Option<&crate::pipeline::RuleHealth>,
+        now_ms: i64,
+    ) -> Self {
         match health {
             _ if !active => Self::Inactive,
+            _ if stats.is_some_and(|s| s.suspension.is_some()) => Self::Suspended,
             Some(h) if h.failing(now_ms) => Self::Failing,
             _ => Self::Active,
         }

@@ -40,6 +40,12 @@ pub async fn run_until(
     }
     let (store, prefix) = catalog::storage::open_store(&config.data_dir)
         .with_context(|| format!("opening storage at {}", config.data_dir))?;
+    // One server per local data directory, held until this function returns
+    // (the OS releases it if the process dies, so a crash blocks no restart).
+    let _data_dir_lock = match local_data_dir(&config.data_dir) {
+        Some(dir) => Some(lock_data_dir(&dir)?),
+        None => None,
+    };
     let rules = RuleStore::open(Arc::clone(&store), prefix.clone())
         .await
         .context("loading rules")?;
@@ -65,7 +71,7 @@ pub async fn run_until(
     };
 
     let (alert_tx, alert_rx) = tokio::sync::mpsc::unbounded_channel();
-    let engine_config = config.pipeline.engine_config();
+    let engine_config = config.engine_config();
     let pipeline = pipeline::start(
         engine_config,
         Arc::clone(&metrics),
@@ -347,6 +353,65 @@ const STAGE_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// The archive's final flush writes Parquet files: give it a little longer.
 const ARCHIVE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The lock file in a local data directory; it holds the holder's pid.
+pub const DATA_DIR_LOCK: &str = "wardwatch.lock";
+
+/// The local directory behind a data location: a plain path or a
+/// `file:///…` URL (percent-encoded ones are not decoded and not locked).
+/// Object stores (`s3://`, `memory://`) have no lock.
+fn local_data_dir(location: &str) -> Option<std::path::PathBuf> {
+    let location = location.trim();
+    match location.split_once("://") {
+        None => Some(location.into()),
+        Some((scheme, path)) if scheme.eq_ignore_ascii_case("file") => {
+            (path.starts_with('/') && !path.contains('%')).then(|| path.into())
+        }
+        Some(_) => None,
+    }
+}
+
+/// Takes an exclusive lock on `dir`'s [`DATA_DIR_LOCK`] for as long as the
+/// returned file is open, and writes our pid into it: two servers writing
+/// one data directory would collide on file names. A second server fails
+/// here, naming the directory and the holder's pid.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(DATA_DIR_LOCK);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening the data directory lock {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => String::new(),
+                h => format!(" ({h})"),
+            };
+            anyhow::bail!(
+                "the data directory {} is in use by another wardwatch server{holder}: \
+                 it holds the lock {}. Two servers must not share a local data directory; \
+                 give each its own --data-dir",
+                dir.display(),
+                path.display()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "pid {}", std::process::id()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(file)
+}
+
 /// Writes the JSON-lines logs' buffered records to storage.
 async fn flush_logs(hub: &AlertHub, dead_letters: &DeadLetters, audit: &JsonLog) {
     if let Err(e) = dead_letters.table.flush().await {
@@ -385,4 +450,40 @@ async fn shutdown_signal() {
         _ = terminate => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod data_dir_lock_tests {
+    use super::*;
+
+    #[test]
+    fn local_directories_are_locked_object_stores_are_not() {
+        assert_eq!(local_data_dir(" ./data "), Some("./data".into()));
+        assert_eq!(
+            local_data_dir("file:///var/lib/ww"),
+            Some("/var/lib/ww".into())
+        );
+        assert_eq!(
+            local_data_dir("FILE:///var/lib/ww"),
+            Some("/var/lib/ww".into())
+        );
+        assert_eq!(local_data_dir("file:///var/lib/a%20b"), None);
+        assert_eq!(local_data_dir("s3://bucket/ww"), None);
+        assert_eq!(local_data_dir("memory://"), None);
+    }
+
+    #[test]
+    fn a_second_lock_is_refused_naming_the_directory_and_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_data_dir(dir.path()).unwrap();
+        let e = lock_data_dir(dir.path()).unwrap_err().to_string();
+        let want = format!(
+            "the data directory {} is in use by another wardwatch server (pid {})",
+            dir.path().display(),
+            std::process::id()
+        );
+        assert!(e.starts_with(&want), "{e}");
+        drop(held);
+        lock_data_dir(dir.path()).expect("free again once the holder closes it");
+    }
 }

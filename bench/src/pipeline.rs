@@ -301,7 +301,12 @@ async fn wardwatch(
             })
         })
         .collect();
-    let _rules_server = inproc::create_rules(data_dir, &bodies).await?;
+    // Stopped before the consuming server starts: one server per data dir.
+    inproc::create_rules(data_dir, &bodies)
+        .await?
+        .stop_within(Duration::from_secs(30))
+        .await
+        .context("stopping the rules server")?;
     progress(NAME, format!("{} rules created over REST", rules.len()));
 
     // Second server, consuming, with the stored rules.

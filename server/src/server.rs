@@ -157,7 +157,8 @@ pub async fn run_until(
         }
     }
     for rule in rules.list().await.into_iter().filter(|r| r.active) {
-        match compiler.compile(&rule.current.sql) {
+        // Accepted once: limits apply, the submit-time sample check does not.
+        match compiler.compile_accepted(&rule.current.sql) {
             Ok(compiled) => {
                 pipeline.send(Input::Upsert(Box::new(api::rules::rule_spec(
                     &rule.current,

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{get, post, start};
+use common::{get, post, start, start_with};
 use serde_json::{json, Value};
 
 fn events(t0: i64, n: i64, spo2: f64) -> String {
@@ -160,8 +160,9 @@ fn storm_events(t0: i64) -> String {
     body
 }
 
-/// A rule that pages on every reading (cooldown 0) goes over the default
-/// alert budget (1,000 per minute of event time): it is suspended with its
+/// A rule that pages on every reading (cooldown 0) goes over an alert
+/// budget of 1,000 per minute of event time (the default is 100,000; a
+/// config file sets it lower here): it is suspended with its
 /// reason in `GET /api/rules`, one `rule_suspended` system alert is raised
 /// and counted in `/metrics`, and a canary keeps firing.
 #[tokio::test]
@@ -169,7 +170,9 @@ async fn a_rule_over_its_alert_budget_is_suspended_shown_alerted_and_the_canary_
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let http = reqwest::Client::new();
-    let server = start(&data, &http).await;
+    let config = dir.path().join("wardwatch.toml");
+    std::fs::write(&config, "[limits]\nmax_alerts_per_rule_minute = 1000\n").unwrap();
+    let server = start_with(&data, &http, &["--config", config.to_str().unwrap()]).await;
     let url = |p: &str| format!("{}{p}", server.url);
 
     let storm = post(

@@ -43,8 +43,13 @@ impl Default for RuleBudgets {
     fn default() -> Self {
         Self {
             max_state_bytes: 256 * 1024 * 1024,
-            max_work_per_batch: 50_000_000,
-            max_alerts_per_minute: 1_000,
+            // A few seconds of merging on one core: past it, one rule is
+            // holding up every other (and /healthz would soon say stalled).
+            max_work_per_batch: 1_000_000_000,
+            // Per rule, all patients together: a ward-wide event with
+            // per-patient cooldowns stays far below it; a rule paging
+            // this often is broken, and would flood pagers and the topic.
+            max_alerts_per_minute: 100_000,
         }
     }
 }

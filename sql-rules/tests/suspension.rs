@@ -253,6 +253,6 @@ fn a_suspension_survives_a_snapshot_and_restore() {
 fn the_default_budgets_are_generous() {
     let b = RuleBudgets::default();
     assert_eq!(b.max_state_bytes, 256 * 1024 * 1024);
-    assert_eq!(b.max_work_per_batch, 50_000_000);
-    assert_eq!(b.max_alerts_per_minute, 1_000);
+    assert_eq!(b.max_work_per_batch, 1_000_000_000);
+    assert_eq!(b.max_alerts_per_minute, 100_000);
 }

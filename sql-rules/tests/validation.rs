@@ -87,6 +87,16 @@ fn casting_a_text_column_every_event_carries_is_refused() {
 }
 
 #[test]
+fn casting_an_id_is_left_to_the_real_ids() {
+    // The sample's ids are made up ('H-SAMPLE'); real hospital ids may be
+    // numbers, so a cast of one is not refused for failing on the sample.
+    compile("SELECT patient_id FROM vitals WHERE CAST(hospital_id AS INT) = 101")
+        .expect("an id cast is accepted");
+    compile("SELECT patient_id FROM vitals WHERE CAST(patient_id AS BIGINT) BETWEEN 3000 AND 3999")
+        .expect("an id cast is accepted");
+}
+
+#[test]
 fn float_division_by_zero_is_infinity_not_an_error_and_the_rule_is_accepted() {
     // Readings are DOUBLE: x / 0 is ±inf or NaN, and the comparison decides.
     compile("SELECT patient_id FROM vitals WHERE heart_rate_bpm / (heart_rate_bpm - heart_rate_bpm) > 1")

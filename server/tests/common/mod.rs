@@ -28,12 +28,18 @@ pub fn free_port() -> u16 {
 /// Starts `wardwatch serve` embedded (no Kafka) on `data` and waits until
 /// it answers. Its log goes next to the data directory.
 pub async fn start(data: &std::path::Path, http: &reqwest::Client) -> Running {
+    start_with(data, http, &[]).await
+}
+
+/// [`start`] with more command-line arguments (for example `--config F`).
+pub async fn start_with(data: &std::path::Path, http: &reqwest::Client, args: &[&str]) -> Running {
     let port = free_port();
     let log = std::fs::File::create(data.with_extension(format!("{port}.log"))).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_wardwatch"))
         .args(["serve", "--data-dir"])
         .arg(data)
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
         .spawn()

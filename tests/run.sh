@@ -34,3 +34,18 @@ if ! python3 -c 'import duckdb, pyarrow, confluent_kafka' 2>/dev/null; then
 fi
 
 cargo test --workspace "$@"
+
+# Browser tests of the web UI: Debian's Chromium driven by Playwright (the
+# system browser; `playwright install` is never run) against `serve --demo`.
+if [ ! -x /usr/bin/chromium ]; then
+  echo "installing Chromium (Debian package)"
+  apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+fi
+if ! python3 -c 'import playwright.sync_api' 2>/dev/null; then
+  echo "installing Playwright (Python)"
+  python3 -m pip install --quiet --disable-pip-version-check playwright
+fi
+# `cargo test` above built the server binary for its integration tests; this
+# is a no-op then, and builds it when the arguments left the server out.
+cargo build -p wardwatch
+WARDWATCH_BIN="$CARGO_TARGET_DIR/debug/wardwatch" python3 tests/browser/test_ui.py

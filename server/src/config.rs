@@ -397,8 +397,8 @@ mod tests {
         assert_eq!((l.max_name_chars, l.max_description_bytes), (200, 4096));
         assert_eq!((l.max_ack_by_chars, l.max_ack_note_bytes), (200, 4096));
         assert_eq!(l.max_rule_state_bytes, 268_435_456);
-        assert_eq!(l.max_rule_work_per_batch, 50_000_000);
-        assert_eq!(l.max_alerts_per_rule_minute, 1_000);
+        assert_eq!(l.max_rule_work_per_batch, 1_000_000_000);
+        assert_eq!(l.max_alerts_per_rule_minute, 100_000);
         let c: Config = toml::from_str("[limits]\nmax_alerts_per_rule_minute = 50\n").unwrap();
         assert_eq!(c.engine_config().budgets.max_alerts_per_minute, 50);
         let c: Config = toml::from_str("[limits]\nmax_window_ms = 172800000\n").unwrap();

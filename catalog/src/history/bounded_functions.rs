@@ -5,8 +5,10 @@
 //! `SELECT length(repeat('x', 1000000000))` allocates a gigabyte in one call
 //! with the pool none the wiser, and three at once abort the process. The
 //! functions whose output size is set by an argument rather than by their
-//! input (`repeat`, `lpad`, `rpad`, `array_repeat`, `array_resize`, `range`,
-//! `generate_series`) are wrapped here: before delegating to DataFusion's own
+//! input alone (`repeat`, `lpad`, `rpad`, `array_repeat`, `array_resize`,
+//! `range`, `generate_series`, and `replace`, `regexp_replace`, `concat`,
+//! `concat_ws`, which multiply or add their inputs) are wrapped here: before
+//! delegating to DataFusion's own
 //! implementation, the wrapper estimates the bytes the call would produce
 //! from its arguments and refuses a call over the limit with a
 //! `ResourcesExhausted` error that names the function and the limit.
@@ -33,11 +35,17 @@ use datafusion::prelude::SessionContext;
 enum Growth {
     /// `repeat(text, n)`: the text's bytes times `n`.
     Repeat,
-    /// `lpad/rpad(text, n[, fill])`: `n` characters.
+    /// `lpad/rpad(text, n[, fill])`: `n` characters of up to 4 bytes.
     Pad,
     /// `array_repeat(element, n)`, `array_resize(array, n[, value])`: `n`
-    /// elements (counted at 8 bytes).
+    /// elements, each the size of the first argument's (at least 8 bytes).
     Elements,
+    /// `replace(text, from, to)`, `regexp_replace(text, pattern, to, …)`:
+    /// every match of `from` (every position, if it can match empty) becomes
+    /// `to`.
+    Replace,
+    /// `concat(…)`, `concat_ws(sep, …)`: the sum of the arguments.
+    Sum,
     /// `range/generate_series([start,] stop[, step])`: (stop − start) / step
     /// elements (counted at 8 bytes).
     Series,
@@ -49,6 +57,10 @@ const BOUNDED: &[(&str, Growth)] = &[
     ("rpad", Growth::Pad),
     ("array_repeat", Growth::Elements),
     ("array_resize", Growth::Elements),
+    ("replace", Growth::Replace),
+    ("regexp_replace", Growth::Replace),
+    ("concat", Growth::Sum),
+    ("concat_ws", Growth::Sum),
     ("range", Growth::Series),
     ("generate_series", Growth::Series),
 ];
@@ -159,11 +171,37 @@ fn estimate(growth: Growth, args: &[ArrayRef]) -> Result<u128> {
         }
         Growth::Pad => {
             let Some(n) = count(1)? else { return Ok(0) };
-            total = n.iter().map(|v| (*v).max(0) as u128).sum();
+            total = n.iter().map(|v| mul(*v, 4)).sum();
         }
         Growth::Elements => {
             let Some(n) = count(1)? else { return Ok(0) };
-            total = n.iter().map(|v| mul(*v, 8)).sum();
+            let sizes = element_sizes(args.first(), rows);
+            for row in 0..rows {
+                total = total.saturating_add(mul(n[row], sizes[row]));
+            }
+        }
+        Growth::Replace => {
+            let (Some(text), Some(to)) = (lengths(args.first()), lengths(args.get(2))) else {
+                return Ok(0);
+            };
+            // regexp_replace's pattern may match the empty string: count a
+            // match at every position. replace's `from` is literal.
+            let from = lengths(args.get(1));
+            for row in 0..rows {
+                let matches = match &from {
+                    Some(from) if from[row] > 0 => text[row] / from[row],
+                    _ => text[row] + 1,
+                };
+                total = total
+                    .saturating_add(mul(matches, to[row]))
+                    .saturating_add(text[row].max(0) as u128);
+            }
+        }
+        Growth::Sum => {
+            for arg in args {
+                let sizes = element_sizes(Some(arg), rows);
+                total = total.saturating_add(sizes.iter().map(|s| s.max(&0).unsigned_abs()).sum());
+            }
         }
         Growth::Series => {
             let (start, stop, step) = match args.len() {
@@ -181,6 +219,43 @@ fn estimate(growth: Growth, args: &[ArrayRef]) -> Result<u128> {
         }
     }
     Ok(total)
+}
+
+/// Bytes of each row's value: a text's length, 8 for a number, else the
+/// array's average (at least 8). Never read from buffer sizes alone for
+/// text: a sliced batch would look as large as its whole buffer.
+fn element_sizes(array: Option<&ArrayRef>, rows: usize) -> Vec<i128> {
+    let Some(array) = array else {
+        return vec![0; rows];
+    };
+    if let Some(text) = lengths(Some(array)) {
+        return text;
+    }
+    let average = if array.data_type().is_primitive() {
+        8
+    } else {
+        (array.get_array_memory_size() / array.len().max(1)).max(8) as i128
+    };
+    vec![average; rows]
+}
+
+/// Byte lengths of a text argument (`None` if it is not text).
+fn lengths(array: Option<&ArrayRef>) -> Option<Vec<i128>> {
+    let array = array?;
+    let text = matches!(
+        array.data_type(),
+        DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Binary
+            | DataType::LargeBinary
+            | DataType::BinaryView
+    );
+    if !text {
+        return None;
+    }
+    let lengths = arrow::compute::kernels::length::length(array).ok()?;
+    integers(Some(&lengths)).ok().flatten()
 }
 
 fn mul(a: i128, b: i128) -> u128 {

@@ -896,6 +896,12 @@ mod tests {
         )
         .await;
         assert_eq!(n, 1000);
+        let n = count(
+            &history,
+            "SELECT CAST(length(concat(replace('P-0042', 'P', 'Q'), '/', lpad('7', 3, '0'))) AS BIGINT)",
+        )
+        .await;
+        assert_eq!(n, 10);
         let started = std::time::Instant::now();
         for sql in [
             "SELECT length(repeat('x', 1000000000))",
@@ -904,6 +910,11 @@ mod tests {
             "SELECT cardinality(array_repeat(1, 100000000))",
             "SELECT cardinality(generate_series(TIMESTAMP '1970-01-01', TIMESTAMP '2070-01-01', \
              INTERVAL '1 millisecond'))",
+            // Each argument within the bound, the result far over it.
+            "SELECT length(replace(repeat('a', 10000), 'a', repeat('b', 10000000)))",
+            "SELECT length(regexp_replace(repeat('a', 100000), '', repeat('b', 100000), 'g'))",
+            "SELECT cardinality(array_repeat(repeat('x', 16000000), 1000))",
+            "SELECT length(concat(repeat('x', 8000000), repeat('x', 8000000), repeat('x', 8000000)))",
         ] {
             let err = history.query(sql, &limits()).await.unwrap_err();
             assert!(

@@ -38,9 +38,11 @@ impl From<ReplayError> for ApiError {
         match e {
             E::Compile(e) => e.into(),
             E::RuleNotFound { .. } | E::VersionNotFound { .. } => Self::not_found(e.to_string()),
-            E::RuleAndDraft | E::NoRule | E::RuleRefused(_) | E::Cancelled { .. } => {
-                Self::bad_request(e.to_string())
-            }
+            E::RuleAndDraft
+            | E::NoRule
+            | E::RuleRefused(_)
+            | E::Cancelled { .. }
+            | E::Suspended(_) => Self::bad_request(e.to_string()),
             E::Archive(_) | E::Engine(_) => Self::internal(e.to_string()),
         }
     }

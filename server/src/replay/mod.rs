@@ -131,6 +131,10 @@ pub enum ReplayError {
     Archive(#[from] CatalogError),
     #[error("{0}")]
     Engine(EngineError),
+    /// The rule went over a run-time budget during the replay: what it
+    /// produced after that point would be missing, so there is no result.
+    #[error("the rule went over a run-time budget during the replay, which stopped there: {0}")]
+    Suspended(String),
 }
 
 /// Resolves `replay.source`, replays it over the range and, if asked, audits
@@ -267,20 +271,29 @@ pub async fn replay_rule(
             let out = engine
                 .process(0, &batch, now)
                 .map_err(ReplayError::Engine)?;
+            refuse_suspended(&out)?;
             alerts.extend(out.alerts);
             // An hour can be long: let the runtime's other tasks (the next
             // hour's read among them) have this thread between batches.
             tokio::task::yield_now().await;
         }
     }
-    alerts.extend(
-        engine
-            .advance_watermark(to_ms, now)
-            .map_err(ReplayError::Engine)?
-            .alerts,
-    );
+    let out = engine
+        .advance_watermark(to_ms, now)
+        .map_err(ReplayError::Engine)?;
+    refuse_suspended(&out)?;
+    alerts.extend(out.alerts);
     alerts.retain(|a| inside(a, from_ms, to_ms));
     Ok(Replayed { events, alerts })
+}
+
+/// A replay whose rule was suspended would silently miss everything after:
+/// an error instead (the budgets are the engine's defaults, as live).
+fn refuse_suspended(out: &sql_rules::EngineOutput) -> Result<(), ReplayError> {
+    match out.suspended.first() {
+        Some(s) => Err(ReplayError::Suspended(s.suspension.message.clone())),
+        None => Ok(()),
+    }
 }
 
 /// Whether a replay of `[from_ms, to_ms)` can fully account for `alert`:

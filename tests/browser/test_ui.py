@@ -199,6 +199,17 @@ def check_acknowledge(page, server):
 
 
 def check_rule_states(page, server):
+    # A critical alert of our own, before the storm: a reading under the demo
+    # rule "Critical SpO2 reading" (spo2_pct < 85) for a patient of our own.
+    reading = {"hospital_id": "H01", "patient_id": "PW-CRIT", "timestamp_unix_ms": int(time.time() * 1000),
+               "spo2_pct": 80.0, "heart_rate_bpm": 70, "source_device": "BEDSIDE", "sequence_number": 1}
+    req = urllib.request.Request(server.base + "/api/ingest", data=(json.dumps(reading) + "\n").encode(),
+                                 method="POST", headers={"Content-Type": "application/x-ndjson"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 202, resp.status
+    critical = wait_until("the critical alert for PW-CRIT", lambda: server.get(
+        "/api/alerts?patient=PW-CRIT&status=fired&severity=critical&limit=1")["alerts"])[0]
+
     status, rule = server.request("POST", "/api/rules", {
         "name": "Storm of every reading",
         "sql": "SELECT patient_id, heart_rate_bpm FROM vitals WHERE heart_rate_bpm > 0",
@@ -217,6 +228,15 @@ def check_rule_states(page, server):
     assert first == rid, f"suspended rule not listed first (first is {first})"
     assert "1 suspended" in page.text_content("#rules-count")
 
+    # The storm's 500 low alerts are newer than the critical one made above,
+    # burying it below the server's newest 200; the worklist still leads with it.
+    newest = {a["id"] for a in server.get("/api/alerts?status=fired&limit=200")["alerts"]}
+    assert critical["id"] not in newest, "the storm did not bury the critical alert (test proves nothing)"
+    page.reload()
+    wait_until("rows after reload", lambda: rows(page))
+    shown = [r["id"] for r in rows(page)]
+    assert critical["id"] in shown, f"critical alert {critical['id']} buried by the storm is not shown"
+
     # No REST call can make a rule fail at run time (the server refuses SQL
     # that fails on its samples), so the failing render is checked against a
     # server answer with one rule marked failing, as the API documents it.
@@ -233,7 +253,8 @@ def check_rule_states(page, server):
     assert "Divide by zero error" in page.text_content(f"{art} .rule-problem")
     assert page.text_content(f"{art} .state-tag").strip() == "failing"
     page.unroute("**/api/rules", failing)
-    print(f"  rule states: {rid} shown suspended with its reason; failing shown with its error")
+    print(f"  rule states: {rid} shown suspended with its reason; failing shown with its error;"
+          f" a critical alert older than the storm's 500 still shown")
 
 
 CONTRAST_JS = """

@@ -4,16 +4,16 @@
 //! benchmarks (`bench/`) and the test harness (`test-support/`) are crates
 //! of their own on top of this one.
 
-pub mod api;
-pub mod archive;
-pub mod audit;
+pub(crate) mod api;
+pub(crate) mod archive;
+pub(crate) mod audit;
 pub mod config;
 pub mod demo;
-pub mod intake;
-pub mod metrics;
-pub mod pipeline;
+pub(crate) mod intake;
+pub(crate) mod metrics;
+pub(crate) mod pipeline;
 pub mod replay;
 pub mod server;
-pub mod shutdown;
-pub mod sink;
+pub(crate) mod shutdown;
+pub(crate) mod sink;
 pub mod source;

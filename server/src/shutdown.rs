@@ -1,35 +1,24 @@
-//! Explicit shutdown: one notice every task listens to, and a completion
-//! barrier the server waits on (the shape of mini-redis's `server.rs`).
+//! Explicit shutdown: one notice every task listens to (the shape of
+//! mini-redis's `server.rs`).
 //!
 //! [`Shutdown::trigger`] tells every holder of a [`ShutdownNotice`] to stop:
-//! live feeds end, sources stop fetching, periodic tasks return. Tasks that
-//! must finish work before the process exits hold a [`Completion`] token;
-//! [`Shutdown::finished`] resolves once every token is dropped. The order in
-//! which the pipeline drains (sources, engine, alert delivery, archive,
-//! logs) is written out once, in `server::run_until`.
+//! live feeds end, sources stop fetching, periodic tasks return. What the
+//! server waits for, and in which order (HTTP and periodic tasks, sources,
+//! engine, alert delivery, archive, logs), is written out once, in
+//! `server::run_until`, as bounded joins on each stage's handle: that
+//! sequence is the completion barrier.
 
-use std::time::Duration;
+use tokio::sync::watch;
 
-use tokio::sync::{mpsc, watch};
-
-/// Owned by the server: triggers the notice and waits for completion.
+/// Owned by the server: triggers the notice.
 pub struct Shutdown {
     notice: watch::Sender<bool>,
-    done_tx: Option<mpsc::Sender<()>>,
-    done_rx: mpsc::Receiver<()>,
 }
 
 /// A cheap, cloneable view of the shutdown notice.
 #[derive(Clone)]
 pub struct ShutdownNotice {
     rx: watch::Receiver<bool>,
-}
-
-/// Held by a task that must finish before the process exits; dropping it
-/// (when the task ends) tells the server.
-#[derive(Clone)]
-pub struct Completion {
-    _tx: mpsc::Sender<()>,
 }
 
 impl Default for Shutdown {
@@ -41,12 +30,7 @@ impl Default for Shutdown {
 impl Shutdown {
     pub fn new() -> Self {
         let (notice, _) = watch::channel(false);
-        let (done_tx, done_rx) = mpsc::channel(1);
-        Self {
-            notice,
-            done_tx: Some(done_tx),
-            done_rx,
-        }
+        Self { notice }
     }
 
     pub fn notice(&self) -> ShutdownNotice {
@@ -55,28 +39,9 @@ impl Shutdown {
         }
     }
 
-    /// A token for a task the server must wait for.
-    pub fn completion(&self) -> Completion {
-        Completion {
-            _tx: self
-                .done_tx
-                .clone()
-                .expect("completion tokens are handed out before shutdown"),
-        }
-    }
-
     /// Tells every task to stop. Idempotent.
     pub fn trigger(&self) {
         self.notice.send_replace(true);
-    }
-
-    /// Waits until every [`Completion`] is dropped, for at most `limit`.
-    /// Returns whether everything completed in time.
-    pub async fn finished(&mut self, limit: Duration) -> bool {
-        self.done_tx = None;
-        tokio::time::timeout(limit, self.done_rx.recv())
-            .await
-            .is_ok()
     }
 }
 
@@ -103,30 +68,24 @@ impl ShutdownNotice {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test]
-    async fn every_listener_hears_the_notice_and_the_server_waits_for_completion() {
-        let mut shutdown = Shutdown::new();
-        let notice = shutdown.notice();
-        let token = shutdown.completion();
-        let worker = tokio::spawn(async move {
-            notice.requested().await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            drop(token);
-        });
+    async fn every_listener_hears_the_notice() {
+        let shutdown = Shutdown::new();
+        let listeners: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(shutdown.notice().requested()))
+            .collect();
         assert!(!shutdown.notice().is_requested());
         shutdown.trigger();
         assert!(shutdown.notice().is_requested());
-        assert!(shutdown.finished(Duration::from_secs(5)).await);
-        worker.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_task_that_never_finishes_is_reported() {
-        let mut shutdown = Shutdown::new();
-        let _stuck = shutdown.completion();
-        shutdown.trigger();
-        assert!(!shutdown.finished(Duration::from_millis(50)).await);
+        for listener in listeners {
+            tokio::time::timeout(Duration::from_secs(5), listener)
+                .await
+                .expect("the notice reaches every listener")
+                .unwrap();
+        }
     }
 }

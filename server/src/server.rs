@@ -184,6 +184,7 @@ pub async fn run_until(
     )
     .with_durable_local(config.archive.ingest_durable_ack);
     let kafka_ready = Arc::new(AtomicBool::new(config.kafka.brokers.is_none()));
+    let mut kafka_lag = Arc::new(std::sync::atomic::AtomicI64::new(-1));
     let mut kafka_source = None;
     if let Some(brokers) = &config.kafka.brokers {
         let src = source::kafka::start(
@@ -193,6 +194,7 @@ pub async fn run_until(
             intake.clone(),
             shutdown.notice(),
         )?;
+        kafka_lag = Arc::clone(&src.lag);
         let connected = Arc::clone(&src.connected);
         let ready = Arc::clone(&kafka_ready);
         let stop = shutdown.notice();
@@ -271,6 +273,7 @@ pub async fn run_until(
         replays,
         query_slots,
         kafka_ready,
+        kafka_lag,
         rule_writes: tokio::sync::Mutex::new(()),
     });
     let listener = tokio::net::TcpListener::bind(listen)

@@ -93,6 +93,11 @@ async fn a_rule_failing_at_run_time_is_shown_alerted_and_leaves_the_canary_firin
         metrics.contains("\nwardwatch_rules_failing 1\n"),
         "{metrics}"
     );
+    // Still ready (the others alert), but not well: /readyz says why.
+    let ready = get(&http, url("/readyz")).await;
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert_eq!(ready["degraded"], json!(["1 rules failing"]), "{ready}");
+    assert_eq!(ready["consumer_lag"], Value::Null, "{ready}");
     assert!(
         !metrics.contains("\nwardwatch_rule_errors_total 0\n"),
         "{metrics}"

@@ -352,4 +352,20 @@ async fn tachycardia_rule_fires_for_exactly_the_right_patients_through_kafka() {
     );
     let ready = server.http.get(server.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
+    // Caught up: librdkafka's statistics (each second) report the lag.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = server.get_json("/readyz").await;
+        eprintln!("readyz: {ready}");
+        if let Some(lag) = ready["consumer_lag"].as_i64() {
+            assert!(lag < 100, "caught up, yet {lag} behind: {ready}");
+            assert!(ready["degraded"].as_array().unwrap().is_empty(), "{ready}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no consumer lag: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

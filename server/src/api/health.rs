@@ -82,6 +82,9 @@ pub async fn readyz(State(state): State<SharedState>) -> (StatusCode, Json<Readi
     } else {
         StorageState::Unreachable
     };
+    let lag = state.kafka_lag.load(Ordering::Relaxed);
+    let consumer_lag = (lag >= 0).then_some(lag);
+    let degraded = degraded(&state, consumer_lag);
     (
         status,
         Json(Readiness {
@@ -89,8 +92,55 @@ pub async fn readyz(State(state): State<SharedState>) -> (StatusCode, Json<Readi
             storage,
             kafka,
             draining,
+            consumer_lag,
+            degraded,
         }),
     )
+}
+
+/// A consumer this far behind is reported as degraded (minutes of a large
+/// ward's traffic): alerts still come, but late.
+const LAG_DEGRADED: i64 = 100_000;
+
+/// Inputs queued for the engine thread past this are reported as degraded.
+const QUEUE_DEGRADED: i64 = 64;
+
+/// What `/readyz` lists under `degraded` (see [`Readiness::degraded`]).
+fn degraded(state: &SharedState, consumer_lag: Option<i64>) -> Vec<String> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut out = Vec::new();
+    let health = &state.pipeline.health;
+    if health
+        .stalled_ms(now, state.config.pipeline.engine_stall_ms)
+        .is_some()
+    {
+        out.push("engine stalled".to_string());
+    }
+    let failing = state
+        .pipeline
+        .rule_health
+        .lock()
+        .map(|h| h.values().filter(|r| r.failing(now)).count())
+        .unwrap_or_default();
+    if failing > 0 {
+        out.push(format!("{failing} rules failing"));
+    }
+    let suspended = state
+        .pipeline
+        .rule_stats
+        .lock()
+        .map(|s| s.values().filter(|s| s.suspension.is_some()).count())
+        .unwrap_or_default();
+    if suspended > 0 {
+        out.push(format!("{suspended} rules suspended"));
+    }
+    if health.queued() > QUEUE_DEGRADED {
+        out.push(format!("{} inputs waiting", health.queued()));
+    }
+    if let Some(lag) = consumer_lag.filter(|l| *l > LAG_DEGRADED) {
+        out.push(format!("kafka lag {lag}"));
+    }
+    out
 }
 
 /// Prometheus metrics (text exposition format 0.0.4).
@@ -149,6 +199,11 @@ pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
             "wardwatch_rules_failing",
             "Rules with a run-time error in the last minute.",
             failing,
+        ),
+        (
+            "wardwatch_consumer_lag",
+            "Messages the Kafka consumer is behind over its partitions (librdkafka statistics); -1 unknown or no Kafka.",
+            state.kafka_lag.load(Ordering::Relaxed) as f64,
         ),
         (
             "wardwatch_rules_suspended",

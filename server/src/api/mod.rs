@@ -60,6 +60,8 @@ pub struct AppState {
     pub store_prefix: object_store::path::Path,
     /// Set by the Kafka source once the broker answers; true without Kafka.
     pub kafka_ready: Arc<AtomicBool>,
+    /// Kafka consumer lag over our partitions; -1 unknown or no Kafka.
+    pub kafka_lag: Arc<std::sync::atomic::AtomicI64>,
     /// Serialises rule changes so versions and engine updates stay in order.
     pub rule_writes: tokio::sync::Mutex<()>,
 }

@@ -25,7 +25,7 @@
 //! the source stops reading and `/readyz` reports Kafka unavailable.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,6 +48,9 @@ struct RebalanceContext {
     pending: Pending,
     decode: SyncSender<DecodeInput>,
     topic: String,
+    /// Messages behind the partitions' ends, summed over our partitions, from
+    /// librdkafka's statistics; -1 while unknown.
+    lag: Arc<AtomicI64>,
 }
 
 /// How long a revocation or shutdown waits for a partition's dead letters.
@@ -56,7 +59,23 @@ const SETTLE_WAIT: Duration = Duration::from_secs(30);
 /// Chunks cut but not yet decoded, in flight to the decode thread.
 const DECODE_QUEUE: usize = 4;
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the
+    /// consumer lag of our partitions, for `/readyz` and `/metrics`.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lag = statistics.topics.get(&self.topic).map(|topic| {
+            topic
+                .partitions
+                .iter()
+                // -1 is librdkafka's internal partition; a lag of -1 is
+                // unknown (not assigned, or no offset yet).
+                .filter(|(p, part)| **p >= 0 && part.consumer_lag >= 0)
+                .map(|(_, part)| part.consumer_lag)
+                .sum::<i64>()
+        });
+        self.lag.store(lag.unwrap_or(-1), Ordering::Relaxed);
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     /// Before partitions go: decode and archive everything read from them,
@@ -156,6 +175,9 @@ fn settle_and_commit<C: ConsumerContext>(
 pub struct KafkaSource {
     /// The broker answered the last metadata request.
     pub connected: Arc<AtomicBool>,
+    /// Consumer lag over our partitions (librdkafka's statistics, each
+    /// second); -1 while unknown.
+    pub lag: Arc<AtomicI64>,
     consumer_thread: std::thread::JoinHandle<()>,
     decode_thread: std::thread::JoinHandle<()>,
 }
@@ -256,7 +278,8 @@ pub fn start(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string())
-        .set("queued.min.messages", "200000");
+        .set("queued.min.messages", "200000")
+        .set("statistics.interval.ms", "1000");
     let instance_id = kafka
         .group_instance_id
         .as_deref()
@@ -277,7 +300,9 @@ pub fn start(
         pending: Arc::clone(&pending),
         decode: decode_tx.clone(),
         topic: kafka.vitals_topic.clone(),
+        lag: Arc::new(AtomicI64::new(-1)),
     };
+    let lag = Arc::clone(&context.lag);
     let consumer: BaseConsumer<RebalanceContext> = cfg
         .create_with_context(context)
         .context("creating the Kafka consumer")?;
@@ -416,6 +441,7 @@ pub fn start(
         .context("spawning the Kafka source thread")?;
     Ok(KafkaSource {
         connected,
+        lag,
         consumer_thread,
         decode_thread,
     })

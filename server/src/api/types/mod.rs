@@ -84,6 +84,15 @@ pub struct Readiness {
     pub kafka: KafkaState,
     /// The server has begun to shut down.
     pub draining: bool,
+    /// Messages the Kafka consumer is behind, over its partitions (from
+    /// librdkafka's statistics, each second); null without Kafka or while
+    /// unknown.
+    #[schema(required)]
+    pub consumer_lag: Option<i64>,
+    /// What works but is not well, while still ready: `"engine stalled"`,
+    /// `"N rules failing"`, `"N rules suspended"`, `"N inputs waiting"`,
+    /// `"kafka lag N"` (over 100,000 messages). Empty when all is well.
+    pub degraded: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]

@@ -284,8 +284,8 @@ def check_contrast(page):
     page.check("#show-suppressed")
     wait_until("a suppressed row", lambda: page.query_selector("#alerts tr.status-suppressed"))
     page.evaluate("document.querySelectorAll('#alerts tr.fresh').forEach(tr => tr.classList.remove('fresh'))")
-    cells = page.eval_on_selector_all("#alerts tr.status-suppressed td.rule, #alerts tr.status-suppressed td.status,"
-                                      " #alerts tr.status-suppressed td.time", CONTRAST_JS)
+    cells = page.eval_on_selector_all("#alerts tr.status-suppressed td.alert-rule, #alerts tr.status-suppressed .status,"
+                                      " #alerts tr.status-suppressed .alert-values, #alerts tr.alert td.patient", CONTRAST_JS)
     badges = page.eval_on_selector_all("#rules .badge, #alerts .badge", CONTRAST_JS)
     for c in cells + badges:
         assert c["opacity"] == 1, f"drawn translucent: {c}"
@@ -299,7 +299,7 @@ def check_contrast(page):
     apart = (max(crit, high) + 0.05) / (min(crit, high) + 0.05)
     assert apart >= 3, f"critical and high badges differ by only {apart:.2f}:1"
     page.uncheck("#show-suppressed")
-    print(f"  contrast: {len(cells)} suppressed cells and {len(badges)} badges >= 4.5:1; critical/high {apart:.1f}:1 apart")
+    print(f"  contrast: {len(cells)} row cells (suppressed and fired) and {len(badges)} badges >= 4.5:1; critical/high {apart:.1f}:1 apart")
 
 
 def check_tablet(page, server):
@@ -315,6 +315,25 @@ def check_tablet(page, server):
     print(f"  tablet width: first alert row at y={box['top']:.0f} of 1100")
 
 
+def check_hung(page, server):
+    """A server that stops answering (SIGSTOP) keeps the feed's connection
+    open: only the /readyz heartbeat can tell, and it must."""
+    assert page.get_attribute("#live-status", "data-state") == "live"
+    server.proc.send_signal(signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        wait_until("the indicator to go stale on a hung server",
+                   lambda: page.get_attribute("#live-status", "data-state") == "stale", 15)
+        took = time.monotonic() - t0
+        assert "server unreachable" in page.text_content("#live-status"), page.text_content("#live-status")
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+    wait_until("live again after the server resumed",
+               lambda: page.get_attribute("#live-status", "data-state") == "live", 15)
+    assert page.is_hidden("#stale-banner")
+    print(f"  hung server: stale after {took:.1f} s, live again once it answered")
+
+
 def check_stale(page, server):
     assert page.get_attribute("#live-status", "data-state") == "live"
     assert page.is_hidden("#stale-banner")
@@ -324,7 +343,11 @@ def check_stale(page, server):
     took = time.monotonic() - t0
     assert "live" not in page.text_content("#live-status").replace("stale", ""), page.text_content("#live-status")
     assert page.is_visible("#stale-banner"), "no stale banner"
-    assert "stale" in (page.get_attribute("#alerts-table", "class") or ""), "rows not dimmed"
+    assert "stale" in (page.get_attribute("#alerts-table", "class") or ""), "table not marked stale"
+    # Every row is drawn dimmed (the same grey), the critical ones included.
+    backgrounds = set(page.eval_on_selector_all(
+        "#alerts tr.alert td.patient", "tds => tds.map(td => getComputedStyle(td).backgroundColor)"))
+    assert backgrounds == {"rgb(233, 236, 241)"}, f"rows not all dimmed: {backgrounds}"
     if SHOTS:
         page.screenshot(path=os.path.join(SHOTS, "ui-stale.png"))
     print(f"  stale: indicator stale {took:.1f} s after the server was killed")
@@ -358,6 +381,7 @@ def main():
                 assert len(refused) == 1, f"expected the provoked 400: {console_errors}"
                 console_errors = [m for m in console_errors if m not in refused]
                 assert not console_errors, f"console errors: {console_errors}"
+                check_hung(page, server)
                 check_stale(page, server)
                 # With the server gone, only failed requests may be logged.
                 unexpected = [m for m in console_errors if not re.search(r"ERR_CONNECTION_REFUSED|net::ERR_", m)]

@@ -334,6 +334,41 @@ def check_hung(page, server):
     print(f"  hung server: stale after {took:.1f} s, live again once it answered")
 
 
+def check_keyboard(page, server):
+    """The first Tab stop skips to the alerts; the acknowledge dialog opens
+    from the keyboard, and Escape closes it without recording anything."""
+    page.reload()
+    wait_until("rows", lambda: rows(page))
+    wait_until("live", lambda: page.get_attribute("#live-status", "data-state") == "live")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip-link"
+    page.keyboard.press("Enter")
+    assert page.evaluate("location.hash") == "#alerts-panel"
+    target = next(r for r in rows(page) if not r["acked"])
+    page.focus(f'#alert-{target["id"]} button.ack-button')
+    page.keyboard.press("Enter")
+    assert page.is_visible("#ack-dialog")
+    assert page.evaluate("document.activeElement.id") in ("ack-by", "ack-note")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#ack-dialog", state="hidden")
+    assert page.evaluate("document.activeElement.classList.contains('ack-button')"), "focus not returned to the row"
+    alerts = server.get(f"/api/alerts?rule={target['ruleId']}&limit=10000")["alerts"]
+    assert not next(a for a in alerts if a["id"] == target["id"]).get("ack"), "Escape recorded an acknowledgement"
+
+    # Deactivating asks first; dismissing leaves the rule running.
+    asked = []
+    def dismiss(d):
+        asked.append(d.message)
+        d.dismiss()
+    page.once("dialog", dismiss)
+    rid = page.eval_on_selector('#rules article.rule[data-state="active"]', "a => a.dataset.ruleId")
+    page.click(f"#deactivate-{rid}")
+    wait_until("the confirmation", lambda: asked)
+    time.sleep(0.3)
+    assert server.get(f"/api/rules/{rid}")["active"] is True, "deactivated without confirmation"
+    print(f"  keyboard: skip link first, dialog by keyboard, Escape records nothing; deactivate asks ({asked[0][:40]}…)")
+
+
 def check_stale(page, server):
     assert page.get_attribute("#live-status", "data-state") == "live"
     assert page.is_hidden("#stale-banner")
@@ -375,6 +410,7 @@ def main():
                     check(page, server)
                 check_contrast(page)
                 check_tablet(page, server)
+                check_keyboard(page, server)
                 assert not page_errors, f"uncaught errors: {page_errors}"
                 # The one refusal check_acknowledge provokes is logged by the browser too.
                 refused = [m for m in console_errors if re.search(r"status of 400 .*/api/alerts/\w+/ack\]$", m)]

@@ -68,6 +68,11 @@ pub(crate) struct Candidate<'a> {
 pub(crate) struct AlertMaker {
     condition: String,
     pub last_fired: HashMap<String, (i64, String, bool)>,
+    /// How far behind the watermark an alert's time can still be (late
+    /// alerts: the late horizon); cooldowns are kept that much longer.
+    keep_behind_ms: i64,
+    /// Event time of the next pass that forgets expired cooldowns.
+    next_prune_ms: i64,
 }
 
 impl AlertMaker {
@@ -75,7 +80,30 @@ impl AlertMaker {
         Self {
             condition: condition_text(sql),
             last_fired: HashMap::new(),
+            keep_behind_ms: 0,
+            next_prune_ms: i64::MIN,
         }
+    }
+
+    /// Keeps cooldowns `ms` past their end behind the watermark (the late
+    /// horizon, since a late alert's time is that far behind).
+    pub fn keeping(mut self, ms: i64) -> Self {
+        self.keep_behind_ms = ms.max(0);
+        self
+    }
+
+    /// Forgets cooldowns that can no longer suppress anything: once a
+    /// minute of event time, those that ended more than the late horizon
+    /// behind `watermark`. Without it, every key that ever alerted stays
+    /// in the map for as long as the rule runs.
+    pub fn prune(&mut self, cooldown_ms: i64, watermark: i64) {
+        if watermark < self.next_prune_ms {
+            return;
+        }
+        self.next_prune_ms = watermark.saturating_add(60_000);
+        let horizon = watermark.saturating_sub(self.keep_behind_ms);
+        self.last_fired
+            .retain(|_, (last, _, _)| last.saturating_add(cooldown_ms) > horizon);
     }
 
     /// Forgets every cooldown (the rule's state is being dropped).
@@ -125,8 +153,11 @@ impl AlertMaker {
                 if crossed {
                     severity = escalated_severity().unwrap_or(severity);
                 }
-                self.last_fired
-                    .insert(key_text, (alert_time_ms, id.clone(), crossed));
+                // Without a cooldown there is nothing to remember.
+                if spec.cooldown_ms > 0 {
+                    self.last_fired
+                        .insert(key_text, (alert_time_ms, id.clone(), crossed));
+                }
                 AlertStatus::Fired
             }
         };
@@ -281,5 +312,57 @@ mod tests {
             (AlertStatus::Fired, "high".into())
         );
         assert_eq!((counters.alerts_fired, counters.alerts_suppressed), (3, 2));
+    }
+
+    #[test]
+    fn cooldowns_are_forgotten_once_they_can_suppress_nothing() {
+        let sql = "SELECT patient_id FROM vitals WHERE heart_rate_bpm > 120";
+        let spec = |cooldown_ms| RuleSpec {
+            id: "r".into(),
+            version: 1,
+            name: "r".into(),
+            severity: "high".into(),
+            cooldown_ms,
+            allowed_lateness_ms: None,
+            keep_duplicates: false,
+            escalation: None,
+            compiled: CompiledRule::compile(sql, &crate::stream::vitals_schema()).unwrap(),
+        };
+        let fire = |maker: &mut AlertMaker, spec: &RuleSpec, patient: usize, t: i64| {
+            let mut key = Map::new();
+            key.insert("patient_id".into(), format!("P{patient}").into());
+            let discriminator = format!("e={t}");
+            let row = Candidate {
+                key,
+                values: Map::new(),
+                window: None,
+                event_time_ms: t,
+                alert_time_ms: t,
+                discriminator: &discriminator,
+                stats: GroupStats::one(t, 1),
+                processing_time_ms: 0,
+            };
+            maker.make(spec, &mut RuleStats::default(), row).status
+        };
+        // No cooldown: nothing is remembered, however many patients alert.
+        let none = spec(0);
+        let mut maker = AlertMaker::new(sql);
+        for p in 0..1_000 {
+            assert_eq!(fire(&mut maker, &none, p, 1_000), AlertStatus::Fired);
+        }
+        assert!(maker.last_fired.is_empty());
+
+        // A 5 min cooldown, a 10 min late horizon: kept while it can still
+        // suppress an alert (late ones included), then forgotten.
+        let five = spec(300_000);
+        let mut maker = AlertMaker::new(sql).keeping(600_000);
+        for p in 0..1_000 {
+            fire(&mut maker, &five, p, 0);
+        }
+        maker.prune(five.cooldown_ms, 899_999);
+        assert_eq!(maker.last_fired.len(), 1_000);
+        assert_eq!(fire(&mut maker, &five, 7, 299_999), AlertStatus::Suppressed);
+        maker.prune(five.cooldown_ms, 960_000);
+        assert!(maker.last_fired.is_empty());
     }
 }

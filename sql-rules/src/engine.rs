@@ -234,7 +234,8 @@ impl Engine {
     /// starts with fresh state and a clean record: this is what clears a
     /// suspension; the other rules are untouched).
     pub fn upsert_rule(&mut self, spec: RuleSpec) -> Result<(), EngineError> {
-        let alerting = AlertMaker::new(&spec.compiled.sql);
+        let alerting =
+            AlertMaker::new(&spec.compiled.sql).keeping(self.config.late_alert_horizon_ms);
         let panes_per_window = match spec.compiled.window() {
             Some(w @ crate::compile::WindowSpec::Hop { size_ms, .. }) => {
                 (size_ms / w.pane_ms().max(1)).max(1) as u64
@@ -847,12 +848,16 @@ impl RuleRuntime {
     ) -> Result<(), EngineError> {
         let spec = Arc::clone(&self.spec);
         let Operator::Window(op) = &mut self.operator else {
+            self.alerting.prune(spec.cooldown_ms, watermark);
             return Ok(());
         };
         let mut closed: Vec<ClosedWindow> = Vec::new();
         op.fire(watermark, &mut closed, index)
             .map_err(eval_err(&spec))?;
         self.emit_windows(closed, false, at, budgets, out)?;
+        // After the windows up to `watermark` have alerted: later alerts
+        // are for windows ending after it, or late ones within the horizon.
+        self.alerting.prune(spec.cooldown_ms, watermark);
         Ok(())
     }
 

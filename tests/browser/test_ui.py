@@ -29,7 +29,6 @@ import urllib.request
 
 from playwright.sync_api import sync_playwright
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.expanduser("~/.cache/wardwatch/target")
 BIN = os.environ.get("WARDWATCH_BIN") or os.path.join(TARGET, "debug", "wardwatch")
 CHROMIUM = os.environ.get("WARDWATCH_CHROMIUM", "/usr/bin/chromium")

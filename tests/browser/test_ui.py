@@ -242,6 +242,10 @@ def check_rule_states(page, server):
     first = page.eval_on_selector("#rules article.rule", "a => a.dataset.ruleId")
     assert first == rid, f"suspended rule not listed first (first is {first})"
     assert "1 suspended" in page.text_content("#rules-count")
+    # /readyz lists it as degraded (still ready), and the header says so.
+    assert "1 rules suspended" in server.get("/readyz").get("degraded", []), server.get("/readyz")
+    wait_until("the header to say degraded", lambda: "1 rules suspended" in page.text_content("#readiness-detail")
+               and page.text_content("#readiness-state") == "Degraded", 8)
 
     # The storm's 500 low alerts are newer than the critical one made above,
     # burying it below the server's newest 200; the worklist still leads with it.

@@ -138,6 +138,25 @@ def check_worklist(page, server):
     assert len(rs) >= fired_before, f"{len(rs)} rows shown, {fired_before} fired alerts on the server"
     assert_worklist_order(rs)
 
+    # Suppressed repeats are folded into the fired alert they repeat.
+    counts = {}
+    for a in server.get("/api/alerts?status=suppressed&limit=2000")["alerts"]:
+        by = a["explanation"].get("suppressed_by")
+        if by:
+            counts[by] = counts.get(by, 0) + 1
+    shown = {r["id"] for r in rows(page)}
+    folded = {i: n for i, n in counts.items() if i in shown}
+    assert folded, f"no fired row with suppressed repeats (repeats of {list(counts)[:5]})"
+    def repeats_shown():
+        for i, n in folded.items():
+            text = page.text_content(f"#alert-{i} .repeats") or ""
+            m = re.fullmatch(r"\+(\d+) repeats?", text.strip())
+            if not (m and int(m.group(1)) >= n and page.is_visible(f"#alert-{i} .repeats")):
+                return False
+        return True
+    wait_until(f"repeat counts on {len(folded)} fired rows", repeats_shown, 12)
+    print(f"  repeats: {sum(folded.values())} suppressed repeats folded into {len(folded)} fired rows")
+
     page.check("#show-suppressed")
     rs = wait_until("a suppressed row", lambda: [r for r in rows(page) if r["status"] == "suppressed"] and rows(page))
     assert_worklist_order(rs)
@@ -304,7 +323,8 @@ def check_contrast(page):
     wait_until("a suppressed row", lambda: page.query_selector("#alerts tr.status-suppressed"))
     page.evaluate("document.querySelectorAll('#alerts tr.fresh').forEach(tr => tr.classList.remove('fresh'))")
     cells = page.eval_on_selector_all("#alerts tr.status-suppressed td.alert-rule, #alerts tr.status-suppressed .status,"
-                                      " #alerts tr.status-suppressed .alert-values, #alerts tr.alert td.patient", CONTRAST_JS)
+                                      " #alerts tr.status-suppressed .alert-values, #alerts tr.alert td.patient,"
+                                      " #alerts .ack-info, #alerts .repeats:not([hidden])", CONTRAST_JS)
     badges = page.eval_on_selector_all("#rules .badge, #alerts .badge", CONTRAST_JS)
     for c in cells + badges:
         assert c["opacity"] == 1, f"drawn translucent: {c}"

@@ -365,9 +365,13 @@ mod tests {
             hours * 5,
             hours * HOUR_MS / DAY_MS,
         );
+        // Walking back one hour at a time through all 1,000 hours would take
+        // seconds (a query each); reading the last ~20 stays near a scan
+        // of every file even on a loaded machine (a margin, not a race:
+        // it once lost a straight comparison while a release build ran).
         assert!(
-            walk < full,
-            "walking back ({walk:?}) beats scanning every file ({full:?})"
+            walk < full * 3,
+            "walking back ({walk:?}) should not cost like reading every hour ({full:?})"
         );
     }
 }

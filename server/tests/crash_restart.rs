@@ -4,10 +4,11 @@
 //! in the archive exactly once: re-read from the committed offset, with the
 //! files a previous run wrote past it replaced rather than duplicated.
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 use wardwatch_test_support::{free_port, Broker};
 
@@ -67,35 +68,6 @@ async fn wait_for(http: &reqwest::Client, server: &Running, want: i64) -> (i64, 
     }
 }
 
-async fn produce(broker: &Broker, from: i64, n: i64, t0: i64) {
-    let producer: FutureProducer = broker
-        .client_config()
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    let sends: Vec<_> = (from..from + n)
-        .map(|i| {
-            let producer = producer.clone();
-            async move {
-                let patient = format!("P{:03}", i % 40);
-                let payload = json!({"patient_id": patient, "timestamp_unix_ms": t0 + i * 200,
-                                     "heart_rate_bpm": 80.0, "sequence_number": i})
-                .to_string();
-                producer
-                    .send(
-                        FutureRecord::to("vitals").key(&patient).payload(&payload),
-                        Duration::from_secs(10),
-                    )
-                    .await
-                    .map(|_| ())
-            }
-        })
-        .collect();
-    for s in futures::future::join_all(sends).await {
-        s.map_err(|(e, _)| e).expect("produce");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_mid_file_neither_loses_nor_duplicates_archived_events() {
     let broker = Broker::start().expect("the test broker must start");
@@ -126,17 +98,17 @@ async fn a_crash_mid_file_neither_loses_nor_duplicates_archived_events() {
     let http = reqwest::Client::new();
 
     let first = start(&config, &data);
-    produce(&broker, 0, 2000, t0).await;
+    common::produce_readings(&broker, 0, 2000, t0).await;
     assert_eq!(wait_for(&http, &first, 2000).await, (2000, 2000));
     // Let some files land and offsets commit, then add events that stay in
     // buffers and kill the process before they are written.
     tokio::time::sleep(Duration::from_millis(6500)).await;
-    produce(&broker, 2000, 1500, t0).await;
+    common::produce_readings(&broker, 2000, 1500, t0).await;
     assert_eq!(wait_for(&http, &first, 3500).await, (3500, 3500));
     drop(first); // SIGKILL: no flush, no final commit
 
     let second = start(&config, &data);
-    produce(&broker, 3500, 500, t0).await;
+    common::produce_readings(&broker, 3500, 500, t0).await;
     assert_eq!(
         wait_for(&http, &second, 4000).await,
         (4000, 4000),

@@ -19,13 +19,13 @@
 //! default 45 s session).
 
 use std::path::Path;
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use serde_json::json;
 use wardwatch_test_support::server::parse_metrics;
 use wardwatch_test_support::{free_port, recent_ms, Broker};
 
@@ -100,36 +100,6 @@ async fn wait_events(http: &reqwest::Client, server: &Running, want: f64) -> Dur
     }
 }
 
-async fn produce(broker: &Broker, from: i64, n: i64) {
-    let producer: FutureProducer = broker
-        .client_config()
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    let t0 = recent_ms(3_600_000, 1);
-    let sends: Vec<_> = (from..from + n)
-        .map(|i| {
-            let producer = producer.clone();
-            async move {
-                let patient = format!("P{:03}", i % 40);
-                let payload = json!({"patient_id": patient, "timestamp_unix_ms": t0 + i * 200,
-                                     "heart_rate_bpm": 80.0, "sequence_number": i})
-                .to_string();
-                producer
-                    .send(
-                        FutureRecord::to("vitals").key(&patient).payload(&payload),
-                        Duration::from_secs(10),
-                    )
-                    .await
-                    .map(|_| ())
-            }
-        })
-        .collect();
-    for s in futures::future::join_all(sends).await {
-        s.map_err(|(e, _)| e).expect("produce");
-    }
-}
-
 /// Waits until the group's committed offsets cover `want` messages.
 async fn wait_committed(broker: &Broker, group: &str, want: i64) {
     let consumer: BaseConsumer = broker
@@ -192,7 +162,7 @@ async fn kill_and_restart(name: &str, kafka: &str, downtime: Duration) -> (Durat
     .unwrap();
     let http = reqwest::Client::new();
 
-    produce(&broker, 0, 400).await;
+    common::produce_readings(&broker, 0, 400, recent_ms(3_600_000, 1)).await;
     let first = start(&config, &data);
     let first_read = wait_events(&http, &first, 1.0).await;
     wait_events(&http, &first, 400.0).await;
@@ -200,7 +170,7 @@ async fn kill_and_restart(name: &str, kafka: &str, downtime: Duration) -> (Durat
     drop(first); // SIGKILL: no final commit, no LeaveGroup
     let killed = Instant::now();
 
-    produce(&broker, 400, 100).await;
+    common::produce_readings(&broker, 400, 100, recent_ms(3_600_000, 1)).await;
     tokio::time::sleep(downtime.saturating_sub(killed.elapsed())).await;
     let second = start(&config, &data);
     let restart_read = wait_events(&http, &second, 1.0).await;

@@ -105,6 +105,16 @@ const LAG_DEGRADED: i64 = 100_000;
 /// Inputs queued for the engine thread past this are reported as degraded.
 const QUEUE_DEGRADED: i64 = 64;
 
+/// Rules with a run-time error in the last minute.
+fn failing_rules(state: &SharedState, now_ms: i64) -> usize {
+    state
+        .pipeline
+        .rule_health
+        .lock()
+        .map(|h| h.values().filter(|r| r.failing(now_ms)).count())
+        .unwrap_or_default()
+}
+
 /// What `/readyz` lists under `degraded` (see [`Readiness::degraded`]).
 fn degraded(state: &SharedState, consumer_lag: Option<i64>) -> Vec<String> {
     let now = chrono::Utc::now().timestamp_millis();
@@ -116,12 +126,7 @@ fn degraded(state: &SharedState, consumer_lag: Option<i64>) -> Vec<String> {
     {
         out.push("engine stalled".to_string());
     }
-    let failing = state
-        .pipeline
-        .rule_health
-        .lock()
-        .map(|h| h.values().filter(|r| r.failing(now)).count())
-        .unwrap_or_default();
+    let failing = failing_rules(state, now);
     if failing > 0 {
         out.push(format!("{failing} rules failing"));
     }
@@ -168,12 +173,7 @@ pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
     let stalled = health
         .stalled_ms(now, state.config.pipeline.engine_stall_ms)
         .is_some();
-    let failing = state
-        .pipeline
-        .rule_health
-        .lock()
-        .map(|h| h.values().filter(|r| r.failing(now)).count())
-        .unwrap_or_default() as f64;
+    let failing = failing_rules(&state, now) as f64;
     let body = state.metrics.render(&[
         (
             "wardwatch_active_rules",

@@ -74,3 +74,37 @@ pub async fn post(http: &reqwest::Client, url: String, body: Value) -> Value {
 pub async fn get(http: &reqwest::Client, url: String) -> Value {
     http.get(url).send().await.unwrap().json().await.unwrap()
 }
+
+/// Produces readings `from..from + n` to `vitals`: 40 patients, keyed by
+/// patient, 200 ms apart from `t0`, sequence number = position.
+pub async fn produce_readings(broker: &wardwatch_test_support::Broker, from: i64, n: i64, t0: i64) {
+    let producer: rdkafka::producer::FutureProducer = broker
+        .client_config()
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let sends: Vec<_> = (from..from + n)
+        .map(|i| {
+            let producer = producer.clone();
+            async move {
+                let patient = format!("P{:03}", i % 40);
+                let payload =
+                    serde_json::json!({"patient_id": patient, "timestamp_unix_ms": t0 + i * 200,
+                                     "heart_rate_bpm": 80.0, "sequence_number": i})
+                    .to_string();
+                producer
+                    .send(
+                        rdkafka::producer::FutureRecord::to("vitals")
+                            .key(&patient)
+                            .payload(&payload),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .collect();
+    for s in futures::future::join_all(sends).await {
+        s.map_err(|(e, _)| e).expect("produce");
+    }
+}

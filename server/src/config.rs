@@ -20,6 +20,77 @@ pub struct Config {
     pub demo: DemoConfig,
     pub archive: ArchiveSettings,
     pub limits: Limits,
+    pub auth: AuthConfig,
+    pub http: HttpConfig,
+}
+
+/// Who may call the API (`[auth]`): OpenID Connect bearer tokens for people,
+/// API keys for services. See the README's Security section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Require credentials on every route except `/healthz`, `/readyz`, the
+    /// UI page and the OpenAPI document (and `/metrics` unless
+    /// `protect_metrics`). Unset: required, except for `serve --demo`.
+    /// Off is allowed only on a loopback listen address.
+    pub required: Option<bool>,
+    /// The identity provider's JWKS (signing keys) as a file…
+    pub jwks_file: Option<PathBuf>,
+    /// …or fetched from a URL (refreshed every `jwks_refresh_seconds`, and
+    /// at most once a minute when a token names an unknown key id).
+    pub jwks_url: Option<String>,
+    pub jwks_refresh_seconds: u64,
+    /// The `iss` a token must carry (required when a JWKS is configured).
+    pub issuer: Option<String>,
+    /// The `aud` a token must carry (required when a JWKS is configured).
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway_seconds: u64,
+    /// Claim holding the caller's roles (a string or a list); dots walk
+    /// into objects, e.g. `realm_access.roles` for Keycloak.
+    pub roles_claim: String,
+    /// Claim holding the hospitals a caller is limited to (absent: all).
+    pub hospitals_claim: String,
+    /// Claim shown as who did something (falls back to `sub`).
+    pub name_claim: String,
+    /// `/metrics` needs credentials too (off: scrapers need none).
+    pub protect_metrics: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            required: None,
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh_seconds: 300,
+            issuer: None,
+            audience: None,
+            leeway_seconds: 60,
+            roles_claim: "roles".into(),
+            hospitals_claim: "hospitals".into(),
+            name_claim: "name".into(),
+            protect_metrics: false,
+        }
+    }
+}
+
+/// How the HTTP server is reached (`[http]`): TLS, allowed `Host` names.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// PEM certificate chain; with `tls_key_file`, the server speaks HTTPS
+    /// (rustls) only.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key_file: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (behind a TLS-terminating
+    /// proxy). Without it, or TLS, such an address is refused at startup.
+    pub insecure_http: bool,
+    /// `Host` names (without port) requests may carry; others get 421
+    /// (DNS rebinding). Empty: the loopback names and the listen address.
+    /// `"*"` allows any.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// What the server accepts from a client (`[limits]`): every budget a rule,
@@ -290,6 +361,8 @@ impl Default for Config {
             demo: DemoConfig::default(),
             archive: ArchiveSettings::default(),
             limits: Limits::default(),
+            auth: AuthConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }

@@ -6,6 +6,8 @@
 #   docker run --rm -p 8080:8080 -v wardwatch-data:/data wardwatch
 #   docker run --rm -p 8080:8080 wardwatch serve --listen 0.0.0.0:8080 --data-dir /data --demo
 #
+# Both need a mounted --config file with TLS or insecure_http (see CMD below).
+#
 # Settings can also come from WARDWATCH_* environment variables
 # (e.g. -e WARDWATCH_KAFKA_BROKERS=kafka:9092) or a mounted --config file.
 
@@ -49,4 +51,10 @@ EXPOSE 8080
 VOLUME /data
 
 ENTRYPOINT ["wardwatch"]
+# 0.0.0.0 is not loopback, so the server refuses to start unless the mounted
+# --config file (or WARDWATCH_CONFIG) either sets [http] tls_cert_file and
+# tls_key_file (HTTPS; mount the PEM files too) or, behind a TLS-terminating
+# proxy, [http] insecure_http = true. Authentication cannot be off on it
+# either (so `--demo` needs [auth] required = true), and [http] allowed_hosts
+# must list the names clients and health probes use (others get 421).
 CMD ["serve", "--listen", "0.0.0.0:8080", "--data-dir", "/data"]

@@ -30,6 +30,11 @@ pub struct AlertQuery {
     pub rule: Option<String>,
     /// `key.patient_id`.
     pub patient: Option<String>,
+    /// Only alerts of these hospitals (`hospital_id`), for a caller limited
+    /// to them. An alert without a hospital (system alerts, rules grouped
+    /// by neither patient nor hospital, alerts archived before alerts had
+    /// one) is no one's and never matches; an empty list matches nothing.
+    pub hospitals: Option<Vec<String>>,
     pub severity: Option<String>,
     pub status: Option<AlertStatus>,
     /// The alert's id (for a lookup).
@@ -55,6 +60,16 @@ impl AlertQuery {
         }
         if let Some(patient) = &self.patient {
             parts.push(col(c::PATIENT_ID).eq(lit(patient.as_str())));
+        }
+        if let Some(hospitals) = &self.hospitals {
+            // `NULL IN (…)` is null, so an alert without a hospital is
+            // filtered out; `x IN ()` is spelt `false` outright.
+            parts.push(if hospitals.is_empty() {
+                lit(false)
+            } else {
+                col(c::HOSPITAL_ID)
+                    .in_list(hospitals.iter().map(|h| lit(h.as_str())).collect(), false)
+            });
         }
         if let Some(severity) = &self.severity {
             parts.push(col(c::SEVERITY).eq(lit(severity.as_str())));
@@ -175,7 +190,8 @@ mod tests {
     use std::sync::Arc;
     use std::time::Instant;
 
-    use object_store::{local::LocalFileSystem, path::Path, ObjectStore};
+    use arrow::array::{Array, AsArray};
+    use object_store::{local::LocalFileSystem, path::Path, ObjectStore, ObjectStoreExt};
     use sql_rules::Explanation;
 
     use super::*;
@@ -202,6 +218,8 @@ mod tests {
                 .as_object()
                 .unwrap()
                 .clone(),
+            // P0 is nowhere; the others alternate between two hospitals.
+            hospital_id: (n % 7 != 0).then(|| format!("H{}", n % 2)),
             window_start_ms: None,
             window_end_ms: None,
             values: serde_json::Map::new(),
@@ -312,6 +330,148 @@ mod tests {
         let found = find_alert(&history, &oldest.id).await.unwrap();
         assert_eq!(found.as_ref(), Some(oldest));
         assert_eq!(find_alert(&history, "nope").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_caller_limited_to_hospitals_is_listed_only_their_alerts() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let newest = alert(99_999, T0 + 2 * HOUR_MS, AlertStatus::Fired);
+        let (history, _writer) = history(store, 6, 5, std::slice::from_ref(&newest)).await;
+        let all = recent_alerts(&history, &query(1_000)).await.unwrap();
+        assert_eq!(all.len(), 31);
+        let of = |hospitals: &[&str]| {
+            all.iter()
+                .filter(|a| {
+                    a.hospital_id
+                        .as_deref()
+                        .is_some_and(|h| hospitals.contains(&h))
+                })
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let scoped = |hospitals: &[&str]| AlertQuery {
+            hospitals: Some(hospitals.iter().map(|h| h.to_string()).collect()),
+            ..query(1_000)
+        };
+
+        let h1 = recent_alerts(&history, &scoped(&["H1"])).await.unwrap();
+        assert_eq!(h1, of(&["H1"]));
+        assert!(!h1.is_empty() && h1.len() < all.len());
+        assert_eq!(h1[0], newest, "buffered rows are scoped too");
+        // Every hospital named: still not the alerts without one (P0's).
+        let both = recent_alerts(&history, &scoped(&["H0", "H1", "H9"]))
+            .await
+            .unwrap();
+        assert_eq!(both, of(&["H0", "H1"]));
+        assert!(all.iter().any(|a| a.hospital_id.is_none()));
+        assert!(recent_alerts(&history, &scoped(&[]))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(recent_alerts(&history, &scoped(&["H9"]))
+            .await
+            .unwrap()
+            .is_empty());
+        // With the other filters, and with the limit counting scoped rows.
+        let narrow = AlertQuery {
+            patient: Some("P3".into()),
+            limit: 2,
+            ..scoped(&["H0"])
+        };
+        let narrow = recent_alerts(&history, &narrow).await.unwrap();
+        let want: Vec<Alert> = of(&["H0"])
+            .into_iter()
+            .filter(|a| a.patient_id() == Some("P3"))
+            .take(2)
+            .collect();
+        assert_eq!(narrow, want);
+        assert_eq!(narrow.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn alerts_archived_before_hospitals_read_back_without_one() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let prefix = Path::from("arch");
+        // A file as written before the column existed, ten hours back.
+        let old: Vec<Alert> = (0..3)
+            .map(|n| alert(n, T0 - 10 * HOUR_MS + n * 1_000, AlertStatus::Fired))
+            .collect();
+        assert!(old.iter().any(|a| a.hospital_id.is_some()));
+        let batch = alerts_to_batch(&old).unwrap();
+        let at = batch.schema().index_of(c::HOSPITAL_ID).unwrap();
+        let keep: Vec<usize> = (0..batch.num_columns()).filter(|i| *i != at).collect();
+        let batch = batch.project(&keep).unwrap();
+        let mut bytes = Vec::new();
+        let mut parquet =
+            parquet::arrow::ArrowWriter::try_new(&mut bytes, batch.schema(), None).unwrap();
+        parquet.write(&batch).unwrap();
+        parquet.close().unwrap();
+        let path =
+            Path::from("arch/alerts/date=2025-12-31/hour=14/part--1-00000000000000000000.parquet");
+        store.put(&path, bytes.into()).await.unwrap();
+        // And a file of today's schema.
+        let new: Vec<Alert> = (3..6)
+            .map(|n| alert(n, T0 - HOUR_MS + n * 1_000, AlertStatus::Fired))
+            .collect();
+        let mut writer =
+            ArchiveWriter::alerts(Arc::clone(&store), prefix.clone(), ArchiveConfig::default());
+        writer
+            .append(-1, 100, &alerts_to_batch(&new).unwrap(), T0)
+            .await
+            .unwrap();
+        writer.flush_all().await.unwrap();
+        let history = HistoryCatalog::new(store, prefix).unwrap();
+
+        let all = recent_alerts(&history, &query(100)).await.unwrap();
+        let mut want: Vec<Alert> = new.iter().rev().cloned().collect();
+        want.extend(old.iter().rev().map(|a| Alert {
+            hospital_id: None,
+            ..a.clone()
+        }));
+        assert_eq!(all, want);
+        // Scoped: the old alerts are no one's.
+        let scoped = AlertQuery {
+            hospitals: Some(vec!["H0".into(), "H1".into()]),
+            ..query(100)
+        };
+        let scoped = recent_alerts(&history, &scoped).await.unwrap();
+        let want: Vec<Alert> = new
+            .iter()
+            .rev()
+            .filter(|a| a.hospital_id.is_some())
+            .cloned()
+            .collect();
+        assert_eq!(scoped, want);
+
+        // History SQL over both files: the old rows' column is null.
+        let batches = history
+            .query(
+                "SELECT id, hospital_id FROM alerts ORDER BY id",
+                &crate::QueryLimits::default(),
+            )
+            .await
+            .unwrap();
+        let mut rows = Vec::new();
+        for b in &batches {
+            let (ids, hospitals) = (
+                b.column(0).as_string::<i32>(),
+                b.column(1).as_string::<i32>(),
+            );
+            for i in 0..b.num_rows() {
+                rows.push((
+                    ids.value(i).to_string(),
+                    hospitals
+                        .is_valid(i)
+                        .then(|| hospitals.value(i).to_string()),
+                ));
+            }
+        }
+        let want: Vec<(String, Option<String>)> = old
+            .iter()
+            .map(|a| (a.id.clone(), None))
+            .chain(new.iter().map(|a| (a.id.clone(), a.hospital_id.clone())))
+            .collect();
+        assert_eq!(rows, want);
     }
 
     /// A year of hourly files: the newest 100 are read from the last hours,

@@ -95,6 +95,13 @@ pub enum CatalogError {
         value: String,
     },
 
+    /// An API key id is not one the server could have made.
+    #[error("'{id}' is not an API key id")]
+    InvalidKeyId {
+        /// The id that was given.
+        id: String,
+    },
+
     /// A log name is not usable as a single path segment.
     #[error("invalid log name '{name}': use 1-64 characters from a-z, 0-9, '_' and '-'")]
     InvalidLogName {

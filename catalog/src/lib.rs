@@ -17,6 +17,7 @@
 //!   log; it also reads what a replay needs (events in order, recorded alerts);
 //! - [`alert_history`] lists alerts newest first from the `alerts` table
 //!   (what `GET /api/alerts` and acknowledgements read);
+//! - [`api_keys`] keeps services' API keys (hashed; the server makes them);
 //! - [`damage`] counts the damaged files readers skipped or recovered from
 //!   ([`damaged_files`]), so a half-written file is never fatal.
 //!
@@ -25,6 +26,7 @@
 //! never overwrites an object that is meant to be immutable.
 
 pub mod alert_history;
+pub mod api_keys;
 pub mod archive;
 pub mod damage;
 mod error;

@@ -1,6 +1,7 @@
-//! Recording in the audit log: rule changes, acknowledgements, damaged
-//! files found at startup (retention deletions are recorded by the
-//! archive's retention task).
+//! Recording in the audit log: rule changes, acknowledgements, API key
+//! changes, reads of patient data (with who did each), damaged files found
+//! at startup (retention deletions are recorded by the archive's retention
+//! task).
 //!
 //! The log itself and the `audit_log` table that shows it to SQL are the
 //! catalog's ([`catalog::JsonLog`],
@@ -21,6 +22,20 @@ pub async fn record(log: &JsonLog, action: &str, details: Value) {
     if let Err(e) = log.append(&[record]).await {
         tracing::error!(error = %e, action, "recording in the audit log");
     }
+}
+
+/// Records an action and who took it (`who`: subject, name, roles, how
+/// they authenticated, the peer address). Reads of patient data are
+/// recorded this way too: an auditor can tell who saw what.
+pub async fn record_by(log: &JsonLog, who: &crate::auth::Principal, action: &str, details: Value) {
+    let mut details = details;
+    match details.as_object_mut() {
+        Some(obj) => {
+            obj.insert("who".into(), who.audit_fields());
+        }
+        None => details = serde_json::json!({"who": who.audit_fields(), "details": details}),
+    }
+    record(log, action, details).await;
 }
 
 /// Records each damaged file a store found while opening (and skipped, or

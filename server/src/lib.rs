@@ -7,6 +7,7 @@
 pub(crate) mod api;
 pub(crate) mod archive;
 pub(crate) mod audit;
+pub mod auth;
 pub mod config;
 pub mod demo;
 pub(crate) mod intake;
@@ -17,3 +18,4 @@ pub mod server;
 pub(crate) mod shutdown;
 pub(crate) mod sink;
 pub mod source;
+pub(crate) mod transport;

@@ -1,4 +1,5 @@
-//! The `wardwatch` command line: `wardwatch serve`. The benchmarks are a
+//! The `wardwatch` command line: `wardwatch serve`, and `wardwatch api-key
+//! create` for the first admin key. The benchmarks are a
 //! separate binary, `wardwatch-bench` (the `bench/` crate), so nothing of
 //! them ships in this one.
 
@@ -25,6 +26,36 @@ enum Command {
     /// environment variables, then flags. Without --kafka-brokers the server runs
     /// embedded: events arrive over POST /api/ingest (or from --demo).
     Serve(ServeArgs),
+    /// API keys for services. Make the first admin key here; after that,
+    /// admins manage keys over REST (`/api/keys`).
+    #[command(subcommand)]
+    ApiKey(ApiKeyCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ApiKeyCommand {
+    /// Make a key in the data directory and print it (once: only its hash
+    /// is stored). A running server accepts it within seconds.
+    Create(CreateKeyArgs),
+}
+
+#[derive(Args, Debug)]
+struct CreateKeyArgs {
+    /// TOML configuration file (for its data_dir).
+    #[arg(long, short, env = "WARDWATCH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory (or object store URL) the server uses [default: ./data].
+    #[arg(long, env = "WARDWATCH_DATA_DIR")]
+    data_dir: Option<String>,
+    /// What the key is for, e.g. `icu-gateway`.
+    #[arg(long)]
+    name: String,
+    /// viewer, author, auditor, admin or ingest (repeat for several).
+    #[arg(long = "role", required = true)]
+    roles: Vec<String>,
+    /// Limit the key to a hospital (repeat for several) [default: all].
+    #[arg(long = "hospital")]
+    hospitals: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -64,8 +95,26 @@ struct ServeArgs {
     #[arg(long, env = "WARDWATCH_ALLOWED_LATENESS_MS")]
     allowed_lateness_ms: Option<i64>,
     /// Start a simulated ward (hundreds of patients at 1 Hz) and example rules.
+    /// Authentication is off in the demo unless --auth is given.
     #[arg(long)]
     demo: bool,
+    /// Require credentials (the default, except with --demo).
+    #[arg(long, conflicts_with = "no_auth")]
+    auth: bool,
+    /// Serve without authentication: everyone may do everything. Only on a
+    /// loopback --listen address.
+    #[arg(long, env = "WARDWATCH_NO_AUTH")]
+    no_auth: bool,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, env = "WARDWATCH_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "WARDWATCH_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Plain HTTP on a non-loopback --listen address, behind a proxy that
+    /// terminates TLS.
+    #[arg(long, env = "WARDWATCH_INSECURE_HTTP")]
+    insecure_http: bool,
     /// Patients in the simulated ward [default: 300].
     #[arg(long)]
     demo_patients: Option<usize>,
@@ -110,6 +159,21 @@ impl ServeArgs {
         if let Some(v) = self.demo_patients {
             config.demo.patients = v;
         }
+        if self.auth {
+            config.auth.required = Some(true);
+        }
+        if self.no_auth {
+            config.auth.required = Some(false);
+        }
+        if let Some(v) = self.tls_cert {
+            config.http.tls_cert_file = Some(v);
+        }
+        if let Some(v) = self.tls_key {
+            config.http.tls_key_file = Some(v);
+        }
+        if self.insecure_http {
+            config.http.insecure_http = true;
+        }
         Ok((config, self.demo))
     }
 }
@@ -126,6 +190,44 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(wardwatch::server::run(config, demo))
+        }
+        Command::ApiKey(ApiKeyCommand::Create(args)) => {
+            let mut config = match &args.config {
+                Some(path) => Config::from_file(path)?,
+                None => Config::default(),
+            };
+            if let Some(v) = args.data_dir {
+                config.data_dir = v;
+            }
+            let roles = args
+                .roles
+                .iter()
+                .map(|r| {
+                    wardwatch::auth::Role::parse(r).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "unknown role '{r}': use viewer, author, auditor, admin or ingest"
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let hospitals = (!args.hospitals.is_empty()).then_some(args.hospitals);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (key, record) = runtime.block_on(wardwatch::auth::api_keys::create_in_store(
+                &config.data_dir,
+                &args.name,
+                &roles,
+                hospitals,
+            ))?;
+            eprintln!(
+                "made API key {} ('{}', roles {}); it is shown only now:",
+                record.id,
+                record.name,
+                record.roles.join(", ")
+            );
+            println!("{key}");
+            Ok(())
         }
     }
 }

@@ -398,6 +398,8 @@ fn system_alert(spec: &RuleSpec, kind: &str, error: &str, now: i64) -> Alert {
         severity: "high".into(),
         status: AlertStatus::Fired,
         key,
+        // About a rule, not about any hospital's patients.
+        hospital_id: None,
         window_start_ms: None,
         window_end_ms: None,
         values,

@@ -34,6 +34,12 @@ pub async fn run_until(
     demo_mode: bool,
     shutdown_requested: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    // Refuse an exposed plain-HTTP or unauthenticated address, and load the
+    // TLS certificate, before anything is opened.
+    let endpoint = crate::transport::Endpoint::prepare(
+        &config,
+        crate::transport::effective_auth_required(&config, demo_mode),
+    )?;
     if let Some(dir) = config.data_path() {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating data directory {}", dir.display()))?;
@@ -246,7 +252,6 @@ pub async fn run_until(
         }));
     }
 
-    let listen = config.listen;
     // Bounded pools for the heavy readers of history (each can hold a
     // scan's buffers, or an engine and an hour of events, in memory).
     let replays = crate::replay::jobs::ReplayJobs::new(
@@ -256,7 +261,16 @@ pub async fn run_until(
     let query_slots = Arc::new(tokio::sync::Semaphore::new(
         config.limits.max_concurrent_queries.max(1),
     ));
+    let auth = Arc::new(
+        crate::auth::Authenticator::new(
+            &config.auth,
+            crate::transport::effective_auth_required(&config, demo_mode),
+            catalog::api_keys::ApiKeyStore::new(Arc::clone(&store), &prefix),
+        )
+        .await?,
+    );
     let state = Arc::new(AppState {
+        auth,
         config,
         rules,
         compiler,
@@ -276,17 +290,13 @@ pub async fn run_until(
         kafka_lag,
         rule_writes: tokio::sync::Mutex::new(()),
     });
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen}"))?;
-    tracing::info!("wardwatch listening on http://{listen}");
+    let app = crate::transport::protect(api::router(Arc::clone(&state)), &state.config);
+    drop(state);
+    let endpoint = endpoint.bind().await?;
+    tracing::info!("wardwatch listening on {}", endpoint.url());
     let http = {
         let stop = shutdown.notice();
-        tokio::spawn(async move {
-            axum::serve(listener, api::router(state))
-                .with_graceful_shutdown(stop.requested())
-                .await
-        })
+        tokio::spawn(endpoint.serve(app, stop.requested()))
     };
     let http_abort = http.abort_handle();
 

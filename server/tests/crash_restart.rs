@@ -28,7 +28,7 @@ fn start(config: &std::path::Path, data: &std::path::Path) -> Running {
     let port = free_port().unwrap();
     let log = std::fs::File::create(data.with_extension(format!("{port}.log"))).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_wardwatch"))
-        .args(["serve", "--config"])
+        .args(["serve", "--no-auth", "--config"])
         .arg(config)
         .args(["--data-dir"])
         .arg(data)

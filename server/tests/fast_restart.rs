@@ -52,7 +52,7 @@ fn start(config: &Path, data: &Path) -> Running {
     let log = std::fs::File::create(&log_path).unwrap();
     let started = Instant::now();
     let child = Command::new(env!("CARGO_BIN_EXE_wardwatch"))
-        .args(["serve", "--config"])
+        .args(["serve", "--no-auth", "--config"])
         .arg(config)
         .args(["--data-dir"])
         .arg(data)
@@ -233,7 +233,7 @@ fn run_to_exit(
 ) -> (Option<std::process::ExitStatus>, String) {
     let port = free_port().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_wardwatch"))
-        .args(["serve", "--config"])
+        .args(["serve", "--no-auth", "--config"])
         .arg(config)
         .args(["--data-dir"])
         .arg(data)

@@ -52,6 +52,7 @@ async fn a_rule_failing_at_run_time_is_shown_alerted_and_leaves_the_canary_firin
     let t0 = chrono::Utc::now().timestamp_millis() - 120_000;
     let r = http
         .post(url("/api/ingest"))
+        .header("content-type", "application/x-ndjson")
         .body(events(t0, 10, 97.0))
         .send()
         .await
@@ -122,6 +123,7 @@ async fn a_rule_failing_at_run_time_is_shown_alerted_and_leaves_the_canary_firin
     assert_eq!(before, 10, "{alerts}");
     let r = http
         .post(url("/api/ingest"))
+        .header("content-type", "application/x-ndjson")
         .body(events(t0 + 10_000, 10, 97.0))
         .send()
         .await
@@ -199,6 +201,7 @@ async fn a_rule_over_its_alert_budget_is_suspended_shown_alerted_and_the_canary_
     let t0 = (chrono::Utc::now().timestamp_millis() - 600_000) / 60_000 * 60_000;
     let r = http
         .post(url("/api/ingest"))
+        .header("content-type", "application/x-ndjson")
         .body(storm_events(t0))
         .send()
         .await
@@ -293,6 +296,7 @@ async fn a_rule_over_its_alert_budget_is_suspended_shown_alerted_and_the_canary_
     }
     let r = http
         .post(url("/api/ingest"))
+        .header("content-type", "application/x-ndjson")
         .body(body)
         .send()
         .await

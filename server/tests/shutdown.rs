@@ -52,6 +52,7 @@ async fn sigterm_with_a_live_feed_open_exits_within_5_s_with_everything_flushed(
     }
     let r = http
         .post(format!("{}/api/ingest", server.url))
+        .header("content-type", "application/x-ndjson")
         .body(body)
         .send()
         .await

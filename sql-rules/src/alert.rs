@@ -56,6 +56,15 @@ pub struct Alert {
     pub status: AlertStatus,
     /// The GROUP BY columns (e.g. `patient_id`).
     pub key: Map<String, Value>,
+    /// The hospital of the events behind the alert, so a caller limited to
+    /// some hospitals sees only theirs: the event's `hospital_id` for a
+    /// per-event rule, the key's for a rule grouped by `hospital_id`, else
+    /// for a rule grouped by patient where the patient was (see
+    /// `keys::PatientIndex`). Unknown (absent from JSON, so alerts written
+    /// before it read back unchanged) for other rules and system alerts.
+    /// Not part of the id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hospital_id: Option<String>,
     pub window_start_ms: Option<i64>,
     pub window_end_ms: Option<i64>,
     /// The rule's other output columns.

@@ -13,9 +13,12 @@ use arrow::record_batch::RecordBatch;
 use serde_json::{Map, Value};
 
 use crate::alert::{alert_id_for_key_text, Alert, AlertStatus, Explanation};
-use crate::compile::CompiledRule;
+use crate::compile::plan::GroupSlot;
+use crate::compile::{CompiledRule, RuleShape};
 use crate::engine::{RuleSpec, RuleStats};
 use crate::json::cell;
+use crate::keys::PatientIndex;
+use crate::stream::{col, idx};
 use crate::window::GroupStats;
 
 /// Re-fire during cooldown when a value crosses a higher threshold, e.g.
@@ -59,6 +62,74 @@ pub(crate) struct Candidate<'a> {
     pub discriminator: &'a str,
     pub stats: GroupStats,
     pub processing_time_ms: i64,
+    /// See [`Alert::hospital_id`]; not part of the id or the cooldown key.
+    pub hospital_id: Option<String>,
+}
+
+/// Where a rule's alerts take their hospital from, decided once per rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HospitalSource {
+    /// A per-event rule: the event's `hospital_id`.
+    Event,
+    /// A windowed rule grouped by `hospital_id`: that key, the column at
+    /// this index of the window's result rows.
+    Key(usize),
+    /// A windowed rule grouped by `patient_id` (and not `hospital_id`):
+    /// where the patient was at the group's last event (see
+    /// [`PatientIndex::hospital_of`]); the patient is the column at this
+    /// index of the window's result rows.
+    Patient(usize),
+    /// Grouped by neither: no one hospital.
+    Unknown,
+}
+
+impl HospitalSource {
+    pub fn of(rule: &CompiledRule) -> Self {
+        use datafusion::physical_expr::expressions::Column;
+        let RuleShape::Windowed(plan) = &rule.shape else {
+            return Self::Event;
+        };
+        // The window result rows are the aggregate's: one column per group
+        // slot (in order), then the aggregates. Keys are matched on the
+        // plan, not on output names, so an alias or a key left out of the
+        // SELECT list changes nothing.
+        let slot_of = |index: usize, name: &str| {
+            plan.group_slots.iter().position(|slot| {
+                matches!(slot, GroupSlot::Key(k) if plan.key_exprs[*k]
+                    .downcast_ref::<Column>()
+                    .is_some_and(|c| c.index() == index && c.name() == name))
+            })
+        };
+        if let Some(at) = slot_of(idx::HOSPITAL_ID, col::HOSPITAL_ID) {
+            Self::Key(at)
+        } else if let Some(at) = slot_of(idx::PATIENT_ID, col::PATIENT_ID) {
+            Self::Patient(at)
+        } else {
+            Self::Unknown
+        }
+    }
+
+    /// The hospital of one window result row whose group's last event was
+    /// at `last_event_ms`.
+    pub fn for_window_row(
+        self,
+        rows: &RecordBatch,
+        row: usize,
+        last_event_ms: i64,
+        index: &PatientIndex,
+    ) -> Option<String> {
+        let text = |at: usize| match cell(rows.column(at).as_ref(), row) {
+            Value::String(s) => Some(s),
+            _ => None,
+        };
+        match self {
+            Self::Key(at) => text(at),
+            Self::Patient(at) => index
+                .hospital_of(&text(at)?, last_event_ms)
+                .map(str::to_string),
+            Self::Event | Self::Unknown => None,
+        }
+    }
 }
 
 /// A rule's alerting: its condition text for explanations, and per key the
@@ -123,6 +194,7 @@ impl AlertMaker {
             discriminator,
             stats,
             processing_time_ms,
+            hospital_id,
         } = row;
         let key_text = Value::Object(key.clone()).to_string();
         let id = alert_id_for_key_text(&spec.id, spec.version, &key_text, discriminator);
@@ -173,6 +245,7 @@ impl AlertMaker {
             severity,
             status,
             key,
+            hospital_id,
             window_start_ms: window.map(|w| w.0),
             window_end_ms: window.map(|w| w.1),
             values,
@@ -287,6 +360,7 @@ mod tests {
                 discriminator: &discriminator,
                 stats: GroupStats::one(t, 1),
                 processing_time_ms: 0,
+                hospital_id: None,
             };
             let a = maker.make(&spec, &mut counters, row);
             (a.status, a.severity)
@@ -341,6 +415,7 @@ mod tests {
                 discriminator: &discriminator,
                 stats: GroupStats::one(t, 1),
                 processing_time_ms: 0,
+                hospital_id: None,
             };
             maker.make(spec, &mut RuleStats::default(), row).status
         };

@@ -41,7 +41,7 @@ use serde_json::Value;
 
 use crate::alert::{Alert, AlertStatus};
 pub use crate::alerting::Escalation;
-use crate::alerting::{split_row, AlertMaker, Candidate};
+use crate::alerting::{split_row, AlertMaker, Candidate, HospitalSource};
 use crate::budget::{Meter, RuleBudgets, Suspension, SuspensionReason};
 use crate::compile::{CompiledRule, RuleShape};
 use crate::error::EngineError;
@@ -135,6 +135,8 @@ struct RuleRuntime {
     lateness_ms: i64,
     /// Ids, cooldowns, escalation and explanations of its alerts.
     alerting: AlertMaker,
+    /// Where its alerts' `hospital_id` comes from.
+    hospital: HospitalSource,
     operator: Operator,
     /// EMIT EARLY: (window start, key) that already alerted while open.
     fired_early: std::collections::HashSet<(i64, String)>,
@@ -207,7 +209,8 @@ impl std::fmt::Display for RuleFailure {
 
 pub struct Engine {
     config: EngineConfig,
-    /// Patient ids interned once per batch for every rule.
+    /// Patient ids interned once per batch for every rule, and the
+    /// hospital each patient is at.
     patients: PatientIndex,
     /// Scratch: the patient index of each row of the batch in hand.
     row_patients: Vec<u32>,
@@ -254,6 +257,7 @@ impl Engine {
             lateness_ms: spec
                 .allowed_lateness_ms
                 .unwrap_or(self.config.default_lateness_ms),
+            hospital: HospitalSource::of(&spec.compiled),
             spec: Arc::new(spec),
             alerting,
             operator,
@@ -310,7 +314,8 @@ impl Engine {
 
     /// Bytes of state the engine holds: window state of every rule, the
     /// events remembered for duplicate detection, the interned patient ids
-    /// (cooldown maps and counters are small and not counted).
+    /// and where each patient is (cooldown maps and counters are small and
+    /// not counted).
     pub fn state_bytes(&self) -> usize {
         let windows: usize = self
             .rules
@@ -359,6 +364,14 @@ impl Engine {
                 .ok_or_else(|| EngineError::Schema("column patient_id is not a string".into()))?;
             self.patients
                 .index_column(patient_col, &mut self.row_patients);
+            let hospital_col = batch
+                .column(idx::HOSPITAL_ID)
+                .as_string_opt::<i32>()
+                .ok_or_else(|| EngineError::Schema("column hospital_id is not a string".into()))?;
+            // Before the rules run, so windows closing in this call know
+            // where their patients were (see `keys::Whereabouts`).
+            self.patients
+                .note_hospitals(&self.row_patients, hospital_col, ts);
             let duplicates = self.dedup.mark(partition, batch, &self.row_patients);
             if let Some(marks) = &duplicates {
                 let n = marks.iter().filter(|d| **d).count() as u64;
@@ -487,9 +500,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Serialises all rule state (open windows, cooldowns, counters) and
-    /// partition clocks. Restoring into an engine with the same rules and
-    /// continuing gives the same alerts as never stopping.
+    /// Serialises all rule state (open windows, cooldowns, counters),
+    /// partition clocks and where each patient is (for alerts' hospitals).
+    /// Restoring into an engine with the same rules and continuing gives
+    /// the same alerts as never stopping.
     pub fn snapshot(&mut self) -> Result<Vec<u8>, EngineError> {
         let mut blobs = crate::snapshot::Blobs::default();
         let mut rules = Vec::with_capacity(self.rules.len());
@@ -516,7 +530,15 @@ impl Engine {
             .into_iter()
             .map(|(p, c)| serde_json::json!({"partition": p, "max_event_ms": c.max_event_ms, "idle": c.idle}))
             .collect();
-        let header = serde_json::json!({"format": 1, "partitions": partitions, "rules": rules});
+        // Where each patient is: without it, alerts of rules grouped by
+        // patient would have no hospital until the patient's next event.
+        let whereabouts = blobs.push(&self.patients.whereabouts_batch()?)?;
+        let header = serde_json::json!({
+            "format": 1,
+            "partitions": partitions,
+            "rules": rules,
+            "whereabouts": whereabouts,
+        });
         Ok(crate::snapshot::encode(&header, &blobs))
     }
 
@@ -547,6 +569,14 @@ impl Engine {
                     .ok_or_else(|| bad("max_event_ms"))?,
                 p["idle"].as_bool().unwrap_or(false),
             );
+        }
+        // Absent from snapshots taken before alerts carried a hospital: then
+        // each patient's is learnt again from their next event.
+        if let Some(blob) = header["whereabouts"].as_u64() {
+            let batch = blobs.get(blob as usize)?;
+            self.patients
+                .restore_whereabouts(&batch)
+                .map_err(|e| bad(&e))?;
         }
         let mut skipped = Vec::new();
         for snap in header["rules"].as_array().ok_or_else(|| bad("rules"))? {
@@ -732,6 +762,8 @@ impl RuleRuntime {
             Operator::PerEvent => {
                 let evaluated =
                     apply_ops(&spec.compiled.input_ops, batch).map_err(eval_err(&spec))?;
+                // A string column: `Engine::process` checked it.
+                let hospitals = batch.column(idx::HOSPITAL_ID).as_string::<i32>();
                 for (row, &base) in evaluated.base_rows.values().iter().enumerate() {
                     let base = base as usize;
                     if duplicate(base) {
@@ -752,6 +784,9 @@ impl RuleRuntime {
                         crate::window::NO_SEQ
                     };
                     let stats = GroupStats::one(event_ms, seq);
+                    let hospital_id = hospitals
+                        .is_valid(base)
+                        .then(|| hospitals.value(base).to_string());
                     let row = Candidate {
                         key,
                         values,
@@ -761,6 +796,7 @@ impl RuleRuntime {
                         discriminator: &discriminator,
                         stats,
                         processing_time_ms,
+                        hospital_id,
                     };
                     let alert = self.alerting.make(&spec, &mut self.stats, row);
                     self.emit(alert, event_ms, at, budgets, out)?;
@@ -831,7 +867,7 @@ impl RuleRuntime {
                     }
                 }
                 if spec.compiled.emit_early {
-                    self.emit_windows(open, true, at, budgets, out)?;
+                    self.emit_windows(open, true, at, budgets, index, out)?;
                 }
             }
         }
@@ -854,7 +890,7 @@ impl RuleRuntime {
         let mut closed: Vec<ClosedWindow> = Vec::new();
         op.fire(watermark, &mut closed, index)
             .map_err(eval_err(&spec))?;
-        self.emit_windows(closed, false, at, budgets, out)?;
+        self.emit_windows(closed, false, at, budgets, index, out)?;
         // After the windows up to `watermark` have alerted: later alerts
         // are for windows ending after it, or late ones within the horizon.
         self.alerting.prune(spec.cooldown_ms, watermark);
@@ -870,6 +906,7 @@ impl RuleRuntime {
         early: bool,
         at: Moment,
         budgets: &RuleBudgets,
+        index: &PatientIndex,
         out: &mut EngineOutput,
     ) -> Result<(), EngineError> {
         let spec = Arc::clone(&self.spec);
@@ -908,6 +945,12 @@ impl RuleRuntime {
                 } else {
                     format!("w={}", window.start_ms)
                 };
+                let hospital_id = self.hospital.for_window_row(
+                    &window.rows,
+                    base as usize,
+                    stats.last_event_ms,
+                    index,
+                );
                 let row = Candidate {
                     key,
                     values,
@@ -917,6 +960,7 @@ impl RuleRuntime {
                     discriminator: &discriminator,
                     stats,
                     processing_time_ms,
+                    hospital_id,
                 };
                 let mut alert = self.alerting.make(&spec, &mut self.stats, row);
                 alert.explanation.late = window.late;

@@ -66,6 +66,9 @@ impl Server {
         let port = free_port()?;
         config.listen = format!("127.0.0.1:{port}").parse()?;
         config.data_dir = data_dir.path().to_string_lossy().into_owned();
+        // Tests of other things run without credentials (loopback only);
+        // the security tests turn authentication on.
+        config.auth.required.get_or_insert(false);
         let stop = Arc::new(tokio::sync::Notify::new());
         let stopped = Arc::clone(&stop);
         let task = tokio::spawn(wardwatch::server::run_until(config, false, async move {
@@ -99,7 +102,12 @@ impl Server {
     /// POSTs newline-delimited events to `/api/ingest`, checks the `202`,
     /// and returns `{"accepted","rejected"}`.
     pub async fn ingest(&self, ndjson: String) -> serde_json::Value {
-        let response = self.http.post(self.url("/api/ingest")).body(ndjson).send();
+        let response = self
+            .http
+            .post(self.url("/api/ingest"))
+            .header("content-type", "application/x-ndjson")
+            .body(ndjson)
+            .send();
         let response = response.await.expect("POST /api/ingest");
         assert_eq!(response.status(), 202, "POST /api/ingest");
         response.json().await.expect("POST /api/ingest: JSON")

@@ -427,6 +427,25 @@ def check_stale(page, server):
     print(f"  stale: indicator stale {took:.1f} s after the server was killed")
 
 
+# Records the page's CSP violations (reset by a reload; check_keyboard reloads).
+CSP_WATCH = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", function (e) {
+  window.__cspViolations.push(e.violatedDirective + " " + e.blockedURI);
+});
+"""
+
+
+def check_csp(page, server, csp_console):
+    with urllib.request.urlopen(server.base + "/", timeout=10) as resp:
+        policy = resp.headers.get("Content-Security-Policy") or ""
+    assert "script-src 'self'" in policy and "style-src 'self'" in policy, f"no CSP on the page: {policy!r}"
+    violations = page.evaluate("window.__cspViolations")
+    assert violations == [], f"CSP violations since the last load: {violations}"
+    assert not csp_console, f"CSP violations logged: {csp_console}"
+    print("  CSP: the page runs under script-src/style-src 'self' without a violation")
+
+
 def main():
     assert os.path.exists(BIN), f"no server binary at {BIN}: cargo build -p wardwatch"
     assert os.path.exists(CHROMIUM), f"no browser at {CHROMIUM}: apt-get install chromium"
@@ -445,11 +464,18 @@ def main():
                 page.on("console", lambda m: m.type == "error" and console_errors.append(
                     f"{m.text} [{m.location.get('url', '')}]"))
                 page.on("pageerror", lambda e: page_errors.append(str(e)))
+                # The page must work under the server's Content-Security-Policy
+                # (no inline script or style): a violation is logged to the
+                # console and raised as an event in the page.
+                csp_console = []
+                page.on("console", lambda m: "Content Security Policy" in m.text and csp_console.append(m.text))
+                page.add_init_script(CSP_WATCH)
                 for check in (check_worklist, check_acknowledge, check_rule_states):
                     check(page, server)
                 check_contrast(page)
                 check_tablet(page, server)
                 check_keyboard(page, server)
+                check_csp(page, server, csp_console)
                 assert not page_errors, f"uncaught errors: {page_errors}"
                 # The one refusal check_acknowledge provokes is logged by the browser too.
                 refused = [m for m in console_errors if re.search(r"status of 400 .*/api/alerts/\w+/ack\]$", m)]

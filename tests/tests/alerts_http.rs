@@ -97,6 +97,7 @@ async fn a_storm_gives_one_alert_live_over_sse_and_the_rest_are_recorded_as_supp
     let ingested = server
         .http
         .post(server.url("/api/ingest"))
+        .header("content-type", "application/x-ndjson")
         .body(body)
         .send()
         .await

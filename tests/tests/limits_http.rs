@@ -376,6 +376,7 @@ async fn a_stored_rule_over_a_budget_is_not_run_at_startup_and_the_others_fire()
     server
         .http
         .post(server.url("/api/ingest"))
+        .header("content-type", "application/x-ndjson")
         .body(event.to_string())
         .send()
         .await

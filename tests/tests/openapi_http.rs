@@ -21,6 +21,8 @@ use wardwatch_tests::{recent_ms, Server};
 /// and not here (or the reverse) fails the first test.
 const ROUTES: &[(&str, &[&str])] = &[
     ("/", &["get"]),
+    ("/app.js", &["get"]),
+    ("/app.css", &["get"]),
     ("/healthz", &["get"]),
     ("/readyz", &["get"]),
     ("/metrics", &["get"]),
@@ -36,6 +38,9 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/query", &["post"]),
     ("/api/replay", &["post"]),
     ("/api/replay/{job}", &["get", "delete"]),
+    ("/api/whoami", &["get"]),
+    ("/api/keys", &["get", "post"]),
+    ("/api/keys/{id}", &["delete"]),
 ];
 
 const HTTP_METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
@@ -410,6 +415,7 @@ async fn real_answers_have_exactly_the_keys_their_schemas_declare() {
     let response = server
         .http
         .post(server.url("/api/ingest"))
+        .header("content-type", "application/x-ndjson")
         .body(events.join("\n"))
         .send()
         .await

@@ -9,6 +9,12 @@
 //! `explanation`) are kept as JSON text: their fields differ per rule, and
 //! SQL can still pick them apart with string functions. The patient is
 //! lifted out of `key` because it is what auditors filter on.
+//!
+//! `hospital_id` (the alert's hospital, [`Alert::hospital_id`]) came later:
+//! files written before it lack the column. The history table's schema is
+//! [`alerts_schema`], so DataFusion reads those files with the column null,
+//! and [`alerts_from_batch`] reads a batch without it as alerts without a
+//! hospital.
 
 use std::sync::{Arc, OnceLock};
 
@@ -32,6 +38,8 @@ pub mod alert_col {
     pub const SEVERITY: &str = "severity";
     pub const STATUS: &str = "status";
     pub const PATIENT_ID: &str = "patient_id";
+    /// Null when unknown, and in files written before the column existed.
+    pub const HOSPITAL_ID: &str = "hospital_id";
     pub const KEY_JSON: &str = "key_json";
     pub const WINDOW_START: &str = "window_start";
     pub const WINDOW_END: &str = "window_end";
@@ -50,7 +58,8 @@ fn timestamp_type() -> DataType {
 ///
 /// Times are `Timestamp(ms, "UTC")` like `vitals.event_time`; `window_start`
 /// and `window_end` are null for per-event rules; `patient_id` is
-/// `key.patient_id` when the rule groups by patient, else null.
+/// `key.patient_id` when the rule groups by patient, else null;
+/// `hospital_id` is [`Alert::hospital_id`].
 pub fn alerts_schema() -> SchemaRef {
     use alert_col as c;
     static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
@@ -64,6 +73,7 @@ pub fn alerts_schema() -> SchemaRef {
                 Field::new(c::SEVERITY, DataType::Utf8, false),
                 Field::new(c::STATUS, DataType::Utf8, false),
                 Field::new(c::PATIENT_ID, DataType::Utf8, true),
+                Field::new(c::HOSPITAL_ID, DataType::Utf8, true),
                 Field::new(c::KEY_JSON, DataType::Utf8, false),
                 Field::new(c::WINDOW_START, timestamp_type(), true),
                 Field::new(c::WINDOW_END, timestamp_type(), true),
@@ -85,6 +95,7 @@ pub fn alerts_schema() -> SchemaRef {
 ///     rule_name: "Tachycardia".into(), severity: "high".into(),
 ///     status: AlertStatus::Fired,
 ///     key: serde_json::json!({"patient_id": "P1"}).as_object().unwrap().clone(),
+///     hospital_id: Some("H1".into()),
 ///     window_start_ms: Some(0), window_end_ms: Some(60_000),
 ///     values: serde_json::json!({"avg_hr": 131.0}).as_object().unwrap().clone(),
 ///     event_time_ms: 59_000, fired_at_ms: 60_500,
@@ -106,8 +117,8 @@ pub fn alerts_to_batch(alerts: &[Alert]) -> Result<RecordBatch, CatalogError> {
     let time = || TimestampMillisecondBuilder::with_capacity(n).with_data_type(timestamp_type());
     let (mut id, mut rule_id, mut rule_name, mut severity, mut status) =
         (text(), text(), text(), text(), text());
-    let (mut patient, mut key_json, mut values_json, mut explanation_json) =
-        (text(), text(), text(), text());
+    let (mut patient, mut hospital, mut key_json, mut values_json, mut explanation_json) =
+        (text(), text(), text(), text(), text());
     let mut rule_version = UInt32Builder::with_capacity(n);
     let (mut window_start, mut window_end, mut event_time, mut fired_at) =
         (time(), time(), time(), time());
@@ -120,6 +131,7 @@ pub fn alerts_to_batch(alerts: &[Alert]) -> Result<RecordBatch, CatalogError> {
         severity.append_value(&alert.severity);
         status.append_value(status_text(alert.status));
         patient.append_option(alert.patient_id());
+        hospital.append_option(alert.hospital_id.as_deref());
         key_json.append_value(object_json(&alert.key));
         window_start.append_option(alert.window_start_ms);
         window_end.append_option(alert.window_end_ms);
@@ -140,6 +152,7 @@ pub fn alerts_to_batch(alerts: &[Alert]) -> Result<RecordBatch, CatalogError> {
         Arc::new(severity.finish()),
         Arc::new(status.finish()),
         Arc::new(patient.finish()),
+        Arc::new(hospital.finish()),
         Arc::new(key_json.finish()),
         Arc::new(window_start.finish()),
         Arc::new(window_end.finish()),
@@ -168,7 +181,9 @@ fn object_json(object: &Map<String, Value>) -> String {
 }
 
 /// Turns rows of [`alerts_schema`] (columns found by name, so a scan that
-/// adds partition columns works too) back into alerts.
+/// adds partition columns works too) back into alerts. A batch without the
+/// `hospital_id` column (one written before it) gives alerts without a
+/// hospital.
 ///
 /// A row that cannot be an alert (a missing column, a null where a value is
 /// required, JSON text that does not parse) is an
@@ -205,6 +220,10 @@ pub fn alerts_from_batch(batch: &RecordBatch) -> Result<Vec<Alert>, CatalogError
         .ok_or_else(|| invalid(0, "column 'rule_version' is not UInt32".to_string()))?;
     let (window_start, window_end) = (time(c::WINDOW_START)?, time(c::WINDOW_END)?);
     let (event_time, fired_at) = (time(c::EVENT_TIME)?, time(c::FIRED_AT)?);
+    let hospital = match batch.column_by_name(c::HOSPITAL_ID) {
+        None => None,
+        Some(_) => Some(text(c::HOSPITAL_ID)?),
+    };
 
     (0..batch.num_rows())
         .map(|row| {
@@ -258,6 +277,9 @@ pub fn alerts_from_batch(batch: &RecordBatch) -> Result<Vec<Alert>, CatalogError
                 severity: required_text(severity, c::SEVERITY)?,
                 status,
                 key: object(key, c::KEY_JSON)?,
+                hospital_id: hospital
+                    .filter(|h| h.is_valid(row))
+                    .map(|h| h.value(row).to_string()),
                 window_start_ms: optional_time(window_start),
                 window_end_ms: optional_time(window_end),
                 values: object(values, c::VALUES_JSON)?,
@@ -287,6 +309,7 @@ mod tests {
                 .as_object()
                 .unwrap()
                 .clone(),
+            hospital_id: Some("H1".into()),
             window_start_ms: Some(1_000),
             window_end_ms: Some(61_000),
             values: json!({"avg_hr": 131.5, "n": 12, "label": "x", "none": null})
@@ -315,6 +338,7 @@ mod tests {
         a.window_start_ms = None;
         a.window_end_ms = None;
         a.key = json!({"bed": "12"}).as_object().unwrap().clone();
+        a.hospital_id = None;
         a.explanation.first_sequence_number = None;
         a.explanation.last_sequence_number = None;
         a.explanation.suppressed_by = None;
@@ -347,6 +371,8 @@ mod tests {
         assert_eq!(text("status").value(1), "fired");
         assert_eq!(text("patient_id").value(0), "P7");
         assert!(text("patient_id").is_null(1));
+        assert_eq!(text("hospital_id").value(0), "H1");
+        assert!(text("hospital_id").is_null(1));
         assert_eq!(
             text("key_json").value(0),
             r#"{"hospital_id":"H1","patient_id":"P7"}"#
@@ -391,6 +417,34 @@ mod tests {
         let missing = batch.project(&[0, 1]).unwrap();
         let err = alerts_from_batch(&missing).unwrap_err().to_string();
         assert!(err.contains("no column"), "{err}");
+    }
+
+    /// A batch as alerts were written before `hospital_id` existed.
+    fn without_hospital_column(batch: &RecordBatch) -> RecordBatch {
+        let at = batch.schema().index_of(alert_col::HOSPITAL_ID).unwrap();
+        let keep: Vec<usize> = (0..batch.num_columns()).filter(|i| *i != at).collect();
+        batch.project(&keep).unwrap()
+    }
+
+    #[test]
+    fn a_batch_written_before_hospitals_reads_as_alerts_without_one() {
+        let alerts = vec![alert("a"), per_event("b")];
+        let old = without_hospital_column(&alerts_to_batch(&alerts).unwrap());
+        assert!(old.column_by_name(alert_col::HOSPITAL_ID).is_none());
+        let back = alerts_from_batch(&old).unwrap();
+        let expected: Vec<Alert> = alerts
+            .into_iter()
+            .map(|a| Alert {
+                hospital_id: None,
+                ..a
+            })
+            .collect();
+        assert_eq!(back, expected);
+        // And its JSON is what such an alert always serialized to.
+        assert!(serde_json::to_value(&back[0])
+            .unwrap()
+            .get("hospital_id")
+            .is_none());
     }
 
     #[test]

@@ -44,6 +44,15 @@
 //! The object store is registered under [`ARCHIVE_STORE_URL`] in this
 //! context only. The listing cache is off, so a file written a moment ago is
 //! seen by the next query.
+//!
+//! # Hospital scope
+//!
+//! [`HistoryCatalog::dataframe_scoped`] and [`HistoryCatalog::query_scoped`]
+//! run a caller's SQL limited to some hospitals: a table with a
+//! `hospital_id` column (`vitals`; `alerts` once alerts carry their
+//! hospital) shows only their rows however the SQL names or combines it,
+//! `rules` and `rule_versions` stay readable, and every other table
+//! (`audit_log`: nothing to limit it by) is not available. See [`scope`].
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -51,6 +60,7 @@ use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
 use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::dataframe::DataFrame;
 use datafusion::error::DataFusionError;
 use datafusion::execution::cache::cache_manager::CacheManagerConfig;
@@ -71,6 +81,7 @@ mod bounded_functions;
 mod provider;
 mod pruning;
 pub mod replay_input;
+pub mod scope;
 pub mod state_tables;
 
 use provider::ArchiveTableProvider;
@@ -280,7 +291,14 @@ impl HistoryCatalog {
     /// A session for one query: the shared catalog and caches, with a memory
     /// pool of its own (so one query cannot starve the others) and no
     /// spilling (a query over its memory is refused, never fills the disk).
-    fn query_session(&self) -> Result<SessionContext, CatalogError> {
+    ///
+    /// With `hospitals`, the session's catalog is not the shared one but a
+    /// copy of it limited to those hospitals ([`scope::scoped_catalogs`]);
+    /// everything else (functions, limits, object store) is the same.
+    async fn query_session(
+        &self,
+        hospitals: Option<&[String]>,
+    ) -> Result<SessionContext, CatalogError> {
         let base = self.ctx.runtime_env();
         let pool = TrackConsumersPool::new(
             GreedyMemoryPool::new(self.resources.max_memory_bytes),
@@ -293,10 +311,15 @@ impl HistoryCatalog {
             )
             .build_arc()
             .map_err(CatalogError::query)?;
-        let state = SessionStateBuilder::new_from_existing(self.ctx.state())
-            .with_runtime_env(runtime)
-            .build();
-        Ok(SessionContext::new_with_state(state))
+        let mut state =
+            SessionStateBuilder::new_from_existing(self.ctx.state()).with_runtime_env(runtime);
+        if let Some(hospitals) = hospitals {
+            let catalogs = scope::scoped_catalogs(&self.ctx, hospitals)
+                .await
+                .map_err(CatalogError::query)?;
+            state = state.with_catalog_list(catalogs);
+        }
+        Ok(SessionContext::new_with_state(state.build()))
     }
 
     /// The DataFusion session, to register further read-only tables.
@@ -307,7 +330,25 @@ impl HistoryCatalog {
     /// Plans `sql` after the read-only checks, for callers that stream the
     /// result themselves (they own the row and time limits then).
     pub async fn dataframe(&self, sql: &str) -> Result<DataFrame, CatalogError> {
-        let ctx = self.query_session()?;
+        self.dataframe_scoped(sql, None).await
+    }
+
+    /// [`dataframe`](Self::dataframe) for a caller limited to `hospitals`
+    /// (`None`: not limited, the same as `dataframe`).
+    ///
+    /// A limited caller's query reads only those hospitals' rows of the
+    /// tables with a `hospital_id` column (`vitals`), whatever SQL it is
+    /// (joins, subqueries, CTEs, set operations, qualified names), and may
+    /// also read `rules` and `rule_versions`; naming any other table
+    /// (`audit_log`, `alerts` while it has no hospital column) fails to
+    /// plan, and so does `EXPLAIN` (a plan shows the files and row counts of
+    /// every hospital). An empty list sees no rows. See [`scope`].
+    pub async fn dataframe_scoped(
+        &self,
+        sql: &str,
+        hospitals: Option<&[String]>,
+    ) -> Result<DataFrame, CatalogError> {
+        let ctx = self.query_session(hospitals).await?;
         let plan = ctx
             .state()
             .create_logical_plan(sql)
@@ -321,6 +362,13 @@ impl HistoryCatalog {
             .map_err(|e| CatalogError::QueryRefused {
                 reason: format!("{}; only queries are allowed", plain_message(e)),
             })?;
+        if hospitals.is_some() && explains(&plan) {
+            return Err(CatalogError::query(DataFusionError::Plan(
+                "EXPLAIN is not available to a caller limited to hospitals: \
+                 a plan describes the archive files and row counts of every hospital"
+                    .to_string(),
+            )));
+        }
         ctx.execute_logical_plan(plan)
             .await
             .map_err(CatalogError::query)
@@ -399,8 +447,19 @@ impl HistoryCatalog {
         sql: &str,
         limits: &QueryLimits,
     ) -> Result<Vec<RecordBatch>, CatalogError> {
+        self.query_scoped(sql, limits, None).await
+    }
+
+    /// [`query`](Self::query) for a caller limited to `hospitals` (`None`:
+    /// not limited); see [`dataframe_scoped`](Self::dataframe_scoped).
+    pub async fn query_scoped(
+        &self,
+        sql: &str,
+        limits: &QueryLimits,
+        hospitals: Option<&[String]>,
+    ) -> Result<Vec<RecordBatch>, CatalogError> {
         let run = async {
-            let mut df = self.dataframe(sql).await?;
+            let mut df = self.dataframe_scoped(sql, hospitals).await?;
             let wraps_limit = !matches!(
                 df.logical_plan(),
                 LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) | LogicalPlan::DescribeTable(_)
@@ -482,6 +541,21 @@ fn planning_error(error: DataFusionError) -> CatalogError {
         cause = current.source();
     }
     CatalogError::query(error)
+}
+
+/// Whether `plan` is or holds an `EXPLAIN` (with or without `ANALYZE`).
+fn explains(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    // The closure never fails, so neither does the walk.
+    let _ = plan.apply_with_subqueries(|node| {
+        found = matches!(node, LogicalPlan::Explain(_) | LogicalPlan::Analyze(_));
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    found
 }
 
 /// DataFusion's message without its "Error during planning: " prefix.

@@ -2,6 +2,7 @@
 //! history (the archive's `alerts` table), acknowledgements, and a live SSE
 //! feed of new alerts.
 
+use crate::auth::{need, Caller};
 use std::convert::Infallible;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -19,9 +20,19 @@ use super::types::{
 };
 use super::SharedState;
 use crate::sink::alerts::AlertFilter;
+use serde_json::json;
 
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 10_000;
+
+/// What a reader asked for, for the audit log.
+fn filter_summary(filter: &AlertFilter) -> serde_json::Value {
+    json!({
+        "rule": filter.rule, "patient": filter.patient, "severity": filter.severity,
+        "status": filter.status, "since": filter.since, "until": filter.until,
+        "limit": filter.limit, "hospitals": filter.hospitals,
+    })
+}
 
 /// Alerts as the API shows them: each with its latest acknowledgement.
 fn views(state: &SharedState, alerts: Vec<sql_rules::Alert>) -> Vec<AlertView> {
@@ -63,10 +74,13 @@ fn views(state: &SharedState, alerts: Vec<sql_rules::Alert>) -> Vec<AlertView> {
 )]
 pub async fn list(
     State(state): State<SharedState>,
+    caller: Caller<need::Viewer>,
     params: Result<Query<AlertFilterParams>, QueryRejection>,
 ) -> Result<Json<AlertList>, ApiError> {
     let Query(params) = params?;
-    let filter = AlertFilter::from(params);
+    let mut filter = AlertFilter::from(params);
+    // A caller limited to hospitals sees only their alerts.
+    filter.hospitals = caller.hospitals.clone();
     let limit = filter.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
     let Some(query) = filter.history_query(limit) else {
         return Ok(Json(AlertList { alerts: vec![] }));
@@ -74,6 +88,13 @@ pub async fn list(
     let alerts = alert_history::recent_alerts(&state.history, &query)
         .await
         .map_err(|e| ApiError::internal(format!("reading alert history: {e}")))?;
+    crate::audit::record_by(
+        &state.audit,
+        &caller,
+        "read_alerts",
+        json!({"filter": filter_summary(&filter), "returned": alerts.len()}),
+    )
+    .await;
     Ok(Json(AlertList {
         alerts: views(&state, alerts),
     }))
@@ -89,28 +110,36 @@ pub async fn list(
     request_body = AckRequest,
     responses(
         (status = 200, description = "Recorded: the alert with its `ack`.", body = AlertView),
-        (status = 400, description = "No `by`, or `by` or `note` over its limit.", body = ErrorBody),
+        (status = 400, description = "No `by` (authentication off), or `by` or `note` over its limit.", body = ErrorBody),
         (status = 404, description = "No alert with this id.", body = ErrorBody),
+        (status = 409, description = "Already acknowledged (by whom is in the message).", body = ErrorBody),
         (status = 500, description = "The acknowledgement could not be recorded.", body = ErrorBody),
     )
 )]
 pub async fn acknowledge(
     State(state): State<SharedState>,
+    caller: Caller<need::Viewer>,
     Path(id): Path<String>,
     body: Result<Json<AckRequest>, JsonRejection>,
 ) -> Result<Json<AlertView>, ApiError> {
     let Json(req) = body.map_err(|e| {
         ApiError::bad_request(format!(
-            "expected {{\"by\": \"who\", \"note\": \"…\"}}: {e}"
+            "expected {{\"note\": \"…\"}} (and `by` when authentication is off): {e}"
         ))
     })?;
-    if req.by.trim().is_empty() {
+    // Who acknowledges is who is authenticated: a `by` in the body is taken
+    // only when authentication is off (the loopback demo).
+    let by = match caller.via {
+        crate::auth::Via::AuthOff => req.by.as_deref().map(str::trim).unwrap_or_default(),
+        _ => caller.name.as_str(),
+    };
+    if by.is_empty() {
         return Err(ApiError::bad_request(
             "`by` must name who acknowledges the alert",
         ));
     }
     let limits = &state.config.limits;
-    let by_chars = req.by.trim().chars().count();
+    let by_chars = by.chars().count();
     if by_chars > limits.max_ack_by_chars {
         return Err(ApiError::bad_request(format!(
             "`by` is {by_chars} characters long; the limit is {} (max_ack_by_chars)",
@@ -129,22 +158,38 @@ pub async fn acknowledge(
     let found = alert_history::find_alert(&state.history, &id)
         .await
         .map_err(|e| ApiError::internal(format!("reading alert history: {e}")))?;
-    let Some(alert) = found else {
+    // Another hospital's alert is, to a caller limited to hospitals, no alert.
+    let visible = |alert: &sql_rules::Alert| match &caller.hospitals {
+        None => true,
+        Some(mine) => alert.hospital_id.as_ref().is_some_and(|h| mine.contains(h)),
+    };
+    let Some(alert) = found.filter(visible) else {
         return Err(ApiError::not_found(format!("no alert with id '{id}'")));
     };
     let ack = Acknowledgement {
         alert_id: id,
-        by: req.by.trim().to_string(),
+        by: by.to_string(),
         note: req.note,
         at_ms: chrono::Utc::now().timestamp_millis(),
     };
     let record = serde_json::to_value(&ack).map_err(|e| ApiError::internal(e.to_string()))?;
-    state
+    // An acknowledgement stands: a second one would rewrite who acted.
+    if let Some(earlier) = state
         .alerts
-        .acknowledge(record.clone())
+        .acknowledge_once(record.clone())
         .await
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    crate::audit::record(&state.audit, "alert_acknowledged", record).await;
+        .map_err(|e| ApiError::internal(e.to_string()))?
+    {
+        let who = earlier
+            .get("by")
+            .and_then(|v| v.as_str())
+            .unwrap_or("someone");
+        return Err(ApiError::conflict(format!(
+            "alert '{}' was already acknowledged by {who}",
+            ack.alert_id
+        )));
+    }
+    crate::audit::record_by(&state.audit, &caller, "alert_acknowledged", record).await;
     Ok(Json(AlertView::new(alert, Some(ack))))
 }
 
@@ -162,10 +207,19 @@ pub async fn acknowledge(
 )]
 pub async fn stream(
     State(state): State<SharedState>,
+    caller: Caller<need::Viewer>,
     params: Result<Query<AlertFilterParams>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let Query(params) = params?;
-    let filter = AlertFilter::from(params);
+    let mut filter = AlertFilter::from(params);
+    filter.hospitals = caller.hospitals.clone();
+    crate::audit::record_by(
+        &state.audit,
+        &caller,
+        "open_alert_stream",
+        json!({"filter": filter_summary(&filter)}),
+    )
+    .await;
     let rx = state.alerts.live.subscribe();
     // The feed ends when the server shuts down, so an open client cannot
     // hold the process (clients reconnect, to another instance if need be).
@@ -217,10 +271,26 @@ pub async fn stream(
 )]
 pub async fn dead_letters(
     State(state): State<SharedState>,
+    caller: Caller<need::Auditor>,
     params: Result<Query<DeadLetterParams>, QueryRejection>,
 ) -> Result<Json<DeadLetterList>, ApiError> {
     let Query(q) = params?;
+    if caller.hospitals.is_some() {
+        // A dead letter is an event that could not be read, so which
+        // hospital it belongs to is not known: none is shown to a caller
+        // limited to hospitals.
+        return Err(ApiError::forbidden(
+            "dead letters are not attributed to hospitals; a caller limited to hospitals cannot read them",
+        ));
+    }
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
+    crate::audit::record_by(
+        &state.audit,
+        &caller,
+        "read_dead_letters",
+        json!({"limit": limit}),
+    )
+    .await;
     let dead_letters = state
         .dead_letters
         .table

@@ -40,6 +40,29 @@ impl ApiError {
             position: None,
         }
     }
+    /// No or bad credentials; answered with a `WWW-Authenticate` header.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            message: message.into(),
+            position: None,
+        }
+    }
+    /// Known caller, missing role or hospital.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            message: message.into(),
+            position: None,
+        }
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::CONFLICT,
+            message: message.into(),
+            position: None,
+        }
+    }
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -101,6 +124,16 @@ impl From<ApiError> for ErrorBody {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody::from(self))).into_response()
+        let challenge = (self.status == StatusCode::UNAUTHORIZED).then(|| {
+            // RFC 6750: the scheme, and why a presented token failed.
+            axum::http::HeaderValue::from_static(r#"Bearer realm="wardwatch""#)
+        });
+        let mut response = (self.status, Json(ErrorBody::from(self))).into_response();
+        if let Some(value) = challenge {
+            response
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, value);
+        }
+        response
     }
 }

@@ -1,5 +1,6 @@
 //! `POST /api/ingest`: newline-delimited JSON VitalEvents into the pipeline.
 
+use crate::auth::{need, Caller};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -33,6 +34,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 )]
 pub async fn ingest(
     State(state): State<SharedState>,
+    caller: Caller<need::Ingest>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<IngestResultView>), ApiError> {
     let body = body?;
@@ -41,6 +43,8 @@ pub async fn ingest(
         "http:/api/ingest",
         &state.intake,
         state.config.pipeline.max_batch_rows,
+        // A sender limited to hospitals: others' events are dead letters.
+        caller.hospitals.as_deref(),
     )
     .await
     .map_err(|e| ApiError::unavailable(e.to_string()))?;

@@ -12,11 +12,13 @@ pub mod alerts;
 pub mod error;
 pub mod health;
 pub mod ingest;
+pub mod keys;
 pub mod openapi;
 pub mod query;
 pub mod replay;
 pub mod rules;
 pub mod types;
+pub mod ui;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -37,6 +39,8 @@ use crate::sink::dead_letter::DeadLetters;
 
 /// Everything handlers share.
 pub struct AppState {
+    /// Checks every non-public request's credentials.
+    pub auth: Arc<crate::auth::Authenticator>,
     pub config: Config,
     pub rules: RuleStore,
     pub compiler: RuleCompiler,
@@ -88,6 +92,8 @@ pub async fn index() -> axum::response::Html<&'static str> {
 pub fn routes() -> OpenApiRouter<SharedState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(index))
+        .routes(routes!(ui::app_js))
+        .routes(routes!(ui::app_css))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
@@ -106,9 +112,17 @@ pub fn routes() -> OpenApiRouter<SharedState> {
         .routes(routes!(query::query))
         .routes(routes!(replay::replay))
         .routes(routes!(replay::status, replay::cancel))
+        .routes(routes!(keys::whoami))
+        .routes(routes!(keys::list, keys::create))
+        .routes(routes!(keys::revoke))
 }
 
 pub fn router(state: SharedState) -> Router {
     let (router, _) = routes().split_for_parts();
-    router.with_state(state)
+    router
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            crate::auth::authenticate,
+        ))
+        .with_state(state)
 }

@@ -32,6 +32,7 @@ use super::types::LiveFeedLagged;
         (name = "query", description = "Read-only SQL over history."),
         (name = "replay", description = "Rules over archived events: backtests and audits."),
         (name = "health", description = "Liveness, readiness and metrics."),
+        (name = "auth", description = "The caller's identity, and API keys for services (admins)."),
         (name = "meta", description = "This document."),
         (name = "ui", description = "The web UI."),
     )
@@ -42,11 +43,81 @@ pub struct ApiDoc;
 pub fn document() -> &'static str {
     static DOCUMENT: OnceLock<String> = OnceLock::new();
     DOCUMENT.get_or_init(|| {
-        super::routes()
-            .into_openapi()
-            .to_pretty_json()
+        let mut doc = super::routes().into_openapi();
+        // The refusals of the layers in front of every route (`Host`,
+        // content type) are no handler's, so the routes do not list them.
+        crate::transport::document_refusals(&mut doc);
+        declare_authentication(&mut doc);
+        doc.to_pretty_json()
             .expect("the OpenAPI document serializes")
     })
+}
+
+/// Every route but the public ones ([`crate::auth::is_public`], and
+/// `/metrics`, public by default) needs a bearer credential and can answer
+/// 401 and 403: said once here rather than on each handler.
+fn declare_authentication(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::security::{
+        HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+    };
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    doc.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An OpenID Connect access token (JWT) from the configured identity \
+                         provider, or an API key `wwk_…`.",
+                    ))
+                    .build(),
+            ),
+        );
+    let error = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(RefOr::Ref(Ref::from_schema_name("ErrorBody"))))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if crate::auth::is_public(path) || path == "/metrics" {
+            continue;
+        }
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            op.security = Some(vec![SecurityRequirement::new(
+                "bearer",
+                Vec::<String>::new(),
+            )]);
+            let responses = &mut op.responses.responses;
+            responses.entry("401".into()).or_insert_with(|| {
+                error(
+                    "No credential, or an invalid, expired or revoked one (with a \
+                     `WWW-Authenticate` header).",
+                )
+            });
+            responses.entry("403".into()).or_insert_with(|| {
+                error("The caller lacks the role this needs (named in the message).")
+            });
+        }
+    }
 }
 
 /// This document.

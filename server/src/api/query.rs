@@ -11,6 +11,7 @@
 //! time limit, a JSON answer ends with `"truncated": true` and an `error`,
 //! and a CSV or Arrow answer is cut off with an error, never silently short.
 
+use crate::auth::{need, Caller};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -83,6 +84,16 @@ enum Format {
     Arrow,
 }
 
+impl Format {
+    fn name(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Csv => "csv",
+            Format::Arrow => "arrow",
+        }
+    }
+}
+
 /// Read-only SQL over history. The answer's format follows `Accept`.
 #[utoipa::path(
     post,
@@ -105,6 +116,7 @@ enum Format {
 )]
 pub async fn query(
     State(state): State<SharedState>,
+    caller: Caller<need::Auditor>,
     headers: HeaderMap,
     body: Result<Json<QueryRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, QueryError> {
@@ -128,6 +140,14 @@ pub async fn query(
         Format::Json
     };
 
+    // Recorded before it runs: a refused or failed read was still an attempt.
+    crate::audit::record_by(
+        &state.audit,
+        &caller,
+        "history_query",
+        serde_json::json!({"sql": req.sql, "format": format.name()}),
+    )
+    .await;
     // Before DataFusion sees it: SQL too long or nested too deep to plan
     // on a request thread's stack is refused with the limit.
     sql_rules::check_query_sql(&req.sql, &state.config.limits.rules())
@@ -143,7 +163,12 @@ pub async fn query(
                 state.config.limits.max_concurrent_queries
             )))
         })?;
-    let mut df = state.history.dataframe(&req.sql).await?;
+    // A caller limited to hospitals sees only their rows: a filter inside
+    // the plan on every scan of a table with a hospital_id column.
+    let mut df = state
+        .history
+        .dataframe_scoped(&req.sql, caller.hospitals.as_deref())
+        .await?;
     if !matches!(
         df.logical_plan(),
         LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) | LogicalPlan::DescribeTable(_)

@@ -6,6 +6,7 @@
 //! Only HTTP lives here: the request's shape, status codes and errors. What
 //! a replay does is [`crate::replay`].
 
+use crate::auth::{need, Caller};
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
@@ -82,6 +83,7 @@ async fn run(
 )]
 pub async fn replay(
     State(state): State<SharedState>,
+    caller: Caller<need::AuthorOrAuditor>,
     body: Result<Json<ReplayRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) =
@@ -89,6 +91,22 @@ pub async fn replay(
     if req.from_ms >= req.to_ms {
         return Err(ApiError::bad_request("from_ms must be before to_ms"));
     }
+    if caller.hospitals.is_some() {
+        // Replay reads every hospital's archived events.
+        return Err(ApiError::forbidden(
+            "replay reads every hospital's events; a caller limited to hospitals cannot run one",
+        ));
+    }
+    crate::audit::record_by(
+        &state.audit,
+        &caller,
+        "replay",
+        serde_json::json!({
+            "rule_id": req.rule_id, "version": req.version, "sql": req.sql,
+            "from_ms": req.from_ms, "to_ms": req.to_ms, "audit": req.audit,
+        }),
+    )
+    .await;
     let slot = state
         .replays
         .slot()
@@ -137,6 +155,7 @@ fn find_job(state: &SharedState, id: &str) -> Result<Arc<ReplayJob>, ApiError> {
 )]
 pub async fn status(
     State(state): State<SharedState>,
+    _caller: Caller<need::AuthorOrAuditor>,
     Path(id): Path<String>,
 ) -> Result<Json<ReplayJobView>, ApiError> {
     let job = find_job(&state, &id)?;
@@ -157,6 +176,7 @@ pub async fn status(
 )]
 pub async fn cancel(
     State(state): State<SharedState>,
+    _caller: Caller<need::AuthorOrAuditor>,
     Path(id): Path<String>,
 ) -> Result<Json<ReplayJobView>, ApiError> {
     let job = find_job(&state, &id)?;

@@ -4,6 +4,7 @@
 //! length, panes, cooldown, lateness, field lengths, SQL size and depth).
 //! `PUT` makes a new version (old versions stay); `DELETE` deactivates.
 
+use crate::auth::{need, Caller};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -97,7 +98,10 @@ fn parse_draft(
     tag = "rules",
     responses((status = 200, description = "Every stored rule.", body = RuleList))
 )]
-pub async fn list(State(state): State<SharedState>) -> Json<RuleList> {
+pub async fn list(
+    State(state): State<SharedState>,
+    _caller: Caller<need::Viewer>,
+) -> Json<RuleList> {
     let rules = state
         .rules
         .list()
@@ -122,6 +126,7 @@ pub async fn list(State(state): State<SharedState>) -> Json<RuleList> {
 )]
 pub async fn get_one(
     State(state): State<SharedState>,
+    _caller: Caller<need::Viewer>,
     Path(id): Path<String>,
 ) -> Result<Json<RuleDetail>, ApiError> {
     let rule = state
@@ -154,6 +159,7 @@ pub async fn get_one(
 )]
 pub async fn validate(
     State(state): State<SharedState>,
+    _caller: Caller<need::Author>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<RuleValidation>, ApiError> {
     let Json(body) = body?;
@@ -190,13 +196,15 @@ pub async fn validate(
 )]
 pub async fn create(
     State(state): State<SharedState>,
+    caller: Caller<need::Author>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<RuleView>), ApiError> {
     let (draft, compiled) = parse_draft(&state, body)?;
     let _guard = state.rule_writes.lock().await;
     let rule = state.rules.create(draft, now_ms()).await?;
-    crate::audit::record(
+    crate::audit::record_by(
         &state.audit,
+        &caller,
         "rule_created",
         json!({"rule_id": rule.id, "version": rule.current.version, "name": rule.current.name}),
     )
@@ -228,14 +236,16 @@ pub async fn create(
 )]
 pub async fn update(
     State(state): State<SharedState>,
+    caller: Caller<need::Author>,
     Path(id): Path<String>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<RuleView>, ApiError> {
     let (draft, compiled) = parse_draft(&state, body)?;
     let _guard = state.rule_writes.lock().await;
     let mut rule = state.rules.update(&id, draft, now_ms()).await?;
-    crate::audit::record(
+    crate::audit::record_by(
         &state.audit,
+        &caller,
         "rule_updated",
         json!({"rule_id": rule.id, "version": rule.current.version}),
     )
@@ -267,12 +277,14 @@ pub async fn update(
 )]
 pub async fn deactivate(
     State(state): State<SharedState>,
+    caller: Caller<need::Author>,
     Path(id): Path<String>,
 ) -> Result<Json<RuleView>, ApiError> {
     let _guard = state.rule_writes.lock().await;
     let rule = state.rules.set_active(&id, false, now_ms()).await?;
-    crate::audit::record(
+    crate::audit::record_by(
         &state.audit,
+        &caller,
         "rule_deactivated",
         json!({"rule_id": rule.id, "version": rule.current.version}),
     )

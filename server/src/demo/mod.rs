@@ -106,7 +106,7 @@ pub async fn run(
             events.clear();
             ward.tick(&mut events);
             let body = to_ndjson(&events);
-            if ingest_ndjson(&body, "demo", &intake, max_batch_rows)
+            if ingest_ndjson(&body, "demo", &intake, max_batch_rows, None)
                 .await
                 .is_err()
             {

@@ -28,6 +28,9 @@ pub struct AlertHub {
     pub acks: JsonLog,
     /// The latest acknowledgement of each alert, by alert id.
     ack_index: RwLock<HashMap<String, Value>>,
+    /// Serialises acknowledgements, so "already acknowledged?" and the
+    /// write are one step.
+    ack_writes: tokio::sync::Mutex<()>,
 }
 
 impl AlertHub {
@@ -44,6 +47,7 @@ impl AlertHub {
             live,
             acks,
             ack_index: RwLock::new(index),
+            ack_writes: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -58,6 +62,23 @@ impl AlertHub {
                 .insert(id.to_string(), ack.clone());
         }
         Ok(())
+    }
+
+    /// Records an acknowledgement unless the alert has one already; then
+    /// nothing is written and the earlier one is returned. Concurrent
+    /// acknowledgements of one alert: exactly one is recorded.
+    pub async fn acknowledge_once(
+        &self,
+        ack: Value,
+    ) -> Result<Option<Value>, catalog::CatalogError> {
+        let _one_at_a_time = self.ack_writes.lock().await;
+        if let Some(id) = ack.get("alert_id").and_then(Value::as_str) {
+            if let Some(earlier) = self.ack_index.read().expect("ack index lock").get(id) {
+                return Ok(Some(earlier.clone()));
+            }
+        }
+        self.acknowledge(ack).await?;
+        Ok(None)
     }
 
     /// Alerts in their JSON shape, with the `ack` field on those that have one.
@@ -86,6 +107,12 @@ pub struct AlertFilter {
     pub since: Option<i64>,
     pub until: Option<i64>,
     pub limit: Option<usize>,
+    /// For a caller limited to these hospitals: only alerts whose
+    /// `hospital_id` is one of them. An alert without a hospital is no
+    /// one's, so a limited caller never sees it. `None`: not limited. Set
+    /// by the handler from the caller, never from the query string.
+    #[serde(skip)]
+    pub hospitals: Option<Vec<String>>,
 }
 
 impl AlertFilter {
@@ -105,6 +132,11 @@ impl AlertFilter {
                 .is_none_or(|x| catalog::archive::status_text(a.status) == x)
             && self.since.is_none_or(|since| a.event_time_ms >= since)
             && self.until.is_none_or(|until| a.event_time_ms < until)
+            && self.hospitals.as_ref().is_none_or(|hospitals| {
+                a.hospital_id
+                    .as_ref()
+                    .is_some_and(|h| hospitals.contains(h))
+            })
     }
 
     /// The history query for this filter, returning at most `limit` alerts;
@@ -120,6 +152,7 @@ impl AlertFilter {
         Some(AlertQuery {
             rule: self.rule.clone(),
             patient: self.patient.clone(),
+            hospitals: self.hospitals.clone(),
             severity: self.severity.clone(),
             status,
             id: None,
@@ -193,5 +226,55 @@ pub async fn deliver(
             };
             let _ = hub.live.send(alert);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(hospital: Option<&str>) -> Alert {
+        serde_json::from_value(serde_json::json!({
+            "id": "a", "rule_id": "r", "rule_version": 1, "rule_name": "R",
+            "severity": "high", "status": "fired", "key": {"patient_id": "P1"},
+            "hospital_id": hospital, "window_start_ms": null, "window_end_ms": null,
+            "values": {}, "event_time_ms": 0, "fired_at_ms": 0,
+            "explanation": {"condition": "", "event_count": 1,
+                            "first_event_ms": 0, "last_event_ms": 0},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_filter_limited_to_hospitals_passes_only_their_alerts() {
+        let (h1, h2, nowhere) = (alert(Some("H1")), alert(Some("H2")), alert(None));
+        let open = AlertFilter::default();
+        assert!(open.matches(&h1) && open.matches(&h2) && open.matches(&nowhere));
+
+        let limited = AlertFilter {
+            hospitals: Some(vec!["H1".into(), "H3".into()]),
+            ..AlertFilter::default()
+        };
+        assert!(limited.matches(&h1));
+        assert!(!limited.matches(&h2));
+        assert!(!limited.matches(&nowhere), "no hospital: no one's");
+        let none = AlertFilter {
+            hospitals: Some(vec![]),
+            ..AlertFilter::default()
+        };
+        assert!(!none.matches(&h1) && !none.matches(&nowhere));
+
+        // History is asked the same.
+        let query = limited.history_query(10).unwrap();
+        assert_eq!(query.hospitals, limited.hospitals);
+        assert_eq!(open.history_query(10).unwrap().hospitals, None);
+    }
+
+    #[test]
+    fn hospitals_cannot_be_set_from_a_query_string() {
+        let filter: AlertFilter =
+            serde_json::from_value(serde_json::json!({"hospitals": ["H1"], "rule": "r"})).unwrap();
+        assert_eq!(filter.hospitals, None);
+        assert_eq!(filter.rule.as_deref(), Some("r"));
     }
 }

@@ -199,6 +199,9 @@ pub struct VitalsDecoder {
     /// `None`: event time is checked only against fixed bounds (years 1970
     /// to 3000), as for archived or generated events.
     time: Option<TimeCheck>,
+    /// `Some`: only events of these hospitals are taken (a sender limited
+    /// to some hospitals).
+    hospitals: Option<Arc<[String]>>,
 }
 
 impl VitalsDecoder {
@@ -210,7 +213,15 @@ impl VitalsDecoder {
             columns: Columns::with_capacity(capacity),
             rows: 0,
             time: None,
+            hospitals: None,
         }
+    }
+
+    /// Also refuses events of other hospitals than these, and events
+    /// without a hospital.
+    pub fn with_hospitals(mut self, hospitals: Option<Arc<[String]>>) -> Self {
+        self.hospitals = hospitals;
+        self
     }
 
     /// Also refuses events outside `bounds` around the server clock, which
@@ -236,6 +247,22 @@ impl VitalsDecoder {
         // wrong with it, whatever its date.
         if let Some(check) = &self.time {
             check.check(event.timestamp_unix_ms)?;
+        }
+        if let Some(allowed) = &self.hospitals {
+            match event.hospital_id.as_deref() {
+                Some(h) if allowed.iter().any(|a| a == h) => {}
+                Some(h) => {
+                    return Err(Rejection::new(format!(
+                        "hospital_id '{}' is not one this sender may send events for",
+                        h.chars().take(ECHO_MAX_CHARS).collect::<String>()
+                    )))
+                }
+                None => {
+                    return Err(Rejection::new(
+                        "hospital_id is required of a sender limited to hospitals",
+                    ))
+                }
+            }
         }
         self.columns.append(&event);
         self.rows += 1;

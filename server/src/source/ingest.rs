@@ -1,6 +1,8 @@
 //! Newline-delimited JSON into the intake: `POST /api/ingest` and the demo
 //! ward use this; it is the same decode, intake and engine as Kafka.
 
+use std::sync::Arc;
+
 use super::decode::VitalsDecoder;
 use crate::intake::{Intake, IntakeBatch, Origin};
 use crate::pipeline::PipelineClosed;
@@ -19,11 +21,13 @@ pub async fn ingest_ndjson(
     origin: &str,
     intake: &Intake,
     max_batch_rows: usize,
+    hospitals: Option<&[String]>,
 ) -> Result<IngestResult, PipelineClosed> {
     let max_batch_rows = max_batch_rows.clamp(1, 65_536);
     // The clock is read once per request.
     let mut decoder = VitalsDecoder::new(max_batch_rows)
-        .with_time_bounds(intake.time_bounds(), chrono::Utc::now().timestamp_millis());
+        .with_time_bounds(intake.time_bounds(), chrono::Utc::now().timestamp_millis())
+        .with_hospitals(hospitals.map(Arc::from));
     let mut letters = Vec::new();
     let mut result = IngestResult::default();
     for line in body.split(|b| *b == b'\n') {

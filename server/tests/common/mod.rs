@@ -36,7 +36,7 @@ pub async fn start_with(data: &std::path::Path, http: &reqwest::Client, args: &[
     let port = free_port();
     let log = std::fs::File::create(data.with_extension(format!("{port}.log"))).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_wardwatch"))
-        .args(["serve", "--data-dir"])
+        .args(["serve", "--no-auth", "--data-dir"])
         .arg(data)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(args)

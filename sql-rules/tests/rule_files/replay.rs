@@ -101,7 +101,7 @@ fn batch(events: &[Event]) -> RecordBatch {
 }
 
 /// The alert's fields: rule, patient, window, status, severity, the rule's
-/// output values, then any other group key columns.
+/// output values, any other group key columns, then the hospital.
 pub fn render(a: &Alert) -> Rendered {
     let text = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
@@ -133,6 +133,10 @@ pub fn render(a: &Alert) -> Rendered {
         if k != "patient_id" {
             f.push((k.clone(), text(v)));
         }
+    }
+    // Last, so lines written before alerts had a hospital still match.
+    if let Some(hospital) = &a.hospital_id {
+        f.push(("hospital".to_string(), hospital.clone()));
     }
     f
 }

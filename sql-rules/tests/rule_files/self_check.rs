@@ -185,7 +185,7 @@ fn complete_rewrites_only_what_failed() -> Result<(), String> {
     let right = format!(
         "# a comment that stays\n{HOT}\nevents\nrepeat 3 ts+=1000\n0 A hr=130\n3000 B hr=140\nend\n\n\
          expect\n# kept\nhot A status=fired\nrepeat 2\nhot A status=suppressed\n\
-         hot B status=fired severity=high heart_rate_bpm=140.0\nend\n\
+         hot B status=fired severity=high heart_rate_bpm=140.0 hospital=H01\nend\n\
          # trailing comment\n"
     );
     let report = check("inline.rules", &wrong, true);

@@ -37,6 +37,8 @@ impl From<AlertFilterParams> for crate::sink::alerts::AlertFilter {
             since: p.since,
             until: p.until,
             limit: p.limit,
+            // Set from the caller's scope by the handler, never from the query string.
+            hospitals: None,
         }
     }
 }
@@ -62,6 +64,12 @@ pub struct AlertView {
     pub status: AlertStatusView,
     /// The GROUP BY columns, e.g. `{"patient_id": "P-1"}`.
     pub key: Map<String, Value>,
+    /// The hospital of the events behind the alert: the event's for a
+    /// per-event rule, the key's for a rule grouped by `hospital_id`, where
+    /// the patient was for a rule grouped by patient. Absent when unknown
+    /// (other rules, system alerts, alerts archived before it existed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hospital_id: Option<String>,
     #[schema(required)]
     pub window_start_ms: Option<i64>,
     #[schema(required)]
@@ -88,6 +96,7 @@ impl AlertView {
             severity: a.severity,
             status: a.status.into(),
             key: a.key,
+            hospital_id: a.hospital_id,
             window_start_ms: a.window_start_ms,
             window_end_ms: a.window_end_ms,
             values: a.values,
@@ -171,8 +180,11 @@ impl From<sql_rules::Explanation> for ExplanationView {
 /// `POST /api/alerts/{id}/ack`: who has seen the alert and acts on it.
 #[derive(Debug, Clone, PartialEq, Deserialize, ToSchema)]
 pub struct AckRequest {
-    /// Who acknowledges (at most `max_ack_by_chars` characters).
-    pub by: String,
+    /// Who acknowledges (at most `max_ack_by_chars` characters). Needed
+    /// only when authentication is off; otherwise the authenticated caller
+    /// is who acknowledges, and this is ignored.
+    #[serde(default)]
+    pub by: Option<String>,
     /// At most `max_ack_note_bytes` bytes.
     #[serde(default)]
     pub note: Option<String>,

@@ -18,12 +18,14 @@
 //! is caught.
 
 pub mod alerts;
+pub mod keys;
 pub mod replay;
 pub mod rules;
 #[cfg(test)]
 mod tests;
 
 pub use alerts::*;
+pub use keys::*;
 pub use replay::*;
 pub use rules::*;
 

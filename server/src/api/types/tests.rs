@@ -19,7 +19,7 @@ fn alert(status: &str) -> sql_rules::Alert {
     serde_json::from_value(json!({
         "id": "00000000000000aa", "rule_id": "r-1", "rule_version": 2, "rule_name": "R",
         "severity": "high", "status": status, "key": {"patient_id": "P-1"},
-        "window_start_ms": 1000, "window_end_ms": null, "values": {"avg_hr": 131.5, "n": 3},
+        "hospital_id": "H-1", "window_start_ms": 1000, "window_end_ms": null, "values": {"avg_hr": 131.5, "n": 3},
         "event_time_ms": 1500, "fired_at_ms": 1600,
         "explanation": {"condition": "avg_hr > 120", "event_count": 3, "first_event_ms": 1000,
             "last_event_ms": 1500, "first_sequence_number": 7, "last_sequence_number": null,
@@ -36,6 +36,12 @@ fn alert(status: &str) -> sql_rules::Alert {
 fn views_serialize_like_their_domain_types() {
     for status in ["fired", "suppressed"] {
         let a = alert(status);
+        same_json(&a, AlertView::from(a.clone()), "sql_rules::Alert");
+        // Without a hospital the field is absent from both.
+        let a = sql_rules::Alert {
+            hospital_id: None,
+            ..a
+        };
         same_json(&a, AlertView::from(a.clone()), "sql_rules::Alert");
     }
     let stats = sql_rules::RuleStats {
@@ -160,6 +166,7 @@ fn census(
         severity: _,
         status: _,
         key: _,
+        hospital_id: _,
         window_start_ms: _,
         window_end_ms: _,
         values: _,

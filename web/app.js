@@ -1,0 +1,1290 @@
+(function () {
+  "use strict";
+
+  var MAX_ALERTS = 200;
+  var POLL_MS = 5000;
+  var SEVERITIES = ["info", "low", "medium", "high", "critical"];
+
+  function $(id) { return document.getElementById(id); }
+
+  function el(tag, attrs, children) {
+    var node = document.createElement(tag);
+    if (attrs) {
+      Object.keys(attrs).forEach(function (k) {
+        var v = attrs[k];
+        if (v === null || v === undefined || v === false) return;
+        if (k === "text") node.textContent = v;
+        else if (k === "className") node.className = v;
+        else node.setAttribute(k, v === true ? "" : String(v));
+      });
+    }
+    (children || []).forEach(function (c) {
+      if (c === null || c === undefined) return;
+      node.appendChild(typeof c === "string" ? document.createTextNode(c) : c);
+    });
+    return node;
+  }
+
+  function pad2(n) { return n < 10 ? "0" + n : String(n); }
+
+  function hms(ms) {
+    if (typeof ms !== "number" || !isFinite(ms)) return "–";
+    var d = new Date(ms);
+    return pad2(d.getHours()) + ":" + pad2(d.getMinutes()) + ":" + pad2(d.getSeconds());
+  }
+
+  function fullTime(ms) {
+    if (typeof ms !== "number" || !isFinite(ms)) return "";
+    var d = new Date(ms);
+    return d.getFullYear() + "-" + pad2(d.getMonth() + 1) + "-" + pad2(d.getDate()) + " " +
+      hms(ms) + "." + String(d.getMilliseconds()).padStart(3, "0");
+  }
+
+  function fmtCount(n) {
+    return typeof n === "number" && isFinite(n) ? n.toLocaleString() : "–";
+  }
+
+  // Numbers are rounded to one decimal; whole numbers (counts) stay whole.
+  // Timestamps arrive as RFC 3339 strings and are shown as local HH:MM:SS.
+  var ISO_TS = /^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2})?$/;
+  function fmtValue(v) {
+    if (v === null || v === undefined) return "null";
+    if (typeof v === "number") return Number.isInteger(v) ? String(v) : v.toFixed(1);
+    if (typeof v === "string") {
+      if (ISO_TS.test(v)) {
+        var s = v.replace(" ", "T");
+        if (!/(Z|[+-]\d{2}:?\d{2})$/.test(s)) s += "Z"; // event time is UTC
+        var t = Date.parse(s);
+        if (!isNaN(t)) return hms(t);
+      }
+      return v;
+    }
+    if (typeof v === "boolean") return String(v);
+    return JSON.stringify(v);
+  }
+
+  function fmtPairs(obj) {
+    if (!obj || typeof obj !== "object") return "";
+    return Object.keys(obj).map(function (k) { return k + "=" + fmtValue(obj[k]); }).join("  ");
+  }
+
+  function severityBadge(sev) {
+    var s = String(sev || "").toLowerCase();
+    var cls = SEVERITIES.indexOf(s) >= 0 ? "sev-" + s : "sev-info";
+    return el("span", { className: "badge " + cls, text: s || "?" });
+  }
+
+  /* ------------------------------------------------------------- requests */
+
+  // The signed-in caller: GET /api/whoami's answer (also when authentication
+  // is off), null while signed out. `credential` is what signed them in.
+  var me = null;
+  var credential = null;
+
+  // `headers` plus Authorization when there is a credential to send.
+  function withCredential(headers, cred) {
+    var c = cred === undefined ? credential : cred;
+    if (c) headers.Authorization = "Bearer " + c;
+    return headers;
+  }
+
+  // One request, answered as {status, ok, body}; `cred` overrides the
+  // signed-in credential (signing in tries one before keeping it).
+  async function requestJson(url, options, cred) {
+    var opts = Object.assign({}, options || {});
+    opts.headers = withCredential(Object.assign({ "Accept": "application/json" }, opts.headers || {}), cred);
+    var resp = await fetch(url, opts);
+    var body = null;
+    var text = await resp.text();
+    if (text) {
+      try { body = JSON.parse(text); } catch (e) { body = { raw: text }; }
+    }
+    return { status: resp.status, ok: resp.ok, body: body };
+  }
+
+  // Every API call of a signed-in page: a 401 means the credential expired
+  // or was revoked, so the page signs out and says why.
+  async function fetchJson(url, options) {
+    var r = await requestJson(url, options);
+    if (r.status === 401) credentialRejected(errorText(r.body, r.status));
+    return r;
+  }
+
+  function errorText(body, status) {
+    var e = body && body.error;
+    if (e && typeof e === "object") {
+      var msg = e.message || "error";
+      if (typeof e.line === "number" && e.line > 0) {
+        return "line " + e.line + ", column " + e.column + ": " + msg;
+      }
+      return msg;
+    }
+    if (body && body.raw) return "HTTP " + status + ": " + body.raw;
+    return "HTTP " + status;
+  }
+
+  /* ---------------------------------------------------------------- health */
+
+  // /readyz is the heartbeat: a hung server must not look alive, so each
+  // poll gives up after READY_TIMEOUT_MS.
+  var READY_TIMEOUT_MS = 4000;
+
+  async function refreshReadiness() {
+    var box = $("readiness");
+    var ctl = window.AbortController ? new AbortController() : null;
+    var timer = ctl ? setTimeout(function () { ctl.abort(); }, READY_TIMEOUT_MS) : null;
+    try {
+      var r = await fetchJson("/readyz", ctl ? { signal: ctl.signal } : undefined);
+      var b = r.body || {};
+      var ready = b.ready === true;
+      // Ready but not well: rules failing or suspended, lag, a stalled engine.
+      var degraded = Array.isArray(b.degraded) ? b.degraded : [];
+      var stalled = degraded.some(function (d) { return /engine stalled/.test(d); });
+      box.className = !ready ? "not-ready" : degraded.length ? "ready degraded" : "ready";
+      $("readiness-state").textContent = !ready ? "Not ready" : degraded.length ? "Degraded" : "Ready";
+      $("readiness-detail").textContent =
+        "storage: " + (b.storage || "?") + " · kafka: " + (b.kafka || "?") +
+        (degraded.length ? " · " + degraded.join(", ") : "");
+      // A stalled engine sends no alerts although the feed is open: stale.
+      setConnection({
+        ready: ready && !stalled,
+        readyReason: !ready ? "server not ready" : stalled ? "engine stalled" : null
+      });
+    } catch (e) {
+      box.className = "not-ready";
+      $("readiness-state").textContent = "Server unreachable";
+      $("readiness-detail").textContent = "";
+      setConnection({ ready: false, readyReason: "server unreachable" });
+    } finally {
+      if (timer) clearTimeout(timer);
+    }
+  }
+
+  function parseMetrics(text) {
+    var out = {};
+    text.split("\n").forEach(function (line) {
+      if (!line || line.charAt(0) === "#") return;
+      var m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
+      if (m && !m[2]) out[m[1]] = Number(m[3]);
+    });
+    return out;
+  }
+
+  async function refreshCounters() {
+    try {
+      // Public unless [auth] protect_metrics; then the credential opens it.
+      var resp = await fetch("/metrics", { headers: withCredential({}) });
+      if (!resp.ok) return;
+      var m = parseMetrics(await resp.text());
+      $("count-events-in").textContent = fmtCount(m.wardwatch_events_in_total);
+      $("count-events-rejected").textContent = fmtCount(m.wardwatch_events_rejected_total);
+      $("count-alerts-fired").textContent = fmtCount(m.wardwatch_alerts_fired_total);
+    } catch (e) { /* readiness shows the outage */ }
+  }
+
+  /* ----------------------------------------------------------------- rules */
+
+  function statsLine(stats) {
+    if (!stats) return null;
+    var parts = [
+      ["matched", stats.events_matched],
+      ["late", stats.late_events],
+      ["fired", stats.alerts_fired],
+      ["suppressed", stats.alerts_suppressed],
+      ["open panes", stats.open_panes]
+    ].map(function (p) { return p[0] + " " + fmtCount(p[1]); });
+    return el("div", { className: "rule-stats", text: parts.join(" · ") });
+  }
+
+  var RULE_STATES = ["suspended", "failing", "active", "inactive"]; // display order
+
+  function ruleState(rule) {
+    var s = String(rule.state || "");
+    if (RULE_STATES.indexOf(s) >= 0) return s;
+    return rule.active ? "active" : "inactive"; // older servers without `state`
+  }
+
+  // Why a rule is not doing its job, in the server's words.
+  function ruleProblem(rule, state) {
+    if (state === "suspended") {
+      var sus = rule.stats && rule.stats.suspension;
+      var when = sus ? " (at " + fullTime(sus.at_processing_ms) + ")" : "";
+      return el("p", { className: "rule-problem", role: "note" }, [
+        el("b", { text: "Suspended" + when + ": " }),
+        (sus && sus.message) || "stopped by the engine; save a new version to run it again."
+      ]);
+    }
+    var h = rule.health;
+    if (state === "failing") {
+      return el("p", { className: "rule-problem", role: "note" }, [
+        el("b", { text: "Failing" + (h && h.last_error_at_ms ? " (last error " + fullTime(h.last_error_at_ms) + ")" : "") + ": " }),
+        (h && h.last_error) || "run-time errors in the last minute."
+      ]);
+    }
+    if (h && h.last_error && state === "active") {
+      return el("p", { className: "rule-meta" }, [
+        "Earlier error" + (h.last_error_at_ms ? " at " + fullTime(h.last_error_at_ms) : "") +
+        " (" + fmtCount(h.errors_total) + " since start): " + h.last_error
+      ]);
+    }
+    return null;
+  }
+
+  function renderRule(rule) {
+    var active = !!rule.active;
+    var state = ruleState(rule);
+    var head = el("div", { className: "rule-head" }, [
+      el("span", { className: "rule-name", text: rule.name }),
+      severityBadge(rule.severity),
+      el("span", { className: "state-tag " + state, text: state })
+    ]);
+    if (active && may("author")) {
+      var btn = el("button", {
+        type: "button", className: "danger deactivate", id: "deactivate-" + rule.id,
+        "data-rule-id": rule.id, "aria-label": "Deactivate rule " + rule.name, text: "Deactivate",
+        "aria-describedby": ruleErrors[rule.id] ? "rule-action-error-" + rule.id : null
+      });
+      btn.addEventListener("click", function () { deactivate(rule, btn); });
+      head.appendChild(el("span", { className: "actions" }, [btn]));
+    }
+    var meta = el("div", {
+      className: "rule-meta",
+      text: [
+        "v" + rule.version,
+        rule.window ? "window: " + rule.window : "per event",
+        "cooldown " + rule.cooldown_seconds + " s",
+        "id " + rule.id
+      ].join(" · ")
+    });
+    var sql = el("details", { className: "rule-sql" }, [
+      el("summary", { text: "SQL" }),
+      el("pre", { text: rule.sql })
+    ]);
+    return el("article", {
+      className: "rule " + state,
+      id: "rule-" + rule.id, "data-rule-id": rule.id, "data-active": String(active), "data-state": state
+    }, [head, ruleActionError(rule), ruleProblem(rule, state), meta, statsLine(rule.stats), sql]);
+  }
+
+  // A refused action on a rule (403, 404…), shown in its card until the
+  // next attempt; announced once, not on every 5-second redraw.
+  var ruleErrors = {}; // rule id -> { message, announced }
+
+  function ruleActionError(rule) {
+    var e = ruleErrors[rule.id];
+    if (!e) return null;
+    var p = el("p", {
+      className: "error-text small rule-action-error", id: "rule-action-error-" + rule.id,
+      role: e.announced ? null : "alert", text: e.message
+    });
+    e.announced = true;
+    return p;
+  }
+
+  var openSql = {};
+
+  // Bumped at every sign-in and sign-out: answers to an earlier session's
+  // requests are dropped rather than drawn for the next user.
+  var epoch = 0;
+
+  async function refreshRules() {
+    var container = $("rules");
+    var mine = epoch;
+    try {
+      var r = await fetchJson("/api/rules");
+      if (mine !== epoch) return;
+      if (!r.ok) throw new Error(errorText(r.body, r.status));
+      var rules = (r.body && r.body.rules) || [];
+      // Rules in trouble first: suspended, failing, active, inactive.
+      rules.sort(function (a, b) {
+        var d = RULE_STATES.indexOf(ruleState(a)) - RULE_STATES.indexOf(ruleState(b));
+        if (d) return d;
+        return String(a.name).localeCompare(String(b.name));
+      });
+      updateRuleFilter(rules);
+      // Keep the SQL sections the user opened open across refreshes.
+      container.querySelectorAll("article.rule").forEach(function (a) {
+        var d = a.querySelector("details.rule-sql");
+        openSql[a.getAttribute("data-rule-id")] = !!(d && d.open);
+      });
+      var focusedId = document.activeElement && container.contains(document.activeElement)
+        ? document.activeElement.id : null;
+      var frag = document.createDocumentFragment();
+      rules.forEach(function (rule) {
+        var node = renderRule(rule);
+        if (openSql[rule.id]) node.querySelector("details.rule-sql").open = true;
+        frag.appendChild(node);
+      });
+      if (!rules.length) {
+        frag.appendChild(el("p", {
+          className: "muted small", id: "rules-empty", text: may("author") ? "No rules yet. Add one below." : "No rules yet."
+        }));
+      }
+      container.replaceChildren(frag);
+      if (focusedId && $(focusedId)) $(focusedId).focus();
+      var activeCount = rules.filter(function (x) { return x.active; }).length;
+      var trouble = ["suspended", "failing"].map(function (st) {
+        var n = rules.filter(function (x) { return ruleState(x) === st; }).length;
+        return n ? " · " + n + " " + st : "";
+      }).join("");
+      $("rules-count").textContent = activeCount + " active of " + rules.length + trouble;
+      $("rules-error").hidden = true;
+    } catch (e) {
+      if (mine !== epoch) return;
+      $("rules-error").textContent = "Could not load rules: " + e.message;
+      $("rules-error").hidden = false;
+    }
+  }
+
+  async function deactivate(rule, btn) {
+    // It stops the rule alerting for every patient: ask first.
+    if (!window.confirm("Deactivate “" + rule.name + "”? It stops alerting until it is activated again.")) return;
+    btn.disabled = true;
+    delete ruleErrors[rule.id];
+    try {
+      var r = await fetchJson("/api/rules/" + encodeURIComponent(rule.id), { method: "DELETE" });
+      if (r.status === 401) return; // signed out; the sign-in panel says why
+      if (!r.ok) throw new Error(errorText(r.body, r.status));
+      $("rule-status").textContent = "Deactivated “" + rule.name + "”.";
+    } catch (e) {
+      ruleErrors[rule.id] = { message: "Not deactivated: " + e.message, announced: false };
+    }
+    await refreshRules();
+  }
+
+  /* ------------------------------------------------------------- rule form */
+
+  function showRuleError(message, line, column) {
+    var box = $("rule-error");
+    var sql = $("rule-sql");
+    if (!message) {
+      box.hidden = true;
+      box.textContent = "";
+      sql.removeAttribute("aria-invalid");
+      return;
+    }
+    box.textContent = message;
+    box.hidden = false;
+    if (typeof line === "number" && line > 0) {
+      sql.setAttribute("aria-invalid", "true");
+      // Put the caret where the problem is, for the next time the field has focus.
+      var lines = sql.value.split("\n");
+      var offset = 0;
+      for (var i = 0; i < Math.min(line - 1, lines.length); i++) offset += lines[i].length + 1;
+      offset += Math.max(0, (column || 1) - 1);
+      offset = Math.min(offset, sql.value.length);
+      try { sql.setSelectionRange(offset, offset); } catch (e) { /* not focusable yet */ }
+    }
+  }
+
+  function showValidation(body) {
+    var box = $("rule-validation");
+    if (!body) { box.hidden = true; box.replaceChildren(); return; }
+    var kind = body.kind === "windowed" ? "windowed" : "per event";
+    var cols = (body.columns || []).map(function (c) { return c.name + " " + c.type; }).join(", ");
+    box.replaceChildren(
+      el("span", { className: "ok-text", text: "✓ Valid: " + kind + (body.window ? " (" + body.window + ")" : "") + ". " }),
+      el("span", { text: "Columns: " }),
+      el("code", { text: cols || "none" })
+    );
+    box.hidden = false;
+  }
+
+  function handleErrorResponse(r) {
+    var e = r.body && r.body.error;
+    if (e && typeof e === "object" && typeof e.line === "number" && e.line > 0) {
+      showRuleError(errorText(r.body, r.status), e.line, e.column);
+    } else {
+      showRuleError(errorText(r.body, r.status));
+    }
+  }
+
+  async function validateRule() {
+    var btn = $("rule-validate");
+    showRuleError(null);
+    showValidation(null);
+    $("rule-status").textContent = "";
+    var sql = $("rule-sql").value;
+    if (!sql.trim()) { showRuleError("Write the rule's SQL first."); return; }
+    btn.disabled = true;
+    try {
+      var r = await fetchJson("/api/rules/validate", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "Accept": "application/json" },
+        body: JSON.stringify({ sql: sql })
+      });
+      if (r.ok && r.body && r.body.valid) showValidation(r.body);
+      else handleErrorResponse(r);
+    } catch (e) {
+      showRuleError("Could not reach the server: " + e.message);
+    } finally {
+      btn.disabled = false;
+    }
+  }
+
+  async function submitRule(ev) {
+    ev.preventDefault();
+    var btn = $("rule-submit");
+    showRuleError(null);
+    showValidation(null);
+    $("rule-status").textContent = "";
+    var name = $("rule-name").value.trim();
+    var sql = $("rule-sql").value;
+    var cooldownRaw = $("rule-cooldown").value.trim();
+    if (!name) { showRuleError("Give the rule a name."); $("rule-name").focus(); return; }
+    if (!sql.trim()) { showRuleError("Write the rule's SQL."); $("rule-sql").focus(); return; }
+    var draft = { name: name, severity: $("rule-severity").value, sql: sql };
+    if (cooldownRaw !== "") {
+      var cooldown = Number(cooldownRaw);
+      if (!Number.isInteger(cooldown) || cooldown < 0) {
+        showRuleError("Cooldown must be a whole number of seconds, 0 or more.");
+        $("rule-cooldown").focus();
+        return;
+      }
+      draft.cooldown_seconds = cooldown;
+    }
+    btn.disabled = true;
+    try {
+      var r = await fetchJson("/api/rules", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "Accept": "application/json" },
+        body: JSON.stringify(draft)
+      });
+      if (r.status === 201 || r.ok) {
+        $("rule-form").reset();
+        $("rule-status").textContent = "Added “" + ((r.body && r.body.name) || name) + "”.";
+        await refreshRules();
+      } else {
+        handleErrorResponse(r);
+      }
+    } catch (e) {
+      showRuleError("Could not reach the server: " + e.message);
+    } finally {
+      btn.disabled = false;
+    }
+  }
+
+  /* ---------------------------------------------------------------- alerts */
+
+  // The worklist: what the server returns for the current filters (fired
+  // only unless "show suppressed" is ticked), most severe first, then newest.
+  var alerts = [];          // sorted, at most MAX_ALERTS
+  var rowsById = new Map(); // alert id -> <tr>
+  var SEV_RANK = { critical: 4, high: 3, medium: 2, low: 1, info: 0 };
+
+  function sevRank(a) {
+    var r = SEV_RANK[String(a.severity || "").toLowerCase()];
+    return r === undefined ? -1 : r;
+  }
+
+  // True when a belongs before b in the worklist.
+  function before(a, b) {
+    var sa = sevRank(a), sb = sevRank(b);
+    if (sa !== sb) return sa > sb;
+    var ea = a.event_time_ms || 0, eb = b.event_time_ms || 0;
+    if (ea !== eb) return ea > eb;
+    var fa = a.fired_at_ms || 0, fb = b.fired_at_ms || 0;
+    if (fa !== fb) return fa > fb;
+    return String(a.id) > String(b.id);
+  }
+
+  function currentFilters() {
+    var f = {};
+    var sev = $("filter-severity").value;
+    var rule = $("filter-rule").value;
+    var patient = $("filter-patient").value.trim();
+    if (sev) f.severity = sev;
+    if (rule) f.rule = rule;
+    if (patient) f.patient = patient;
+    if (!$("show-suppressed").checked) f.status = "fired";
+    return f;
+  }
+
+  function queryString(f, extra) {
+    var q = new URLSearchParams();
+    Object.keys(f).forEach(function (k) { q.set(k, f[k]); });
+    Object.keys(extra || {}).forEach(function (k) { q.set(k, extra[k]); });
+    var s = q.toString();
+    return s ? "?" + s : "";
+  }
+
+  function patientOf(a) {
+    var key = a.key || {};
+    if (key.patient_id !== undefined && key.patient_id !== null) return String(key.patient_id);
+    var rest = fmtPairs(key);
+    return rest || "–";
+  }
+
+  function explanationText(a) {
+    var x = a.explanation || {};
+    var lines = [
+      "Condition: " + (x.condition || "–"),
+      "Events: " + fmtCount(x.event_count),
+      "First event: " + fullTime(x.first_event_ms),
+      "Last event: " + fullTime(x.last_event_ms)
+    ];
+    if (a.window_start_ms !== null && a.window_start_ms !== undefined) {
+      lines.push("Window: " + fullTime(a.window_start_ms) + " – " + fullTime(a.window_end_ms));
+    }
+    lines.push("Rule: " + a.rule_name + " (" + a.rule_id + " v" + a.rule_version + ")");
+    if (x.suppressed_by) lines.push("Suppressed by alert " + x.suppressed_by + " (cooldown)");
+    lines.push("Alert id: " + a.id);
+    return lines;
+  }
+
+  function explanationDetails(a) {
+    var x = a.explanation || {};
+    var items = [
+      ["Condition", x.condition || "–"],
+      ["Events", fmtCount(x.event_count)],
+      ["First event", fullTime(x.first_event_ms)],
+      ["Last event", fullTime(x.last_event_ms)]
+    ];
+    if (a.window_start_ms !== null && a.window_start_ms !== undefined) {
+      items.push(["Window", fullTime(a.window_start_ms) + " – " + fullTime(a.window_end_ms)]);
+    }
+    items.push(["Rule version", a.rule_id + " v" + a.rule_version]);
+    if (x.suppressed_by) items.push(["Suppressed by", x.suppressed_by]);
+    if (x.escalated_from) items.push(["Escalates", x.escalated_from]);
+    if (x.late) items.push(["Late", "decided by events after the window's allowed lateness"]);
+    items.push(["Alert id", a.id]);
+    var dl = el("dl", { className: "explanation" });
+    items.forEach(function (p) {
+      dl.appendChild(el("dt", { text: p[0] }));
+      dl.appendChild(el("dd", { text: p[1] }));
+    });
+    return el("details", { className: "why" }, [
+      el("summary", { text: "explain", "aria-label": "Explain alert for " + patientOf(a) }),
+      dl
+    ]);
+  }
+
+  function ackCell(a) {
+    var td = el("td", { className: "ack-cell" });
+    if (a.ack) {
+      var info = el("span", {
+        className: "ack-info", tabindex: "-1",
+        title: "Acknowledged by " + a.ack.by + " at " + fullTime(a.ack.at_ms)
+      }, ["✓ " + a.ack.by + " · " + hms(a.ack.at_ms)]);
+      if (a.ack.note) info.appendChild(el("span", { className: "ack-note", text: a.ack.note }));
+      td.appendChild(info);
+    } else if (may("viewer")) {
+      var btn = el("button", {
+        type: "button", className: "secondary ack-button",
+        "aria-label": "Acknowledge " + (a.rule_name || a.rule_id) + " for " + patientOf(a),
+        text: "Acknowledge"
+      });
+      btn.addEventListener("click", function () { openAck(a.id, btn); });
+      td.appendChild(btn);
+    }
+    return td;
+  }
+
+  // Suppressed repeats folded into the fired alert they repeat (their
+  // explanation's suppressed_by), counted among the newest REPEATS_SCAN
+  // suppressed alerts for the same filters; refreshed every POLL_MS.
+  var REPEATS_SCAN = 2000;
+  var repeatCounts = new Map(); // fired alert id -> suppressed repeats seen
+
+  function repeatsTag(a) {
+    var n = repeatCounts.get(a.id) || 0;
+    return el("span", {
+      className: "repeats", hidden: n === 0 || $("show-suppressed").checked,
+      title: n + " suppressed repeats within the cooldown (among the newest " + REPEATS_SCAN + " suppressed alerts)",
+      text: "+" + n + " repeat" + (n === 1 ? "" : "s")
+    });
+  }
+
+  async function refreshRepeats() {
+    if ($("show-suppressed").checked) return; // the repeats are rows then
+    var f = Object.assign({}, currentFilters(), { status: "suppressed" });
+    var mine = epoch;
+    try {
+      var r = await fetchJson("/api/alerts" + queryString(f, { limit: REPEATS_SCAN }));
+      if (!r.ok || mine !== epoch) return; // the list's own errors are shown; counts are extra
+      var counts = new Map();
+      ((r.body && r.body.alerts) || []).forEach(function (a) {
+        var by = a.explanation && a.explanation.suppressed_by;
+        if (by) counts.set(by, (counts.get(by) || 0) + 1);
+      });
+      repeatCounts = counts;
+      rowsById.forEach(function (row, id) {
+        var old = row.querySelector(".repeats");
+        var a = alerts.filter(function (x) { return x.id === id; })[0];
+        if (old && a) old.replaceWith(repeatsTag(a));
+      });
+    } catch (e) { /* the connection state shows an outage */ }
+  }
+
+  function shorten(text, n) {
+    return text.length > n ? text.slice(0, n - 1) + "…" : text;
+  }
+
+  function alertRow(a, fresh) {
+    var status = a.status === "suppressed" ? "suppressed" : "fired";
+    var values = fmtPairs(a.values);
+    var sev = String(a.severity || "").toLowerCase();
+    return el("tr", {
+      className: "alert status-" + status + " severity-" + sev + (fresh ? " fresh" : "") + (a.ack ? " acked" : ""),
+      id: "alert-" + a.id,
+      "data-alert-id": a.id,
+      "data-rule-id": a.rule_id,
+      "data-patient": patientOf(a),
+      "data-status": status,
+      "data-severity": sev,
+      "data-event-time": a.event_time_ms,
+      "data-acked": String(!!a.ack),
+      title: explanationText(a).join("\n")
+    }, [
+      el("td", { className: "severity" }, [severityBadge(sev)]),
+      el("td", { className: "patient", text: patientOf(a) }),
+      el("td", { className: "alert-rule" }, [
+        a.rule_name || a.rule_id,
+        el("span", { className: "alert-values", title: values, text: shorten(values, 160) })
+      ]),
+      el("td", { className: "time", title: fullTime(a.event_time_ms) }, [
+        hms(a.event_time_ms),
+        el("span", { className: "status", text: status }),
+        repeatsTag(a)
+      ]),
+      ackCell(a),
+      el("td", { className: "why-cell" }, [explanationDetails(a)])
+    ]);
+  }
+
+  var loaded = false;
+
+  function updateAlertCount() {
+    var fired = 0, suppressed = 0, unacked = 0;
+    alerts.forEach(function (a) {
+      if (a.status === "suppressed") suppressed++; else fired++;
+      if (!a.ack && a.status !== "suppressed") unacked++;
+    });
+    $("alerts-count").textContent = alerts.length
+      ? fired + " fired (" + unacked + " unacknowledged)" +
+        ($("show-suppressed").checked ? ", " + suppressed + " suppressed" : "") +
+        " · at most " + MAX_ALERTS + " shown"
+      : "";
+    var empty = $("alerts-empty");
+    var emptyText = !loaded ? "Loading alerts…"
+      : Object.keys(currentFilters()).length > 1 || $("show-suppressed").checked
+        ? "No alerts match these filters." : "No fired alerts.";
+    if (alerts.length === 0 && !empty) {
+      $("alerts").appendChild(el("tr", { id: "alerts-empty" }, [el("td", { colspan: "6", text: emptyText })]));
+    } else if (alerts.length === 0) {
+      empty.firstChild.textContent = emptyText;
+    } else if (empty) {
+      empty.remove();
+    }
+  }
+
+  function addAlert(a, fresh) {
+    if (!a || !a.id || rowsById.has(a.id)) return false;
+    var i = 0;
+    while (i < alerts.length && before(alerts[i], a)) i++;
+    if (i >= MAX_ALERTS) return false;
+    var tbody = $("alerts");
+    var row = alertRow(a, fresh);
+    var next = i < alerts.length ? rowsById.get(alerts[i].id) : null;
+    if (next) tbody.insertBefore(row, next);
+    else {
+      var empty = $("alerts-empty");
+      if (empty) tbody.insertBefore(row, empty); else tbody.appendChild(row);
+    }
+    alerts.splice(i, 0, a);
+    rowsById.set(a.id, row);
+    while (alerts.length > MAX_ALERTS) {
+      var old = alerts.pop();
+      var r = rowsById.get(old.id);
+      if (r) r.remove();
+      rowsById.delete(old.id);
+    }
+    return true;
+  }
+
+  function clearAlerts() {
+    alerts = [];
+    rowsById.clear();
+    $("alerts").replaceChildren();
+  }
+
+  // Each load supersedes the previous one; an answer to an older query
+  // (filters changed meanwhile) is dropped.
+  var loadSeq = 0;
+
+  // The server lists newest first, so one query for the newest 200 would
+  // let a storm of low alerts push every older critical one off the page.
+  // One query per severity (the newest MAX_ALERTS of each), merged most
+  // severe first, keeps the worst alerts on top whatever floods below them.
+  async function loadAlerts() {
+    var seq = ++loadSeq;
+    var f = currentFilters();
+    var severities = f.severity ? [f.severity] : SEVERITIES.slice().reverse();
+    var answers = await Promise.all(severities.map(function (sev) {
+      return fetchJson("/api/alerts" + queryString(Object.assign({}, f, { severity: sev }), { limit: MAX_ALERTS }));
+    }));
+    if (seq !== loadSeq) return false;
+    var list = [];
+    answers.forEach(function (r) {
+      if (!r.ok) throw new Error(errorText(r.body, r.status));
+      list = list.concat((r.body && r.body.alerts) || []);
+    });
+    var focusedAlert = document.activeElement && document.activeElement.closest
+      ? document.activeElement.closest("tr.alert") : null;
+    var focusedId = focusedAlert ? focusedAlert.getAttribute("data-alert-id") : null;
+    clearAlerts();
+    list.forEach(function (a) { addAlert(a, false); });
+    refreshRepeats();
+    loaded = true;
+    if (focusedId && rowsById.has(focusedId)) {
+      var b = rowsById.get(focusedId).querySelector("button, summary");
+      if (b) b.focus();
+    }
+    return true;
+  }
+
+  var synced = false;
+  var pendingLive = [];
+
+  function notice(text) {
+    var n = $("live-notice");
+    n.textContent = text || "";
+    n.hidden = !text;
+  }
+
+  function showAlertsError(text) {
+    $("alerts-error").textContent = text || "";
+    $("alerts-error").hidden = !text;
+  }
+
+  // The list comes from the server; live alerts that arrive while it loads
+  // are held and merged after (duplicates are dropped by alert id).
+  async function resync() {
+    var mine = epoch;
+    synced = false;
+    try {
+      if (await loadAlerts()) showAlertsError(null);
+    } catch (e) {
+      if (mine === epoch) showAlertsError("Could not load alerts: " + e.message);
+    }
+    if (mine !== epoch) return;
+    synced = true;
+    pendingLive.splice(0).forEach(function (a) { addAlert(a, true); });
+    updateAlertCount();
+  }
+
+  /* -------------------------------------------------------- connection */
+
+  // "● live" only while the alert feed is open AND /readyz answers ready;
+  // anything else is stale, and the rows say so.
+  var conn = { feed: false, feedReason: "connecting", ready: null, readyReason: null, since: null, wasLive: false };
+
+  function setConnection(change) {
+    Object.keys(change).forEach(function (k) { conn[k] = change[k]; });
+    var s = $("live-status");
+    var live = conn.feed && conn.ready === true;
+    var reasons = [];
+    if (!conn.feed && conn.feedReason) reasons.push(conn.feedReason);
+    if (conn.ready === false && conn.readyReason) reasons.push(conn.readyReason);
+    if (live) {
+      conn.wasLive = true;
+      conn.since = null;
+      s.textContent = "● live";
+      s.className = "live";
+      s.setAttribute("data-state", "live");
+    } else if (!conn.wasLive && conn.ready !== false) {
+      s.textContent = "connecting…";
+      s.className = "";
+      s.setAttribute("data-state", "connecting");
+    } else {
+      if (conn.since === null) conn.since = Date.now();
+      s.textContent = "○ stale — " + (reasons.join(", ") || "not connected");
+      s.className = "down";
+      s.setAttribute("data-state", "stale");
+    }
+    var stale = s.getAttribute("data-state") === "stale";
+    $("alerts-table").classList.toggle("stale", stale);
+    $("alerts-table").setAttribute("aria-describedby", stale ? "stale-banner" : "alerts-count");
+    var banner = $("stale-banner");
+    banner.hidden = !stale;
+    if (stale) {
+      banner.textContent = "Not connected since " + hms(conn.since) + " (" + reasons.join(", ") +
+        "): the alerts below may be out of date.";
+    }
+  }
+
+  /* ------------------------------------------------------ live feed */
+
+  // EventSource cannot send an Authorization header, so the feed is a
+  // fetch() whose body is read as it arrives and parsed here.
+
+  // A text/event-stream parser (the WHATWG rules for the fields we use).
+  // push() takes decoded text split anywhere, even mid-line or between
+  // "\r" and "\n"; onEvent({type, data, id}) runs at the blank line that
+  // ends an event with data. Comments (the server's keep-alives) and
+  // `retry:` are skipped: reconnecting has its own backoff.
+  function sseParser(onEvent) {
+    var buffer = "", type = "", data = [], lastId = "";
+    function line(text) {
+      if (text === "") {
+        if (data.length) onEvent({ type: type || "message", data: data.join("\n"), id: lastId });
+        type = "";
+        data = [];
+        return;
+      }
+      if (text.charAt(0) === ":") return;
+      var colon = text.indexOf(":");
+      var name = colon < 0 ? text : text.slice(0, colon);
+      var value = colon < 0 ? "" : text.slice(colon + 1).replace(/^ /, "");
+      if (name === "event") type = value;
+      else if (name === "data") data.push(value);
+      else if (name === "id" && value.indexOf("\u0000") < 0) lastId = value;
+    }
+    return {
+      push: function (text) {
+        buffer += text;
+        var eol = /\r\n|\r|\n/g, start = 0, m;
+        while ((m = eol.exec(buffer))) {
+          // A "\r" that ends the chunk may be half of "\r\n": wait for more.
+          if (m[0] === "\r" && m.index === buffer.length - 1) break;
+          line(buffer.slice(start, m.index));
+          start = eol.lastIndex;
+        }
+        buffer = buffer.slice(start);
+      }
+    };
+  }
+
+  var FEED_RETRY_MIN_MS = 1000;
+  var FEED_RETRY_MAX_MS = 30000;
+  var feed = null;            // the feed being read: { ctl: AbortController }
+  var reconnectTimer = null;
+  var retryMs = FEED_RETRY_MIN_MS;
+
+  function stopLive() {
+    if (reconnectTimer) { clearTimeout(reconnectTimer); reconnectTimer = null; }
+    if (feed) { feed.ctl.abort(); feed = null; }
+  }
+
+  // A new list and a new feed (new filters, or just signed in).
+  function connectLive() {
+    stopLive();
+    retryMs = FEED_RETRY_MIN_MS;
+    openFeed(false);
+    resync();
+  }
+
+  // Doubling waits between attempts, so a server that is down or
+  // restarting is not hammered by every open page.
+  function scheduleReconnect() {
+    if (reconnectTimer || !me) return;
+    var wait = retryMs;
+    retryMs = Math.min(retryMs * 2, FEED_RETRY_MAX_MS);
+    reconnectTimer = setTimeout(function () { reconnectTimer = null; openFeed(true); }, wait);
+  }
+
+  async function openFeed(reconnecting) {
+    if (!window.ReadableStream || !window.TextDecoder || !window.AbortController) {
+      setConnection({ feed: false, feedReason: "live feed not supported by this browser" });
+      return;
+    }
+    var mine = { ctl: new AbortController() };
+    feed = mine;
+    var reason;
+    try {
+      // The feed takes the same filters as the list (its `limit` is ignored).
+      var resp = await fetch("/api/alerts/stream" + queryString(currentFilters()), {
+        headers: withCredential({ "Accept": "text/event-stream" }),
+        signal: mine.ctl.signal,
+        cache: "no-store"
+      });
+      if (feed !== mine) return;
+      if (resp.ok && resp.body) {
+        feedOpened(reconnecting);
+        await readFeed(resp.body, mine);
+        reason = "alert feed closed";
+      } else {
+        reason = await feedRefused(resp, mine);
+        if (reason === null) return;
+      }
+    } catch (e) {
+      reason = "alert feed lost";
+    }
+    if (feed !== mine) return; // closed by us (new filters, signed out)
+    feed = null;
+    setConnection({ feed: false, feedReason: reason + ", reconnecting" });
+    refreshReadiness();
+    scheduleReconnect();
+  }
+
+  function feedOpened(reconnecting) {
+    retryMs = FEED_RETRY_MIN_MS;
+    setConnection({ feed: true, feedReason: null });
+    // After a reconnect, fill whatever was missed while disconnected.
+    if (reconnecting) resync();
+    refreshReadiness();
+  }
+
+  async function readFeed(body, mine) {
+    var reader = body.getReader();
+    var decoder = new TextDecoder();
+    var parser = sseParser(feedEvent);
+    for (;;) {
+      var chunk = await reader.read();
+      if (chunk.done || feed !== mine) return;
+      parser.push(decoder.decode(chunk.value, { stream: true }));
+    }
+  }
+
+  // A feed answered with an error: 401 signs out and 403 will not change
+  // by retrying (both end the feed: null); anything else is retried.
+  async function feedRefused(resp, mine) {
+    var body = null;
+    try { body = await resp.json(); } catch (e) { /* not JSON */ }
+    var message = errorText(body, resp.status);
+    if (resp.status === 401) { credentialRejected(message); return null; }
+    if (feed !== mine) return null;
+    if (resp.status === 403) {
+      feed = null;
+      showAlertsError("No live feed: " + message);
+      setConnection({ feed: false, feedReason: "alert feed refused" });
+      return null;
+    }
+    return "alert feed refused (" + message + ")";
+  }
+
+  function feedEvent(ev) {
+    if (ev.type === "alert") {
+      var a;
+      try { a = JSON.parse(ev.data); } catch (e) { return; }
+      if (!synced) { pendingLive.push(a); return; }
+      if (addAlert(a, true)) scheduleCount();
+    } else if (ev.type === "lagged") {
+      var missed = "some";
+      try { missed = JSON.parse(ev.data).missed; } catch (e) { /* keep "some" */ }
+      notice("Live feed fell behind: " + missed + " alerts were skipped; reloading the list.");
+      resync();
+    }
+  }
+
+  var countScheduled = false;
+  function scheduleCount() {
+    if (countScheduled) return;
+    countScheduled = true;
+    requestAnimationFrame(function () { countScheduled = false; updateAlertCount(); });
+  }
+
+  // New filters: a new query and a new feed, both filtered by the server.
+  function applyFilters() {
+    loaded = false;
+    clearAlerts();
+    pendingLive = [];
+    updateAlertCount();
+    connectLive();
+  }
+
+  function updateRuleFilter(rules) {
+    var select = $("filter-rule");
+    var current = select.value;
+    var opts = [el("option", { value: "", text: "any" })];
+    rules.forEach(function (r) { opts.push(el("option", { value: r.id, text: r.name })); });
+    // Keep a chosen rule even if it has gone from the list.
+    if (current && !rules.some(function (r) { return r.id === current; })) {
+      opts.push(el("option", { value: current, text: current }));
+    }
+    var same = select.options.length === opts.length && opts.every(function (o, i) {
+      return select.options[i].value === o.value && select.options[i].textContent === o.textContent;
+    });
+    if (same) return; // do not disturb someone using the menu
+    select.replaceChildren.apply(select, opts);
+    select.value = current;
+  }
+
+  /* ------------------------------------------------------- acknowledge */
+
+  var ackTarget = null; // { id, opener }
+
+  // With authentication on, the server records the signed-in caller as
+  // `by` (and ignores one sent); with it off, the page asks for a name.
+  function serverNamesAcker() { return !!(me && me.auth_required); }
+
+  function openAck(id, opener) {
+    var a = alerts.filter(function (x) { return x.id === id; })[0];
+    if (!a) return;
+    ackTarget = { id: id, opener: opener };
+    $("ack-summary").textContent = a.severity + " · " + (a.rule_name || a.rule_id) + " · " +
+      patientOf(a) + " · " + fullTime(a.event_time_ms);
+    $("ack-error").hidden = true;
+    $("ack-error").textContent = "";
+    $("ack-note").value = "";
+    var named = serverNamesAcker();
+    $("ack-by-field").hidden = named;
+    $("ack-as").hidden = !named;
+    $("ack-as").textContent = named ? "as " + me.name : "";
+    if (!named) {
+      try { $("ack-by").value = localStorage.getItem("wardwatch.ackBy") || ""; } catch (e) { /* private mode */ }
+    }
+    $("ack-submit").disabled = false;
+    $("ack-dialog").showModal();
+    (named || $("ack-by").value ? $("ack-note") : $("ack-by")).focus();
+  }
+
+  function closeAck() {
+    var t = ackTarget;
+    ackTarget = null;
+    if ($("ack-dialog").open) $("ack-dialog").close();
+    if (!t) return;
+    // The row may have been redrawn meanwhile: focus its new copy.
+    var back = t.opener && t.opener.isConnected ? t.opener
+      : rowsById.has(t.id) ? rowsById.get(t.id).querySelector(".ack-info, .ack-button") : null;
+    if (back) back.focus();
+  }
+
+  function ackError(text) {
+    $("ack-error").textContent = text;
+    $("ack-error").hidden = false;
+  }
+
+  function showAck(id, ack) {
+    var i = -1;
+    alerts.forEach(function (x, j) { if (x.id === id) i = j; });
+    if (i < 0) return;
+    alerts[i] = Object.assign({}, alerts[i], { ack: ack });
+    var old = rowsById.get(id);
+    var row = alertRow(alerts[i], false);
+    if (old) old.replaceWith(row);
+    rowsById.set(id, row);
+    if (ackTarget) ackTarget.opener = row.querySelector(".ack-info");
+  }
+
+  async function submitAck(ev) {
+    ev.preventDefault();
+    if (!ackTarget) return;
+    var id = ackTarget.id;
+    var named = serverNamesAcker();
+    var by = named ? me.name : $("ack-by").value.trim();
+    var note = $("ack-note").value.trim();
+    if (!by) { ackError("Enter your name: the acknowledgement records who saw the alert."); $("ack-by").focus(); return; }
+    $("ack-submit").disabled = true;
+    var body = named ? { note: note || null } : { by: by, note: note || null };
+    try {
+      var r = await fetchJson("/api/alerts/" + encodeURIComponent(id) + "/ack", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "Accept": "application/json" },
+        body: JSON.stringify(body)
+      });
+      if (r.status === 401) return; // signed out; the sign-in panel says why
+      if (r.status === 409) {
+        // Someone else was first: say who (the server's message), and
+        // reload the list so the row shows their acknowledgement.
+        ackError("Already acknowledged: " + errorText(r.body, r.status));
+        resync();
+        return;
+      }
+      if (!r.ok) throw new Error(errorText(r.body, r.status));
+      if (!named) {
+        try { localStorage.setItem("wardwatch.ackBy", by); } catch (e) { /* private mode */ }
+      }
+      showAck(id, (r.body && r.body.ack) || { alert_id: id, by: by, note: note || null, at_ms: Date.now() });
+      updateAlertCount();
+      closeAck();
+    } catch (e) {
+      ackError("Not acknowledged: " + e.message);
+      $("ack-submit").disabled = false;
+    }
+  }
+
+  /* --------------------------------------------------------- signing in */
+
+  var CREDENTIAL_KEY = "wardwatch.credential";
+
+  // Kept for this tab only (sessionStorage, not localStorage): a shared
+  // ward computer forgets it when the tab closes.
+  function keepCredential(c) {
+    credential = c;
+    try {
+      if (c) sessionStorage.setItem(CREDENTIAL_KEY, c); else sessionStorage.removeItem(CREDENTIAL_KEY);
+    } catch (e) { /* storage off: kept in memory until reload */ }
+  }
+
+  function storedCredential() {
+    try { return sessionStorage.getItem(CREDENTIAL_KEY); } catch (e) { return null; }
+  }
+
+  // Mirrors the server's rule: admin holds every role, and any role but
+  // ingest may do what a viewer does.
+  function rolesAllow(roles, need) {
+    return (roles || []).some(function (r) {
+      return r === need || r === "admin" || (need === "viewer" && r !== "ingest");
+    });
+  }
+
+  function may(need) { return !!me && rolesAllow(me.roles, need); }
+
+  // Why a caller the server accepted still cannot use this page, or null.
+  function cannotUse(who) {
+    if (rolesAllow(who.roles, "viewer")) return null;
+    return "“" + who.name + "” has the role " + ((who.roles || []).join(", ") || "none") +
+      ": this page needs viewer, author, auditor or admin.";
+  }
+
+  function signInError(text) {
+    $("sign-in-error").textContent = text || "";
+    $("sign-in-error").hidden = !text;
+  }
+
+  // Signed out: only the sign-in panel, with the reason when there is one.
+  function showSignIn(message) {
+    $("session-checking").hidden = true;
+    $("session").hidden = true;
+    $("auth-off-banner").hidden = true;
+    $("rules-panel").hidden = true;
+    $("alerts-panel").hidden = true;
+    $("sign-in-panel").hidden = false;
+    $("credential").value = "";
+    signInError(message);
+    $("credential").focus();
+  }
+
+  // Shows what the caller's roles allow: elements marked data-needs-role
+  // (or data-lacks-role, their stand-ins) here; rule and alert controls
+  // as they are drawn.
+  function applyRoles() {
+    document.querySelectorAll("[data-needs-role]").forEach(function (node) {
+      node.hidden = !may(node.getAttribute("data-needs-role"));
+    });
+    document.querySelectorAll("[data-lacks-role]").forEach(function (node) {
+      node.hidden = may(node.getAttribute("data-lacks-role"));
+    });
+  }
+
+  function showSession() {
+    var off = !me.auth_required;
+    $("auth-off-banner").hidden = !off;
+    $("session").hidden = off; // no one to sign out when everyone is anonymous
+    var scope = me.hospitals ? " · hospitals " + me.hospitals.join(", ") : "";
+    $("session-who").textContent = "Signed in as " + me.name + " (" + me.roles.join(", ") + ")" + scope;
+  }
+
+  function signedIn(who) {
+    me = who;
+    epoch++;
+    $("session-checking").hidden = true;
+    $("sign-in-panel").hidden = true;
+    signInError(null);
+    showSession();
+    applyRoles();
+    $("rules-panel").hidden = false;
+    $("alerts-panel").hidden = false;
+    refreshRules();
+    applyFilters();
+  }
+
+  // Forgets the caller and everything loaded for them.
+  function signOut(message) {
+    keepCredential(null);
+    me = null;
+    epoch++;
+    loadSeq++;
+    stopLive();
+    if ($("ack-dialog").open) $("ack-dialog").close();
+    ackTarget = null;
+    clearAlerts();
+    pendingLive = [];
+    loaded = false;
+    ruleErrors = {};
+    openSql = {};
+    $("rules").replaceChildren();
+    $("rules-count").textContent = "";
+    updateRuleFilter([]);
+    showAlertsError(null);
+    notice(null);
+    conn.wasLive = false;
+    setConnection({ feed: false, feedReason: "connecting", since: null });
+    showSignIn(message);
+  }
+
+  // A 401 while signed in: the credential expired or was revoked.
+  function credentialRejected(message) {
+    if (!me) return; // already signed out (several requests fail at once)
+    signOut("Signed out: " + message);
+  }
+
+  // On load: whoever the kept credential (if any) makes us, or the
+  // sign-in panel. Retried while the server cannot be reached.
+  async function boot() {
+    var kept = storedCredential();
+    var r;
+    try {
+      r = await requestJson("/api/whoami", undefined, kept);
+    } catch (e) {
+      $("session-checking").textContent = "Cannot reach the server to check who you are; retrying…";
+      setTimeout(boot, POLL_MS);
+      return;
+    }
+    var refusal = r.ok ? cannotUse(r.body) : errorText(r.body, r.status);
+    if (!refusal) {
+      credential = kept;
+      signedIn(r.body);
+      return;
+    }
+    keepCredential(null);
+    // The first visit needs no error: only a kept credential that stopped working does.
+    showSignIn(kept || r.ok || r.status !== 401 ? refusal : null);
+  }
+
+  async function submitSignIn(ev) {
+    ev.preventDefault();
+    // Tolerate a pasted "Bearer …" header value.
+    var c = $("credential").value.trim().replace(/^bearer\s+/i, "");
+    if (!c) { signInError("Paste an API key or access token first."); $("credential").focus(); return; }
+    $("sign-in-submit").disabled = true;
+    try {
+      var r = await requestJson("/api/whoami", undefined, c);
+      var refusal = r.ok ? cannotUse(r.body) : errorText(r.body, r.status);
+      if (refusal) { signInError(refusal); $("credential").focus(); return; }
+      keepCredential(c);
+      signedIn(r.body);
+    } catch (e) {
+      signInError("Could not reach the server: " + e.message);
+    } finally {
+      $("sign-in-submit").disabled = false;
+    }
+  }
+
+  /* ------------------------------------------------------------------ boot */
+
+  // Only while signed in: nothing is asked for on behalf of no one.
+  function whenSignedIn(fn) { return function () { if (me) fn(); }; }
+
+  $("sign-in-form").addEventListener("submit", submitSignIn);
+  $("sign-out").addEventListener("click", function () { signOut(null); });
+  $("rule-form").addEventListener("submit", submitRule);
+  $("rule-validate").addEventListener("click", validateRule);
+  $("rule-sql").addEventListener("input", function () {
+    $("rule-sql").removeAttribute("aria-invalid");
+  });
+  $("alert-filters").addEventListener("submit", function (ev) { ev.preventDefault(); applyFilters(); });
+  $("filter-severity").addEventListener("change", applyFilters);
+  $("filter-rule").addEventListener("change", applyFilters);
+  $("show-suppressed").addEventListener("change", applyFilters);
+  var patientTimer = null;
+  $("filter-patient").addEventListener("input", function () {
+    clearTimeout(patientTimer);
+    patientTimer = setTimeout(applyFilters, 400);
+  });
+  $("ack-form").addEventListener("submit", submitAck);
+  $("ack-cancel").addEventListener("click", closeAck);
+  $("ack-dialog").addEventListener("cancel", function (ev) { ev.preventDefault(); closeAck(); });
+
+  // The feed's parser, for tests/browser (it cannot reach into this closure).
+  window.wardwatch = Object.freeze({ sseParser: sseParser });
+
+  refreshReadiness();
+  refreshCounters();
+  boot();
+  setInterval(refreshReadiness, POLL_MS);
+  setInterval(refreshCounters, POLL_MS);
+  setInterval(whenSignedIn(refreshRules), POLL_MS);
+  setInterval(whenSignedIn(refreshRepeats), POLL_MS);
+})();

@@ -434,6 +434,10 @@
     if (!name) { showRuleError("Give the rule a name."); $("rule-name").focus(); return; }
     if (!sql.trim()) { showRuleError("Write the rule's SQL."); $("rule-sql").focus(); return; }
     var draft = { name: name, severity: $("rule-severity").value, sql: sql };
+    // A rule limited to one hospital sees only its events; without one it
+    // is global, which only an admin may make.
+    var hospital = $("rule-hospital").value.trim();
+    if (hospital) { draft.hospital_id = hospital; }
     if (cooldownRaw !== "") {
       var cooldown = Number(cooldownRaw);
       if (!Number.isInteger(cooldown) || cooldown < 0) {

@@ -102,6 +102,13 @@ pub enum CatalogError {
         id: String,
     },
 
+    /// A hospital id is not a plain name.
+    #[error("'{id}' is not a hospital id: use 1-128 letters, digits, '-', '_' or '.'")]
+    InvalidHospitalId {
+        /// The id that was given.
+        id: String,
+    },
+
     /// A log name is not usable as a single path segment.
     #[error("invalid log name '{name}': use 1-64 characters from a-z, 0-9, '_' and '-'")]
     InvalidLogName {

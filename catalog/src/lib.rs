@@ -18,6 +18,7 @@
 //! - [`alert_history`] lists alerts newest first from the `alerts` table
 //!   (what `GET /api/alerts` and acknowledgements read);
 //! - [`api_keys`] keeps services' API keys (hashed; the server makes them);
+//! - [`hospitals`] keeps the hospitals onboarded over the API;
 //! - [`damage`] counts the damaged files readers skipped or recovered from
 //!   ([`damaged_files`]), so a half-written file is never fatal.
 //!
@@ -31,6 +32,7 @@ pub mod archive;
 pub mod damage;
 mod error;
 pub mod history;
+pub mod hospitals;
 pub mod log;
 pub mod rules;
 pub mod storage;

@@ -57,6 +57,9 @@ pub const MAX_NAME_CHARS: usize = 200;
 /// Cooldown applied when a draft does not say otherwise.
 pub const DEFAULT_COOLDOWN_SECONDS: u64 = 300;
 
+/// Longest hospital id a rule may be scoped to, in bytes (as for API keys).
+pub const MAX_HOSPITAL_ID_BYTES: usize = 128;
+
 /// Longest slug taken from a rule name into its id.
 const MAX_SLUG_CHARS: usize = 40;
 
@@ -168,6 +171,10 @@ pub struct RuleDraft {
     /// Re-fire a suppressed repeat that crosses a higher threshold.
     #[serde(default)]
     pub escalation: Option<sql_rules::Escalation>,
+    /// The hospital whose events the rule sees; `None` is a global rule,
+    /// over every hospital's events.
+    #[serde(default)]
+    pub hospital_id: Option<String>,
 }
 
 impl RuleDraft {
@@ -182,6 +189,7 @@ impl RuleDraft {
             description: None,
             keep_duplicates: false,
             escalation: None,
+            hospital_id: None,
         }
     }
 
@@ -275,6 +283,16 @@ impl RuleDraft {
                 )));
             }
         }
+        if let Some(hospital) = &self.hospital_id {
+            if hospital.is_empty() || hospital.len() > MAX_HOSPITAL_ID_BYTES {
+                return Err(CatalogError::InvalidRule(format!(
+                    "rule '{}' has a hospital_id of {} bytes; it must be 1–{MAX_HOSPITAL_ID_BYTES} \
+                     (leave it out for a rule over every hospital)",
+                    truncated(name, 80),
+                    hospital.len()
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -347,11 +365,22 @@ pub struct RuleVersion {
     #[serde(default)]
     pub escalation: Option<sql_rules::Escalation>,
     pub created_at_ms: i64,
+    /// The hospital whose events this version sees; `None` (and every
+    /// version stored before rules had a scope) is a global rule.
+    #[serde(default)]
+    pub hospital_id: Option<String>,
 }
 
 impl RuleVersion {
+    /// The hospital this version is scoped to, to compile it with
+    /// ([`sql_rules::RuleCompiler::compile_scoped`]); `None` for a global rule.
+    pub fn hospital(&self) -> Option<&str> {
+        self.hospital_id.as_deref()
+    }
+
     /// The engine's view of this version, with its SQL compiled by the
-    /// caller (the catalog does not judge SQL).
+    /// caller (the catalog does not judge SQL) with its scope, see
+    /// [`hospital`](Self::hospital).
     pub fn spec(&self, compiled: sql_rules::CompiledRule) -> sql_rules::RuleSpec {
         sql_rules::RuleSpec {
             id: self.rule_id.clone(),
@@ -385,6 +414,7 @@ impl RuleVersion {
             keep_duplicates: draft.keep_duplicates,
             escalation: draft.escalation,
             created_at_ms: now_ms,
+            hospital_id: draft.hospital_id,
         }
     }
 }
@@ -1045,6 +1075,55 @@ mod tests {
         assert!(RuleDraft::new("é".repeat(200), "SELECT 1")
             .validate()
             .is_ok());
+    }
+
+    #[test]
+    fn a_hospital_scope_is_one_to_128_bytes_and_absent_means_global() {
+        let scoped = |h: &str| RuleDraft {
+            hospital_id: Some(h.into()),
+            ..RuleDraft::new("ok", "SELECT 1")
+        };
+        assert!(scoped("H01").validate().is_ok());
+        assert!(scoped(&"h".repeat(MAX_HOSPITAL_ID_BYTES))
+            .validate()
+            .is_ok());
+        for bad in [String::new(), "h".repeat(MAX_HOSPITAL_ID_BYTES + 1)] {
+            let err = scoped(&bad).validate().unwrap_err().to_string();
+            assert!(err.contains("hospital_id"), "{err}");
+        }
+        // The store holds every draft to it, whatever the server's limits.
+        assert!(scoped("").validate_shape().is_err());
+        // Drafts and versions stored before rules had a scope are global.
+        let draft: RuleDraft = serde_json::from_str(r#"{"name": "n", "sql": "s"}"#).unwrap();
+        assert_eq!(draft.hospital_id, None);
+        let mut old =
+            serde_json::to_value(RuleVersion::from_draft("r-1".into(), 1, scoped("H01"), 5))
+                .unwrap();
+        assert_eq!(old["hospital_id"], "H01");
+        old.as_object_mut().unwrap().remove("hospital_id");
+        let old: RuleVersion = serde_json::from_value(old).unwrap();
+        assert_eq!(old.hospital(), None);
+    }
+
+    #[tokio::test]
+    async fn a_rule_keeps_its_hospital_through_versions_and_reopening() {
+        let (store, rules) = memory_store().await;
+        let mut scoped = draft("Tachy");
+        scoped.hospital_id = Some("H01".into());
+        let rule = rules.create(scoped.clone(), 10).await.unwrap();
+        assert_eq!(rule.current.hospital(), Some("H01"));
+        // Each version has its own: an edit may move the rule.
+        scoped.hospital_id = Some("H02".into());
+        rules.update(&rule.id, scoped, 20).await.unwrap();
+        let reopened = RuleStore::open(store, Path::from("ward")).await.unwrap();
+        assert_eq!(
+            reopened.get(&rule.id).await.unwrap().current.hospital(),
+            Some("H02")
+        );
+        assert_eq!(
+            reopened.version(&rule.id, 1).await.unwrap().hospital(),
+            Some("H01")
+        );
     }
 
     #[test]

@@ -18,4 +18,5 @@ pub mod server;
 pub(crate) mod shutdown;
 pub(crate) mod sink;
 pub mod source;
+pub(crate) mod templates;
 pub(crate) mod transport;

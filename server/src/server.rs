@@ -164,7 +164,7 @@ pub async fn run_until(
     }
     for rule in rules.list().await.into_iter().filter(|r| r.active) {
         // Accepted once: limits apply, the submit-time sample check does not.
-        match compiler.compile_accepted(&rule.current.sql) {
+        match compiler.compile_accepted_scoped(&rule.current.sql, rule.current.hospital()) {
             Ok(compiled) => {
                 pipeline.send(Input::Upsert(Box::new(api::rules::rule_spec(
                     &rule.current,

@@ -8,11 +8,21 @@ Needs: /usr/bin/chromium (apt-get install chromium), `pip install playwright`
 binary, built by `cargo build -p wardwatch` (WARDWATCH_BIN overrides the path).
 WARDWATCH_SCREENSHOTS=DIR saves screenshots at 1400x1000 and 800x1100.
 
-The checks run in order against one server, as one nurse's session would:
-the worklist (fired only, server-filtered, severity then time), acknowledging
-an alert (recorded on the server and shown on the row), a rule the engine
+Two servers, one after the other, each with its own port and data dir.
+
+`serve --demo` (authentication off, as on loopback): the checks run in order
+as one nurse's session would: the worklist (fired only, server-filtered,
+severity then time), the "authentication is off" banner, acknowledging an
+alert (recorded on the server and shown on the row), a rule the engine
 suspends, contrast, and finally the server is killed and the connection
 indicator must turn stale.
+
+`serve --demo --auth`, with a viewer and an admin key made by `wardwatch
+api-key create` first: the sign-in panel and nothing else before signing in,
+a wrong key refused, the viewer's worklist fed live over the fetch() stream,
+acknowledging as the key's name (and a 409 when someone was first), no rule
+controls for a viewer but for an admin, a 403 shown where the action was,
+and a revoked key signing the page out.
 """
 
 import json
@@ -66,17 +76,33 @@ def wait_until(what, fn, timeout=15.0, interval=0.1):
     raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
+def make_key(workdir, name, *roles):
+    """An API key made by the CLI in the data dir of a server not started yet."""
+    args = [BIN, "api-key", "create", "--data-dir", os.path.join(workdir, "data"), "--name", name]
+    for role in roles:
+        args += ["--role", role]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    key = out.stdout.strip()
+    assert out.returncode == 0 and key.startswith("wwk_"), f"api-key create: {out}"
+    return key
+
+
 class Server:
-    def __init__(self, workdir):
+    """`serve --demo` in `workdir`; with `auth`, `serve --demo --auth`, and
+    this harness's own requests carry `key`."""
+
+    def __init__(self, workdir, auth=False, key=None):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        self.key = key
         config = os.path.join(workdir, "wardwatch.toml")
         with open(config, "w") as f:
             f.write(CONFIG)
         self.log = open(os.path.join(workdir, "server.log"), "wb")
         self.proc = subprocess.Popen(
             [BIN, "serve", "--demo", "--config", config,
-             "--listen", f"127.0.0.1:{self.port}", "--data-dir", os.path.join(workdir, "data")],
+             "--listen", f"127.0.0.1:{self.port}", "--data-dir", os.path.join(workdir, "data")]
+            + (["--auth"] if auth else []),
             stdout=self.log, stderr=subprocess.STDOUT)
         wait_until("/readyz to say ready", lambda: self.alive() and self.get("/readyz").get("ready"), 30)
 
@@ -85,20 +111,34 @@ class Server:
             raise AssertionError(f"server exited with {self.proc.returncode}; see {self.log.name}")
         return True
 
-    def request(self, method, path, body=None):
+    def request(self, method, path, body=None, key=None):
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        if key or self.key:
+            headers["Authorization"] = f"Bearer {key or self.key}"
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 return resp.status, json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read() or b"null")
 
-    def get(self, path):
-        status, body = self.request("GET", path)
+    def get(self, path, key=None):
+        status, body = self.request("GET", path, key=key)
         assert status == 200, f"GET {path}: {status} {body}"
         return body
+
+    def ingest(self, *readings):
+        """POSTs vital-sign readings as NDJSON; the server must accept them all."""
+        body = "".join(json.dumps(r) + "\n" for r in readings).encode()
+        headers = {"Content-Type": "application/x-ndjson"}
+        if self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
+        req = urllib.request.Request(self.base + "/api/ingest", data=body, method="POST", headers=headers)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 202, resp.status
+            answer = json.loads(resp.read())
+        assert answer.get("accepted") == len(readings), answer
 
     def kill(self):
         if self.proc.poll() is None:
@@ -232,15 +272,17 @@ def check_acknowledge(page, server):
     print(f"  acknowledge: {target['id']} by {name!r} recorded and shown")
 
 
+def critical_reading(patient):
+    """A reading the demo rule "Critical SpO2 reading" (spo2_pct < 85)
+    turns into a critical alert at once, for a patient of the test's own."""
+    return {"hospital_id": "H01", "patient_id": patient, "timestamp_unix_ms": int(time.time() * 1000),
+            "spo2_pct": 80.0, "heart_rate_bpm": 70, "source_device": "BEDSIDE", "sequence_number": 1}
+
+
 def check_rule_states(page, server):
     # A critical alert of our own, before the storm: a reading under the demo
     # rule "Critical SpO2 reading" (spo2_pct < 85) for a patient of our own.
-    reading = {"hospital_id": "H01", "patient_id": "PW-CRIT", "timestamp_unix_ms": int(time.time() * 1000),
-               "spo2_pct": 80.0, "heart_rate_bpm": 70, "source_device": "BEDSIDE", "sequence_number": 1}
-    req = urllib.request.Request(server.base + "/api/ingest", data=(json.dumps(reading) + "\n").encode(),
-                                 method="POST", headers={"Content-Type": "application/x-ndjson"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        assert resp.status == 202, resp.status
+    server.ingest(critical_reading("PW-CRIT"))
     critical = wait_until("the critical alert for PW-CRIT", lambda: server.get(
         "/api/alerts?patient=PW-CRIT&status=fired&severity=critical&limit=1")["alerts"])[0]
 
@@ -427,6 +469,22 @@ def check_stale(page, server):
     print(f"  stale: indicator stale {took:.1f} s after the server was killed")
 
 
+def check_auth_off_banner(page, server):
+    """With authentication off (the loopback demo) a banner says so, for as
+    long as the page is open; there is no one to sign in or out."""
+    assert server.get("/api/whoami")["auth_required"] is False
+    banner = "#auth-off-banner"
+    assert page.is_visible(banner), "no banner while authentication is off"
+    text = page.text_content(banner).strip()
+    assert text == ("Authentication is off: anyone who can reach this server can see and change "
+                    "everything (demo mode)."), text
+    assert page.get_attribute(banner, "role") in ("status", "alert")
+    ratio = page.eval_on_selector_all(banner, CONTRAST_JS)[0]["ratio"]
+    assert ratio >= 4.5, f"banner contrast {ratio:.2f}:1"
+    assert page.is_hidden("#sign-in-panel") and page.is_hidden("#session")
+    print(f"  auth off: banner shown ({ratio:.1f}:1 contrast), no sign-in panel")
+
+
 # Records the page's CSP violations (reset by a reload; check_keyboard reloads).
 CSP_WATCH = """
 window.__cspViolations = [];
@@ -446,58 +504,314 @@ def check_csp(page, server, csp_console):
     print("  CSP: the page runs under script-src/style-src 'self' without a violation")
 
 
+# ------------------------------------------------------------------ auth on
+#
+# A second server, `serve --demo --auth`, with keys made by the CLI before it
+# starts: a viewer (a nurse) and an admin (who may do what an author does).
+
+SSE_SAMPLE = (": keep-alive\r\n\r\nevent: alert\r\nid: a1\r\ndata: {\"x\":1}\r\n\r\n"
+              "event: lagged\ndata: {\"missed\":3}\n\ndata:first\ndata: second\r\rdata\n\n"
+              "event: no-data\n\nid: z\nevent: alert\ndata: é\n\nevent: alert\ndata: cut off")
+SSE_EXPECTED = [
+    {"type": "alert", "data": "{\"x\":1}", "id": "a1"},
+    {"type": "lagged", "data": "{\"missed\":3}", "id": "a1"},
+    {"type": "message", "data": "first\nsecond", "id": "a1"},
+    {"type": "message", "data": "", "id": "a1"},
+    {"type": "alert", "data": "é", "id": "z"},
+]
+SSE_SPLITS_JS = """
+([text, expected]) => {
+  const parse = chunks => {
+    const out = [];
+    const p = window.wardwatch.sseParser(e => out.push(e));
+    chunks.forEach(c => p.push(c));
+    return JSON.stringify(out);
+  };
+  const want = JSON.stringify(expected);
+  const bad = [];
+  for (let i = 0; i <= text.length; i++)
+    for (let j = i; j <= text.length; j += 3)
+      if (parse([text.slice(0, i), text.slice(i, j), text.slice(j)]) !== want) bad.push([i, j]);
+  return { whole: parse([text]), bad: bad.slice(0, 5), tried: (text.length + 1) * (text.length + 1) / 3 };
+}
+"""
+
+
+def check_sse_parser(page):
+    """The feed's text/event-stream parser gives the same events however
+    the stream is cut into chunks (mid-line, between \\r and \\n)."""
+    r = page.evaluate(SSE_SPLITS_JS, [SSE_SAMPLE, SSE_EXPECTED])
+    assert json.loads(r["whole"]) == SSE_EXPECTED, r["whole"]
+    assert not r["bad"], f"different events when split at {r['bad']}"
+    print(f"  feed parser: same events over ~{r['tried']:.0f} ways of splitting the stream")
+
+
+def session_credential(page):
+    return page.evaluate("[sessionStorage.getItem('wardwatch.credential'), JSON.stringify(localStorage)]")
+
+
+def sign_in(page, key):
+    page.fill("#credential", key)
+    page.click("#sign-in-submit")
+    page.wait_for_selector("#session", state="visible")
+
+
+def sign_out(page):
+    page.click("#sign-out")
+    page.wait_for_selector("#sign-in-panel", state="visible")
+    assert page.is_hidden("#alerts-panel") and page.is_hidden("#rules-panel")
+    assert not rows(page) and not page.query_selector("#rules article.rule"), "data left after signing out"
+    assert session_credential(page)[0] is None, "credential kept after signing out"
+
+
+def check_signed_out(page, server, api_requests):
+    """Before signing in: the panel, nothing else, and no data asked for."""
+    page.goto(server.base + "/")
+    page.wait_for_selector("#sign-in-panel", state="visible")
+    assert page.get_attribute("#credential", "type") == "password"
+    assert page.text_content("label[for=credential]").strip() == "API key or access token"
+    assert page.is_hidden("#sign-in-error"), "an error before any attempt"
+    for hidden in ("#alerts-panel", "#rules-panel", "#session", "#auth-off-banner"):
+        assert page.is_hidden(hidden), f"{hidden} shown before signing in"
+    time.sleep(0.5)  # time for any stray request to go out
+    assert not rows(page)
+    asked = {u.split("?")[0] for u, _ in api_requests}
+    assert asked == {"/api/whoami"}, f"asked for {asked} before signing in"
+
+    # A wrong key: the server's reason, and still signed out.
+    _, refusal = server.request("GET", "/api/whoami", key="wwk_0000000000000000_wrong")
+    page.fill("#credential", "wwk_0000000000000000_wrong")
+    page.click("#sign-in-submit")
+    page.wait_for_selector("#sign-in-error:not([hidden])")
+    shown = page.text_content("#sign-in-error")
+    assert shown == refusal["error"]["message"], f"shown {shown!r}, server said {refusal}"
+    assert page.is_visible("#sign-in-panel") and page.is_hidden("#alerts-panel")
+    assert session_credential(page)[0] is None, "a refused key was kept"
+    print(f"  signed out: only the sign-in panel; a wrong key shows {shown!r}")
+
+
+def check_viewer(page, server, key, name, api_requests):
+    """A viewer: alerts (listed and live), acknowledging as themself, no
+    rule controls."""
+    sign_in(page, key)
+    who = page.text_content("#session-who")
+    assert who == f"Signed in as {name} (viewer)", who
+    kept, local = session_credential(page)
+    assert kept == key and key not in local, "credential not in sessionStorage only"
+    wait_until("rows", lambda: rows(page))
+    wait_until("live", lambda: page.get_attribute("#live-status", "data-state") == "live")
+    assert page.is_hidden("#auth-off-banner")
+
+    # Rules are listed, read-only.
+    page.wait_for_selector("#rules article.rule")
+    assert page.is_hidden("#rule-form") and page.is_visible("#rules-readonly")
+    assert not page.query_selector("#rules button.deactivate"), "a viewer sees Deactivate"
+
+    # The live feed is the fetch stream, with the credential: new alerts
+    # arrive as rows without a reload.
+    loads = len(api_requests)
+    patients = [f"PW-AUTH-{os.getpid()}-{i}" for i in (1, 2)]
+    server.ingest(*(critical_reading(p) for p in patients))
+    for p in patients:
+        page.wait_for_selector(f'#alerts tr.alert.fresh[data-patient="{p}"]')
+    streams = [h for u, h in api_requests if u.startswith("/api/alerts/stream")]
+    assert streams and all(h == f"Bearer {key}" for h in streams), "feed opened without the credential"
+    reloaded = [u for u, _ in api_requests[loads:] if u.startswith("/api/alerts?") and "suppressed" not in u]
+    assert not reloaded, f"the list was reloaded rather than fed live: {reloaded}"
+
+    # Acknowledging: the server records the signed-in name; no name field.
+    row = f'#alerts tr.alert[data-patient="{patients[0]}"]'
+    page.click(f"{row} button.ack-button")
+    assert page.is_hidden("#ack-by-field"), "name field shown with authentication on"
+    assert page.text_content("#ack-as").strip() == f"as {name}"
+    page.fill("#ack-note", "checked the probe")
+    page.click("#ack-submit")
+    page.wait_for_selector("#ack-dialog", state="hidden")
+    assert name in page.text_content(f"{row} .ack-info")
+    listed = server.get(f"/api/alerts?patient={patients[0]}&limit=10", key=key)["alerts"]
+    assert listed[0]["ack"]["by"] == name, listed[0].get("ack")
+
+    # Someone else was first (409): who, shown in the dialog, then on the row.
+    other = f'#alerts tr.alert[data-patient="{patients[1]}"]'
+    alert_id = page.get_attribute(other, "data-alert-id")
+    status, _ = server.request("POST", f"/api/alerts/{alert_id}/ack", {"note": "from the desk"})
+    assert status in (200, 201), status
+    page.click(f"{other} button.ack-button")
+    page.click("#ack-submit")
+    page.wait_for_selector("#ack-error:not([hidden])")
+    err = page.text_content("#ack-error")
+    assert "already acknowledged by Charge Admin" in err, err
+    page.wait_for_selector(f"{other} .ack-info")
+    assert "Charge Admin" in page.text_content(f"{other} .ack-info")
+    page.click("#ack-cancel")
+    page.wait_for_selector("#ack-dialog", state="hidden")
+    sign_out(page)
+    print(f"  viewer: alerts listed and fed live over fetch; acknowledged as {name!r}; 409 shows {err!r};"
+          " no rule controls; signed out")
+
+
+def check_admin(page, key):
+    """An admin (holding the author's rights) sees the rule controls."""
+    sign_in(page, key)
+    assert page.text_content("#session-who") == "Signed in as Charge Admin (admin)"
+    page.wait_for_selector("#rules button.deactivate")
+    assert page.is_visible("#rule-form") and page.is_hidden("#rules-readonly")
+    wait_until("rows", lambda: rows(page))
+    sign_out(page)
+    print("  admin: rule form and Deactivate shown")
+
+
+def check_refusals(page, server):
+    """Refusals from the server are shown where the action was: a 403 (a
+    page that wrongly believes the caller an author, as after a role
+    change) and, once the key is revoked, a 401 signs the page out."""
+    status, made = server.request("POST", "/api/keys", {"name": "Temp Viewer", "roles": ["viewer"]})
+    assert status == 201, made
+
+    def claim_author(route):
+        body = json.loads(route.fetch().text())
+        body["roles"] = ["author"]
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+    page.route("**/api/whoami", claim_author)
+    sign_in(page, made["key"])
+    page.unroute("**/api/whoami", claim_author)
+
+    page.once("dialog", lambda d: d.accept())
+    rid = page.wait_for_selector("#rules button.deactivate").get_attribute("data-rule-id")
+    page.click(f"#deactivate-{rid}")
+    page.wait_for_selector(f"#rule-{rid} .rule-action-error")
+    err = page.text_content(f"#rule-{rid} .rule-action-error")
+    assert "needs the author role" in err and "Temp Viewer" in err, err
+    assert server.get(f"/api/rules/{rid}")["active"] is True
+    page.fill("#rule-name", "Refused rule")
+    page.fill("#rule-sql", "SELECT patient_id FROM vitals WHERE heart_rate_bpm > 250")
+    page.click("#rule-submit")
+    page.wait_for_selector("#rule-error:not([hidden])")
+    assert "needs the author role" in page.text_content("#rule-error")
+
+    # Revoked: the next request (the 5-second polls) gets 401.
+    status, _ = server.request("DELETE", f"/api/keys/{made['api_key']['id']}")
+    assert status in (200, 204), status
+    t0 = time.monotonic()
+    page.wait_for_selector("#sign-in-panel", state="visible", timeout=12000)
+    took = time.monotonic() - t0
+    shown = page.text_content("#sign-in-error")
+    _, refusal = server.request("GET", "/api/whoami", key=made["key"])
+    assert shown == "Signed out: " + refusal["error"]["message"], shown
+    assert session_credential(page)[0] is None and not rows(page)
+    print(f"  refusals: 403 shown on the rule card ({err!r}) and the form; revoked key signed out"
+          f" after {took:.1f} s ({shown!r})")
+
+
+def run_auth_on(browser, work):
+    viewer_name = f"Nurse Viewer {os.getpid()}"
+    viewer = make_key(work, viewer_name, "viewer")
+    admin = make_key(work, "Charge Admin", "admin")
+    server = Server(work, auth=True, key=admin)
+    try:
+        wait_until("fired alerts on the server", lambda: server.get("/api/alerts?status=fired&limit=1")["alerts"], 30)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(10000)
+        console_errors, page_errors, csp_console = [], [], []
+        page.on("console", lambda m: m.type == "error" and console_errors.append(m.text))
+        page.on("console", lambda m: "Content Security Policy" in m.text and csp_console.append(m.text))
+        page.on("pageerror", lambda e: page_errors.append(str(e)))
+        page.add_init_script(CSP_WATCH)
+        # (path, Authorization header) of every API request the page makes.
+        api_requests = []
+        def seen(req):
+            path = req.url[len(server.base):]
+            if path.startswith("/api/"):
+                api_requests.append((path, req.headers.get("authorization")))
+        page.on("request", seen)
+
+        check_signed_out(page, server, api_requests)
+        check_sse_parser(page)
+        check_viewer(page, server, viewer, viewer_name, api_requests)
+        check_admin(page, admin)
+        check_refusals(page, server)
+        check_csp(page, server, csp_console)
+        assert not page_errors, f"uncaught errors: {page_errors}"
+        # Only the refusals provoked above may be logged.
+        unexpected = [m for m in console_errors if not re.search(r"status of (401|403|409)", m)]
+        assert not unexpected, f"console errors: {unexpected}"
+        context.close()
+    except BaseException:
+        dump_log(server)
+        raise
+    finally:
+        server.kill()
+
+
+def dump_log(server):
+    print(f"server log: {server.log.name}", file=sys.stderr)
+    try:
+        with open(server.log.name, "rb") as f:
+            sys.stderr.write(f.read()[-3000:].decode(errors="replace"))
+    except OSError:
+        pass
+
+
+def run_auth_off(browser, work):
+    """`serve --demo` as it runs on loopback: authentication off."""
+    server = Server(work)
+    console_errors, page_errors = [], []
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(10000)
+        page.on("console", lambda m: m.type == "error" and console_errors.append(
+            f"{m.text} [{m.location.get('url', '')}]"))
+        page.on("pageerror", lambda e: page_errors.append(str(e)))
+        # The page must work under the server's Content-Security-Policy
+        # (no inline script or style): a violation is logged to the
+        # console and raised as an event in the page.
+        csp_console = []
+        page.on("console", lambda m: "Content Security Policy" in m.text and csp_console.append(m.text))
+        page.add_init_script(CSP_WATCH)
+        check_worklist(page, server)
+        check_auth_off_banner(page, server)
+        for check in (check_acknowledge, check_rule_states):
+            check(page, server)
+        check_contrast(page)
+        check_tablet(page, server)
+        check_keyboard(page, server)
+        check_csp(page, server, csp_console)
+        assert not page_errors, f"uncaught errors: {page_errors}"
+        # The one refusal check_acknowledge provokes is logged by the browser too.
+        refused = [m for m in console_errors if re.search(r"status of 400 .*/api/alerts/\w+/ack\]$", m)]
+        assert len(refused) == 1, f"expected the provoked 400: {console_errors}"
+        console_errors = [m for m in console_errors if m not in refused]
+        assert not console_errors, f"console errors: {console_errors}"
+        check_hung(page, server)
+        check_stale(page, server)
+        # With the server gone, only failed requests may be logged.
+        unexpected = [m for m in console_errors if not re.search(r"ERR_CONNECTION_REFUSED|net::ERR_", m)]
+        assert not unexpected and not page_errors, f"errors after the server stopped: {unexpected} {page_errors}"
+        page.close()
+    except BaseException:
+        dump_log(server)
+        raise
+    finally:
+        server.kill()
+
+
 def main():
     assert os.path.exists(BIN), f"no server binary at {BIN}: cargo build -p wardwatch"
     assert os.path.exists(CHROMIUM), f"no browser at {CHROMIUM}: apt-get install chromium"
     if SHOTS:
         os.makedirs(SHOTS, exist_ok=True)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="wardwatch-browser-") as work:
-        server = Server(work)
-        console_errors, page_errors = [], []
-        try:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                            args=["--no-sandbox", "--disable-dev-shm-usage"])
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.set_default_timeout(10000)
-                page.on("console", lambda m: m.type == "error" and console_errors.append(
-                    f"{m.text} [{m.location.get('url', '')}]"))
-                page.on("pageerror", lambda e: page_errors.append(str(e)))
-                # The page must work under the server's Content-Security-Policy
-                # (no inline script or style): a violation is logged to the
-                # console and raised as an event in the page.
-                csp_console = []
-                page.on("console", lambda m: "Content Security Policy" in m.text and csp_console.append(m.text))
-                page.add_init_script(CSP_WATCH)
-                for check in (check_worklist, check_acknowledge, check_rule_states):
-                    check(page, server)
-                check_contrast(page)
-                check_tablet(page, server)
-                check_keyboard(page, server)
-                check_csp(page, server, csp_console)
-                assert not page_errors, f"uncaught errors: {page_errors}"
-                # The one refusal check_acknowledge provokes is logged by the browser too.
-                refused = [m for m in console_errors if re.search(r"status of 400 .*/api/alerts/\w+/ack\]$", m)]
-                assert len(refused) == 1, f"expected the provoked 400: {console_errors}"
-                console_errors = [m for m in console_errors if m not in refused]
-                assert not console_errors, f"console errors: {console_errors}"
-                check_hung(page, server)
-                check_stale(page, server)
-                # With the server gone, only failed requests may be logged.
-                unexpected = [m for m in console_errors if not re.search(r"ERR_CONNECTION_REFUSED|net::ERR_", m)]
-                assert not unexpected and not page_errors, f"errors after the server stopped: {unexpected} {page_errors}"
-                browser.close()
-        except BaseException:
-            print(f"server log: {server.log.name}", file=sys.stderr)
-            try:
-                with open(server.log.name, "rb") as f:
-                    sys.stderr.write(f.read()[-3000:].decode(errors="replace"))
-            except OSError:
-                pass
-            raise
-        finally:
-            server.kill()
+    with tempfile.TemporaryDirectory(prefix="wardwatch-browser-") as work, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-dev-shm-usage"])
+        for name, run in (("auth-off", run_auth_off), ("auth-on", run_auth_on)):
+            t0 = time.monotonic()
+            print(f"{name}: serve --demo{' --auth' if name == 'auth-on' else ''}")
+            os.makedirs(os.path.join(work, name))
+            run(browser, os.path.join(work, name))
+            print(f"{name}: passed in {time.monotonic() - t0:.1f} s")
+        browser.close()
     print(f"browser tests passed in {time.monotonic() - started:.1f} s")
 
 

@@ -41,6 +41,9 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/whoami", &["get"]),
     ("/api/keys", &["get", "post"]),
     ("/api/keys/{id}", &["delete"]),
+    ("/api/hospitals", &["get", "post"]),
+    ("/api/hospitals/{id}", &["get", "put", "delete"]),
+    ("/api/rule-templates", &["get"]),
 ];
 
 const HTTP_METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];

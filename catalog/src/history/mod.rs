@@ -51,7 +51,8 @@
 //! run a caller's SQL limited to some hospitals: a table with a
 //! `hospital_id` column (`vitals`; `alerts` once alerts carry their
 //! hospital) shows only their rows however the SQL names or combines it,
-//! `rules` and `rule_versions` stay readable, and every other table
+//! `rules` and `rule_versions` show their hospitals' rules and the global
+//! ones (`hospital_id` NULL), and every other table
 //! (`audit_log`: nothing to limit it by) is not available. See [`scope`].
 
 use std::collections::BTreeSet;
@@ -338,8 +339,9 @@ impl HistoryCatalog {
     ///
     /// A limited caller's query reads only those hospitals' rows of the
     /// tables with a `hospital_id` column (`vitals`), whatever SQL it is
-    /// (joins, subqueries, CTEs, set operations, qualified names), and may
-    /// also read `rules` and `rule_versions`; naming any other table
+    /// (joins, subqueries, CTEs, set operations, qualified names), and of
+    /// `rules` and `rule_versions` also the global rules (no hospital);
+    /// naming any other table
     /// (`audit_log`, `alerts` while it has no hospital column) fails to
     /// plan, and so does `EXPLAIN` (a plan shows the files and row counts of
     /// every hospital). An empty list sees no rows. See [`scope`].

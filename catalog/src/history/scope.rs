@@ -4,12 +4,11 @@
 //! The limit is part of the plan, not of the SQL text. A scoped query is
 //! planned in a session of its own whose only catalog holds
 //!
-//! - every shared table with a `hospital_id` column (`vitals`, and
-//!   `alerts` once alerts carry their hospital) wrapped in a
-//!   [`ScopedTable`], whose scans return only the caller's hospitals' rows
-//!   (a row without a hospital is no one's);
-//! - the tables that hold no patient data ([`SCOPE_FREE_TABLES`]: `rules`,
-//!   `rule_versions`) as they are;
+//! - every shared table with a `hospital_id` column (`vitals`, `alerts`,
+//!   `rules`, `rule_versions`) wrapped in a [`ScopedTable`], whose scans
+//!   return only the caller's hospitals' rows (a row without a hospital is
+//!   no one's, except in the rule tables, [`GLOBAL_ROW_TABLES`], where it
+//!   is a global rule and everyone's);
 //! - nothing else: a name such as `audit_log` (no hospital column to limit
 //!   by) fails to plan with a message saying why. The rule is the column,
 //!   not a list of names, so a table registered later is left out unless
@@ -64,7 +63,7 @@ use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{
     Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType,
 };
-use datafusion::physical_expr::expressions::{in_list, lit, Column};
+use datafusion::physical_expr::expressions::{binary, in_list, is_null, lit, Column};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -80,9 +79,10 @@ use super::state_tables::{RULES, RULE_VERSIONS};
 /// The column a scope limits rows by.
 pub const HOSPITAL_COLUMN: &str = sql_rules::stream::col::HOSPITAL_ID;
 
-/// Tables without a hospital column that a scoped caller may still read:
-/// rule definitions, no patient data.
-pub const SCOPE_FREE_TABLES: [&str; 2] = [RULES, RULE_VERSIONS];
+/// Tables whose rows without a hospital every scoped caller sees: there
+/// they are global rules (definitions, no patient data), which run over
+/// every hospital's events, the caller's too.
+pub const GLOBAL_ROW_TABLES: [&str; 2] = [RULES, RULE_VERSIONS];
 
 /// The catalogs of a scoped session: the shared session's default schema,
 /// limited to `hospitals` as the [module docs](self) describe, under the
@@ -119,10 +119,11 @@ pub(super) async fn scoped_catalogs(
                 continue;
             };
             if table.schema().field_with_name(HOSPITAL_COLUMN).is_ok() {
-                let scoped = ScopedTable::try_new(table, Arc::clone(&hospitals))?;
+                let mut scoped = ScopedTable::try_new(table, Arc::clone(&hospitals))?;
+                if GLOBAL_ROW_TABLES.contains(&name.as_str()) {
+                    scoped = scoped.with_global_rows();
+                }
                 schema.tables.insert(name, Arc::new(scoped));
-            } else if SCOPE_FREE_TABLES.contains(&name.as_str()) {
-                schema.tables.insert(name, table);
             } else {
                 schema.hidden.insert(name.to_lowercase());
             }
@@ -204,6 +205,9 @@ pub struct ScopedTable {
     inner: Arc<dyn TableProvider>,
     /// Sorted, without duplicates.
     hospitals: Arc<[String]>,
+    /// Whether rows without a hospital are everyone's (global rules)
+    /// rather than no one's.
+    global_rows: bool,
 }
 
 impl ScopedTable {
@@ -214,7 +218,18 @@ impl ScopedTable {
         hospitals: Arc<[String]>,
     ) -> Result<Self, DataFusionError> {
         inner.schema().field_with_name(HOSPITAL_COLUMN)?;
-        Ok(Self { inner, hospitals })
+        Ok(Self {
+            inner,
+            hospitals,
+            global_rows: false,
+        })
+    }
+
+    /// Also the rows without a hospital, which are everyone's here (see
+    /// [`GLOBAL_ROW_TABLES`]).
+    pub fn with_global_rows(mut self) -> Self {
+        self.global_rows = true;
+        self
     }
 
     async fn scan_scoped(
@@ -225,7 +240,7 @@ impl ScopedTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>, DataFusionError> {
         let schema = self.inner.schema();
-        if self.hospitals.is_empty() {
+        if self.hospitals.is_empty() && !self.global_rows {
             // No hospital: nothing to read.
             let projected = match projection {
                 Some(columns) => Arc::new(schema.project(columns)?),
@@ -245,7 +260,7 @@ impl ScopedTable {
                 (Some(with_hospital), Some((0..columns.len()).collect()))
             }
         };
-        let hints = pruning_hints(filters, &schema, &self.hospitals);
+        let hints = pruning_hints(filters, &schema, &self.hospitals, self.global_rows);
         // No limit for the inner scan: its first rows may all be other
         // hospitals'. `ScopeExec` stops at the limit after filtering.
         let input = self
@@ -255,6 +270,7 @@ impl ScopedTable {
         Ok(Arc::new(ScopeExec::try_new(
             input,
             Arc::clone(&self.hospitals),
+            self.global_rows,
             output,
             limit,
         )?))
@@ -311,7 +327,12 @@ impl TableProvider for ScopedTable {
 /// fail on any row. Hints only: DataFusion applies all of the caller's
 /// filters above the scan (they are `Inexact`), and [`ScopeExec`] applies
 /// the scope, whatever the inner scan does with these.
-fn pruning_hints(filters: &[Expr], schema: &Schema, hospitals: &[String]) -> Vec<Expr> {
+fn pruning_hints(
+    filters: &[Expr],
+    schema: &Schema,
+    hospitals: &[String],
+    global_rows: bool,
+) -> Vec<Expr> {
     use datafusion::logical_expr::{col, lit};
     let mut hints: Vec<Expr> = filters
         .iter()
@@ -319,9 +340,14 @@ fn pruning_hints(filters: &[Expr], schema: &Schema, hospitals: &[String]) -> Vec
         .filter(|f| cannot_fail(f, schema))
         .cloned()
         .collect();
-    hints.push(
-        col(HOSPITAL_COLUMN).in_list(hospitals.iter().map(|h| lit(h.as_str())).collect(), false),
-    );
+    let mine = (!hospitals.is_empty()).then(|| {
+        col(HOSPITAL_COLUMN).in_list(hospitals.iter().map(|h| lit(h.as_str())).collect(), false)
+    });
+    let everyones = global_rows.then(|| col(HOSPITAL_COLUMN).is_null());
+    hints.extend(match (mine, everyones) {
+        (Some(mine), Some(everyones)) => Some(mine.or(everyones)),
+        (mine, everyones) => mine.or(everyones),
+    });
     hints
 }
 
@@ -375,7 +401,10 @@ fn cannot_fail(expr: &Expr, schema: &Schema) -> bool {
 pub struct ScopeExec {
     input: Arc<dyn ExecutionPlan>,
     hospitals: Arc<[String]>,
-    /// `hospital_id IN (…)` over `input`'s schema.
+    /// Whether rows without a hospital are kept (see [`GLOBAL_ROW_TABLES`]).
+    global_rows: bool,
+    /// `hospital_id IN (…)` (`OR hospital_id IS NULL` with `global_rows`)
+    /// over `input`'s schema.
     predicate: Arc<dyn PhysicalExpr>,
     /// Columns of `input` to output; all of them if `None`.
     projection: Option<Vec<usize>>,
@@ -388,6 +417,7 @@ impl ScopeExec {
     fn try_new(
         input: Arc<dyn ExecutionPlan>,
         hospitals: Arc<[String]>,
+        global_rows: bool,
         projection: Option<Vec<usize>>,
         fetch: Option<usize>,
     ) -> Result<Self, DataFusionError> {
@@ -404,12 +434,22 @@ impl ScopeExec {
                     .map(|v| lit(v) as Arc<dyn PhysicalExpr>)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let predicate = in_list(
-            Arc::new(Column::new(HOSPITAL_COLUMN, index)),
-            list,
-            &false,
-            &input_schema,
-        )?;
+        let column: Arc<dyn PhysicalExpr> = Arc::new(Column::new(HOSPITAL_COLUMN, index));
+        let mine = if list.is_empty() {
+            None
+        } else {
+            Some(in_list(Arc::clone(&column), list, &false, &input_schema)?)
+        };
+        let everyones = if global_rows {
+            Some(is_null(column)?)
+        } else {
+            None
+        };
+        let predicate = match (mine, everyones) {
+            (Some(mine), Some(everyones)) => binary(mine, Operator::Or, everyones, &input_schema)?,
+            (Some(one), None) | (None, Some(one)) => one,
+            (None, None) => lit(false),
+        };
         let schema = match &projection {
             Some(columns) => Arc::new(input_schema.project(columns)?),
             None => input_schema,
@@ -426,6 +466,7 @@ impl ScopeExec {
         Ok(Self {
             input,
             hospitals,
+            global_rows,
             predicate,
             projection,
             fetch,
@@ -466,6 +507,9 @@ impl DisplayAs for ScopeExec {
             "ScopeExec: {HOSPITAL_COLUMN} in {} hospital(s)",
             self.hospitals.len()
         )?;
+        if self.global_rows {
+            write!(f, " or null")?;
+        }
         if let Some(fetch) = self.fetch {
             write!(f, ", fetch={fetch}")?;
         }
@@ -531,6 +575,7 @@ impl ExecutionPlan for ScopeExec {
             ChildrenPropertiesMode::Recompute => Ok(Arc::new(Self::try_new(
                 input,
                 Arc::clone(&self.hospitals),
+                self.global_rows,
                 self.projection.clone(),
                 self.fetch,
             )?)),
@@ -1367,7 +1412,12 @@ mod tests {
             failing.clone().and(col("patient_id").eq(lit("P1"))),
             safe.clone(),
         ];
-        let hints = pruning_hints(&filters, &schema, &["h1".to_string(), "h2".to_string()]);
+        let hints = pruning_hints(
+            &filters,
+            &schema,
+            &["h1".to_string(), "h2".to_string()],
+            false,
+        );
         assert_eq!(
             hints,
             [

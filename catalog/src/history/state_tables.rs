@@ -26,6 +26,7 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 
+use super::scope::HOSPITAL_COLUMN;
 use super::HistoryCatalog;
 use crate::log::JsonLog;
 use crate::rules::RuleStore;
@@ -112,6 +113,8 @@ impl Source {
                 Field::new("sql", DataType::Utf8, false),
                 Field::new("created_at", ts_type(), false),
                 Field::new("updated_at", ts_type(), false),
+                // NULL: a global rule. Last, so `SELECT *` keeps its columns.
+                Field::new(HOSPITAL_COLUMN, DataType::Utf8, true),
             ],
             Source::RuleVersions(_) => vec![
                 Field::new("rule_id", DataType::Utf8, false),
@@ -122,6 +125,7 @@ impl Source {
                 Field::new("allowed_lateness_ms", DataType::Int64, true),
                 Field::new("sql", DataType::Utf8, false),
                 Field::new("created_at", ts_type(), false),
+                Field::new(HOSPITAL_COLUMN, DataType::Utf8, true),
             ],
             Source::AuditLog(_) => vec![
                 // Order of recording, for records within the same millisecond.
@@ -163,6 +167,9 @@ impl Source {
                     )),
                     ts(rules.iter().map(|r| r.created_at_ms)),
                     ts(rules.iter().map(|r| r.updated_at_ms)),
+                    Arc::new(StringArray::from_iter(
+                        rules.iter().map(|r| r.current.hospital()),
+                    )),
                 ]
             }
             Source::RuleVersions(store) => {
@@ -190,6 +197,9 @@ impl Source {
                         versions.iter().map(|v| v.sql.as_str()),
                     )),
                     ts(versions.iter().map(|v| v.created_at_ms)),
+                    Arc::new(StringArray::from_iter(
+                        versions.iter().map(|v| v.hospital()),
+                    )),
                 ]
             }
             Source::AuditLog(log) => {
@@ -297,7 +307,7 @@ impl TableProvider for StateTable {
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::AsArray;
+    use arrow::array::{Array, AsArray};
     use arrow::datatypes::{Int64Type, TimestampMillisecondType, UInt32Type};
     use object_store::memory::InMemory;
     use object_store::path::Path;
@@ -364,6 +374,64 @@ mod tests {
         assert_eq!(count(&history, "SELECT count(*) FROM rules").await, 2);
         let sql = format!("SELECT count(*) FROM rules WHERE id = '{}'", second.id);
         assert_eq!(count(&history, &sql).await, 1);
+    }
+
+    /// A caller limited to hospitals sees their rules and the global ones
+    /// (which run over their events too), not other hospitals' rules.
+    #[tokio::test]
+    async fn rule_tables_show_a_limited_caller_their_hospitals_and_global_rules() {
+        let (history, rules, _audit) = catalog().await;
+        for (name, hospital) in [
+            ("Global", None),
+            ("Of h1", Some("h1")),
+            ("Of h2", Some("h2")),
+        ] {
+            let mut draft = RuleDraft::new(name, "SELECT 1");
+            draft.hospital_id = hospital.map(str::to_string);
+            let rule = rules.create(draft.clone(), 1_000).await.unwrap();
+            rules.update(&rule.id, draft, 2_000).await.unwrap();
+        }
+        let names = |scope: Option<&'static [&'static str]>, table: &'static str| {
+            let history = Arc::clone(&history);
+            async move {
+                let scope: Option<Vec<String>> =
+                    scope.map(|s| s.iter().map(|h| h.to_string()).collect());
+                let sql = format!(
+                    "SELECT name, hospital_id FROM {table} ORDER BY hospital_id NULLS FIRST, name"
+                );
+                let batches = history
+                    .query_scoped(&sql, &QueryLimits::default(), scope.as_deref())
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                batches
+                    .iter()
+                    .flat_map(|b| {
+                        let names = b.column(0).as_string::<i32>();
+                        let hospitals = b.column(1).as_string::<i32>();
+                        (0..b.num_rows())
+                            .map(|i| {
+                                let hospital = hospitals.is_valid(i).then(|| hospitals.value(i));
+                                format!("{}@{}", names.value(i), hospital.unwrap_or("-"))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            names(None, RULES).await,
+            ["Global@-", "Of h1@h1", "Of h2@h2"]
+        );
+        assert_eq!(names(Some(&["h1"]), RULES).await, ["Global@-", "Of h1@h1"]);
+        assert_eq!(
+            names(Some(&["h1"]), RULE_VERSIONS).await,
+            ["Global@-", "Global@-", "Of h1@h1", "Of h1@h1"]
+        );
+        assert_eq!(names(Some(&[]), RULES).await, ["Global@-"]);
+        assert_eq!(
+            names(Some(&["h2", "h1"]), RULES).await,
+            ["Global@-", "Of h1@h1", "Of h2@h2"]
+        );
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@
 pub mod alerts;
 pub mod error;
 pub mod health;
+pub mod hospitals;
 pub mod ingest;
 pub mod keys;
 pub mod openapi;
@@ -115,6 +116,13 @@ pub fn routes() -> OpenApiRouter<SharedState> {
         .routes(routes!(keys::whoami))
         .routes(routes!(keys::list, keys::create))
         .routes(routes!(keys::revoke))
+        .routes(routes!(hospitals::list, hospitals::create))
+        .routes(routes!(
+            hospitals::get_one,
+            hospitals::update,
+            hospitals::retire
+        ))
+        .routes(routes!(hospitals::templates))
 }
 
 pub fn router(state: SharedState) -> Router {

@@ -32,6 +32,7 @@ use super::types::LiveFeedLagged;
         (name = "query", description = "Read-only SQL over history."),
         (name = "replay", description = "Rules over archived events: backtests and audits."),
         (name = "health", description = "Liveness, readiness and metrics."),
+        (name = "hospitals", description = "Hospitals onboarded by API, and the rule templates they start with."),
         (name = "auth", description = "The caller's identity, and API keys for services (admins)."),
         (name = "meta", description = "This document."),
         (name = "ui", description = "The web UI."),

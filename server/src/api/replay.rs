@@ -25,7 +25,7 @@ use crate::replay::{self, Progress, Replay, ReplayError, RuleSource};
 /// draft.
 fn into_replay(req: ReplayRequest) -> Result<Replay, ReplayError> {
     Ok(Replay {
-        source: RuleSource::new(req.rule_id, req.version, req.sql)?,
+        source: RuleSource::new(req.rule_id, req.version, req.sql, req.hospital_id)?,
         cooldown_seconds: req.cooldown_seconds,
         from_ms: req.from_ms,
         to_ms: req.to_ms,
@@ -41,6 +41,7 @@ impl From<ReplayError> for ApiError {
             E::RuleNotFound { .. } | E::VersionNotFound { .. } => Self::not_found(e.to_string()),
             E::RuleAndDraft
             | E::NoRule
+            | E::StoredRuleScope
             | E::RuleRefused(_)
             | E::Cancelled { .. }
             | E::Suspended(_) => Self::bad_request(e.to_string()),
@@ -75,7 +76,7 @@ async fn run(
     responses(
         (status = 200, description = "The replay's alerts, and the audit when asked for.", body = ReplayReportView),
         (status = 202, description = "`\"async\": true`: the job, started; follow it with `GET /api/replay/{job}`.", body = ReplayJobView),
-        (status = 400, description = "An invalid request: `from_ms` not before `to_ms`, both or neither of `rule_id` and `sql`, SQL that does not compile (with its line and column).", body = ErrorBody),
+        (status = 400, description = "An invalid request: `from_ms` not before `to_ms`, both or neither of `rule_id` and `sql`, `hospital_id` with `rule_id`, SQL that does not compile (with its line and column).", body = ErrorBody),
         (status = 404, description = "No such rule or version.", body = ErrorBody),
         (status = 500, description = "The archive could not be read, or the engine failed.", body = ErrorBody),
         (status = 503, description = "`max_concurrent_replays` replays are already running.", body = ErrorBody),
@@ -103,6 +104,7 @@ pub async fn replay(
         "replay",
         serde_json::json!({
             "rule_id": req.rule_id, "version": req.version, "sql": req.sql,
+            "hospital_id": req.hospital_id,
             "from_ms": req.from_ms, "to_ms": req.to_ms, "audit": req.audit,
         }),
     )

@@ -3,8 +3,14 @@
 //! reaches the engine; so is one over a budget of `[limits]` (window
 //! length, panes, cooldown, lateness, field lengths, SQL size and depth).
 //! `PUT` makes a new version (old versions stay); `DELETE` deactivates.
+//!
+//! A rule may be scoped to a hospital (`hospital_id`: it sees only that
+//! hospital's events) or global (every hospital's). A caller limited to
+//! hospitals sees their hospitals' rules and the global ones, and changes
+//! only their hospitals' (another hospital's rule is a 404 to them, as if
+//! absent); a global rule is made and changed by unlimited admins only.
 
-use crate::auth::{need, Caller};
+use crate::auth::{need, Caller, Principal, Role};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -44,34 +50,84 @@ fn rule_view(state: &SharedState, rule: Rule) -> RuleView {
         .lock()
         .ok()
         .and_then(|h| h.get(&rule.id).cloned());
-    let window = compile(state, &rule.current.sql)
+    let window = compile(state, &rule.current.sql, rule.current.hospital())
         .ok()
         .and_then(|c| c.window())
         .map(|w| w.describe());
     RuleView::new(rule, stats, health, window, now_ms())
 }
 
-/// Compiles rule SQL within the configured `[limits]`.
-pub fn compile(state: &SharedState, sql: &str) -> Result<CompiledRule, RuleError> {
+/// Compiles rule SQL within the configured `[limits]`, scoped to
+/// `hospital` (`None`: a global rule).
+pub fn compile(
+    state: &SharedState,
+    sql: &str,
+    hospital: Option<&str>,
+) -> Result<CompiledRule, RuleError> {
     state
         .compiler
-        .compile_within(sql, &state.config.limits.rules())
+        .compile_within_scoped(sql, hospital, &state.config.limits.rules())
 }
 
-/// A submitted rule: its fields within `[limits]`, its SQL compiled, and
-/// its escalation column one of the rule's output columns.
-fn parse_draft(
-    state: &SharedState,
-    body: Result<Json<Value>, JsonRejection>,
-) -> Result<(RuleDraft, CompiledRule), ApiError> {
-    // Read as JSON first, then as a rule, so that a JSON rule with a wrong
-    // field is a 400 naming the field (axum's typed extractor would say 422).
+/// Whether `caller` may see a rule (version) of `hospital`: every caller
+/// sees global rules, which run over their hospitals' events too.
+fn may_see(caller: &Principal, hospital: Option<&str>) -> bool {
+    match (&caller.hospitals, hospital) {
+        (None, _) | (Some(_), None) => true,
+        (Some(mine), Some(h)) => mine.iter().any(|m| m == h),
+    }
+}
+
+/// Whether `caller` may make, change or deactivate a rule of `hospital`.
+/// The caller already holds the author role (`Caller<need::Author>`).
+fn may_change(caller: &Principal, hospital: Option<&str>) -> Result<(), ApiError> {
+    match (&caller.hospitals, hospital) {
+        (_, None) if !caller.may(Role::Admin) => Err(ApiError::forbidden(
+            "a rule for every hospital needs the admin role; give hospital_id",
+        )),
+        (Some(mine), None) => Err(ApiError::forbidden(format!(
+            "you are limited to hospitals {mine:?}: a rule for every hospital is beyond them; \
+             give one of them as hospital_id"
+        ))),
+        (Some(mine), Some(h)) if !mine.iter().any(|m| m == h) => Err(ApiError::forbidden(format!(
+            "you are limited to hospitals {mine:?}: a rule you make or change must have \
+                 one of them as hospital_id"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Rule `id` if `caller` may change it: 404 if absent or of a hospital
+/// they cannot see, 403 if they see it but may not change it (a global
+/// rule, unless they are an unlimited admin).
+async fn changeable(state: &SharedState, caller: &Principal, id: &str) -> Result<Rule, ApiError> {
+    let rule = state
+        .rules
+        .get(id)
+        .await
+        .filter(|r| may_see(caller, r.current.hospital()))
+        .ok_or_else(|| catalog::CatalogError::RuleNotFound {
+            rule_id: id.to_string(),
+        })?;
+    may_change(caller, rule.current.hospital())?;
+    Ok(rule)
+}
+
+/// A submitted rule, read as JSON first, then as a rule, so that a JSON
+/// rule with a wrong field is a 400 naming the field (axum's typed
+/// extractor would say 422).
+fn read_draft(body: Result<Json<Value>, JsonRejection>) -> Result<RuleDraft, ApiError> {
     let Json(body) = body?;
-    let draft: RuleDraft = serde_json::from_value::<RuleRequest>(body)
+    Ok(serde_json::from_value::<RuleRequest>(body)
         .map_err(|e| ApiError::bad_request(format!("invalid rule: {e}")))?
-        .into();
+        .into())
+}
+
+/// A submitted rule: its fields within `[limits]`, its SQL compiled (with
+/// its scope), and its escalation column one of the rule's output columns.
+pub fn compile_draft(state: &SharedState, draft: &RuleDraft) -> Result<CompiledRule, ApiError> {
     draft.validate_within(&state.config.limits.drafts())?;
-    let compiled = compile(state, &draft.sql)?;
+    let compiled = compile(state, &draft.sql, draft.hospital_id.as_deref())?;
     if let Some(escalation) = &draft.escalation {
         let columns: Vec<&str> = compiled
             .output_schema
@@ -87,26 +143,28 @@ fn parse_draft(
             )));
         }
     }
-    Ok((draft, compiled))
+    Ok(compiled)
 }
 
-/// Every rule, active or not.
+/// Every rule, active or not (for a caller limited to hospitals: their
+/// hospitals' and the global ones).
 #[utoipa::path(
     get,
     path = "/api/rules",
     operation_id = "list_rules",
     tag = "rules",
-    responses((status = 200, description = "Every stored rule.", body = RuleList))
+    responses((status = 200, description = "Every stored rule the caller may see.", body = RuleList))
 )]
 pub async fn list(
     State(state): State<SharedState>,
-    _caller: Caller<need::Viewer>,
+    caller: Caller<need::Viewer>,
 ) -> Json<RuleList> {
     let rules = state
         .rules
         .list()
         .await
         .into_iter()
+        .filter(|r| may_see(&caller, r.current.hospital()))
         .map(|r| rule_view(&state, r))
         .collect();
     Json(RuleList { rules })
@@ -121,22 +179,30 @@ pub async fn list(
     params(("id" = String, Path, description = "The rule's id.")),
     responses(
         (status = 200, description = "The rule, with `history`.", body = RuleDetail),
-        (status = 404, description = "No rule with this id.", body = ErrorBody),
+        (status = 404, description = "No rule with this id (or one of a hospital the caller is not limited to).", body = ErrorBody),
     )
 )]
 pub async fn get_one(
     State(state): State<SharedState>,
-    _caller: Caller<need::Viewer>,
+    caller: Caller<need::Viewer>,
     Path(id): Path<String>,
 ) -> Result<Json<RuleDetail>, ApiError> {
     let rule = state
         .rules
         .get(&id)
         .await
+        .filter(|r| may_see(&caller, r.current.hospital()))
         .ok_or_else(|| ApiError::not_found(format!("no rule with id '{id}'")))?;
     let mut history = vec![];
     for v in &rule.versions {
-        if let Some(version) = state.rules.version(&id, *v).await {
+        // An edit may have moved the rule from another hospital: its
+        // versions there are that hospital's.
+        if let Some(version) = state
+            .rules
+            .version(&id, *v)
+            .await
+            .filter(|v| may_see(&caller, v.hospital()))
+        {
             history.push(version.into());
         }
     }
@@ -165,7 +231,7 @@ pub async fn validate(
     let Json(body) = body?;
     let ValidateRequest { sql } = serde_json::from_value(body)
         .map_err(|_| ApiError::bad_request("expected {\"sql\": \"SELECT …\"}"))?;
-    let compiled = compile(&state, &sql)?;
+    let compiled = compile(&state, &sql, None)?;
     let window = compiled.window();
     Ok(Json(RuleValidation {
         valid: true,
@@ -189,6 +255,7 @@ pub async fn validate(
     responses(
         (status = 201, description = "Stored and running.", body = RuleView),
         (status = 400, description = "Refused: not JSON, a field, the SQL (with its line and column), or a `[limits]` budget.", body = ErrorBody),
+        (status = 403, description = "A global rule (no `hospital_id`) without the admin role, or a rule of a hospital the caller is not limited to.", body = ErrorBody),
         (status = 415, description = "Not sent as `application/json`.", body = ErrorBody),
         (status = 500, description = "The rule store failed.", body = ErrorBody),
         (status = 503, description = "The engine is shutting down.", body = ErrorBody),
@@ -199,14 +266,17 @@ pub async fn create(
     caller: Caller<need::Author>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<RuleView>), ApiError> {
-    let (draft, compiled) = parse_draft(&state, body)?;
+    let draft = read_draft(body)?;
+    may_change(&caller, draft.hospital_id.as_deref())?;
+    let compiled = compile_draft(&state, &draft)?;
     let _guard = state.rule_writes.lock().await;
     let rule = state.rules.create(draft, now_ms()).await?;
     crate::audit::record_by(
         &state.audit,
         &caller,
         "rule_created",
-        json!({"rule_id": rule.id, "version": rule.current.version, "name": rule.current.name}),
+        json!({"rule_id": rule.id, "version": rule.current.version, "name": rule.current.name,
+               "hospital_id": rule.current.hospital_id}),
     )
     .await;
     state
@@ -228,8 +298,9 @@ pub async fn create(
     responses(
         (status = 200, description = "The new version, running.", body = RuleView),
         (status = 400, description = "Refused: not JSON, a field, the SQL (with its line and column), or a `[limits]` budget.", body = ErrorBody),
+        (status = 403, description = "The rule, or the new version, is global (no `hospital_id`) and the caller no unlimited admin, or the new version is of a hospital the caller is not limited to.", body = ErrorBody),
         (status = 415, description = "Not sent as `application/json`.", body = ErrorBody),
-        (status = 404, description = "No rule with this id.", body = ErrorBody),
+        (status = 404, description = "No rule with this id (or one of a hospital the caller is not limited to).", body = ErrorBody),
         (status = 500, description = "The rule store failed.", body = ErrorBody),
         (status = 503, description = "The engine is shutting down.", body = ErrorBody),
     )
@@ -240,14 +311,21 @@ pub async fn update(
     Path(id): Path<String>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<RuleView>, ApiError> {
-    let (draft, compiled) = parse_draft(&state, body)?;
+    let draft = read_draft(body)?;
+    changeable(&state, &caller, &id).await?;
+    may_change(&caller, draft.hospital_id.as_deref())?;
+    let compiled = compile_draft(&state, &draft)?;
     let _guard = state.rule_writes.lock().await;
+    // Again under the lock: the rule may have moved while this compiled.
+    let before = changeable(&state, &caller, &id).await?;
     let mut rule = state.rules.update(&id, draft, now_ms()).await?;
     crate::audit::record_by(
         &state.audit,
         &caller,
         "rule_updated",
-        json!({"rule_id": rule.id, "version": rule.current.version}),
+        json!({"rule_id": rule.id, "version": rule.current.version,
+               "hospital_id": rule.current.hospital_id,
+               "hospital_id_before": before.current.hospital_id}),
     )
     .await;
     if !rule.active {
@@ -270,7 +348,8 @@ pub async fn update(
     params(("id" = String, Path, description = "The rule's id.")),
     responses(
         (status = 200, description = "Deactivated.", body = RuleView),
-        (status = 404, description = "No rule with this id.", body = ErrorBody),
+        (status = 403, description = "A global rule, and the caller no unlimited admin.", body = ErrorBody),
+        (status = 404, description = "No rule with this id (or one of a hospital the caller is not limited to).", body = ErrorBody),
         (status = 500, description = "The rule store failed.", body = ErrorBody),
         (status = 503, description = "The engine is shutting down.", body = ErrorBody),
     )
@@ -281,6 +360,7 @@ pub async fn deactivate(
     Path(id): Path<String>,
 ) -> Result<Json<RuleView>, ApiError> {
     let _guard = state.rule_writes.lock().await;
+    changeable(&state, &caller, &id).await?;
     let rule = state.rules.set_active(&id, false, now_ms()).await?;
     crate::audit::record_by(
         &state.audit,
@@ -295,4 +375,36 @@ pub async fn deactivate(
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
     Ok(Json(rule_view(&state, rule)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limited_callers_see_their_and_global_rules_and_change_only_theirs() {
+        let caller = |roles: &[Role], hospitals: Option<&[&str]>| Principal {
+            roles: roles.to_vec(),
+            hospitals: hospitals.map(|h| h.iter().map(|h| h.to_string()).collect()),
+            ..Principal::anonymous()
+        };
+        let author_h1 = caller(&[Role::Author], Some(&["h1"]));
+        assert!(may_see(&author_h1, None));
+        assert!(may_see(&author_h1, Some("h1")));
+        assert!(!may_see(&author_h1, Some("h2")));
+        assert!(may_change(&author_h1, Some("h1")).is_ok());
+        assert!(may_change(&author_h1, Some("h2")).is_err());
+        let global = may_change(&author_h1, None).unwrap_err();
+        assert_eq!(global.status, StatusCode::FORBIDDEN);
+        assert!(global.message.contains("admin role"), "{}", global.message);
+        // Unlimited authors change any hospital's rules, not global ones.
+        let author = caller(&[Role::Author], None);
+        assert!(may_see(&author, Some("h2")));
+        assert!(may_change(&author, Some("h2")).is_ok());
+        assert!(may_change(&author, None).is_err());
+        // A global rule is for unlimited admins (and authentication off).
+        assert!(may_change(&caller(&[Role::Admin], None), None).is_ok());
+        assert!(may_change(&caller(&[Role::Admin], Some(&["h1"])), None).is_err());
+        assert!(may_change(&Principal::anonymous(), None).is_ok());
+    }
 }

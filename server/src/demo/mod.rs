@@ -5,62 +5,20 @@ pub mod simulator;
 
 use std::time::Duration;
 
-use catalog::rules::{RuleDraft, Severity};
+use catalog::rules::RuleDraft;
 
 use crate::intake::Intake;
 use crate::shutdown::ShutdownNotice;
 use crate::source::ingest::ingest_ndjson;
 use simulator::{SimEvent, WardConfig, WardSimulator};
 
-/// The example rules a demo starts with (only when no rules exist yet).
+/// The example rules a demo starts with (only when no rules exist yet):
+/// the rule templates hospitals are onboarded with.
 pub fn example_rules() -> Vec<RuleDraft> {
-    let rule = |name: &str, severity: Severity, cooldown: u64, sql: &str| RuleDraft {
-        name: name.into(),
-        sql: sql.trim().into(),
-        severity,
-        cooldown_seconds: cooldown,
-        allowed_lateness_ms: None,
-        description: None,
-        keep_duplicates: false,
-        escalation: None,
-    };
-    vec![
-        rule(
-            "Sustained tachycardia",
-            Severity::High,
-            300,
-            "SELECT patient_id, AVG(heart_rate_bpm) AS avg_hr, COUNT(*) AS n,
-       TUMBLE_END(event_time, INTERVAL '60' SECOND) AS window_end
-FROM vitals WHERE heart_rate_bpm > 100
-GROUP BY TUMBLE(event_time, INTERVAL '60' SECOND), patient_id
-HAVING COUNT(*) >= 5 AND AVG(heart_rate_bpm) > 110",
-        ),
-        rule(
-            "Sustained hypoxemia",
-            Severity::High,
-            300,
-            "SELECT patient_id, AVG(spo2_pct) AS avg_spo2, COUNT(*) AS n,
-       HOP_END(event_time, INTERVAL '1' MINUTE, INTERVAL '5' MINUTE) AS window_end
-FROM vitals
-GROUP BY HOP(event_time, INTERVAL '1' MINUTE, INTERVAL '5' MINUTE), patient_id
-HAVING AVG(spo2_pct) < 90 AND COUNT(*) >= 10",
-        ),
-        rule(
-            "Bradycardia",
-            Severity::Medium,
-            300,
-            "SELECT patient_id, MAX(heart_rate_bpm) AS max_hr
-FROM vitals
-GROUP BY TUMBLE(event_time, INTERVAL '30' SECOND), patient_id
-HAVING MAX(heart_rate_bpm) < 45",
-        ),
-        rule(
-            "Critical SpO2 reading",
-            Severity::Critical,
-            120,
-            "SELECT patient_id, hospital_id, spo2_pct FROM vitals WHERE spo2_pct < 85",
-        ),
-    ]
+    crate::templates::starter_rules()
+        .into_iter()
+        .map(|t| t.draft)
+        .collect()
 }
 
 fn to_ndjson(events: &[SimEvent]) -> Vec<u8> {

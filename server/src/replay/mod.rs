@@ -46,23 +46,29 @@ pub enum RuleSource {
         version: Option<u32>,
     },
     /// A draft never activated (a backtest). It runs as rule `draft`,
-    /// version 0, severity `medium`.
-    Draft { sql: String },
+    /// version 0, severity `medium`, over the events of `hospital_id` only
+    /// if it names one (as the draft would once stored with that scope).
+    Draft {
+        sql: String,
+        hospital_id: Option<String>,
+    },
 }
 
 impl RuleSource {
     /// The source named by a request that may give a stored rule or a
-    /// draft's SQL: exactly one of them.
+    /// draft's SQL (and its hospital): exactly one of them.
     pub fn new(
         rule_id: Option<String>,
         version: Option<u32>,
         sql: Option<String>,
+        hospital_id: Option<String>,
     ) -> Result<Self, ReplayError> {
         match (rule_id, sql) {
             (Some(_), Some(_)) => Err(ReplayError::RuleAndDraft),
             (None, None) => Err(ReplayError::NoRule),
+            (Some(_), None) if hospital_id.is_some() => Err(ReplayError::StoredRuleScope),
             (Some(rule_id), None) => Ok(Self::Stored { rule_id, version }),
-            (None, Some(sql)) => Ok(Self::Draft { sql }),
+            (None, Some(sql)) => Ok(Self::Draft { sql, hospital_id }),
         }
     }
 }
@@ -115,6 +121,8 @@ pub enum ReplayError {
     RuleAndDraft,
     #[error("give rule_id (a stored rule) or sql (a draft to backtest)")]
     NoRule,
+    #[error("hospital_id is for a draft: a stored rule replays with its own")]
+    StoredRuleScope,
     #[error("no rule with id '{rule_id}'")]
     RuleNotFound { rule_id: String },
     #[error("rule '{rule_id}' has no version {version}")]
@@ -198,14 +206,14 @@ pub async fn rule_spec(
                     version,
                 }
             })?;
-            let compiled = compiler.compile(&stored.sql)?;
+            let compiled = compiler.compile_scoped(&stored.sql, stored.hospital())?;
             let mut spec = stored.spec(compiled);
             if let Some(c) = cooldown_seconds {
                 spec.cooldown_ms = c as i64 * 1000;
             }
             Ok(spec)
         }
-        RuleSource::Draft { sql } => Ok(RuleSpec {
+        RuleSource::Draft { sql, hospital_id } => Ok(RuleSpec {
             id: "draft".into(),
             version: 0,
             name: "draft".into(),
@@ -214,7 +222,7 @@ pub async fn rule_spec(
             allowed_lateness_ms: None,
             keep_duplicates: false,
             escalation: None,
-            compiled: compiler.compile(sql)?,
+            compiled: compiler.compile_scoped(sql, hospital_id.as_deref())?,
         }),
     }
 }

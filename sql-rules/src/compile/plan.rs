@@ -178,7 +178,17 @@ impl RuleCompiler {
     /// (REST, replay, the server's start-up) goes through here, so a rule
     /// over a budget, stored by an older version, is refused rather than run.
     pub fn compile(&self, sql: &str) -> Result<CompiledRule, RuleError> {
-        self.compile_within(sql, &self.limits)
+        self.compile_scoped(sql, None)
+    }
+
+    /// [`compile`](Self::compile) for a rule scoped to `hospital`: it sees
+    /// only that hospital's events (`None`: a global rule, every event).
+    pub fn compile_scoped(
+        &self,
+        sql: &str,
+        hospital: Option<&str>,
+    ) -> Result<CompiledRule, RuleError> {
+        self.compile_within_scoped(sql, hospital, &self.limits)
     }
 
     /// Compiles a rule within `limits`: the SQL's length is checked first,
@@ -189,8 +199,19 @@ impl RuleCompiler {
         sql: &str,
         limits: &RuleLimits,
     ) -> Result<CompiledRule, RuleError> {
+        self.compile_within_scoped(sql, None, limits)
+    }
+
+    /// [`compile_within`](Self::compile_within) for a rule scoped to
+    /// `hospital` (see [`compile_scoped`](Self::compile_scoped)).
+    pub fn compile_within_scoped(
+        &self,
+        sql: &str,
+        hospital: Option<&str>,
+        limits: &RuleLimits,
+    ) -> Result<CompiledRule, RuleError> {
         check_sql_length(sql, limits)?;
-        on_compile_stack(|| self.compile_on_this_thread(sql, limits, true))
+        on_compile_stack(|| self.compile_on_this_thread(sql, hospital, limits, true))
     }
 
     /// Compiles a rule that was accepted before (a stored rule, at start-up)
@@ -199,13 +220,24 @@ impl RuleCompiler {
     /// older version accepted must keep running (an error at run time shows
     /// it `failing`) rather than silently not start.
     pub fn compile_accepted(&self, sql: &str) -> Result<CompiledRule, RuleError> {
+        self.compile_accepted_scoped(sql, None)
+    }
+
+    /// [`compile_accepted`](Self::compile_accepted) for a rule scoped to
+    /// `hospital` (see [`compile_scoped`](Self::compile_scoped)).
+    pub fn compile_accepted_scoped(
+        &self,
+        sql: &str,
+        hospital: Option<&str>,
+    ) -> Result<CompiledRule, RuleError> {
         check_sql_length(sql, &self.limits)?;
-        on_compile_stack(|| self.compile_on_this_thread(sql, &self.limits, false))
+        on_compile_stack(|| self.compile_on_this_thread(sql, hospital, &self.limits, false))
     }
 
     fn compile_on_this_thread(
         &self,
         sql: &str,
+        hospital: Option<&str>,
         limits: &RuleLimits,
         sample: bool,
     ) -> Result<CompiledRule, RuleError> {
@@ -233,6 +265,11 @@ impl RuleCompiler {
         let divisions = super::sample::division_positions(&*stmt, parse_text);
         let query = streaming_query(&mut stmt)?;
         let rewritten = rewrite_windows(query)?;
+        // After every check of the author's SQL, so its errors point into
+        // the SQL as written; the scope is AST, never text spliced in.
+        if let Some(hospital) = hospital {
+            scope_to_hospital(query, hospital);
+        }
         let window = match (rewritten.window, table_function.map(|(_, w, at)| (w, at))) {
             (Some(_), Some(_)) => {
                 return Err(RuleError::at_start(
@@ -273,10 +310,49 @@ impl RuleCompiler {
             }
         }
         if sample {
-            super::sample::check_over_sample(&rule, sql, &divisions)?;
+            super::sample::check_over_sample(&rule, sql, hospital, &divisions)?;
         }
         Ok(rule)
     }
+}
+
+/// Limits a rule to one hospital's events: ANDs `hospital_id = '<hospital>'`
+/// into the WHERE of the SELECT that reads the stream. That is the
+/// innermost one when the rule reads a derived table (`FROM (SELECT … FROM
+/// vitals) t`), so an outer column named `hospital_id` (say `'h1' AS
+/// hospital_id`) cannot stand in for the event's own.
+fn scope_to_hospital(query: &mut sqlparser::ast::Query, hospital: &str) {
+    use sqlparser::ast::{BinaryOperator, Expr as SqlExpr, Ident, SetExpr, TableFactor, Value};
+
+    let SetExpr::Select(select) = query.body.as_mut() else {
+        // Not a SELECT: refused by `streaming_query`, or by the planner
+        // when inside a derived table.
+        return;
+    };
+    if let [from] = select.from.as_mut_slice() {
+        if let TableFactor::Derived { subquery, .. } = &mut from.relation {
+            if matches!(subquery.body.as_ref(), SetExpr::Select(_)) {
+                return scope_to_hospital(subquery, hospital);
+            }
+        }
+    }
+    let scope = SqlExpr::BinaryOp {
+        left: Box::new(SqlExpr::Identifier(Ident::new(col::HOSPITAL_ID))),
+        op: BinaryOperator::Eq,
+        right: Box::new(SqlExpr::Value(
+            Value::SingleQuotedString(hospital.to_string()).with_empty_span(),
+        )),
+    };
+    select.selection = Some(match select.selection.take() {
+        None => scope,
+        // The scope first, so a batch of other hospitals' events stops at
+        // it; the rule's filter nested, so `a OR b` stays one operand.
+        Some(filter) => SqlExpr::BinaryOp {
+            left: Box::new(scope),
+            op: BinaryOperator::And,
+            right: Box::new(SqlExpr::Nested(Box::new(filter))),
+        },
+    });
 }
 
 /// DataFusion's planning future resolves synchronously for in-memory tables;

@@ -26,7 +26,7 @@ use super::plan::{offset_to_position, CompiledRule};
 use super::window::WindowSpec;
 use crate::engine::{Engine, EngineConfig, RuleSpec};
 use crate::error::{EngineError, RuleError, SqlPosition};
-use crate::stream::vitals_schema;
+use crate::stream::{idx, vitals_schema};
 
 /// Event time of the first sample reading: 2026-01-01T00:00:00Z.
 const SAMPLE_START_MS: i64 = 1_767_225_600_000;
@@ -129,6 +129,23 @@ pub fn sample_batch() -> RecordBatch {
         .clone()
 }
 
+/// The sample readings as events of `hospital` (those that name one): a
+/// rule scoped to a hospital sees only its events, so over the made-up
+/// `H-SAMPLE` it would be checked on nothing.
+fn sample_batch_at(hospital: Option<&str>) -> RecordBatch {
+    let batch = sample_batch();
+    let Some(hospital) = hospital else {
+        return batch;
+    };
+    let mut columns = batch.columns().to_vec();
+    columns[idx::HOSPITAL_ID] = Arc::new(StringArray::from(
+        ROWS.iter()
+            .map(|r| r.2.map(|_| hospital))
+            .collect::<Vec<_>>(),
+    ));
+    RecordBatch::try_new(batch.schema(), columns).expect("the sample follows vitals_schema")
+}
+
 /// Where the divisions and modulos of the statement are: the likely place
 /// of a division by zero (DataFusion's run-time errors carry no position).
 /// `sql` is the text the statement was parsed from.
@@ -192,11 +209,13 @@ fn byte_offset(sql: &str, at: SqlPosition) -> Option<usize> {
     )
 }
 
-/// Runs `rule` over the sample readings, closing every window, and turns
-/// the first run-time error into a refusal.
+/// Runs `rule` over the sample readings (as events of `hospital`, the
+/// rule's scope, if it has one), closing every window, and turns the first
+/// run-time error into a refusal.
 pub fn check_over_sample(
     rule: &CompiledRule,
     sql: &str,
+    hospital: Option<&str>,
     divisions: &[SqlPosition],
 ) -> Result<(), RuleError> {
     let last_ms = SAMPLE_START_MS + ROWS[ROWS.len() - 1].1;
@@ -218,7 +237,7 @@ pub fn check_over_sample(
         compiled: rule.clone(),
     };
     let ran = engine.upsert_rule(spec).and_then(|()| {
-        let first = engine.process(0, &sample_batch(), 0)?;
+        let first = engine.process(0, &sample_batch_at(hospital), 0)?;
         let closed =
             engine.advance_watermark(last_ms.saturating_add(span_ms).saturating_add(1), 0)?;
         Ok(first.errors.into_iter().chain(closed.errors).next())
@@ -230,15 +249,16 @@ pub fn check_over_sample(
     };
     // A cast that fails on a sample's made-up id (`CAST(hospital_id AS
     // INT)` over 'H-SAMPLE') says nothing about real ids: only a cast of a
-    // literal written in the rule, or of a device kind (every reading
-    // carries one of three), is certain to fail on real readings.
-    if is_cast_of_sample_text(&error, sql) {
+    // literal written in the rule, of a device kind (every reading carries
+    // one of three), or of the scope's hospital (every event the rule sees
+    // names it) is certain to fail on real readings.
+    if is_cast_of_sample_text(&error, sql, hospital) {
         return Ok(());
     }
     Err(refusal(&error, sql, divisions))
 }
 
-fn is_cast_of_sample_text(error: &EngineError, sql: &str) -> bool {
+fn is_cast_of_sample_text(error: &EngineError, sql: &str, hospital: Option<&str>) -> bool {
     let detail = match error {
         EngineError::Evaluation { source, .. } => source.strip_backtrace(),
         other => other.to_string(),
@@ -249,6 +269,7 @@ fn is_cast_of_sample_text(error: &EngineError, sql: &str) -> bool {
         .filter(|_| detail.contains("Cannot cast"));
     quoted.is_some_and(|value| {
         !["BEDSIDE", "PORTABLE", "AMBULATORY"].contains(&value)
+            && hospital != Some(value)
             && quoted_value_position(&detail, sql).is_none()
     })
 }

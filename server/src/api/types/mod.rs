@@ -18,6 +18,7 @@
 //! is caught.
 
 pub mod alerts;
+pub mod hospitals;
 pub mod keys;
 pub mod replay;
 pub mod rules;
@@ -25,6 +26,7 @@ pub mod rules;
 mod tests;
 
 pub use alerts::*;
+pub use hospitals::*;
 pub use keys::*;
 pub use replay::*;
 pub use rules::*;

@@ -17,6 +17,11 @@ pub struct ReplayRequest {
     pub version: Option<u32>,
     /// A draft never activated (backtest), instead of `rule_id`.
     pub sql: Option<String>,
+    /// The draft's hospital: it sees only that hospital's events, as it
+    /// would stored with this `hospital_id` (default: every hospital's).
+    /// Not with `rule_id`: a stored rule has its own.
+    #[serde(default)]
+    pub hospital_id: Option<String>,
     /// Overrides the rule's cooldown.
     #[serde(default)]
     pub cooldown_seconds: Option<u64>,

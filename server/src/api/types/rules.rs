@@ -31,6 +31,11 @@ pub struct RuleRequest {
     /// Re-fire a suppressed repeat that crosses a higher threshold.
     #[serde(default)]
     pub escalation: Option<EscalationView>,
+    /// The hospital whose events the rule sees (1–128 bytes). Leave it out
+    /// for a global rule, over every hospital's events: that needs the
+    /// admin role.
+    #[serde(default)]
+    pub hospital_id: Option<String>,
 }
 
 fn default_cooldown() -> u64 {
@@ -48,6 +53,7 @@ impl From<RuleRequest> for catalog::rules::RuleDraft {
             description: r.description,
             keep_duplicates: r.keep_duplicates,
             escalation: r.escalation.map(Into::into),
+            hospital_id: r.hospital_id,
         }
     }
 }
@@ -153,6 +159,9 @@ pub struct RuleView {
     pub keep_duplicates: bool,
     #[schema(required)]
     pub escalation: Option<EscalationView>,
+    /// The hospital whose events it sees; null for a global rule.
+    #[schema(required)]
+    pub hospital_id: Option<String>,
     /// Whether the engine should run it; deactivated rules keep their versions.
     pub active: bool,
     /// The window, e.g. `HOP 5 min every 1 min`; null for a per-event rule.
@@ -196,6 +205,7 @@ impl RuleView {
             description: v.description,
             keep_duplicates: v.keep_duplicates,
             escalation: v.escalation.map(Into::into),
+            hospital_id: v.hospital_id,
             active: rule.active,
             window,
             versions: rule.versions,
@@ -371,6 +381,9 @@ pub struct RuleVersionView {
     pub escalation: Option<EscalationView>,
     /// When this version was written (Unix ms).
     pub created_at_ms: i64,
+    /// The hospital whose events this version sees; null for a global rule.
+    #[schema(required)]
+    pub hospital_id: Option<String>,
 }
 
 impl From<catalog::rules::RuleVersion> for RuleVersionView {
@@ -387,6 +400,7 @@ impl From<catalog::rules::RuleVersion> for RuleVersionView {
             keep_duplicates: v.keep_duplicates,
             escalation: v.escalation.map(Into::into),
             created_at_ms: v.created_at_ms,
+            hospital_id: v.hospital_id,
         }
     }
 }

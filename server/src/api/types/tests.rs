@@ -84,12 +84,22 @@ fn views_serialize_like_their_domain_types() {
         "cooldown_seconds": 60, "allowed_lateness_ms": null, "description": "d",
         "keep_duplicates": true,
         "escalation": {"column": "avg_hr", "above": 140.0, "below": null, "severity": "critical"},
-        "created_at_ms": 5
+        "created_at_ms": 5, "hospital_id": "H-1"
     }))
     .unwrap();
     same_json(
         &version,
         RuleVersionView::from(version.clone()),
+        "RuleVersion",
+    );
+    // A global rule: null in both.
+    let global = catalog::rules::RuleVersion {
+        hospital_id: None,
+        ..version.clone()
+    };
+    same_json(
+        &global,
+        RuleVersionView::from(global.clone()),
         "RuleVersion",
     );
 
@@ -203,6 +213,7 @@ fn census(
         keep_duplicates: _,
         escalation: _,
         created_at_ms: _,
+        hospital_id: _,
     } = version;
     let catalog::rules::Rule {
         id: _,
@@ -221,6 +232,7 @@ fn census(
         description: _,
         keep_duplicates: _,
         escalation: _,
+        hospital_id: _,
     } = draft;
     let crate::replay::ReplayReport {
         rule_id: _,
@@ -263,7 +275,7 @@ fn a_rule_request_has_the_catalog_defaults() {
     assert_eq!(catalog::rules::RuleDraft::from(request), draft);
     let full = json!({"name": "n", "sql": "SELECT 1", "severity": "info", "cooldown_seconds": 5,
         "allowed_lateness_ms": 10, "description": "d", "keep_duplicates": true,
-        "escalation": {"column": "c", "below": 80, "severity": "high"}});
+        "escalation": {"column": "c", "below": 80, "severity": "high"}, "hospital_id": "H-1"});
     let request: RuleRequest = serde_json::from_value(full.clone()).unwrap();
     let draft: catalog::rules::RuleDraft = serde_json::from_value(full).unwrap();
     assert_eq!(catalog::rules::RuleDraft::from(request), draft);

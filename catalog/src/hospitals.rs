@@ -1,0 +1,181 @@
+//! The hospitals a server serves, as onboarded over the API: one object per
+//! hospital, `{prefix}/hospitals/{id}.json`. An id is reserved with
+//! `PutMode::Create` (two instances cannot onboard one twice); changes and
+//! retirement rewrite the record, which is never deleted (the audit trail
+//! of what was served when stays). Instances sharing a store see each
+//! other's hospitals on [`HospitalStore::list`].
+
+use std::sync::Arc;
+
+use object_store::path::Path;
+use object_store::ObjectStore;
+use serde::{Deserialize, Serialize};
+
+use crate::damage::{self, DamagedFile};
+use crate::storage::{get_bytes, list_all, put_new, put_overwrite};
+use crate::CatalogError;
+
+/// Longest hospital id: the same bound events' `hospital_id` has.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// One onboarded hospital.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HospitalRecord {
+    /// The `hospital_id` its events carry.
+    pub id: String,
+    pub name: String,
+    /// IANA time zone, e.g. `Europe/Amsterdam` (for people reading its
+    /// alerts; event times stay UTC).
+    pub time_zone: String,
+    /// The rules made for it from templates at onboarding.
+    pub rule_ids: Vec<String>,
+    pub created_at_ms: i64,
+    pub created_by: String,
+    pub updated_at_ms: i64,
+    pub retired_at_ms: Option<i64>,
+}
+
+/// The stored hospitals.
+#[derive(Debug, Clone)]
+pub struct HospitalStore {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+}
+
+/// Whether `id` can be a hospital id: 1–128 bytes of letters, digits, `-`,
+/// `_` and `.` (it names a stored object and appears in filters).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_BYTES
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && id != "."
+        && id != ".."
+}
+
+impl HospitalStore {
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &Path) -> Self {
+        Self {
+            store,
+            root: prefix.clone().join("hospitals"),
+        }
+    }
+
+    fn path(&self, id: &str) -> Result<Path, CatalogError> {
+        if !valid_id(id) {
+            return Err(CatalogError::InvalidHospitalId { id: id.into() });
+        }
+        Ok(self.root.clone().join(format!("{id}.json")))
+    }
+
+    /// Every hospital, retired ones included, by id. A record that cannot
+    /// be read is skipped and reported.
+    pub async fn list(&self) -> Result<(Vec<HospitalRecord>, Vec<DamagedFile>), CatalogError> {
+        let mut hospitals = Vec::new();
+        let mut damaged = Vec::new();
+        for meta in list_all(self.store.as_ref(), &self.root).await? {
+            if meta.location.extension() != Some("json") {
+                continue;
+            }
+            let bytes = get_bytes(self.store.as_ref(), &meta.location).await?;
+            match serde_json::from_slice::<HospitalRecord>(&bytes) {
+                Ok(h) => hospitals.push(h),
+                Err(e) => damaged.push(damage::report(DamagedFile {
+                    path: meta.location.to_string(),
+                    kind: "hospital",
+                    reason: e.to_string(),
+                    outcome: "skipped".into(),
+                })),
+            }
+        }
+        hospitals.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok((hospitals, damaged))
+    }
+
+    /// One hospital; `None` if there is none with this id.
+    pub async fn get(&self, id: &str) -> Result<Option<HospitalRecord>, CatalogError> {
+        let path = self.path(id)?;
+        let bytes = match self.store.get_opts(&path, Default::default()).await {
+            Ok(got) => got
+                .bytes()
+                .await
+                .map_err(|e| CatalogError::store(&path, e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(CatalogError::store(&path, e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| CatalogError::Decode {
+                path: path.to_string(),
+                source,
+            })
+    }
+
+    /// Stores a new hospital; an existing id is
+    /// [`CatalogError::AlreadyExists`].
+    pub async fn create(&self, hospital: &HospitalRecord) -> Result<(), CatalogError> {
+        let path = self.path(&hospital.id)?;
+        put_new(self.store.as_ref(), &path, encode(hospital)?.into()).await
+    }
+
+    /// Rewrites a hospital's record (a change, or its retirement).
+    pub async fn update(&self, hospital: &HospitalRecord) -> Result<(), CatalogError> {
+        let path = self.path(&hospital.id)?;
+        put_overwrite(self.store.as_ref(), &path, encode(hospital)?.into()).await
+    }
+}
+
+fn encode(hospital: &HospitalRecord) -> Result<Vec<u8>, CatalogError> {
+    serde_json::to_vec_pretty(hospital).map_err(|source| CatalogError::Encode {
+        what: format!("hospital '{}'", hospital.id),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> HospitalRecord {
+        HospitalRecord {
+            id: id.into(),
+            name: "St. Elsewhere".into(),
+            time_zone: "Europe/Amsterdam".into(),
+            rule_ids: vec![],
+            created_at_ms: 1,
+            created_by: "admin".into(),
+            updated_at_ms: 1,
+            retired_at_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hospital_is_onboarded_once_changed_and_listed() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let hospitals = HospitalStore::new(Arc::clone(&store), &Path::default());
+        hospitals.create(&record("H-07")).await.unwrap();
+        assert!(matches!(
+            hospitals.create(&record("H-07")).await,
+            Err(CatalogError::AlreadyExists { .. })
+        ));
+        let mut retired = record("H-07");
+        retired.retired_at_ms = Some(9);
+        hospitals.update(&retired).await.unwrap();
+        assert_eq!(hospitals.get("H-07").await.unwrap(), Some(retired));
+        assert_eq!(hospitals.get("H-08").await.unwrap(), None);
+        assert!(hospitals.get("../rules").await.is_err());
+        let (all, damaged) = HospitalStore::new(store, &Path::default())
+            .list()
+            .await
+            .unwrap();
+        assert_eq!((all.len(), damaged.len()), (1, 0));
+    }
+
+    #[test]
+    fn ids_are_plain_names() {
+        assert!(valid_id("H01") && valid_id("st-elsewhere.east_2"));
+        assert!(!valid_id("") && !valid_id("..") && !valid_id("a/b") && !valid_id("a b"));
+        assert!(!valid_id(&"x".repeat(129)));
+    }
+}

@@ -51,6 +51,10 @@ pub struct AuthConfig {
     pub roles_claim: String,
     /// Claim holding the hospitals a caller is limited to (absent: all).
     pub hospitals_claim: String,
+    /// Refuse tokens without `hospitals_claim` (fail closed: a missing
+    /// provider mapper then locks people out instead of widening them to
+    /// every hospital).
+    pub require_hospitals_claim: bool,
     /// Claim shown as who did something (falls back to `sub`).
     pub name_claim: String,
     /// `/metrics` needs credentials too (off: scrapers need none).
@@ -69,6 +73,7 @@ impl Default for AuthConfig {
             leeway_seconds: 60,
             roles_claim: "roles".into(),
             hospitals_claim: "hospitals".into(),
+            require_hospitals_claim: false,
             name_claim: "name".into(),
             protect_metrics: false,
         }

@@ -67,8 +67,11 @@ pub(crate) struct Candidate<'a> {
 }
 
 /// Where a rule's alerts take their hospital from, decided once per rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum HospitalSource {
+    /// A rule limited to one hospital: that hospital, whatever the key
+    /// (two hospitals may reuse a patient id).
+    Scoped(String),
     /// A per-event rule: the event's `hospital_id`.
     Event,
     /// A windowed rule grouped by `hospital_id`: that key, the column at
@@ -86,6 +89,9 @@ pub(crate) enum HospitalSource {
 impl HospitalSource {
     pub fn of(rule: &CompiledRule) -> Self {
         use datafusion::physical_expr::expressions::Column;
+        if let Some(hospital) = &rule.scope {
+            return Self::Scoped(hospital.clone());
+        }
         let RuleShape::Windowed(plan) = &rule.shape else {
             return Self::Event;
         };
@@ -112,7 +118,7 @@ impl HospitalSource {
     /// The hospital of one window result row whose group's last event was
     /// at `last_event_ms`.
     pub fn for_window_row(
-        self,
+        &self,
         rows: &RecordBatch,
         row: usize,
         last_event_ms: i64,
@@ -123,9 +129,10 @@ impl HospitalSource {
             _ => None,
         };
         match self {
-            Self::Key(at) => text(at),
+            Self::Scoped(hospital) => Some(hospital.clone()),
+            Self::Key(at) => text(*at),
             Self::Patient(at) => index
-                .hospital_of(&text(at)?, last_event_ms)
+                .hospital_of(&text(*at)?, last_event_ms)
                 .map(str::to_string),
             Self::Event | Self::Unknown => None,
         }

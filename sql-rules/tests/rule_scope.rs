@@ -294,3 +294,60 @@ fn the_sample_check_runs_a_scoped_rule_over_events_of_its_hospital() {
         .compile_accepted_scoped(division, Some("H1"))
         .unwrap();
 }
+
+#[test]
+fn a_scoped_rule_that_could_read_events_around_its_scope_is_refused() {
+    // The review's bypasses: a CTE inside a derived table would put the
+    // scope on the CTE's reader, not on the events.
+    let e = compiler()
+        .compile_scoped(
+            "SELECT patient_id FROM (WITH x AS (SELECT * FROM vitals) SELECT * FROM x) t \
+             WHERE heart_rate_bpm > 150",
+            Some("H1"),
+        )
+        .expect_err("a CTE inside a derived table");
+    assert!(e.message.contains("limited to a hospital"), "{}", e.message);
+    // Subqueries in expressions are refused for every rule.
+    compiler()
+        .compile_scoped(
+            "SELECT patient_id FROM vitals \
+             WHERE heart_rate_bpm > (SELECT MIN(heart_rate_bpm) FROM vitals)",
+            Some("H1"),
+        )
+        .expect_err("a second read in a subquery");
+    // Double parentheses are followed down to the read of vitals: the
+    // made-up outer hospital does not let H2's event through.
+    let sql = "SELECT patient_id, hospital_id FROM \
+               ((SELECT patient_id, 'H1' AS hospital_id, heart_rate_bpm FROM vitals)) t \
+               WHERE heart_rate_bpm > 150";
+    let got = fired(&run(
+        vec![scoped("parens", sql, Some("H1"))],
+        &two_hospitals(),
+    ));
+    assert_eq!(got, [row("parens", "A", Some("H1"))]);
+}
+
+#[test]
+fn a_scoped_rules_alerts_carry_its_hospital_whatever_it_groups_by() {
+    // Grouped by device, not patient or hospital: an unscoped rule's
+    // alerts name no hospital; a scoped one's name its hospital, so the
+    // clinicians limited to it see them.
+    let by_device = "SELECT source_device, COUNT(*) AS n FROM vitals WHERE heart_rate_bpm > 100 \
+                     GROUP BY TUMBLE(event_time, INTERVAL '10' SECOND), source_device";
+    let alerts = run(
+        vec![
+            scoped("dev-h1", by_device, Some("H1")),
+            scoped("dev-all", by_device, None),
+        ],
+        &two_hospitals(),
+    );
+    let hospitals = |rule: &str| -> Vec<Option<String>> {
+        alerts
+            .iter()
+            .filter(|a| a.rule_id == rule)
+            .map(|a| a.hospital_id.clone())
+            .collect()
+    };
+    assert_eq!(hospitals("dev-h1"), [Some("H1".to_string())], "{alerts:?}");
+    assert_eq!(hospitals("dev-all"), [None], "{alerts:?}");
+}

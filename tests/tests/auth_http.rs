@@ -657,4 +657,34 @@ async fn a_caller_limited_to_a_hospital_sees_only_its_rows_everywhere() {
     )
     .await;
     assert!(text.contains("\"h1\"") && text.contains("\"h2\""), "{text}");
+
+    // An admin limited to h1 manages only h1's keys: the unlimited ones are
+    // neither listed nor revocable by them.
+    let admin_h1 = scoped("admin-h1", &["admin"]);
+    let (status, _, text) = call(&server, Method::GET, "/api/keys", Some(&admin_h1), None).await;
+    assert_eq!(status, 200, "{text}");
+    let keys: Value = serde_json::from_str(&text).unwrap();
+    let names: Vec<&str> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["h1-gateway"], "{text}");
+    let bootstrap_id = admin_key
+        .strip_prefix("wwk_")
+        .and_then(|rest| rest.split_once('_'))
+        .unwrap()
+        .0;
+    let (status, _, _) = call(
+        &server,
+        Method::DELETE,
+        &format!("/api/keys/{bootstrap_id}"),
+        Some(&admin_h1),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "an h1 admin revoked the unlimited admin key");
+    let (status, _, _) = call(&server, Method::GET, "/api/whoami", Some(&admin_key), None).await;
+    assert_eq!(status, 200, "the unlimited admin key still works");
 }

@@ -341,6 +341,13 @@ pub async fn retire(
     if record.retired_at_ms.is_none() {
         let _guard = state.rule_writes.lock().await;
         for rule_id in &record.rule_ids {
+            // A rule moved to another hospital since onboarding is theirs now.
+            let ours = state.rules.get(rule_id).await.is_some_and(|rule| {
+                rule.current.hospital_id.as_deref() == Some(record.id.as_str())
+            });
+            if !ours {
+                continue;
+            }
             match state.rules.set_active(rule_id, false, now_ms()).await {
                 Ok(_) => {}
                 // A rule deleted by hand since is nothing to stop.

@@ -41,18 +41,28 @@ pub async fn whoami(State(state): State<SharedState>, caller: Caller<need::Any>)
 )]
 pub async fn list(
     State(state): State<SharedState>,
-    _caller: Caller<need::Admin>,
+    caller: Caller<need::Admin>,
 ) -> Json<ApiKeyList> {
     let keys = state
         .auth
         .keys
         .list()
         .into_iter()
+        .filter(|k| manages(&caller, k))
         .map(ApiKeyView::from)
         .collect();
     Json(ApiKeyList { keys })
 }
 
+/// An admin limited to hospitals sees and revokes only keys limited to
+/// some of those hospitals: not another hospital's, nor an unlimited one.
+fn manages(caller: &crate::auth::Principal, key: &catalog::api_keys::ApiKeyRecord) -> bool {
+    match (&caller.hospitals, &key.hospitals) {
+        (None, _) => true,
+        (Some(mine), Some(theirs)) => !theirs.is_empty() && theirs.iter().all(|h| mine.contains(h)),
+        (Some(_), None) => false,
+    }
+}
 /// Makes an API key for a service; the answer holds the key, once.
 #[utoipa::path(
     post,
@@ -160,6 +170,21 @@ pub async fn revoke(
     Path(id): Path<String>,
 ) -> Result<Json<ApiKeyView>, ApiError> {
     let now_ms = chrono::Utc::now().timestamp_millis();
+    let visible = |state: &SharedState| {
+        state
+            .auth
+            .keys
+            .list()
+            .into_iter()
+            .any(|k| k.id == id && manages(&caller, &k))
+    };
+    // A key made elsewhere (another instance, the CLI) may not be cached yet.
+    if !visible(&state) {
+        let _ = state.auth.keys.reload().await;
+    }
+    if !visible(&state) {
+        return Err(ApiError::not_found(format!("no API key '{id}'")));
+    }
     let revoked = match state
         .auth
         .keys

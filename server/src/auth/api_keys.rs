@@ -121,19 +121,28 @@ impl KeyRing {
     /// Re-reads every record from storage.
     pub async fn reload(&self) -> Result<(), CatalogError> {
         let mut loaded_at = self.loaded_at.lock().await;
+        self.reload_locked(&mut loaded_at).await
+    }
+
+    /// `loaded_at` becomes the attempt's time whatever its outcome, so a
+    /// failing store is not listed again on every request.
+    async fn reload_locked(&self, loaded_at: &mut Instant) -> Result<(), CatalogError> {
+        *loaded_at = Instant::now();
         let (keys, _damaged) = self.store.load().await?;
         *self.cache.write().expect("key cache lock") =
             keys.into_iter().map(|k| (k.id.clone(), k)).collect();
-        *loaded_at = Instant::now();
         Ok(())
     }
 
-    /// Reloads if the cache is older than `age`.
+    /// Reloads if the cache is older than `age`, checked under the lock: a
+    /// burst of unknown key ids lists the store once.
     async fn reload_if_older(&self, age: Duration) {
-        if self.loaded_at.lock().await.elapsed() >= age {
-            if let Err(e) = self.reload().await {
-                tracing::warn!(error = %e, "reloading API keys failed; keeping the cached ones");
-            }
+        let mut loaded_at = self.loaded_at.lock().await;
+        if loaded_at.elapsed() < age {
+            return;
+        }
+        if let Err(e) = self.reload_locked(&mut loaded_at).await {
+            tracing::warn!(error = %e, "reloading API keys failed; keeping the cached ones");
         }
     }
 

@@ -57,6 +57,7 @@ pub struct JwtValidator {
     leeway_seconds: u64,
     roles_claim: String,
     hospitals_claim: String,
+    require_hospitals_claim: bool,
     name_claim: String,
     keys: RwLock<HashMap<String, Arc<Key>>>,
     last_refresh: tokio::sync::Mutex<Option<Instant>>,
@@ -87,6 +88,7 @@ impl JwtValidator {
             leeway_seconds: config.leeway_seconds,
             roles_claim: config.roles_claim.clone(),
             hospitals_claim: config.hospitals_claim.clone(),
+            require_hospitals_claim: config.require_hospitals_claim,
             name_claim: config.name_claim.clone(),
             keys: RwLock::new(HashMap::new()),
             last_refresh: tokio::sync::Mutex::new(None),
@@ -127,6 +129,25 @@ impl JwtValidator {
 
     async fn refresh(&self) -> Result<usize> {
         let mut last = self.last_refresh.lock().await;
+        self.refresh_locked(&mut last).await
+    }
+
+    /// Refreshes unless someone did (or tried) within `age`: checked under
+    /// the lock, so a burst of tokens naming an unknown key fetches once.
+    async fn refresh_if_older(&self, age: Duration) {
+        let mut last = self.last_refresh.lock().await;
+        if last.is_some_and(|at| at.elapsed() < age) {
+            return;
+        }
+        if let Err(e) = self.refresh_locked(&mut last).await {
+            tracing::warn!(error = %format!("{e:#}"), "refreshing the JWKS failed");
+        }
+    }
+
+    /// `last` is the attempt's time whatever its outcome: a provider that is
+    /// down is asked again after the interval, not on every request.
+    async fn refresh_locked(&self, last: &mut Option<Instant>) -> Result<usize> {
+        *last = Some(Instant::now());
         let bytes = match &self.source {
             Source::File(path) => {
                 let bytes = tokio::fs::read(path)
@@ -170,7 +191,6 @@ impl JwtValidator {
         }
         let n = keys.len();
         *self.keys.write().expect("jwks lock") = keys;
-        *last = Some(Instant::now());
         Ok(n)
     }
 
@@ -198,16 +218,7 @@ impl JwtValidator {
             Some(key) => key,
             None => {
                 // Maybe the provider rotated its keys since we last looked.
-                let stale = self
-                    .last_refresh
-                    .lock()
-                    .await
-                    .is_none_or(|at| at.elapsed() >= UNKNOWN_KID_REFRESH);
-                if stale {
-                    if let Err(e) = self.refresh().await {
-                        tracing::warn!(error = %format!("{e:#}"), "refreshing the JWKS failed");
-                    }
-                }
+                self.refresh_if_older(UNKNOWN_KID_REFRESH).await;
                 self.key(kid).ok_or_else(|| match kid {
                     Some(kid) => format!("no signing key '{kid}' in the identity provider's JWKS"),
                     None => "the token names no key (kid) and the JWKS has several".to_string(),
@@ -246,6 +257,12 @@ impl JwtValidator {
             .filter_map(|r| Role::parse(r))
             .collect();
         let hospitals = claim(claims, &self.hospitals_claim).map(|v| strings(Some(v)));
+        if hospitals.is_none() && self.require_hospitals_claim {
+            return Err(format!(
+                "the token has no '{}' claim, which this server requires",
+                self.hospitals_claim
+            ));
+        }
         Ok(Principal {
             subject: subject.chars().take(256).collect(),
             name: name.chars().take(256).collect(),

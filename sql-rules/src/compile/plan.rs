@@ -102,6 +102,8 @@ pub struct CompiledRule {
     /// `EMIT EARLY`: fire as soon as HAVING holds within an open window,
     /// then not again for that window and key.
     pub emit_early: bool,
+    /// The hospital the rule is limited to: its alerts carry it.
+    pub scope: Option<String>,
 }
 
 impl CompiledRule {
@@ -268,7 +270,7 @@ impl RuleCompiler {
         // After every check of the author's SQL, so its errors point into
         // the SQL as written; the scope is AST, never text spliced in.
         if let Some(hospital) = hospital {
-            scope_to_hospital(query, hospital);
+            scope_to_hospital(query, hospital)?;
         }
         let window = match (rewritten.window, table_function.map(|(_, w, at)| (w, at))) {
             (Some(_), Some(_)) => {
@@ -309,6 +311,7 @@ impl RuleCompiler {
                 }
             }
         }
+        rule.scope = hospital.map(str::to_string);
         if sample {
             super::sample::check_over_sample(&rule, sql, hospital, &divisions)?;
         }
@@ -317,42 +320,83 @@ impl RuleCompiler {
 }
 
 /// Limits a rule to one hospital's events: ANDs `hospital_id = '<hospital>'`
-/// into the WHERE of the SELECT that reads the stream. That is the
-/// innermost one when the rule reads a derived table (`FROM (SELECT … FROM
-/// vitals) t`), so an outer column named `hospital_id` (say `'h1' AS
-/// hospital_id`) cannot stand in for the event's own.
-fn scope_to_hospital(query: &mut sqlparser::ast::Query, hospital: &str) {
-    use sqlparser::ast::{BinaryOperator, Expr as SqlExpr, Ident, SetExpr, TableFactor, Value};
+/// into the WHERE of the SELECT that reads `vitals`. That is the innermost
+/// one when the rule reads a derived table (`FROM (SELECT … FROM vitals)
+/// t`), so an outer column named `hospital_id` (say `'h1' AS hospital_id`)
+/// cannot stand in for the event's own. A scoped rule must read `vitals`
+/// exactly once, through plain SELECTs: anything else (a CTE, a set
+/// operation, a second reference in a subquery) could read events the
+/// filter does not stand in front of, so it is refused.
+fn scope_to_hospital(query: &mut sqlparser::ast::Query, hospital: &str) -> Result<(), RuleError> {
+    use sqlparser::ast::{
+        visit_relations, BinaryOperator, Expr as SqlExpr, Ident, SetExpr, TableFactor, Value,
+    };
 
-    let SetExpr::Select(select) = query.body.as_mut() else {
-        // Not a SELECT: refused by `streaming_query`, or by the planner
-        // when inside a derived table.
-        return;
+    let refuse = || {
+        RuleError::at_start(
+            "a rule limited to a hospital must read vitals once, through plain SELECTs \
+             (no WITH, UNION, joins or subqueries that read it again)",
+        )
     };
-    if let [from] = select.from.as_mut_slice() {
-        if let TableFactor::Derived { subquery, .. } = &mut from.relation {
-            if matches!(subquery.body.as_ref(), SetExpr::Select(_)) {
-                return scope_to_hospital(subquery, hospital);
-            }
-        }
-    }
-    let scope = SqlExpr::BinaryOp {
-        left: Box::new(SqlExpr::Identifier(Ident::new(col::HOSPITAL_ID))),
-        op: BinaryOperator::Eq,
-        right: Box::new(SqlExpr::Value(
-            Value::SingleQuotedString(hospital.to_string()).with_empty_span(),
-        )),
-    };
-    select.selection = Some(match select.selection.take() {
-        None => scope,
-        // The scope first, so a batch of other hospitals' events stops at
-        // it; the rule's filter nested, so `a OR b` stays one operand.
-        Some(filter) => SqlExpr::BinaryOp {
-            left: Box::new(scope),
-            op: BinaryOperator::And,
-            right: Box::new(SqlExpr::Nested(Box::new(filter))),
-        },
+    let mut relations = 0usize;
+    let _ = visit_relations(&*query, |_| {
+        relations += 1;
+        std::ops::ControlFlow::<()>::Continue(())
     });
+    if relations != 1 {
+        return Err(refuse());
+    }
+    let mut query = query;
+    loop {
+        if query.with.is_some() {
+            return Err(refuse());
+        }
+        let select = match query.body.as_mut() {
+            SetExpr::Select(select) => select,
+            SetExpr::Query(inner) => {
+                query = inner;
+                continue;
+            }
+            _ => return Err(refuse()),
+        };
+        let [from] = select.from.as_mut_slice() else {
+            return Err(refuse());
+        };
+        if !from.joins.is_empty() {
+            return Err(refuse());
+        }
+        match &mut from.relation {
+            TableFactor::Derived { subquery, .. } => {
+                query = subquery;
+                continue;
+            }
+            // The stream, or its windowed form (`rewrite_windows` renames it).
+            TableFactor::Table {
+                name, args: None, ..
+            } if ["vitals", super::window::WINDOWED_TABLE]
+                .iter()
+                .any(|t| name.to_string().trim_matches('"').eq_ignore_ascii_case(t)) => {}
+            _ => return Err(refuse()),
+        }
+        let scope = SqlExpr::BinaryOp {
+            left: Box::new(SqlExpr::Identifier(Ident::new(col::HOSPITAL_ID))),
+            op: BinaryOperator::Eq,
+            right: Box::new(SqlExpr::Value(
+                Value::SingleQuotedString(hospital.to_string()).with_empty_span(),
+            )),
+        };
+        select.selection = Some(match select.selection.take() {
+            None => scope,
+            // The scope first, so a batch of other hospitals' events stops at
+            // it; the rule's filter nested, so `a OR b` stays one operand.
+            Some(filter) => SqlExpr::BinaryOp {
+                left: Box::new(scope),
+                op: BinaryOperator::And,
+                right: Box::new(SqlExpr::Nested(Box::new(filter))),
+            },
+        });
+        return Ok(());
+    }
 }
 
 /// DataFusion's planning future resolves synchronously for in-memory tables;
@@ -448,6 +492,7 @@ impl Planner<'_> {
                     output_schema,
                     key_columns,
                     emit_early: false,
+                    scope: None,
                 })
             }
             (LogicalPlan::Aggregate(_), None) => Err(RuleError::new(
@@ -515,6 +560,7 @@ impl Planner<'_> {
                     output_schema,
                     key_columns,
                     emit_early: false,
+                    scope: None,
                 })
             }
             (LogicalPlan::TableScan(_), Some(_)) => Err(RuleError::at_start(

@@ -366,6 +366,7 @@ async fn api_keys_are_hashed_at_rest_revocable_and_reads_are_audited() {
         acked["ack"]["by"], "Nurse Kim",
         "the caller, not the body's `by`"
     );
+    assert_eq!(acked["ack"]["by_subject"], "u-n", "the caller's stable id");
     let other = idp.sign(&claims("u-o", "Someone Else", &["viewer"]));
     let (status, _, text) = call(
         &server,
@@ -687,4 +688,38 @@ async fn a_caller_limited_to_a_hospital_sees_only_its_rows_everywhere() {
     assert_eq!(status, 404, "an h1 admin revoked the unlimited admin key");
     let (status, _, _) = call(&server, Method::GET, "/api/whoami", Some(&admin_key), None).await;
     assert_eq!(status, 200, "the unlimited admin key still works");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_replay_is_its_starters_and_admins_only() {
+    let Setup {
+        server,
+        idp,
+        admin_key,
+    } = start().await;
+    let alice = idp.sign(&claims("u-alice", "Alice", &["author"]));
+    let bob = idp.sign(&claims("u-bob", "Bob", &["auditor"]));
+    let t = recent_ms(1000, 0);
+    let (status, _, text) = call(
+        &server,
+        Method::POST,
+        "/api/replay",
+        Some(&alice),
+        Some(
+            json!({"sql": "SELECT patient_id FROM vitals WHERE heart_rate_bpm > 180",
+                    "from_ms": t - 3_600_000, "to_ms": t, "async": true}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 202, "{text}");
+    let job: Value = serde_json::from_str(&text).unwrap();
+    let path = format!("/api/replay/{}", job["job"].as_str().unwrap());
+    let (status, _, _) = call(&server, Method::GET, &path, Some(&alice), None).await;
+    assert_eq!(status, 200, "the starter reads it");
+    let (status, _, _) = call(&server, Method::GET, &path, Some(&bob), None).await;
+    assert_eq!(status, 404, "another auditor does not see it");
+    let (status, _, _) = call(&server, Method::DELETE, &path, Some(&bob), None).await;
+    assert_eq!(status, 404, "nor cancel it");
+    let (status, _, _) = call(&server, Method::GET, &path, Some(&admin_key), None).await;
+    assert_eq!(status, 200, "an admin does");
 }

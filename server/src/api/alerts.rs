@@ -169,6 +169,7 @@ pub async fn acknowledge(
     let ack = Acknowledgement {
         alert_id: id,
         by: by.to_string(),
+        by_subject: (caller.via != crate::auth::Via::AuthOff).then(|| caller.subject.clone()),
         note: req.note,
         at_ms: chrono::Utc::now().timestamp_millis(),
     };

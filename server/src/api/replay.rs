@@ -122,13 +122,14 @@ pub async fn replay(
     let (from_ms, to_ms) = (req.from_ms, req.to_ms);
     let now_ms = chrono::Utc::now().timestamp_millis();
     let task_state = Arc::clone(&state);
-    let (id, job) = state
-        .replays
-        .start(slot, from_ms, to_ms, now_ms, move |job| {
-            // A request naming both or neither a rule and a draft is accepted
-            // and fails as a job, as it always has.
-            async move { run(&task_state, &into_replay(req)?, &job.progress).await }
-        });
+    let (id, job) =
+        state
+            .replays
+            .start(slot, &caller.subject, from_ms, to_ms, now_ms, move |job| {
+                // A request naming both or neither a rule and a draft is accepted
+                // and fails as a job, as it always has.
+                async move { run(&task_state, &into_replay(req)?, &job.progress).await }
+            });
     Ok((
         StatusCode::ACCEPTED,
         Json(ReplayJobView::from(job.view(&id))),
@@ -136,10 +137,19 @@ pub async fn replay(
         .into_response())
 }
 
-fn find_job(state: &SharedState, id: &str) -> Result<Arc<ReplayJob>, ApiError> {
+/// The job, if this caller started it (or is an admin): a job's result is
+/// every hospital's alerts over its range.
+fn find_job(
+    state: &SharedState,
+    caller: &crate::auth::Principal,
+    id: &str,
+) -> Result<Arc<ReplayJob>, ApiError> {
     state
         .replays
         .get(id)
+        .filter(|job| {
+            job.owner == caller.subject || caller.roles.contains(&crate::auth::Role::Admin)
+        })
         .ok_or_else(|| ApiError::not_found(format!("no replay job '{id}'")))
 }
 
@@ -157,10 +167,17 @@ fn find_job(state: &SharedState, id: &str) -> Result<Arc<ReplayJob>, ApiError> {
 )]
 pub async fn status(
     State(state): State<SharedState>,
-    _caller: Caller<need::AuthorOrAuditor>,
+    caller: Caller<need::AuthorOrAuditor>,
     Path(id): Path<String>,
 ) -> Result<Json<ReplayJobView>, ApiError> {
-    let job = find_job(&state, &id)?;
+    let job = find_job(&state, &caller, &id)?;
+    crate::audit::record_by(
+        &state.audit,
+        &caller,
+        "read_replay_job",
+        serde_json::json!({"job": id}),
+    )
+    .await;
     Ok(Json(job.view(&id).into()))
 }
 
@@ -178,10 +195,10 @@ pub async fn status(
 )]
 pub async fn cancel(
     State(state): State<SharedState>,
-    _caller: Caller<need::AuthorOrAuditor>,
+    caller: Caller<need::AuthorOrAuditor>,
     Path(id): Path<String>,
 ) -> Result<Json<ReplayJobView>, ApiError> {
-    let job = find_job(&state, &id)?;
+    let job = find_job(&state, &caller, &id)?;
     job.cancel();
     Ok(Json(job.view(&id).into()))
 }

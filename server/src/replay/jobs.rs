@@ -17,6 +17,9 @@ use super::{Progress, ReplayError, ReplayReport};
 /// A background replay.
 #[derive(Debug)]
 pub struct ReplayJob {
+    /// Who started it (the caller's subject): only they, or an admin, may
+    /// read or cancel it.
+    pub owner: String,
     pub from_ms: i64,
     pub to_ms: i64,
     pub started_at_ms: i64,
@@ -158,6 +161,7 @@ impl ReplayJobs {
     pub fn start<F, Fut>(
         &self,
         slot: OwnedSemaphorePermit,
+        owner: &str,
         from_ms: i64,
         to_ms: i64,
         now_ms: i64,
@@ -169,6 +173,7 @@ impl ReplayJobs {
     {
         let id = format!("{:016x}", rand::random::<u64>());
         let job = Arc::new(ReplayJob {
+            owner: owner.to_string(),
             from_ms,
             to_ms,
             started_at_ms: now_ms,
@@ -218,7 +223,7 @@ mod tests {
         let slot = jobs.slot().expect("one slot");
         assert!(jobs.slot().is_err(), "the second replay must be refused");
         let (gate_tx, gate_rx) = tokio::sync::oneshot::channel::<()>();
-        let (id, job) = jobs.start(slot, 0, 1, 0, move |_| async move {
+        let (id, job) = jobs.start(slot, "tester", 0, 1, 0, move |_| async move {
             let _ = gate_rx.await;
             Ok(report())
         });
@@ -240,7 +245,7 @@ mod tests {
         let mut ids = Vec::new();
         for started in 0..5 {
             let slot = jobs.slot().expect("free slot");
-            let (id, job) = jobs.start(slot, 0, 1, started, |_| async { Ok(report()) });
+            let (id, job) = jobs.start(slot, "tester", 0, 1, started, |_| async { Ok(report()) });
             while job.view(&id).state != JobState::Done {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }

@@ -195,7 +195,12 @@ pub struct AckRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Acknowledgement {
     pub alert_id: String,
+    /// Who acknowledged, as shown (the caller's display name).
     pub by: String,
+    /// The caller's stable id (token `sub` or `api-key:<id>`); absent when
+    /// authentication is off. A display name can change; this cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by_subject: Option<String>,
     #[serde(default)]
     #[schema(required)]
     pub note: Option<String>,

@@ -2,9 +2,12 @@
 //! producer resend, a gateway replaying its buffer) must not be aggregated
 //! twice or alert twice.
 //!
-//! An event is a duplicate when the same patient and source device already
-//! sent one with the same `sequence_number`, or with the same timestamp,
-//! among its most recent [`REMEMBERED`] events in the same partition.
+//! An event is a duplicate when the same patient and source device of the
+//! same hospital already sent one with the same `sequence_number`, or with
+//! the same timestamp, among its most recent [`REMEMBERED`] events in the
+//! same partition. The hospital is part of the identity: two hospitals may
+//! reuse a patient id, and one hospital's sender must not be able to make
+//! another's readings count as duplicates.
 //! Decided per event in partition order, so the result does not depend on
 //! batching. Memory is bounded: a few entries per (patient, device).
 
@@ -28,18 +31,18 @@ struct Recent {
     events: VecDeque<(i64, Option<u32>)>,
 }
 
-/// Per (patient index, device index).
+/// Per (patient index, hospital-and-device index).
 type RecentByDevice = foldhash::HashMap<u64, Recent>;
-
-/// Device index of a missing `source_device`.
-const NO_DEVICE: u32 = u32::MAX;
 
 #[derive(Default)]
 pub struct Deduplicator {
     /// Per partition.
     recent: HashMap<i32, RecentByDevice>,
-    /// Source devices interned (a handful of kinds in practice).
-    devices: foldhash::HashMap<Box<str>, u32>,
+    /// (hospital, source device) pairs interned: hospital first, then the
+    /// device kind (a handful in practice); a missing one is "".
+    devices: foldhash::HashMap<Box<str>, foldhash::HashMap<Box<str>, u32>>,
+    /// Pairs interned so far.
+    pairs: u32,
 }
 
 impl Deduplicator {
@@ -53,6 +56,7 @@ impl Deduplicator {
         patients: &[u32],
     ) -> Option<Vec<bool>> {
         let devices = batch.column(idx::SOURCE_DEVICE).as_string_opt::<i32>()?;
+        let hospitals = batch.column(idx::HOSPITAL_ID).as_string_opt::<i32>()?;
         let ts = batch
             .column(idx::EVENT_TIME)
             .as_primitive_opt::<TimestampMillisecondType>()?;
@@ -62,18 +66,28 @@ impl Deduplicator {
         let recent = self.recent.entry(partition).or_default();
         let mut marks: Option<Vec<bool>> = None;
         for (i, &patient) in patients.iter().enumerate().take(batch.num_rows()) {
-            let device = if devices.is_valid(i) {
-                let name = devices.value(i);
-                match self.devices.get(name) {
-                    Some(&d) => d,
-                    None => {
-                        let d = self.devices.len() as u32;
-                        self.devices.insert(name.into(), d);
-                        d
-                    }
-                }
+            let hospital = if hospitals.is_valid(i) {
+                hospitals.value(i)
             } else {
-                NO_DEVICE
+                ""
+            };
+            let name = if devices.is_valid(i) {
+                devices.value(i)
+            } else {
+                ""
+            };
+            // Looked up by &str (no allocation per row); a new pair is rare.
+            let device = match self.devices.get(hospital).and_then(|d| d.get(name)) {
+                Some(&d) => d,
+                None => {
+                    let d = self.pairs;
+                    self.pairs += 1;
+                    self.devices
+                        .entry(hospital.into())
+                        .or_default()
+                        .insert(name.into(), d);
+                    d
+                }
             };
             let t = ts.value(i);
             let seq = seqs.is_valid(i).then(|| seqs.value(i));
@@ -167,6 +181,24 @@ mod tests {
         dedup
             .mark(0, &batch, &patients)
             .unwrap_or_else(|| vec![false; events.len()])
+    }
+
+    #[test]
+    fn the_same_patient_id_at_two_hospitals_is_two_patients() {
+        let (mut d, mut ix) = (Deduplicator::default(), PatientIndex::default());
+        let b = Some("BEDSIDE");
+        let events = [("P1", b, 1_000, Some(1)), ("P1", b, 1_000, Some(1))];
+        let one = batch(&events);
+        // The first row at H1, the second at H2: same patient id, device,
+        // time and number, and yet not a resend of the first.
+        let mut columns = one.columns().to_vec();
+        columns[idx::HOSPITAL_ID] = Arc::new(StringArray::from(vec!["H1", "H2"]));
+        let two = RecordBatch::try_new(vitals_schema(), columns).unwrap();
+        let mut patients = Vec::new();
+        ix.index_column(two.column(idx::PATIENT_ID).as_string(), &mut patients);
+        assert_eq!(d.mark(0, &two, &patients), None);
+        // At one hospital it is a resend.
+        assert_eq!(marks(&mut d, &mut ix, &events[..1]), [true]);
     }
 
     #[test]

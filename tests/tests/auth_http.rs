@@ -23,7 +23,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::auth::{call, claims, now_s, post_readings, start, Provider, Setup};
+use common::auth::{call, claims, now_s, post_readings, start, start_with, Provider, Setup};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -722,4 +722,25 @@ async fn a_background_replay_is_its_starters_and_admins_only() {
     assert_eq!(status, 404, "nor cancel it");
     let (status, _, _) = call(&server, Method::GET, &path, Some(&admin_key), None).await;
     assert_eq!(status, 200, "an admin does");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_hospitals_claim_required_a_token_without_it_is_refused() {
+    let Setup { server, idp, .. } =
+        start_with(|config| config.auth.require_hospitals_claim = true).await;
+    let unlimited = idp.sign(&claims("u1", "No Claim", &["viewer"]));
+    let (status, _, text) = call(&server, Method::GET, "/api/whoami", Some(&unlimited), None).await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("hospitals"), "{text}");
+    let mut limited = claims("u2", "With Claim", &["viewer"]);
+    limited["hospitals"] = json!(["h1"]);
+    let (status, _, text) = call(
+        &server,
+        Method::GET,
+        "/api/whoami",
+        Some(&idp.sign(&limited)),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
 }

@@ -73,7 +73,15 @@ impl JwtValidator {
             (None, None) => return Ok(None),
             (Some(_), Some(_)) => bail!("[auth] set jwks_file or jwks_url, not both"),
             (Some(path), None) => Source::File(path.clone()),
-            (None, Some(url)) => Source::Url(url.clone()),
+            (None, Some(url)) => {
+                if !fetchable_safely(url) {
+                    bail!(
+                        "[auth] jwks_url must be https:// (plain http only to a loopback \
+                         address): keys fetched in the clear could be swapped in transit"
+                    );
+                }
+                Source::Url(url.clone())
+            }
         };
         let (Some(issuer), Some(audience)) = (&config.issuer, &config.audience) else {
             bail!(
@@ -274,6 +282,20 @@ impl JwtValidator {
     }
 }
 
+/// HTTPS, or plain HTTP to this machine (a sidecar or a test provider).
+fn fetchable_safely(url: &str) -> bool {
+    match url::Url::parse(url) {
+        Ok(u) if u.scheme() == "https" => true,
+        Ok(u) if u.scheme() == "http" => match u.host() {
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        },
+        _ => false,
+    }
+}
+
 fn key_of(jwk: &Jwk) -> Result<Key> {
     let alg = match &jwk.common.key_algorithm {
         None => None,
@@ -330,6 +352,18 @@ fn strings(value: Option<&Value>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_jwks_is_fetched_over_https_or_from_this_machine_only() {
+        assert!(fetchable_safely("https://idp.example.org/certs"));
+        assert!(fetchable_safely("http://127.0.0.1:8081/certs"));
+        assert!(fetchable_safely("http://localhost/certs"));
+        assert!(fetchable_safely("http://[::1]:9/certs"));
+        assert!(!fetchable_safely("http://idp.example.org/certs"));
+        assert!(!fetchable_safely("http://127.0.0.1.evil.example/certs"));
+        assert!(!fetchable_safely("file:///etc/jwks.json"));
+        assert!(!fetchable_safely("not a url"));
+    }
 
     #[test]
     fn claims_are_found_by_path_and_read_as_lists() {

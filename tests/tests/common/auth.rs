@@ -72,6 +72,11 @@ pub struct Setup {
 }
 
 pub async fn start() -> Setup {
+    start_with(|_| {}).await
+}
+
+/// [`start`], with the config changed by `change` first.
+pub async fn start_with(change: impl FnOnce(&mut Config)) -> Setup {
     let data = Arc::new(tempfile::tempdir().unwrap());
     let (idp, jwk) = Provider::new("k1");
     let jwks = data.path().join("jwks.json");
@@ -92,6 +97,7 @@ pub async fn start() -> Setup {
     config.auth.audience = Some(AUDIENCE.into());
     config.auth.roles_claim = "realm_access.roles".into();
     config.archive.flush_interval_ms = 200;
+    change(&mut config);
     let server = Server::start_in(config, data).await.unwrap();
     Setup {
         server,

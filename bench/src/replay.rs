@@ -215,6 +215,7 @@ fn run_replays(
                 spec,
                 archive.start_ms,
                 archive.end_ms,
+                sql_rules::RuleBudgets::default(),
                 &Progress::default(),
             ))
             .map_err(|e| anyhow!("replaying `{}`: {e}", rule.name))?;

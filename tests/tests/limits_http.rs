@@ -458,3 +458,59 @@ async fn heavy_readers_beyond_their_pools_get_503_and_alerting_goes_on() {
     }
     canary_fires(&server, &canary, "P-after").await;
 }
+
+/// A replay runs within the same `[limits]` budgets as live rules: a draft
+/// that would be suspended live is refused with the budget's name, one
+/// within it answers, and live alerting goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_run_within_the_configured_rule_budgets() {
+    let mut config = Config::default();
+    config.limits.max_alerts_per_rule_minute = 5;
+    config.archive.flush_interval_ms = 200;
+    let server = Server::start(config).await.expect("server starts");
+    let canary = create_canary(&server).await;
+    let start = t0();
+    let storm: Vec<String> = (0..20)
+        .map(|i| {
+            json!({"hospital_id": "H01", "patient_id": "P-storm", "timestamp_unix_ms": start + i * 100,
+                   "heart_rate_bpm": 199.0, "source_device": "BEDSIDE", "sequence_number": i})
+            .to_string()
+        })
+        .collect();
+    server.ingest(storm.join("\n")).await;
+    let draft = |to_ms: i64| {
+        json!({"sql": "SELECT patient_id FROM vitals WHERE heart_rate_bpm > 180",
+               "cooldown_seconds": 0, "from_ms": start - 60_000, "to_ms": to_ms})
+    };
+    // Three events: three alerts, within the budget of five a minute.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = server
+            .http
+            .post(server.url("/api/replay"))
+            .json(&draft(start + 250))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let report: Value = response.json().await.unwrap();
+        if report["alerts"].as_array().map(Vec::len) == Some(3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the archive never showed the storm: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Twenty in two seconds: over the configured five a minute.
+    refused(
+        &server,
+        reqwest::Method::POST,
+        "/api/replay",
+        draft(start + 60_000),
+        "max_alerts_per_rule_minute",
+    )
+    .await;
+    canary_fires(&server, &canary, "P-after-replay").await;
+}

@@ -291,9 +291,16 @@ fn hour_by_hour_replay_matches_one_sorted_read_and_reads_at_most_an_hour_ahead()
                 listed: Mutex::new(Vec::new()),
             });
             let history = HistoryCatalog::new(store.clone(), archive.prefix.clone()).unwrap();
-            let replayed = replay_rule(&history, spec.clone(), from_ms, to_ms, &progress)
-                .await
-                .unwrap();
+            let replayed = replay_rule(
+                &history,
+                spec.clone(),
+                from_ms,
+                to_ms,
+                sql_rules::RuleBudgets::default(),
+                &progress,
+            )
+            .await
+            .unwrap();
             assert_eq!(replayed.events, reference.events, "{}", spec.name);
             assert_eq!(replayed.events as u64, per_hour.iter().sum::<u64>());
             assert_eq!(

@@ -23,8 +23,9 @@ use crate::replay::{self, Progress, Replay, ReplayError, RuleSource};
 
 /// The replay asked for; fails if it names both or neither a rule and a
 /// draft.
-fn into_replay(req: ReplayRequest) -> Result<Replay, ReplayError> {
+fn into_replay(req: ReplayRequest, budgets: sql_rules::RuleBudgets) -> Result<Replay, ReplayError> {
     Ok(Replay {
+        budgets,
         source: RuleSource::new(req.rule_id, req.version, req.sql, req.hospital_id)?,
         cooldown_seconds: req.cooldown_seconds,
         from_ms: req.from_ms,
@@ -114,7 +115,7 @@ pub async fn replay(
         .slot()
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
     if !req.background {
-        let replay = into_replay(req)?;
+        let replay = into_replay(req, state.config.limits.budgets())?;
         let report = run(&state, &replay, &Progress::default()).await?;
         drop(slot);
         return Ok(Json(ReplayReportView::from(report)).into_response());
@@ -128,7 +129,8 @@ pub async fn replay(
             .start(slot, &caller.subject, from_ms, to_ms, now_ms, move |job| {
                 // A request naming both or neither a rule and a draft is accepted
                 // and fails as a job, as it always has.
-                async move { run(&task_state, &into_replay(req)?, &job.progress).await }
+                let budgets = task_state.config.limits.budgets();
+                async move { run(&task_state, &into_replay(req, budgets)?, &job.progress).await }
             });
     Ok((
         StatusCode::ACCEPTED,

@@ -86,6 +86,9 @@ pub struct Replay {
     /// Whether to diff the result against the alerts recorded live (stored
     /// rules only; a draft never ran live).
     pub audit: bool,
+    /// The run-time budgets live rules run within (`[limits]`): a replay
+    /// over one is refused, as the live rule would have been suspended.
+    pub budgets: sql_rules::RuleBudgets,
 }
 
 /// What [`run`] reports: the answer of `POST /api/replay`.
@@ -156,8 +159,15 @@ pub async fn run(
 ) -> Result<ReplayReport, ReplayError> {
     let spec = rule_spec(rules, compiler, &replay.source, replay.cooldown_seconds).await?;
     let (rule_id, version) = (spec.id.clone(), spec.version);
-    let Replayed { events, alerts } =
-        replay_rule(history, spec, replay.from_ms, replay.to_ms, progress).await?;
+    let Replayed { events, alerts } = replay_rule(
+        history,
+        spec,
+        replay.from_ms,
+        replay.to_ms,
+        replay.budgets,
+        progress,
+    )
+    .await?;
     let audit = match &replay.source {
         RuleSource::Stored { .. } if replay.audit => Some(
             audit::audit(
@@ -246,9 +256,13 @@ pub async fn replay_rule(
     spec: RuleSpec,
     from_ms: i64,
     to_ms: i64,
+    budgets: sql_rules::RuleBudgets,
     progress: &Progress,
 ) -> Result<Replayed, ReplayError> {
-    let mut engine = Engine::new(EngineConfig::default());
+    let mut engine = Engine::new(EngineConfig {
+        budgets,
+        ..EngineConfig::default()
+    });
     engine.upsert_rule(spec).map_err(ReplayError::RuleRefused)?;
     engine.assign_partitions(&[0], 0);
     let now = chrono::Utc::now().timestamp_millis();
@@ -296,7 +310,7 @@ pub async fn replay_rule(
 }
 
 /// A replay whose rule was suspended would silently miss everything after:
-/// an error instead (the budgets are the engine's defaults, as live).
+/// an error instead (the budgets are `[limits]`', as live).
 fn refuse_suspended(out: &sql_rules::EngineOutput) -> Result<(), ReplayError> {
     match out.suspended.first() {
         Some(s) => Err(ReplayError::Suspended(s.suspension.message.clone())),

@@ -22,6 +22,46 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// end (new connections queue in the kernel's backlog), which bounds the
 /// memory a flood of half-open clients can take.
 const MAX_HANDSHAKES: usize = 1024;
+/// Handshakes one peer address may have in flight: one client holding
+/// idle connections open cannot take every slot above from the others.
+const MAX_HANDSHAKES_PER_PEER: usize = 32;
+
+/// Handshakes in flight per peer address.
+#[derive(Clone, Default)]
+struct PeerSlots(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// One handshake's claim on its peer's slots, given back when dropped.
+struct PeerSlot {
+    slots: PeerSlots,
+    ip: std::net::IpAddr,
+}
+
+impl PeerSlots {
+    fn take(&self, ip: std::net::IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut counts = self.0.lock().expect("peer slots lock");
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            slots: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self.slots.0.lock().expect("peer slots lock");
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// Established connections waiting for `axum::serve` to take them.
 const READY_QUEUE: usize = 64;
@@ -135,6 +175,7 @@ async fn accept_loop(
 ) {
     // Owned here, so aborting this task aborts the handshakes too.
     let mut handshakes = JoinSet::new();
+    let peers = PeerSlots::default();
     loop {
         while handshakes.len() >= MAX_HANDSHAKES {
             handshakes.join_next().await;
@@ -152,9 +193,14 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Some(slot) = peers.take(peer.ip(), MAX_HANDSHAKES_PER_PEER) else {
+            tracing::debug!(%peer, "too many TLS handshakes from this address; connection dropped");
+            continue;
+        };
         let acceptor = acceptor.clone();
         let ready = ready.clone();
         handshakes.spawn(async move {
+            let _slot = slot;
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     // Fails only when the server is shutting down.
@@ -192,6 +238,22 @@ mod tests {
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    #[test]
+    fn one_peer_holds_at_most_its_share_of_handshakes() {
+        let slots = PeerSlots::default();
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let held: Vec<_> = (0..3).map(|_| slots.take(a, 3).expect("a slot")).collect();
+        assert!(slots.take(a, 3).is_none(), "a fourth from the same peer");
+        assert!(slots.take(b, 3).is_some(), "another peer is not affected");
+        drop(held);
+        assert!(
+            slots.take(a, 3).is_some(),
+            "finished handshakes give their slots back"
+        );
+        assert_eq!(slots.0.lock().unwrap().len(), 0, "nothing left behind");
     }
 
     fn self_signed() -> (String, String) {

@@ -14,8 +14,8 @@ use object_store::path::Path;
 use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 
-use crate::damage::{self, DamagedFile};
-use crate::storage::{get_bytes, list_all, put_new, put_overwrite};
+use crate::damage::DamagedFile;
+use crate::storage::{get_json, list_json_records, put_new, put_overwrite};
 use crate::CatalogError;
 
 /// One API key as stored.
@@ -65,23 +65,13 @@ impl ApiKeyStore {
     /// Every stored key, revoked ones included. A record that cannot be
     /// read is skipped and reported (its key does not authenticate).
     pub async fn load(&self) -> Result<(Vec<ApiKeyRecord>, Vec<DamagedFile>), CatalogError> {
-        let mut keys = Vec::new();
-        let mut damaged = Vec::new();
-        for meta in list_all(self.store.as_ref(), &self.root).await? {
-            if meta.location.extension() != Some("json") {
-                continue;
-            }
-            let bytes = get_bytes(self.store.as_ref(), &meta.location).await?;
-            match serde_json::from_slice::<ApiKeyRecord>(&bytes) {
-                Ok(record) => keys.push(record),
-                Err(e) => damaged.push(damage::report(DamagedFile {
-                    path: meta.location.to_string(),
-                    kind: "api key",
-                    reason: e.to_string(),
-                    outcome: "skipped: the key does not authenticate".into(),
-                })),
-            }
-        }
+        let (mut keys, damaged): (Vec<ApiKeyRecord>, _) = list_json_records(
+            self.store.as_ref(),
+            &self.root,
+            "api key",
+            "skipped: the key does not authenticate",
+        )
+        .await?;
         keys.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
         Ok((keys, damaged))
     }
@@ -102,19 +92,9 @@ impl ApiKeyStore {
         now_ms: i64,
     ) -> Result<Option<ApiKeyRecord>, CatalogError> {
         let path = self.path(id)?;
-        let bytes = match self.store.get_opts(&path, Default::default()).await {
-            Ok(got) => got
-                .bytes()
-                .await
-                .map_err(|e| CatalogError::store(&path, e))?,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(CatalogError::store(&path, e)),
+        let Some(mut record) = get_json::<ApiKeyRecord>(self.store.as_ref(), &path).await? else {
+            return Ok(None);
         };
-        let mut record: ApiKeyRecord =
-            serde_json::from_slice(&bytes).map_err(|source| CatalogError::Decode {
-                path: path.to_string(),
-                source,
-            })?;
         if record.revoked_at_ms.is_none() {
             record.revoked_at_ms = Some(now_ms);
             record.revoked_by = Some(by.to_string());

@@ -11,8 +11,8 @@ use object_store::path::Path;
 use object_store::ObjectStore;
 use serde::{Deserialize, Serialize};
 
-use crate::damage::{self, DamagedFile};
-use crate::storage::{get_bytes, list_all, put_new, put_overwrite};
+use crate::damage::DamagedFile;
+use crate::storage::{get_json, list_json_records, put_new, put_overwrite};
 use crate::CatalogError;
 
 /// Longest hospital id: the same bound events' `hospital_id` has.
@@ -72,44 +72,15 @@ impl HospitalStore {
     /// Every hospital, retired ones included, by id. A record that cannot
     /// be read is skipped and reported.
     pub async fn list(&self) -> Result<(Vec<HospitalRecord>, Vec<DamagedFile>), CatalogError> {
-        let mut hospitals = Vec::new();
-        let mut damaged = Vec::new();
-        for meta in list_all(self.store.as_ref(), &self.root).await? {
-            if meta.location.extension() != Some("json") {
-                continue;
-            }
-            let bytes = get_bytes(self.store.as_ref(), &meta.location).await?;
-            match serde_json::from_slice::<HospitalRecord>(&bytes) {
-                Ok(h) => hospitals.push(h),
-                Err(e) => damaged.push(damage::report(DamagedFile {
-                    path: meta.location.to_string(),
-                    kind: "hospital",
-                    reason: e.to_string(),
-                    outcome: "skipped".into(),
-                })),
-            }
-        }
+        let (mut hospitals, damaged): (Vec<HospitalRecord>, _) =
+            list_json_records(self.store.as_ref(), &self.root, "hospital", "skipped").await?;
         hospitals.sort_by(|a, b| a.id.cmp(&b.id));
         Ok((hospitals, damaged))
     }
 
     /// One hospital; `None` if there is none with this id.
     pub async fn get(&self, id: &str) -> Result<Option<HospitalRecord>, CatalogError> {
-        let path = self.path(id)?;
-        let bytes = match self.store.get_opts(&path, Default::default()).await {
-            Ok(got) => got
-                .bytes()
-                .await
-                .map_err(|e| CatalogError::store(&path, e))?,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(CatalogError::store(&path, e)),
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| CatalogError::Decode {
-                path: path.to_string(),
-                source,
-            })
+        get_json(self.store.as_ref(), &self.path(id)?).await
     }
 
     /// Stores a new hospital; an existing id is

@@ -196,6 +196,57 @@ pub(crate) async fn get_bytes(
         .map_err(|e| CatalogError::store(path, e))
 }
 
+/// Every `*.json` object under `root` read as a `T`, for stores that keep
+/// one small record per object (API keys, hospitals). An object that does
+/// not decode is skipped and reported as damaged, of `kind`, with
+/// `outcome` saying what skipping it means.
+pub(crate) async fn list_json_records<T: serde::de::DeserializeOwned>(
+    store: &dyn ObjectStore,
+    root: &Path,
+    kind: &'static str,
+    outcome: &str,
+) -> Result<(Vec<T>, Vec<crate::DamagedFile>), CatalogError> {
+    let mut records = Vec::new();
+    let mut damaged = Vec::new();
+    for meta in list_all(store, root).await? {
+        if meta.location.extension() != Some("json") {
+            continue;
+        }
+        let bytes = get_bytes(store, &meta.location).await?;
+        match serde_json::from_slice::<T>(&bytes) {
+            Ok(record) => records.push(record),
+            Err(e) => damaged.push(crate::damage::report(crate::DamagedFile {
+                path: meta.location.to_string(),
+                kind,
+                reason: e.to_string(),
+                outcome: outcome.to_string(),
+            })),
+        }
+    }
+    Ok((records, damaged))
+}
+
+/// The object at `path` read as a `T`; `None` if there is none.
+pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
+    store: &dyn ObjectStore,
+    path: &Path,
+) -> Result<Option<T>, CatalogError> {
+    let bytes = match store.get_opts(path, Default::default()).await {
+        Ok(got) => got
+            .bytes()
+            .await
+            .map_err(|e| CatalogError::store(path, e))?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(CatalogError::store(path, e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| CatalogError::Decode {
+            path: path.to_string(),
+            source,
+        })
+}
+
 /// Lists every object under `prefix` (recursively).
 pub(crate) async fn list_all(
     store: &dyn ObjectStore,

@@ -65,6 +65,7 @@ impl Deduplicator {
             .as_primitive_opt::<UInt32Type>()?;
         let recent = self.recent.entry(partition).or_default();
         let mut marks: Option<Vec<bool>> = None;
+        let mut last: Option<(&str, &str, u32)> = None;
         for (i, &patient) in patients.iter().enumerate().take(batch.num_rows()) {
             let hospital = if hospitals.is_valid(i) {
                 hospitals.value(i)
@@ -76,16 +77,25 @@ impl Deduplicator {
             } else {
                 ""
             };
-            // Looked up by &str (no allocation per row); a new pair is rare.
-            let device = match self.devices.get(hospital).and_then(|d| d.get(name)) {
-                Some(&d) => d,
-                None => {
-                    let d = self.pairs;
-                    self.pairs += 1;
-                    self.devices
-                        .entry(hospital.into())
-                        .or_default()
-                        .insert(name.into(), d);
+            // Rows of a batch mostly repeat the previous row's pair: compare
+            // before hashing. Looked up by &str (no allocation per row); a new
+            // pair is rare.
+            let device = match last {
+                Some((h, n, d)) if h == hospital && n == name => d,
+                _ => {
+                    let d = match self.devices.get(hospital).and_then(|d| d.get(name)) {
+                        Some(&d) => d,
+                        None => {
+                            let d = self.pairs;
+                            self.pairs += 1;
+                            self.devices
+                                .entry(hospital.into())
+                                .or_default()
+                                .insert(name.into(), d);
+                            d
+                        }
+                    };
+                    last = Some((hospital, name, d));
                     d
                 }
             };

@@ -4,50 +4,11 @@
 //! string literal whatever it holds, and errors still point into the SQL
 //! as the author wrote it.
 
-use std::sync::Arc;
+mod common;
 
-use arrow::array::{Float64Array, Int64Array, StringArray, TimestampMillisecondArray, UInt32Array};
-use arrow::record_batch::RecordBatch;
+use common::{batch, Ev};
 use sql_rules::stream::vitals_schema;
 use sql_rules::{Alert, CompiledRule, Engine, EngineConfig, RuleCompiler, RuleSpec};
-
-/// (patient, hospital, event time, heart rate).
-type Ev = (&'static str, Option<&'static str>, i64, f64);
-
-fn batch(events: &[Ev]) -> RecordBatch {
-    let n = events.len();
-    let floats = |v: f64| Arc::new(Float64Array::from(vec![Some(v); n]));
-    RecordBatch::try_new(
-        vitals_schema(),
-        vec![
-            Arc::new(StringArray::from(
-                events.iter().map(|e| e.1).collect::<Vec<_>>(),
-            )),
-            Arc::new(StringArray::from(
-                events.iter().map(|e| e.0).collect::<Vec<_>>(),
-            )),
-            Arc::new(Int64Array::from(
-                events.iter().map(|e| e.2).collect::<Vec<_>>(),
-            )),
-            Arc::new(Float64Array::from(
-                events.iter().map(|e| Some(e.3)).collect::<Vec<_>>(),
-            )),
-            floats(97.0),
-            floats(16.0),
-            floats(120.0),
-            floats(80.0),
-            Arc::new(StringArray::from(vec![Some("BEDSIDE"); n])),
-            Arc::new(UInt32Array::from(
-                events.iter().map(|e| e.2 as u32).collect::<Vec<_>>(),
-            )),
-            Arc::new(
-                TimestampMillisecondArray::from(events.iter().map(|e| e.2).collect::<Vec<_>>())
-                    .with_timezone("UTC"),
-            ),
-        ],
-    )
-    .unwrap()
-}
 
 fn compiler() -> RuleCompiler {
     RuleCompiler::new(vitals_schema())

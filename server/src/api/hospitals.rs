@@ -243,23 +243,7 @@ pub async fn create(
     {
         let _guard = state.rule_writes.lock().await;
         for (draft, compiled) in drafts {
-            let rule = state.rules.create(draft, now).await?;
-            crate::audit::record_by(
-                &state.audit,
-                &caller,
-                "rule_created",
-                json!({"rule_id": rule.id, "version": rule.current.version,
-                       "name": rule.current.name, "hospital_id": req.id}),
-            )
-            .await;
-            state
-                .pipeline
-                .send_async(Input::Upsert(Box::new(super::rules::rule_spec(
-                    &rule.current,
-                    compiled,
-                ))))
-                .await
-                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            let rule = super::rules::store_and_run(&state, &caller, draft, compiled).await?;
             record.rule_ids.push(rule.id);
         }
     }

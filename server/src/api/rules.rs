@@ -270,10 +270,23 @@ pub async fn create(
     may_change(&caller, draft.hospital_id.as_deref())?;
     let compiled = compile_draft(&state, &draft)?;
     let _guard = state.rule_writes.lock().await;
+    let rule = store_and_run(&state, &caller, draft, compiled).await?;
+    Ok((StatusCode::CREATED, Json(rule_view(&state, rule))))
+}
+
+/// Stores a new rule, records it in the audit log and hands it to the
+/// engine. The caller holds `state.rule_writes`, so versions and engine
+/// updates stay in order.
+pub(crate) async fn store_and_run(
+    state: &SharedState,
+    caller: &Principal,
+    draft: RuleDraft,
+    compiled: CompiledRule,
+) -> Result<Rule, ApiError> {
     let rule = state.rules.create(draft, now_ms()).await?;
     crate::audit::record_by(
         &state.audit,
-        &caller,
+        caller,
         "rule_created",
         json!({"rule_id": rule.id, "version": rule.current.version, "name": rule.current.name,
                "hospital_id": rule.current.hospital_id}),
@@ -284,7 +297,7 @@ pub async fn create(
         .send_async(Input::Upsert(Box::new(rule_spec(&rule.current, compiled))))
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    Ok((StatusCode::CREATED, Json(rule_view(&state, rule))))
+    Ok(rule)
 }
 
 /// Stores a new version of a rule, (re)activates it and runs it.

@@ -17,6 +17,8 @@
 //!   log; it also reads what a replay needs (events in order, recorded alerts);
 //! - [`alert_history`] lists alerts newest first from the `alerts` table
 //!   (what `GET /api/alerts` and acknowledgements read);
+//! - [`checkpoints`] keeps the engine's state with the source offsets it
+//!   covers, so a restart resumes windows instead of losing them;
 //! - [`api_keys`] keeps services' API keys (hashed; the server makes them);
 //! - [`hospitals`] keeps the hospitals onboarded over the API;
 //! - [`damage`] counts the damaged files readers skipped or recovered from
@@ -29,6 +31,7 @@
 pub mod alert_history;
 pub mod api_keys;
 pub mod archive;
+pub mod checkpoints;
 pub mod damage;
 mod error;
 pub mod history;

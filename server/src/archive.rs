@@ -117,15 +117,20 @@ impl ArchiveHandle {
 
     /// Archives a batch that did not come from Kafka; returns once the rows
     /// are buffered, so a history query made afterwards sees them.
-    pub async fn send_local(&self, batch: RecordBatch) {
+    /// Answers the archive offset given to the batch's last row (`None`
+    /// for an empty batch or a stopped writer).
+    pub async fn send_local(&self, batch: RecordBatch) -> Option<i64> {
         if batch.num_rows() == 0 {
-            return;
+            return None;
         }
         let (accepted, buffered) = tokio::sync::oneshot::channel();
         let input = self.local_input(batch, Some(accepted), None);
+        let last = *input.offsets.end();
         if self.tx.send(Message::Append(input)).await.is_err() || buffered.await.is_err() {
             tracing::error!("the archive writer has stopped; events are not being archived");
+            return None;
         }
+        Some(last)
     }
 
     /// Like [`send_local`](Self::send_local), but what it returns resolves

@@ -323,6 +323,13 @@ pub struct PipelineConfig {
     /// still alerts, marked late. 0 turns it off: late events are only
     /// counted.
     pub late_alert_horizon_ms: i64,
+    /// With Kafka: how often the engine's state is checkpointed with the
+    /// offsets it covers (`checkpoints/` in the data dir). Offsets are
+    /// committed no further than the latest checkpoint, and a restart (after
+    /// a crash too) resumes from it: no window is lost or split, and alerts
+    /// already delivered are not delivered again. 0 turns checkpoints off
+    /// (a restart then starts every window empty at the committed offsets).
+    pub checkpoint_interval_ms: u64,
 }
 
 impl PipelineConfig {
@@ -398,6 +405,7 @@ impl Default for PipelineConfig {
             max_future_skew_ms: 300_000,
             quiet_close_ms: 5_000,
             late_alert_horizon_ms: 600_000,
+            checkpoint_interval_ms: 2_000,
         }
     }
 }

@@ -4,12 +4,17 @@
 //! archive, engine, dead letters delivered — and to nothing else.
 //!
 //! [`CommitGate`] owns the answer to "how far may the Kafka consumer
-//! commit": no further than the archive has made durable, and never past an
-//! event whose dead letter is not yet delivered. Checkpoints of engine state
-//! will add their bound here, in the same place.
+//! commit": no further than the archive has made durable, never past an
+//! event whose dead letter is not yet delivered, and (with checkpoints) no
+//! further than the latest checkpoint of engine state covers.
+//!
+//! After a checkpoint is restored, Kafka batches below the offsets it
+//! covers are archived (again) but not given to the engine, whose state
+//! already holds them ([`Intake::skip_engine_below`]).
 
+use std::collections::{BTreeMap, HashMap};
 use std::ops::RangeInclusive;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
@@ -60,6 +65,11 @@ pub struct Intake {
     /// Whether [`submit`](Self::submit) of a local batch waits until the
     /// archive has written it (`[archive] ingest_durable_ack`).
     durable_local: bool,
+    /// Per Kafka partition, the offset from which the engine takes events
+    /// again: below it, a restored checkpoint's state already holds them.
+    engine_from: Arc<Mutex<HashMap<i32, i64>>>,
+    /// Takes checkpoints (with Kafka and checkpoints on).
+    checkpointer: Arc<OnceLock<Arc<crate::checkpoint::Checkpointer>>>,
 }
 
 impl Intake {
@@ -74,6 +84,7 @@ impl Intake {
         let gate = Arc::new(CommitGate {
             archive: archive.clone(),
             dead_letters: Arc::clone(&dead_letters),
+            checkpointed: Mutex::new(None),
         });
         Self {
             pipeline,
@@ -84,6 +95,48 @@ impl Intake {
             shutdown,
             time_bounds,
             durable_local: false,
+            engine_from: Arc::default(),
+            checkpointer: Arc::default(),
+        }
+    }
+
+    /// After a restore: per partition, events below these offsets are in
+    /// the restored state, so they go to the archive only.
+    pub fn skip_engine_below(&self, offsets: &BTreeMap<i32, i64>) {
+        let mut from = self.engine_from.lock().expect("engine_from lock");
+        from.clear();
+        from.extend(offsets.iter().map(|(&p, &o)| (p, o)));
+    }
+
+    /// The offset of `partition` below which events skip the engine.
+    pub fn engine_from(&self, partition: i32) -> Option<i64> {
+        self.engine_from
+            .lock()
+            .expect("engine_from lock")
+            .get(&partition)
+            .copied()
+    }
+
+    /// Hands the checkpointer to every clone of this intake.
+    pub fn set_checkpointer(&self, checkpointer: Arc<crate::checkpoint::Checkpointer>) {
+        let _ = self.checkpointer.set(checkpointer);
+    }
+
+    /// For the Kafka source before it commits on shutdown or revocation:
+    /// checkpoints what the engine holds now (at most `limit`), so the
+    /// commit can reach as far as what was read. Blocking.
+    pub fn checkpoint_blocking(&self, limit: Duration) {
+        let Some(checkpointer) = self.checkpointer.get() else {
+            return;
+        };
+        let checkpointer = Arc::clone(checkpointer);
+        let done = self
+            .rt
+            .block_on(async move { tokio::time::timeout(limit, checkpointer.checkpoint()).await });
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "final checkpoint failed"),
+            Err(_) => tracing::warn!("final checkpoint did not finish in {limit:?}"),
         }
     }
 
@@ -142,6 +195,7 @@ impl Intake {
                 .hold(&sources, dead_letters.len());
         }
         // The copy for the archive shares the columns (Arc); no data is copied.
+        let last_offset = *offsets.end();
         self.archive.send_blocking(ArchiveInput {
             partition,
             offsets,
@@ -149,8 +203,18 @@ impl Intake {
             accepted: None,
             durable: None,
         });
-        if batch.num_rows() > 0 {
-            let _ = self.pipeline.send(Input::Batch { partition, batch });
+        // Below a restored checkpoint's offsets the engine has these events
+        // already (the source never cuts a batch across that offset).
+        let engine = self
+            .engine_from(partition)
+            .is_none_or(|from| last_offset >= from);
+        if engine {
+            // Sent even when empty: the offsets of refused events count.
+            let _ = self.pipeline.send(Input::Batch {
+                partition,
+                batch,
+                last_offset: Some(last_offset),
+            });
         }
         if !dead_letters.is_empty() {
             while self.dead_letters.in_flight.letters() > MAX_DEAD_LETTERS_IN_FLIGHT
@@ -193,7 +257,11 @@ impl Intake {
             if batch.num_rows() > 0 {
                 self.archive.send_local(batch.clone()).await;
                 self.pipeline
-                    .send_async(Input::Batch { partition, batch })
+                    .send_async(Input::Batch {
+                        partition,
+                        batch,
+                        last_offset: None,
+                    })
                     .await?;
             }
             self.dead_letters.record(dead_letters).await;
@@ -209,7 +277,11 @@ impl Intake {
             .map_err(|_| PipelineClosed)?;
         if batch.num_rows() > 0 {
             self.pipeline
-                .send_async(Input::Batch { partition, batch })
+                .send_async(Input::Batch {
+                    partition,
+                    batch,
+                    last_offset: None,
+                })
                 .await?;
         }
         let embedded_letters = !dead_letters.is_empty() && self.dead_letters.kafka.is_none();
@@ -228,6 +300,9 @@ impl Intake {
 pub struct CommitGate {
     archive: ArchiveHandle,
     dead_letters: Arc<DeadLetters>,
+    /// With checkpoints: per partition, the next offset the latest durable
+    /// checkpoint does not cover. `None`: checkpoints are off.
+    checkpointed: Mutex<Option<BTreeMap<i32, i64>>>,
 }
 
 impl CommitGate {
@@ -236,7 +311,29 @@ impl CommitGate {
     /// `None` while nothing of the partition is durable yet.
     pub fn committable(&self, partition: i32) -> Option<i64> {
         let durable = self.archive.durable_offset(partition)?;
-        Some(self.dead_letters.in_flight.commit_cap(partition, durable))
+        let cap = self.dead_letters.in_flight.commit_cap(partition, durable);
+        match &*self.checkpointed.lock().expect("checkpointed lock") {
+            None => Some(cap),
+            Some(covered) => covered.get(&partition).map(|next| cap.min(next - 1)),
+        }
+    }
+
+    /// Checkpoints are on: commits wait for the first one.
+    pub fn require_checkpoints(&self) {
+        self.checkpointed
+            .lock()
+            .expect("checkpointed lock")
+            .get_or_insert_with(BTreeMap::new);
+    }
+
+    /// A checkpoint covering `offsets` is durable: commits may reach them.
+    pub fn checkpointed(&self, offsets: &BTreeMap<i32, i64>) {
+        let mut covered = self.checkpointed.lock().expect("checkpointed lock");
+        let covered = covered.get_or_insert_with(BTreeMap::new);
+        for (&partition, &next) in offsets {
+            let at = covered.entry(partition).or_insert(next);
+            *at = (*at).max(next);
+        }
     }
 
     /// Writes what the archive buffers for `partition` and waits (at most

@@ -32,6 +32,18 @@ pub struct Metrics {
     pub rule_errors: AtomicU64,
     /// Rules suspended for going over a run-time budget.
     pub rules_suspended: AtomicU64,
+    /// Checkpoints written, and attempts that failed.
+    pub checkpoints: AtomicU64,
+    pub checkpoint_failures: AtomicU64,
+    /// Size and duration of the latest checkpoint; when it was taken.
+    pub checkpoint_bytes: AtomicU64,
+    pub checkpoint_micros: AtomicU64,
+    pub checkpoint_at_ms: AtomicU64,
+    /// Time the start-up restore took (0: nothing restored).
+    pub restore_micros: AtomicU64,
+    /// Alerts made again after a restore that were already delivered
+    /// before the crash, so not delivered again.
+    pub alerts_resuppressed: AtomicU64,
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
@@ -69,7 +81,7 @@ impl Metrics {
 
     pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
         let mut out = String::with_capacity(2048);
-        let counters: [(&str, &str, &AtomicU64); 13] = [
+        let counters: [(&str, &str, &AtomicU64); 16] = [
             ("wardwatch_events_duplicate_total", "Duplicate events dropped before rules (same patient, device and sequence number or timestamp).", &self.events_duplicate),
             ("wardwatch_events_in_total", "Events accepted into the pipeline.", &self.events_in),
             ("wardwatch_events_rejected_total", "Events refused (malformed or impossible values) and dead-lettered.", &self.events_rejected),
@@ -82,6 +94,9 @@ impl Metrics {
             ("wardwatch_dead_letters_total", "Events written to the dead-letter topic or table.", &self.dead_letters_delivered),
             ("wardwatch_dead_letter_errors_total", "Dead letters that could not be written.", &self.dead_letter_errors),
             ("wardwatch_rule_errors_total", "Rule evaluations that failed at run time (the rule keeps running; see GET /api/rules).", &self.rule_errors),
+            ("wardwatch_checkpoints_total", "Checkpoints of engine state written (with the Kafka offsets they cover).", &self.checkpoints),
+            ("wardwatch_checkpoint_failures_total", "Checkpoints that could not be taken or written (offsets then stay committed at the previous one).", &self.checkpoint_failures),
+            ("wardwatch_alerts_resuppressed_total", "Alerts made again after a restore that had already been delivered before the crash, so not delivered again.", &self.alerts_resuppressed),
             ("wardwatch_rules_suspended_total", "Rules suspended for going over a run-time budget ([limits] max_rule_state_bytes, max_rule_work_per_batch, max_alerts_per_rule_minute); a new version of the rule clears it.", &self.rules_suspended),
         ];
         for (name, help, value) in counters {

@@ -7,7 +7,7 @@
 //! stops the others. Alerts leave through an unbounded channel to the
 //! delivery task (alerts are few; losing one is not an option).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
@@ -22,6 +22,7 @@ use sql_rules::{
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::metrics::Metrics;
+use crate::sink::alerts::{Delivery, DeliveryMark};
 
 /// Partition id used for events that did not come from Kafka.
 pub const LOCAL_PARTITION: i32 = -1;
@@ -30,6 +31,19 @@ pub enum Input {
     Batch {
         partition: i32,
         batch: RecordBatch,
+        /// For a Kafka batch, the last offset it covers (refused events
+        /// included; the batch may then be empty): checkpoints record how
+        /// far each partition's state reaches.
+        last_offset: Option<i64>,
+    },
+    /// Take the engine's state for a checkpoint (see [`EngineState`]).
+    Checkpoint(std::sync::mpsc::Sender<Result<EngineState, String>>),
+    /// Restore a checkpoint's engine state (rules already upserted); answers
+    /// the rules whose state could not be restored (they start empty).
+    Restore {
+        bytes: Vec<u8>,
+        source_offsets: BTreeMap<i32, i64>,
+        reply: std::sync::mpsc::Sender<Result<Vec<String>, String>>,
     },
     Upsert(Box<RuleSpec>),
     Remove(String),
@@ -44,6 +58,18 @@ pub enum Input {
     /// The Kafka source has nothing buffered: every assigned partition is
     /// caught up, so partitions without data may now count as idle.
     CaughtUp,
+}
+
+/// The engine's state at one point of its input, for a checkpoint.
+pub struct EngineState {
+    pub bytes: Vec<u8>,
+    /// Per Kafka partition, the next offset the state has not seen.
+    pub source_offsets: BTreeMap<i32, i64>,
+    /// The rules (id, version) the state belongs to.
+    pub rules: Vec<(String, u32)>,
+    /// Answered once every alert made before the state was taken is
+    /// confirmed delivered (see [`Delivery::Mark`]).
+    pub delivered: tokio::sync::oneshot::Receiver<DeliveryMark>,
 }
 
 #[derive(Clone)]
@@ -165,7 +191,7 @@ fn now_ms() -> i64 {
 pub fn start(
     config: EngineConfig,
     metrics: Arc<Metrics>,
-    alerts: UnboundedSender<Vec<Alert>>,
+    alerts: UnboundedSender<Delivery>,
     idle_from_source: bool,
 ) -> PipelineHandle {
     let (tx, rx) = mpsc::sync_channel::<Input>(64);
@@ -186,7 +212,9 @@ pub fn start(
                 }
             }
             let _exited = Exited(Arc::clone(&liveness));
-            let mut engine = Engine::new(config);
+            let mut engine = Engine::new(config.clone());
+            // Per Kafka partition, the next offset the engine has not seen.
+            let mut covered: BTreeMap<i32, i64> = BTreeMap::new();
             let mut last_tick = Instant::now();
             let mut stopped_reply = None;
             loop {
@@ -202,13 +230,26 @@ pub fn start(
                 // Busy from here until the next wait, timer-driven ticks too.
                 liveness.busy_since_ms.store(now_ms(), Relaxed);
                 let result = match input {
-                    Some(Input::Batch { partition, batch }) => {
-                        let started = Instant::now();
-                        let rows = batch.num_rows() as u64;
-                        let r = engine.process(partition, &batch, now_ms());
-                        metrics.observe_batch(started.elapsed().as_secs_f64());
-                        metrics.events_in.fetch_add(rows, Relaxed);
-                        r
+                    Some(Input::Batch {
+                        partition,
+                        batch,
+                        last_offset,
+                    }) => {
+                        if let Some(last) = last_offset {
+                            let next = covered.entry(partition).or_insert(last + 1);
+                            *next = (*next).max(last + 1);
+                        }
+                        if batch.num_rows() == 0 {
+                            // Every event refused: only the offsets count.
+                            Ok(Default::default())
+                        } else {
+                            let started = Instant::now();
+                            let rows = batch.num_rows() as u64;
+                            let r = engine.process(partition, &batch, now_ms());
+                            metrics.observe_batch(started.elapsed().as_secs_f64());
+                            metrics.events_in.fetch_add(rows, Relaxed);
+                            r
+                        }
                     }
                     Some(Input::Upsert(spec)) => {
                         let (id, version) = (spec.id.clone(), spec.version);
@@ -233,6 +274,47 @@ pub fn start(
                     }
                     Some(Input::Revoke(p)) => {
                         engine.revoke_partitions(&p);
+                        Ok(Default::default())
+                    }
+                    Some(Input::Checkpoint(reply)) => {
+                        let taken = engine.snapshot().map_err(|e| e.to_string());
+                        let state = taken.map(|bytes| {
+                            // Through the alert channel, behind every alert
+                            // made before the state was taken.
+                            let (mark, delivered) = tokio::sync::oneshot::channel();
+                            let _ = alerts.send(Delivery::Mark(mark));
+                            EngineState {
+                                bytes,
+                                source_offsets: covered.clone(),
+                                rules: engine
+                                    .rules()
+                                    .map(|(spec, _)| (spec.id.clone(), spec.version))
+                                    .collect(),
+                                delivered,
+                            }
+                        });
+                        let _ = reply.send(state);
+                        Ok(Default::default())
+                    }
+                    Some(Input::Restore {
+                        bytes,
+                        source_offsets,
+                        reply,
+                    }) => {
+                        let restored = engine.restore(&bytes, now_ms()).map_err(|e| e.to_string());
+                        if restored.is_ok() {
+                            covered = source_offsets;
+                        } else {
+                            // A restore that failed half-way must leave no
+                            // partial state: start over, empty, same rules.
+                            let specs: Vec<RuleSpec> =
+                                engine.rules().map(|(spec, _)| spec.clone()).collect();
+                            engine = Engine::new(config.clone());
+                            for spec in specs {
+                                let _ = engine.upsert_rule(spec);
+                            }
+                        }
+                        let _ = reply.send(restored);
                         Ok(Default::default())
                     }
                     Some(Input::Barrier(reply)) => {
@@ -283,7 +365,9 @@ pub fn start(
                             metrics.events_late.fetch_add(out.late_events, Relaxed);
                             // One send per batch's alerts: each send may wake
                             // the delivery task, a system call.
-                            if !out.alerts.is_empty() && alerts.send(out.alerts).is_err() {
+                            if !out.alerts.is_empty()
+                                && alerts.send(Delivery::Alerts(out.alerts)).is_err()
+                            {
                                 tracing::error!("alert delivery task has stopped");
                             }
                         }

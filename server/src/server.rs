@@ -133,15 +133,6 @@ pub async fn run_until(
         Arc::clone(&audit_log),
     );
 
-    let delivery = tokio::spawn(alerts::deliver(
-        alert_rx,
-        Arc::clone(&hub),
-        producer
-            .clone()
-            .map(|p| (p, config.kafka.alerts_topic.clone())),
-        Arc::clone(&metrics),
-        alerts_archive,
-    ));
     let dead_letters = Arc::new(DeadLetters {
         table: dead_letter_log,
         kafka: producer
@@ -189,6 +180,56 @@ pub async fn run_until(
         source::decode::EventTimeBounds::from_config(&config),
     )
     .with_durable_local(config.archive.ingest_durable_ack);
+
+    // With Kafka: restore the newest checkpoint before reading, learn which
+    // alerts went out since it was taken, then checkpoint periodically.
+    let checkpoints = config
+        .kafka
+        .brokers
+        .as_deref()
+        .filter(|_| config.pipeline.checkpoint_interval_ms > 0);
+    let mut restored = crate::checkpoint::Restored::default();
+    let mut checkpointer = None;
+    if let Some(brokers) = checkpoints {
+        let checkpoint_store =
+            catalog::checkpoints::CheckpointStore::new(Arc::clone(&store), &prefix);
+        restored = crate::checkpoint::restore(
+            &checkpoint_store,
+            &pipeline,
+            &intake,
+            &history,
+            &alerts_archive,
+            &config.kafka,
+            brokers,
+            &metrics,
+        )
+        .await
+        .context("restoring the latest checkpoint")?;
+        let c = Arc::new(
+            crate::checkpoint::Checkpointer::new(
+                checkpoint_store,
+                pipeline.clone(),
+                intake.clone(),
+                alerts_archive.clone(),
+                Arc::clone(&metrics),
+                restored.alert_topic_start.clone(),
+            )
+            .await?,
+        );
+        intake.set_checkpointer(Arc::clone(&c));
+        checkpointer = Some(c);
+    }
+    let delivery = tokio::spawn(alerts::deliver(
+        alert_rx,
+        Arc::clone(&hub),
+        producer
+            .clone()
+            .map(|p| (p, config.kafka.alerts_topic.clone())),
+        Arc::clone(&metrics),
+        alerts_archive,
+        restored.alert_topic_start,
+        restored.delivered,
+    ));
     let kafka_ready = Arc::new(AtomicBool::new(config.kafka.brokers.is_none()));
     let mut kafka_lag = Arc::new(std::sync::atomic::AtomicI64::new(-1));
     let mut kafka_source = None;
@@ -219,6 +260,12 @@ pub async fn run_until(
     // Tasks that stop on the notice and are waited for (bounded) before the
     // pipeline drains: the demo ward, the HTTP server, the log flusher.
     let mut front = Vec::new();
+    if let Some(c) = checkpointer {
+        front.push(c.spawn_periodic(
+            std::time::Duration::from_millis(config.pipeline.checkpoint_interval_ms),
+            shutdown.notice(),
+        ));
+    }
     front.push(tokio::spawn(crate::sink::dead_letter::run_retention(
         Arc::clone(&dead_letters),
         crate::sink::dead_letter::Retention::from_config(&config.archive),

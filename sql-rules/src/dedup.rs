@@ -12,11 +12,14 @@
 //! batching. Memory is bounded: a few entries per (patient, device).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{TimestampMillisecondType, UInt32Type};
+use arrow::array::{Array, ArrayRef, AsArray, Int32Array, Int64Array, StringArray, UInt32Array};
+use arrow::datatypes::{Field, Int32Type, Int64Type, Schema, TimestampMillisecondType, UInt32Type};
+use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 
+use crate::keys::PatientIndex;
 use crate::stream::idx;
 
 /// Recent events remembered per (patient, device).
@@ -143,18 +146,146 @@ impl Deduplicator {
     pub fn forget(&mut self, partition: i32) {
         self.recent.remove(&partition);
     }
+
+    /// The remembered events as one batch, for a snapshot: a row per event
+    /// (oldest first per device), with its partition, patient, hospital,
+    /// device and the device's largest timestamp and sequence number.
+    pub fn snapshot_batch(&self, patients: &PatientIndex) -> Result<RecordBatch, ArrowError> {
+        let mut pairs: HashMap<u32, (&str, &str)> = HashMap::new();
+        for (hospital, devices) in &self.devices {
+            for (device, &d) in devices {
+                pairs.insert(d, (hospital, device));
+            }
+        }
+        let (mut part, mut patient, mut hospital, mut device) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut max_ts, mut max_seq, mut ts, mut seq) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut partitions: Vec<_> = self.recent.iter().collect();
+        partitions.sort_by_key(|(p, _)| **p);
+        for (&p, devices) in partitions {
+            let mut keys: Vec<_> = devices.iter().collect();
+            keys.sort_by_key(|(k, _)| **k);
+            for (&key, recent) in keys {
+                let (h, d) = pairs
+                    .get(&((key & 0xffff_ffff) as u32))
+                    .copied()
+                    .unwrap_or(("", ""));
+                let name = patients.name((key >> 32) as u32);
+                for &(t, s) in &recent.events {
+                    part.push(p);
+                    patient.push(name);
+                    hospital.push(h);
+                    device.push(d);
+                    max_ts.push(recent.max_ts);
+                    max_seq.push(recent.max_seq);
+                    ts.push(t);
+                    seq.push(s);
+                }
+            }
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int32Array::from(part)),
+            Arc::new(StringArray::from(patient)),
+            Arc::new(StringArray::from(hospital)),
+            Arc::new(StringArray::from(device)),
+            Arc::new(Int64Array::from(max_ts)),
+            Arc::new(UInt32Array::from(max_seq)),
+            Arc::new(Int64Array::from(ts)),
+            Arc::new(UInt32Array::from(seq)),
+        ];
+        let fields: Vec<Field> = [
+            "partition",
+            "patient",
+            "hospital",
+            "device",
+            "max_ts",
+            "max_seq",
+            "ts",
+            "seq",
+        ]
+        .iter()
+        .zip(&columns)
+        .map(|(name, c)| Field::new(*name, c.data_type().clone(), true))
+        .collect();
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+    }
+
+    /// Restores a [`snapshot_batch`](Self::snapshot_batch), interning its
+    /// patients into `patients`.
+    pub fn restore_batch(
+        &mut self,
+        batch: &RecordBatch,
+        patients: &mut PatientIndex,
+    ) -> Result<(), String> {
+        let bad = || "duplicate-memory state has the wrong columns".to_string();
+        if batch.num_columns() != 8 {
+            return Err(bad());
+        }
+        let part = batch
+            .column(0)
+            .as_primitive_opt::<Int32Type>()
+            .ok_or_else(bad)?;
+        let patient = batch.column(1).as_string_opt::<i32>().ok_or_else(bad)?;
+        let hospital = batch.column(2).as_string_opt::<i32>().ok_or_else(bad)?;
+        let device = batch.column(3).as_string_opt::<i32>().ok_or_else(bad)?;
+        let max_ts = batch
+            .column(4)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(bad)?;
+        let max_seq = batch
+            .column(5)
+            .as_primitive_opt::<UInt32Type>()
+            .ok_or_else(bad)?;
+        let ts = batch
+            .column(6)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(bad)?;
+        let seq = batch
+            .column(7)
+            .as_primitive_opt::<UInt32Type>()
+            .ok_or_else(bad)?;
+        for i in 0..batch.num_rows() {
+            let (h, n) = (hospital.value(i), device.value(i));
+            let d = match self.devices.get(h).and_then(|d| d.get(n)) {
+                Some(&d) => d,
+                None => {
+                    let d = self.pairs;
+                    self.pairs += 1;
+                    self.devices
+                        .entry(h.into())
+                        .or_default()
+                        .insert(n.into(), d);
+                    d
+                }
+            };
+            let p = patients.intern(patient.value(i));
+            let recent = self
+                .recent
+                .entry(part.value(i))
+                .or_default()
+                .entry(u64::from(p) << 32 | u64::from(d))
+                .or_insert_with(|| Recent {
+                    max_ts: max_ts.value(i),
+                    max_seq: max_seq.is_valid(i).then(|| max_seq.value(i)),
+                    events: VecDeque::with_capacity(4),
+                });
+            if recent.events.len() == REMEMBERED {
+                recent.events.pop_front();
+            }
+            recent
+                .events
+                .push_back((ts.value(i), seq.is_valid(i).then(|| seq.value(i))));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use arrow::array::{
-        ArrayRef, Float64Array, Int64Array, StringArray, TimestampMillisecondArray, UInt32Array,
-    };
+    use arrow::array::{Float64Array, TimestampMillisecondArray};
 
     use super::*;
-    use crate::keys::PatientIndex;
     use crate::stream::vitals_schema;
 
     /// (patient, device, timestamp, sequence number) → a vitals batch.
@@ -247,5 +378,33 @@ mod tests {
             marks(&mut d, &mut ix, &[("P1", b, 1_000, Some(1))]),
             [false]
         );
+    }
+
+    #[test]
+    fn restored_memory_recognises_what_the_original_would() {
+        let (mut d, mut ix) = (Deduplicator::default(), PatientIndex::default());
+        let b = Some("BEDSIDE");
+        let seen: Vec<_> = (0..40)
+            .map(|i| ("P1", b, 1_000 * i, Some(i as u32)))
+            .chain([("P2", Some("PORTABLE"), 7_000, None)])
+            .collect();
+        marks(&mut d, &mut ix, &seen);
+        let snapshot = d.snapshot_batch(&ix).unwrap();
+        // Another process: its own interning order.
+        let (mut r, mut rx) = (Deduplicator::default(), PatientIndex::default());
+        rx.intern("P9");
+        r.restore_batch(&snapshot, &mut rx).unwrap();
+        let probe = [
+            ("P1", b, 39_000, Some(39)),
+            ("P1", b, 20_500, Some(40)),
+            ("P2", Some("PORTABLE"), 7_000, None),
+            ("P1", b, 1_000, Some(1)),
+            ("P1", b, 50_000, Some(50)),
+        ];
+        assert_eq!(
+            marks(&mut r, &mut rx, &probe),
+            marks(&mut d, &mut ix, &probe)
+        );
+        assert_eq!(marks(&mut r, &mut rx, &probe[..1]), [true]);
     }
 }

@@ -501,7 +501,8 @@ impl Engine {
     }
 
     /// Serialises all rule state (open windows, cooldowns, counters),
-    /// partition clocks and where each patient is (for alerts' hospitals).
+    /// partition clocks, where each patient is (for alerts' hospitals) and
+    /// the duplicate memory.
     /// Restoring into an engine with the same rules and continuing gives
     /// the same alerts as never stopping.
     pub fn snapshot(&mut self) -> Result<Vec<u8>, EngineError> {
@@ -533,11 +534,15 @@ impl Engine {
         // Where each patient is: without it, alerts of rules grouped by
         // patient would have no hospital until the patient's next event.
         let whereabouts = blobs.push(&self.patients.whereabouts_batch()?)?;
+        // Recent events per device: a resend arriving after a restart is
+        // still recognised as one.
+        let dedup = blobs.push(&self.dedup.snapshot_batch(&self.patients)?)?;
         let header = serde_json::json!({
             "format": 1,
             "partitions": partitions,
             "rules": rules,
             "whereabouts": whereabouts,
+            "dedup": dedup,
         });
         Ok(crate::snapshot::encode(&header, &blobs))
     }
@@ -576,6 +581,13 @@ impl Engine {
             let batch = blobs.get(blob as usize)?;
             self.patients
                 .restore_whereabouts(&batch)
+                .map_err(|e| bad(&e))?;
+        }
+        // Absent from snapshots taken before duplicate memory was kept.
+        if let Some(blob) = header["dedup"].as_u64() {
+            let batch = blobs.get(blob as usize)?;
+            self.dedup
+                .restore_batch(&batch, &mut self.patients)
                 .map_err(|e| bad(&e))?;
         }
         let mut skipped = Vec::new();

@@ -210,6 +210,29 @@ pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
             "Rules suspended for going over a run-time budget (GET /api/rules: stats.suspension); a new version of the rule clears it.",
             suspended,
         ),
+        (
+            "wardwatch_checkpoint_bytes",
+            "Size of the latest checkpoint of engine state.",
+            state.metrics.checkpoint_bytes.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "wardwatch_checkpoint_duration_seconds",
+            "Time the latest checkpoint took, from taking the state to its file being written.",
+            state.metrics.checkpoint_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        ),
+        (
+            "wardwatch_checkpoint_age_seconds",
+            "Time since the latest checkpoint was taken; -1 before the first.",
+            match state.metrics.checkpoint_at_ms.load(Ordering::Relaxed) {
+                0 => -1.0,
+                at => (now - at as i64).max(0) as f64 / 1e3,
+            },
+        ),
+        (
+            "wardwatch_restore_seconds",
+            "Time the start-up restore of the latest checkpoint took (reading it, restoring the engine, reading back delivered alerts); 0 when nothing was restored.",
+            state.metrics.restore_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        ),
     ]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

@@ -9,15 +9,17 @@
 //! serialized once per Kafka message and per live-feed event, and turned
 //! into Arrow columns for the archive; it is never round-tripped through JSON.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock};
 
 use catalog::alert_history::AlertQuery;
 use catalog::log::JsonLog;
+use futures::FutureExt;
 use serde_json::Value;
 use sql_rules::{Alert, AlertStatus};
-use tokio::sync::{broadcast, mpsc::UnboundedReceiver};
+use tokio::sync::{broadcast, mpsc::UnboundedReceiver, oneshot};
+use tokio::task::JoinHandle;
 
 use super::kafka::KafkaProducer;
 use crate::metrics::Metrics;
@@ -163,68 +165,238 @@ impl AlertFilter {
     }
 }
 
-/// Delivers alerts until the engine's sender is dropped.
+/// What the engine thread hands to delivery, in order.
+pub enum Delivery {
+    Alerts(Vec<Alert>),
+    /// A checkpoint took the engine's state here. Answered once every alert
+    /// sent before it is confirmed by Kafka (retried until it is), so a
+    /// checkpoint never covers an alert that could still be lost.
+    Mark(tokio::sync::oneshot::Sender<DeliveryMark>),
+}
+
+/// Where delivery stood at a [`Delivery::Mark`].
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryMark {
+    /// Per partition of the alert topic, one past the last offset Kafka
+    /// confirmed for an alert sent before the mark (never below the topic's
+    /// end when delivery started): every alert sent after the mark is at or
+    /// past it.
+    pub positions: BTreeMap<i32, i64>,
+    /// The alert-history offset of the last alert recorded before the mark
+    /// (`None`: none this run); once the history is durable that far, the
+    /// mark's alerts need never be read back from Kafka.
+    pub history_offset: Option<i64>,
+}
+
+/// Alerts delivered before a crash, learnt when the latest checkpoint is
+/// restored: the restored engine makes them again (same ids) and delivery
+/// lets each through nowhere it already reached.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// Already on the alert topic: not produced or sent live again.
+    pub on_kafka: HashSet<String>,
+    /// Already in the alert history: not recorded again.
+    pub in_history: HashSet<String>,
+}
+
+/// Delivers alerts until the engine's sender is dropped. `start_positions`:
+/// the alert topic's end per partition when delivery started.
 pub async fn deliver(
-    mut rx: UnboundedReceiver<Vec<Alert>>,
+    mut rx: UnboundedReceiver<Delivery>,
     hub: Arc<AlertHub>,
     kafka: Option<(KafkaProducer, String)>,
     metrics: Arc<Metrics>,
     archive: crate::archive::ArchiveHandle,
+    start_positions: BTreeMap<i32, i64>,
+    mut delivered: Delivered,
 ) {
     let mut pending = Vec::new();
+    // Kafka sends since the last mark, each answering where it landed.
+    let mut outstanding: Vec<JoinHandle<Option<(i32, i64)>>> = Vec::new();
+    // Where the sends since the last mark that already finished landed.
+    let mut confirmed: BTreeMap<i32, i64> = BTreeMap::new();
+    // The previous mark's positions, which the next mark starts from.
+    let mut previous: Option<oneshot::Receiver<BTreeMap<i32, i64>>> = None;
+    let mut history_offset: Option<i64> = None;
     loop {
-        // Take everything queued, so history is appended in batches.
         let Some(first) = rx.recv().await else { break };
-        pending.extend(first);
+        let mut items = vec![first];
+        // Take everything queued, so history is appended in batches.
         while let Ok(more) = rx.try_recv() {
-            pending.extend(more);
+            items.push(more);
         }
-        // Kafka first: people wait on it, while the archive may be busy
-        // writing a file. Live subscribers hear of an alert once history has
-        // it (`send_local` returns when the rows are buffered, and history
-        // reads buffered rows), so what they see they can also look up.
-        let batch = catalog::archive::alerts_to_batch(&pending);
-        let alerts: Vec<Arc<Alert>> = pending.drain(..).map(Arc::new).collect();
-        for alert in &alerts {
-            if alert.status != AlertStatus::Fired {
-                continue;
-            }
-            if let Some((producer, topic)) = &kafka {
-                let producer = producer.clone();
-                let topic = topic.clone();
-                let metrics = Arc::clone(&metrics);
-                let alert = Arc::clone(alert);
-                tokio::spawn(async move {
-                    let payload = serde_json::to_vec(alert.as_ref()).expect("alerts serialize");
-                    let key = alert.patient_id().unwrap_or(&alert.rule_id).to_string();
-                    let headers = [
-                        ("alert_id", alert.id.as_str()),
-                        ("rule_id", alert.rule_id.as_str()),
-                        ("severity", alert.severity.as_str()),
-                    ];
-                    // Retried by librdkafka within message.timeout.ms; an
-                    // error here is after those retries.
-                    match producer.send(&topic, &key, &payload, &headers).await {
-                        Ok(()) => metrics.alerts_delivered_kafka.fetch_add(1, Relaxed),
-                        Err(e) => {
-                            tracing::error!(error = %e, alert = %alert.id, "alert not delivered to Kafka");
-                            metrics.alert_delivery_errors.fetch_add(1, Relaxed)
+        for item in items {
+            match item {
+                Delivery::Alerts(alerts) => pending.extend(alerts),
+                Delivery::Mark(reply) => {
+                    // What came before the mark goes out before it.
+                    let sends = deliver_batch(
+                        &mut pending,
+                        &hub,
+                        &kafka,
+                        &metrics,
+                        &archive,
+                        &mut delivered,
+                        &mut history_offset,
+                    )
+                    .await;
+                    outstanding.extend(sends);
+                    let handles = std::mem::take(&mut outstanding);
+                    let landed = std::mem::take(&mut confirmed);
+                    let before = previous.take();
+                    let (next, after) = oneshot::channel();
+                    previous = Some(after);
+                    let start = start_positions.clone();
+                    let history_offset = history_offset;
+                    tokio::spawn(async move {
+                        let mut positions = match before {
+                            Some(before) => before.await.unwrap_or(start),
+                            None => start,
+                        };
+                        for (partition, next) in landed {
+                            let at = positions.entry(partition).or_insert(0);
+                            *at = (*at).max(next);
                         }
-                    };
-                });
+                        for handle in handles {
+                            if let Ok(Some((partition, offset))) = handle.await {
+                                let at = positions.entry(partition).or_insert(0);
+                                *at = (*at).max(offset + 1);
+                            }
+                        }
+                        let _ = next.send(positions.clone());
+                        let _ = reply.send(DeliveryMark {
+                            positions,
+                            history_offset,
+                        });
+                    });
+                }
             }
         }
-        // Fired and suppressed alerts alike go to the `alerts` table.
-        match batch {
-            Ok(batch) => archive.send_local(batch).await,
+        let sends = deliver_batch(
+            &mut pending,
+            &hub,
+            &kafka,
+            &metrics,
+            &archive,
+            &mut delivered,
+            &mut history_offset,
+        )
+        .await;
+        outstanding.extend(sends);
+        // Confirmed sends are harvested now, so the list stays short when no
+        // mark comes (checkpoints off).
+        outstanding.retain_mut(|handle| {
+            if !handle.is_finished() {
+                return true;
+            }
+            if let Some(Ok(Some((partition, offset)))) = handle.now_or_never() {
+                let at = confirmed.entry(partition).or_insert(0);
+                *at = (*at).max(offset + 1);
+            }
+            false
+        });
+    }
+}
+
+/// Delivers `pending` (drained): Kafka first (people wait on it, while the
+/// archive may be busy writing a file), then history, then live
+/// subscribers, who hear of an alert once history has it (`send_local`
+/// returns when the rows are buffered, and history reads buffered rows), so
+/// what they see they can also look up. Returns the Kafka sends started.
+async fn deliver_batch(
+    pending: &mut Vec<Alert>,
+    hub: &AlertHub,
+    kafka: &Option<(KafkaProducer, String)>,
+    metrics: &Arc<Metrics>,
+    archive: &crate::archive::ArchiveHandle,
+    delivered: &mut Delivered,
+    history_offset: &mut Option<i64>,
+) -> Vec<JoinHandle<Option<(i32, i64)>>> {
+    if pending.is_empty() {
+        return Vec::new();
+    }
+    let mut sends = Vec::new();
+    let alerts: Vec<Arc<Alert>> = pending.drain(..).map(Arc::new).collect();
+    // Made again after a restore: where each already went, it does not go again.
+    let mut reached_kafka = Vec::with_capacity(alerts.len());
+    let mut to_history = Vec::with_capacity(alerts.len());
+    for alert in &alerts {
+        let on_kafka = !delivered.on_kafka.is_empty() && delivered.on_kafka.remove(&alert.id);
+        if on_kafka {
+            metrics.alerts_resuppressed.fetch_add(1, Relaxed);
+        }
+        reached_kafka.push(on_kafka);
+        if delivered.in_history.is_empty() || !delivered.in_history.remove(&alert.id) {
+            to_history.push(alert.as_ref().clone());
+        }
+    }
+    for (alert, &on_kafka) in alerts.iter().zip(&reached_kafka) {
+        if alert.status != AlertStatus::Fired || on_kafka {
+            continue;
+        }
+        if let Some((producer, topic)) = kafka {
+            sends.push(tokio::spawn(produce_until_confirmed(
+                producer.clone(),
+                topic.clone(),
+                Arc::clone(metrics),
+                Arc::clone(alert),
+            )));
+        }
+    }
+    // Fired and suppressed alerts alike go to the `alerts` table.
+    if !to_history.is_empty() {
+        match catalog::archive::alerts_to_batch(&to_history) {
+            Ok(batch) => {
+                if let Some(last) = archive.send_local(batch).await {
+                    *history_offset = Some(last);
+                }
+            }
             Err(e) => tracing::error!(error = %e, "converting alerts for the archive"),
         }
-        for alert in alerts {
-            match alert.status {
-                AlertStatus::Fired => metrics.alerts_fired.fetch_add(1, Relaxed),
-                AlertStatus::Suppressed => metrics.alerts_suppressed.fetch_add(1, Relaxed),
-            };
+    }
+    for (alert, on_kafka) in alerts.into_iter().zip(reached_kafka) {
+        match alert.status {
+            AlertStatus::Fired => metrics.alerts_fired.fetch_add(1, Relaxed),
+            AlertStatus::Suppressed => metrics.alerts_suppressed.fetch_add(1, Relaxed),
+        };
+        if !on_kafka {
             let _ = hub.live.send(alert);
+        }
+    }
+    sends
+}
+
+/// Produces one alert, retrying (with backoff up to 30 s) until Kafka
+/// confirms it: an alert is never given up while the process lives, and a
+/// checkpoint waits for it. Returns the (partition, offset) it landed at.
+async fn produce_until_confirmed(
+    producer: KafkaProducer,
+    topic: String,
+    metrics: Arc<Metrics>,
+    alert: Arc<Alert>,
+) -> Option<(i32, i64)> {
+    let payload = serde_json::to_vec(alert.as_ref()).expect("alerts serialize");
+    let key = alert.patient_id().unwrap_or(&alert.rule_id).to_string();
+    let headers = [
+        ("alert_id", alert.id.as_str()),
+        ("rule_id", alert.rule_id.as_str()),
+        ("severity", alert.severity.as_str()),
+    ];
+    let mut backoff = std::time::Duration::from_millis(500);
+    loop {
+        // librdkafka retries within message.timeout.ms; an error here is
+        // after those retries.
+        match producer.send_at(&topic, &key, &payload, &headers).await {
+            Ok(position) => {
+                metrics.alerts_delivered_kafka.fetch_add(1, Relaxed);
+                return Some(position);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, alert = %alert.id, "alert not delivered to Kafka yet; retrying");
+                metrics.alert_delivery_errors.fetch_add(1, Relaxed);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+            }
         }
     }
 }

@@ -41,6 +41,18 @@ impl KafkaProducer {
         payload: &[u8],
         headers: &[(&str, &str)],
     ) -> Result<()> {
+        self.send_at(topic, key, payload, headers).await.map(|_| ())
+    }
+
+    /// [`send`](Self::send), answering the (partition, offset) the record
+    /// landed at.
+    pub async fn send_at(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Result<(i32, i64)> {
         let mut h = OwnedHeaders::new_with_capacity(headers.len());
         for (k, v) in headers {
             h = h.insert(Header {
@@ -49,10 +61,11 @@ impl KafkaProducer {
             });
         }
         let record = FutureRecord::to(topic).key(key).payload(payload).headers(h);
-        self.producer
+        let delivery = self
+            .producer
             .send(record, Duration::from_secs(10))
             .await
             .map_err(|(e, _)| anyhow::anyhow!("producing to {topic}: {e}"))?;
-        Ok(())
+        Ok((delivery.partition, delivery.offset))
     }
 }

@@ -99,6 +99,8 @@ impl ConsumerContext for RebalanceContext {
                 }
             }
             drain_decoder(&self.decode);
+            // The next owner resumes from a checkpoint that holds all we read.
+            self.intake.checkpoint_blocking(SETTLE_WAIT);
             settle_and_commit(consumer, &self.intake, &self.topic, &revoked, SETTLE_WAIT);
         }
     }
@@ -117,6 +119,16 @@ impl ConsumerContext for RebalanceContext {
                     {
                         if let Offset::Offset(next) = e.offset() {
                             self.intake.archive().resume_blocking(e.partition(), next);
+                            // Commits never pass a checkpoint, so this means
+                            // the newest checkpoint was lost or damaged.
+                            if let Some(from) = self
+                                .intake
+                                .engine_from(e.partition())
+                                .filter(|&from| next > from)
+                            {
+                                tracing::error!(partition = e.partition(), committed = next, checkpoint = from,
+                                    "committed offset is past the restored checkpoint: events between are not in the engine's state");
+                            }
                         }
                     }
                 }
@@ -421,6 +433,8 @@ pub fn start(
             // leave the group (dropping the consumer closes it).
             cut_all();
             drain_decoder(&decode_tx);
+            // State and offsets for the next run: it resumes right here.
+            intake.checkpoint_blocking(Duration::from_secs(2));
             let partitions: Vec<i32> = pending
                 .lock()
                 .expect("pending lock")
@@ -482,11 +496,32 @@ impl Decoder {
     }
 
     fn decode(&self, partition: i32, chunk: &RawChunk, decoder: &mut VitalsDecoder) {
-        let Some(first) = chunk.first else {
+        if chunk.is_empty() {
             return;
-        };
+        }
+        // Events below a restored checkpoint's offset go to the archive
+        // only, so a batch must not straddle it: cut there.
+        let split = self
+            .intake
+            .engine_from(partition)
+            .map_or(0, |from| chunk.offsets.partition_point(|&o| o < from));
+        for range in [0..split, split..chunk.len()] {
+            if !range.is_empty() {
+                self.decode_range(partition, chunk, range, decoder);
+            }
+        }
+    }
+
+    fn decode_range(
+        &self,
+        partition: i32,
+        chunk: &RawChunk,
+        range: std::ops::Range<usize>,
+        decoder: &mut VitalsDecoder,
+    ) {
+        let (first, last) = (chunk.offsets[range.start], chunk.offsets[range.end - 1]);
         let mut letters = Vec::new();
-        for i in 0..chunk.len() {
+        for i in range {
             let payload = chunk.payload(i);
             if let Err(rejection) = decoder.push_json(payload) {
                 let offset = chunk.offsets[i];
@@ -502,7 +537,7 @@ impl Decoder {
         self.intake.submit_blocking(IntakeBatch {
             origin: Origin::Kafka {
                 partition,
-                offsets: first..=chunk.last,
+                offsets: first..=last,
             },
             batch: decoder.finish(),
             dead_letters: letters,

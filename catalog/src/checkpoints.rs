@@ -210,7 +210,7 @@ mod tests {
         assert!(s.latest().await.unwrap().is_none());
         assert_eq!(s.next_sequence().await.unwrap(), 1);
         for seq in 1..=4 {
-            s.write(&header(seq), &vec![seq as u8; 100]).await.unwrap();
+            s.write(&header(seq), &[seq as u8; 100]).await.unwrap();
         }
         assert_eq!(s.next_sequence().await.unwrap(), 5);
         let latest = s.latest().await.unwrap().unwrap();

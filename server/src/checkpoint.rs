@@ -307,8 +307,13 @@ pub async fn restore(
         }
         Err(e) => tracing::error!(error = %e, "reading alert history after a restore"),
     }
+    // Only this state's rules' alerts: others on the topic (another
+    // deployment sharing it) are not this history's to keep.
+    let ours: std::collections::HashSet<&str> =
+        header.rules.iter().map(|(id, _)| id.as_str()).collect();
     let missing: Vec<Alert> = read_back
         .into_iter()
+        .filter(|a| ours.contains(a.rule_id.as_str()))
         .filter(|a| !restored.delivered.in_history.contains(&a.id))
         .collect();
     if !missing.is_empty() {

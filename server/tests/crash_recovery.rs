@@ -697,7 +697,7 @@ fn seen(v: &Value) -> Seen {
 }
 
 /// Everything on `alert-events`, read from its beginning by a consumer of
-/// its own (no group, no commits) up to the end it sees when it starts.
+/// its own (no group, no commits) to its end.
 fn read_alert_topic(bootstrap: &str) -> Vec<Value> {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -719,7 +719,10 @@ fn read_alert_topic(bootstrap: &str) -> Vec<Value> {
     let mut out = vec![];
     let mut next = 0;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while next < end {
+    // tansu reports the end as the newest record batch's base + 1, short of
+    // the true end: past it, read on until the topic has been quiet a while.
+    let mut quiet = 0;
+    while next < end || quiet < 5 {
         assert!(
             Instant::now() < deadline,
             "read only up to offset {next} of {end} on {ALERT_TOPIC} in 30 s"
@@ -727,15 +730,21 @@ fn read_alert_topic(bootstrap: &str) -> Vec<Value> {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 next = m.offset() + 1;
+                quiet = 0;
                 let payload = m.payload().unwrap_or_default();
-                out.push(serde_json::from_slice(payload).unwrap_or_else(|e| {
+                let alert: Value = serde_json::from_slice(payload).unwrap_or_else(|e| {
                     panic!(
                         "an alert on {ALERT_TOPIC} is not JSON ({e}): {}",
                         String::from_utf8_lossy(payload)
                     )
-                }));
+                });
+                // The test's fence record has no id.
+                if alert.get("id").is_some() {
+                    out.push(alert);
+                }
             }
             Some(Err(e)) => panic!("reading {ALERT_TOPIC}: {e}"),
+            None if next >= end => quiet += 1,
             None => {}
         }
     }
@@ -861,11 +870,13 @@ fn per_rule(alerts: &[Seen]) -> BTreeMap<String, usize> {
 
 // ----------------------------------------------------------------- test
 
-// Ignored until it passes (issue 13, open): every alert id reaches
-// alert-events once and run A equals the brute force, but after the third
-// kill run B misses the ~30 alerts of the windows the trailing events close
-// (its engine's watermark does pass them). Run it with `-- --ignored`.
-#[ignore = "issue 13: run B misses the windows closed after its last restore"]
+// Ignored until it passes (issue 13, open). What passes: run A equals the
+// brute force; run B's alerts on alert-events equal run A's (429 = 429),
+// each id once. What fails: run B's alert history lacks ~70 cooldown-
+// SUPPRESSED alerts: they go to the history only (not to Kafka), so those
+// in the history's buffer at a kill are neither re-made (they precede the
+// checkpoint) nor read back from alert-events. Run with `-- --ignored`.
+#[ignore = "issue 13: suppressed alerts buffered in the alert history are lost at a kill -9"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_any_moment_neither_loses_splits_nor_repeats_an_alert() {
     let seed = std::env::var("WARDWATCH_CRASH_SEED")
@@ -1049,11 +1060,6 @@ async fn kill_9_at_any_moment_neither_loses_splits_nor_repeats_an_alert() {
         produce(&producer, chunk).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Both runs read the whole stream before the trailers close its last
-    // windows, so each sees the trailers in batches of their own.
-    let chunked = stream.chunks.iter().map(Vec::len).sum::<usize>() as i64;
-    wait_committed(&bootstrap, &group_a, Some(chunked), minute, &logs).await;
-    wait_committed(&bootstrap, &group_b, Some(chunked), minute, &logs).await;
     produce(&producer, &stream.trailers).await;
 
     // Both runs have checkpointed and committed everything (a checkpoint
@@ -1064,6 +1070,17 @@ async fn kill_9_at_any_moment_neither_loses_splits_nor_repeats_an_alert() {
         (stream.chunks.iter().map(Vec::len).sum::<usize>() + stream.trailers.len()) as i64;
     wait_committed(&bootstrap, &group_a, Some(produced), minute, &logs).await;
     wait_committed(&bootstrap, &group_b, Some(produced), minute, &logs).await;
+    // tansu hands a consumer no record past the newest batch's base + 1,
+    // so the tail of the last batch on a topic stays unread until another
+    // batch follows: a fence record makes every alert readable (the reader
+    // skips it).
+    producer
+        .send(
+            FutureRecord::to(ALERT_TOPIC).key("fence").payload("{}"),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the fence record is written");
     let read_topic = || {
         let bootstrap = bootstrap.clone();
         tokio::task::spawn_blocking(move || read_alert_topic(&bootstrap))

@@ -38,10 +38,14 @@ pub struct CheckpointHeader {
     /// never counted twice).
     pub source_offsets: BTreeMap<i32, i64>,
     /// Per partition of the alert topic, a position at or before the first
-    /// alert that may have been delivered after the state was taken and
-    /// before it was durably in the alert history: a restore reads the topic
-    /// from there to learn which alert ids were already delivered.
+    /// alert delivered after the state was taken: a restore reads the topic
+    /// from there to learn which alert ids the restored engine will make
+    /// again but must not deliver again.
     pub alert_positions: BTreeMap<i32, i64>,
+    /// Alerts made before the state was taken that the alert history had
+    /// not yet written to storage: a restore writes those it lacks.
+    #[serde(default)]
+    pub unwritten_alerts: Vec<sql_rules::Alert>,
     /// The rules (id, version) whose state the snapshot holds.
     pub rules: Vec<(String, u32)>,
     /// Length of the engine snapshot that follows the header.
@@ -200,6 +204,7 @@ mod tests {
             source_offsets: BTreeMap::from([(0, 10), (3, 7)]),
             alert_positions: BTreeMap::from([(0, 2)]),
             rules: vec![("r1".into(), 2)],
+            unwritten_alerts: vec![],
             engine_bytes: 0,
         }
     }

@@ -16,13 +16,12 @@
 //!   its end, to learn which alerts were delivered after the state was
 //!   taken: the restored engine makes them again with the same ids, and
 //!   delivery sends none of them again (exactly once on the topic, without
-//!   Kafka transactions). Alerts found there but missing from the alert
-//!   history (its buffer died with the process) are written to it first.
-//!
-//! The position recorded is the latest mark whose alerts the alert history
-//! had made durable, so a restore also finds alerts the history lost.
+//!   Kafka transactions);
+//! - the alerts made before the state was taken that the alert history
+//!   had not written yet travel in the checkpoint (fired and suppressed:
+//!   the latter are never on Kafka), and are written to it if it lacks them.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,7 +39,7 @@ use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::pipeline::{Input, PipelineHandle};
 use crate::shutdown::ShutdownNotice;
-use crate::sink::alerts::{Delivered, DeliveryMark};
+use crate::sink::alerts::Delivered;
 use crate::sink::kafka::client_config;
 
 /// Checkpoints kept: the newest, and the one before in case it is damaged.
@@ -54,29 +53,20 @@ pub struct Checkpointer {
     store: CheckpointStore,
     pipeline: PipelineHandle,
     intake: Intake,
-    alerts_archive: ArchiveHandle,
     metrics: Arc<Metrics>,
     state: tokio::sync::Mutex<State>,
 }
 
 struct State {
     next_sequence: u64,
-    /// Marks whose alerts the history may not have written yet, oldest first.
-    marks: VecDeque<DeliveryMark>,
-    /// Where a restore should start reading `alert-events`.
-    read_back_from: BTreeMap<i32, i64>,
 }
 
 impl Checkpointer {
-    /// `alert_topic_start`: the alert topic's end per partition when this
-    /// process started (nothing of this run is before it).
     pub async fn new(
         store: CheckpointStore,
         pipeline: PipelineHandle,
         intake: Intake,
-        alerts_archive: ArchiveHandle,
         metrics: Arc<Metrics>,
-        alert_topic_start: BTreeMap<i32, i64>,
     ) -> Result<Self> {
         let next_sequence = store.next_sequence().await.context("listing checkpoints")?;
         intake.gate().require_checkpoints();
@@ -84,13 +74,8 @@ impl Checkpointer {
             store,
             pipeline,
             intake,
-            alerts_archive,
             metrics,
-            state: tokio::sync::Mutex::new(State {
-                next_sequence,
-                marks: VecDeque::new(),
-                read_back_from: alert_topic_start,
-            }),
+            state: tokio::sync::Mutex::new(State { next_sequence }),
         })
     }
 
@@ -133,26 +118,12 @@ impl Checkpointer {
             .delivered
             .await
             .map_err(|_| anyhow!("alert delivery has stopped"))?;
-        state.marks.push_back(mark);
-        // The newest mark whose alerts the history holds durably.
-        let durable = self
-            .alerts_archive
-            .durable_offset(catalog::archive::NO_PARTITION);
-        while let Some(front) = state.marks.front() {
-            let written = front
-                .history_offset
-                .is_none_or(|h| durable.is_some_and(|d| d >= h));
-            if !written {
-                break;
-            }
-            let front = state.marks.pop_front().expect("a front mark");
-            state.read_back_from = front.positions;
-        }
         let mut header = CheckpointHeader {
             sequence: state.next_sequence,
             taken_at_ms,
             source_offsets: engine.source_offsets.clone(),
-            alert_positions: state.read_back_from.clone(),
+            alert_positions: mark.positions,
+            unwritten_alerts: mark.unwritten,
             rules: engine.rules,
             engine_bytes: 0,
         };
@@ -286,13 +257,34 @@ pub async fn restore(
         tracing::error!(error = %e, "reading alert-events back after a restore; alerts may be delivered twice");
         Vec::new()
     });
-    restored.delivered.on_kafka = read_back.iter().map(|a| a.id.clone()).collect();
+    // Only what the restored state's rules will make again (not another
+    // deployment's alerts on a shared topic, not alerts about a rule, whose
+    // ids carry the time they were raised): each is awaited, and until it
+    // comes, later checkpoints keep reading the topic from its position.
+    let versions: std::collections::HashSet<(&str, u32)> = header
+        .rules
+        .iter()
+        .map(|(id, version)| (id.as_str(), *version))
+        .collect();
+    restored.delivered.on_kafka = read_back
+        .iter()
+        .filter(|(_, _, a)| versions.contains(&(a.rule_id.as_str(), a.rule_version)))
+        .filter(|(_, _, a)| a.window_end_ms.is_some() || a.patient_id().is_some())
+        .map(|(partition, offset, a)| (a.id.clone(), (*partition, *offset)))
+        .collect();
+    // This run's checkpoints start from the restored one's positions: the
+    // alerts past them are not made again yet.
+    restored.alert_topic_start = header.alert_positions.clone();
 
-    // The history: what it already holds is not recorded again; what went
-    // to Kafka but died in its buffer is recorded now, durably.
+    // The history: what it already holds is not recorded again (the
+    // restored engine makes alerts of the last moments again); what died
+    // in its buffer before the state was taken is recorded now, durably.
     let since = read_back
         .iter()
+        .map(|(_, _, a)| a)
+        .chain(&header.unwritten_alerts)
         .map(|a| a.event_time_ms)
+        .chain([header.taken_at_ms])
         .min()
         .unwrap_or(header.taken_at_ms)
         .saturating_sub(24 * 3_600_000);
@@ -307,13 +299,9 @@ pub async fn restore(
         }
         Err(e) => tracing::error!(error = %e, "reading alert history after a restore"),
     }
-    // Only this state's rules' alerts: others on the topic (another
-    // deployment sharing it) are not this history's to keep.
-    let ours: std::collections::HashSet<&str> =
-        header.rules.iter().map(|(id, _)| id.as_str()).collect();
-    let missing: Vec<Alert> = read_back
+    let missing: Vec<Alert> = header
+        .unwritten_alerts
         .into_iter()
-        .filter(|a| ours.contains(a.rule_id.as_str()))
         .filter(|a| !restored.delivered.in_history.contains(&a.id))
         .collect();
     if !missing.is_empty() {
@@ -325,7 +313,7 @@ pub async fn restore(
         written.await.map_err(|e| anyhow!("{e}"))?;
         tracing::info!(
             alerts = missing.len(),
-            "alerts delivered before the crash added to the alert history"
+            "alerts the history lost in the crash written to it again"
         );
         restored
             .delivered
@@ -353,6 +341,11 @@ fn reader(kafka: &KafkaConfig, brokers: &str) -> Result<BaseConsumer> {
     cfg.set("group.id", "wardwatch-recovery")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
+        // wardwatch writes no transactions, so nothing is uncommitted; and
+        // a broker whose last stable offset falls short of the newest
+        // record batch's end (tansu reports that batch's base + 1) would
+        // otherwise hide that batch's tail.
+        .set("isolation.level", "read_uncommitted")
         .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string());
     cfg.create().context("creating a Kafka reader")
 }
@@ -376,16 +369,16 @@ fn topic_ends(kafka: &KafkaConfig, brokers: &str, topic: &str) -> Result<BTreeMa
     Ok(ends)
 }
 
-/// The alerts on `topic` from `from` (per partition; a partition not named
-/// is read from its start) to `ends` (read at start, before this run
-/// delivered anything).
+/// The alerts on `topic`, with their partition and offset, from `from` (per
+/// partition; a partition not named is read from its start) to `ends` (read
+/// at start, before this run delivered anything).
 fn read_alerts(
     kafka: &KafkaConfig,
     brokers: &str,
     topic: &str,
     from: &BTreeMap<i32, i64>,
     ends: &BTreeMap<i32, i64>,
-) -> Result<Vec<Alert>> {
+) -> Result<Vec<(i32, i64, Alert)>> {
     let consumer = reader(kafka, brokers)?;
     let mut tpl = TopicPartitionList::new();
     let mut remaining: BTreeMap<i32, i64> = BTreeMap::new();
@@ -426,7 +419,7 @@ fn read_alerts(
                     }
                 }
                 match msg.payload().map(serde_json::from_slice::<Alert>) {
-                    Some(Ok(alert)) => alerts.push(alert),
+                    Some(Ok(alert)) => alerts.push((msg.partition(), msg.offset(), alert)),
                     _ => tracing::warn!(
                         partition = msg.partition(),
                         offset = msg.offset(),

@@ -210,9 +210,7 @@ pub async fn run_until(
                 checkpoint_store,
                 pipeline.clone(),
                 intake.clone(),
-                alerts_archive.clone(),
                 Arc::clone(&metrics),
-                restored.alert_topic_start.clone(),
             )
             .await?,
         );

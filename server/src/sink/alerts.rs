@@ -9,7 +9,7 @@
 //! serialized once per Kafka message and per live-feed event, and turned
 //! into Arrow columns for the archive; it is never round-tripped through JSON.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock};
 
@@ -182,10 +182,10 @@ pub struct DeliveryMark {
     /// end when delivery started): every alert sent after the mark is at or
     /// past it.
     pub positions: BTreeMap<i32, i64>,
-    /// The alert-history offset of the last alert recorded before the mark
-    /// (`None`: none this run); once the history is durable that far, the
-    /// mark's alerts need never be read back from Kafka.
-    pub history_offset: Option<i64>,
+    /// Alerts recorded before the mark that the alert history has not
+    /// written to storage yet (fired and suppressed alike): a checkpoint
+    /// keeps them, so a crash cannot lose them with the history's buffer.
+    pub unwritten: Vec<Alert>,
 }
 
 /// Alerts delivered before a crash, learnt when the latest checkpoint is
@@ -193,14 +193,22 @@ pub struct DeliveryMark {
 /// lets each through nowhere it already reached.
 #[derive(Debug, Default)]
 pub struct Delivered {
-    /// Already on the alert topic: not produced or sent live again.
-    pub on_kafka: HashSet<String>,
+    /// Already on the alert topic, with where (partition, offset): not
+    /// produced or sent live again. Until an alert is made again, marks
+    /// report no position past it, so a checkpoint taken meanwhile still
+    /// reads it back.
+    pub on_kafka: HashMap<String, (i32, i64)>,
     /// Already in the alert history: not recorded again.
     pub in_history: HashSet<String>,
 }
 
+/// Alerts in the history's buffer past this many (its writer is stuck):
+/// the oldest are no longer carried in checkpoints.
+const MAX_UNWRITTEN: usize = 100_000;
+
 /// Delivers alerts until the engine's sender is dropped. `start_positions`:
-/// the alert topic's end per partition when delivery started.
+/// where alerts sent from now on land at or past (the alert topic's end
+/// when delivery started, or the restored checkpoint's positions).
 pub async fn deliver(
     mut rx: UnboundedReceiver<Delivery>,
     hub: Arc<AlertHub>,
@@ -208,18 +216,22 @@ pub async fn deliver(
     metrics: Arc<Metrics>,
     archive: crate::archive::ArchiveHandle,
     start_positions: BTreeMap<i32, i64>,
-    mut delivered: Delivered,
+    delivered: Delivered,
 ) {
-    let mut pending = Vec::new();
-    // Kafka sends since the last mark, each answering where it landed.
-    let mut outstanding: Vec<JoinHandle<Option<(i32, i64)>>> = Vec::new();
-    // Where the sends since the last mark that already finished landed.
-    let mut confirmed: BTreeMap<i32, i64> = BTreeMap::new();
-    // The previous mark's positions, which the next mark starts from.
-    let mut previous: Option<oneshot::Receiver<BTreeMap<i32, i64>>> = None;
-    let mut history_offset: Option<i64> = None;
-    loop {
-        let Some(first) = rx.recv().await else { break };
+    let mut task = DeliveryTask {
+        hub,
+        kafka,
+        metrics,
+        archive,
+        delivered,
+        start_positions,
+        pending: Vec::new(),
+        outstanding: Vec::new(),
+        confirmed: BTreeMap::new(),
+        previous: None,
+        unwritten: VecDeque::new(),
+    };
+    while let Some(first) = rx.recv().await {
         let mut items = vec![first];
         // Take everything queued, so history is appended in batches.
         while let Ok(more) = rx.try_recv() {
@@ -227,143 +239,178 @@ pub async fn deliver(
         }
         for item in items {
             match item {
-                Delivery::Alerts(alerts) => pending.extend(alerts),
+                Delivery::Alerts(alerts) => task.pending.extend(alerts),
                 Delivery::Mark(reply) => {
                     // What came before the mark goes out before it.
-                    let sends = deliver_batch(
-                        &mut pending,
-                        &hub,
-                        &kafka,
-                        &metrics,
-                        &archive,
-                        &mut delivered,
-                        &mut history_offset,
-                    )
-                    .await;
-                    outstanding.extend(sends);
-                    let handles = std::mem::take(&mut outstanding);
-                    let landed = std::mem::take(&mut confirmed);
-                    let before = previous.take();
-                    let (next, after) = oneshot::channel();
-                    previous = Some(after);
-                    let start = start_positions.clone();
-                    let history_offset = history_offset;
-                    tokio::spawn(async move {
-                        let mut positions = match before {
-                            Some(before) => before.await.unwrap_or(start),
-                            None => start,
-                        };
-                        for (partition, next) in landed {
-                            let at = positions.entry(partition).or_insert(0);
-                            *at = (*at).max(next);
-                        }
-                        for handle in handles {
-                            if let Ok(Some((partition, offset))) = handle.await {
-                                let at = positions.entry(partition).or_insert(0);
-                                *at = (*at).max(offset + 1);
-                            }
-                        }
-                        let _ = next.send(positions.clone());
-                        let _ = reply.send(DeliveryMark {
-                            positions,
-                            history_offset,
-                        });
-                    });
+                    task.deliver_pending().await;
+                    task.mark(reply);
                 }
             }
         }
-        let sends = deliver_batch(
-            &mut pending,
-            &hub,
-            &kafka,
-            &metrics,
-            &archive,
-            &mut delivered,
-            &mut history_offset,
-        )
-        .await;
-        outstanding.extend(sends);
-        // Confirmed sends are harvested now, so the list stays short when no
-        // mark comes (checkpoints off).
-        outstanding.retain_mut(|handle| {
+        task.deliver_pending().await;
+        task.harvest();
+    }
+}
+
+struct DeliveryTask {
+    hub: Arc<AlertHub>,
+    kafka: Option<(KafkaProducer, String)>,
+    metrics: Arc<Metrics>,
+    archive: crate::archive::ArchiveHandle,
+    delivered: Delivered,
+    start_positions: BTreeMap<i32, i64>,
+    pending: Vec<Alert>,
+    /// Kafka sends since the last mark, each answering where it landed.
+    outstanding: Vec<JoinHandle<Option<(i32, i64)>>>,
+    /// Where the sends since the last mark that already finished landed.
+    confirmed: BTreeMap<i32, i64>,
+    /// The previous mark's positions, which the next mark starts from.
+    previous: Option<oneshot::Receiver<BTreeMap<i32, i64>>>,
+    /// Alerts handed to the history with the archive offset of their batch,
+    /// until the history has written that far.
+    unwritten: VecDeque<(i64, Alert)>,
+}
+
+impl DeliveryTask {
+    /// Delivers what is pending: Kafka first (people wait on it, while the
+    /// archive may be busy writing a file), then history, then live
+    /// subscribers, who hear of an alert once history has it (`send_local`
+    /// returns when the rows are buffered, and history reads buffered
+    /// rows), so what they see they can also look up.
+    async fn deliver_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let alerts: Vec<Arc<Alert>> = self.pending.drain(..).map(Arc::new).collect();
+        // Made again after a restore: where each already went, it does not go again.
+        let delivered = &mut self.delivered;
+        let mut reached_kafka = Vec::with_capacity(alerts.len());
+        let mut to_history = Vec::with_capacity(alerts.len());
+        for alert in &alerts {
+            let on_kafka =
+                !delivered.on_kafka.is_empty() && delivered.on_kafka.remove(&alert.id).is_some();
+            if on_kafka {
+                self.metrics.alerts_resuppressed.fetch_add(1, Relaxed);
+            }
+            reached_kafka.push(on_kafka);
+            if delivered.in_history.is_empty() || !delivered.in_history.remove(&alert.id) {
+                to_history.push(alert.as_ref().clone());
+            }
+        }
+        for (alert, &on_kafka) in alerts.iter().zip(&reached_kafka) {
+            if alert.status != AlertStatus::Fired || on_kafka {
+                continue;
+            }
+            if let Some((producer, topic)) = &self.kafka {
+                self.outstanding.push(tokio::spawn(produce_until_confirmed(
+                    producer.clone(),
+                    topic.clone(),
+                    Arc::clone(&self.metrics),
+                    Arc::clone(alert),
+                )));
+            }
+        }
+        // Fired and suppressed alerts alike go to the `alerts` table.
+        if !to_history.is_empty() {
+            match catalog::archive::alerts_to_batch(&to_history) {
+                Ok(batch) => {
+                    if let Some(last) = self.archive.send_local(batch).await {
+                        self.unwritten
+                            .extend(to_history.into_iter().map(|a| (last, a)));
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "converting alerts for the archive"),
+            }
+        }
+        for (alert, on_kafka) in alerts.into_iter().zip(reached_kafka) {
+            match alert.status {
+                AlertStatus::Fired => self.metrics.alerts_fired.fetch_add(1, Relaxed),
+                AlertStatus::Suppressed => self.metrics.alerts_suppressed.fetch_add(1, Relaxed),
+            };
+            if !on_kafka {
+                let _ = self.hub.live.send(alert);
+            }
+        }
+    }
+
+    /// Answers a mark once every Kafka send before it is confirmed, with
+    /// the positions they reached and the alerts history has not written.
+    fn mark(&mut self, reply: oneshot::Sender<DeliveryMark>) {
+        let written = self.archive.durable_offset(catalog::archive::NO_PARTITION);
+        self.unwritten
+            .retain(|(offset, _)| written.is_none_or(|w| *offset > w));
+        if self.unwritten.len() > MAX_UNWRITTEN {
+            tracing::error!(
+                unwritten = self.unwritten.len(),
+                "the alert history is not writing; checkpoints carry only its newest alerts"
+            );
+            let excess = self.unwritten.len() - MAX_UNWRITTEN;
+            self.unwritten.drain(..excess);
+        }
+        let unwritten = self.unwritten.iter().map(|(_, a)| a.clone()).collect();
+        // Delivered before a restore and not made again yet: a checkpoint's
+        // state precedes them, so its positions must too.
+        let mut awaited: BTreeMap<i32, i64> = BTreeMap::new();
+        for &(partition, offset) in self.delivered.on_kafka.values() {
+            let at = awaited.entry(partition).or_insert(offset);
+            *at = (*at).min(offset);
+        }
+        let handles = std::mem::take(&mut self.outstanding);
+        let landed = std::mem::take(&mut self.confirmed);
+        let before = self.previous.take();
+        let (next, after) = oneshot::channel();
+        self.previous = Some(after);
+        let start = self.start_positions.clone();
+        tokio::spawn(async move {
+            let mut positions = match before {
+                Some(before) => before.await.unwrap_or(start),
+                None => start,
+            };
+            let finished = handles
+                .into_iter()
+                .map(|h| async move { h.await.ok().flatten() });
+            for (partition, offset) in futures::future::join_all(finished)
+                .await
+                .into_iter()
+                .flatten()
+            {
+                raise(&mut positions, partition, offset + 1);
+            }
+            for (partition, next) in landed {
+                raise(&mut positions, partition, next);
+            }
+            let _ = next.send(positions.clone());
+            for (partition, offset) in awaited {
+                let at = positions.entry(partition).or_insert(offset);
+                *at = (*at).min(offset);
+            }
+            let _ = reply.send(DeliveryMark {
+                positions,
+                unwritten,
+            });
+        });
+    }
+
+    /// Confirmed sends are harvested now, so the list stays short when no
+    /// mark comes (checkpoints off).
+    fn harvest(&mut self) {
+        let confirmed = &mut self.confirmed;
+        self.outstanding.retain_mut(|handle| {
             if !handle.is_finished() {
                 return true;
             }
             if let Some(Ok(Some((partition, offset)))) = handle.now_or_never() {
-                let at = confirmed.entry(partition).or_insert(0);
-                *at = (*at).max(offset + 1);
+                raise(confirmed, partition, offset + 1);
             }
             false
         });
     }
 }
 
-/// Delivers `pending` (drained): Kafka first (people wait on it, while the
-/// archive may be busy writing a file), then history, then live
-/// subscribers, who hear of an alert once history has it (`send_local`
-/// returns when the rows are buffered, and history reads buffered rows), so
-/// what they see they can also look up. Returns the Kafka sends started.
-async fn deliver_batch(
-    pending: &mut Vec<Alert>,
-    hub: &AlertHub,
-    kafka: &Option<(KafkaProducer, String)>,
-    metrics: &Arc<Metrics>,
-    archive: &crate::archive::ArchiveHandle,
-    delivered: &mut Delivered,
-    history_offset: &mut Option<i64>,
-) -> Vec<JoinHandle<Option<(i32, i64)>>> {
-    if pending.is_empty() {
-        return Vec::new();
-    }
-    let mut sends = Vec::new();
-    let alerts: Vec<Arc<Alert>> = pending.drain(..).map(Arc::new).collect();
-    // Made again after a restore: where each already went, it does not go again.
-    let mut reached_kafka = Vec::with_capacity(alerts.len());
-    let mut to_history = Vec::with_capacity(alerts.len());
-    for alert in &alerts {
-        let on_kafka = !delivered.on_kafka.is_empty() && delivered.on_kafka.remove(&alert.id);
-        if on_kafka {
-            metrics.alerts_resuppressed.fetch_add(1, Relaxed);
-        }
-        reached_kafka.push(on_kafka);
-        if delivered.in_history.is_empty() || !delivered.in_history.remove(&alert.id) {
-            to_history.push(alert.as_ref().clone());
-        }
-    }
-    for (alert, &on_kafka) in alerts.iter().zip(&reached_kafka) {
-        if alert.status != AlertStatus::Fired || on_kafka {
-            continue;
-        }
-        if let Some((producer, topic)) = kafka {
-            sends.push(tokio::spawn(produce_until_confirmed(
-                producer.clone(),
-                topic.clone(),
-                Arc::clone(metrics),
-                Arc::clone(alert),
-            )));
-        }
-    }
-    // Fired and suppressed alerts alike go to the `alerts` table.
-    if !to_history.is_empty() {
-        match catalog::archive::alerts_to_batch(&to_history) {
-            Ok(batch) => {
-                if let Some(last) = archive.send_local(batch).await {
-                    *history_offset = Some(last);
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "converting alerts for the archive"),
-        }
-    }
-    for (alert, on_kafka) in alerts.into_iter().zip(reached_kafka) {
-        match alert.status {
-            AlertStatus::Fired => metrics.alerts_fired.fetch_add(1, Relaxed),
-            AlertStatus::Suppressed => metrics.alerts_suppressed.fetch_add(1, Relaxed),
-        };
-        if !on_kafka {
-            let _ = hub.live.send(alert);
-        }
-    }
-    sends
+/// `positions[partition] = max(positions[partition], next)`.
+fn raise(positions: &mut BTreeMap<i32, i64>, partition: i32, next: i64) {
+    let at = positions.entry(partition).or_insert(next);
+    *at = (*at).max(next);
 }
 
 /// Produces one alert, retrying (with backoff up to 30 s) until Kafka

@@ -42,9 +42,10 @@
 //! `WARDWATCH_CRASH_SEED=<u64>` replays another stream and other kill
 //! moments.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -55,7 +56,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Map, Value};
 use wardwatch_test_support::server::parse_metrics;
-use wardwatch_test_support::{free_port, recent_ms, Broker};
+use wardwatch_test_support::{recent_ms, Broker};
 
 const PARTITIONS: i32 = 4;
 const PATIENTS: usize = 32;
@@ -105,50 +106,12 @@ const RULES: [(&str, &str, u64); 4] = [
 
 // ------------------------------------------------------------ processes
 
-/// A `wardwatch serve` process, killed with SIGKILL on drop.
-struct Process {
-    child: Child,
-    url: String,
-    started: Instant,
-    log: PathBuf,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(config: &Path, data: &Path) -> Process {
-    let port = free_port().unwrap();
-    let log_path = data.with_extension(format!("{port}.log"));
-    let log = std::fs::File::create(&log_path).unwrap();
-    let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_wardwatch"))
-        .args(["serve", "--no-auth", "--config"])
-        .arg(config)
-        .args(["--data-dir"])
-        .arg(data)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("the wardwatch binary starts");
-    Process {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        started,
-        log: log_path,
-    }
-}
-
 /// The logs of every process of the test, the last lines of each.
 #[derive(Default)]
 struct Logs(Vec<(String, PathBuf)>);
 
 impl Logs {
-    fn add(&mut self, what: &str, process: &Process) {
+    fn add(&mut self, what: &str, process: &common::Running) {
         self.0.push((what.to_string(), process.log.clone()));
     }
 
@@ -200,7 +163,7 @@ fn write_config(dir: &Path, name: &str, bootstrap: &str) -> (PathBuf, PathBuf, S
     (config, dir.join(format!("{name}-data")), group)
 }
 
-async fn metrics(http: &reqwest::Client, p: &Process) -> Option<HashMap<String, f64>> {
+async fn metrics(http: &reqwest::Client, p: &common::Running) -> Option<HashMap<String, f64>> {
     let text = http
         .get(format!("{}/metrics", p.url))
         .send()
@@ -241,7 +204,7 @@ fn metric_present(m: &HashMap<String, f64>, name: &str) -> bool {
     })
 }
 
-async fn wait_healthy(http: &reqwest::Client, p: &Process, logs: &Logs) {
+async fn wait_healthy(http: &reqwest::Client, p: &common::Running, logs: &Logs) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(r) = http.get(format!("{}/healthz", p.url)).send().await {
@@ -262,7 +225,7 @@ async fn wait_healthy(http: &reqwest::Client, p: &Process, logs: &Logs) {
 /// returns the time since the process started.
 async fn wait_metric(
     http: &reqwest::Client,
-    p: &Process,
+    p: &common::Running,
     name: &str,
     want: f64,
     limit: Duration,
@@ -287,7 +250,7 @@ async fn wait_metric(
 
 async fn create_rules(
     http: &reqwest::Client,
-    p: &Process,
+    p: &common::Running,
     logs: &Logs,
 ) -> BTreeMap<String, String> {
     let mut ids = BTreeMap::new();
@@ -815,7 +778,7 @@ async fn wait_committed(
     }
 }
 
-async fn history(http: &reqwest::Client, p: &Process) -> Option<Vec<Value>> {
+async fn history(http: &reqwest::Client, p: &common::Running) -> Option<Vec<Value>> {
     let v: Value = http
         .get(format!("{}/api/alerts?limit=10000", p.url))
         .send()
@@ -915,9 +878,9 @@ async fn kill_9_at_any_moment_neither_loses_splits_nor_repeats_an_alert() {
     let mut resuppressed = 0.0;
 
     // Both servers up, the same rules in the same order, before any event.
-    let a = spawn(&config_a, &data_a);
+    let a = common::spawn_with_config(&config_a, &data_a);
     logs.add("run A", &a);
-    let mut b = spawn(&config_b, &data_b);
+    let mut b = common::spawn_with_config(&config_b, &data_b);
     logs.add("run B, first start", &b);
     wait_healthy(&http, &a, &logs).await;
     wait_healthy(&http, &b, &logs).await;
@@ -942,7 +905,7 @@ async fn kill_9_at_any_moment_neither_loses_splits_nor_repeats_an_alert() {
     drop(b);
     println!("kill (a): after the first events read");
     produce(&producer, &stream.chunks[1]).await;
-    b = spawn(&config_b, &data_b);
+    b = common::spawn_with_config(&config_b, &data_b);
     logs.add("run B after kill (a)", &b);
     let first = wait_metric(
         &http,
@@ -1001,7 +964,7 @@ async fn kill_9_at_any_moment_neither_loses_splits_nor_repeats_an_alert() {
         metric(&m, "wardwatch_checkpoints_total").unwrap_or(0.0)
     );
     produce(&producer, &stream.chunks[9]).await;
-    b = spawn(&config_b, &data_b);
+    b = common::spawn_with_config(&config_b, &data_b);
     logs.add("run B after kill (b)", &b);
     let first = wait_metric(
         &http,
@@ -1033,7 +996,7 @@ async fn kill_9_at_any_moment_neither_loses_splits_nor_repeats_an_alert() {
     println!("kill (c): {delay:?} into producing chunk {k}");
     producing.await.unwrap();
     produce(&producer, &stream.chunks[k + 1]).await;
-    b = spawn(&config_b, &data_b);
+    b = common::spawn_with_config(&config_b, &data_b);
     logs.add("run B after kill (c)", &b);
     let first = wait_metric(
         &http,
@@ -1317,7 +1280,7 @@ async fn the_brute_force_evaluation_is_what_the_engine_computes_without_a_crash(
     let expected = counted(brute_force(&stream.readings).iter());
     let http = reqwest::Client::new();
     let mut logs = Logs::default();
-    let server = spawn(&config, &dir.path().join("data"));
+    let server = common::spawn_with_config(&config, &dir.path().join("data"));
     logs.add("embedded server", &server);
     wait_healthy(&http, &server, &logs).await;
     let rules = create_rules(&http, &server, &logs).await;

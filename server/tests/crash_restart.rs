@@ -6,44 +6,13 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use wardwatch_test_support::{free_port, Broker};
+use wardwatch_test_support::Broker;
 
-struct Running {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(config: &std::path::Path, data: &std::path::Path) -> Running {
-    let port = free_port().unwrap();
-    let log = std::fs::File::create(data.with_extension(format!("{port}.log"))).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_wardwatch"))
-        .args(["serve", "--no-auth", "--config"])
-        .arg(config)
-        .args(["--data-dir"])
-        .arg(data)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("the wardwatch binary starts");
-    Running {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-async fn count(http: &reqwest::Client, server: &Running) -> Option<(i64, i64)> {
+async fn count(http: &reqwest::Client, server: &common::Running) -> Option<(i64, i64)> {
     let r = http
         .post(format!("{}/api/query", server.url))
         .json(&json!({"sql": "SELECT count(*) AS n, count(DISTINCT sequence_number) AS d FROM vitals"}))
@@ -54,7 +23,7 @@ async fn count(http: &reqwest::Client, server: &Running) -> Option<(i64, i64)> {
     Some((v["rows"][0]["n"].as_i64()?, v["rows"][0]["d"].as_i64()?))
 }
 
-async fn wait_for(http: &reqwest::Client, server: &Running, want: i64) -> (i64, i64) {
+async fn wait_for(http: &reqwest::Client, server: &common::Running, want: i64) -> (i64, i64) {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         if let Some(c) = count(http, server).await {
@@ -97,7 +66,7 @@ async fn a_crash_mid_file_neither_loses_nor_duplicates_archived_events() {
         * hour;
     let http = reqwest::Client::new();
 
-    let first = start(&config, &data);
+    let first = common::spawn_with_config(&config, &data);
     common::produce_readings(&broker, 0, 2000, t0).await;
     assert_eq!(wait_for(&http, &first, 2000).await, (2000, 2000));
     // Let some files land and offsets commit, then add events that stay in
@@ -107,7 +76,7 @@ async fn a_crash_mid_file_neither_loses_nor_duplicates_archived_events() {
     assert_eq!(wait_for(&http, &first, 3500).await, (3500, 3500));
     drop(first); // SIGKILL: no flush, no final commit
 
-    let second = start(&config, &data);
+    let second = common::spawn_with_config(&config, &data);
     common::produce_readings(&broker, 3500, 500, t0).await;
     assert_eq!(
         wait_for(&http, &second, 4000).await,

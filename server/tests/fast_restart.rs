@@ -21,7 +21,7 @@
 use std::path::Path;
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -31,45 +31,7 @@ use wardwatch_test_support::{free_port, recent_ms, Broker};
 
 const PARTITIONS: i32 = 4;
 
-/// A `wardwatch serve` process, killed with SIGKILL on drop.
-struct Running {
-    child: Child,
-    url: String,
-    started: Instant,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(config: &Path, data: &Path) -> Running {
-    let port = free_port().unwrap();
-    let log_path = data.with_extension(format!("{port}.log"));
-    let log = std::fs::File::create(&log_path).unwrap();
-    let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_wardwatch"))
-        .args(["serve", "--no-auth", "--config"])
-        .arg(config)
-        .args(["--data-dir"])
-        .arg(data)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("the wardwatch binary starts");
-    Running {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        started,
-        log: log_path,
-    }
-}
-
-async fn events_in(http: &reqwest::Client, server: &Running) -> Option<f64> {
+async fn events_in(http: &reqwest::Client, server: &common::Running) -> Option<f64> {
     let text = http
         .get(format!("{}/metrics", server.url))
         .send()
@@ -85,7 +47,7 @@ async fn events_in(http: &reqwest::Client, server: &Running) -> Option<f64> {
 
 /// Polls `/metrics` until at least `want` events were read; returns the
 /// time since the process started.
-async fn wait_events(http: &reqwest::Client, server: &Running, want: f64) -> Duration {
+async fn wait_events(http: &reqwest::Client, server: &common::Running, want: f64) -> Duration {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if events_in(http, server).await.unwrap_or(0.0) >= want {
@@ -163,7 +125,7 @@ async fn kill_and_restart(name: &str, kafka: &str, downtime: Duration) -> (Durat
     let http = reqwest::Client::new();
 
     common::produce_readings(&broker, 0, 400, recent_ms(3_600_000, 1)).await;
-    let first = start(&config, &data);
+    let first = common::spawn_with_config(&config, &data);
     let first_read = wait_events(&http, &first, 1.0).await;
     wait_events(&http, &first, 400.0).await;
     wait_committed(&broker, &group, 400).await;
@@ -172,7 +134,7 @@ async fn kill_and_restart(name: &str, kafka: &str, downtime: Duration) -> (Durat
 
     common::produce_readings(&broker, 400, 100, recent_ms(3_600_000, 1)).await;
     tokio::time::sleep(downtime.saturating_sub(killed.elapsed())).await;
-    let second = start(&config, &data);
+    let second = common::spawn_with_config(&config, &data);
     let restart_read = wait_events(&http, &second, 1.0).await;
     let all = wait_events(&http, &second, 100.0).await;
     println!(
@@ -266,7 +228,7 @@ async fn a_second_server_on_a_data_dir_is_refused_and_a_crash_releases_it() {
     let config = dir.path().join("wardwatch.toml");
     std::fs::write(&config, "").unwrap(); // embedded: no Kafka
     let http = reqwest::Client::new();
-    let first = start(&config, &data);
+    let first = common::spawn_with_config(&config, &data);
     let deadline = Instant::now() + Duration::from_secs(30);
     while events_in(&http, &first).await.is_none() {
         assert!(Instant::now() < deadline, "the first server never answered");
@@ -291,7 +253,7 @@ async fn a_second_server_on_a_data_dir_is_refused_and_a_crash_releases_it() {
 
     // kill -9: the OS drops the lock; a new server starts on the directory.
     drop(first);
-    let again = start(&config, &data);
+    let again = common::spawn_with_config(&config, &data);
     let deadline = Instant::now() + Duration::from_secs(30);
     while events_in(&http, &again).await.is_none() {
         assert!(

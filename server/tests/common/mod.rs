@@ -1,14 +1,20 @@
 //! Running the real `wardwatch` binary for the tests in this folder.
 #![allow(dead_code)] // each test binary uses its own subset
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// A `wardwatch serve` process, killed with SIGKILL on drop.
 pub struct Running {
     pub child: Child,
     pub url: String,
+    /// When the process was spawned.
+    pub started: Instant,
+    /// Its stdout and stderr, next to the data directory.
+    pub log: PathBuf,
 }
 
 impl Drop for Running {
@@ -25,6 +31,34 @@ pub fn free_port() -> u16 {
         .expect("a free port on 127.0.0.1")
 }
 
+/// Spawns `wardwatch serve --config CONFIG` on `data` (and a free port)
+/// without waiting for it. Its log goes next to the data directory.
+pub fn spawn_with_config(config: &Path, data: &Path) -> Running {
+    spawn(data, &["--config", &config.to_string_lossy()])
+}
+
+fn spawn(data: &Path, args: &[&str]) -> Running {
+    let port = free_port();
+    let log = data.with_extension(format!("{port}.log"));
+    let out = std::fs::File::create(&log).unwrap();
+    let started = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_wardwatch"))
+        .args(["serve", "--no-auth", "--data-dir"])
+        .arg(data)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .expect("the wardwatch binary starts");
+    Running {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        started,
+        log,
+    }
+}
+
 /// Starts `wardwatch serve` embedded (no Kafka) on `data` and waits until
 /// it answers. Its log goes next to the data directory.
 pub async fn start(data: &std::path::Path, http: &reqwest::Client) -> Running {
@@ -33,21 +67,7 @@ pub async fn start(data: &std::path::Path, http: &reqwest::Client) -> Running {
 
 /// [`start`] with more command-line arguments (for example `--config F`).
 pub async fn start_with(data: &std::path::Path, http: &reqwest::Client, args: &[&str]) -> Running {
-    let port = free_port();
-    let log = std::fs::File::create(data.with_extension(format!("{port}.log"))).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_wardwatch"))
-        .args(["serve", "--no-auth", "--data-dir"])
-        .arg(data)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(args)
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("the wardwatch binary starts");
-    let running = Running {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
+    let running = spawn(data, args);
     let deadline = Instant::now() + Duration::from_secs(30);
     while http
         .get(format!("{}/healthz", running.url))

@@ -278,6 +278,13 @@ pub struct KafkaConfig {
     /// from every other member of the group (two live members with one id
     /// fence each other out). Unset (the default): dynamic membership.
     pub group_instance_id: Option<String>,
+    /// Read these partitions of `vitals_topic` by assignment instead of
+    /// joining the consumer group (an empty list: all of them). With no
+    /// group protocol, a restarted process reads again at once, whatever the
+    /// broker; each instance lists its own partitions, and the operator
+    /// keeps the lists disjoint and complete. Offsets are still committed
+    /// under `group_id`. Unset (the default): group membership.
+    pub partitions: Option<Vec<i32>>,
     pub vitals_topic: String,
     pub dlq_topic: String,
     pub alerts_topic: String,
@@ -385,6 +392,7 @@ impl Default for KafkaConfig {
             brokers: None,
             group_id: "wardwatch".into(),
             group_instance_id: None,
+            partitions: None,
             vitals_topic: "vitals".into(),
             dlq_topic: "vitals-dlq".into(),
             alerts_topic: "alert-events".into(),

@@ -111,27 +111,7 @@ impl ConsumerContext for RebalanceContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             match consumer.committed_offsets((*tpl).clone(), Duration::from_secs(10)) {
-                Ok(committed) => {
-                    for e in committed
-                        .elements()
-                        .iter()
-                        .filter(|e| e.topic() == self.topic)
-                    {
-                        if let Offset::Offset(next) = e.offset() {
-                            self.intake.archive().resume_blocking(e.partition(), next);
-                            // Commits never pass a checkpoint, so this means
-                            // the newest checkpoint was lost or damaged.
-                            if let Some(from) = self
-                                .intake
-                                .engine_from(e.partition())
-                                .filter(|&from| next > from)
-                            {
-                                tracing::error!(partition = e.partition(), committed = next, checkpoint = from,
-                                    "committed offset is past the restored checkpoint: events between are not in the engine's state");
-                            }
-                        }
-                    }
-                }
+                Ok(committed) => resume_at_committed(&self.intake, &self.topic, &committed),
                 Err(e) => tracing::warn!(error = %e, "reading committed offsets on assignment"),
             }
         }
@@ -152,6 +132,95 @@ impl ConsumerContext for RebalanceContext {
         };
         let _ = self.intake.pipeline().send(input);
     }
+}
+
+/// On taking partitions at their committed offsets: the archive drops files
+/// past them (a crash wrote them but never committed).
+fn resume_at_committed(intake: &Intake, topic: &str, committed: &TopicPartitionList) {
+    for e in committed.elements().iter().filter(|e| e.topic() == topic) {
+        if let Offset::Offset(next) = e.offset() {
+            intake.archive().resume_blocking(e.partition(), next);
+            // Commits never pass a checkpoint, so this means the newest
+            // checkpoint was lost or damaged.
+            if let Some(from) = intake
+                .engine_from(e.partition())
+                .filter(|&from| next > from)
+            {
+                tracing::error!(partition = e.partition(), committed = next, checkpoint = from,
+                    "committed offset is past the restored checkpoint: events between are not in the engine's state");
+            }
+        }
+    }
+}
+
+/// `[kafka] partitions`: reads them by assignment, no group membership,
+/// from the group's committed offsets (the start when none). Waits for the
+/// topic to exist (or the shutdown notice). Returns whether it assigned.
+fn assign_manually<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    intake: &Intake,
+    topic: &str,
+    wanted: &[i32],
+    shutdown: &ShutdownNotice,
+) -> bool {
+    let partitions: Vec<i32> = loop {
+        if shutdown.is_requested() {
+            return false;
+        }
+        let found: Option<Vec<i32>> = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(2))
+            .ok()
+            .and_then(|m| {
+                let t = m.topics().iter().find(|t| t.name() == topic)?;
+                let all: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+                (!all.is_empty()).then_some(all)
+            });
+        match found {
+            Some(all) if wanted.is_empty() => break all,
+            Some(all) => {
+                for p in wanted.iter().filter(|p| !all.contains(p)) {
+                    tracing::error!(
+                        partition = p,
+                        topic,
+                        "configured partition does not exist; not read"
+                    );
+                }
+                break wanted.iter().copied().filter(|p| all.contains(p)).collect();
+            }
+            None => std::thread::sleep(Duration::from_millis(500)),
+        }
+    };
+    let mut tpl = TopicPartitionList::new();
+    for &p in &partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+        Ok(committed) => committed,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading committed offsets; reading from the start");
+            tpl.clone()
+        }
+    };
+    resume_at_committed(intake, topic, &committed);
+    let mut start = TopicPartitionList::new();
+    for e in committed.elements().iter().filter(|e| e.topic() == topic) {
+        let offset = match e.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        let _ = start.add_partition_offset(topic, e.partition(), offset);
+    }
+    if let Err(e) = consumer.assign(&start) {
+        tracing::error!(error = %e, "assigning partitions");
+        return false;
+    }
+    tracing::info!(
+        ?partitions,
+        topic,
+        "reading partitions by assignment (no group membership)"
+    );
+    let _ = intake.pipeline().send(Input::Assign(partitions));
+    true
 }
 
 /// Waits until the decode thread has handed everything sent before to the
@@ -318,9 +387,12 @@ pub fn start(
     let consumer: BaseConsumer<RebalanceContext> = cfg
         .create_with_context(context)
         .context("creating the Kafka consumer")?;
-    consumer
-        .subscribe(&[kafka.vitals_topic.as_str()])
-        .with_context(|| format!("subscribing to {}", kafka.vitals_topic))?;
+    let manual = kafka.partitions.clone();
+    if manual.is_none() {
+        consumer
+            .subscribe(&[kafka.vitals_topic.as_str()])
+            .with_context(|| format!("subscribing to {}", kafka.vitals_topic))?;
+    }
     let connected = Arc::new(AtomicBool::new(false));
     let connected_flag = Arc::clone(&connected);
     let topic = kafka.vitals_topic.clone();
@@ -344,6 +416,10 @@ pub fn start(
             let mut last_metadata_check = Instant::now() - Duration::from_secs(60);
             let mut last_caught_up = Instant::now();
             let mut fatal = false;
+            if let Some(wanted) = &manual {
+                let assigned = assign_manually(&consumer, &intake, &topic, wanted, &shutdown);
+                connected_flag.store(assigned, Ordering::Relaxed);
+            }
             let cut_all = || {
                 let chunks: Vec<(i32, RawChunk)> = pending
                     .lock()

@@ -25,6 +25,7 @@ pub mod inproc;
 pub mod latency;
 pub mod pipeline;
 pub mod query;
+pub mod recovery;
 pub mod replay;
 pub mod rules;
 pub mod state;
@@ -178,6 +179,7 @@ pub enum Scenario {
     Engine,
     Decode,
     State,
+    Recovery,
     Replay,
     Query,
     /// Runs an in-process server and stops it at the end (see [`latency`]).
@@ -188,10 +190,11 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Engine,
         Scenario::Decode,
         Scenario::State,
+        Scenario::Recovery,
         Scenario::Replay,
         Scenario::Query,
         Scenario::Latency,
@@ -203,6 +206,7 @@ impl Scenario {
             Scenario::Engine => "engine",
             Scenario::Decode => "decode",
             Scenario::State => "state",
+            Scenario::Recovery => "recovery",
             Scenario::Replay => "replay",
             Scenario::Query => "query",
             Scenario::Latency => "latency",
@@ -215,6 +219,7 @@ impl Scenario {
             Scenario::Engine => engine::run(size),
             Scenario::Decode => decode::run(size),
             Scenario::State => state::run(size),
+            Scenario::Recovery => recovery::run(size),
             Scenario::Replay => replay::run(size),
             Scenario::Query => query::run(size),
             Scenario::Latency => latency::run(size),
@@ -231,12 +236,13 @@ impl FromStr for Scenario {
             "engine" => Ok(Scenario::Engine),
             "decode" => Ok(Scenario::Decode),
             "state" => Ok(Scenario::State),
+            "recovery" => Ok(Scenario::Recovery),
             "replay" => Ok(Scenario::Replay),
             "query" => Ok(Scenario::Query),
             "pipeline" => Ok(Scenario::Pipeline),
             "latency" => Ok(Scenario::Latency),
             other => bail!(
-                "unknown scenario `{other}`: expected one of engine, decode, state, replay, query, latency, pipeline, or all"
+                "unknown scenario `{other}`: expected one of engine, decode, state, recovery, replay, query, latency, pipeline, or all"
             ),
         }
     }
@@ -254,7 +260,7 @@ pub fn parse_scenarios<S: AsRef<str>>(names: &[S]) -> Result<Vec<Scenario>> {
         }
     }
     if out.is_empty() {
-        bail!("name at least one scenario: engine, decode, state, replay, query, latency, pipeline, or all");
+        bail!("name at least one scenario: engine, decode, state, recovery, replay, query, latency, pipeline, or all");
     }
     out.sort();
     out.dedup();

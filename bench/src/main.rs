@@ -21,6 +21,8 @@ use wardwatch_bench::Scenario;
 /// Scenarios: engine (20 rules over in-memory Arrow batches vs the same
 /// rules as DataFusion batch SQL), decode (JSON payloads to Arrow vs
 /// serde_json structs), state (memory of open five-minute windows),
+/// recovery (engine throughput with a checkpoint every 2 s vs without;
+/// snapshot, write and restore times at that state),
 /// replay (the 20 rules replayed over days of archived Parquet as
 /// POST /api/replay does, vs the same rules as DataFusion batch SQL over
 /// the files), query (three history queries as POST /api/query runs them
@@ -32,7 +34,7 @@ use wardwatch_bench::Scenario;
 #[derive(Parser, Debug)]
 #[command(name = "wardwatch-bench", version)]
 struct BenchArgs {
-    /// Scenarios to run: engine, decode, state, replay, query, latency,
+    /// Scenarios to run: engine, decode, state, recovery, replay, query, latency,
     /// pipeline, or all.
     #[arg(required = true, value_name = "SCENARIO")]
     scenarios: Vec<String>,

@@ -1,7 +1,8 @@
-//! CI smoke test for `wardwatch-bench`: the `engine`, `pipeline` and
-//! `latency` scenarios run at a tiny size and their alerts are right (some
-//! fire, the engine fires exactly the same ones twice, and the latency run
-//! reads an alert for every marker and window it expects). Speed is not
+//! CI smoke test for `wardwatch-bench`: the `engine`, `recovery`,
+//! `pipeline` and `latency` scenarios run at a tiny size and their results
+//! are right (alerts fire, the engine fires exactly the same ones twice, a
+//! checkpoint restores the window state it took, and the latency run reads
+//! an alert for every marker and window it expects). Speed is not
 //! checked here: that is what `wardwatch-bench` is for.
 //!
 //! The pipeline and latency scenarios need the tansu broker (`bash
@@ -21,6 +22,12 @@ const REQUIRED: [&str; 7] = [
 ];
 
 fn check_shape(r: &BenchResult, scenario: &str) {
+    check_shape_without_alerts(r, scenario);
+    let json: serde_json::Value = serde_json::from_str(&r.to_json_line()).expect("one JSON line");
+    assert!(json["alerts"].as_u64().is_some(), "{json}");
+}
+
+fn check_shape_without_alerts(r: &BenchResult, scenario: &str) {
     assert_eq!(r.scenario, scenario);
     assert!(r.events > 0, "{r:?}");
     assert!(r.seconds > 0.0 && r.events_per_sec > 0.0, "{r:?}");
@@ -29,7 +36,6 @@ fn check_shape(r: &BenchResult, scenario: &str) {
     for key in REQUIRED {
         assert!(json.get(key).is_some(), "{key} missing from {json}");
     }
-    assert!(json["alerts"].as_u64().is_some(), "{json}");
 }
 
 #[test]
@@ -59,6 +65,20 @@ fn engine_bench_fires_the_same_alerts_every_run() {
         first.details["alerts_suppressed"],
         second.details["alerts_suppressed"]
     );
+}
+
+#[test]
+fn recovery_bench_restores_the_state_it_checkpointed() {
+    let result =
+        bench::recovery::run(&BenchSize::exact(200, 120)).expect("the recovery benchmark runs");
+    check_shape_without_alerts(&result, "recovery");
+    let d = &result.details;
+    assert!(d["state_snapshot_bytes"].as_u64() > Some(0), "{d:?}");
+    assert!(
+        d["checkpoint_file_bytes"].as_u64() > d["state_snapshot_bytes"].as_u64(),
+        "{d:?}"
+    );
+    assert!(d["open_panes_restored"].as_u64() > Some(0), "{d:?}");
 }
 
 #[test]

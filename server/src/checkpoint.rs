@@ -87,7 +87,8 @@ impl Checkpointer {
         let started = Instant::now();
         let result = self.checkpoint_locked(&mut state).await;
         match &result {
-            Ok(bytes) => {
+            Ok(None) => {}
+            Ok(Some(bytes)) => {
                 self.metrics.checkpoints.fetch_add(1, Relaxed);
                 self.metrics.checkpoint_bytes.store(*bytes, Relaxed);
                 self.metrics
@@ -102,7 +103,8 @@ impl Checkpointer {
         result.map(|_| ())
     }
 
-    async fn checkpoint_locked(&self, state: &mut State) -> Result<u64> {
+    /// `None`: nothing changed since the last checkpoint, none written.
+    async fn checkpoint_locked(&self, state: &mut State) -> Result<Option<u64>> {
         let taken_at_ms = chrono::Utc::now().timestamp_millis();
         let (tx, rx) = std::sync::mpsc::channel();
         self.pipeline
@@ -113,6 +115,9 @@ impl Checkpointer {
             .await?
             .map_err(|_| anyhow!("the engine has stopped"))?
             .map_err(|e| anyhow!("taking the engine's state: {e}"))?;
+        let Some(engine) = engine else {
+            return Ok(None);
+        };
         // Every alert made before the state was taken is on Kafka.
         let mark = engine
             .delivered
@@ -144,7 +149,7 @@ impl Checkpointer {
         if let Err(e) = self.store.prune(KEEP).await {
             tracing::warn!(error = %e, "deleting old checkpoints");
         }
-        Ok(bytes)
+        Ok(Some(bytes))
     }
 
     /// Checkpoints every `interval` until the shutdown notice (the Kafka

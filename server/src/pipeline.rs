@@ -37,7 +37,9 @@ pub enum Input {
         last_offset: Option<i64>,
     },
     /// Take the engine's state for a checkpoint (see [`EngineState`]).
-    Checkpoint(std::sync::mpsc::Sender<Result<EngineState, String>>),
+    /// Answers `None` when nothing that a checkpoint holds has changed since
+    /// the last one (an idle ward is not rewritten every interval).
+    Checkpoint(std::sync::mpsc::Sender<Result<Option<EngineState>, String>>),
     /// Restore a checkpoint's engine state (rules already upserted); answers
     /// the rules whose state could not be restored (they start empty).
     Restore {
@@ -215,6 +217,8 @@ pub fn start(
             let mut engine = Engine::new(config.clone());
             // Per Kafka partition, the next offset the engine has not seen.
             let mut covered: BTreeMap<i32, i64> = BTreeMap::new();
+            // Whether anything a checkpoint holds changed since the last one.
+            let mut changed = true;
             let mut last_tick = Instant::now();
             let mut stopped_reply = None;
             loop {
@@ -229,6 +233,19 @@ pub fn start(
                 };
                 // Busy from here until the next wait, timer-driven ticks too.
                 liveness.busy_since_ms.store(now_ms(), Relaxed);
+                // Ticks close windows too, but a restore that reopens them
+                // closes them again the same way (same alert ids).
+                changed |= matches!(
+                    input,
+                    Some(
+                        Input::Batch { .. }
+                            | Input::Upsert(_)
+                            | Input::Remove(_)
+                            | Input::Assign(_)
+                            | Input::Revoke(_)
+                            | Input::Restore { .. }
+                    )
+                );
                 let result = match input {
                     Some(Input::Batch {
                         partition,
@@ -276,8 +293,13 @@ pub fn start(
                         engine.revoke_partitions(&p);
                         Ok(Default::default())
                     }
+                    Some(Input::Checkpoint(reply)) if !changed => {
+                        let _ = reply.send(Ok(None));
+                        Ok(Default::default())
+                    }
                     Some(Input::Checkpoint(reply)) => {
                         let taken = engine.snapshot().map_err(|e| e.to_string());
+                        changed = taken.is_err();
                         let state = taken.map(|bytes| {
                             // Through the alert channel, behind every alert
                             // made before the state was taken.
@@ -293,7 +315,7 @@ pub fn start(
                                 delivered,
                             }
                         });
-                        let _ = reply.send(state);
+                        let _ = reply.send(state.map(Some));
                         Ok(Default::default())
                     }
                     Some(Input::Restore {

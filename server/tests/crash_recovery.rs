@@ -17,7 +17,9 @@
 //!   three checkpoints and committed offsets, just after it has read more
 //!   (windows open, alerts possibly fired since the last checkpoint), and
 //!   (c) at a seeded random moment while a chunk is being produced and
-//!   read (possibly during a checkpoint write).
+//!   read (possibly during a checkpoint write); then it is stopped
+//!   gracefully (d, SIGTERM, as a rolling upgrade does): it must exit
+//!   within 5 s having committed everything it read.
 //!
 //! Then, read back with an independent consumer from `alert-events`:
 //! every alert id of run B is on the topic exactly once; run B's alerts
@@ -1008,8 +1010,64 @@ async fn kill_9_at_any_moment_neither_loses_splits_nor_repeats_an_alert() {
     .await;
     restarts.push(("after kill (c)", first));
 
+    // (d) A graceful stop (SIGTERM), as a rolling upgrade does: the last
+    // checkpoint and commit cover everything read, and the process exits
+    // within seconds.
+    produce(&producer, &stream.chunks[k + 2]).await;
+    let read_so_far: usize = stream.chunks[..=k + 2].iter().map(Vec::len).sum();
+    let m = metrics(&http, &b).await.unwrap_or_default();
+    let read = metric(&m, "wardwatch_events_in_total").unwrap_or(0.0);
+    wait_metric(
+        &http,
+        &b,
+        "wardwatch_events_in_total",
+        read + 1.0,
+        minute,
+        ms,
+        &logs,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = metrics(&http, &b).await.unwrap_or_default();
+    resuppressed += metric(&m, "wardwatch_alerts_resuppressed_total").unwrap_or(0.0);
+    let stopping = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &b.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -TERM failed");
+    let exit = loop {
+        if let Some(exit) = b.child.try_wait().expect("waiting for the server") {
+            break exit;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(10),
+            "the server did not exit within 10 s of SIGTERM; logs:{}",
+            logs.dump()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let stop_took = stopping.elapsed();
+    println!("graceful stop (d): exited {exit} {stop_took:?} after SIGTERM");
+    assert!(
+        exit.success() && stop_took < Duration::from_secs(5),
+        "SIGTERM: exit {exit} after {stop_took:?}; logs:{}",
+        logs.dump()
+    );
+    // Committed at once on the way out: nothing read is read again.
+    wait_committed(
+        &bootstrap,
+        &group_b,
+        Some(read_so_far as i64),
+        Duration::from_secs(2),
+        &logs,
+    )
+    .await;
+    b = common::spawn_with_config(&config_b, &data_b);
+    logs.add("run B after a graceful stop (d)", &b);
+
     // The rest of the stream, then every partition far ahead.
-    for chunk in &stream.chunks[k + 2..] {
+    for chunk in &stream.chunks[k + 3..] {
         produce(&producer, chunk).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -82,6 +82,9 @@ pub struct PipelineHandle {
     pub rule_health: Arc<Mutex<HashMap<String, RuleHealth>>>,
     /// Whether the engine thread is making progress (see [`EngineHealth`]).
     pub health: Arc<EngineHealth>,
+    /// Per partition: latest event time and whether idle (refreshed every
+    /// 100 ms, for metrics).
+    pub partition_clocks: Arc<Mutex<Vec<(i32, i64, bool)>>>,
 }
 
 /// A rule that fails at run time keeps running (each input is a new try)
@@ -203,6 +206,8 @@ pub fn start(
     let failures = Arc::clone(&rule_health);
     let health = Arc::new(EngineHealth::default());
     let liveness = Arc::clone(&health);
+    let partition_clocks: Arc<Mutex<Vec<(i32, i64, bool)>>> = Arc::default();
+    let clocks = Arc::clone(&partition_clocks);
     std::thread::Builder::new()
         .name("wardwatch-engine".into())
         .spawn(move || {
@@ -356,6 +361,7 @@ pub fn start(
                     if !idle_from_source {
                         outputs.push(engine.tick(now_ms()));
                     }
+                    *clocks.lock().expect("clocks lock") = engine.partition_clocks();
                     let mut s = stats.lock().expect("stats lock");
                     s.clear();
                     for (spec, _) in engine.rules() {
@@ -413,6 +419,7 @@ pub fn start(
         rule_stats,
         rule_health,
         health,
+        partition_clocks,
     }
 }
 

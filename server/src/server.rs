@@ -230,6 +230,7 @@ pub async fn run_until(
     ));
     let kafka_ready = Arc::new(AtomicBool::new(config.kafka.brokers.is_none()));
     let mut kafka_lag = Arc::new(std::sync::atomic::AtomicI64::new(-1));
+    let mut kafka_partition_lag = source::kafka::PartitionLag::default();
     let mut kafka_source = None;
     if let Some(brokers) = &config.kafka.brokers {
         let src = source::kafka::start(
@@ -240,6 +241,7 @@ pub async fn run_until(
             shutdown.notice(),
         )?;
         kafka_lag = Arc::clone(&src.lag);
+        kafka_partition_lag = Arc::clone(&src.partition_lag);
         let connected = Arc::clone(&src.connected);
         let ready = Arc::clone(&kafka_ready);
         let stop = shutdown.notice();
@@ -333,6 +335,7 @@ pub async fn run_until(
         query_slots,
         kafka_ready,
         kafka_lag,
+        kafka_partition_lag,
         rule_writes: tokio::sync::Mutex::new(()),
     });
     let app = crate::transport::protect(api::router(Arc::clone(&state)), &state.config);

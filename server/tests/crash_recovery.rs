@@ -1303,6 +1303,26 @@ async fn kill_9_at_any_moment_neither_loses_splits_nor_repeats_an_alert() {
             metric(&m, name)
         );
     }
+    // Per partition, how far its events are behind the server clock (the
+    // stream is about an hour old) and, when librdkafka has reported it,
+    // the consumer's lag.
+    for p in 0..PARTITIONS {
+        let lag = m
+            .get(&format!(
+                "wardwatch_partition_event_lag_seconds{{partition=\"{p}\"}}"
+            ))
+            .copied();
+        assert!(
+            lag.is_some_and(|s| (0.0..7_200.0).contains(&s)),
+            "partition {p}: event lag {lag:?} s"
+        );
+        println!(
+            "partition {p}: event lag {lag:?} s, consumer lag {:?}",
+            m.get(&format!(
+                "wardwatch_partition_consumer_lag{{partition=\"{p}\"}}"
+            ))
+        );
+    }
     for (label, d) in &restarts {
         assert!(
             *d < RESTART_BOUND,

@@ -333,6 +333,18 @@ impl Engine {
         self.duplicates
     }
 
+    /// Each partition's latest event time (`i64::MIN` before its first
+    /// event) and whether it is idle, ordered by partition: for metrics.
+    pub fn partition_clocks(&self) -> Vec<(i32, i64, bool)> {
+        let mut clocks: Vec<(i32, i64, bool)> = self
+            .clock
+            .partitions()
+            .map(|(p, c)| (p, c.max_event_ms, c.idle))
+            .collect();
+        clocks.sort_unstable();
+        clocks
+    }
+
     pub fn revoke_partitions(&mut self, partitions: &[i32]) {
         for p in partitions {
             self.dedup.forget(*p);

@@ -234,5 +234,49 @@ pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
             state.metrics.restore_micros.load(Ordering::Relaxed) as f64 / 1e6,
         ),
     ]);
+    let body = body + &partition_metrics(&state, now);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}
+
+/// Per partition: the consumer's lag in messages, and how far its events
+/// are behind the server clock (the watermark lag a platform team watches:
+/// a partition whose devices or broker fall behind shows here first).
+fn partition_metrics(state: &SharedState, now_ms: i64) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let lag = state
+        .kafka_partition_lag
+        .lock()
+        .map(|l| l.clone())
+        .unwrap_or_default();
+    let name = "wardwatch_partition_consumer_lag";
+    let _ = writeln!(out, "# HELP {name} Messages the Kafka consumer is behind the partition's end (librdkafka statistics).\n# TYPE {name} gauge");
+    for (partition, messages) in lag {
+        let _ = writeln!(out, "{name}{{partition=\"{partition}\"}} {messages}");
+    }
+    let clocks = state
+        .pipeline
+        .partition_clocks
+        .lock()
+        .map(|c| c.clone())
+        .unwrap_or_default();
+    let name = "wardwatch_partition_event_lag_seconds";
+    let _ = writeln!(out, "# HELP {name} Server clock minus the partition's latest event time (how far behind real time its events are; the watermark follows the slowest partition that is not idle).\n# TYPE {name} gauge");
+    for (partition, latest, _) in clocks.iter().filter(|(_, latest, _)| *latest > i64::MIN) {
+        let _ = writeln!(
+            out,
+            "{name}{{partition=\"{partition}\"}} {}",
+            (now_ms - latest) as f64 / 1e3
+        );
+    }
+    let name = "wardwatch_partition_idle";
+    let _ = writeln!(out, "# HELP {name} 1 while the partition no longer holds the watermark back (idle_timeout_ms).\n# TYPE {name} gauge");
+    for (partition, _, idle) in &clocks {
+        let _ = writeln!(
+            out,
+            "{name}{{partition=\"{partition}\"}} {}",
+            u8::from(*idle)
+        );
+    }
+    out
 }

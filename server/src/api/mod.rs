@@ -67,6 +67,8 @@ pub struct AppState {
     pub kafka_ready: Arc<AtomicBool>,
     /// Kafka consumer lag over our partitions; -1 unknown or no Kafka.
     pub kafka_lag: Arc<std::sync::atomic::AtomicI64>,
+    /// The same per partition (empty: unknown or no Kafka).
+    pub kafka_partition_lag: crate::source::kafka::PartitionLag,
     /// Serialises rule changes so versions and engine updates stay in order.
     pub rule_writes: tokio::sync::Mutex<()>,
 }

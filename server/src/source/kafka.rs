@@ -51,7 +51,12 @@ struct RebalanceContext {
     /// Messages behind the partitions' ends, summed over our partitions, from
     /// librdkafka's statistics; -1 while unknown.
     lag: Arc<AtomicI64>,
+    /// The same per partition (known ones only).
+    partition_lag: PartitionLag,
 }
+
+/// Per partition, messages behind its end (librdkafka's statistics).
+pub type PartitionLag = Arc<Mutex<std::collections::BTreeMap<i32, i64>>>;
 
 /// How long a revocation or shutdown waits for a partition's dead letters.
 const SETTLE_WAIT: Duration = Duration::from_secs(30);
@@ -63,17 +68,27 @@ impl ClientContext for RebalanceContext {
     /// librdkafka's statistics (every `statistics.interval.ms`): the
     /// consumer lag of our partitions, for `/readyz` and `/metrics`.
     fn stats(&self, statistics: rdkafka::Statistics) {
-        let lag = statistics.topics.get(&self.topic).map(|topic| {
-            topic
-                .partitions
-                .iter()
-                // -1 is librdkafka's internal partition; a lag of -1 is
-                // unknown (not assigned, or no offset yet).
-                .filter(|(p, part)| **p >= 0 && part.consumer_lag >= 0)
-                .map(|(_, part)| part.consumer_lag)
-                .sum::<i64>()
-        });
-        self.lag.store(lag.unwrap_or(-1), Ordering::Relaxed);
+        let by_partition: std::collections::BTreeMap<i32, i64> = statistics
+            .topics
+            .get(&self.topic)
+            .map(|topic| {
+                topic
+                    .partitions
+                    .iter()
+                    // -1 is librdkafka's internal partition; a lag of -1 is
+                    // unknown (not assigned, or no offset yet).
+                    .filter(|(p, part)| **p >= 0 && part.consumer_lag >= 0)
+                    .map(|(p, part)| (*p, part.consumer_lag))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let total = if statistics.topics.contains_key(&self.topic) {
+            by_partition.values().sum()
+        } else {
+            -1
+        };
+        self.lag.store(total, Ordering::Relaxed);
+        *self.partition_lag.lock().expect("partition lag lock") = by_partition;
     }
 }
 
@@ -259,6 +274,8 @@ pub struct KafkaSource {
     /// Consumer lag over our partitions (librdkafka's statistics, each
     /// second); -1 while unknown.
     pub lag: Arc<AtomicI64>,
+    /// The same per partition.
+    pub partition_lag: PartitionLag,
     consumer_thread: std::thread::JoinHandle<()>,
     decode_thread: std::thread::JoinHandle<()>,
 }
@@ -382,8 +399,10 @@ pub fn start(
         decode: decode_tx.clone(),
         topic: kafka.vitals_topic.clone(),
         lag: Arc::new(AtomicI64::new(-1)),
+        partition_lag: PartitionLag::default(),
     };
     let lag = Arc::clone(&context.lag);
+    let partition_lag = Arc::clone(&context.partition_lag);
     let consumer: BaseConsumer<RebalanceContext> = cfg
         .create_with_context(context)
         .context("creating the Kafka consumer")?;
@@ -532,6 +551,7 @@ pub fn start(
     Ok(KafkaSource {
         connected,
         lag,
+        partition_lag,
         consumer_thread,
         decode_thread,
     })

@@ -182,6 +182,74 @@
     } catch (e) { /* readiness shows the outage */ }
   }
 
+  /* ------------------------------------------------------------ operations */
+
+  function fmtDuration(ms) {
+    if (ms === null || ms === undefined) return "–";
+    if (ms < 1000) return Math.round(ms) + " ms";
+    if (ms < 60000) return (ms / 1000).toFixed(1) + " s";
+    if (ms < 3600000) return Math.round(ms / 60000) + " min";
+    return (ms / 3600000).toFixed(1) + " h";
+  }
+
+  function fmtBytes(n) {
+    if (n >= 1048576) return (n / 1048576).toFixed(1) + " MiB";
+    if (n >= 1024) return Math.round(n / 1024) + " KiB";
+    return n + " B";
+  }
+
+  // The operations strip (admins): GET /api/ops, every poll.
+  async function refreshOps() {
+    if (!may("admin")) return;
+    var seen = epoch;
+    var r = await fetchJson("/api/ops");
+    if (seen !== epoch) return;
+    $("ops-error").hidden = r.ok;
+    if (!r.ok) { $("ops-error").textContent = errorText(r.body, r.status); return; }
+    var ops = r.body;
+    var c = ops.checkpoints;
+    $("ops-checkpoints").textContent = c.enabled
+      ? "Checkpoints every " + fmtDuration(c.interval_ms) + ": " + fmtCount(c.written) + " written" +
+        (c.failures ? ", " + fmtCount(c.failures) + " FAILED" : "") +
+        (c.age_ms === null ? ", none yet" : ", latest " + fmtDuration(c.age_ms) + " ago (" +
+          fmtBytes(c.bytes) + ", took " + fmtDuration(c.duration_ms) + ")") +
+        (c.restore_ms === null ? "" : "; restored at start in " + fmtDuration(c.restore_ms))
+      : "Checkpoints off (they need Kafka and checkpoint_interval_ms > 0).";
+    var e = ops.engine;
+    $("ops-summary").textContent = (e.stalled_ms !== null ? "ENGINE STALLED " + fmtDuration(e.stalled_ms) + " · " : "") +
+      "queue " + e.inputs_waiting + (e.consumer_lag === null ? "" : " · lag " + fmtCount(e.consumer_lag));
+    var rows = $("ops-partition-rows");
+    rows.replaceChildren.apply(rows, ops.partitions.map(function (p) {
+      return el("tr", null, [
+        el("td", { text: p.partition < 0 ? "local (HTTP, demo)" : String(p.partition) }),
+        el("td", { text: p.consumer_lag === null ? "–" : fmtCount(p.consumer_lag) }),
+        el("td", { text: p.latest_event_ms === null ? "–" : fullTime(p.latest_event_ms) }),
+        // Events dated ahead of the server clock (within max_future_skew_ms).
+        el("td", { text: p.event_lag_ms !== null && p.event_lag_ms < 0 ? "ahead " + fmtDuration(-p.event_lag_ms) : fmtDuration(p.event_lag_ms) }),
+        el("td", { text: p.idle ? "idle" : "" })
+      ]);
+    }));
+    if (!ops.partitions.length) rows.appendChild(el("tr", null, [el("td", { colspan: 5, text: "No partition has delivered anything yet." })]));
+    var b = ops.budgets;
+    $("ops-budgets").textContent = "Each rule may hold " + fmtBytes(b.max_state_bytes) + " of state, do " +
+      fmtCount(b.max_work_per_batch) + " units of work per batch and fire " + fmtCount(b.max_alerts_per_minute) +
+      " alerts a minute; over any, it is suspended.";
+    var ruleRows = $("ops-rule-rows");
+    ruleRows.replaceChildren.apply(ruleRows, ops.rules.map(function (x) {
+      var state = el("td", { text: x.state, className: x.state === "running" ? null : "error-text" });
+      if (x.suspension) state.title = x.suspension;
+      return el("tr", null, [
+        el("td", { text: x.id }),
+        state,
+        el("td", { text: fmtCount(x.open_panes) }),
+        el("td", { text: fmtCount(x.alerts_fired) }),
+        el("td", { text: fmtCount(x.alerts_suppressed) }),
+        el("td", { text: fmtCount(x.late_events) }),
+        el("td", { text: fmtCount(x.errors_total) })
+      ]);
+    }));
+  }
+
   /* ----------------------------------------------------------------- rules */
 
   function statsLine(stats) {
@@ -1144,6 +1212,7 @@
     $("auth-off-banner").hidden = true;
     $("rules-panel").hidden = true;
     $("alerts-panel").hidden = true;
+    $("ops-panel").hidden = true;
     $("sign-in-panel").hidden = false;
     $("credential").value = "";
     signInError(message);
@@ -1181,6 +1250,7 @@
     $("rules-panel").hidden = false;
     $("alerts-panel").hidden = false;
     refreshRules();
+    refreshOps();
     applyFilters();
   }
 
@@ -1291,4 +1361,5 @@
   setInterval(refreshCounters, POLL_MS);
   setInterval(whenSignedIn(refreshRules), POLL_MS);
   setInterval(whenSignedIn(refreshRepeats), POLL_MS);
+  setInterval(whenSignedIn(refreshOps), POLL_MS);
 })();

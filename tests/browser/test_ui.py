@@ -386,8 +386,9 @@ def check_contrast(page):
 def check_tablet(page, server):
     page.set_viewport_size({"width": 800, "height": 1100})
     page.wait_for_selector("#alerts tr.alert")
+    page.evaluate("window.scrollTo(0, 0)")
     box = page.eval_on_selector("#alerts tr.alert", "tr => tr.getBoundingClientRect().toJSON()")
-    assert box["top"] < 1100, f"first alert row at y={box['top']} is below the fold at tablet width"
+    assert 0 <= box["top"] < 1100, f"first alert row at y={box['top']} is below the fold at tablet width"
     if SHOTS:
         page.screenshot(path=os.path.join(SHOTS, "ui-800x1100.png"))
     page.set_viewport_size({"width": 1400, "height": 1000})
@@ -467,6 +468,24 @@ def check_stale(page, server):
     if SHOTS:
         page.screenshot(path=os.path.join(SHOTS, "ui-stale.png"))
     print(f"  stale: indicator stale {took:.1f} s after the server was killed")
+
+
+def check_ops(page, server):
+    """The operations strip: every running rule against its budgets, the
+    demo's local partition with how far behind its events are, and
+    checkpoints reported off (no Kafka)."""
+    page.wait_for_selector("#ops-panel:not([hidden])")
+    wait_until("ops partition", lambda: "local" in (page.text_content("#ops-partition-rows") or ""))
+    ops = server.get("/api/ops")
+    running = len(ops["rules"])
+    assert running > 0, ops
+    wait_until("ops rules", lambda: len(page.query_selector_all("#ops-rule-rows tr")) == running)
+    shown = page.text_content("#ops-rule-rows")
+    for rule in ops["rules"]:
+        assert rule["id"] in shown, (rule["id"], shown)
+    assert "Checkpoints off" in page.text_content("#ops-checkpoints")
+    assert "suspended" in page.text_content("#ops-budgets")
+    print(f"  ops: {running} rules against their budgets, the local partition, checkpoints off")
 
 
 def check_auth_off_banner(page, server):
@@ -606,6 +625,7 @@ def check_viewer(page, server, key, name, api_requests):
     page.wait_for_selector("#rules article.rule")
     assert page.is_hidden("#rule-form") and page.is_visible("#rules-readonly")
     assert not page.query_selector("#rules button.deactivate"), "a viewer sees Deactivate"
+    assert page.is_hidden("#ops-panel"), "a viewer sees the operations strip"
 
     # The live feed is the fetch stream, with the credential: new alerts
     # arrive as rows without a reload.
@@ -656,9 +676,12 @@ def check_admin(page, key):
     assert page.text_content("#session-who") == "Signed in as Charge Admin (admin)"
     page.wait_for_selector("#rules button.deactivate")
     assert page.is_visible("#rule-form") and page.is_hidden("#rules-readonly")
+    page.wait_for_selector("#ops-rule-rows tr")
+    assert page.is_visible("#ops-panel")
     wait_until("rows", lambda: rows(page))
     sign_out(page)
-    print("  admin: rule form and Deactivate shown")
+    assert page.is_hidden("#ops-panel")
+    print("  admin: rule form, Deactivate and the operations strip shown")
 
 
 def check_refusals(page, server):
@@ -771,6 +794,7 @@ def run_auth_off(browser, work):
         page.add_init_script(CSP_WATCH)
         check_worklist(page, server)
         check_auth_off_banner(page, server)
+        check_ops(page, server)
         for check in (check_acknowledge, check_rule_states):
             check(page, server)
         check_contrast(page)

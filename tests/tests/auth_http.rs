@@ -62,6 +62,7 @@ fn allowed(method: &str, path: &str) -> &'static [&'static str] {
         ("get", "/api/hospitals" | "/api/hospitals/{id}" | "/api/rule-templates") => HUMANS,
         ("post", "/api/hospitals") => &["admin"],
         ("put" | "delete", "/api/hospitals/{id}") => &["admin"],
+        ("get", "/api/ops") => &["admin"],
         _ => panic!("{method} {path}: a route this test does not know; add it to `allowed`"),
     }
 }

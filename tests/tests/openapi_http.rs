@@ -44,6 +44,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/api/hospitals", &["get", "post"]),
     ("/api/hospitals/{id}", &["get", "put", "delete"]),
     ("/api/rule-templates", &["get"]),
+    ("/api/ops", &["get"]),
 ];
 
 const HTTP_METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
@@ -646,6 +647,22 @@ async fn real_answers_have_exactly_the_keys_their_schemas_declare() {
     )
     .await;
     checked(&server, &doc, Method::GET, "/readyz", "/readyz", None, 200).await;
+    // Events went through the local partition, and a rule runs.
+    let ops = checked(
+        &server,
+        &doc,
+        Method::GET,
+        "/api/ops",
+        "/api/ops",
+        None,
+        200,
+    )
+    .await;
+    assert!(
+        ops["partitions"].as_array().is_some_and(|p| !p.is_empty())
+            && ops["rules"].as_array().is_some_and(|r| !r.is_empty()),
+        "{ops}"
+    );
     let deactivated = checked(
         &server,
         &doc,

@@ -15,6 +15,7 @@ pub mod hospitals;
 pub mod ingest;
 pub mod keys;
 pub mod openapi;
+pub mod ops;
 pub mod query;
 pub mod replay;
 pub mod rules;
@@ -125,6 +126,7 @@ pub fn routes() -> OpenApiRouter<SharedState> {
             hospitals::retire
         ))
         .routes(routes!(hospitals::templates))
+        .routes(routes!(ops::operations))
 }
 
 pub fn router(state: SharedState) -> Router {

@@ -20,6 +20,7 @@
 pub mod alerts;
 pub mod hospitals;
 pub mod keys;
+pub mod ops;
 pub mod replay;
 pub mod rules;
 #[cfg(test)]
@@ -28,6 +29,7 @@ mod tests;
 pub use alerts::*;
 pub use hospitals::*;
 pub use keys::*;
+pub use ops::*;
 pub use replay::*;
 pub use rules::*;
 

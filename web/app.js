@@ -313,7 +313,12 @@
         "aria-describedby": ruleErrors[rule.id] ? "rule-action-error-" + rule.id : null
       });
       btn.addEventListener("click", function () { deactivate(rule, btn); });
-      head.appendChild(el("span", { className: "actions" }, [btn]));
+      var edit = el("button", {
+        type: "button", className: "secondary edit", id: "edit-" + rule.id,
+        "aria-label": "Edit rule " + rule.name, text: "Edit"
+      });
+      edit.addEventListener("click", function () { startEdit(rule); });
+      head.appendChild(el("span", { className: "actions" }, [edit, btn]));
     }
     var meta = el("div", {
       className: "rule-meta",
@@ -490,6 +495,72 @@
     }
   }
 
+  // The rule being edited (a new version is saved over it), or null.
+  var editing = null;
+
+  function startEdit(rule) {
+    editing = rule;
+    $("rule-name").value = rule.name;
+    $("rule-severity").value = rule.severity;
+    $("rule-cooldown").value = String(rule.cooldown_seconds);
+    $("rule-hospital").value = rule.hospital_id || "";
+    $("rule-sql").value = rule.sql;
+    $("rule-form-heading").textContent = "Edit “" + rule.name + "”: saving makes version " + (rule.version + 1);
+    $("rule-submit").textContent = "Save version " + (rule.version + 1);
+    $("rule-cancel-edit").hidden = false;
+    showRuleError(null);
+    showValidation(null);
+    $("rule-status").textContent = "";
+    renderDiff();
+    $("rule-form").scrollIntoView({ block: "nearest" });
+    $("rule-sql").focus();
+  }
+
+  function endEdit() {
+    editing = null;
+    $("rule-form").reset();
+    $("rule-form-heading").textContent = "Add a rule";
+    $("rule-submit").textContent = "Add rule";
+    $("rule-cancel-edit").hidden = true;
+    $("rule-diff-box").hidden = true;
+  }
+
+  // Line diff (longest common subsequence) of the running SQL and the edit.
+  function lineDiff(before, after) {
+    var a = before.split("\n"), b = after.split("\n");
+    var n = a.length, m = b.length, i, j;
+    var lcs = [];
+    for (i = 0; i <= n; i++) { lcs.push(new Array(m + 1).fill(0)); }
+    for (i = n - 1; i >= 0; i--) {
+      for (j = m - 1; j >= 0; j--) {
+        lcs[i][j] = a[i] === b[j] ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
+      }
+    }
+    var out = [];
+    i = 0; j = 0;
+    while (i < n || j < m) {
+      if (i < n && j < m && a[i] === b[j]) { out.push(["same", a[i]]); i++; j++; }
+      else if (j < m && (i === n || lcs[i][j + 1] >= lcs[i + 1][j])) { out.push(["add", b[j]]); j++; }
+      else { out.push(["del", a[i]]); i++; }
+    }
+    return out;
+  }
+
+  function renderDiff() {
+    if (!editing) return;
+    var box = $("rule-diff");
+    var lines = lineDiff(editing.sql, $("rule-sql").value);
+    var changed = lines.some(function (l) { return l[0] !== "same"; });
+    box.replaceChildren.apply(box, lines.map(function (l) {
+      var mark = l[0] === "add" ? "+ " : l[0] === "del" ? "- " : "  ";
+      return el("span", { className: l[0], text: mark + l[1] });
+    }));
+    $("rule-diff-caption").textContent = changed
+      ? "Changes to the SQL against version " + editing.version + ":"
+      : "The SQL is unchanged from version " + editing.version + ".";
+    $("rule-diff-box").hidden = false;
+  }
+
   async function submitRule(ev) {
     ev.preventDefault();
     var btn = $("rule-submit");
@@ -515,16 +586,26 @@
       }
       draft.cooldown_seconds = cooldown;
     }
+    var target = editing;
+    if (target) {
+      // A new version keeps what the form does not show.
+      ["allowed_lateness_ms", "description", "keep_duplicates", "escalation"].forEach(function (k) {
+        if (target[k] !== null && target[k] !== undefined) draft[k] = target[k];
+      });
+    }
     btn.disabled = true;
     try {
-      var r = await fetchJson("/api/rules", {
-        method: "POST",
+      var r = await fetchJson(target ? "/api/rules/" + encodeURIComponent(target.id) : "/api/rules", {
+        method: target ? "PUT" : "POST",
         headers: { "Content-Type": "application/json", "Accept": "application/json" },
         body: JSON.stringify(draft)
       });
       if (r.status === 201 || r.ok) {
-        $("rule-form").reset();
-        $("rule-status").textContent = "Added “" + ((r.body && r.body.name) || name) + "”.";
+        var saved = (r.body && r.body.name) || name;
+        endEdit();
+        $("rule-status").textContent = target
+          ? "Saved “" + saved + "” as version " + (r.body && r.body.version) + "."
+          : "Added “" + saved + "”.";
         await refreshRules();
       } else {
         handleErrorResponse(r);
@@ -1268,6 +1349,7 @@
     loaded = false;
     ruleErrors = {};
     openSql = {};
+    if (editing) endEdit();
     $("rules").replaceChildren();
     $("rules-count").textContent = "";
     updateRuleFilter([]);
@@ -1337,6 +1419,11 @@
   $("rule-validate").addEventListener("click", validateRule);
   $("rule-sql").addEventListener("input", function () {
     $("rule-sql").removeAttribute("aria-invalid");
+    renderDiff();
+  });
+  $("rule-cancel-edit").addEventListener("click", function () {
+    endEdit();
+    $("rule-status").textContent = "";
   });
   $("alert-filters").addEventListener("submit", function (ev) { ev.preventDefault(); applyFilters(); });
   $("filter-severity").addEventListener("change", applyFilters);

@@ -488,6 +488,32 @@ def check_ops(page, server):
     print(f"  ops: {running} rules against their budgets, the local partition, checkpoints off")
 
 
+def check_rule_edit(page, server):
+    """An author edits a rule: the form holds the running version, the
+    diff shows the changed line, and saving makes the next version."""
+    rules = [r for r in server.get("/api/rules")["rules"]
+             if r["active"] and re.search(r"\d+\s*$", r["sql"])]
+    assert rules, "no active rule ending in a number to edit"
+    rule = rules[0]
+    page.click(f"#edit-{rule['id']}")
+    assert page.input_value("#rule-sql") == rule["sql"]
+    assert page.text_content("#rule-submit") == f"Save version {rule['version'] + 1}"
+    old_line = rule["sql"].rstrip().split("\n")[-1]
+    number = re.search(r"(\d+)\s*$", old_line).group(1)
+    new_line = old_line[: old_line.rfind(number)] + str(int(number) + 1)
+    page.fill("#rule-sql", rule["sql"].rstrip()[: -len(old_line)] + new_line)
+    diff = page.text_content("#rule-diff")
+    assert f"- {old_line}" in diff and f"+ {new_line}" in diff, diff
+    page.click("#rule-submit")
+    wait_until("saved", lambda: f"as version {rule['version'] + 1}" in (page.text_content("#rule-status") or ""))
+    saved = server.get(f"/api/rules/{rule['id']}")
+    assert saved["version"] == rule["version"] + 1 and saved["sql"].endswith(new_line), saved
+    assert saved["cooldown_seconds"] == rule["cooldown_seconds"] and saved["name"] == rule["name"], saved
+    page.wait_for_selector(f"#rule-{rule['id']} .rule-meta:has-text('v{rule['version'] + 1}')")
+    assert page.is_hidden("#rule-diff-box") and page.text_content("#rule-form-heading") == "Add a rule"
+    print(f"  rule edit: {rule['name']!r} v{rule['version']} → v{saved['version']}, diff {old_line!r} → {new_line!r}")
+
+
 def check_auth_off_banner(page, server):
     """With authentication off (the loopback demo) a banner says so, for as
     long as the page is open; there is no one to sign in or out."""
@@ -625,6 +651,7 @@ def check_viewer(page, server, key, name, api_requests):
     page.wait_for_selector("#rules article.rule")
     assert page.is_hidden("#rule-form") and page.is_visible("#rules-readonly")
     assert not page.query_selector("#rules button.deactivate"), "a viewer sees Deactivate"
+    assert not page.query_selector("#rules button.edit"), "a viewer sees Edit"
     assert page.is_hidden("#ops-panel"), "a viewer sees the operations strip"
 
     # The live feed is the fetch stream, with the credential: new alerts
@@ -795,6 +822,7 @@ def run_auth_off(browser, work):
         check_worklist(page, server)
         check_auth_off_banner(page, server)
         check_ops(page, server)
+        check_rule_edit(page, server)
         for check in (check_acknowledge, check_rule_states):
             check(page, server)
         check_contrast(page)

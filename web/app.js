@@ -508,6 +508,7 @@
     $("rule-form-heading").textContent = "Edit “" + rule.name + "”: saving makes version " + (rule.version + 1);
     $("rule-submit").textContent = "Save version " + (rule.version + 1);
     $("rule-cancel-edit").hidden = false;
+    $("rule-backtest").hidden = true;
     showRuleError(null);
     showValidation(null);
     $("rule-status").textContent = "";
@@ -523,6 +524,7 @@
     $("rule-submit").textContent = "Add rule";
     $("rule-cancel-edit").hidden = true;
     $("rule-diff-box").hidden = true;
+    $("rule-backtest").hidden = true;
   }
 
   // Line diff (longest common subsequence) of the running SQL and the edit.
@@ -559,6 +561,88 @@
       ? "Changes to the SQL against version " + editing.version + ":"
       : "The SQL is unchanged from version " + editing.version + ".";
     $("rule-diff-box").hidden = false;
+  }
+
+  var BACKTEST_MS = 3600000;
+
+  // Fired alerts per patient of a replay report.
+  function firedByPatient(report) {
+    var counts = {};
+    (report.alerts || []).forEach(function (a) {
+      if (a.status !== "fired") return;
+      var p = patientOf(a);
+      counts[p] = (counts[p] || 0) + 1;
+    });
+    return counts;
+  }
+
+  function showBacktest(draft, live) {
+    var box = $("rule-backtest");
+    var mine = firedByPatient(draft);
+    var theirs = live ? firedByPatient(live) : null;
+    var total = function (c) { return Object.keys(c).reduce(function (n, k) { return n + c[k]; }, 0); };
+    var suppressed = (draft.alerts || []).filter(function (a) { return a.status !== "fired"; }).length;
+    var lines = [el("p", { className: "small", text:
+      "Backtest over the last hour: " + fmtCount(draft.events) + " events, " + fmtCount(total(mine)) +
+      " alerts fired (" + fmtCount(suppressed) + " suppressed) for " + Object.keys(mine).length + " patients" +
+      (theirs ? "; the running version fired " + fmtCount(total(theirs)) + " for " + Object.keys(theirs).length + " patients." : ".") })];
+    var patients = Object.keys(mine);
+    if (theirs) Object.keys(theirs).forEach(function (p) { if (patients.indexOf(p) < 0) patients.push(p); });
+    patients.sort(function (a, b) { return ((mine[b] || 0) - (mine[a] || 0)) || (a < b ? -1 : 1); });
+    if (patients.length) {
+      var head = [el("th", { scope: "col", text: "Patient" }), el("th", { scope: "col", text: "Draft" })];
+      if (theirs) head.push(el("th", { scope: "col", text: "Running" }));
+      lines.push(el("table", { className: "backtest" }, [
+        el("caption", { className: "visually-hidden", text: "Fired alerts per patient" }),
+        el("thead", null, [el("tr", null, head)]),
+        el("tbody", null, patients.slice(0, 10).map(function (p) {
+          var cells = [el("td", { text: p }), el("td", { text: String(mine[p] || 0) })];
+          if (theirs) cells.push(el("td", { text: String(theirs[p] || 0) }));
+          return el("tr", null, cells);
+        }))
+      ]));
+    }
+    box.replaceChildren.apply(box, lines);
+    box.hidden = false;
+  }
+
+  // Replays the draft (and, when editing, the running version) over the
+  // archive's last hour: what it would have fired, before it is saved.
+  async function backtestRule() {
+    var btn = $("rule-backtest-button");
+    showRuleError(null);
+    showValidation(null);
+    $("rule-backtest").hidden = true;
+    var sql = $("rule-sql").value;
+    if (!sql.trim()) { showRuleError("Write the rule's SQL first."); return; }
+    var to = Date.now(), from = to - BACKTEST_MS;
+    var body = { sql: sql, from_ms: from, to_ms: to };
+    var cooldown = Number($("rule-cooldown").value.trim());
+    if ($("rule-cooldown").value.trim() !== "" && Number.isInteger(cooldown) && cooldown >= 0) body.cooldown_seconds = cooldown;
+    var hospital = $("rule-hospital").value.trim();
+    if (hospital) body.hospital_id = hospital;
+    var post = function (b) {
+      return fetchJson("/api/replay", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "Accept": "application/json" },
+        body: JSON.stringify(b)
+      });
+    };
+    btn.disabled = true;
+    try {
+      var r = await post(body);
+      if (!r.ok) { handleErrorResponse(r); return; }
+      var live = null;
+      if (editing) {
+        var lr = await post({ rule_id: editing.id, from_ms: from, to_ms: to });
+        if (lr.ok) live = lr.body;
+      }
+      showBacktest(r.body, live);
+    } catch (e) {
+      showRuleError("Could not reach the server: " + e.message);
+    } finally {
+      btn.disabled = false;
+    }
   }
 
   async function submitRule(ev) {
@@ -1421,6 +1505,7 @@
     $("rule-sql").removeAttribute("aria-invalid");
     renderDiff();
   });
+  $("rule-backtest-button").addEventListener("click", backtestRule);
   $("rule-cancel-edit").addEventListener("click", function () {
     endEdit();
     $("rule-status").textContent = "";

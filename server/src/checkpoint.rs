@@ -232,17 +232,19 @@ pub async fn restore(
     let outcome = tokio::task::spawn_blocking(move || rx.recv())
         .await?
         .map_err(|_| anyhow!("the engine has stopped"))?;
-    match outcome {
+    // "id vN" of the rules whose state was not restored.
+    let not_restored: Vec<String> = match outcome {
         Ok(skipped) => {
-            for rule in skipped {
+            for rule in &skipped {
                 tracing::warn!(rule = %rule, "rule state not restored: the rule changed since the checkpoint; its windows start empty");
             }
+            skipped
         }
         Err(e) => {
             tracing::error!(error = %e, sequence = header.sequence, "checkpoint not restored; windows start empty");
             return Ok(restored);
         }
-    }
+    };
     // The state holds every event below these offsets.
     intake.skip_engine_below(&header.source_offsets);
     intake.gate().checkpointed(&header.source_offsets);
@@ -266,9 +268,12 @@ pub async fn restore(
     // deployment's alerts on a shared topic, not alerts about a rule, whose
     // ids carry the time they were raised): each is awaited, and until it
     // comes, later checkpoints keep reading the topic from its position.
+    // A rule that changed version since makes no alert of the old one
+    // again: its ids are not awaited.
     let versions: std::collections::HashSet<(&str, u32)> = header
         .rules
         .iter()
+        .filter(|(id, version)| !not_restored.contains(&format!("{id} v{version}")))
         .map(|(id, version)| (id.as_str(), *version))
         .collect();
     restored.delivered.on_kafka = read_back

@@ -504,6 +504,12 @@ def check_rule_edit(page, server):
     page.fill("#rule-sql", rule["sql"].rstrip()[: -len(old_line)] + new_line)
     diff = page.text_content("#rule-diff")
     assert f"- {old_line}" in diff and f"+ {new_line}" in diff, diff
+    # Backtest the edit, and the running version beside it, over the last hour.
+    page.click("#rule-backtest-button")
+    page.wait_for_selector("#rule-backtest:not([hidden])")
+    summary = page.text_content("#rule-backtest")
+    events = int(re.search(r"([\d,]+) events", summary).group(1).replace(",", ""))
+    assert events > 0 and "the running version fired" in summary, summary
     page.click("#rule-submit")
     wait_until("saved", lambda: f"as version {rule['version'] + 1}" in (page.text_content("#rule-status") or ""))
     saved = server.get(f"/api/rules/{rule['id']}")
@@ -511,7 +517,8 @@ def check_rule_edit(page, server):
     assert saved["cooldown_seconds"] == rule["cooldown_seconds"] and saved["name"] == rule["name"], saved
     page.wait_for_selector(f"#rule-{rule['id']} .rule-meta:has-text('v{rule['version'] + 1}')")
     assert page.is_hidden("#rule-diff-box") and page.text_content("#rule-form-heading") == "Add a rule"
-    print(f"  rule edit: {rule['name']!r} v{rule['version']} → v{saved['version']}, diff {old_line!r} → {new_line!r}")
+    print(f"  rule edit: {rule['name']!r} v{rule['version']} → v{saved['version']}, diff {old_line!r} → {new_line!r};"
+          f" backtested over {events} events")
 
 
 def check_auth_off_banner(page, server):

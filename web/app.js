@@ -182,6 +182,96 @@
     } catch (e) { /* readiness shows the outage */ }
   }
 
+  /* --------------------------------------------------------------- history */
+
+  // Rows drawn from one answer (the server bounds what it sends).
+  var HISTORY_ROWS_SHOWN = 500;
+  // The SQL of the result on screen, for Export CSV.
+  var historySql = null;
+
+  function historyError(message) {
+    $("history-error").hidden = !message;
+    $("history-error").textContent = message || "";
+    if (message) $("history-sql").setAttribute("aria-invalid", "true");
+    else $("history-sql").removeAttribute("aria-invalid");
+  }
+
+  async function runHistory(ev) {
+    ev.preventDefault();
+    var sql = $("history-sql").value;
+    historyError(null);
+    if (!sql.trim()) { historyError("Write a query."); return; }
+    var btn = $("history-run");
+    btn.disabled = true;
+    $("history-status").textContent = "running…";
+    var started = Date.now();
+    try {
+      var r = await fetchJson("/api/query", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "Accept": "application/json" },
+        body: JSON.stringify({ sql: sql })
+      });
+      if (!r.ok) {
+        historyError(errorText(r.body, r.status));
+        $("history-status").textContent = "";
+        return;
+      }
+      var columns = (r.body.columns || []).map(function (c) { return c.name; });
+      var result = r.body.rows || [];
+      var head = $("history-head");
+      head.replaceChildren(el("tr", null, columns.map(function (c) { return el("th", { scope: "col", text: c }); })));
+      var body = $("history-rows");
+      body.replaceChildren.apply(body, result.slice(0, HISTORY_ROWS_SHOWN).map(function (row) {
+        return el("tr", null, columns.map(function (c) {
+          var v = row[c];
+          return el("td", { text: v === null || v === undefined ? "" : typeof v === "object" ? JSON.stringify(v) : String(v) });
+        }));
+      }));
+      historySql = sql;
+      $("history-csv").disabled = false;
+      $("history-status").textContent = fmtCount(result.length) + " rows in " + fmtDuration(Date.now() - started) +
+        (result.length > HISTORY_ROWS_SHOWN ? " (first " + HISTORY_ROWS_SHOWN + " shown; Export CSV has all)" : "") +
+        (r.body.truncated ? " — cut short: " + (r.body.error || "limit reached") : "");
+    } catch (e) {
+      historyError("Could not reach the server: " + e.message);
+      $("history-status").textContent = "";
+    } finally {
+      btn.disabled = false;
+    }
+  }
+
+  // The same query again as CSV (written by the server), saved as a file.
+  async function exportHistoryCsv() {
+    if (!historySql) return;
+    var btn = $("history-csv");
+    btn.disabled = true;
+    try {
+      var resp = await fetch("/api/query", {
+        method: "POST",
+        headers: withCredential({ "Content-Type": "application/json", "Accept": "text/csv" }),
+        body: JSON.stringify({ sql: historySql })
+      });
+      if (resp.status === 401) { credentialRejected("HTTP 401"); return; }
+      if (!resp.ok) {
+        var text = await resp.text();
+        var body = null;
+        try { body = JSON.parse(text); } catch (e) { body = { raw: text }; }
+        historyError(errorText(body, resp.status));
+        return;
+      }
+      var url = URL.createObjectURL(await resp.blob());
+      var link = el("a", { href: url, download: "wardwatch-query.csv", hidden: true });
+      document.body.appendChild(link);
+      link.click();
+      link.remove();
+      setTimeout(function () { URL.revokeObjectURL(url); }, 10000);
+    } catch (e) {
+      historyError("Could not reach the server: " + e.message);
+    } finally {
+      btn.disabled = false;
+    }
+  }
+
   /* ------------------------------------------------------------ operations */
 
   function fmtDuration(ms) {
@@ -1378,6 +1468,7 @@
     $("rules-panel").hidden = true;
     $("alerts-panel").hidden = true;
     $("ops-panel").hidden = true;
+    $("history-panel").hidden = true;
     $("sign-in-panel").hidden = false;
     $("credential").value = "";
     signInError(message);
@@ -1434,6 +1525,11 @@
     ruleErrors = {};
     openSql = {};
     if (editing) endEdit();
+    historySql = null;
+    $("history-csv").disabled = true;
+    $("history-head").replaceChildren();
+    $("history-rows").replaceChildren();
+    $("history-status").textContent = "";
     $("rules").replaceChildren();
     $("rules-count").textContent = "";
     updateRuleFilter([]);
@@ -1506,6 +1602,8 @@
     renderDiff();
   });
   $("rule-backtest-button").addEventListener("click", backtestRule);
+  $("history-form").addEventListener("submit", runHistory);
+  $("history-csv").addEventListener("click", exportHistoryCsv);
   $("rule-cancel-edit").addEventListener("click", function () {
     endEdit();
     $("rule-status").textContent = "";

@@ -521,6 +521,36 @@ def check_rule_edit(page, server):
           f" backtested over {events} events")
 
 
+def check_history(page, server):
+    """An auditor runs history SQL: an error is shown where the query is; the
+    result is the server's; Export CSV saves the same rows as a file."""
+    page.wait_for_selector("#history-panel:not([hidden])")
+    page.fill("#history-sql", "SELECT nope FROM rules")
+    page.click("#history-run")
+    page.wait_for_selector("#history-error:not([hidden])")
+    err = page.text_content("#history-error")
+    assert "nope" in err, err
+    sql = "SELECT id, version, severity FROM rules ORDER BY id"
+    page.fill("#history-sql", sql)
+    page.click("#history-run")
+    page.wait_for_selector("#history-error", state="hidden")
+    status, answer = server.request("POST", "/api/query", {"sql": sql})
+    assert status == 200, answer
+    want = [[str(r["id"]), str(r["version"]), r["severity"]] for r in answer["rows"]]
+    wait_until("history rows", lambda: len(page.query_selector_all("#history-rows tr")) == len(want))
+    shown = [[td.text_content() for td in tr.query_selector_all("td")]
+             for tr in page.query_selector_all("#history-rows tr")]
+    assert shown == want, (shown, want)
+    with page.expect_download() as download:
+        page.click("#history-csv")
+    path = download.value.path()
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().strip().split("\n")
+    assert lines[0] == "id,version,severity", lines[:2]
+    assert [l.split(",") for l in lines[1:]] == want, (lines, want)
+    print(f"  history: error shown ({err!r}); {len(want)} rows as the server answers; CSV saved with the same rows")
+
+
 def check_auth_off_banner(page, server):
     """With authentication off (the loopback demo) a banner says so, for as
     long as the page is open; there is no one to sign in or out."""
@@ -660,6 +690,7 @@ def check_viewer(page, server, key, name, api_requests):
     assert not page.query_selector("#rules button.deactivate"), "a viewer sees Deactivate"
     assert not page.query_selector("#rules button.edit"), "a viewer sees Edit"
     assert page.is_hidden("#ops-panel"), "a viewer sees the operations strip"
+    assert page.is_hidden("#history-panel"), "a viewer sees the history console"
 
     # The live feed is the fetch stream, with the credential: new alerts
     # arrive as rows without a reload.
@@ -711,7 +742,7 @@ def check_admin(page, key):
     page.wait_for_selector("#rules button.deactivate")
     assert page.is_visible("#rule-form") and page.is_hidden("#rules-readonly")
     page.wait_for_selector("#ops-rule-rows tr")
-    assert page.is_visible("#ops-panel")
+    assert page.is_visible("#ops-panel") and page.is_visible("#history-panel")
     wait_until("rows", lambda: rows(page))
     sign_out(page)
     assert page.is_hidden("#ops-panel")
@@ -830,6 +861,7 @@ def run_auth_off(browser, work):
         check_auth_off_banner(page, server)
         check_ops(page, server)
         check_rule_edit(page, server)
+        check_history(page, server)
         for check in (check_acknowledge, check_rule_states):
             check(page, server)
         check_contrast(page)
@@ -841,6 +873,10 @@ def run_auth_off(browser, work):
         refused = [m for m in console_errors if re.search(r"status of 400 .*/api/alerts/\w+/ack\]$", m)]
         assert len(refused) == 1, f"expected the provoked 400: {console_errors}"
         console_errors = [m for m in console_errors if m not in refused]
+        # And the one wrong query check_history runs.
+        wrong_query = [m for m in console_errors if re.search(r"status of 400 .*/api/query\]$", m)]
+        assert len(wrong_query) == 1, f"expected the provoked 400 of the query: {console_errors}"
+        console_errors = [m for m in console_errors if m not in wrong_query]
         assert not console_errors, f"console errors: {console_errors}"
         check_hung(page, server)
         check_stale(page, server)

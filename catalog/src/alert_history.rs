@@ -45,6 +45,12 @@ pub struct AlertQuery {
     pub until_ms: Option<i64>,
     /// At most this many alerts.
     pub limit: usize,
+    /// Only alerts with one of these ids (an empty list matches nothing).
+    pub only_ids: Option<Vec<String>>,
+    /// No alert with one of these ids (the acknowledged ones, for the
+    /// worklist). Applied after each scan, which reads that many more rows so
+    /// the ones dropped cannot leave the list short.
+    pub exclude_ids: Option<std::sync::Arc<std::collections::HashSet<String>>>,
 }
 
 impl AlertQuery {
@@ -80,6 +86,13 @@ impl AlertQuery {
         if let Some(id) = &self.id {
             parts.push(col(c::ID).eq(lit(id.as_str())));
         }
+        if let Some(ids) = &self.only_ids {
+            parts.push(if ids.is_empty() {
+                lit(false)
+            } else {
+                col(c::ID).in_list(ids.iter().map(|i| lit(i.as_str())).collect(), false)
+            });
+        }
         parts.into_iter().reduce(Expr::and)
     }
 }
@@ -113,9 +126,21 @@ pub async fn recent_alerts(
         let from = (hours[start] * HOUR_MS).max(since);
         let to = ((hours[end - 1] + 1) * HOUR_MS).min(until);
         let remaining = query.limit - found.len();
-        let batches = scan(history, predicate.clone(), from, to, remaining).await?;
+        let excluded = query.exclude_ids.as_ref().map_or(0, |ids| ids.len());
+        let batches = scan(
+            history,
+            predicate.clone(),
+            from,
+            to,
+            remaining.saturating_add(excluded),
+        )
+        .await?;
         for batch in &batches {
-            found.extend(alerts_from_batch(batch)?);
+            let alerts = alerts_from_batch(batch)?;
+            match &query.exclude_ids {
+                Some(ids) => found.extend(alerts.into_iter().filter(|a| !ids.contains(&a.id))),
+                None => found.extend(alerts),
+            }
         }
         end = start;
         group = group.saturating_mul(2);
@@ -133,6 +158,86 @@ pub async fn find_alert(history: &HistoryCatalog, id: &str) -> Result<Option<Ale
         ..AlertQuery::default()
     };
     Ok(recent_alerts(history, &query).await?.into_iter().next())
+}
+
+/// Fired and suppressed alerts of one rule per bucket of event time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateBucket {
+    /// The bucket's start (Unix ms; a multiple of the bucket size).
+    pub start_ms: i64,
+    pub fired: u64,
+    pub suppressed: u64,
+}
+
+/// How often rule `rule_id` (every version) alerted in `[from_ms, to_ms)`,
+/// per `bucket_ms` of event time, ascending; buckets without alerts are
+/// left out. A caller limited to `hospitals` counts only their alerts.
+pub async fn alert_rate(
+    history: &HistoryCatalog,
+    rule_id: &str,
+    hospitals: Option<&[String]>,
+    from_ms: i64,
+    to_ms: i64,
+    bucket_ms: i64,
+) -> Result<Vec<RateBucket>, CatalogError> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{DataType, Int64Type};
+    use datafusion::functions_aggregate::expr_fn::count;
+    use datafusion::logical_expr::ExprFunctionExt;
+    use datafusion::prelude::cast;
+
+    if from_ms >= to_ms || bucket_ms <= 0 {
+        return Ok(Vec::new());
+    }
+    let query = AlertQuery {
+        hospitals: hospitals.map(<[String]>::to_vec),
+        ..AlertQuery::default()
+    };
+    let mut filter = col(c::EVENT_TIME)
+        .gt_eq(crate::patient_history::ts(from_ms))
+        .and(col(c::EVENT_TIME).lt(crate::patient_history::ts(to_ms)))
+        .and(col(c::RULE_ID).eq(lit(rule_id)));
+    if let Some(scope) = query.predicate() {
+        filter = filter.and(scope);
+    }
+    // Event times are not negative here, so integer division floors.
+    let bucket = (cast(col(c::EVENT_TIME), DataType::Int64) / lit(bucket_ms)) * lit(bucket_ms);
+    let fired = count(lit(1)).filter(col(c::STATUS).eq(lit(status_text(AlertStatus::Fired))));
+    let batches: Vec<RecordBatch> = history
+        .session()
+        .table(crate::archive::ALERTS)
+        .await
+        .map_err(CatalogError::query)?
+        .filter(filter)
+        .and_then(|df| {
+            df.aggregate(
+                vec![bucket.alias("b")],
+                vec![fired.build()?.alias("f"), count(lit(1)).alias("n")],
+            )
+        })
+        .and_then(|df| df.sort(vec![col("b").sort(true, false)]))
+        .map_err(CatalogError::query)?
+        .execute_stream()
+        .await
+        .map_err(CatalogError::query)?
+        .try_collect()
+        .await
+        .map_err(CatalogError::query)?;
+    let mut buckets = Vec::new();
+    for batch in &batches {
+        let start = batch.column(0).as_primitive::<Int64Type>();
+        let fired = batch.column(1).as_primitive::<Int64Type>();
+        let all = batch.column(2).as_primitive::<Int64Type>();
+        for row in 0..batch.num_rows() {
+            let (f, n) = (fired.value(row), all.value(row));
+            buckets.push(RateBucket {
+                start_ms: start.value(row),
+                fired: f as u64,
+                suppressed: (n - f) as u64,
+            });
+        }
+    }
+    Ok(buckets)
 }
 
 /// One scan of `[from, to)`: matching rows, newest first, at most `limit`.
@@ -187,6 +292,7 @@ async fn scan(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::sync::Arc;
     use std::time::Instant;
 
@@ -287,6 +393,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn alert_rate_counts_fired_and_suppressed_per_bucket() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let extra = alert(1_000, T0 + 10 * 60_000, AlertStatus::Fired);
+        let (history, _writer) = history(store, 6, 40, &[extra]).await;
+        let all = recent_alerts(&history, &query(10_000)).await.unwrap();
+        let bucket = 30 * 60_000;
+        let (from, to) = (T0 - 4 * HOUR_MS, T0 + HOUR_MS);
+        for scope in [None, Some(vec!["H0".to_string()]), Some(vec![])] {
+            // Counted by hand from the listed alerts.
+            let mut want: BTreeMap<i64, (u64, u64)> = BTreeMap::new();
+            for a in all.iter().filter(|a| {
+                a.rule_id == "tachy"
+                    && (from..to).contains(&a.event_time_ms)
+                    && scope
+                        .as_ref()
+                        .is_none_or(|s| a.hospital_id.as_ref().is_some_and(|h| s.contains(h)))
+            }) {
+                let entry = want.entry(a.event_time_ms / bucket * bucket).or_default();
+                match a.status {
+                    AlertStatus::Fired => entry.0 += 1,
+                    AlertStatus::Suppressed => entry.1 += 1,
+                }
+            }
+            let want: Vec<RateBucket> = want
+                .into_iter()
+                .map(|(start_ms, (fired, suppressed))| RateBucket {
+                    start_ms,
+                    fired,
+                    suppressed,
+                })
+                .collect();
+            let got = alert_rate(&history, "tachy", scope.as_deref(), from, to, bucket)
+                .await
+                .unwrap();
+            assert_eq!(got, want, "scope {scope:?}");
+            if scope.is_none() {
+                assert!(got.len() >= 4 && got.iter().any(|b| b.fired > 0 && b.suppressed > 0));
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn alerts_are_listed_newest_first_across_hours_and_the_buffer() {
         let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
         let newest = alert(99_999, T0 + 2 * HOUR_MS, AlertStatus::Fired);
@@ -301,6 +449,36 @@ mod tests {
 
         let three = recent_alerts(&history, &query(3)).await.unwrap();
         assert_eq!(three, all[..3]);
+
+        // The worklist's "not acknowledged": the newest three besides the
+        // excluded ones, which are among the newest.
+        let excluded: std::collections::HashSet<String> = [&all[0], &all[2], &all[4]]
+            .iter()
+            .map(|a| a.id.clone())
+            .collect();
+        let unacked = AlertQuery {
+            exclude_ids: Some(Arc::new(excluded.clone())),
+            ..query(3)
+        };
+        let got = recent_alerts(&history, &unacked).await.unwrap();
+        let want: Vec<_> = all
+            .iter()
+            .filter(|a| !excluded.contains(&a.id))
+            .take(3)
+            .cloned()
+            .collect();
+        assert_eq!(got, want);
+        let acked = AlertQuery {
+            only_ids: Some(excluded.iter().cloned().collect()),
+            ..query(10)
+        };
+        let got = recent_alerts(&history, &acked).await.unwrap();
+        assert_eq!(got, vec![all[0].clone(), all[2].clone(), all[4].clone()]);
+        let none = AlertQuery {
+            only_ids: Some(vec![]),
+            ..query(10)
+        };
+        assert!(recent_alerts(&history, &none).await.unwrap().is_empty());
 
         let fired = AlertQuery {
             status: Some(AlertStatus::Fired),

@@ -37,6 +37,7 @@ mod error;
 pub mod history;
 pub mod hospitals;
 pub mod log;
+pub mod patient_history;
 pub mod rules;
 pub mod storage;
 
@@ -48,5 +49,5 @@ pub use damage::{damaged_files, DamagedFile};
 pub use error::CatalogError;
 pub use history::{EventsInOrder, HistoryCatalog, QueryLimits, QueryResources, RecordedAlert};
 pub use log::JsonLog;
-pub use rules::{Rule, RuleDraft, RuleStore, RuleVersion, Severity};
+pub use rules::{Deactivation, Rule, RuleDraft, RuleStore, RuleVersion, Severity};
 pub use storage::open_store;

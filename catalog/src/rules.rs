@@ -434,6 +434,20 @@ pub struct Rule {
     pub created_at_ms: i64,
     /// When the rule was last edited, activated or deactivated (Unix ms).
     pub updated_at_ms: i64,
+    /// Who stopped it, when and why; `None` while active (and for rules
+    /// deactivated before reasons were recorded).
+    pub deactivation: Option<Deactivation>,
+}
+
+/// Who deactivated a rule, when and why.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Deactivation {
+    /// The caller's display name.
+    pub by: String,
+    /// The caller's stable id (token `sub` or `api-key:<id>`).
+    pub by_subject: String,
+    pub at_ms: i64,
+    pub reason: String,
 }
 
 /// The mutable `rule.json` object.
@@ -444,6 +458,9 @@ struct RuleMeta {
     current_version: u32,
     created_at_ms: i64,
     updated_at_ms: i64,
+    /// Absent in files written before reasons were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deactivation: Option<Deactivation>,
 }
 
 /// One rule in the in-memory index.
@@ -468,6 +485,7 @@ impl Entry {
             versions: self.versions.keys().copied().collect(),
             created_at_ms: self.meta.created_at_ms,
             updated_at_ms: self.meta.updated_at_ms,
+            deactivation: self.meta.deactivation.clone(),
         }
     }
 }
@@ -567,6 +585,7 @@ impl RuleStore {
                 current_version: 1,
                 created_at_ms: now_ms,
                 updated_at_ms: now_ms,
+                deactivation: None,
             };
             self.put_meta(&meta).await?;
 
@@ -640,6 +659,19 @@ impl RuleStore {
         active: bool,
         now_ms: i64,
     ) -> Result<Rule, CatalogError> {
+        self.set_active_because(id, active, now_ms, None).await
+    }
+
+    /// As [`set_active`](Self::set_active), recording who deactivated the
+    /// rule and why (`deactivation` is ignored when activating; activating
+    /// clears it).
+    pub async fn set_active_because(
+        &self,
+        id: &str,
+        active: bool,
+        now_ms: i64,
+        deactivation: Option<Deactivation>,
+    ) -> Result<Rule, CatalogError> {
         let _writer = self.inner.writes.lock().await;
 
         let mut meta = {
@@ -652,6 +684,7 @@ impl RuleStore {
         };
         meta.active = active;
         meta.updated_at_ms = now_ms;
+        meta.deactivation = if active { None } else { deactivation };
         self.put_meta(&meta).await?;
 
         let mut index = self.inner.index.write().await;
@@ -941,6 +974,7 @@ fn assemble(id: &str, loaded: Loaded, damaged: &mut Vec<DamagedFile>) -> Option<
                 current_version: last.version,
                 created_at_ms: first.created_at_ms,
                 updated_at_ms: last.created_at_ms,
+                deactivation: None,
             };
             (damage.path.clone(), rebuilt, Some(damage))
         }
@@ -1248,6 +1282,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_deactivation_keeps_who_and_why_until_reactivated() {
+        let (store, rules) = memory_store().await;
+        let rule = rules.create(draft("Tachy"), 10).await.unwrap();
+        assert_eq!(rule.deactivation, None);
+        let why = Deactivation {
+            by: "Dr A".into(),
+            by_subject: "api-key:k1".into(),
+            at_ms: 20,
+            reason: "too noisy on ward 3".into(),
+        };
+        let off = rules
+            .set_active_because(&rule.id, false, 20, Some(why.clone()))
+            .await
+            .unwrap();
+        assert_eq!(off.deactivation.as_ref(), Some(&why));
+        let reopened = RuleStore::open(store.clone(), Path::from("ward"))
+            .await
+            .unwrap();
+        assert_eq!(
+            reopened.get(&rule.id).await.unwrap().deactivation,
+            Some(why)
+        );
+        let on = reopened.set_active(&rule.id, true, 30).await.unwrap();
+        assert!(on.active);
+        assert_eq!(on.deactivation, None, "activating clears the reason");
+        let reopened = RuleStore::open(store, Path::from("ward")).await.unwrap();
+        assert_eq!(reopened.get(&rule.id).await.unwrap().deactivation, None);
+    }
+
+    #[tokio::test]
     async fn list_is_sorted_by_creation_time_then_id() {
         let (_, rules) = memory_store().await;
         let late = rules.create(draft("b"), 30).await.unwrap();
@@ -1448,6 +1512,7 @@ mod tests {
             current_version: 7,
             created_at_ms: 10,
             updated_at_ms: 10,
+            deactivation: None,
         };
         store
             .put(&meta, serde_json::to_vec(&bad).unwrap().into())

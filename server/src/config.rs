@@ -126,6 +126,8 @@ pub struct Limits {
     pub max_ack_by_chars: usize,
     /// Longest `note` of an acknowledgement, in bytes.
     pub max_ack_note_bytes: usize,
+    /// Longest reason given when deactivating a rule, in characters.
+    pub max_deactivation_reason_chars: usize,
     /// History queries (`POST /api/query`) running at once; more get 503.
     pub max_concurrent_queries: usize,
     /// Replays and backtests running at once (in the foreground or as
@@ -169,6 +171,7 @@ impl Default for Limits {
             max_description_bytes: drafts.max_description_bytes,
             max_ack_by_chars: 200,
             max_ack_note_bytes: 4 * 1024,
+            max_deactivation_reason_chars: 500,
             max_concurrent_queries: 4,
             max_concurrent_replays: 2,
             max_finished_replays: 16,

@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod keys;
 pub mod openapi;
 pub mod ops;
+pub mod patients;
 pub mod query;
 pub mod replay;
 pub mod rules;
@@ -76,28 +77,16 @@ pub struct AppState {
 
 pub type SharedState = Arc<AppState>;
 
-const INDEX_HTML: &str = include_str!("../../../web/index.html");
-
-/// The UI: one page that reads the API.
-#[utoipa::path(
-    get,
-    path = "/",
-    operation_id = "index",
-    tag = "ui",
-    responses((status = 200, description = "The web UI.", body = String, content_type = "text/html"))
-)]
-pub async fn index() -> axum::response::Html<&'static str> {
-    axum::response::Html(INDEX_HTML)
-}
-
 /// Every route, each with its handler's `#[utoipa::path]` (path, methods,
 /// parameters, bodies): the router and the OpenAPI document both come from
 /// here. Handlers of one path go in one `routes!`.
 pub fn routes() -> OpenApiRouter<SharedState> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
-        .routes(routes!(index))
+        .routes(routes!(ui::index))
         .routes(routes!(ui::app_js))
         .routes(routes!(ui::app_css))
+        .routes(routes!(ui::vendor_js))
+        .routes(routes!(ui::vendor_css))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
@@ -105,6 +94,9 @@ pub fn routes() -> OpenApiRouter<SharedState> {
         .routes(routes!(rules::list, rules::create))
         .routes(routes!(rules::validate))
         .routes(routes!(rules::get_one, rules::update, rules::deactivate))
+        .routes(routes!(rules::reactivate))
+        .routes(routes!(rules::alert_rate))
+        .routes(routes!(patients::vitals))
         .routes(routes!(alerts::list))
         .routes(routes!(alerts::stream))
         .routes(routes!(alerts::acknowledge))

@@ -155,14 +155,7 @@ pub async fn query(
     // A bounded number at once: each can hold a scan's buffers in memory,
     // and alerting must keep its share of the machine. Held until the
     // answer has been sent, streamed ones included.
-    let slot = Arc::clone(&state.query_slots)
-        .try_acquire_owned()
-        .map_err(|_| {
-            QueryError(ApiError::unavailable(format!(
-                "{} history queries are already running, the limit (max_concurrent_queries); retry shortly",
-                state.config.limits.max_concurrent_queries
-            )))
-        })?;
+    let slot = query_slot(&state).map_err(QueryError)?;
     // A caller limited to hospitals sees only their rows: a filter inside
     // the plan on every scan of a table with a hospital_id column.
     let mut df = state
@@ -430,6 +423,19 @@ fn streamed(
         Body::from_stream(body),
     )
         .into_response()
+}
+
+/// One of the `max_concurrent_queries` slots every read of the archive
+/// holds while it runs, or 503 when all are taken.
+pub fn query_slot(state: &SharedState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    Arc::clone(&state.query_slots)
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::unavailable(format!(
+                "{} history queries are already running, the limit (max_concurrent_queries); retry shortly",
+                state.config.limits.max_concurrent_queries
+            ))
+        })
 }
 
 #[cfg(test)]

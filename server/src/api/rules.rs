@@ -11,8 +11,8 @@
 //! absent); a global rule is made and changed by unlimited admins only.
 
 use crate::auth::{need, Caller, Principal, Role};
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use catalog::rules::{Rule, RuleDraft, RuleVersion};
@@ -21,8 +21,8 @@ use sql_rules::{CompiledRule, RuleError, RuleSpec};
 
 use super::error::ApiError;
 use super::types::{
-    Column, ErrorBody, RuleDetail, RuleKind, RuleList, RuleRequest, RuleValidation, RuleView,
-    ValidateRequest,
+    AlertRate, AlertRateParams, Column, DeactivateParams, ErrorBody, RuleDetail, RuleKind,
+    RuleList, RuleRequest, RuleValidation, RuleView, ValidateRequest,
 };
 use super::SharedState;
 use crate::pipeline::Input;
@@ -352,15 +352,18 @@ pub async fn update(
     Ok(Json(rule_view(&state, rule)))
 }
 
-/// Deactivates a rule: the engine stops running it; its versions stay.
+/// Deactivates a rule: the engine stops running it; its versions stay, and
+/// who stopped it and why is kept with it (`deactivation`) until it is
+/// reactivated.
 #[utoipa::path(
     delete,
     path = "/api/rules/{id}",
     operation_id = "deactivate_rule",
     tag = "rules",
-    params(("id" = String, Path, description = "The rule's id.")),
+    params(("id" = String, Path, description = "The rule's id."), DeactivateParams),
     responses(
         (status = 200, description = "Deactivated.", body = RuleView),
+        (status = 400, description = "The reason is longer than `[limits] max_deactivation_reason_chars`.", body = ErrorBody),
         (status = 403, description = "A global rule, and the caller no unlimited admin.", body = ErrorBody),
         (status = 404, description = "No rule with this id (or one of a hospital the caller is not limited to).", body = ErrorBody),
         (status = 500, description = "The rule store failed.", body = ErrorBody),
@@ -371,15 +374,34 @@ pub async fn deactivate(
     State(state): State<SharedState>,
     caller: Caller<need::Author>,
     Path(id): Path<String>,
+    Query(params): Query<DeactivateParams>,
 ) -> Result<Json<RuleView>, ApiError> {
+    let reason = params.reason.unwrap_or_default().trim().to_string();
+    let limit = state.config.limits.max_deactivation_reason_chars;
+    let chars = reason.chars().count();
+    if chars > limit {
+        return Err(ApiError::bad_request(format!(
+            "the reason is {chars} characters long; the limit is {limit} (max_deactivation_reason_chars)"
+        )));
+    }
     let _guard = state.rule_writes.lock().await;
     changeable(&state, &caller, &id).await?;
-    let rule = state.rules.set_active(&id, false, now_ms()).await?;
+    let now = now_ms();
+    let why = catalog::Deactivation {
+        by: caller.name.clone(),
+        by_subject: caller.subject.clone(),
+        at_ms: now,
+        reason: reason.clone(),
+    };
+    let rule = state
+        .rules
+        .set_active_because(&id, false, now, Some(why))
+        .await?;
     crate::audit::record_by(
         &state.audit,
         &caller,
         "rule_deactivated",
-        json!({"rule_id": rule.id, "version": rule.current.version}),
+        json!({"rule_id": rule.id, "version": rule.current.version, "reason": reason}),
     )
     .await;
     state
@@ -388,6 +410,117 @@ pub async fn deactivate(
         .await
         .map_err(|e| ApiError::unavailable(e.to_string()))?;
     Ok(Json(rule_view(&state, rule)))
+}
+
+/// Runs a deactivated rule's current version again, as it was (no new
+/// version); it is compiled under today's `[limits]` first.
+#[utoipa::path(
+    post,
+    path = "/api/rules/{id}/reactivate",
+    operation_id = "reactivate_rule",
+    tag = "rules",
+    params(("id" = String, Path, description = "The rule's id.")),
+    responses(
+        (status = 200, description = "Running again (or was already).", body = RuleView),
+        (status = 400, description = "The stored version no longer compiles or is over a `[limits]` budget: save a new version instead.", body = ErrorBody),
+        (status = 403, description = "A global rule, and the caller no unlimited admin.", body = ErrorBody),
+        (status = 404, description = "No rule with this id (or one of a hospital the caller is not limited to).", body = ErrorBody),
+        (status = 500, description = "The rule store failed.", body = ErrorBody),
+        (status = 503, description = "The engine is shutting down.", body = ErrorBody),
+    )
+)]
+pub async fn reactivate(
+    State(state): State<SharedState>,
+    caller: Caller<need::Author>,
+    Path(id): Path<String>,
+) -> Result<Json<RuleView>, ApiError> {
+    let _guard = state.rule_writes.lock().await;
+    let before = changeable(&state, &caller, &id).await?;
+    if before.active {
+        return Ok(Json(rule_view(&state, before)));
+    }
+    let compiled =
+        compile(&state, &before.current.sql, before.current.hospital()).map_err(|e| {
+            ApiError::bad_request(format!(
+                "version {} cannot run again as it is ({}); save a new version instead",
+                before.current.version, e.message
+            ))
+        })?;
+    let rule = state.rules.set_active(&id, true, now_ms()).await?;
+    crate::audit::record_by(
+        &state.audit,
+        &caller,
+        "rule_reactivated",
+        json!({"rule_id": rule.id, "version": rule.current.version}),
+    )
+    .await;
+    state
+        .pipeline
+        .send_async(Input::Upsert(Box::new(rule_spec(&rule.current, compiled))))
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    Ok(Json(rule_view(&state, rule)))
+}
+
+/// How often a rule alerted, fired and suppressed, per bucket of event
+/// time: the tuning signal beside its SQL.
+#[utoipa::path(
+    get,
+    path = "/api/rules/{id}/alert-rate",
+    operation_id = "rule_alert_rate",
+    tag = "rules",
+    params(("id" = String, Path, description = "The rule's id."), AlertRateParams),
+    responses(
+        (status = 200, description = "Alerts per bucket (every version of the rule; empty buckets left out).", body = AlertRate),
+        (status = 400, description = "An empty or reversed range, a bucket under 1 min, or more than 1,440 buckets.", body = ErrorBody),
+        (status = 404, description = "No rule with this id (or one of a hospital the caller is not limited to).", body = ErrorBody),
+        (status = 500, description = "The alert history could not be read.", body = ErrorBody),
+        (status = 503, description = "`max_concurrent_queries` history reads are running already.", body = ErrorBody),
+    )
+)]
+pub async fn alert_rate(
+    State(state): State<SharedState>,
+    caller: Caller<need::Viewer>,
+    Path(id): Path<String>,
+    params: Result<Query<AlertRateParams>, QueryRejection>,
+) -> Result<Json<AlertRate>, ApiError> {
+    const MAX_BUCKETS: i64 = 1_440;
+    let Query(params) = params?;
+    let rule = state
+        .rules
+        .get(&id)
+        .await
+        .filter(|r| may_see(&caller, r.current.hospital()))
+        .ok_or_else(|| ApiError::not_found(format!("rule '{id}' not found")))?;
+    let until = params.until.unwrap_or_else(now_ms);
+    let since = params.since.unwrap_or(until.saturating_sub(24 * 3_600_000));
+    let bucket_ms = params.bucket_ms.unwrap_or(3_600_000);
+    if bucket_ms < 60_000 {
+        return Err(ApiError::bad_request(format!(
+            "bucket_ms is {bucket_ms}; the smallest bucket is 60000 (1 min)"
+        )));
+    }
+    super::patients::check_range(since, until, bucket_ms.saturating_mul(MAX_BUCKETS)).map_err(
+        |e| ApiError::bad_request(format!("{} ({MAX_BUCKETS} buckets at most)", e.message)),
+    )?;
+    let _slot = super::query::query_slot(&state)?;
+    let buckets = catalog::alert_history::alert_rate(
+        &state.history,
+        &rule.id,
+        caller.hospitals.as_deref(),
+        since,
+        until,
+        bucket_ms,
+    )
+    .await
+    .map_err(|e| ApiError::internal(format!("reading alert history: {e}")))?;
+    Ok(Json(AlertRate {
+        rule_id: rule.id,
+        since,
+        until,
+        bucket_ms,
+        buckets: buckets.into_iter().map(Into::into).collect(),
+    }))
 }
 
 #[cfg(test)]

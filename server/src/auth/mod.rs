@@ -225,7 +225,13 @@ impl Authenticator {
 pub fn is_public(path: &str) -> bool {
     matches!(
         path,
-        "/" | "/app.js" | "/app.css" | "/healthz" | "/readyz" | "/api/openapi.json"
+        "/" | "/app.js"
+            | "/app.css"
+            | "/vendor.js"
+            | "/vendor.css"
+            | "/healthz"
+            | "/readyz"
+            | "/api/openapi.json"
     )
 }
 

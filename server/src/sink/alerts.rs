@@ -83,6 +83,12 @@ impl AlertHub {
         Ok(None)
     }
 
+    /// Every acknowledged alert's id.
+    pub fn acknowledged_ids(&self) -> Vec<String> {
+        let index = self.ack_index.read().expect("ack index lock");
+        index.keys().cloned().collect()
+    }
+
     /// Alerts in their JSON shape, with the `ack` field on those that have one.
     pub fn with_acks(&self, alerts: &[Alert]) -> Vec<Value> {
         let index = self.ack_index.read().expect("ack index lock");
@@ -109,6 +115,9 @@ pub struct AlertFilter {
     pub since: Option<i64>,
     pub until: Option<i64>,
     pub limit: Option<usize>,
+    /// `Some(false)`: only alerts nobody has acknowledged; `Some(true)`: only
+    /// acknowledged ones.
+    pub acknowledged: Option<bool>,
     /// For a caller limited to these hospitals: only alerts whose
     /// `hospital_id` is one of them. An alert without a hospital is no
     /// one's, so a limited caller never sees it. `None`: not limited. Set
@@ -134,6 +143,8 @@ impl AlertFilter {
                 .is_none_or(|x| catalog::archive::status_text(a.status) == x)
             && self.since.is_none_or(|since| a.event_time_ms >= since)
             && self.until.is_none_or(|until| a.event_time_ms < until)
+            // Live alerts are new: none is acknowledged yet.
+            && self.acknowledged != Some(true)
             && self.hospitals.as_ref().is_none_or(|hospitals| {
                 a.hospital_id
                     .as_ref()
@@ -144,14 +155,20 @@ impl AlertFilter {
     /// The history query for this filter, returning at most `limit` alerts;
     /// `None` when nothing can match (a status that is neither `fired` nor
     /// `suppressed`).
-    pub fn history_query(&self, limit: usize) -> Option<AlertQuery> {
+    /// `acknowledged`: every acknowledged alert's id, asked for only when
+    /// the filter needs it.
+    pub fn history_query(
+        &self,
+        limit: usize,
+        acknowledged: impl FnOnce() -> Vec<String>,
+    ) -> Option<AlertQuery> {
         let status = match self.status.as_deref() {
             None => None,
             Some("fired") => Some(AlertStatus::Fired),
             Some("suppressed") => Some(AlertStatus::Suppressed),
             Some(_) => return None,
         };
-        Some(AlertQuery {
+        let mut query = AlertQuery {
             rule: self.rule.clone(),
             patient: self.patient.clone(),
             hospitals: self.hospitals.clone(),
@@ -161,7 +178,16 @@ impl AlertFilter {
             since_ms: self.since,
             until_ms: self.until,
             limit,
-        })
+            ..AlertQuery::default()
+        };
+        match self.acknowledged {
+            Some(true) => query.only_ids = Some(acknowledged()),
+            Some(false) => {
+                query.exclude_ids = Some(std::sync::Arc::new(acknowledged().into_iter().collect()))
+            }
+            None => {}
+        }
+        Some(query)
     }
 }
 
@@ -484,9 +510,9 @@ mod tests {
         assert!(!none.matches(&h1) && !none.matches(&nowhere));
 
         // History is asked the same.
-        let query = limited.history_query(10).unwrap();
+        let query = limited.history_query(10, Vec::new).unwrap();
         assert_eq!(query.hospitals, limited.hospitals);
-        assert_eq!(open.history_query(10).unwrap().hospitals, None);
+        assert_eq!(open.history_query(10, Vec::new).unwrap().hospitals, None);
     }
 
     #[test]

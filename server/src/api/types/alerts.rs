@@ -25,6 +25,9 @@ pub struct AlertFilterParams {
     /// At most this many, newest first (default 100, at most 10,000;
     /// ignored by the live feed).
     pub limit: Option<usize>,
+    /// `false`: only alerts nobody has acknowledged (the worklist); `true`:
+    /// only acknowledged ones (the live feed then sends nothing).
+    pub acknowledged: Option<bool>,
 }
 
 impl From<AlertFilterParams> for crate::sink::alerts::AlertFilter {
@@ -37,6 +40,7 @@ impl From<AlertFilterParams> for crate::sink::alerts::AlertFilter {
             since: p.since,
             until: p.until,
             limit: p.limit,
+            acknowledged: p.acknowledged,
             // Set from the caller's scope by the handler, never from the query string.
             hospitals: None,
         }

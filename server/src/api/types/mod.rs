@@ -21,6 +21,7 @@ pub mod alerts;
 pub mod hospitals;
 pub mod keys;
 pub mod ops;
+pub mod patients;
 pub mod replay;
 pub mod rules;
 #[cfg(test)]
@@ -30,6 +31,7 @@ pub use alerts::*;
 pub use hospitals::*;
 pub use keys::*;
 pub use ops::*;
+pub use patients::*;
 pub use replay::*;
 pub use rules::*;
 

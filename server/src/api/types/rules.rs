@@ -1,7 +1,7 @@
 //! Rules: what is submitted, what is shown, and what validation answers.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 // ---------------------------------------------------------------- rules
 
@@ -180,6 +180,37 @@ pub struct RuleView {
     /// Run-time errors; null when it never failed since the server started.
     #[schema(required)]
     pub health: Option<RuleHealthView>,
+    /// Who deactivated it, when and why; null while active.
+    #[schema(required)]
+    pub deactivation: Option<DeactivationView>,
+}
+
+/// Who deactivated a rule, when and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct DeactivationView {
+    /// The caller's display name.
+    pub by: String,
+    pub at_ms: i64,
+    pub reason: String,
+}
+
+impl From<catalog::Deactivation> for DeactivationView {
+    fn from(d: catalog::Deactivation) -> Self {
+        Self {
+            by: d.by,
+            at_ms: d.at_ms,
+            reason: d.reason,
+        }
+    }
+}
+
+/// Query string of `DELETE /api/rules/{id}`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeactivateParams {
+    /// Why the rule is stopped (at most `[limits] max_deactivation_reason_chars`,
+    /// default 500), kept with the rule and in the audit log.
+    pub reason: Option<String>,
 }
 
 impl RuleView {
@@ -214,6 +245,7 @@ impl RuleView {
             stats: stats.map(Into::into),
             state,
             health: health.map(Into::into),
+            deactivation: rule.deactivation.map(Into::into),
         }
     }
 }

@@ -222,6 +222,7 @@ fn census(
         versions: _,
         created_at_ms: _,
         updated_at_ms: _,
+        deactivation: _,
     } = rule;
     let catalog::rules::RuleDraft {
         name: _,

@@ -272,6 +272,242 @@
     }
   }
 
+  /* ------------------------------------------------------- saved queries */
+
+  // Named queries kept in this browser (localStorage): list, run, delete.
+  var SAVED_KEY = "wardwatch.savedQueries";
+
+  function savedQueries() {
+    try {
+      var list = JSON.parse(localStorage.getItem(SAVED_KEY) || "[]");
+      return Array.isArray(list) ? list.filter(function (q) { return q && typeof q.name === "string" && typeof q.sql === "string"; }) : [];
+    } catch (e) { return []; }
+  }
+
+  function storeSavedQueries(list) {
+    try { localStorage.setItem(SAVED_KEY, JSON.stringify(list)); return true; } catch (e) { return false; }
+  }
+
+  function renderSavedQueries() {
+    var ul = $("saved-queries");
+    var list = savedQueries();
+    if (!list.length) {
+      ul.replaceChildren(el("li", { className: "muted small", text: "None yet: write a query, name it and save it." }));
+      return;
+    }
+    ul.replaceChildren.apply(ul, list.map(function (q, i) {
+      var run = el("button", { type: "button", className: "secondary saved-run", "aria-label": "Run saved query " + q.name, text: "Run" });
+      run.addEventListener("click", function () {
+        $("history-sql").value = q.sql;
+        $("history-form").requestSubmit();
+      });
+      var del = el("button", { type: "button", className: "danger saved-delete", "aria-label": "Delete saved query " + q.name, text: "Delete" });
+      del.addEventListener("click", function () {
+        storeSavedQueries(savedQueries().filter(function (x) { return x.name !== q.name; }));
+        renderSavedQueries();
+        $("saved-query-status").textContent = "Deleted “" + q.name + "”.";
+        var first = $("saved-queries").querySelector("button");
+        (first || $("saved-query-name")).focus();
+      });
+      return el("li", { className: "saved-query", "data-name": q.name, id: "saved-query-" + i }, [
+        el("span", { className: "saved-name", text: q.name }),
+        el("code", { className: "saved-sql", title: q.sql, text: shorten(q.sql.replace(/\s+/g, " "), 110) }),
+        el("span", { className: "saved-actions" }, [run, del])
+      ]);
+    }));
+  }
+
+  function saveQuery(ev) {
+    ev.preventDefault();
+    var name = $("saved-query-name").value.trim();
+    var sql = $("history-sql").value.trim();
+    var status = $("saved-query-status");
+    status.className = "small";
+    if (!name) { status.textContent = "Name the query first."; status.className = "small error-text"; $("saved-query-name").focus(); return; }
+    if (!sql) { status.textContent = "Write the query first."; status.className = "small error-text"; $("history-sql").focus(); return; }
+    var list = savedQueries();
+    var replaced = list.some(function (q) { return q.name === name; });
+    list = list.filter(function (q) { return q.name !== name; });
+    list.push({ name: name, sql: sql, saved_at_ms: Date.now() });
+    list.sort(function (a, b) { return a.name.localeCompare(b.name); });
+    if (!storeSavedQueries(list)) { status.textContent = "This browser does not let the page save anything."; status.className = "small error-text"; return; }
+    renderSavedQueries();
+    $("saved-query-name").value = "";
+    status.textContent = (replaced ? "Replaced “" : "Saved “") + name + "”.";
+  }
+
+  /* ------------------------------------------------------------ audit desk */
+
+  // The audit log, replay audits (audit_log rows whose action is "replay")
+  // and dead letters over a range of time. The range becomes two integers
+  // of milliseconds made here from the pickers: no typed text enters SQL.
+  var AUDIT_ROWS = 500;
+  var DEAD_LETTERS_SCAN = 1000;
+
+  function localInputValue(ms) {
+    var d = new Date(ms);
+    return d.getFullYear() + "-" + pad2(d.getMonth() + 1) + "-" + pad2(d.getDate()) + "T" + hms(ms);
+  }
+
+  function setAuditRange(spanMs) {
+    var now = Date.now() + 60000; // a minute ahead: what happens while reading is in range
+    $("audit-from").value = localInputValue(now - spanMs);
+    $("audit-to").value = localInputValue(now);
+  }
+
+  // Integer milliseconds from a datetime-local value, or null.
+  function pickedMs(input) {
+    var t = new Date(input.value).getTime(); // "YYYY-MM-DDTHH:MM[:SS]" is local time
+    return isFinite(t) ? Math.trunc(t) : null;
+  }
+
+  function auditError(text) {
+    $("audit-error").textContent = text || "";
+    $("audit-error").hidden = !text;
+  }
+
+  async function auditQuery(sql) {
+    var r = await fetchJson("/api/query", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "Accept": "application/json" },
+      body: JSON.stringify({ sql: sql })
+    });
+    if (!r.ok) throw new Error(errorText(r.body, r.status));
+    return r.body;
+  }
+
+  function tsMs(v) {
+    if (typeof v === "number") return v;
+    if (typeof v === "string") {
+      var s = v.replace(" ", "T");
+      if (!/(Z|[+-]\d{2}:?\d{2})$/.test(s)) s += "Z";
+      var t = Date.parse(s);
+      return isNaN(t) ? null : t;
+    }
+    return null;
+  }
+
+  function parseDetails(text) {
+    try { var d = JSON.parse(text); return d && typeof d === "object" ? d : {}; } catch (e) { return {}; }
+  }
+
+  function whoOf(d) {
+    var w = d.who;
+    if (!w) return d.by ? String(d.by) : "";
+    return w.name || w.subject || "";
+  }
+
+  function auditTable(head, rows) {
+    $("audit-head").replaceChildren(el("tr", null, head.map(function (h) { return el("th", { scope: "col", text: h }); })));
+    var body = $("audit-rows");
+    body.replaceChildren.apply(body, rows);
+  }
+
+  var AUDIT_ACTION = /^[a-z][a-z0-9_]{0,63}$/; // what an action name looks like
+
+  async function showAudit(ev) {
+    if (ev) ev.preventDefault();
+    auditError(null);
+    var view = $("audit-view").value;
+    var from = pickedMs($("audit-from")), to = pickedMs($("audit-to"));
+    if (from === null || to === null) { auditError("Pick both ends of the range."); return; }
+    if (from >= to) { auditError("“From” must be before “to”."); return; }
+    $("audit-caption").textContent = $("audit-view").selectedOptions[0].textContent + " from " + fullTime(from) + " to " + fullTime(to);
+    $("audit-table").setAttribute("data-view", view);
+    $("audit-table").setAttribute("data-from", from);
+    $("audit-table").setAttribute("data-to", to);
+    $("audit-status").textContent = "Loading…";
+    $("audit-show").disabled = true;
+    var mine = epoch;
+    try {
+      if (view === "dead") await showDeadLetters(from, to);
+      else await showAuditLog(view, from, to);
+    } catch (e) {
+      if (mine !== epoch) return;
+      auditError(e.message);
+      $("audit-status").textContent = "";
+      auditTable([], []);
+    } finally {
+      $("audit-show").disabled = false;
+    }
+  }
+
+  async function showAuditLog(view, from, to) {
+    var action = view === "replay" ? "replay" : $("audit-action").value;
+    if (action && !AUDIT_ACTION.test(action)) throw new Error("not an action name: " + action);
+    // `at` is a UTC timestamp in milliseconds; both bounds are integers made above.
+    var sql = "SELECT seq, at, action, details FROM audit_log WHERE at >= to_timestamp_millis(" + from +
+      ") AND at < to_timestamp_millis(" + to + ")" + (action ? " AND action = '" + action + "'" : "") +
+      " ORDER BY seq DESC LIMIT " + AUDIT_ROWS;
+    var answer = await auditQuery(sql);
+    var rows = answer.rows || [];
+    if (view === "replay") {
+      auditTable(["When", "Who", "What", "Events from", "to", "Audit"], rows.map(function (r) {
+        var d = parseDetails(r.details);
+        var what = d.rule_id ? "rule " + d.rule_id + (d.version ? " v" + d.version : "") : d.sql ? "draft: " + shorten(String(d.sql).replace(/\s+/g, " "), 120) : "–";
+        return el("tr", { "data-seq": r.seq, "data-action": r.action }, [
+          el("td", { className: "nowrap", text: fullTime(tsMs(r.at)) }), el("td", { text: whoOf(d) }), el("td", { text: what }),
+          el("td", { className: "nowrap", text: fullTime(d.from_ms) }), el("td", { className: "nowrap", text: fullTime(d.to_ms) }),
+          el("td", { text: d.audit ? "yes" : "no" })
+        ]);
+      }));
+    } else {
+      auditTable(["Seq", "When", "Action", "Who", "Details"], rows.map(function (r) {
+        var d = parseDetails(r.details);
+        var rest = Object.assign({}, d);
+        delete rest.who; delete rest.at_ms; delete rest.action;
+        return el("tr", { "data-seq": r.seq, "data-action": r.action }, [
+          el("td", { text: String(r.seq) }), el("td", { className: "nowrap", text: fullTime(tsMs(r.at)) }),
+          el("td", { text: r.action }), el("td", { text: whoOf(d) }),
+          el("td", { className: "audit-details", text: JSON.stringify(rest) })
+        ]);
+      }));
+      refreshAuditActions(from, to);
+    }
+    $("audit-status").textContent = fmtCount(rows.length) + (rows.length === AUDIT_ROWS ? " (the newest " + AUDIT_ROWS + ")" : "") +
+      " records" + (action ? " of “" + action + "”" : "") + ", newest first.";
+  }
+
+  // The action menu: the actions recorded in the range (the server's list).
+  async function refreshAuditActions(from, to) {
+    var answer;
+    try {
+      answer = await auditQuery("SELECT DISTINCT action FROM audit_log WHERE at >= to_timestamp_millis(" + from +
+        ") AND at < to_timestamp_millis(" + to + ") ORDER BY action");
+    } catch (e) { return; }
+    var select = $("audit-action");
+    var current = select.value;
+    var names = (answer.rows || []).map(function (r) { return r.action; }).filter(function (a) { return AUDIT_ACTION.test(a); });
+    if (current && names.indexOf(current) < 0) names.unshift(current);
+    select.replaceChildren.apply(select, [el("option", { value: "", text: "any" })].concat(names.map(function (n) {
+      return el("option", { value: n, text: n });
+    })));
+    select.value = current;
+  }
+
+  // The server lists the newest dead letters (no time filter): the newest
+  // DEAD_LETTERS_SCAN are asked for, and those received in the range shown.
+  async function showDeadLetters(from, to) {
+    var r = await fetchJson("/api/dead-letters?limit=" + DEAD_LETTERS_SCAN);
+    if (!r.ok) throw new Error(errorText(r.body, r.status));
+    var all = (r.body && r.body.dead_letters) || [];
+    var inRange = all.filter(function (d) { return d.received_at_ms >= from && d.received_at_ms < to; });
+    auditTable(["Received", "Origin", "Reason", "Payload"], inRange.map(function (d) {
+      return el("tr", { "data-received-ms": d.received_at_ms }, [
+        el("td", { className: "nowrap", text: fullTime(d.received_at_ms) }), el("td", { text: d.origin }),
+        el("td", { text: d.reason }),
+        el("td", { className: "audit-details", title: d.payload, text: shorten(d.payload || "", 200) + (d.truncated ? " (cut)" : "") })
+      ]);
+    }));
+    $("audit-status").textContent = fmtCount(inRange.length) + " of the newest " + fmtCount(all.length) + " dead letters (" +
+      fmtCount(r.body.total) + " kept in all) were received in this range.";
+  }
+
+  function auditViewChanged() {
+    $("audit-action-label").hidden = $("audit-view").value !== "audit";
+    showAudit();
+  }
+
   /* ------------------------------------------------------------ operations */
 
   function fmtDuration(ms) {
@@ -402,13 +638,33 @@
         "data-rule-id": rule.id, "aria-label": "Deactivate rule " + rule.name, text: "Deactivate",
         "aria-describedby": ruleErrors[rule.id] ? "rule-action-error-" + rule.id : null
       });
-      btn.addEventListener("click", function () { deactivate(rule, btn); });
+      btn.addEventListener("click", function () { openDeactivate(rule, btn); });
       var edit = el("button", {
         type: "button", className: "secondary edit", id: "edit-" + rule.id,
         "aria-label": "Edit rule " + rule.name, text: "Edit"
       });
       edit.addEventListener("click", function () { startEdit(rule); });
-      head.appendChild(el("span", { className: "actions" }, [edit, btn]));
+      var actions = [edit, btn];
+      if (V) {
+        var open = !!tuning[rule.id];
+        var tune = el("button", {
+          type: "button", className: "secondary tuning-toggle", id: "tuning-toggle-" + rule.id,
+          "aria-expanded": String(open), "aria-controls": "tuning-" + rule.id,
+          "aria-label": "Tuning chart of " + rule.name, text: "Tuning"
+        });
+        tune.addEventListener("click", function () { toggleTuning(rule); });
+        actions.unshift(tune);
+      }
+      head.appendChild(el("span", { className: "actions" }, actions));
+    }
+    if (!active && may("author")) {
+      var re = el("button", {
+        type: "button", className: "secondary reactivate", id: "reactivate-" + rule.id,
+        "data-rule-id": rule.id, "aria-label": "Reactivate rule " + rule.name, text: "Reactivate",
+        "aria-describedby": ruleErrors[rule.id] ? "rule-action-error-" + rule.id : null
+      });
+      re.addEventListener("click", function () { reactivate(rule, re); });
+      head.appendChild(el("span", { className: "actions" }, [re]));
     }
     var meta = el("div", {
       className: "rule-meta",
@@ -426,7 +682,19 @@
     return el("article", {
       className: "rule " + state,
       id: "rule-" + rule.id, "data-rule-id": rule.id, "data-active": String(active), "data-state": state
-    }, [head, ruleActionError(rule), ruleProblem(rule, state), meta, statsLine(rule.stats), sql]);
+    }, [head, ruleActionError(rule), ruleProblem(rule, state), deactivationLine(rule), meta, statsLine(rule.stats), sql,
+      active && tuning[rule.id] ? tuning[rule.id].node : null]);
+  }
+
+  // Who stopped a deactivated rule, when and why (the server's record).
+  function deactivationLine(rule) {
+    if (rule.active) return null;
+    var d = rule.deactivation;
+    if (!d) return el("p", { className: "deactivation small", text: "Deactivated (who and why were not recorded)." });
+    return el("p", { className: "deactivation small" }, [
+      el("span", { className: "deactivation-who", text: "Deactivated by " + d.by + " at " + fullTime(d.at_ms) + ": " }),
+      el("q", { className: "deactivation-reason", text: d.reason })
+    ]);
   }
 
   // A refused action on a rule (403, 404…), shown in its card until the
@@ -473,17 +741,32 @@
       var focusedId = document.activeElement && container.contains(document.activeElement)
         ? document.activeElement.id : null;
       var frag = document.createDocumentFragment();
-      rules.forEach(function (rule) {
+      var draw = function (rule) {
         var node = renderRule(rule);
         if (openSql[rule.id]) node.querySelector("details.rule-sql").open = true;
-        frag.appendChild(node);
-      });
+        return node;
+      };
+      var running = rules.filter(function (x) { return x.active; });
+      var stopped = rules.filter(function (x) { return !x.active; });
+      running.forEach(function (rule) { frag.appendChild(draw(rule)); });
       if (!rules.length) {
         frag.appendChild(el("p", {
           className: "muted small", id: "rules-empty", text: may("author") ? "No rules yet. Add one below." : "No rules yet."
         }));
       }
+      // Deactivated rules apart, folded: they alert for no one.
+      if (stopped.length) {
+        var was = $("rules-deactivated");
+        var list = el("details", { id: "rules-deactivated", open: !!(was && was.open) }, [
+          el("summary", { text: "Deactivated rules (" + stopped.length + ")" })
+        ].concat(stopped.map(draw)));
+        frag.appendChild(list);
+      }
+      Object.keys(tuning).forEach(function (id) {
+        if (!running.some(function (x) { return x.id === id; })) delete tuning[id];
+      });
       container.replaceChildren(frag);
+      refreshTuning();
       if (focusedId && $(focusedId)) $(focusedId).focus();
       var activeCount = rules.filter(function (x) { return x.active; }).length;
       var trouble = ["suspended", "failing"].map(function (st) {
@@ -499,20 +782,386 @@
     }
   }
 
-  async function deactivate(rule, btn) {
-    // It stops the rule alerting for every patient: ask first.
-    if (!window.confirm("Deactivate “" + rule.name + "”? It stops alerting until it is activated again.")) return;
-    btn.disabled = true;
+  // Deactivating stops the rule alerting for every patient: the dialog asks
+  // why, and the reason is kept with the rule and in the audit log.
+  var MAX_REASON_CHARS = 500;
+  var deactivateTarget = null; // { rule, opener }
+
+  function openDeactivate(rule, opener) {
+    deactivateTarget = { rule: rule, opener: opener };
+    $("deactivate-summary").textContent = "“" + rule.name + "” (v" + rule.version + ") stops alerting for every patient " +
+      "until an author reactivates it.";
+    $("deactivate-reason").value = "";
+    $("deactivate-reason").removeAttribute("aria-invalid");
+    deactivateCount();
+    deactivateError(null);
+    $("deactivate-submit").disabled = false;
+    $("deactivate-dialog").showModal();
+    $("deactivate-reason").focus();
+  }
+
+  function deactivateCount() {
+    var n = Array.from($("deactivate-reason").value).length;
+    $("deactivate-count").textContent = n + " of " + MAX_REASON_CHARS + " characters";
+  }
+
+  function deactivateError(text) {
+    $("deactivate-error").textContent = text || "";
+    $("deactivate-error").hidden = !text;
+  }
+
+  function closeDeactivate() {
+    var t = deactivateTarget;
+    deactivateTarget = null;
+    if ($("deactivate-dialog").open) $("deactivate-dialog").close();
+    if (!t) return;
+    var back = t.opener && t.opener.isConnected ? t.opener : $("deactivate-" + t.rule.id) || $("rules-heading");
+    if (back) back.focus();
+  }
+
+  async function submitDeactivate(ev) {
+    ev.preventDefault();
+    if (!deactivateTarget) return;
+    var rule = deactivateTarget.rule;
+    var reason = $("deactivate-reason").value.trim();
+    if (!reason) {
+      deactivateError("Say why it is deactivated: the reason is kept with the rule.");
+      $("deactivate-reason").setAttribute("aria-invalid", "true");
+      $("deactivate-reason").focus();
+      return;
+    }
+    if (Array.from(reason).length > MAX_REASON_CHARS) {
+      deactivateError("The reason is longer than " + MAX_REASON_CHARS + " characters.");
+      return;
+    }
+    $("deactivate-submit").disabled = true;
     delete ruleErrors[rule.id];
     try {
-      var r = await fetchJson("/api/rules/" + encodeURIComponent(rule.id), { method: "DELETE" });
+      var r = await fetchJson("/api/rules/" + encodeURIComponent(rule.id) + "?reason=" + encodeURIComponent(reason),
+        { method: "DELETE" });
       if (r.status === 401) return; // signed out; the sign-in panel says why
+      if (r.status === 400) {
+        // Something the author can fix in the dialog (the reason's length).
+        deactivateError("Not deactivated: " + errorText(r.body, r.status));
+        $("deactivate-submit").disabled = false;
+        return;
+      }
       if (!r.ok) throw new Error(errorText(r.body, r.status));
       $("rule-status").textContent = "Deactivated “" + rule.name + "”.";
     } catch (e) {
       ruleErrors[rule.id] = { message: "Not deactivated: " + e.message, announced: false };
     }
+    closeDeactivate();
     await refreshRules();
+    var back = $("deactivate-" + rule.id) || $("rules-heading");
+    if (back && document.activeElement === document.body) back.focus();
+  }
+
+  async function reactivate(rule, btn) {
+    btn.disabled = true;
+    delete ruleErrors[rule.id];
+    try {
+      var r = await fetchJson("/api/rules/" + encodeURIComponent(rule.id) + "/reactivate", {
+        method: "POST",
+        // The server takes a POST only as JSON (a form on another site cannot send that).
+        headers: { "Content-Type": "application/json", "Accept": "application/json" },
+        body: "{}"
+      });
+      if (r.status === 401) return;
+      if (!r.ok) throw new Error(errorText(r.body, r.status));
+      $("rule-status").textContent = "Reactivated “" + rule.name + "”" +
+        (r.body && r.body.version ? " (version " + r.body.version + ")." : ".");
+    } catch (e) {
+      ruleErrors[rule.id] = { message: "Not reactivated: " + e.message, announced: false };
+    }
+    await refreshRules();
+    var back = $("reactivate-" + rule.id) || $("deactivate-" + rule.id);
+    if (back) back.focus();
+  }
+
+  /* ---------------------------------------------------------------- tuning */
+
+  // Per rule (authors): fired and suppressed alerts per bucket of event
+  // time, from GET /api/rules/{id}/alert-rate, drawn with uPlot, with the
+  // same numbers as a table. Each open panel keeps its node (and chart)
+  // across the rules list's 5-second redraws.
+  var TUNING_RANGES = {
+    hour: { label: "last hour, 1-minute buckets", span: 3600000, bucket: 60000 },
+    six: { label: "last 6 hours, 5-minute buckets", span: 6 * 3600000, bucket: 300000 },
+    day: { label: "last 24 hours, 15-minute buckets", span: 24 * 3600000, bucket: 900000 }
+  };
+  var tuning = {}; // rule id -> { node, chart, range, seq }
+
+  function toggleTuning(rule) {
+    if (tuning[rule.id]) {
+      var t = tuning[rule.id];
+      if (t.chart) t.chart.destroy();
+      t.node.remove();
+      delete tuning[rule.id];
+    } else {
+      tuning[rule.id] = tuningPanel(rule);
+      var art = $("rule-" + rule.id);
+      if (art) art.appendChild(tuning[rule.id].node);
+      loadTuning(rule.id);
+    }
+    var btn = $("tuning-toggle-" + rule.id);
+    if (btn) btn.setAttribute("aria-expanded", String(!!tuning[rule.id]));
+  }
+
+  function tuningPanel(rule) {
+    var t = { rule: rule, chart: null, range: "hour", seq: 0 };
+    var select = el("select", { id: "tuning-range-" + rule.id, className: "tuning-range" },
+      Object.keys(TUNING_RANGES).map(function (k) { return el("option", { value: k, text: TUNING_RANGES[k].label }); }));
+    select.addEventListener("change", function () { t.range = select.value; loadTuning(rule.id); });
+    t.summary = el("p", { className: "tuning-summary small", role: "status", "aria-live": "polite", text: "Loading…" });
+    t.chartBox = el("div", { className: "tuning-chart", role: "img", "aria-label": "Alerts per bucket of " + rule.name });
+    t.table = el("table", { className: "tuning-table" });
+    t.node = el("div", { className: "tuning", id: "tuning-" + rule.id, "data-rule-id": rule.id }, [
+      el("label", { className: "small", for: "tuning-range-" + rule.id, text: "Range " }, [select]),
+      t.summary, t.chartBox,
+      el("details", { className: "tuning-data" }, [el("summary", { text: "The numbers" }), el("div", { className: "table-wrap" }, [t.table])])
+    ]);
+    return t;
+  }
+
+  function refreshTuning() {
+    Object.keys(tuning).forEach(loadTuning);
+  }
+
+  async function loadTuning(id) {
+    var t = tuning[id];
+    if (!t) return;
+    var range = TUNING_RANGES[t.range];
+    // Whole buckets, up to the end of the current one.
+    var until = Math.ceil((Date.now() + 1) / range.bucket) * range.bucket;
+    var since = until - range.span;
+    var seq = ++t.seq, mine = epoch;
+    var r;
+    try {
+      r = await fetchJson("/api/rules/" + encodeURIComponent(id) + "/alert-rate?since=" + since + "&until=" + until +
+        "&bucket_ms=" + range.bucket);
+    } catch (e) {
+      if (tuning[id] === t) t.summary.textContent = "Could not reach the server: " + e.message;
+      return;
+    }
+    if (tuning[id] !== t || seq !== t.seq || mine !== epoch) return;
+    if (!r.ok) { t.summary.textContent = "Not available: " + errorText(r.body, r.status); return; }
+    drawTuning(t, r.body, since, until);
+  }
+
+  function drawTuning(t, body, since, until) {
+    var buckets = body.buckets || [];
+    var xs = [], fired = [], suppressed = [], nf = 0, ns = 0;
+    // The server lists the buckets that had alerts; the chart shows the
+    // empty ones between as zero.
+    var byStart = new Map();
+    buckets.forEach(function (b) { byStart.set(b.start_ms, b); nf += b.fired; ns += b.suppressed; });
+    var step = body.bucket_ms || TUNING_RANGES[t.range].bucket;
+    for (var x = Math.floor(since / step) * step; x < until; x += step) {
+      var b = byStart.get(x);
+      xs.push(x); fired.push(b ? b.fired : 0); suppressed.push(b ? b.suppressed : 0);
+    }
+    var share = nf + ns ? Math.round(100 * ns / (nf + ns)) : 0;
+    t.summary.textContent = TUNING_RANGES[t.range].label.replace(/^./, function (c) { return c.toUpperCase(); }) + ": " +
+      fmtCount(nf) + " fired, " + fmtCount(ns) + " suppressed" +
+      (nf + ns ? " — " + share + "% suppressed by the cooldown" + (nf ? " (" + (ns / nf).toFixed(1) + " suppressed per fired)" : "") : "") + ".";
+    t.node.setAttribute("data-since", since);
+    t.node.setAttribute("data-until", until);
+    t.node.setAttribute("data-bucket-ms", body.bucket_ms);
+    t.node.setAttribute("data-buckets", buckets.length);
+    t.node.setAttribute("data-fired", nf);
+    t.node.setAttribute("data-suppressed", ns);
+    t.table.replaceChildren(
+      el("thead", null, [el("tr", null, ["Bucket start", "Fired", "Suppressed"].map(function (h) { return el("th", { scope: "col", text: h }); }))]),
+      el("tbody", null, buckets.map(function (b) {
+        return el("tr", { "data-start-ms": b.start_ms }, [
+          el("td", { text: fullTime(b.start_ms).slice(0, 19) }), el("td", { text: String(b.fired) }), el("td", { text: String(b.suppressed) })
+        ]);
+      })));
+    var data = [xs, fired, suppressed];
+    var width = chartWidth(t.chartBox, 420);
+    if (t.chart && t.chart.bucketMs === body.bucket_ms) {
+      t.chart.setData(data);
+      if (t.chart.width !== width) t.chart.setSize({ width: width, height: 170 });
+    } else {
+      if (t.chart) t.chart.destroy();
+      var bars = V.uPlot.paths.bars;
+      t.chart = new V.uPlot({
+        width: width, height: 170, ms: 1,
+        legend: { live: false },
+        cursor: { drag: { x: false, y: false } },
+        scales: { x: { time: true, range: [since, until] } },
+        axes: [{}, { label: "alerts", size: 50 }],
+        series: [
+          {},
+          { label: "fired", stroke: "#0b5cad", fill: "rgba(11, 92, 173, 0.55)", paths: bars({ size: [0.45, 40], align: -1 }), points: { show: false } },
+          { label: "suppressed", stroke: "#6b7280", fill: "rgba(107, 114, 128, 0.45)", paths: bars({ size: [0.45, 40], align: 1 }), points: { show: false } }
+        ]
+      }, data, t.chartBox);
+      t.chart.bucketMs = body.bucket_ms;
+    }
+    t.chartBox.setAttribute("data-points", t.chart.data[0].length);
+  }
+
+  // A chart as wide as its box (which may not be laid out yet).
+  function chartWidth(box, fallback) {
+    var w = box.clientWidth || (box.parentNode && box.parentNode.clientWidth) || fallback;
+    return Math.max(240, Math.floor(w));
+  }
+
+  /* ------------------------------------------------------------ SQL editor */
+
+  // CodeMirror and uPlot from /vendor.js; null if it did not load, and then
+  // the rule form keeps its plain textarea and no chart is drawn.
+  var V = window.WardwatchVendor || null;
+
+  // The columns of `vitals` (README, "Columns of vitals"), for completion.
+  var VITALS_COLUMNS = ["hospital_id", "patient_id", "event_time", "heart_rate_bpm", "spo2_pct",
+    "respiration_rate", "systolic_bp_mmhg", "diastolic_bp_mmhg", "source_device", "sequence_number", "timestamp_unix_ms"];
+
+  var sqlEditor = null;   // the rule form's EditorView
+  var setSqlError = null; // StateEffect: the server's error below its line, or null
+
+  // The message of a server error, drawn as a block below the line it is
+  // on, with a caret under its column.
+  function sqlErrorWidget(err) {
+    class SqlErrorWidget extends V.WidgetType {
+      eq(other) { return other.err === this.err; }
+      toDOM() {
+        return el("div", {
+          className: "cm-ww-error", "data-line": err.line, "data-column": err.column,
+          "aria-hidden": "true" // #rule-error says the same to screen readers
+        }, [
+          el("div", { className: "cm-ww-caret", text: " ".repeat(Math.max(0, err.column - 1)) + "^" }),
+          el("div", { className: "cm-ww-message", text: err.message })
+        ]);
+      }
+      ignoreEvent() { return true; }
+    }
+    var w = new SqlErrorWidget();
+    w.err = err;
+    return w;
+  }
+
+  function createSqlEditor() {
+    var textarea = $("rule-sql");
+    setSqlError = V.StateEffect.define();
+    var errorField = V.StateField.define({
+      create: function () { return V.Decoration.none; },
+      update: function (deco, tr) {
+        deco = deco.map(tr.changes);
+        tr.effects.forEach(function (e) {
+          if (!e.is(setSqlError)) return;
+          if (!e.value) { deco = V.Decoration.none; return; }
+          var line = tr.state.doc.line(Math.min(e.value.line, tr.state.doc.lines));
+          deco = V.Decoration.set([V.Decoration.widget({ widget: sqlErrorWidget(e.value), block: true, side: 1 }).range(line.to)]);
+        });
+        return deco;
+      },
+      provide: function (f) { return V.EditorView.decorations.from(f); }
+    });
+    // Chromium edits a multi-line selection, or inserts a line break, by
+    // merging paragraphs with inline style, which the CSP refuses (and logs).
+    // Such an insertion is made here instead; plain typing stays native.
+    var noInlineStyle = V.EditorView.domEventHandlers({
+      beforeinput: function (e, view) {
+        if (e.inputType !== "insertText" && e.inputType !== "insertReplacementText") return false;
+        var text = e.data !== null && e.data !== undefined ? e.data
+          : e.dataTransfer ? e.dataTransfer.getData("text/plain") : null;
+        if (text === null) return false;
+        var sel = view.state.selection.main, doc = view.state.doc;
+        var multiLine = !sel.empty && doc.lineAt(sel.from).number !== doc.lineAt(sel.to).number;
+        if (!multiLine && !/[\r\n]/.test(text)) return false;
+        e.preventDefault();
+        view.dispatch(view.state.replaceSelection(text.replace(/\r\n?/g, "\n")),
+          { userEvent: "input.type", scrollIntoView: true });
+        return true;
+      }
+    });
+    sqlEditor = new V.EditorView({
+      parent: $("rule-sql-editor"),
+      state: V.EditorState.create({
+        doc: textarea.value,
+        extensions: [
+          V.lineNumbers(), V.highlightActiveLineGutter(), V.history(), V.drawSelection(),
+          V.indentOnInput(), V.bracketMatching(), V.closeBrackets(), V.highlightActiveLine(),
+          V.syntaxHighlighting(V.defaultHighlightStyle, { fallback: true }),
+          V.sql({ dialect: V.PostgreSQL, upperCaseKeywords: true, schema: { vitals: VITALS_COLUMNS }, defaultTable: "vitals" }),
+          // Completion only on Ctrl-Space: Enter while typing must add a line.
+          V.autocompletion({ activateOnTyping: false }),
+          V.lintGutter(), errorField, noInlineStyle, V.EditorView.lineWrapping,
+          V.placeholder(textarea.getAttribute("placeholder") || ""),
+          // No Tab binding: Tab moves on to the next control, as in a textarea.
+          V.keymap.of([].concat(V.closeBracketsKeymap, V.defaultKeymap, V.historyKeymap, V.completionKeymap, V.lintKeymap)),
+          V.EditorView.contentAttributes.of({
+            id: "rule-sql-input", "aria-labelledby": "rule-sql-label",
+            "aria-describedby": "rule-sql-hint rule-error", spellcheck: "false"
+          }),
+          V.EditorView.updateListener.of(function (u) {
+            if (!u.docChanged) return;
+            textarea.value = u.state.doc.toString();
+            ruleSqlChanged();
+          })
+        ]
+      })
+    });
+    textarea.hidden = true;
+    $("rule-sql-editor").hidden = false;
+    $("rule-sql-keys").hidden = false;
+    $("rule-sql-label").addEventListener("click", function () { sqlEditor.focus(); });
+  }
+
+  function ruleSql() { return sqlEditor ? sqlEditor.state.doc.toString() : $("rule-sql").value; }
+
+  function setRuleSql(text) {
+    if (!sqlEditor) { $("rule-sql").value = text; return; }
+    sqlEditor.dispatch({
+      changes: { from: 0, to: sqlEditor.state.doc.length, insert: text },
+      effects: setSqlError.of(null)
+    });
+  }
+
+  function focusRuleSql() { if (sqlEditor) sqlEditor.focus(); else $("rule-sql").focus(); }
+
+  // The server's error at its (1-based) line and column: underlined, with
+  // its message below the line; the caret is put there.
+  function markSqlError(message, line, column) {
+    if (!sqlEditor) return;
+    var doc = sqlEditor.state.doc;
+    var l = doc.line(Math.min(Math.max(1, line), doc.lines));
+    var from = Math.min(l.from + Math.max(0, (column || 1) - 1), l.to);
+    var word = sqlEditor.state.wordAt(from);
+    var to = word && word.from === from ? word.to : Math.min(from + 1, l.to);
+    if (to === from && from > l.from) from--; // past the end of the line: its last character
+    sqlEditor.dispatch(V.setDiagnostics(sqlEditor.state, [{ from: from, to: Math.max(to, from), severity: "error", message: message, source: "server" }]), {
+      effects: setSqlError.of({ line: l.number, column: column || 1, message: message }),
+      selection: sqlEditor.hasFocus ? undefined : { anchor: from }
+    });
+  }
+
+  function clearSqlError() {
+    if (!sqlEditor) return;
+    sqlEditor.dispatch(V.setDiagnostics(sqlEditor.state, []), { effects: setSqlError.of(null) });
+  }
+
+  // Checked as the author types: the server's answer to the SQL as it is
+  // VALIDATE_AFTER_MS after the last keystroke; older answers are dropped.
+  var VALIDATE_AFTER_MS = 600;
+  var validateTimer = null;
+  var validateSeq = 0;
+
+  function ruleSqlChanged() {
+    $("rule-sql").removeAttribute("aria-invalid");
+    renderDiff();
+    clearTimeout(validateTimer);
+    validateSeq++;
+    validateTimer = setTimeout(function () { validateRule(true); }, VALIDATE_AFTER_MS);
+  }
+
+  function stopValidating() {
+    clearTimeout(validateTimer);
+    validateTimer = null;
+    validateSeq++;
   }
 
   /* ------------------------------------------------------------- rule form */
@@ -524,11 +1173,17 @@
       box.hidden = true;
       box.textContent = "";
       sql.removeAttribute("aria-invalid");
+      if (sqlEditor) sqlEditor.contentDOM.removeAttribute("aria-invalid");
+      clearSqlError();
       return;
     }
     box.textContent = message;
     box.hidden = false;
-    if (typeof line === "number" && line > 0) {
+    if (!(typeof line === "number" && line > 0)) clearSqlError();
+    if (typeof line === "number" && line > 0 && sqlEditor) {
+      sqlEditor.contentDOM.setAttribute("aria-invalid", "true");
+      markSqlError(message.replace(/^line \d+, column \d+: /, ""), line, column);
+    } else if (typeof line === "number" && line > 0) {
       sql.setAttribute("aria-invalid", "true");
       // Put the caret where the problem is, for the next time the field has focus.
       var lines = sql.value.split("\n");
@@ -562,26 +1217,39 @@
     }
   }
 
-  async function validateRule() {
+  // `asTyped`: the check while typing (no button, no message for an empty
+  // field, nothing said if the server cannot be reached).
+  async function validateRule(asTyped) {
+    asTyped = asTyped === true;
     var btn = $("rule-validate");
-    showRuleError(null);
-    showValidation(null);
-    $("rule-status").textContent = "";
-    var sql = $("rule-sql").value;
-    if (!sql.trim()) { showRuleError("Write the rule's SQL first."); return; }
-    btn.disabled = true;
+    var sql = ruleSql();
+    if (!may("author")) return;
+    if (!asTyped) stopValidating();
+    var seq = ++validateSeq;
+    if (!sql.trim()) {
+      showValidation(null);
+      showRuleError(asTyped ? null : "Write the rule's SQL first.");
+      return;
+    }
+    if (!asTyped) {
+      showRuleError(null);
+      showValidation(null);
+      $("rule-status").textContent = "";
+      btn.disabled = true;
+    }
     try {
       var r = await fetchJson("/api/rules/validate", {
         method: "POST",
         headers: { "Content-Type": "application/json", "Accept": "application/json" },
         body: JSON.stringify({ sql: sql })
       });
-      if (r.ok && r.body && r.body.valid) showValidation(r.body);
-      else handleErrorResponse(r);
+      if (seq !== validateSeq) return; // typed on, or saved, meanwhile
+      if (r.ok && r.body && r.body.valid) { showRuleError(null); showValidation(r.body); }
+      else { showValidation(null); handleErrorResponse(r); }
     } catch (e) {
-      showRuleError("Could not reach the server: " + e.message);
+      if (!asTyped && seq === validateSeq) showRuleError("Could not reach the server: " + e.message);
     } finally {
-      btn.disabled = false;
+      if (!asTyped) btn.disabled = false;
     }
   }
 
@@ -594,7 +1262,7 @@
     $("rule-severity").value = rule.severity;
     $("rule-cooldown").value = String(rule.cooldown_seconds);
     $("rule-hospital").value = rule.hospital_id || "";
-    $("rule-sql").value = rule.sql;
+    setRuleSql(rule.sql);
     $("rule-form-heading").textContent = "Edit “" + rule.name + "”: saving makes version " + (rule.version + 1);
     $("rule-submit").textContent = "Save version " + (rule.version + 1);
     $("rule-cancel-edit").hidden = false;
@@ -604,12 +1272,15 @@
     $("rule-status").textContent = "";
     renderDiff();
     $("rule-form").scrollIntoView({ block: "nearest" });
-    $("rule-sql").focus();
+    focusRuleSql();
   }
 
   function endEdit() {
     editing = null;
     $("rule-form").reset();
+    setRuleSql("");
+    stopValidating();
+    showValidation(null);
     $("rule-form-heading").textContent = "Add a rule";
     $("rule-submit").textContent = "Add rule";
     $("rule-cancel-edit").hidden = true;
@@ -641,7 +1312,7 @@
   function renderDiff() {
     if (!editing) return;
     var box = $("rule-diff");
-    var lines = lineDiff(editing.sql, $("rule-sql").value);
+    var lines = lineDiff(editing.sql, ruleSql());
     var changed = lines.some(function (l) { return l[0] !== "same"; });
     box.replaceChildren.apply(box, lines.map(function (l) {
       var mark = l[0] === "add" ? "+ " : l[0] === "del" ? "- " : "  ";
@@ -703,7 +1374,8 @@
     showRuleError(null);
     showValidation(null);
     $("rule-backtest").hidden = true;
-    var sql = $("rule-sql").value;
+    stopValidating();
+    var sql = ruleSql();
     if (!sql.trim()) { showRuleError("Write the rule's SQL first."); return; }
     var to = Date.now(), from = to - BACKTEST_MS;
     var body = { sql: sql, from_ms: from, to_ms: to };
@@ -741,11 +1413,12 @@
     showRuleError(null);
     showValidation(null);
     $("rule-status").textContent = "";
+    stopValidating();
     var name = $("rule-name").value.trim();
-    var sql = $("rule-sql").value;
+    var sql = ruleSql();
     var cooldownRaw = $("rule-cooldown").value.trim();
     if (!name) { showRuleError("Give the rule a name."); $("rule-name").focus(); return; }
-    if (!sql.trim()) { showRuleError("Write the rule's SQL."); $("rule-sql").focus(); return; }
+    if (!sql.trim()) { showRuleError("Write the rule's SQL."); focusRuleSql(); return; }
     var draft = { name: name, severity: $("rule-severity").value, sql: sql };
     // A rule limited to one hospital sees only its events; without one it
     // is global, which only an admin may make.
@@ -824,6 +1497,9 @@
     if (rule) f.rule = rule;
     if (patient) f.patient = patient;
     if (!$("show-suppressed").checked) f.status = "fired";
+    // The worklist is what is still to be seen: unacknowledged by default.
+    var acked = $("filter-ack").value;
+    if (acked === "true" || acked === "false") f.acknowledged = acked;
     return f;
   }
 
@@ -925,6 +1601,7 @@
   async function refreshRepeats() {
     if ($("show-suppressed").checked) return; // the repeats are rows then
     var f = Object.assign({}, currentFilters(), { status: "suppressed" });
+    delete f.acknowledged; // repeats are counted whether their alert was acknowledged or not
     var mine = epoch;
     try {
       var r = await fetchJson("/api/alerts" + queryString(f, { limit: REPEATS_SCAN }));
@@ -937,7 +1614,7 @@
       repeatCounts = counts;
       rowsById.forEach(function (row, id) {
         var old = row.querySelector(".repeats");
-        var a = alerts.filter(function (x) { return x.id === id; })[0];
+        var a = alertById(id);
         if (old && a) old.replaceWith(repeatsTag(a));
       });
     } catch (e) { /* the connection state shows an outage */ }
@@ -960,11 +1637,14 @@
       "data-status": status,
       "data-severity": sev,
       "data-event-time": a.event_time_ms,
+      "data-hospital": hospitalOf(a),
+      "data-window-start": a.window_start_ms,
+      "data-window-end": a.window_end_ms,
       "data-acked": String(!!a.ack),
       title: explanationText(a).join("\n")
     }, [
       el("td", { className: "severity" }, [severityBadge(sev)]),
-      el("td", { className: "patient", text: patientOf(a) }),
+      patientCell(a),
       el("td", { className: "alert-rule" }, [
         a.rule_name || a.rule_id,
         el("span", { className: "alert-values", title: values, text: shorten(values, 160) })
@@ -979,6 +1659,28 @@
     ]);
   }
 
+  function hospitalOf(a) { return a.hospital_id ? String(a.hospital_id) : "unknown"; }
+
+  function hasPatient(a) { return !!(a.key && a.key.patient_id !== undefined && a.key.patient_id !== null); }
+
+  // The patient's id opens their vitals around this alert.
+  function patientCell(a) {
+    var td = el("td", { className: "patient" });
+    if (!hasPatient(a) || !V) { td.textContent = patientOf(a); return td; }
+    var b = el("button", {
+      type: "button", className: "link trend-link",
+      "aria-label": "Vital signs of " + patientOf(a) + " around this alert", text: patientOf(a)
+    });
+    b.addEventListener("click", function () { openTrend(a.id, b); });
+    td.appendChild(b);
+    return td;
+  }
+
+  function alertById(id) {
+    for (var i = 0; i < alerts.length; i++) if (alerts[i].id === id) return alerts[i];
+    return null;
+  }
+
   var loaded = false;
 
   function updateAlertCount() {
@@ -987,15 +1689,19 @@
       if (a.status === "suppressed") suppressed++; else fired++;
       if (!a.ack && a.status !== "suppressed") unacked++;
     });
+    var patients = new Set(alerts.map(function (a) { return hospitalOf(a) + "\u0000" + patientOf(a); })).size;
     $("alerts-count").textContent = alerts.length
       ? fired + " fired (" + unacked + " unacknowledged)" +
         ($("show-suppressed").checked ? ", " + suppressed + " suppressed" : "") +
-        " · at most " + MAX_ALERTS + " shown"
+        " for " + patients + " patient" + (patients === 1 ? "" : "s") + " · at most " + MAX_ALERTS + " shown"
       : "";
     var empty = $("alerts-empty");
+    var f = currentFilters();
+    var narrowed = f.severity || f.rule || f.patient || $("show-suppressed").checked;
     var emptyText = !loaded ? "Loading alerts…"
-      : Object.keys(currentFilters()).length > 1 || $("show-suppressed").checked
-        ? "No alerts match these filters." : "No fired alerts.";
+      : narrowed ? "No alerts match these filters."
+      : f.acknowledged === "false" ? "No unacknowledged fired alerts."
+      : f.acknowledged === "true" ? "No acknowledged fired alerts." : "No fired alerts.";
     if (alerts.length === 0 && !empty) {
       $("alerts").appendChild(el("tr", { id: "alerts-empty" }, [el("td", { colspan: "6", text: emptyText })]));
     } else if (alerts.length === 0) {
@@ -1005,34 +1711,118 @@
     }
   }
 
+  // The rows grouped by hospital, then patient (events carry no ward). A
+  // group's place is that of its first alert, so the most severe, newest
+  // alert leads, and inside a patient's group the rows keep the order
+  // severity, then time. Redrawn at most once a frame; row nodes are
+  // reused, so an open "explain" stays open.
+  var renderScheduled = false;
+
+  function scheduleRender() {
+    if (renderScheduled) return;
+    renderScheduled = true;
+    requestAnimationFrame(function () { renderScheduled = false; renderAlerts(); });
+  }
+
+  function sevSummary(list) {
+    var by = {};
+    list.forEach(function (a) { var s = String(a.severity || "").toLowerCase(); by[s] = (by[s] || 0) + 1; });
+    return SEVERITIES.slice().reverse().filter(function (s) { return by[s]; })
+      .map(function (s) { return by[s] + " " + s; }).join(", ");
+  }
+
+  function renderAlerts() {
+    var hospitals = [], byHospital = new Map();
+    alerts.forEach(function (a) {
+      var h = hospitalOf(a), p = patientOf(a);
+      var hg = byHospital.get(h);
+      if (!hg) { hg = { id: h, alerts: [], patients: [], byPatient: new Map() }; byHospital.set(h, hg); hospitals.push(hg); }
+      hg.alerts.push(a);
+      var pg = hg.byPatient.get(p);
+      if (!pg) { pg = { id: p, alerts: [] }; hg.byPatient.set(p, pg); hg.patients.push(pg); }
+      pg.alerts.push(a);
+    });
+    var focused = document.activeElement;
+    var nodes = [];
+    hospitals.forEach(function (hg) {
+      nodes.push(el("tr", { className: "group-row hospital-row", "data-hospital": hg.id }, [
+        el("th", { colspan: "6", scope: "colgroup" }, [
+          el("span", { className: "group-name", text: hg.id === "unknown" ? "Hospital not known" : "Hospital " + hg.id }),
+          el("span", { className: "group-count", text: " · " + hg.patients.length + " patient" + (hg.patients.length === 1 ? "" : "s") +
+            " · " + hg.alerts.length + " alert" + (hg.alerts.length === 1 ? "" : "s") + ": " + sevSummary(hg.alerts) })
+        ])
+      ]));
+      hg.patients.forEach(function (pg) {
+        nodes.push(el("tr", { className: "group-row patient-row", "data-hospital": hg.id, "data-patient": pg.id }, [
+          el("th", { colspan: "6", scope: "colgroup" }, [
+            el("span", { className: "group-name", text: "Patient " + pg.id }),
+            el("span", { className: "group-count", text: " · " + pg.alerts.length + " alert" + (pg.alerts.length === 1 ? "" : "s") +
+              ": " + sevSummary(pg.alerts) })
+          ])
+        ]));
+        pg.alerts.forEach(function (a) { nodes.push(rowsById.get(a.id)); });
+      });
+    });
+    var empty = $("alerts-empty");
+    if (empty) nodes.push(empty);
+    var tbody = $("alerts");
+    tbody.replaceChildren.apply(tbody, nodes);
+    if (focused && focused !== document.activeElement && focused.isConnected) focused.focus({ preventScroll: true });
+  }
+
   function addAlert(a, fresh) {
     if (!a || !a.id || rowsById.has(a.id)) return false;
     var i = 0;
     while (i < alerts.length && before(alerts[i], a)) i++;
     if (i >= MAX_ALERTS) return false;
-    var tbody = $("alerts");
-    var row = alertRow(a, fresh);
-    var next = i < alerts.length ? rowsById.get(alerts[i].id) : null;
-    if (next) tbody.insertBefore(row, next);
-    else {
-      var empty = $("alerts-empty");
-      if (empty) tbody.insertBefore(row, empty); else tbody.appendChild(row);
-    }
     alerts.splice(i, 0, a);
-    rowsById.set(a.id, row);
-    while (alerts.length > MAX_ALERTS) {
-      var old = alerts.pop();
-      var r = rowsById.get(old.id);
-      if (r) r.remove();
-      rowsById.delete(old.id);
-    }
+    rowsById.set(a.id, alertRow(a, fresh));
+    while (alerts.length > MAX_ALERTS) rowsById.delete(alerts.pop().id);
+    scheduleRender();
+    if (fresh && sevRank(a) === SEV_RANK.critical && a.status !== "suppressed") chime();
     return true;
+  }
+
+  function removeAlert(id) {
+    alerts = alerts.filter(function (x) { return x.id !== id; });
+    rowsById.delete(id);
+    scheduleRender();
   }
 
   function clearAlerts() {
     alerts = [];
     rowsById.clear();
     $("alerts").replaceChildren();
+  }
+
+  // Two short tones for a new critical alert, only once the user has
+  // ticked the box (the click is what lets the page make sound).
+  var audio = null;
+
+  function chime() {
+    if (!audio || !$("sound-critical").checked) return;
+    try {
+      var t = audio.currentTime;
+      [0, 0.22].forEach(function (d) {
+        var osc = audio.createOscillator(), gain = audio.createGain();
+        osc.frequency.value = 880;
+        gain.gain.setValueAtTime(0.0001, t + d);
+        gain.gain.exponentialRampToValueAtTime(0.2, t + d + 0.02);
+        gain.gain.exponentialRampToValueAtTime(0.0001, t + d + 0.18);
+        osc.connect(gain).connect(audio.destination);
+        osc.start(t + d);
+        osc.stop(t + d + 0.2);
+      });
+      $("sound-critical").setAttribute("data-chimes", String(Number($("sound-critical").getAttribute("data-chimes") || 0) + 1));
+    } catch (e) { /* no audio output: the row is still there */ }
+  }
+
+  function soundToggled() {
+    if ($("sound-critical").checked && !audio) {
+      var Ctx = window.AudioContext || window.webkitAudioContext;
+      if (Ctx) { try { audio = new Ctx(); } catch (e) { audio = null; } }
+    }
+    if (audio && audio.state === "suspended") audio.resume();
   }
 
   // Each load supersedes the previous one; an answer to an older query
@@ -1061,6 +1851,7 @@
     var focusedId = focusedAlert ? focusedAlert.getAttribute("data-alert-id") : null;
     clearAlerts();
     list.forEach(function (a) { addAlert(a, false); });
+    renderAlerts(); // now, so the focused row can be focused again below
     refreshRepeats();
     loaded = true;
     if (focusedId && rowsById.has(focusedId)) {
@@ -1099,6 +1890,166 @@
     pendingLive.splice(0).forEach(function (a) { addAlert(a, true); });
     updateAlertCount();
   }
+
+  /* --------------------------------------------------------- patient trend */
+
+  // A patient's vital signs around an alert (GET /api/patients/{id}/vitals):
+  // from 10 minutes before its window to 10 minutes after (15 minutes
+  // either side of a per-event alert), one uPlot chart per vital, with the
+  // alert's window shaded (or its moment drawn as a line).
+  var TREND_MARGIN_MS = 600000;
+  var TREND_EVENT_MARGIN_MS = 900000;
+  var TREND_CHARTS = [
+    { title: "Heart rate", unit: "bpm", series: [["heart_rate_bpm", "heart rate", "#b00020"]] },
+    { title: "SpO2", unit: "%", series: [["spo2_pct", "SpO2", "#0b5cad"]] },
+    { title: "Respiration rate", unit: "/min", series: [["respiration_rate", "respiration", "#146c2e"]] },
+    { title: "Blood pressure", unit: "mmHg", series: [["systolic_bp_mmhg", "systolic", "#7c2d12"], ["diastolic_bp_mmhg", "diastolic", "#8a5a00"]] }
+  ];
+  var trend = { opener: null, charts: [], seq: 0 };
+
+  function trendRange(a) {
+    var windowed = typeof a.window_start_ms === "number" && typeof a.window_end_ms === "number";
+    var since = windowed ? a.window_start_ms - TREND_MARGIN_MS : a.event_time_ms - TREND_EVENT_MARGIN_MS;
+    var until = windowed ? a.window_end_ms + TREND_MARGIN_MS : a.event_time_ms + TREND_EVENT_MARGIN_MS;
+    // Nothing after now exists yet; the server answers at most 24 hours.
+    until = Math.max(since + 1, Math.min(until, Date.now()));
+    return { since: since, until: until, windowed: windowed };
+  }
+
+  function closeTrend() {
+    trend.seq++;
+    trend.charts.forEach(function (c) { c.destroy(); });
+    trend.charts = [];
+    $("trend-charts").replaceChildren();
+    if ($("trend-dialog").open) $("trend-dialog").close();
+    var back = trend.opener;
+    trend.opener = null;
+    if (back && back.isConnected) back.focus();
+  }
+
+  async function openTrend(alertId, opener) {
+    var a = alertById(alertId);
+    if (!a || !hasPatient(a)) return;
+    var patient = String(a.key.patient_id);
+    var seq = ++trend.seq;
+    trend.opener = opener;
+    trend.charts.forEach(function (c) { c.destroy(); });
+    trend.charts = [];
+    var range = trendRange(a);
+    $("trend-heading").textContent = "Patient " + patient + (a.hospital_id ? " · hospital " + a.hospital_id : "");
+    $("trend-alert").replaceChildren(severityBadge(a.severity), " " + (a.rule_name || a.rule_id) + " · " +
+      a.status + " · " + fullTime(a.event_time_ms) + (a.ack ? " · acknowledged by " + a.ack.by : ""));
+    var cap = $("trend-window");
+    cap.textContent = range.windowed
+      ? "Alert window " + hms(a.window_start_ms) + "–" + hms(a.window_end_ms) + " (shaded)"
+      : "Alert at " + hms(a.event_time_ms) + " (the vertical line)";
+    cap.setAttribute("data-start-ms", range.windowed ? a.window_start_ms : a.event_time_ms);
+    cap.setAttribute("data-end-ms", range.windowed ? a.window_end_ms : a.event_time_ms);
+    var charts = $("trend-charts");
+    charts.replaceChildren();
+    charts.setAttribute("data-patient", patient);
+    charts.setAttribute("data-since", range.since);
+    charts.setAttribute("data-until", range.until);
+    charts.removeAttribute("data-points");
+    $("trend-explanation").replaceChildren(el("h3", { text: "Why it alerted" }), explanationList(a));
+    $("trend-error").hidden = true;
+    $("trend-status").textContent = "Loading vital signs " + hms(range.since) + "–" + hms(range.until) + "…";
+    if (!$("trend-dialog").open) $("trend-dialog").showModal();
+    $("trend-close").focus();
+    var r;
+    try {
+      r = await fetchJson("/api/patients/" + encodeURIComponent(patient) + "/vitals?since=" + range.since + "&until=" + range.until);
+    } catch (e) {
+      r = { ok: false, status: 0, body: { error: { message: "could not reach the server: " + e.message } } };
+    }
+    if (seq !== trend.seq || !$("trend-dialog").open) return;
+    if (!r.ok) {
+      $("trend-status").textContent = "";
+      $("trend-error").textContent = "No vital signs: " + errorText(r.body, r.status);
+      $("trend-error").hidden = false;
+      return;
+    }
+    var readings = (r.body && r.body.readings) || [];
+    $("trend-status").textContent = fmtCount(readings.length) + " readings from " + fullTime(range.since) + " to " +
+      fullTime(range.until) + (r.body.truncated ? " — cut short at the server's limit; the latest are missing" : "") + ".";
+    drawTrend(readings, range, a);
+  }
+
+  function drawTrend(readings, range, a) {
+    var box = $("trend-charts");
+    var xs = readings.map(function (x) { return x.event_time_ms; });
+    var mark = range.windowed ? [a.window_start_ms, a.window_end_ms] : [a.event_time_ms, a.event_time_ms];
+    // The window as a band behind the lines (a 2-pixel line for a moment).
+    var band = {
+      drawClear: [function (u) {
+        var x0 = u.valToPos(mark[0], "x", true), x1 = u.valToPos(mark[1], "x", true);
+        var ctx = u.ctx;
+        ctx.save();
+        ctx.fillStyle = range.windowed ? "rgba(245, 158, 11, 0.22)" : "rgba(176, 0, 32, 0.8)";
+        var left = Math.max(u.bbox.left, Math.min(x0, x1));
+        var w = range.windowed ? Math.min(u.bbox.left + u.bbox.width, Math.max(x0, x1)) - left : 2 * (window.devicePixelRatio || 1);
+        if (w > 0) ctx.fillRect(left, u.bbox.top, w, u.bbox.height);
+        ctx.restore();
+      }]
+    };
+    var width = trendChartWidth();
+    var sync = V.uPlot.sync("trend");
+    TREND_CHARTS.forEach(function (c) {
+      var fig = el("figure", { className: "trend-chart" });
+      var caption = el("figcaption", { text: c.title + " (" + c.unit + ")" });
+      fig.appendChild(caption);
+      box.appendChild(fig);
+      var data = [xs].concat(c.series.map(function (sd) {
+        return readings.map(function (x) { return typeof x[sd[0]] === "number" ? x[sd[0]] : null; });
+      }));
+      var present = data.slice(1).reduce(function (n, col) { return n + col.filter(function (v) { return v !== null; }).length; }, 0);
+      var chart = new V.uPlot({
+        width: width, height: 150, ms: 1,
+        cursor: { sync: { key: sync.key }, drag: { x: false, y: false } },
+        scales: { x: { time: true, range: [range.since, range.until] } },
+        axes: [{}, { size: 50 }],
+        hooks: band,
+        series: [{}].concat(c.series.map(function (sd) {
+          return { label: sd[1], stroke: sd[2], width: 1.5, spanGaps: true, points: { show: readings.length < 120 } };
+        }))
+      }, data, fig);
+      trend.charts.push(chart);
+      fig.setAttribute("data-series", c.series.map(function (sd) { return sd[0]; }).join(" "));
+      fig.setAttribute("data-points", chart.data[0].length);
+      fig.setAttribute("data-values", present);
+    });
+    box.setAttribute("data-points", xs.length);
+  }
+
+  // Two charts a row where there is room for both.
+  function trendChartWidth() {
+    var w = chartWidth($("trend-charts"), 640);
+    return w >= 860 ? Math.floor((w - 16) / 2) : w;
+  }
+
+  // The explanation as a list (the row's "explain", open).
+  function explanationList(a) {
+    var d = explanationDetails(a);
+    return d.querySelector("dl");
+  }
+
+  // Charts follow the window's width (a tablet turned, a resized window).
+  var resizeTimer = null;
+  window.addEventListener("resize", function () {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(function () {
+      trend.charts.forEach(function (c) {
+        var w = trendChartWidth();
+        if (c.width !== w) c.setSize({ width: w, height: 150 });
+      });
+      Object.keys(tuning).forEach(function (id) {
+        var t = tuning[id];
+        if (!t.chart) return;
+        var w = chartWidth(t.chartBox, 420);
+        if (t.chart.width !== w) t.chart.setSize({ width: w, height: 170 });
+      });
+    }, 150);
+  });
 
   /* -------------------------------------------------------- connection */
 
@@ -1284,6 +2235,8 @@
     if (ev.type === "alert") {
       var a;
       try { a = JSON.parse(ev.data); } catch (e) { return; }
+      // A new alert is unacknowledged: never one for the acknowledged view.
+      if (currentFilters().acknowledged === "true" && !a.ack) return;
       if (!synced) { pendingLive.push(a); return; }
       if (addAlert(a, true)) scheduleCount();
     } else if (ev.type === "lagged") {
@@ -1336,7 +2289,7 @@
   function serverNamesAcker() { return !!(me && me.auth_required); }
 
   function openAck(id, opener) {
-    var a = alerts.filter(function (x) { return x.id === id; })[0];
+    var a = alertById(id);
     if (!a) return;
     ackTarget = { id: id, opener: opener };
     $("ack-summary").textContent = a.severity + " · " + (a.rule_name || a.rule_id) + " · " +
@@ -1384,6 +2337,24 @@
     if (ackTarget) ackTarget.opener = row.querySelector(".ack-info");
   }
 
+  // Acknowledged: in the unacknowledged worklist the row leaves (it is in
+  // the acknowledged view now); focus goes to the next row's button.
+  function ackDone(id, ack) {
+    if (currentFilters().acknowledged !== "false") { showAck(id, ack); return; }
+    var row = rowsById.get(id);
+    var next = null;
+    if (row) {
+      for (var n = row.nextElementSibling; n && !next; n = n.nextElementSibling) {
+        if (n.classList.contains("alert")) next = n.querySelector(".ack-button");
+      }
+    }
+    var a = alertById(id);
+    removeAlert(id);
+    if (ackTarget) ackTarget.opener = next || $("alerts-heading");
+    notice("Acknowledged " + (a ? (a.rule_name || a.rule_id) + " for " + patientOf(a) : "the alert") +
+      ": it is in the acknowledged view now.");
+  }
+
   async function submitAck(ev) {
     ev.preventDefault();
     if (!ackTarget) return;
@@ -1412,7 +2383,7 @@
       if (!named) {
         try { localStorage.setItem("wardwatch.ackBy", by); } catch (e) { /* private mode */ }
       }
-      showAck(id, (r.body && r.body.ack) || { alert_id: id, by: by, note: note || null, at_ms: Date.now() });
+      ackDone(id, (r.body && r.body.ack) || { alert_id: id, by: by, note: note || null, at_ms: Date.now() });
       updateAlertCount();
       closeAck();
     } catch (e) {
@@ -1519,6 +2490,15 @@
     stopLive();
     if ($("ack-dialog").open) $("ack-dialog").close();
     ackTarget = null;
+    if ($("deactivate-dialog").open) $("deactivate-dialog").close();
+    deactivateTarget = null;
+    closeTrend();
+    Object.keys(tuning).forEach(function (id) { if (tuning[id].chart) tuning[id].chart.destroy(); delete tuning[id]; });
+    stopValidating();
+    $("audit-head").replaceChildren();
+    $("audit-rows").replaceChildren();
+    $("audit-status").textContent = "";
+    auditError(null);
     clearAlerts();
     pendingLive = [];
     loaded = false;
@@ -1596,14 +2576,19 @@
   $("sign-in-form").addEventListener("submit", submitSignIn);
   $("sign-out").addEventListener("click", function () { signOut(null); });
   $("rule-form").addEventListener("submit", submitRule);
-  $("rule-validate").addEventListener("click", validateRule);
-  $("rule-sql").addEventListener("input", function () {
-    $("rule-sql").removeAttribute("aria-invalid");
-    renderDiff();
-  });
+  $("rule-validate").addEventListener("click", function () { validateRule(false); });
+  $("rule-sql").addEventListener("input", ruleSqlChanged);
+  if (V) createSqlEditor();
   $("rule-backtest-button").addEventListener("click", backtestRule);
   $("history-form").addEventListener("submit", runHistory);
   $("history-csv").addEventListener("click", exportHistoryCsv);
+  $("saved-query-form").addEventListener("submit", saveQuery);
+  $("audit-form").addEventListener("submit", showAudit);
+  $("audit-view").addEventListener("change", auditViewChanged);
+  $("audit-last-hour").addEventListener("click", function () { setAuditRange(3600000); showAudit(); });
+  $("audit-last-day").addEventListener("click", function () { setAuditRange(24 * 3600000); showAudit(); });
+  setAuditRange(3600000);
+  renderSavedQueries();
   $("rule-cancel-edit").addEventListener("click", function () {
     endEdit();
     $("rule-status").textContent = "";
@@ -1612,12 +2597,23 @@
   $("filter-severity").addEventListener("change", applyFilters);
   $("filter-rule").addEventListener("change", applyFilters);
   $("show-suppressed").addEventListener("change", applyFilters);
+  $("filter-ack").addEventListener("change", function () { notice(null); applyFilters(); });
+  $("sound-critical").addEventListener("change", soundToggled);
   var patientTimer = null;
   $("filter-patient").addEventListener("input", function () {
     clearTimeout(patientTimer);
     patientTimer = setTimeout(applyFilters, 400);
   });
   $("ack-form").addEventListener("submit", submitAck);
+  $("trend-close").addEventListener("click", closeTrend);
+  $("trend-dialog").addEventListener("cancel", function (ev) { ev.preventDefault(); closeTrend(); });
+  $("deactivate-form").addEventListener("submit", submitDeactivate);
+  $("deactivate-cancel").addEventListener("click", closeDeactivate);
+  $("deactivate-dialog").addEventListener("cancel", function (ev) { ev.preventDefault(); closeDeactivate(); });
+  $("deactivate-reason").addEventListener("input", function () {
+    deactivateCount();
+    $("deactivate-reason").removeAttribute("aria-invalid");
+  });
   $("ack-cancel").addEventListener("click", closeAck);
   $("ack-dialog").addEventListener("cancel", function (ev) { ev.preventDefault(); closeAck(); });
 

@@ -6,23 +6,32 @@ Run: python3 tests/browser/test_ui.py
 Needs: /usr/bin/chromium (apt-get install chromium), `pip install playwright`
 (never `playwright install`: the system browser is used), and the server
 binary, built by `cargo build -p wardwatch` (WARDWATCH_BIN overrides the path).
-WARDWATCH_SCREENSHOTS=DIR saves screenshots at 1400x1000 and 800x1100.
+WARDWATCH_SCREENSHOTS=DIR saves screenshots at 1400x1000 and 800x1100 (the
+ones in docs/screenshots are made so). The server inherits this process's
+environment, so WARDWATCH_WEB_DIR=web makes it serve the page, app.js,
+app.css, vendor.js and vendor.css from web/ rather than from the binary.
 
 Two servers, one after the other, each with its own port and data dir.
 
 `serve --demo` (authentication off, as on loopback): the checks run in order
-as one nurse's session would: the worklist (fired only, server-filtered,
-severity then time), the "authentication is off" banner, acknowledging an
-alert (recorded on the server and shown on the row), a rule the engine
-suspends, contrast, and finally the server is killed and the connection
-indicator must turn stale.
+as one nurse's session would: the worklist (fired and unacknowledged,
+server-filtered, grouped by hospital and patient, severity then time), the
+"authentication is off" banner, the rule workshop (the server's validation
+error marked in the editor at its line and column, backtest, a new version
+and its diff), deactivating with a reason and reactivating, a rule's tuning
+chart, a patient's vitals around an alert, the audit desk (saved queries,
+the audit log, replay audits, dead letters), acknowledging an alert (it
+leaves the worklist for the acknowledged view), a rule the engine suspends,
+contrast, and finally the server is killed and the connection indicator
+must turn stale.
 
 `serve --demo --auth`, with a viewer and an admin key made by `wardwatch
 api-key create` first: the sign-in panel and nothing else before signing in,
 a wrong key refused, the viewer's worklist fed live over the fetch() stream,
-acknowledging as the key's name (and a 409 when someone was first), no rule
-controls for a viewer but for an admin, a 403 shown where the action was,
-and a revoked key signing the page out.
+acknowledging as the key's name (and a 409 when someone was first), a
+patient's trend, no rule controls, tuning or audit desk for a viewer but for
+an admin, a 403 shown where the action was, and a revoked key signing the
+page out.
 """
 
 import json
@@ -152,13 +161,85 @@ def rows(page):
     return page.eval_on_selector_all("#alerts tr.alert", """trs => trs.map(tr => ({
         id: tr.dataset.alertId, status: tr.dataset.status, severity: tr.dataset.severity,
         time: Number(tr.dataset.eventTime), ruleId: tr.dataset.ruleId, patient: tr.dataset.patient,
+        hospital: tr.dataset.hospital, windowStart: tr.dataset.windowStart,
         acked: tr.dataset.acked === "true" }))""")
 
 
+def blocks(items, key):
+    """Consecutive runs of items with the same key: [(key, [items])]."""
+    out = []
+    for it in items:
+        if out and out[-1][0] == key(it):
+            out[-1][1].append(it)
+        else:
+            out.append((key(it), [it]))
+    return out
+
+
 def assert_worklist_order(rs):
-    keys = [(SEV_RANK.get(r["severity"], -1), r["time"]) for r in rs]
-    for a, b, ra, rb in zip(keys, keys[1:], rs, rs[1:]):
-        assert a >= b, f"rows out of order (severity, then newest): {ra} before {rb}"
+    """Grouped by hospital, then patient: each group in one piece, groups
+    in the order of their first alert, and the alerts of a patient most
+    severe first, then newest."""
+    rank = lambda r: (SEV_RANK.get(r["severity"], -1), r["time"])
+    def ordered(seq, what):
+        for a, b in zip(seq, seq[1:]):
+            assert rank(a) >= rank(b), f"{what} out of order (severity, then newest): {a} before {b}"
+    hospitals = blocks(rs, lambda r: r["hospital"])
+    names = [h for h, _ in hospitals]
+    assert len(names) == len(set(names)), f"a hospital's alerts are split: {names}"
+    ordered([members[0] for _, members in hospitals], "hospitals")
+    for h, members in hospitals:
+        patients = blocks(members, lambda r: r["patient"])
+        names = [p for p, _ in patients]
+        assert len(names) == len(set(names)), f"a patient's alerts are split in {h}: {names}"
+        ordered([m[0] for _, m in patients], f"patients of {h}")
+        for _, m in patients:
+            ordered(m, "alerts of a patient")
+
+
+GROUPS_JS = """
+() => {
+  // Each group header against the rows under it.
+  const out = [];
+  let hospital = null, patient = null;
+  for (const tr of document.querySelectorAll("#alerts tr")) {
+    if (tr.classList.contains("hospital-row")) {
+      hospital = { hospital: tr.dataset.hospital, text: tr.textContent, rows: 0, patients: 0 };
+      out.push(hospital);
+    } else if (tr.classList.contains("patient-row")) {
+      patient = { hospital: tr.dataset.hospital, patient: tr.dataset.patient, text: tr.textContent, rows: 0 };
+      out.push(patient);
+      hospital.patients++;
+    } else if (tr.classList.contains("alert")) {
+      hospital.rows++;
+      patient.rows++;
+      if (tr.dataset.hospital !== hospital.hospital || tr.dataset.patient !== patient.patient) {
+        out.push({ misplaced: tr.dataset.alertId });
+      }
+    }
+  }
+  return out;
+}
+"""
+
+
+def check_groups(page, server):
+    """Every header counts the rows under it, and each row is under the
+    hospital the server gives its alert."""
+    groups = page.evaluate(GROUPS_JS)
+    assert groups and not [g for g in groups if "misplaced" in g], groups
+    for g in groups:
+        n = g["rows"]
+        assert f"{n} alert{'s' if n != 1 else ''}" in g["text"], f"header {g['text']!r} over {n} rows"
+        if "patients" in g:
+            p = g["patients"]
+            assert f"{p} patient{'s' if p != 1 else ''}" in g["text"], f"header {g['text']!r} over {p} patients"
+    by_id = {a["id"]: a for a in server.get("/api/alerts?status=fired&acknowledged=false&limit=2000")["alerts"]}
+    for r in rows(page):
+        if r["id"] in by_id:
+            want = by_id[r["id"]].get("hospital_id") or "unknown"
+            assert r["hospital"] == want, f"alert {r['id']} under {r['hospital']}, the server says {want}"
+    return len([g for g in groups if "patients" in g]), len([g for g in groups if "patients" not in g])
 
 
 def check_worklist(page, server):
@@ -167,16 +248,20 @@ def check_worklist(page, server):
     wait_until("fired and suppressed alerts on the server", lambda:
                server.get("/api/alerts?status=fired&limit=1")["alerts"]
                and server.get("/api/alerts?status=suppressed&limit=1")["alerts"], 30)
-    fired_before = len(server.get("/api/alerts?status=fired&limit=200")["alerts"])
+    fired_before = len(server.get("/api/alerts?status=fired&acknowledged=false&limit=200")["alerts"])
     page.goto(server.base + "/")
     wait_until("the live indicator", lambda: page.get_attribute("#live-status", "data-state") == "live")
     assert not page.is_checked("#show-suppressed"), "suppressed alerts shown by default"
+    assert page.input_value("#filter-ack") == "false", "the worklist does not default to unacknowledged"
+    assert not page.is_checked("#sound-critical"), "sound on by default"
     rs = wait_until("alert rows", lambda: rows(page))
     assert all(r["status"] == "fired" for r in rs), f"non-fired rows by default: {rs}"
+    assert not any(r["acked"] for r in rs), f"acknowledged rows in the worklist: {rs}"
     # The page asks the server for fired alerts, so it shows every fired one
     # (up to its 200), not the fired few among the newest of all statuses.
     assert len(rs) >= fired_before, f"{len(rs)} rows shown, {fired_before} fired alerts on the server"
     assert_worklist_order(rs)
+    patients, hospitals = wait_until("group headers matching the rows", lambda: check_groups(page, server))
 
     # Suppressed repeats are folded into the fired alert they repeat.
     counts = {}
@@ -206,7 +291,7 @@ def check_worklist(page, server):
     # A severity filter is answered by the server: the page shows at least
     # what the server had before the filter was chosen.
     sev = rs[0]["severity"]
-    on_server = server.get(f"/api/alerts?status=fired&severity={sev}&limit=200")["alerts"]
+    on_server = server.get(f"/api/alerts?status=fired&acknowledged=false&severity={sev}&limit=200")["alerts"]
     page.select_option("#filter-severity", sev)
     def filtered():
         rs = rows(page)
@@ -220,7 +305,7 @@ def check_worklist(page, server):
     # for most patients that alert).
     patient = next(r["patient"] for r in rs if r["patient"].startswith("P"))
     page.check("#show-suppressed")
-    on_server = server.get(f"/api/alerts?patient={patient}&limit=200")["alerts"]
+    on_server = server.get(f"/api/alerts?patient={patient}&acknowledged=false&limit=200")["alerts"]
     page.fill("#filter-patient", patient)
     prs = wait_until(f"the {len(on_server)} rows of {patient}", lambda: (lambda rs: len(rs) >= len(on_server)
                      and all(r["patient"] == patient for r in rs) and rs)(rows(page)))
@@ -230,7 +315,9 @@ def check_worklist(page, server):
                and len({r["patient"] for r in rs}) > 1)(rows(page)))
     print(f"  patient filter: {len(prs)} alerts of {patient}"
           f" ({sum(r['status'] == 'suppressed' for r in prs)} suppressed)")
-    print(f"  worklist: {len(rs)} {sev} rows; fired only by default; severity then time")
+    print(f"  worklist: fired and unacknowledged by default, {patients} patients in {hospitals} hospitals"
+          f" with counts; {sev} filter; severity then time within each group")
+    shoot(page, "worklist")
 
 
 def check_acknowledge(page, server):
@@ -252,10 +339,10 @@ def check_acknowledge(page, server):
     page.fill("#ack-note", "seen at the bedside")
     page.click("#ack-submit")
     page.wait_for_selector("#ack-dialog", state="hidden")
-    page.wait_for_selector(f"{row} .ack-info")
-    shown = page.text_content(f"{row} .ack-info")
-    assert name in shown and "seen at the bedside" in shown, f"row shows {shown!r}"
-    assert page.get_attribute(row, "data-acked") == "true"
+    # Seen: it leaves the worklist of unacknowledged alerts.
+    page.wait_for_selector(row, state="detached")
+    assert "acknowledged view" in page.text_content("#live-notice")
+    assert page.evaluate("document.activeElement !== document.body"), "focus lost after acknowledging"
 
     # Recorded on the server, by the name typed.
     alerts = server.get(f"/api/alerts?rule={target['ruleId']}&limit=10000")["alerts"]
@@ -264,12 +351,24 @@ def check_acknowledge(page, server):
     assert alert.get("ack", {}).get("by") == name, f"server recorded {alert.get('ack')}"
     assert alert["ack"].get("note") == "seen at the bedside", alert["ack"]
 
-    # After a reload the row shows it again, from the server's list.
+    # The acknowledged view: the server's acknowledged alerts, this one with who and the note.
+    acked = server.get("/api/alerts?status=fired&acknowledged=true&limit=200")["alerts"]
+    assert target["id"] in {a["id"] for a in acked}, "the server does not list it as acknowledged"
+    page.select_option("#filter-ack", "true")
+    page.wait_for_selector(f"{row} .ack-info")
+    shown = page.text_content(f"{row} .ack-info")
+    assert name in shown and "seen at the bedside" in shown, f"row shows {shown!r}"
+    rs = wait_until("the acknowledged rows", lambda: (lambda rs: len(rs) >= len(acked) and rs)(rows(page)))
+    assert all(r["acked"] for r in rs), f"unacknowledged rows in the acknowledged view: {rs}"
+
+    # After a reload the worklist is unacknowledged again, without it.
     page.reload()
-    page.wait_for_selector(f"{row} .ack-info", timeout=10000)
-    assert name in page.text_content(f"{row} .ack-info")
+    wait_until("rows after reload", lambda: rows(page))
+    assert page.input_value("#filter-ack") == "false"
+    assert target["id"] not in {r["id"] for r in rows(page)}, "an acknowledged alert back in the worklist"
     wait_until("the live indicator after reload", lambda: page.get_attribute("#live-status", "data-state") == "live")
-    print(f"  acknowledge: {target['id']} by {name!r} recorded and shown")
+    print(f"  acknowledge: {target['id']} by {name!r} recorded, left the worklist, shown in the"
+          f" acknowledged view ({len(rs)} rows, the server has {len(acked)})")
 
 
 def critical_reading(patient):
@@ -366,8 +465,12 @@ def check_contrast(page):
     page.evaluate("document.querySelectorAll('#alerts tr.fresh').forEach(tr => tr.classList.remove('fresh'))")
     cells = page.eval_on_selector_all("#alerts tr.status-suppressed td.alert-rule, #alerts tr.status-suppressed .status,"
                                       " #alerts tr.status-suppressed .alert-values, #alerts tr.alert td.patient,"
-                                      " #alerts .ack-info, #alerts .repeats:not([hidden])", CONTRAST_JS)
+                                      " #alerts .trend-link, #alerts tr.group-row .group-name, #alerts tr.group-row .group-count,"
+                                      " #alerts .ack-info, #alerts .repeats:not([hidden]), #rules .rule-meta, #rules .deactivation,"
+                                      " #rule-sql-editor .cm-line span, #rule-sql-editor .cm-gutterElement, #alert-filters label",
+                                      CONTRAST_JS)
     badges = page.eval_on_selector_all("#rules .badge, #alerts .badge", CONTRAST_JS)
+    assert any("trend-link" in c["cls"] for c in cells) and any("group-name" in c["cls"] for c in cells), "new views not checked"
     for c in cells + badges:
         assert c["opacity"] == 1, f"drawn translucent: {c}"
         assert c["ratio"] >= 4.5, f"contrast {c['ratio']:.2f}:1 below 4.5:1: {c}"
@@ -389,11 +492,7 @@ def check_tablet(page, server):
     page.evaluate("window.scrollTo(0, 0)")
     box = page.eval_on_selector("#alerts tr.alert", "tr => tr.getBoundingClientRect().toJSON()")
     assert 0 <= box["top"] < 1100, f"first alert row at y={box['top']} is below the fold at tablet width"
-    if SHOTS:
-        page.screenshot(path=os.path.join(SHOTS, "ui-800x1100.png"))
     page.set_viewport_size({"width": 1400, "height": 1000})
-    if SHOTS:
-        page.screenshot(path=os.path.join(SHOTS, "ui-1400x1000.png"))
     print(f"  tablet width: first alert row at y={box['top']:.0f} of 1100")
 
 
@@ -437,18 +536,32 @@ def check_keyboard(page, server):
     alerts = server.get(f"/api/alerts?rule={target['ruleId']}&limit=10000")["alerts"]
     assert not next(a for a in alerts if a["id"] == target["id"]).get("ack"), "Escape recorded an acknowledgement"
 
-    # Deactivating asks first; dismissing leaves the rule running.
-    asked = []
-    def dismiss(d):
-        asked.append(d.message)
-        d.dismiss()
-    page.once("dialog", dismiss)
+    # Deactivating asks first (for a reason); Escape leaves the rule running.
     rid = page.eval_on_selector('#rules article.rule[data-state="active"]', "a => a.dataset.ruleId")
-    page.click(f"#deactivate-{rid}")
-    wait_until("the confirmation", lambda: asked)
+    page.focus(f"#deactivate-{rid}")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#deactivate-dialog", state="visible")
+    assert page.evaluate("document.activeElement.id") == "deactivate-reason"
+    page.keyboard.type("not sure")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#deactivate-dialog", state="hidden")
+    assert page.evaluate("document.activeElement.id") == f"deactivate-{rid}", "focus not returned to Deactivate"
     time.sleep(0.3)
     assert server.get(f"/api/rules/{rid}")["active"] is True, "deactivated without confirmation"
-    print(f"  keyboard: skip link first, dialog by keyboard, Escape records nothing; deactivate asks ({asked[0][:40]}…)")
+
+    # The SQL editor is one Tab stop: Tab goes in, typing types, Tab goes on.
+    page.focus("#rule-hospital")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "rule-sql-input", page.evaluate("document.activeElement.outerHTML.slice(0, 80)")
+    page.keyboard.type("SELECT patient_id FROM vitals")
+    assert editor_text(page) == "SELECT patient_id FROM vitals"
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "rule-validate", "Tab is kept by the editor"
+    page.focus("#rule-sql-input")
+    page.keyboard.press("Control+a")
+    page.keyboard.press("Backspace")
+    assert editor_text(page) == ""
+    print("  keyboard: skip link first, dialogs by keyboard, Escape records nothing; the editor is one Tab stop")
 
 
 def check_stale(page, server):
@@ -466,7 +579,7 @@ def check_stale(page, server):
         "#alerts tr.alert td.patient", "tds => tds.map(td => getComputedStyle(td).backgroundColor)"))
     assert backgrounds == {"rgb(233, 236, 241)"}, f"rows not all dimmed: {backgrounds}"
     if SHOTS:
-        page.screenshot(path=os.path.join(SHOTS, "ui-stale.png"))
+        page.screenshot(path=os.path.join(SHOTS, "stale-1400x1000.png"))
     print(f"  stale: indicator stale {took:.1f} s after the server was killed")
 
 
@@ -488,20 +601,90 @@ def check_ops(page, server):
     print(f"  ops: {running} rules against their budgets, the local partition, checkpoints off")
 
 
+EDITOR = "#rule-sql-editor"
+
+# Where CodeMirror shows the error: the underlined range's line (counted
+# among the editor's lines) and column (the text of that line before it),
+# the message drawn below the line, and the editor's text line by line.
+MARK_JS = """
+() => {
+  const lines = [...document.querySelectorAll("#rule-sql-editor .cm-content > .cm-line")];
+  const text = lines.map(l => l.querySelector(".cm-placeholder") ? "" : l.textContent);
+  const mark = document.querySelector("#rule-sql-editor .cm-lintRange-error");
+  const below = document.querySelector("#rule-sql-editor .cm-ww-error");
+  if (!mark) return { text, mark: null };
+  const line = mark.closest(".cm-line");
+  const before = document.createRange();
+  before.setStart(line, 0);
+  before.setEndBefore(mark);
+  return {
+    text, line: lines.indexOf(line) + 1, column: before.toString().length + 1, marked: mark.textContent,
+    message: below && below.querySelector(".cm-ww-message").textContent,
+    belowLine: below && Number(below.dataset.line), belowColumn: below && Number(below.dataset.column),
+    gutter: !!document.querySelector("#rule-sql-editor .cm-lint-marker-error")
+  };
+}
+"""
+
+
+def editor_text(page):
+    return "\n".join(page.evaluate(MARK_JS)["text"])
+
+
+def set_editor(page, text):
+    """Replaces the editor's text as a paste would (one insertion)."""
+    page.fill(f"{EDITOR} .cm-content", text)
+    wait_until("the editor to hold the text", lambda: editor_text(page) == text, 5)
+
+
 def check_rule_edit(page, server):
-    """An author edits a rule: the form holds the running version, the
-    diff shows the changed line, and saving makes the next version."""
+    """An author edits a rule in the workshop: the editor holds the running
+    version; an error on line 2 is marked where the server says, as the
+    author types (no button); fixed, the draft is backtested, the diff shows
+    the changed line, and saving makes the next version."""
     rules = [r for r in server.get("/api/rules")["rules"]
-             if r["active"] and re.search(r"\d+\s*$", r["sql"])]
-    assert rules, "no active rule ending in a number to edit"
+             if r["active"] and re.search(r"\d+\s*$", r["sql"]) and "event_time" in (r["sql"].split("\n") + [""])[1]]
+    assert rules, "no active rule ending in a number with event_time on line 2 to edit"
     rule = rules[0]
     page.click(f"#edit-{rule['id']}")
-    assert page.input_value("#rule-sql") == rule["sql"]
+    wait_until("the running SQL in the editor", lambda: editor_text(page) == rule["sql"], 5)
+    assert page.evaluate("document.activeElement.id") == "rule-sql-input", "focus not in the editor"
     assert page.text_content("#rule-submit") == f"Save version {rule['version'] + 1}"
-    old_line = rule["sql"].rstrip().split("\n")[-1]
+    # Highlighted as SQL: keywords and names are drawn in tokens.
+    assert page.query_selector_all(f"{EDITOR} .cm-line span"), "no syntax highlighting"
+
+    # The author retypes it with a misspelt column on line 2: the check as
+    # they type marks it where the server puts it. (The editor indents new
+    # lines itself, so the server is asked about the text as it stands.)
+    lines = rule["sql"].split("\n")
+    page.keyboard.press("Control+a")
+    page.keyboard.press("Backspace")
+    typed = [lines[0], lines[1].replace("event_time", "event_tme", 1)] + lines[2:]
+    page.keyboard.type("\n".join(l.strip() for l in typed))
+    wait_until("the typed lines", lambda: [l.strip() for l in editor_text(page).split("\n")] == [l.strip() for l in typed], 5)
+    broken = editor_text(page)
+    status, answer = server.request("POST", "/api/rules/validate", {"sql": broken})
+    assert status == 400 and answer["error"]["line"] == 2, (status, answer)
+    err = answer["error"]
+    mark = wait_until("the inline error", lambda: (lambda m: m.get("mark", True) and m)(page.evaluate(MARK_JS)), 8)
+    assert (mark["line"], mark["column"]) == (err["line"], err["column"]), f"marked at {mark}, server says {err}"
+    assert (mark["belowLine"], mark["belowColumn"]) == (err["line"], err["column"]), mark
+    assert mark["message"] == err["message"], (mark["message"], err["message"])
+    assert mark["gutter"], "no error marker in the gutter"
+    assert err["message"] in page.text_content("#rule-error"), "the message is not shown as text too"
+    assert page.get_attribute("#rule-sql-input", "aria-invalid") == "true"
+    shoot(page, "workshop", "#rule-form")
+
+    # Fixed, with a new threshold on the last line: the marker goes, the
+    # check says valid, and the diff shows the change.
+    old_line = lines[-1]
     number = re.search(r"(\d+)\s*$", old_line).group(1)
     new_line = old_line[: old_line.rfind(number)] + str(int(number) + 1)
-    page.fill("#rule-sql", rule["sql"].rstrip()[: -len(old_line)] + new_line)
+    fixed = "\n".join(lines[:-1] + [new_line])
+    set_editor(page, fixed)
+    wait_until("the error to clear", lambda: page.evaluate(MARK_JS)["mark"] is None
+               and page.is_visible("#rule-validation") and page.is_hidden("#rule-error"), 8)
+    assert "Valid" in page.text_content("#rule-validation")
     diff = page.text_content("#rule-diff")
     assert f"- {old_line}" in diff and f"+ {new_line}" in diff, diff
     # Backtest the edit, and the running version beside it, over the last hour.
@@ -513,12 +696,234 @@ def check_rule_edit(page, server):
     page.click("#rule-submit")
     wait_until("saved", lambda: f"as version {rule['version'] + 1}" in (page.text_content("#rule-status") or ""))
     saved = server.get(f"/api/rules/{rule['id']}")
-    assert saved["version"] == rule["version"] + 1 and saved["sql"].endswith(new_line), saved
+    assert saved["version"] == rule["version"] + 1 and saved["sql"] == fixed, saved
     assert saved["cooldown_seconds"] == rule["cooldown_seconds"] and saved["name"] == rule["name"], saved
     page.wait_for_selector(f"#rule-{rule['id']} .rule-meta:has-text('v{rule['version'] + 1}')")
     assert page.is_hidden("#rule-diff-box") and page.text_content("#rule-form-heading") == "Add a rule"
-    print(f"  rule edit: {rule['name']!r} v{rule['version']} → v{saved['version']}, diff {old_line!r} → {new_line!r};"
-          f" backtested over {events} events")
+    assert editor_text(page) == "", "the editor kept the saved SQL"
+    print(f"  rule workshop: error typed on line 2 marked at {err['line']}:{err['column']} ({err['message'][:40]}…)"
+          f" as the server says; {rule['name']!r} v{rule['version']} → v{saved['version']},"
+          f" diff {old_line!r} → {new_line!r}; backtested over {events} events")
+
+
+def check_deactivate(page, server):
+    """Deactivating asks why (the reason is required) and the server keeps
+    who, when and why; the rule moves to the folded list of deactivated
+    rules, from where Reactivate makes it run again."""
+    rule = next(r for r in server.get("/api/rules")["rules"] if r["state"] == "active" and "SpO2" not in r["name"])
+    rid = rule["id"]
+    page.click(f"#deactivate-{rid}")
+    page.wait_for_selector("#deactivate-dialog", state="visible")
+    assert page.evaluate("document.activeElement.id") == "deactivate-reason"
+    page.click("#deactivate-submit")
+    page.wait_for_selector("#deactivate-error:not([hidden])")
+    assert server.get(f"/api/rules/{rid}")["active"] is True, "deactivated without a reason"
+    reason = f"Too noisy on ward 3 & during rounds ({os.getpid()})"
+    page.fill("#deactivate-reason", reason)
+    assert page.text_content("#deactivate-count") == f"{len(reason)} of 500 characters"
+    page.click("#deactivate-submit")
+    page.wait_for_selector("#deactivate-dialog", state="hidden")
+    stopped = wait_until("the server to deactivate it", lambda: (lambda r: not r["active"] and r)(server.get(f"/api/rules/{rid}")))
+    d = stopped["deactivation"]
+    assert d and d["reason"] == reason and d["by"] and d["at_ms"] > 0, stopped
+
+    # Folded away, with who, when and why once opened.
+    art = f"#rules-deactivated #rule-{rid}"
+    page.wait_for_selector(art, state="attached")
+    assert not page.is_visible(art), "the deactivated list is not folded"
+    page.click("#rules-deactivated > summary")
+    text = page.text_content(f"{art} .deactivation")
+    assert d["by"] in text and reason in text, text
+    assert not page.query_selector(f"#rules > #rule-{rid}"), "still among the running rules"
+    page.click(f"#reactivate-{rid}")
+    page.wait_for_selector(f"#rules > #rule-{rid}[data-state='active']")
+    back = server.get(f"/api/rules/{rid}")
+    assert back["active"] is True and back["deactivation"] is None, back
+    page.click("#rules-deactivated > summary") if page.query_selector("#rules-deactivated[open]") else None
+    print(f"  deactivate: {rule['name']!r} asked for a reason, kept by the server ({d['by']}: {reason!r}),"
+          f" listed apart, reactivated")
+
+
+TUNING_JS = """
+id => {
+  const t = document.getElementById("tuning-" + id);
+  if (!t || !t.dataset.buckets) return null;
+  return {
+    since: Number(t.dataset.since), until: Number(t.dataset.until), bucket: Number(t.dataset.bucketMs),
+    buckets: Number(t.dataset.buckets), points: Number(t.querySelector(".tuning-chart").dataset.points),
+    summary: t.querySelector(".tuning-summary").textContent,
+    rows: [...t.querySelectorAll(".tuning-table tbody tr")].map(tr =>
+      [Number(tr.dataset.startMs), Number(tr.cells[1].textContent), Number(tr.cells[2].textContent)]),
+    canvas: !!t.querySelector(".tuning-chart canvas")
+  };
+}
+"""
+
+
+def check_tuning(page, server):
+    """A rule's tuning chart: the buckets the server answers for the same
+    range, drawn (every bucket of the range a point) and as a table, with
+    the suppressed share."""
+    rid = next(r["id"] for r in server.get("/api/rules")["rules"] if "SpO2 reading" in r["name"])
+    page.click(f"#tuning-toggle-{rid}")
+    assert page.get_attribute(f"#tuning-toggle-{rid}", "aria-expanded") == "true"
+
+    def same_as_server():
+        shown = page.evaluate(TUNING_JS, rid)
+        if not shown:
+            return None
+        answer = server.get(f"/api/rules/{rid}/alert-rate?since={shown['since']}&until={shown['until']}"
+                            f"&bucket_ms={shown['bucket']}")
+        want = [[b["start_ms"], b["fired"], b["suppressed"]] for b in answer["buckets"]]
+        return shown["rows"] == want and shown["buckets"] == len(want) and want and (shown, answer)
+    shown, answer = wait_until("the tuning chart to match the server", same_as_server, 15)
+    fired = sum(b["fired"] for b in answer["buckets"])
+    suppressed = sum(b["suppressed"] for b in answer["buckets"])
+    assert shown["canvas"], "no chart drawn"
+    assert shown["points"] == (shown["until"] - shown["since"]) // shown["bucket"], shown
+    assert f"{fired:,} fired, {suppressed:,} suppressed" in shown["summary"], shown["summary"]
+    share = round(100 * suppressed / (fired + suppressed))
+    assert f"{share}% suppressed" in shown["summary"], shown["summary"]
+    # It stays open (and drawn) across the rules list's 5-second redraws.
+    time.sleep(5.5)
+    assert page.evaluate(TUNING_JS, rid)["canvas"], "the chart went with a redraw"
+    print(f"  tuning: {len(answer['buckets'])} buckets with alerts as the server answers ({fired} fired,"
+          f" {suppressed} suppressed, {share}% suppressed), {shown['points']} points drawn")
+    page.click(f"#tuning-toggle-{rid}")
+    page.wait_for_selector(f"#tuning-{rid}", state="detached")
+
+
+def hms(ms):
+    return time.strftime("%H:%M:%S", time.localtime(ms / 1000))
+
+
+def check_trend(page, server, key=None):
+    """A patient's vitals around a windowed alert: the page asks for the
+    window with 10 minutes either side, draws every reading the server
+    answered, and names the shaded window as the server gives it."""
+    target = wait_until("a windowed alert in the worklist", lambda: [r for r in rows(page) if r["windowStart"]], 60)[0]
+    alert = next(a for a in server.get(f"/api/alerts?rule={target['ruleId']}&limit=10000", key=key)["alerts"]
+                 if a["id"] == target["id"])
+    with page.expect_response(lambda r: "/api/patients/" in r.url) as resp:
+        page.click(f"#alert-{target['id']} button.trend-link")
+    answer = resp.value.json()
+    page.wait_for_selector("#trend-dialog", state="visible")
+    page.wait_for_selector("#trend-charts[data-points]")
+    ws, we = alert["window_start_ms"], alert["window_end_ms"]
+    caption = page.text_content("#trend-window")
+    assert caption == f"Alert window {hms(ws)}–{hms(we)} (shaded)", (caption, ws, we)
+    assert (int(page.get_attribute("#trend-window", "data-start-ms")), int(page.get_attribute("#trend-window", "data-end-ms"))) == (ws, we)
+    since, until = int(page.get_attribute("#trend-charts", "data-since")), int(page.get_attribute("#trend-charts", "data-until"))
+    assert since == ws - 600000 and we < until <= we + 600000, (since, until, ws, we)
+    readings = answer["readings"]
+    assert readings and answer["patient_id"] == target["patient"], answer.get("patient_id")
+    assert int(page.get_attribute("#trend-charts", "data-points")) == len(readings)
+    figs = page.eval_on_selector_all("#trend-charts figure", "fs => fs.map(f => [f.dataset.series, Number(f.dataset.points), Number(f.dataset.values), !!f.querySelector('canvas')])")
+    assert len(figs) == 4 and all(n == len(readings) and c for _, n, _, c in figs), figs
+    hr = next(v for s, _, v, _ in figs if s == "heart_rate_bpm")
+    assert hr == sum(1 for r in readings if r["heart_rate_bpm"] is not None), (hr, figs)
+    # Asked again for the same range, the server has those readings (and
+    # perhaps a few that were still on their way).
+    again = server.get(f"/api/patients/{target['patient']}/vitals?since={since}&until={until}", key=key)["readings"]
+    assert {r["event_time_ms"] for r in readings} <= {r["event_time_ms"] for r in again}
+    assert all(since <= r["event_time_ms"] < until or r["event_time_ms"] == until for r in readings)
+    assert alert["explanation"]["condition"] in page.text_content("#trend-explanation")
+    ratios = page.eval_on_selector_all("#trend-window, #trend-status, #trend-heading, .trend-chart figcaption, #trend-explanation dd", CONTRAST_JS)
+    assert all(c["ratio"] >= 4.5 for c in ratios), [c for c in ratios if c["ratio"] < 4.5]
+    if key is None:
+        shoot(page, "trend")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#trend-dialog", state="hidden")
+    assert page.evaluate("document.activeElement.classList.contains('trend-link')"), "focus not back on the row"
+    print(f"  patient trend: {target['patient']} {len(readings)} readings in 4 charts, window"
+          f" {hms(ws)}–{hms(we)} shaded and named")
+
+
+def check_audit_desk(page, server):
+    """An auditor saves a query (in the browser), finds it after a reload,
+    runs it from the list, and sees that run in the audit log table; the
+    replay audits and dead letters of the range are the server's."""
+    tag = f"saved-{os.getpid()}"
+    sql = f"SELECT '{tag}' AS tag, severity, count(*) AS n FROM rules GROUP BY severity ORDER BY severity"
+    name = f"Rules by severity {os.getpid()}"
+    page.fill("#history-sql", sql)
+    page.fill("#saved-query-name", name)
+    page.click("#saved-query-save")
+    wait_until("saved", lambda: "Saved" in page.text_content("#saved-query-status"))
+    page.reload()
+    item = f'#saved-queries li[data-name="{name}"]'
+    page.wait_for_selector(item)
+    page.fill("#history-sql", "")
+    status, before = server.request("POST", "/api/query", {"sql": "SELECT max(seq) AS s FROM audit_log"})
+    assert status == 200, before
+    first_seq = before["rows"][0]["s"]
+    page.click(f"{item} button.saved-run")
+    status, answer = server.request("POST", "/api/query", {"sql": sql})
+    assert status == 200, answer
+    want = [[tag, r["severity"], str(r["n"])] for r in answer["rows"]]
+    wait_until("the saved query's rows", lambda: [[td.text_content() for td in tr.query_selector_all("td")]
+               for tr in page.query_selector_all("#history-rows tr")] == want)
+    assert page.input_value("#history-sql") == sql
+
+    # The audit log of the last hour has that run: the first history_query
+    # of this SQL recorded after it started.
+    status, records = server.request("POST", "/api/query", {"sql":
+        f"SELECT seq, details FROM audit_log WHERE action = 'history_query' AND seq > {first_seq} ORDER BY seq"})
+    run = next(r for r in records["rows"] if json.loads(r["details"])["sql"] == sql)
+    page.select_option("#audit-view", "audit")
+    page.click("#audit-last-hour")
+    row = f'#audit-rows tr[data-seq="{run["seq"]}"]'
+    page.wait_for_selector(row)
+    cells = [td.text_content() for td in page.query_selector_all(f"{row} td")]
+    assert cells[2] == "history_query" and tag in cells[4], cells
+    frm, to = int(page.get_attribute("#audit-table", "data-from")), int(page.get_attribute("#audit-table", "data-to"))
+    assert to - frm == 3600000, (frm, to)
+    shoot(page, "audit", "#history-panel")
+
+    # Replay audits: the range's audit records whose action is replay (the
+    # backtests of the rule workshop made some).
+    page.select_option("#audit-view", "replay")
+    status, replays = server.request("POST", "/api/query", {"sql":
+        f"SELECT seq FROM audit_log WHERE action = 'replay' AND at >= to_timestamp_millis({frm})"
+        f" AND at < to_timestamp_millis({to}) ORDER BY seq DESC"})
+    assert status == 200 and replays["rows"], replays
+    want = [str(r["seq"]) for r in replays["rows"]]
+    wait_until("the replay audits", lambda: page.get_attribute("#audit-table", "data-view") == "replay"
+               and page.eval_on_selector_all("#audit-rows tr", "trs => trs.map(t => t.dataset.seq)") == want)
+
+    # Dead letters received in the range, among the newest the server lists.
+    page.select_option("#audit-view", "dead")
+    letters = server.get("/api/dead-letters?limit=1000")["dead_letters"]
+    def dead_shown():
+        if page.get_attribute("#audit-table", "data-view") != "dead":
+            return None
+        shown = page.eval_on_selector_all("#audit-rows tr", "trs => trs.map(t => Number(t.dataset.receivedMs))")
+        inside = [d["received_at_ms"] for d in letters if frm <= d["received_at_ms"] < to]
+        # The server may have received more since it was asked.
+        return shown and set(inside) <= set(shown) | {x for x in inside if x > max(shown)} and shown
+    shown = wait_until("the dead letters", dead_shown)
+    assert all(frm <= t < to for t in shown), shown
+    ratios = page.eval_on_selector_all("#audit-rows td, #saved-queries li span, #saved-queries code", CONTRAST_JS)
+    assert all(c["ratio"] >= 4.5 for c in ratios), [c for c in ratios if c["ratio"] < 4.5]
+    page.click(f"{item} button.saved-delete")
+    page.wait_for_selector(item, state="detached")
+    print(f"  audit desk: saved query run after a reload ({len(want)} replay audits, {len(shown)} dead letters"
+          f" in the range); its run is audit record {run['seq']}")
+
+
+def shoot(page, name, selector=None):
+    """Screenshots at both sizes (WARDWATCH_SCREENSHOTS), `selector` in view."""
+    if not SHOTS:
+        return
+    for w, h in ((1400, 1000), (800, 1100)):
+        page.set_viewport_size({"width": w, "height": h})
+        time.sleep(0.4)  # the charts follow the width after 150 ms
+        if selector:
+            page.eval_on_selector(selector, "e => e.scrollIntoView({block: 'start'})")
+        page.screenshot(path=os.path.join(SHOTS, f"{name}-{w}x{h}.png"))
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    time.sleep(0.3)
+    page.evaluate("window.scrollTo(0, 0)")
 
 
 def check_history(page, server):
@@ -687,10 +1092,14 @@ def check_viewer(page, server, key, name, api_requests):
     # Rules are listed, read-only.
     page.wait_for_selector("#rules article.rule")
     assert page.is_hidden("#rule-form") and page.is_visible("#rules-readonly")
+    assert not page.is_visible("#rule-sql-editor .cm-content"), "a viewer sees the SQL editor"
     assert not page.query_selector("#rules button.deactivate"), "a viewer sees Deactivate"
     assert not page.query_selector("#rules button.edit"), "a viewer sees Edit"
+    assert not page.query_selector("#rules button.tuning-toggle"), "a viewer sees Tuning"
+    assert not page.query_selector("#rules button.reactivate"), "a viewer sees Reactivate"
     assert page.is_hidden("#ops-panel"), "a viewer sees the operations strip"
-    assert page.is_hidden("#history-panel"), "a viewer sees the history console"
+    assert page.is_hidden("#history-panel") and page.is_hidden("#audit-form"), "a viewer sees the audit desk"
+    assert not [u for u, _ in api_requests if u.startswith(("/api/rules/validate", "/api/query", "/api/dead-letters"))]
 
     # The live feed is the fetch stream, with the credential: new alerts
     # arrive as rows without a reload.
@@ -712,7 +1121,7 @@ def check_viewer(page, server, key, name, api_requests):
     page.fill("#ack-note", "checked the probe")
     page.click("#ack-submit")
     page.wait_for_selector("#ack-dialog", state="hidden")
-    assert name in page.text_content(f"{row} .ack-info")
+    page.wait_for_selector(row, state="detached")
     listed = server.get(f"/api/alerts?patient={patients[0]}&limit=10", key=key)["alerts"]
     assert listed[0]["ack"]["by"] == name, listed[0].get("ack")
 
@@ -726,13 +1135,21 @@ def check_viewer(page, server, key, name, api_requests):
     page.wait_for_selector("#ack-error:not([hidden])")
     err = page.text_content("#ack-error")
     assert "already acknowledged by Charge Admin" in err, err
-    page.wait_for_selector(f"{other} .ack-info")
-    assert "Charge Admin" in page.text_content(f"{other} .ack-info")
+    # The list is asked for again: both have left the unacknowledged worklist.
+    page.wait_for_selector(other, state="detached")
     page.click("#ack-cancel")
     page.wait_for_selector("#ack-dialog", state="hidden")
+    page.select_option("#filter-ack", "true")
+    page.wait_for_selector(f"{other} .ack-info")
+    assert "Charge Admin" in page.text_content(f"{other} .ack-info")
+    assert name in page.text_content(f"{row} .ack-info")
+    page.select_option("#filter-ack", "false")
+    wait_until("the unacknowledged rows", lambda: rows(page) and not any(r["acked"] for r in rows(page)))
+    # A viewer may see a patient's trend.
+    check_trend(page, server, key)
     sign_out(page)
     print(f"  viewer: alerts listed and fed live over fetch; acknowledged as {name!r}; 409 shows {err!r};"
-          " no rule controls; signed out")
+          " a patient's trend; no rule controls, tuning or audit desk; signed out")
 
 
 def check_admin(page, key):
@@ -741,12 +1158,14 @@ def check_admin(page, key):
     assert page.text_content("#session-who") == "Signed in as Charge Admin (admin)"
     page.wait_for_selector("#rules button.deactivate")
     assert page.is_visible("#rule-form") and page.is_hidden("#rules-readonly")
+    assert page.is_visible("#rule-sql-editor .cm-content") and page.query_selector("#rules button.tuning-toggle")
+    assert page.is_visible("#audit-form") and page.is_visible("#saved-query-form")
     page.wait_for_selector("#ops-rule-rows tr")
     assert page.is_visible("#ops-panel") and page.is_visible("#history-panel")
     wait_until("rows", lambda: rows(page))
     sign_out(page)
     assert page.is_hidden("#ops-panel")
-    print("  admin: rule form, Deactivate and the operations strip shown")
+    print("  admin: rule editor, Deactivate, Tuning, the audit desk and the operations strip shown")
 
 
 def check_refusals(page, server):
@@ -764,15 +1183,17 @@ def check_refusals(page, server):
     sign_in(page, made["key"])
     page.unroute("**/api/whoami", claim_author)
 
-    page.once("dialog", lambda d: d.accept())
     rid = page.wait_for_selector("#rules button.deactivate").get_attribute("data-rule-id")
     page.click(f"#deactivate-{rid}")
+    page.fill("#deactivate-reason", "testing a refusal")
+    page.click("#deactivate-submit")
+    page.wait_for_selector("#deactivate-dialog", state="hidden")
     page.wait_for_selector(f"#rule-{rid} .rule-action-error")
     err = page.text_content(f"#rule-{rid} .rule-action-error")
     assert "needs the author role" in err and "Temp Viewer" in err, err
     assert server.get(f"/api/rules/{rid}")["active"] is True
     page.fill("#rule-name", "Refused rule")
-    page.fill("#rule-sql", "SELECT patient_id FROM vitals WHERE heart_rate_bpm > 250")
+    set_editor(page, "SELECT patient_id FROM vitals WHERE heart_rate_bpm > 250")
     page.click("#rule-submit")
     page.wait_for_selector("#rule-error:not([hidden])")
     assert "needs the author role" in page.text_content("#rule-error")
@@ -861,7 +1282,11 @@ def run_auth_off(browser, work):
         check_auth_off_banner(page, server)
         check_ops(page, server)
         check_rule_edit(page, server)
+        check_deactivate(page, server)
+        check_tuning(page, server)
+        check_trend(page, server)
         check_history(page, server)
+        check_audit_desk(page, server)
         for check in (check_acknowledge, check_rule_states):
             check(page, server)
         check_contrast(page)
@@ -877,6 +1302,10 @@ def run_auth_off(browser, work):
         wrong_query = [m for m in console_errors if re.search(r"status of 400 .*/api/query\]$", m)]
         assert len(wrong_query) == 1, f"expected the provoked 400 of the query: {console_errors}"
         console_errors = [m for m in console_errors if m not in wrong_query]
+        # And the rule workshop's checks of SQL with an error, as it was typed.
+        typed = [m for m in console_errors if re.search(r"status of 400 .*/api/rules/validate\]$", m)]
+        assert typed, f"expected the 400s of checking the typed error: {console_errors}"
+        console_errors = [m for m in console_errors if m not in typed]
         assert not console_errors, f"console errors: {console_errors}"
         check_hung(page, server)
         check_stale(page, server)

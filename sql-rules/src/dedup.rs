@@ -142,6 +142,17 @@ impl Deduplicator {
             .sum()
     }
 
+    /// Forgets the devices of the patients `dead` marks (by patient index:
+    /// see [`PatientIndex::forget`]); their indices are about to be reused.
+    pub fn forget_patients(&mut self, dead: &[bool]) {
+        for devices in self.recent.values_mut() {
+            devices.retain(|key, _| !dead.get((key >> 32) as usize).copied().unwrap_or(false));
+            if devices.capacity() > 4 * devices.len().max(1024) {
+                devices.shrink_to_fit();
+            }
+        }
+    }
+
     /// Forgets a partition this instance no longer owns.
     pub fn forget(&mut self, partition: i32) {
         self.recent.remove(&partition);

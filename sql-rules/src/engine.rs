@@ -30,6 +30,12 @@
 //!   [`RuleStats::suspension`]) while the others keep running, until a new
 //!   version of it is upserted (see [`crate::budget`]).
 //!
+//! * Patients not seen for [`Engine::set_forget_patients_after_ms`] of
+//!   event time, whose rows no rule holds any more, are forgotten: their
+//!   interned id, whereabouts and duplicate memory go (see
+//!   [`Engine::patients_held`]). A patient who comes back is interned again
+//!   as a new one; alerts are the same either way.
+//!
 //! The engine has no clock and does no I/O: processing time is an argument.
 
 use std::sync::Arc;
@@ -207,8 +213,26 @@ impl std::fmt::Display for RuleFailure {
     }
 }
 
+/// Default of [`Engine::set_forget_patients_after_ms`]: a day of event time.
+pub const DEFAULT_FORGET_PATIENTS_AFTER_MS: i64 = 24 * 3_600_000;
+
+/// A forgetting pass runs once this many patients were interned since the
+/// last one (or half the patients held, if more), or once a quarter of the
+/// span of event time has passed: a pass walks every patient and, when
+/// some are due, the panes keyed by patient, so it is kept rare.
+const FORGET_PASS_MIN_GROWTH: usize = 4096;
+
 pub struct Engine {
     config: EngineConfig,
+    /// Patients not seen for this long (event time) and held by no rule
+    /// are forgotten; 0 never.
+    forget_after_ms: i64,
+    /// How far event time has got anywhere in the engine: the latest
+    /// event, or watermark a rule fired at. Never goes back. Patients are
+    /// stamped with it ([`PatientIndex::note_seen`]).
+    event_clock_ms: i64,
+    /// Event clock at which the next forgetting pass is due anyway.
+    next_forget_pass_ms: i64,
     /// Patient ids interned once per batch for every rule, and the
     /// hospital each patient is at.
     patients: PatientIndex,
@@ -225,6 +249,9 @@ impl Engine {
         Self {
             clock: StreamClock::new(config.idle_timeout_ms, config.quiet_close_ms),
             config,
+            forget_after_ms: DEFAULT_FORGET_PATIENTS_AFTER_MS,
+            event_clock_ms: i64::MIN,
+            next_forget_pass_ms: i64::MIN,
             patients: PatientIndex::default(),
             row_patients: Vec::new(),
             dedup: Default::default(),
@@ -328,6 +355,32 @@ impl Engine {
         windows + self.dedup.state_bytes() + self.patients.state_bytes()
     }
 
+    /// Forget patients not seen for `ms` of event time (the engine's event
+    /// clock: the latest event or watermark reached) once no rule holds
+    /// anything of theirs; 0 (or less) never forgets. Default
+    /// [`DEFAULT_FORGET_PATIENTS_AFTER_MS`]. Alerts do not depend on it:
+    /// it only bounds memory when ids keep changing.
+    pub fn set_forget_patients_after_ms(&mut self, ms: i64) {
+        self.forget_after_ms = ms.max(0);
+        self.next_forget_pass_ms = i64::MIN;
+    }
+
+    pub fn forget_patients_after_ms(&self) -> i64 {
+        self.forget_after_ms
+    }
+
+    /// Patients the engine holds (interned ids, each with where they are
+    /// and their duplicate memory): the size of the patient interner.
+    pub fn patients_held(&self) -> usize {
+        self.patients.held()
+    }
+
+    /// Patients forgotten since the engine started (see
+    /// [`Self::set_forget_patients_after_ms`]).
+    pub fn patients_forgotten(&self) -> u64 {
+        self.patients.forgotten()
+    }
+
     /// Duplicate events seen since the engine started.
     pub fn duplicates(&self) -> u64 {
         self.duplicates
@@ -376,6 +429,14 @@ impl Engine {
                 .ok_or_else(|| EngineError::Schema("column patient_id is not a string".into()))?;
             self.patients
                 .index_column(patient_col, &mut self.row_patients);
+            // At or past every row's event time and lateness threshold, so
+            // whatever a rule keeps of these rows is gone once its
+            // watermark is its reach past this stamp (`released_through`).
+            if let Some(&max) = ts.iter().max() {
+                self.event_clock_ms = self.event_clock_ms.max(max);
+            }
+            self.patients
+                .note_seen(&self.row_patients, self.event_clock_ms);
             let hospital_col = batch
                 .column(idx::HOSPITAL_ID)
                 .as_string_opt::<i32>()
@@ -426,6 +487,7 @@ impl Engine {
             self.clock.deliver(partition, batch_max, processing_time_ms);
         }
         self.fire_due(processing_time_ms, None, None, &mut out)?;
+        self.forget_patients();
         Ok(out)
     }
 
@@ -443,6 +505,7 @@ impl Engine {
         let quiet_floor = self.clock.quiet_floor(processing_time_ms);
         let mut out = EngineOutput::default();
         self.fire_due(processing_time_ms, None, quiet_floor, &mut out)?;
+        self.forget_patients();
         Ok(out)
     }
 
@@ -456,7 +519,47 @@ impl Engine {
         let mut out = EngineOutput::default();
         self.start_call();
         self.fire_due(processing_time_ms, Some(event_time_ms), None, &mut out)?;
+        self.forget_patients();
         Ok(out)
+    }
+
+    /// Forgets patients not seen for the span whose rows no rule holds any
+    /// more, when a pass is due (see [`FORGET_PASS_MIN_GROWTH`]). What a
+    /// patient's rows can leave behind in a rule is gone once the rule's
+    /// watermark has passed the patient's stamp by the rule's reach
+    /// (window size and late horizon, or session gap): that covers state
+    /// keyed by the id's text, which needs the index only for where the
+    /// patient is. Panes keyed by index are also checked directly, since
+    /// a reused index still held would mix two patients. Cooldowns, EMIT
+    /// EARLY markers and signal-loss clears are keyed by text and never
+    /// need the index: they are kept and behave the same either way.
+    fn forget_patients(&mut self) {
+        if self.forget_after_ms <= 0 || self.event_clock_ms == i64::MIN {
+            return;
+        }
+        let grown = self.patients.interned_since_sweep()
+            >= (self.patients.held() / 2).max(FORGET_PASS_MIN_GROWTH);
+        if !grown && self.event_clock_ms < self.next_forget_pass_ms {
+            return;
+        }
+        self.patients.start_sweep();
+        self.next_forget_pass_ms = self
+            .event_clock_ms
+            .saturating_add((self.forget_after_ms / 4).max(1_000));
+        let cutoff = self.rules.iter().map(RuleRuntime::released_through).fold(
+            self.event_clock_ms.saturating_sub(self.forget_after_ms),
+            i64::min,
+        );
+        let Some(mut dead) = self.patients.seen_at_or_before(cutoff) else {
+            return;
+        };
+        for rule in &self.rules {
+            if let Operator::Window(op) = &rule.operator {
+                op.keep_referenced(&mut dead);
+            }
+        }
+        self.dedup.forget_patients(&dead);
+        self.patients.forget(&dead);
     }
 
     /// Work is budgeted per engine call: start counting afresh.
@@ -501,6 +604,7 @@ impl Engine {
                 (None, Some(w)) => w,
                 (None, None) => continue,
             };
+            self.event_clock_ms = self.event_clock_ms.max(watermark);
             let patients = &self.patients;
             let at = Moment {
                 event_ms: latest,
@@ -549,12 +653,17 @@ impl Engine {
         // Recent events per device: a resend arriving after a restart is
         // still recognised as one.
         let dedup = blobs.push(&self.dedup.snapshot_batch(&self.patients)?)?;
+        // When each patient was seen, so a restored engine forgets them
+        // when this one would have.
+        let seen = blobs.push(&self.patients.seen_batch()?)?;
         let header = serde_json::json!({
             "format": 1,
             "partitions": partitions,
             "rules": rules,
             "whereabouts": whereabouts,
             "dedup": dedup,
+            "patients_seen": seen,
+            "event_clock_ms": self.event_clock_ms,
         });
         Ok(crate::snapshot::encode(&header, &blobs))
     }
@@ -586,6 +695,12 @@ impl Engine {
                     .ok_or_else(|| bad("max_event_ms"))?,
                 p["idle"].as_bool().unwrap_or(false),
             );
+        }
+        // Absent from snapshots taken before patients were forgotten: then
+        // each is kept a full span from the restore (stamped below).
+        if let Some(blob) = header["patients_seen"].as_u64() {
+            let batch = blobs.get(blob as usize)?;
+            self.patients.restore_seen(&batch).map_err(|e| bad(&e))?;
         }
         // Absent from snapshots taken before alerts carried a hospital: then
         // each patient's is learnt again from their next event.
@@ -637,6 +752,21 @@ impl Engine {
                 w.restore(&snap["window"], &blobs, &mut self.patients)?;
             }
         }
+        let reached = self
+            .clock
+            .latest_event()
+            .into_iter()
+            .chain(header["event_clock_ms"].as_i64())
+            .chain(self.rules.iter().filter_map(|r| match &r.operator {
+                Operator::Window(w) => Some(w.fired_through()),
+                Operator::PerEvent | Operator::Suspended => None,
+            }))
+            .max();
+        if let Some(reached) = reached {
+            self.event_clock_ms = self.event_clock_ms.max(reached);
+        }
+        self.patients.stamp_unseen(self.event_clock_ms);
+        self.next_forget_pass_ms = i64::MIN;
         Ok(skipped)
     }
 
@@ -721,6 +851,15 @@ impl RuleRuntime {
             at.event_ms,
             at.processing_ms,
         )))
+    }
+
+    /// The latest patient stamp (see [`PatientIndex::note_seen`]) of which
+    /// this rule may hold nothing any more: its watermark less its reach.
+    fn released_through(&self) -> i64 {
+        match &self.operator {
+            Operator::PerEvent | Operator::Suspended => i64::MAX,
+            Operator::Window(op) => op.fired_through().saturating_sub(op.reach_ms()),
+        }
     }
 
     /// Bytes of state this rule holds: its window operator's, plus an

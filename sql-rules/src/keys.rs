@@ -5,8 +5,13 @@
 //! row's integer turns each rule's group lookup into an array index (see
 //! [`crate::window::panes`]) instead of a hash of the string per rule.
 //!
-//! Ids are never forgotten while the engine runs: a ward's patients number
-//! in the thousands, and even a million distinct ids cost tens of MiB.
+//! Ids are forgotten once nothing needs them (see [`PatientIndex::forget`]
+//! and the engine's `forget_patients_after_ms`): a forgotten index goes on
+//! a free list and the next new patient takes it, so indices stay dense
+//! (pane group tables are arrays over them) and a patient who comes back
+//! is interned again like a new one. Each patient carries the engine's
+//! event clock at their latest event (`seen_ms`), which is what the engine
+//! judges "not seen for the span" by.
 //!
 //! Beside each patient the index keeps where the patient is
 //! ([`Whereabouts`]), so an alert of a rule grouped by patient can say which
@@ -75,12 +80,28 @@ impl HospitalNames {
     }
 }
 
+/// `seen_ms` of a free slot: never a candidate for forgetting, and not a
+/// patient (stamps are capped below it).
+const FREE_SLOT: i64 = i64::MAX;
+
 #[derive(Default)]
 pub struct PatientIndex {
     ids: foldhash::HashMap<Arc<str>, u32>,
+    /// A free slot holds `empty`.
     names: Vec<Arc<str>>,
     /// Parallel to `names`: where each patient is.
     whereabouts: Vec<Whereabouts>,
+    /// Parallel to `names`: the engine's event clock when the patient's
+    /// latest event arrived ([`Self::note_seen`]); `i64::MIN` until
+    /// stamped, [`FREE_SLOT`] for a free slot.
+    seen_ms: Vec<i64>,
+    /// Free slots, highest first, so a new patient takes the lowest one.
+    free: Vec<u32>,
+    /// Patients interned since the last [`Self::start_sweep`].
+    interned_since_sweep: usize,
+    /// Patients forgotten since the index was made.
+    forgotten: u64,
+    empty: Arc<str>,
     hospitals: HospitalNames,
 }
 
@@ -91,12 +112,127 @@ impl PatientIndex {
         if let Some(&i) = self.ids.get(name) {
             return i;
         }
-        let i = u32::try_from(self.names.len()).expect("fewer than 4 billion patients");
         let name: Arc<str> = name.into();
-        self.names.push(Arc::clone(&name));
-        self.whereabouts.push(Whereabouts::UNKNOWN);
+        self.interned_since_sweep += 1;
+        let i = match self.free.pop() {
+            Some(i) => {
+                let at = i as usize;
+                self.names[at] = Arc::clone(&name);
+                self.whereabouts[at] = Whereabouts::UNKNOWN;
+                self.seen_ms[at] = i64::MIN;
+                i
+            }
+            None => {
+                let i = u32::try_from(self.names.len()).expect("fewer than 4 billion patients");
+                self.names.push(Arc::clone(&name));
+                self.whereabouts.push(Whereabouts::UNKNOWN);
+                self.seen_ms.push(i64::MIN);
+                i
+            }
+        };
         self.ids.insert(name, i);
         i
+    }
+
+    /// Patients held (interned and not forgotten).
+    pub fn held(&self) -> usize {
+        self.names.len() - self.free.len()
+    }
+
+    /// Patients forgotten so far.
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten
+    }
+
+    /// Patients interned since the last forgetting pass began.
+    pub fn interned_since_sweep(&self) -> usize {
+        self.interned_since_sweep
+    }
+
+    /// A forgetting pass begins: count new patients from here.
+    pub fn start_sweep(&mut self) {
+        self.interned_since_sweep = 0;
+    }
+
+    /// Stamps the patients of a batch's rows as seen at `clock_ms`, the
+    /// engine's event clock (it never goes back, so this is a maximum).
+    pub fn note_seen(&mut self, patients: &[u32], clock_ms: i64) {
+        let clock_ms = clock_ms.min(FREE_SLOT - 1);
+        for &p in patients {
+            let seen = &mut self.seen_ms[p as usize];
+            if *seen < clock_ms {
+                *seen = clock_ms;
+            }
+        }
+    }
+
+    /// Stamps patients interned without an event (restored from a
+    /// snapshot that did not say when they were seen) as seen at
+    /// `clock_ms`, so they are kept a full span from there.
+    pub fn stamp_unseen(&mut self, clock_ms: i64) {
+        for seen in &mut self.seen_ms {
+            if *seen == i64::MIN {
+                *seen = clock_ms.min(FREE_SLOT - 1);
+            }
+        }
+    }
+
+    /// The patients last seen at or before `cutoff_ms`, as a mask over
+    /// indices; `None` if there are none (the common case: a cheap pass).
+    pub fn seen_at_or_before(&self, cutoff_ms: i64) -> Option<Vec<bool>> {
+        let first = self.seen_ms.iter().position(|&s| s <= cutoff_ms)?;
+        let mut mask = vec![false; self.seen_ms.len()];
+        for (i, &s) in self.seen_ms.iter().enumerate().skip(first) {
+            mask[i] = s <= cutoff_ms;
+        }
+        Some(mask)
+    }
+
+    /// Forgets the patients `dead` marks: their id, where they are and
+    /// when they were seen go, and their indices are reused. The caller
+    /// has made sure nothing holds these indices any more. Returns how
+    /// many were forgotten.
+    pub fn forget(&mut self, dead: &[bool]) -> usize {
+        let mut n = 0;
+        for (i, _) in dead.iter().enumerate().filter(|(_, d)| **d) {
+            if self.seen_ms.get(i).is_none_or(|&s| s == FREE_SLOT) {
+                continue;
+            }
+            let name = std::mem::replace(&mut self.names[i], Arc::clone(&self.empty));
+            self.ids.remove(&*name);
+            self.whereabouts[i] = Whereabouts::UNKNOWN;
+            self.seen_ms[i] = FREE_SLOT;
+            self.free.push(i as u32);
+            n += 1;
+        }
+        if n == 0 {
+            return 0;
+        }
+        self.forgotten += n as u64;
+        // Free slots at the end are dropped rather than kept for reuse.
+        let mut len = self.names.len();
+        while len > 0 && self.seen_ms[len - 1] == FREE_SLOT {
+            len -= 1;
+        }
+        self.names.truncate(len);
+        self.whereabouts.truncate(len);
+        self.seen_ms.truncate(len);
+        self.free.retain(|&i| (i as usize) < len);
+        self.free.sort_unstable_by(|a, b| b.cmp(a));
+        // Give memory back after a crowd has gone (a map or vector far
+        // larger than what it holds).
+        if self.ids.capacity() > 4 * self.ids.len().max(1024) {
+            self.ids.shrink_to_fit();
+        }
+        if self.names.capacity() > 2 * len.max(1024) {
+            self.names.shrink_to_fit();
+            self.whereabouts.shrink_to_fit();
+            self.seen_ms.shrink_to_fit();
+        }
+        if self.free.capacity() > 2 * self.free.len().max(1024) {
+            self.free.shrink_to_fit();
+        }
+        n
     }
 
     /// Records the hospital of each row of a batch: `patients` are the
@@ -185,6 +321,8 @@ impl PatientIndex {
             + self.names.capacity() * 16
             + self.ids.capacity() * 24
             + self.whereabouts.capacity() * std::mem::size_of::<Whereabouts>()
+            + self.seen_ms.capacity() * 8
+            + self.free.capacity() * 4
             + hospitals
             + self.hospitals.names.capacity() * 16
             + self.hospitals.ids.capacity() * 24
@@ -255,6 +393,45 @@ impl PatientIndex {
         Ok(())
     }
 
+    /// When each patient held was last seen, as one batch for a snapshot
+    /// (patients by id, in index order).
+    pub fn seen_batch(&self) -> Result<RecordBatch, ArrowError> {
+        let live = || {
+            self.names
+                .iter()
+                .zip(&self.seen_ms)
+                .filter(|(_, s)| **s != FREE_SLOT)
+        };
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(live().map(|(n, _)| &**n))),
+            Arc::new(Int64Array::from_iter_values(live().map(|(_, s)| *s))),
+        ];
+        let schema = Schema::new(vec![
+            Field::new("patient_id", DataType::Utf8, false),
+            Field::new("seen_ms", DataType::Int64, false),
+        ]);
+        RecordBatch::try_new(Arc::new(schema), columns)
+    }
+
+    /// Restores what [`Self::seen_batch`] wrote, interning its patients.
+    pub fn restore_seen(&mut self, batch: &RecordBatch) -> Result<(), String> {
+        let patients = batch
+            .columns()
+            .first()
+            .and_then(|c| c.as_string_opt::<i32>())
+            .ok_or("seen column 0 is not a string")?;
+        let seen = batch
+            .columns()
+            .get(1)
+            .and_then(|c| c.as_primitive_opt::<Int64Type>())
+            .ok_or("seen column 1 is not an Int64")?;
+        for row in 0..batch.num_rows() {
+            let p = self.intern(patients.value(row)) as usize;
+            self.seen_ms[p] = self.seen_ms[p].max(seen.value(row).min(FREE_SLOT - 1));
+        }
+        Ok(())
+    }
+
     pub fn name(&self, index: u32) -> &str {
         &self.names[index as usize]
     }
@@ -283,6 +460,38 @@ mod tests {
         let names = index.names_array(&[2, 0]);
         let names = names.as_any().downcast_ref::<StringArray>().unwrap();
         assert_eq!(names.iter().flatten().collect::<Vec<_>>(), ["P3", "P2"]);
+    }
+
+    #[test]
+    fn forgotten_indices_are_reused_lowest_first_and_the_tail_is_dropped() {
+        let mut index = PatientIndex::default();
+        for (i, p) in ["A", "B", "C", "D"].iter().enumerate() {
+            assert_eq!(index.intern(p), i as u32);
+        }
+        index.note_seen(&[0, 1], 1_000);
+        index.note_seen(&[2, 3], 5_000);
+        assert_eq!(index.seen_at_or_before(999), None);
+        let mut dead = index.seen_at_or_before(1_000).unwrap();
+        assert_eq!(dead, [true, true, false, false]);
+        // D is kept whatever its stamp says: the caller found it held.
+        dead[3] = false;
+        assert_eq!(index.forget(&dead), 2);
+        assert_eq!((index.held(), index.forgotten()), (2, 2));
+        assert_eq!(index.hospital_of("A", 0), None);
+        // A new patient takes the lowest free index; A comes back as new.
+        assert_eq!(index.intern("E"), 0);
+        assert_eq!(index.intern("A"), 1);
+        assert_eq!(index.intern("C"), 2);
+        assert_eq!(index.name(1), "A");
+        // Forgetting the highest drops the slot instead of keeping it.
+        index.note_seen(&[0, 1, 2], 9_000);
+        let dead = index.seen_at_or_before(5_000).unwrap();
+        assert_eq!(dead, [false, false, false, true]);
+        index.forget(&dead);
+        assert_eq!(index.names.len(), 3);
+        assert_eq!(index.intern("F"), 3);
+        // Only live patients go into a snapshot.
+        assert_eq!(index.seen_batch().unwrap().num_rows(), 4);
     }
 
     fn note(index: &mut PatientIndex, rows: &[(&str, Option<&str>, i64)]) {

@@ -46,7 +46,8 @@ pub use compile::{
     check_query_sql, reading_type, CompiledRule, RuleCompiler, RuleLimits, WindowSpec,
 };
 pub use engine::{
-    Engine, EngineConfig, EngineOutput, Escalation, RuleFailure, RuleSpec, RuleStats, RuleSuspended,
+    Engine, EngineConfig, EngineOutput, Escalation, RuleFailure, RuleSpec, RuleStats,
+    RuleSuspended, DEFAULT_FORGET_PATIENTS_AFTER_MS,
 };
 pub use error::{EngineError, RuleError, SqlPosition};
 /// Registers wardwatch's order-independent `sum` and `avg` in a DataFusion

@@ -297,6 +297,27 @@ impl WindowOperator {
         }
     }
 
+    /// How far `fired_through` must pass a row's stamp (its event time, or
+    /// the threshold it was judged late against, whichever is later)
+    /// before this operator holds nothing derived from it.
+    pub fn reach_ms(&self) -> i64 {
+        match self {
+            WindowOperator::Panes(p) => p.reach_ms(),
+            // A session closes `gap` after its last row, rows and all; late
+            // rows are only counted.
+            WindowOperator::Session(s) => s.gap_ms(),
+        }
+    }
+
+    /// Clears the marks in `dead` of patient indices this operator still
+    /// holds (see [`crate::keys::PatientIndex::forget`]). Sessions key
+    /// their rows by the ids' text, never by index.
+    pub fn keep_referenced(&self, dead: &mut [bool]) {
+        if let WindowOperator::Panes(p) = self {
+            p.keep_referenced(dead);
+        }
+    }
+
     /// Bytes of window state held (see the operators' `state_bytes`).
     pub fn state_bytes(&self) -> usize {
         match self {

@@ -94,6 +94,10 @@ impl SessionOperator {
         self.fired_through
     }
 
+    pub fn gap_ms(&self) -> i64 {
+        self.gap_ms
+    }
+
     /// A session whose last event is at `ts` closes once the watermark
     /// reaches `ts + gap`.
     #[inline]

@@ -150,6 +150,47 @@ impl PaneOperator {
             .saturating_add(self.size_ms)
     }
 
+    /// How far past a row's event time (or the lateness threshold it was
+    /// judged against) this operator may still hold state from it: once
+    /// `fired_through` is this far past, every window that row can be in
+    /// has fired and been dropped, late-alert horizon included, and a late
+    /// row held for one has been applied (it waits for at most a slide).
+    pub fn reach_ms(&self) -> i64 {
+        self.size_ms.saturating_add(self.late.horizon_ms())
+    }
+
+    /// Clears the marks in `dead` (by patient index) of patients some pane
+    /// still holds: open, sealed, kept for late alerts, or late rows held
+    /// or applied. Only a rule grouped by patient alone keys its panes by
+    /// patient index; the others hold ids as text.
+    pub fn keep_referenced(&self, dead: &mut [bool]) {
+        if !self.by_patient {
+            return;
+        }
+        let mut keep = |p: u32| {
+            if let Some(d) = dead.get_mut(p as usize) {
+                *d = false;
+            }
+        };
+        let open = self
+            .open
+            .values()
+            .chain(self.late.held.values().flat_map(|g| g.values()));
+        for pane in open {
+            if let PaneGroups::Patient { patients, .. } = &pane.groups {
+                patients.iter().skip(1).for_each(|&p| keep(p));
+            }
+        }
+        for pane in self.sealed.values().chain(self.late.applied.values()) {
+            if let Some(keys) = pane.keys.first() {
+                keys.as_primitive::<UInt32Type>()
+                    .values()
+                    .iter()
+                    .for_each(|&p| keep(p));
+            }
+        }
+    }
+
     /// Panes some window still to fire needs; panes kept only for late
     /// alerts (see [`late`]) are not counted.
     pub fn open_panes(&self) -> usize {

@@ -991,9 +991,9 @@
         legend: { live: false },
         cursor: { drag: { x: false, y: false } },
         scales: { x: { time: true, range: [since, until] } },
-        axes: [{}, { label: "alerts", size: 50 }],
+        axes: [timeAxis(), { label: "alerts", size: 50 }],
         series: [
-          {},
+          timeSeries(),
           { label: "fired", stroke: "#0b5cad", fill: "rgba(11, 92, 173, 0.55)", paths: bars({ size: [0.45, 40], align: -1 }), points: { show: false } },
           { label: "suppressed", stroke: "#6b7280", fill: "rgba(107, 114, 128, 0.45)", paths: bars({ size: [0.45, 40], align: 1 }), points: { show: false } }
         ]
@@ -1001,6 +1001,20 @@
       t.chart.bucketMs = body.bucket_ms;
     }
     t.chartBox.setAttribute("data-points", t.chart.data[0].length);
+  }
+
+  // The time axis and legend of a chart, in the 24-hour local time the
+  // rest of the page uses (uPlot's own default is "1:20am").
+  function timeAxis() {
+    return {
+      values: function (u, ticks, axis, space, incr) {
+        return ticks.map(function (t) { return incr < 60000 ? hms(t) : hms(t).slice(0, 5); });
+      }
+    };
+  }
+
+  function timeSeries() {
+    return { label: "Time", value: function (u, v) { return v === null || v === undefined ? "–" : hms(v); } };
   }
 
   // A chart as wide as its box (which may not be laid out yet).
@@ -2007,9 +2021,9 @@
         width: width, height: 150, ms: 1,
         cursor: { sync: { key: sync.key }, drag: { x: false, y: false } },
         scales: { x: { time: true, range: [range.since, range.until] } },
-        axes: [{}, { size: 50 }],
+        axes: [timeAxis(), { size: 50 }],
         hooks: band,
-        series: [{}].concat(c.series.map(function (sd) {
+        series: [timeSeries()].concat(c.series.map(function (sd) {
           return { label: sd[1], stroke: sd[2], width: 1.5, spanGaps: true, points: { show: readings.length < 120 } };
         }))
       }, data, fig);

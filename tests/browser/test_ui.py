@@ -317,10 +317,10 @@ def check_worklist(page, server):
           f" ({sum(r['status'] == 'suppressed' for r in prs)} suppressed)")
     print(f"  worklist: fired and unacknowledged by default, {patients} patients in {hospitals} hospitals"
           f" with counts; {sev} filter; severity then time within each group")
-    shoot(page, "worklist")
 
 
 def check_acknowledge(page, server):
+    shoot(page, "worklist")  # a few minutes into the demo: several hospitals and patients
     target = wait_until("an unacknowledged row", lambda: [r for r in rows(page) if not r["acked"]])[0]
     row = f'#alert-{target["id"]}'
     page.click(f"{row} button.ack-button")
@@ -920,6 +920,8 @@ def shoot(page, name, selector=None):
         time.sleep(0.4)  # the charts follow the width after 150 ms
         if selector:
             page.eval_on_selector(selector, "e => e.scrollIntoView({block: 'start'})")
+        else:
+            page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=os.path.join(SHOTS, f"{name}-{w}x{h}.png"))
     page.set_viewport_size({"width": 1400, "height": 1000})
     time.sleep(0.3)
@@ -1105,9 +1107,15 @@ def check_viewer(page, server, key, name, api_requests):
     # arrive as rows without a reload.
     loads = len(api_requests)
     patients = [f"PW-AUTH-{os.getpid()}-{i}" for i in (1, 2)]
+    # The nurse asked for a sound on new critical alerts (a click: the page
+    # may play sound only after one).
+    page.check("#sound-critical")
     server.ingest(*(critical_reading(p) for p in patients))
     for p in patients:
         page.wait_for_selector(f'#alerts tr.alert.fresh[data-patient="{p}"]')
+    chimes = int(page.get_attribute("#sound-critical", "data-chimes") or 0)
+    assert chimes >= len(patients), f"{chimes} chimes for {len(patients)} new critical alerts"
+    page.uncheck("#sound-critical")
     streams = [h for u, h in api_requests if u.startswith("/api/alerts/stream")]
     assert streams and all(h == f"Bearer {key}" for h in streams), "feed opened without the credential"
     reloaded = [u for u, _ in api_requests[loads:] if u.startswith("/api/alerts?") and "suppressed" not in u]

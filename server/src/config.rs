@@ -192,6 +192,7 @@ impl Limits {
             max_expression_depth: self.max_expression_depth,
             max_window_ms: self.max_window_ms,
             max_panes_per_window: self.max_panes_per_window,
+            max_function_output_bytes: self.max_function_output_bytes,
         }
     }
 

@@ -50,6 +50,9 @@ pub use engine::{
     RuleSuspended, DEFAULT_FORGET_PATIENTS_AFTER_MS,
 };
 pub use error::{EngineError, RuleError, SqlPosition};
+/// Size-amplifying functions and `||`, bounded per call (history SQL and
+/// rules).
+pub use functions::bounded as bounded_functions;
 /// Registers wardwatch's order-independent `sum` and `avg` in a DataFusion
 /// session, so SQL run elsewhere (history, replay baselines) sums readings
 /// the way rules do.

@@ -325,6 +325,71 @@ async fn rules_over_a_budget_are_refused_with_the_limit_and_the_server_keeps_ale
     server.stop().await.unwrap();
 }
 
+/// VmHWM of this process (the server runs in it), in bytes.
+fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_that_would_build_huge_values_are_refused_without_building_them() {
+    use reqwest::Method;
+    let server = Server::start(Config::default())
+        .await
+        .expect("server starts");
+    let canary = create_canary(&server).await;
+    // Validating the first took 3 GB before rules had the history's bounded
+    // functions; three at once would have taken the process down.
+    let huge = [
+        "SELECT patient_id, length(repeat(patient_id, 100000000)) AS n\nFROM vitals WHERE heart_rate_bpm > 0",
+        "SELECT patient_id, length(lpad(patient_id, 1000000000)) AS n\nFROM vitals WHERE heart_rate_bpm > 0",
+        "SELECT patient_id, length(patient_id || repeat('x', 10000000) || repeat('y', 10000000)) AS n\nFROM vitals",
+    ];
+    let refusals = huge.iter().map(|sql| {
+        let server = &server;
+        async move {
+            refused(
+                server,
+                Method::POST,
+                "/api/rules/validate",
+                json!({"sql": sql}),
+                "max_function_output_bytes",
+            )
+            .await
+        }
+    });
+    for error in futures::future::join_all(refusals).await {
+        assert_eq!(error["line"].as_u64(), Some(1), "{error}");
+    }
+    refused(
+        &server,
+        Method::POST,
+        "/api/rules",
+        rule("Huge", huge[0]),
+        "max_function_output_bytes",
+    )
+    .await;
+    let peak = peak_rss_bytes();
+    assert!(
+        peak < 1024 * 1024 * 1024,
+        "peak RSS {} MiB: something built the value",
+        peak >> 20
+    );
+    // Ordinary text functions in rules are untouched.
+    let ok = server
+        .http
+        .post(server.url("/api/rules/validate"))
+        .json(&json!({"sql": "SELECT patient_id, upper(patient_id || '-' || source_device) AS tag FROM vitals WHERE spo2_pct < 85"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200, "{}", ok.text().await.unwrap());
+    canary_fires(&server, &canary, "P-after-huge").await;
+    server.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_are_settings_a_config_file_can_raise() {
     let mut config = Config::default();

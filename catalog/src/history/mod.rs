@@ -77,8 +77,8 @@ use object_store::ObjectStore;
 
 use crate::archive::{hour_index, ArchiveTable, BufferedView};
 use crate::CatalogError;
+use sql_rules::bounded_functions;
 
-mod bounded_functions;
 mod provider;
 mod pruning;
 pub mod replay_input;
@@ -314,6 +314,16 @@ impl HistoryCatalog {
             .map_err(CatalogError::query)?;
         let mut state =
             SessionStateBuilder::new_from_existing(self.ctx.state()).with_runtime_env(runtime);
+        // First in line, so `||` is planned bounded before DataFusion's own
+        // planners see it.
+        let concat = bounded_functions::ConcatOperator::new(
+            &self.ctx,
+            self.resources.max_function_output_bytes,
+        );
+        state
+            .expr_planners()
+            .get_or_insert_with(Vec::new)
+            .insert(0, Arc::new(concat));
         if let Some(hospitals) = hospitals {
             let catalogs = scope::scoped_catalogs(&self.ctx, hospitals)
                 .await
@@ -570,7 +580,9 @@ fn plain_message(error: DataFusionError) -> String {
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::AsArray;
+    use arrow::array::{Array, AsArray};
+    use arrow::compute::cast;
+    use arrow::datatypes::DataType;
     use arrow::datatypes::Int64Type;
     use datafusion::physical_plan::{collect, displayable};
     use object_store::local::LocalFileSystem;
@@ -978,6 +990,34 @@ mod tests {
         )
         .await;
         assert_eq!(n, 10);
+        // `||` keeps its meaning: NULL in, NULL out; numbers become text;
+        // lists concatenate, append and prepend.
+        let text = |sql: &'static str| {
+            let history = &history;
+            async move {
+                let batches = history.query(sql, &limits()).await.unwrap();
+                let column = cast(batches[0].column(0), &DataType::Utf8).unwrap();
+                let column = column.as_string::<i32>();
+                (!column.is_null(0)).then(|| column.value(0).to_string())
+            }
+        };
+        assert_eq!(text("SELECT 'P-' || '0042' || 7").await.as_deref(), Some("P-00427"));
+        assert_eq!(text("SELECT 'a' || NULL").await, None);
+        assert_eq!(
+            text("SELECT array_to_string([1, 2] || [3] || 4, ',')").await.as_deref(),
+            Some("1,2,3,4")
+        );
+        assert_eq!(
+            text("SELECT array_to_string(0 || [1, 2], ',')").await.as_deref(),
+            Some("0,1,2")
+        );
+        let n = count(
+            &history,
+            "SELECT CAST(count(*) AS BIGINT) FROM generate_series(1, 10) AS t(v) \
+             WHERE 'P' || CAST(v AS VARCHAR) IN ('P3', 'P7')",
+        )
+        .await;
+        assert_eq!(n, 2);
         let started = std::time::Instant::now();
         for sql in [
             "SELECT length(repeat('x', 1000000000))",
@@ -1000,6 +1040,22 @@ mod tests {
         }
         // Refused before allocating: five gigabyte-sized calls take no time.
         assert!(started.elapsed() < Duration::from_secs(5));
+        // The `||` operator, directly and doubling through CTEs (each step
+        // within the bound until one is not); lists as well.
+        for sql in [
+            "SELECT length(repeat('x', 10000000) || repeat('y', 10000000))",
+            "WITH a AS (SELECT repeat('x', 4000000) AS s), b AS (SELECT s || s AS s FROM a), \
+             c AS (SELECT s || s AS s FROM b), d AS (SELECT s || s AS s FROM c) \
+             SELECT length(s) FROM d",
+            "SELECT cardinality(array_repeat(1, 1500000) || array_repeat(2, 1500000))",
+            "SELECT cardinality(array_concat(array_repeat(1, 1500000), array_repeat(2, 1500000)))",
+        ] {
+            let err = history.query(sql, &limits()).await.unwrap_err();
+            assert!(
+                matches!(&err, CatalogError::QueryOverBudget { reason } if reason.contains("per function call")),
+                "{sql}: {err}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -60,6 +60,9 @@ pub struct RuleLimits {
     /// Most panes one HOP window is merged from: size / gcd(size, slide).
     /// This also bounds the windows (and alerts) a single event belongs to.
     pub max_panes_per_window: i64,
+    /// Most bytes one call of a size-amplifying function (`repeat`, `lpad`,
+    /// `||`, …; see [`crate::bounded_functions`]) may produce over a batch.
+    pub max_function_output_bytes: usize,
 }
 
 impl Default for RuleLimits {
@@ -69,6 +72,7 @@ impl Default for RuleLimits {
             max_expression_depth: 200,
             max_window_ms: 24 * 60 * 60 * 1000,
             max_panes_per_window: 1440,
+            max_function_output_bytes: 16 * 1024 * 1024,
         }
     }
 }

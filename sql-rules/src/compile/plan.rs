@@ -149,6 +149,8 @@ impl RuleCompiler {
         config.options_mut().sql_parser.collect_spans = true;
         let ctx = SessionContext::new_with_config(config);
         crate::functions::register(&ctx);
+        let limits = RuleLimits::default();
+        let ctx = crate::bounded_functions::install(&ctx, limits.max_function_output_bytes);
         let plain: Arc<dyn TableProvider> = Arc::new(EmptyTable::new(Arc::clone(&schema)));
         let windowed: Arc<dyn TableProvider> = Arc::new(EmptyTable::new(windowed_schema(&schema)));
         ctx.register_table(STREAM_NAME, plain)
@@ -158,12 +160,16 @@ impl RuleCompiler {
         Self {
             ctx,
             schema,
-            limits: RuleLimits::default(),
+            limits,
         }
     }
 
     /// The budgets [`compile`](Self::compile) holds rules to.
     pub fn with_limits(mut self, limits: RuleLimits) -> Self {
+        if limits.max_function_output_bytes != self.limits.max_function_output_bytes {
+            self.ctx =
+                crate::bounded_functions::install(&self.ctx, limits.max_function_output_bytes);
+        }
         self.limits = limits;
         self
     }

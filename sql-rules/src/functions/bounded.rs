@@ -1,4 +1,5 @@
-//! Size-amplifying SQL functions, bounded.
+//! Size-amplifying SQL functions, bounded: in history SQL and in rules
+//! alike (a rule's `repeat(patient_id, 100000000)` took 3 GB to validate).
 //!
 //! DataFusion's memory pool accounts for what operators buffer (sorts,
 //! aggregates, joins), not for the values a scalar function returns:
@@ -14,6 +15,14 @@
 //! `ResourcesExhausted` error that names the function and the limit.
 //! Everything else about the function (signature, types, aliases) is the
 //! original's.
+//!
+//! The `||` operator grows values too, and doubles them through a chain of
+//! CTEs. DataFusion plans it as a binary expression for text and as calls of
+//! its own `array_concat`/`array_append`/`array_prepend` instances for lists,
+//! both past the wrappers, so [`ConcatOperator`], an expression planner put
+//! first in each query's session, plans it as a bounded call instead: the
+//! session's wrapped array functions, or [`StringConcat`] for text (the
+//! operator's semantics: NULL if either side is NULL).
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -23,12 +32,15 @@ use arrow::compute::cast;
 use arrow::datatypes::{
     DataType, FieldRef, Int64Type, IntervalMonthDayNanoType, IntervalUnit, TimeUnit,
 };
+use datafusion::common::DFSchema;
 use datafusion::common::{DataFusionError, Result};
+use datafusion::logical_expr::planner::{ExprPlanner, PlannerResult, RawBinaryExpr};
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
-    Signature,
+    ColumnarValue, Documentation, ExprSchemable, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast::BinaryOperator;
 
 /// How a function's output size follows from its arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,13 +73,16 @@ const BOUNDED: &[(&str, Growth)] = &[
     ("regexp_replace", Growth::Replace),
     ("concat", Growth::Sum),
     ("concat_ws", Growth::Sum),
+    ("array_concat", Growth::Sum),
+    ("array_append", Growth::Sum),
+    ("array_prepend", Growth::Sum),
     ("range", Growth::Series),
     ("generate_series", Growth::Series),
 ];
 
 /// Replaces the registered size-amplifying functions of `ctx` with bounded
 /// wrappers allowing at most `max_bytes` of output per call.
-pub(super) fn register(ctx: &SessionContext, max_bytes: usize) {
+pub fn register(ctx: &SessionContext, max_bytes: usize) {
     for (name, growth) in BOUNDED {
         if let Some(mut inner) = ctx.state().scalar_functions().get(*name).cloned() {
             // Registered again with another limit: wrap the original.
@@ -132,7 +147,7 @@ impl ScalarUDFImpl for Bounded {
         let bytes = estimate(self.growth, &arrays)?;
         if bytes > self.max_bytes as u128 {
             return Err(DataFusionError::ResourcesExhausted(format!(
-                "{}() would produce about {} in one call; history SQL allows {} per function \
+                "{}() would produce about {} in one call; wardwatch allows {} per function \
                  call (max_function_output_bytes)",
                 self.inner.name(),
                 mib(bytes),
@@ -140,6 +155,138 @@ impl ScalarUDFImpl for Bounded {
             )));
         }
         self.inner.invoke_with_args(args)
+    }
+}
+
+/// `ctx` with its size-amplifying functions bounded to `max_bytes` of
+/// output per call and `||` planned bounded: a new context sharing `ctx`'s
+/// tables (the expression planners can only be put first by rebuilding).
+/// Installing again with another limit supersedes the earlier one.
+pub fn install(ctx: &SessionContext, max_bytes: usize) -> SessionContext {
+    register(ctx, max_bytes);
+    let mut state = datafusion::execution::SessionStateBuilder::new_from_existing(ctx.state());
+    let concat: Arc<dyn ExprPlanner> = Arc::new(ConcatOperator::new(ctx, max_bytes));
+    state
+        .expr_planners()
+        .get_or_insert_with(Vec::new)
+        .insert(0, concat);
+    SessionContext::new_with_state(state.build())
+}
+
+/// Plans `a || b` as a bounded call (see the module docs). Built per
+/// query session with the session's wrapped array functions.
+#[derive(Debug)]
+pub struct ConcatOperator {
+    text: Arc<ScalarUDF>,
+    array_concat: Option<Arc<ScalarUDF>>,
+    array_append: Option<Arc<ScalarUDF>>,
+    array_prepend: Option<Arc<ScalarUDF>>,
+}
+
+impl ConcatOperator {
+    /// `ctx`'s functions must have been [`register`]ed already.
+    pub fn new(ctx: &SessionContext, max_bytes: usize) -> Self {
+        let function = |name: &str| ctx.state().scalar_functions().get(name).cloned();
+        Self {
+            text: Arc::new(ScalarUDF::new_from_impl(StringConcat {
+                signature: Signature::user_defined(Volatility::Immutable),
+                max_bytes,
+            })),
+            array_concat: function("array_concat"),
+            array_append: function("array_append"),
+            array_prepend: function("array_prepend"),
+        }
+    }
+}
+
+impl ExprPlanner for ConcatOperator {
+    fn plan_binary_op(
+        &self,
+        expr: RawBinaryExpr,
+        schema: &DFSchema,
+    ) -> Result<PlannerResult<RawBinaryExpr>> {
+        if expr.op != BinaryOperator::StringConcat {
+            return Ok(PlannerResult::Original(expr));
+        }
+        let left = list_depth(&expr.left.get_type(schema)?);
+        let right = list_depth(&expr.right.get_type(schema)?);
+        // The same choice as DataFusion's own planner for lists.
+        let function = match left.cmp(&right) {
+            _ if left + right == 0 => Some(&self.text),
+            std::cmp::Ordering::Equal => self.array_concat.as_ref(),
+            std::cmp::Ordering::Greater => self.array_append.as_ref(),
+            std::cmp::Ordering::Less => self.array_prepend.as_ref(),
+        };
+        Ok(match function {
+            Some(f) => PlannerResult::Planned(f.call(vec![expr.left, expr.right])),
+            None => PlannerResult::Original(expr),
+        })
+    }
+}
+
+fn list_depth(t: &DataType) -> usize {
+    match t {
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+            1 + list_depth(f.data_type())
+        }
+        _ => 0,
+    }
+}
+
+/// `a || b` over text, bounded: NULL when either is NULL (unlike `concat`),
+/// anything else cast to text first, as the operator does.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct StringConcat {
+    signature: Signature,
+    max_bytes: usize,
+}
+
+impl ScalarUDFImpl for StringConcat {
+    fn name(&self) -> &str {
+        "||"
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        if arg_types.len() != 2 {
+            return Err(DataFusionError::Plan(format!(
+                "|| takes two operands, not {}",
+                arg_types.len()
+            )));
+        }
+        Ok(vec![DataType::Utf8; 2])
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let scalars = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let bytes = estimate(Growth::Sum, &arrays)?;
+        if bytes > self.max_bytes as u128 {
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "|| would produce about {} in one call; wardwatch allows {} per function \
+                 call (max_function_output_bytes)",
+                mib(bytes),
+                mib(self.max_bytes as u128),
+            )));
+        }
+        let text = |a: &ArrayRef| cast(a, &DataType::Utf8);
+        let (left, right) = (text(&arrays[0])?, text(&arrays[1])?);
+        let joined = arrow::compute::kernels::concat_elements::concat_elements_utf8(
+            left.as_string::<i32>(),
+            right.as_string::<i32>(),
+        )?;
+        let joined: ArrayRef = Arc::new(joined);
+        Ok(if scalars {
+            ColumnarValue::Scalar(datafusion::scalar::ScalarValue::try_from_array(&joined, 0)?)
+        } else {
+            ColumnarValue::Array(joined)
+        })
     }
 }
 

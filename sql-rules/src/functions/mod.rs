@@ -1,5 +1,6 @@
 //! Functions wardwatch adds to or overrides in DataFusion's registry.
 
+pub mod bounded;
 pub mod exact_sum;
 
 use std::sync::Arc;

@@ -1083,12 +1083,30 @@
         var text = e.data !== null && e.data !== undefined ? e.data
           : e.dataTransfer ? e.dataTransfer.getData("text/plain") : null;
         if (text === null) return false;
+        // Where the browser would insert: its target range (the editor may
+        // not have read a selection just made, as by select-all, yet).
         var sel = view.state.selection.main, doc = view.state.doc;
-        var multiLine = !sel.empty && doc.lineAt(sel.from).number !== doc.lineAt(sel.to).number;
+        var from = sel.from, to = sel.to;
+        var target = e.getTargetRanges ? e.getTargetRanges()[0] : null;
+        var dom = view.root.getSelection ? view.root.getSelection() : document.getSelection();
+        try {
+          if (target) {
+            from = view.posAtDOM(target.startContainer, target.startOffset);
+            to = view.posAtDOM(target.endContainer, target.endOffset);
+          } else if (dom && dom.rangeCount && view.contentDOM.contains(dom.anchorNode)) {
+            from = view.posAtDOM(dom.anchorNode, dom.anchorOffset);
+            to = view.posAtDOM(dom.focusNode, dom.focusOffset);
+          }
+        } catch (err) { from = sel.from; to = sel.to; }
+        var multiLine = from !== to && doc.lineAt(from).number !== doc.lineAt(to).number;
         if (!multiLine && !/[\r\n]/.test(text)) return false;
         e.preventDefault();
-        view.dispatch(view.state.replaceSelection(text.replace(/\r\n?/g, "\n")),
-          { userEvent: "input.type", scrollIntoView: true });
+        var insert = text.replace(/\r\n?/g, "\n");
+        view.dispatch({
+          changes: { from: Math.min(from, to), to: Math.max(from, to), insert: insert },
+          selection: { anchor: Math.min(from, to) + insert.length },
+          userEvent: "input.type", scrollIntoView: true
+        });
         return true;
       }
     });
@@ -1738,6 +1756,22 @@
     requestAnimationFrame(function () { renderScheduled = false; renderAlerts(); });
   }
 
+  // Header rows, kept from one redraw to the next (only their counts change).
+  var groupRows = new Map();
+
+  function groupRow(kept, key, attrs, name, count) {
+    var row = groupRows.get(key);
+    if (!row) {
+      row = el("tr", attrs, [el("th", { colspan: "6", scope: "colgroup" }, [
+        el("span", { className: "group-name", text: name }), el("span", { className: "group-count" })
+      ])]);
+    }
+    var c = row.querySelector(".group-count");
+    if (c.textContent !== count) c.textContent = count;
+    kept.set(key, row);
+    return row;
+  }
+
   function sevSummary(list) {
     var by = {};
     list.forEach(function (a) { var s = String(a.severity || "").toLowerCase(); by[s] = (by[s] || 0) + 1; });
@@ -1758,25 +1792,20 @@
     });
     var focused = document.activeElement;
     var nodes = [];
+    var kept = new Map();
     hospitals.forEach(function (hg) {
-      nodes.push(el("tr", { className: "group-row hospital-row", "data-hospital": hg.id }, [
-        el("th", { colspan: "6", scope: "colgroup" }, [
-          el("span", { className: "group-name", text: hg.id === "unknown" ? "Hospital not known" : "Hospital " + hg.id }),
-          el("span", { className: "group-count", text: " · " + hg.patients.length + " patient" + (hg.patients.length === 1 ? "" : "s") +
-            " · " + hg.alerts.length + " alert" + (hg.alerts.length === 1 ? "" : "s") + ": " + sevSummary(hg.alerts) })
-        ])
-      ]));
+      nodes.push(groupRow(kept, "h\u0000" + hg.id, { className: "group-row hospital-row", "data-hospital": hg.id },
+        hg.id === "unknown" ? "Hospital not known" : "Hospital " + hg.id,
+        " · " + hg.patients.length + " patient" + (hg.patients.length === 1 ? "" : "s") +
+        " · " + hg.alerts.length + " alert" + (hg.alerts.length === 1 ? "" : "s") + ": " + sevSummary(hg.alerts)));
       hg.patients.forEach(function (pg) {
-        nodes.push(el("tr", { className: "group-row patient-row", "data-hospital": hg.id, "data-patient": pg.id }, [
-          el("th", { colspan: "6", scope: "colgroup" }, [
-            el("span", { className: "group-name", text: "Patient " + pg.id }),
-            el("span", { className: "group-count", text: " · " + pg.alerts.length + " alert" + (pg.alerts.length === 1 ? "" : "s") +
-              ": " + sevSummary(pg.alerts) })
-          ])
-        ]));
+        nodes.push(groupRow(kept, "p\u0000" + hg.id + "\u0000" + pg.id,
+          { className: "group-row patient-row", "data-hospital": hg.id, "data-patient": pg.id },
+          "Patient " + pg.id, " · " + pg.alerts.length + " alert" + (pg.alerts.length === 1 ? "" : "s") + ": " + sevSummary(pg.alerts)));
         pg.alerts.forEach(function (a) { nodes.push(rowsById.get(a.id)); });
       });
     });
+    groupRows = kept;
     var empty = $("alerts-empty");
     if (empty) nodes.push(empty);
     var tbody = $("alerts");
@@ -1806,6 +1835,7 @@
   function clearAlerts() {
     alerts = [];
     rowsById.clear();
+    groupRows = new Map();
     $("alerts").replaceChildren();
   }
 
@@ -2028,6 +2058,14 @@
         }))
       }, data, fig);
       trend.charts.push(chart);
+      // What the lines show, for a screen reader: the canvas has no text.
+      fig.appendChild(el("p", { className: "visually-hidden", text: c.series.map(function (sd, i) {
+        var vals = data[i + 1].filter(function (v) { return v !== null; });
+        return vals.length
+          ? sd[1] + ": " + vals.length + " readings, lowest " + fmtValue(Math.min.apply(null, vals)) + ", highest " +
+            fmtValue(Math.max.apply(null, vals)) + ", last " + fmtValue(vals[vals.length - 1]) + " " + c.unit
+          : sd[1] + ": no readings";
+      }).join("; ") + "." }));
       fig.setAttribute("data-series", c.series.map(function (sd) { return sd[0]; }).join(" "));
       fig.setAttribute("data-points", chart.data[0].length);
       fig.setAttribute("data-values", present);

@@ -450,7 +450,8 @@ els => {
     return [255, 255, 255];
   };
   const opacity = e => { let o = 1; for (let n = e; n; n = n.parentElement) o *= Number(getComputedStyle(n).opacity); return o; };
-  return els.map(e => {
+  // A row redrawn between finding and measuring is gone from the page: not measured.
+  return els.filter(e => e.isConnected).map(e => {
     const fg = lum(parse(getComputedStyle(e).color)), b = lum(bg(e));
     return { text: e.textContent.trim().slice(0, 40), cls: e.className,
              ratio: (Math.max(fg, b) + 0.05) / (Math.min(fg, b) + 0.05), bg: b, opacity: opacity(e) };
@@ -764,7 +765,12 @@ def check_tuning(page, server):
     """A rule's tuning chart: the buckets the server answers for the same
     range, drawn (every bucket of the range a point) and as a table, with
     the suppressed share."""
-    rid = next(r["id"] for r in server.get("/api/rules")["rules"] if "SpO2 reading" in r["name"])
+    # The running rule with the most alerts in the last hour, so there is something to chart.
+    now = int(time.time() * 1000)
+    def alerts_of(rid):
+        answer = server.get(f"/api/rules/{rid}/alert-rate?since={now - 3600000}&until={now + 60000}&bucket_ms=60000")
+        return sum(b["fired"] + b["suppressed"] for b in answer["buckets"])
+    rid = max((r["id"] for r in server.get("/api/rules")["rules"] if r["active"]), key=alerts_of)
     page.click(f"#tuning-toggle-{rid}")
     assert page.get_attribute(f"#tuning-toggle-{rid}", "aria-expanded") == "true"
 
@@ -918,6 +924,8 @@ def shoot(page, name, selector=None):
     for w, h in ((1400, 1000), (800, 1100)):
         page.set_viewport_size({"width": w, "height": h})
         time.sleep(0.4)  # the charts follow the width after 150 ms
+        # Rows just arrived flash for 2.5 s; the pictures show them settled.
+        page.evaluate("document.querySelectorAll('#alerts tr.fresh').forEach(tr => tr.classList.remove('fresh'))")
         if selector:
             page.eval_on_selector(selector, "e => e.scrollIntoView({block: 'start'})")
         else:

@@ -676,7 +676,8 @@
       ].join(" · ")
     });
     var sql = el("details", { className: "rule-sql" }, [
-      el("summary", { text: "SQL" }),
+      // Ids let the 5-second redraw give focus back to the same summary.
+      el("summary", { text: "SQL", id: "rule-sql-summary-" + rule.id }),
       el("pre", { text: rule.sql })
     ]);
     return el("article", {
@@ -758,7 +759,7 @@
       if (stopped.length) {
         var was = $("rules-deactivated");
         var list = el("details", { id: "rules-deactivated", open: !!(was && was.open) }, [
-          el("summary", { text: "Deactivated rules (" + stopped.length + ")" })
+          el("summary", { id: "rules-deactivated-summary", text: "Deactivated rules (" + stopped.length + ")" })
         ].concat(stopped.map(draw)));
         frag.appendChild(list);
       }
@@ -919,7 +920,7 @@
     t.node = el("div", { className: "tuning", id: "tuning-" + rule.id, "data-rule-id": rule.id }, [
       el("label", { className: "small", for: "tuning-range-" + rule.id, text: "Range " }, [select]),
       t.summary, t.chartBox,
-      el("details", { className: "tuning-data" }, [el("summary", { text: "The numbers" }), el("div", { className: "table-wrap" }, [t.table])])
+      el("details", { className: "tuning-data" }, [el("summary", { id: "tuning-data-" + rule.id, text: "The numbers" }), el("div", { className: "table-wrap" }, [t.table])])
     ]);
     return t;
   }
@@ -1209,7 +1210,8 @@
       clearSqlError();
       return;
     }
-    box.textContent = message;
+    // Unchanged text is left alone: the box is an alert, announced on change.
+    if (box.textContent !== message) box.textContent = message;
     box.hidden = false;
     if (!(typeof line === "number" && line > 0)) clearSqlError();
     if (typeof line === "number" && line > 0 && sqlEditor) {

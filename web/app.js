@@ -496,7 +496,7 @@
       return el("tr", { "data-received-ms": d.received_at_ms }, [
         el("td", { className: "nowrap", text: fullTime(d.received_at_ms) }), el("td", { text: d.origin }),
         el("td", { text: d.reason }),
-        el("td", { className: "audit-details", title: d.payload, text: shorten(d.payload || "", 200) + (d.truncated ? " (cut)" : "") })
+        el("td", { className: "audit-details", title: d.payload, text: shorten(d.payload || "", 200) + (d.payload_truncated ? " (cut)" : "") })
       ]);
     }));
     $("audit-status").textContent = fmtCount(inRange.length) + " of the newest " + fmtCount(all.length) + " dead letters (" +
@@ -1810,8 +1810,17 @@
     groupRows = kept;
     var empty = $("alerts-empty");
     if (empty) nodes.push(empty);
+    // Only what moved is moved: a row taken out and put back would lose
+    // focus and replay its "new" highlight.
     var tbody = $("alerts");
-    tbody.replaceChildren.apply(tbody, nodes);
+    var want = new Set(nodes);
+    var cur = tbody.firstElementChild;
+    nodes.forEach(function (n) {
+      while (cur && !want.has(cur)) { var gone = cur; cur = cur.nextElementSibling; gone.remove(); }
+      if (n === cur) cur = cur.nextElementSibling;
+      else tbody.insertBefore(n, cur);
+    });
+    while (cur) { var rest = cur; cur = cur.nextElementSibling; rest.remove(); }
     if (focused && focused !== document.activeElement && focused.isConnected) focused.focus({ preventScroll: true });
   }
 
@@ -2639,6 +2648,7 @@
   $("saved-query-form").addEventListener("submit", saveQuery);
   $("audit-form").addEventListener("submit", showAudit);
   $("audit-view").addEventListener("change", auditViewChanged);
+  $("audit-action").addEventListener("change", function () { showAudit(); });
   $("audit-last-hour").addEventListener("click", function () { setAuditRange(3600000); showAudit(); });
   $("audit-last-day").addEventListener("click", function () { setAuditRange(24 * 3600000); showAudit(); });
   setAuditRange(3600000);

@@ -381,9 +381,18 @@ def critical_reading(patient):
 def check_rule_states(page, server):
     # A critical alert of our own, before the storm: a reading under the demo
     # rule "Critical SpO2 reading" (spo2_pct < 85) for a patient of our own.
+    # It arrives live while a nurse is on another row's button: the new row
+    # and its group appear, and the nurse's place (and row) stays.
+    row = rows(page)[-1]
+    button = f'#alert-{row["id"]} button.ack-button'
+    page.focus(button)
+    page.eval_on_selector(button, "b => { b.dataset.kept = 'yes'; }")
     server.ingest(critical_reading("PW-CRIT"))
     critical = wait_until("the critical alert for PW-CRIT", lambda: server.get(
         "/api/alerts?patient=PW-CRIT&status=fired&severity=critical&limit=1")["alerts"])[0]
+    page.wait_for_selector(f'#alert-{critical["id"]}.fresh')
+    page.wait_for_selector('#alerts tr.patient-row[data-patient="PW-CRIT"]')
+    assert page.evaluate("document.activeElement.dataset.kept") == "yes", "a live alert took the focus away"
 
     status, rule = server.request("POST", "/api/rules", {
         "name": "Storm of every reading",

@@ -33,6 +33,20 @@ pub struct HospitalRecord {
     pub created_by: String,
     pub updated_at_ms: i64,
     pub retired_at_ms: Option<i64>,
+    /// Its own Kafka topic, when its events do not come on the shared one.
+    /// Absent in records written before hospitals could have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<HospitalTopic>,
+}
+
+/// A hospital's own Kafka topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HospitalTopic {
+    pub name: String,
+    /// The number its partitions are known by past the source (archive
+    /// files, checkpoints, watermarks): never reused, retired hospitals'
+    /// included, so their files and offsets keep meaning what they meant.
+    pub source: u32,
 }
 
 /// The stored hospitals.
@@ -118,7 +132,29 @@ mod tests {
             created_by: "admin".into(),
             updated_at_ms: 1,
             retired_at_ms: None,
+            topic: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_topic_of_its_own_is_kept_and_old_records_read_without_one() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let hospitals = HospitalStore::new(Arc::clone(&store), &Path::from("ward"));
+        let mut own = record("H7");
+        own.topic = Some(HospitalTopic {
+            name: "vitals-h7".into(),
+            source: 4,
+        });
+        hospitals.create(&own).await.unwrap();
+        assert_eq!(hospitals.get("H7").await.unwrap(), Some(own));
+        // A record written before topics existed.
+        let old = r#"{"id":"H1","name":"Old","time_zone":"UTC","rule_ids":[],"created_at_ms":1,
+                      "created_by":"a","updated_at_ms":1,"retired_at_ms":null}"#;
+        store
+            .put(&Path::from("ward/hospitals/H1.json"), old.into())
+            .await
+            .unwrap();
+        assert_eq!(hospitals.get("H1").await.unwrap().unwrap().topic, None);
     }
 
     #[tokio::test]

@@ -528,6 +528,7 @@ fn system_alert(spec: &RuleSpec, kind: &str, error: &str, now: i64) -> Alert {
             suppressed_by: None,
             escalated_from: None,
             late: false,
+            clears: None,
         },
     }
 }

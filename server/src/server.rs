@@ -232,14 +232,33 @@ pub async fn run_until(
     let mut kafka_lag = Arc::new(std::sync::atomic::AtomicI64::new(-1));
     let mut kafka_partition_lag = source::kafka::PartitionLag::default();
     let mut kafka_source = None;
+    let mut topics = None;
     if let Some(brokers) = &config.kafka.brokers {
+        let read = source::topics::Topics::new(&config.kafka.vitals_topic);
+        // Hospitals onboarded with a topic of their own are read again.
+        let (hospitals, _damaged) =
+            catalog::hospitals::HospitalStore::new(Arc::clone(&store), &prefix)
+                .list()
+                .await
+                .context("listing hospitals")?;
+        for h in hospitals.into_iter().filter(|h| h.retired_at_ms.is_none()) {
+            if let Some(t) = h.topic {
+                read.add(source::topics::Topic {
+                    name: t.name,
+                    source: t.source,
+                    hospital: Some(h.id),
+                });
+            }
+        }
         let src = source::kafka::start(
             &config.kafka,
             brokers,
             &config.pipeline,
             intake.clone(),
+            read.clone(),
             shutdown.notice(),
         )?;
+        topics = Some(read);
         kafka_lag = Arc::clone(&src.lag);
         kafka_partition_lag = Arc::clone(&src.partition_lag);
         let connected = Arc::clone(&src.connected);
@@ -337,6 +356,7 @@ pub async fn run_until(
         kafka_lag,
         kafka_partition_lag,
         rule_writes: tokio::sync::Mutex::new(()),
+        topics,
     });
     let app = crate::transport::protect(api::router(Arc::clone(&state)), &state.config);
     drop(state);

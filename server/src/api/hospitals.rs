@@ -2,7 +2,8 @@
 //! /api/hospitals` records it and makes its starter rules from templates,
 //! each limited to its `hospital_id` and running at once; its events are
 //! those on the shared vitals topic (or `POST /api/ingest`) that carry its
-//! id. Hospitals are listed, changed and retired (its rules deactivated)
+//! id, or those on a Kafka topic of its own, read from the moment it is
+//! onboarded (see [`crate::source::topics`]). Hospitals are listed, changed and retired (its rules deactivated)
 //! over the same routes, every change in the audit log.
 
 use axum::extract::rejection::JsonRejection;
@@ -24,6 +25,75 @@ use crate::pipeline::Input;
 const MAX_NAME_CHARS: usize = 200;
 const MAX_TIME_ZONE_CHARS: usize = 64;
 const MAX_TEMPLATES: usize = 32;
+/// Kafka's own limit on a topic name's length.
+const MAX_TOPIC_CHARS: usize = 249;
+
+static ONBOARDING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A topic of its own: a Kafka topic name (letters, digits, `.`, `_`, `-`),
+/// on a server that reads Kafka, and not one of the server's other topics.
+fn check_topic(state: &SharedState, topic: &str) -> Result<(), ApiError> {
+    let kafka = &state.config.kafka;
+    if state.topics.is_none() {
+        return Err(ApiError::bad_request(format!(
+            "this server reads no Kafka (no [kafka] brokers): a topic of its own ('{topic}') \
+             cannot be read; send its events to POST /api/ingest"
+        )));
+    }
+    let valid = !topic.is_empty()
+        && topic.chars().count() <= MAX_TOPIC_CHARS
+        && topic != "."
+        && topic != ".."
+        && topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !valid {
+        return Err(ApiError::bad_request(format!(
+            "`topic` must be a Kafka topic name: 1–{MAX_TOPIC_CHARS} letters, digits, '.', '_' or '-'"
+        )));
+    }
+    if topic == kafka.alerts_topic || topic == kafka.dlq_topic {
+        return Err(ApiError::bad_request(format!(
+            "'{topic}' is one of the server's own topics (alerts or dead letters)"
+        )));
+    }
+    Ok(())
+}
+
+/// The topic record for `name`: the next source number, after every
+/// hospital's (retired ones' too: their numbers name archive files). A
+/// topic another hospital has (or had) is refused.
+async fn allocate_topic(
+    hospitals: &HospitalStore,
+    name: &str,
+) -> Result<catalog::hospitals::HospitalTopic, ApiError> {
+    let (all, _damaged) = hospitals.list().await?;
+    if let Some(other) = all
+        .iter()
+        .find(|h| h.topic.as_ref().is_some_and(|t| t.name == name))
+    {
+        return Err(ApiError::conflict(format!(
+            "topic '{name}' is hospital '{}''s already",
+            other.id
+        )));
+    }
+    let next = all
+        .iter()
+        .filter_map(|h| h.topic.as_ref().map(|t| t.source))
+        .max()
+        .unwrap_or(0)
+        + 1;
+    if next > crate::source::topics::MAX_SOURCE {
+        return Err(ApiError::bad_request(format!(
+            "no more hospital topics can be numbered (at most {})",
+            crate::source::topics::MAX_SOURCE
+        )));
+    }
+    Ok(catalog::hospitals::HospitalTopic {
+        name: name.to_string(),
+        source: next,
+    })
+}
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -152,8 +222,8 @@ pub async fn get_one(
     request_body = CreateHospitalRequest,
     responses(
         (status = 201, description = "Onboarded; its rules run.", body = HospitalView),
-        (status = 400, description = "A field is invalid, a template unknown, or a topic of its own asked for.", body = ErrorBody),
-        (status = 409, description = "A hospital with this id exists.", body = ErrorBody),
+        (status = 400, description = "A field is invalid, a template unknown, or a topic of its own asked for on a server without Kafka (or named like one of its own topics).", body = ErrorBody),
+        (status = 409, description = "A hospital with this id exists, or another has this topic.", body = ErrorBody),
     )
 )]
 pub async fn create(
@@ -180,12 +250,9 @@ pub async fn create(
         )));
     }
     let shared = &state.config.kafka.vitals_topic;
-    if let Some(topic) = req.topic.as_deref().filter(|t| *t != shared) {
-        return Err(ApiError::bad_request(format!(
-            "a topic of its own ('{topic}') is not supported yet: send the hospital's events to \
-             '{shared}' (or POST /api/ingest) with hospital_id = '{}'",
-            req.id
-        )));
+    let own_topic = req.topic.as_deref().filter(|t| *t != shared);
+    if let Some(topic) = own_topic {
+        check_topic(&state, topic)?;
     }
     if req.templates.len() > MAX_TEMPLATES {
         return Err(ApiError::bad_request(format!(
@@ -218,6 +285,13 @@ pub async fn create(
         drafts.push((draft, compiled));
     }
 
+    // One onboarding at a time: a topic's source number is the next free one.
+    let _onboarding = ONBOARDING.lock().await;
+    let hospitals = store(&state);
+    let topic = match own_topic {
+        Some(name) => Some(allocate_topic(&hospitals, name).await?),
+        None => None,
+    };
     let now = now_ms();
     let mut record = HospitalRecord {
         id: req.id.clone(),
@@ -228,8 +302,8 @@ pub async fn create(
         created_by: caller.subject.clone(),
         updated_at_ms: now,
         retired_at_ms: None,
+        topic: topic.clone(),
     };
-    let hospitals = store(&state);
     match hospitals.create(&record).await {
         Ok(()) => {}
         Err(catalog::CatalogError::AlreadyExists { .. }) => {
@@ -248,12 +322,21 @@ pub async fn create(
         }
     }
     hospitals.update(&record).await?;
+    // Its rules run: now its topic is read, from its start.
+    if let (Some(t), Some(topics)) = (&topic, &state.topics) {
+        topics.add(crate::source::topics::Topic {
+            name: t.name.clone(),
+            source: t.source,
+            hospital: Some(record.id.clone()),
+        });
+    }
     crate::audit::record_by(
         &state.audit,
         &caller,
         "hospital_onboarded",
         json!({"hospital_id": record.id, "name": record.name, "time_zone": record.time_zone,
-               "templates": req.templates, "rule_ids": record.rule_ids}),
+               "templates": req.templates, "rule_ids": record.rule_ids,
+               "topic": topic.as_ref().map(|t| &t.name)}),
     )
     .await;
     Ok((StatusCode::CREATED, Json(record.into())))
@@ -343,6 +426,9 @@ pub async fn retire(
                 .send_async(Input::Remove(rule_id.clone()))
                 .await
                 .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        }
+        if let Some(topics) = &state.topics {
+            topics.remove_hospital(&record.id);
         }
         let now = now_ms();
         record.retired_at_ms = Some(now);

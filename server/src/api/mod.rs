@@ -73,6 +73,9 @@ pub struct AppState {
     pub kafka_partition_lag: crate::source::kafka::PartitionLag,
     /// Serialises rule changes so versions and engine updates stay in order.
     pub rule_writes: tokio::sync::Mutex<()>,
+    /// The Kafka topics read (`None` without Kafka): onboarding a hospital
+    /// with a topic of its own adds it here, and the source starts reading.
+    pub topics: Option<crate::source::topics::Topics>,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -202,6 +202,9 @@ pub struct VitalsDecoder {
     /// `Some`: only events of these hospitals are taken (a sender limited
     /// to some hospitals).
     hospitals: Option<Arc<[String]>>,
+    /// `Some`: every event is this hospital's (read from its own topic):
+    /// one without `hospital_id` gets it, one naming another is refused.
+    own_hospital: Option<Arc<str>>,
 }
 
 impl VitalsDecoder {
@@ -214,7 +217,15 @@ impl VitalsDecoder {
             rows: 0,
             time: None,
             hospitals: None,
+            own_hospital: None,
         }
+    }
+
+    /// Events of one hospital only, as from its own topic: those without a
+    /// `hospital_id` get `hospital`, those naming another are refused.
+    pub fn with_own_hospital(mut self, hospital: Option<Arc<str>>) -> Self {
+        self.own_hospital = hospital;
+        self
     }
 
     /// Also refuses events of other hospitals than these, and events
@@ -242,7 +253,19 @@ impl VitalsDecoder {
     /// Decodes one JSON event and appends it; on rejection nothing is appended.
     pub fn push_json(&mut self, payload: &[u8]) -> Result<(), Rejection> {
         let raw: RawEvent<'_> = serde_json::from_slice(payload).map_err(json_rejection)?;
-        let event = raw.validate()?;
+        let mut event = raw.validate()?;
+        if let Some(own) = &self.own_hospital {
+            match event.hospital_id.as_deref() {
+                None => event.hospital_id = Some(Cow::Owned(own.to_string())),
+                Some(h) if h == &**own => {}
+                Some(h) => {
+                    return Err(Rejection::new(format!(
+                        "hospital_id '{}' on the topic of hospital '{own}': its topic carries only its own events",
+                        h.chars().take(ECHO_MAX_CHARS).collect::<String>()
+                    )))
+                }
+            }
+        }
         // After the other checks: a malformed event is refused for what is
         // wrong with it, whatever its date.
         if let Some(check) = &self.time {
@@ -775,6 +798,27 @@ mod tests {
             }
         }
         serde_json::Value::Object(object).to_string()
+    }
+
+    #[test]
+    fn a_hospitals_own_topic_fills_in_its_id_and_refuses_others() {
+        let mut decoder = VitalsDecoder::new(8).with_own_hospital(Some(Arc::from("H01")));
+        decoder
+            .push_json(with_field("hospital_id", None).as_bytes())
+            .expect("no hospital_id: it is this hospital's");
+        decoder.push_json(VALID.as_bytes()).expect("its own id");
+        let rejection = decoder
+            .push_json(with_field("hospital_id", Some("\"H02\"")).as_bytes())
+            .expect_err("another hospital's event");
+        assert!(
+            rejection.reason.contains("on the topic of hospital 'H01'"),
+            "{}",
+            rejection.reason
+        );
+        let batch = decoder.finish();
+        assert_eq!(batch.num_rows(), 2);
+        let hospitals = batch.column(idx::HOSPITAL_ID).as_string::<i32>();
+        assert_eq!((hospitals.value(0), hospitals.value(1)), ("H01", "H01"));
     }
 
     #[test]

@@ -42,12 +42,13 @@ use crate::pipeline::Input;
 use crate::shutdown::ShutdownNotice;
 use crate::sink::dead_letter::DeadLetter;
 use crate::sink::kafka::client_config;
+use super::topics::{Topics, PARTITIONS_PER_TOPIC};
 
 struct RebalanceContext {
     intake: Intake,
     pending: Pending,
     decode: SyncSender<DecodeInput>,
-    topic: String,
+    topics: Topics,
     /// Messages behind the partitions' ends, summed over our partitions, from
     /// librdkafka's statistics; -1 while unknown.
     lag: Arc<AtomicI64>,
@@ -68,21 +69,24 @@ impl ClientContext for RebalanceContext {
     /// librdkafka's statistics (every `statistics.interval.ms`): the
     /// consumer lag of our partitions, for `/readyz` and `/metrics`.
     fn stats(&self, statistics: rdkafka::Statistics) {
-        let by_partition: std::collections::BTreeMap<i32, i64> = statistics
-            .topics
-            .get(&self.topic)
-            .map(|topic| {
-                topic
-                    .partitions
-                    .iter()
-                    // -1 is librdkafka's internal partition; a lag of -1 is
-                    // unknown (not assigned, or no offset yet).
-                    .filter(|(p, part)| **p >= 0 && part.consumer_lag >= 0)
-                    .map(|(p, part)| (*p, part.consumer_lag))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let total = if statistics.topics.contains_key(&self.topic) {
+        let mut by_partition = std::collections::BTreeMap::new();
+        let mut known = false;
+        for name in self.topics.names() {
+            let Some(topic) = statistics.topics.get(&name) else {
+                continue;
+            };
+            known = true;
+            // -1 is librdkafka's internal partition; a lag of -1 is unknown
+            // (not assigned, or no offset yet).
+            for (p, part) in topic.partitions.iter() {
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    if let Some(stream) = self.topics.stream_partition(&name, *p) {
+                        by_partition.insert(stream, part.consumer_lag);
+                    }
+                }
+            }
+        }
+        let total = if known {
             by_partition.values().sum()
         } else {
             -1
@@ -97,26 +101,15 @@ impl ConsumerContext for RebalanceContext {
     /// then commit, so the next owner starts where our files end.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            let revoked: Vec<i32> = tpl
-                .elements()
-                .iter()
-                .filter(|e| e.topic() == self.topic)
-                .map(|e| e.partition())
-                .collect();
-            for &partition in &revoked {
-                let chunk = self
-                    .pending
-                    .lock()
-                    .expect("pending lock")
-                    .remove(&partition);
-                if let Some(chunk) = chunk.filter(|c| !c.is_empty()) {
-                    let _ = self.decode.send(DecodeInput::Chunk { partition, chunk });
-                }
-            }
-            drain_decoder(&self.decode);
-            // The next owner resumes from a checkpoint that holds all we read.
-            self.intake.checkpoint_blocking(SETTLE_WAIT);
-            settle_and_commit(consumer, &self.intake, &self.topic, &revoked, SETTLE_WAIT);
+            let revoked = stream_partitions(&self.topics, tpl);
+            hand_over(
+                consumer,
+                &self.intake,
+                &self.topics,
+                &self.pending,
+                &self.decode,
+                &revoked,
+            );
         }
     }
 
@@ -126,20 +119,13 @@ impl ConsumerContext for RebalanceContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             match consumer.committed_offsets((*tpl).clone(), Duration::from_secs(10)) {
-                Ok(committed) => resume_at_committed(&self.intake, &self.topic, &committed),
+                Ok(committed) => resume_at_committed(&self.intake, &self.topics, &committed),
                 Err(e) => tracing::warn!(error = %e, "reading committed offsets on assignment"),
             }
         }
-        let partitions = |tpl: &TopicPartitionList| -> Vec<i32> {
-            tpl.elements()
-                .iter()
-                .filter(|e| e.topic() == self.topic)
-                .map(|e| e.partition())
-                .collect()
-        };
         let input = match rebalance {
-            Rebalance::Assign(tpl) => Input::Assign(partitions(tpl)),
-            Rebalance::Revoke(tpl) => Input::Revoke(partitions(tpl)),
+            Rebalance::Assign(tpl) => Input::Assign(stream_partitions(&self.topics, tpl)),
+            Rebalance::Revoke(tpl) => Input::Revoke(stream_partitions(&self.topics, tpl)),
             Rebalance::Error(e) => {
                 tracing::warn!(error = %e, "rebalance error");
                 return;
@@ -149,61 +135,88 @@ impl ConsumerContext for RebalanceContext {
     }
 }
 
+/// The stream partitions of a list's topic partitions (those of topics
+/// read; see [`Topics`]).
+fn stream_partitions(topics: &Topics, tpl: &TopicPartitionList) -> Vec<i32> {
+    tpl.elements()
+        .iter()
+        .filter_map(|e| topics.stream_partition(e.topic(), e.partition()))
+        .collect()
+}
+
+/// Before partitions go (revoked, or their topic no longer read): decode
+/// and archive everything read from them, take a checkpoint, then commit,
+/// so the next owner (or the next run) starts where our files end.
+fn hand_over<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    intake: &Intake,
+    topics: &Topics,
+    pending: &Pending,
+    decode: &SyncSender<DecodeInput>,
+    partitions: &[i32],
+) {
+    for &partition in partitions {
+        let chunk = pending.lock().expect("pending lock").remove(&partition);
+        if let Some(chunk) = chunk.filter(|c| !c.is_empty()) {
+            let _ = decode.send(DecodeInput::Chunk { partition, chunk });
+        }
+    }
+    drain_decoder(decode);
+    // The next owner resumes from a checkpoint that holds all we read.
+    intake.checkpoint_blocking(SETTLE_WAIT);
+    settle_and_commit(consumer, intake, topics, partitions, SETTLE_WAIT);
+}
+
 /// On taking partitions at their committed offsets: the archive drops files
 /// past them (a crash wrote them but never committed).
-fn resume_at_committed(intake: &Intake, topic: &str, committed: &TopicPartitionList) {
-    for e in committed.elements().iter().filter(|e| e.topic() == topic) {
+fn resume_at_committed(intake: &Intake, topics: &Topics, committed: &TopicPartitionList) {
+    for e in committed.elements().iter() {
+        let Some(partition) = topics.stream_partition(e.topic(), e.partition()) else {
+            continue;
+        };
         if let Offset::Offset(next) = e.offset() {
-            intake.archive().resume_blocking(e.partition(), next);
+            intake.archive().resume_blocking(partition, next);
             // Commits never pass a checkpoint, so this means the newest
             // checkpoint was lost or damaged.
-            if let Some(from) = intake
-                .engine_from(e.partition())
-                .filter(|&from| next > from)
-            {
-                tracing::error!(partition = e.partition(), committed = next, checkpoint = from,
+            if let Some(from) = intake.engine_from(partition).filter(|&from| next > from) {
+                tracing::error!(partition, topic = e.topic(), committed = next, checkpoint = from,
                     "committed offset is past the restored checkpoint: events between are not in the engine's state");
             }
         }
     }
 }
 
-/// `[kafka] partitions`: reads them by assignment, no group membership,
-/// from the group's committed offsets (the start when none). Waits for the
-/// topic to exist (or the shutdown notice). Returns whether it assigned.
-fn assign_manually<C: ConsumerContext>(
+/// `[kafka] partitions`: reads `topic`'s partitions (`wanted`, all when
+/// empty; a hospital's own topic: all) by assignment, no group membership,
+/// from the group's committed offsets (the start when none), adding them to
+/// what is read already. Returns the stream partitions assigned, or `None`
+/// while the topic does not exist.
+fn assign_topic<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     intake: &Intake,
+    topics: &Topics,
     topic: &str,
     wanted: &[i32],
-    shutdown: &ShutdownNotice,
-) -> bool {
-    let partitions: Vec<i32> = loop {
-        if shutdown.is_requested() {
-            return false;
+) -> Option<Vec<i32>> {
+    let all: Vec<i32> = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(2))
+        .ok()
+        .and_then(|m| {
+            let t = m.topics().iter().find(|t| t.name() == topic)?;
+            let all: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+            (!all.is_empty()).then_some(all)
+        })?;
+    let partitions: Vec<i32> = if wanted.is_empty() {
+        all
+    } else {
+        for p in wanted.iter().filter(|p| !all.contains(p)) {
+            tracing::error!(
+                partition = p,
+                topic,
+                "configured partition does not exist; not read"
+            );
         }
-        let found: Option<Vec<i32>> = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(2))
-            .ok()
-            .and_then(|m| {
-                let t = m.topics().iter().find(|t| t.name() == topic)?;
-                let all: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
-                (!all.is_empty()).then_some(all)
-            });
-        match found {
-            Some(all) if wanted.is_empty() => break all,
-            Some(all) => {
-                for p in wanted.iter().filter(|p| !all.contains(p)) {
-                    tracing::error!(
-                        partition = p,
-                        topic,
-                        "configured partition does not exist; not read"
-                    );
-                }
-                break wanted.iter().copied().filter(|p| all.contains(p)).collect();
-            }
-            None => std::thread::sleep(Duration::from_millis(500)),
-        }
+        wanted.iter().copied().filter(|p| all.contains(p)).collect()
     };
     let mut tpl = TopicPartitionList::new();
     for &p in &partitions {
@@ -212,11 +225,11 @@ fn assign_manually<C: ConsumerContext>(
     let committed = match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
         Ok(committed) => committed,
         Err(e) => {
-            tracing::warn!(error = %e, "reading committed offsets; reading from the start");
+            tracing::warn!(error = %e, topic, "reading committed offsets; reading from the start");
             tpl.clone()
         }
     };
-    resume_at_committed(intake, topic, &committed);
+    resume_at_committed(intake, topics, &committed);
     let mut start = TopicPartitionList::new();
     for e in committed.elements().iter().filter(|e| e.topic() == topic) {
         let offset = match e.offset() {
@@ -225,17 +238,37 @@ fn assign_manually<C: ConsumerContext>(
         };
         let _ = start.add_partition_offset(topic, e.partition(), offset);
     }
-    if let Err(e) = consumer.assign(&start) {
-        tracing::error!(error = %e, "assigning partitions");
-        return false;
+    if let Err(e) = consumer.incremental_assign(&start) {
+        tracing::error!(error = %e, topic, "assigning partitions");
+        return None;
     }
     tracing::info!(
         ?partitions,
         topic,
         "reading partitions by assignment (no group membership)"
     );
-    let _ = intake.pipeline().send(Input::Assign(partitions));
-    true
+    let streams: Vec<i32> = partitions
+        .iter()
+        .filter_map(|&p| topics.stream_partition(topic, p))
+        .collect();
+    let _ = intake.pipeline().send(Input::Assign(streams.clone()));
+    Some(streams)
+}
+
+/// Lets go of the partitions of a topic no longer read (manual assignment):
+/// what was read of them is handed over and committed first.
+fn unassign_topic<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    kafka_partitions: &[i32],
+) {
+    let mut tpl = TopicPartitionList::new();
+    for &p in kafka_partitions {
+        tpl.add_partition(topic, p);
+    }
+    if let Err(e) = consumer.incremental_unassign(&tpl) {
+        tracing::warn!(error = %e, topic, "unassigning partitions");
+    }
 }
 
 /// Waits until the decode thread has handed everything sent before to the
@@ -253,14 +286,14 @@ fn drain_decoder(decode: &SyncSender<DecodeInput>) {
 fn settle_and_commit<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     intake: &Intake,
-    topic: &str,
+    topics: &Topics,
     partitions: &[i32],
     limit: Duration,
 ) {
     for &partition in partitions {
         intake.gate().settle_blocking(partition, limit);
         if let Some(cap) = intake.gate().committable(partition) {
-            store_offset(consumer, topic, partition, cap);
+            store_offset(consumer, topics, partition, cap);
         }
     }
     if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
@@ -368,6 +401,7 @@ pub fn start(
     brokers: &str,
     pipeline_cfg: &PipelineConfig,
     intake: Intake,
+    topics: Topics,
     shutdown: ShutdownNotice,
 ) -> Result<KafkaSource> {
     let mut cfg = client_config(kafka, brokers);
@@ -377,7 +411,10 @@ pub fn start(
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string())
         .set("queued.min.messages", "200000")
-        .set("statistics.interval.ms", "1000");
+        .set("statistics.interval.ms", "1000")
+        // A topic created after start (a hospital's own, or the shared one
+        // on a new cluster) is seen within seconds, not librdkafka's 5 min.
+        .set("topic.metadata.refresh.interval.ms", "5000");
     let instance_id = kafka
         .group_instance_id
         .as_deref()
@@ -397,7 +434,7 @@ pub fn start(
         intake: intake.clone(),
         pending: Arc::clone(&pending),
         decode: decode_tx.clone(),
-        topic: kafka.vitals_topic.clone(),
+        topics: topics.clone(),
         lag: Arc::new(AtomicI64::new(-1)),
         partition_lag: PartitionLag::default(),
     };
@@ -408,9 +445,7 @@ pub fn start(
         .context("creating the Kafka consumer")?;
     let manual = kafka.partitions.clone();
     if manual.is_none() {
-        consumer
-            .subscribe(&[kafka.vitals_topic.as_str()])
-            .with_context(|| format!("subscribing to {}", kafka.vitals_topic))?;
+        subscribe(&consumer, &topics)?;
     }
     let connected = Arc::new(AtomicBool::new(false));
     let connected_flag = Arc::clone(&connected);
@@ -419,7 +454,7 @@ pub fn start(
     let max_delay = Duration::from_millis(pipeline_cfg.max_batch_delay_ms.max(1));
     let decode_thread = {
         let decoder = Decoder {
-            topic: topic.clone(),
+            topics: topics.clone(),
             max_rows,
             intake: intake.clone(),
         };
@@ -435,10 +470,25 @@ pub fn start(
             let mut last_metadata_check = Instant::now() - Duration::from_secs(60);
             let mut last_caught_up = Instant::now();
             let mut fatal = false;
+            // With manual assignment: each topic assigned, with its Kafka
+            // partitions. The shared topic first, waiting for it to exist.
+            let mut assigned: HashMap<String, Vec<i32>> = HashMap::new();
             if let Some(wanted) = &manual {
-                let assigned = assign_manually(&consumer, &intake, &topic, wanted, &shutdown);
-                connected_flag.store(assigned, Ordering::Relaxed);
+                while !shutdown.is_requested() {
+                    if let Some(streams) = assign_topic(&consumer, &intake, &topics, &topic, wanted)
+                    {
+                        assigned.insert(topic.clone(), streams);
+                        connected_flag.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
             }
+            let mut topics_version = topics.version();
+            let mut last_topics_check = Instant::now();
+            // The stream partition numbers of the topic of the last message
+            // (a topic's numbers never change while the process runs).
+            let mut base_of: (String, Option<i32>) = (String::new(), None);
             let cut_all = || {
                 let chunks: Vec<(i32, RawChunk)> = pending
                     .lock()
@@ -466,12 +516,70 @@ pub fn start(
                         .is_ok();
                     connected_flag.store(ok, Ordering::Relaxed);
                 }
+                // A hospital onboarded with a topic of its own (or retired):
+                // read it from now on (or let it go).
+                let version = topics.version();
+                let recheck = manual.is_some()
+                    && last_topics_check.elapsed() > Duration::from_secs(2)
+                    && topics.names().len() != assigned.len();
+                if version != topics_version || recheck {
+                    topics_version = version;
+                    last_topics_check = Instant::now();
+                    match &manual {
+                        None => {
+                            if let Err(e) = subscribe(&consumer, &topics) {
+                                tracing::error!(error = %e, "subscribing to the topics read");
+                            }
+                        }
+                        Some(wanted) => {
+                            let reading = topics.reading();
+                            for t in &reading {
+                                if assigned.contains_key(&t.name) {
+                                    continue;
+                                }
+                                let wanted: &[i32] = if t.name == topic { wanted } else { &[] };
+                                if let Some(streams) =
+                                    assign_topic(&consumer, &intake, &topics, &t.name, wanted)
+                                {
+                                    assigned.insert(t.name.clone(), streams);
+                                }
+                            }
+                            let gone: Vec<String> = assigned
+                                .keys()
+                                .filter(|name| !reading.iter().any(|t| &t.name == *name))
+                                .cloned()
+                                .collect();
+                            for name in gone {
+                                let streams = assigned.remove(&name).unwrap_or_default();
+                                hand_over(&consumer, &intake, &topics, &pending, &decode_tx, &streams);
+                                let kafka_partitions: Vec<i32> = streams
+                                    .iter()
+                                    .filter_map(|&s| topics.kafka_partition(s).map(|(_, p)| p))
+                                    .collect();
+                                unassign_topic(&consumer, &name, &kafka_partitions);
+                                let _ = intake.pipeline().send(Input::Revoke(streams));
+                                tracing::info!(topic = %name, "no longer reading the topic");
+                            }
+                        }
+                    }
+                }
                 let wait = max_delay
                     .saturating_sub(last_flush.elapsed())
                     .max(Duration::from_millis(1));
                 match consumer.poll(wait) {
                     Some(Ok(msg)) => {
-                        let partition = msg.partition();
+                        if base_of.0 != msg.topic() {
+                            base_of = (
+                                msg.topic().to_string(),
+                                topics.stream_partition(msg.topic(), 0),
+                            );
+                        }
+                        let (Some(base), true) =
+                            (base_of.1, (0..PARTITIONS_PER_TOPIC).contains(&msg.partition()))
+                        else {
+                            continue;
+                        };
+                        let partition = base + msg.partition();
                         let full = {
                             let mut pending = pending.lock().expect("pending lock");
                             let chunk = pending.entry(partition).or_default();
@@ -519,7 +627,7 @@ pub fn start(
                         .collect();
                     for partition in partitions {
                         if let Some(cap) = intake.gate().committable(partition) {
-                            store_offset(&consumer, &topic, partition, cap);
+                            store_offset(&consumer, &topics, partition, cap);
                         }
                     }
                 }
@@ -539,7 +647,7 @@ pub fn start(
             settle_and_commit(
                 &consumer,
                 &intake,
-                &topic,
+                &topics,
                 &partitions,
                 Duration::from_secs(2),
             );
@@ -560,7 +668,7 @@ pub fn start(
 /// The decode thread: raw chunks to Arrow batches and dead letters, handed
 /// to the intake in the order read.
 struct Decoder {
-    topic: String,
+    topics: Topics,
     max_rows: usize,
     intake: Intake,
 }
@@ -575,7 +683,15 @@ impl Decoder {
                     let now = chrono::Utc::now().timestamp_millis();
                     let bounds = self.intake.time_bounds();
                     let decoder = decoders.entry(partition).or_insert_with(|| {
-                        VitalsDecoder::new(self.max_rows).with_time_bounds(bounds, now)
+                        // A hospital's own topic carries only its events.
+                        let own = self
+                            .topics
+                            .kafka_partition(partition)
+                            .and_then(|(t, _)| t.hospital)
+                            .map(Arc::from);
+                        VitalsDecoder::new(self.max_rows)
+                            .with_time_bounds(bounds, now)
+                            .with_own_hospital(own)
                     });
                     decoder.set_now(now);
                     self.decode(partition, &chunk, decoder);
@@ -616,6 +732,10 @@ impl Decoder {
         decoder: &mut VitalsDecoder,
     ) {
         let (first, last) = (chunk.offsets[range.start], chunk.offsets[range.end - 1]);
+        let (topic, kafka_partition) = self
+            .topics
+            .kafka_partition(partition)
+            .map_or_else(|| ("?".to_string(), partition), |(t, p)| (t.name, p));
         let mut letters = Vec::new();
         for i in range {
             let payload = chunk.payload(i);
@@ -625,7 +745,7 @@ impl Decoder {
                     key: chunk.key(i).map(<[u8]>::to_vec),
                     payload: payload.to_vec(),
                     reason: rejection.reason,
-                    origin: format!("kafka:{}/{partition}@{offset}", self.topic),
+                    origin: format!("kafka:{topic}/{kafka_partition}@{offset}"),
                     source: Some((partition, offset)),
                 });
             }
@@ -641,19 +761,33 @@ impl Decoder {
     }
 }
 
+/// Stores `offset` + 1 of a stream partition for the next commit.
 fn store_offset<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
-    topic: &str,
+    topics: &Topics,
     partition: i32,
     offset: i64,
 ) {
+    let Some((topic, kafka_partition)) = topics.kafka_partition(partition) else {
+        return;
+    };
     let mut tpl = TopicPartitionList::new();
     if tpl
-        .add_partition_offset(topic, partition, Offset::Offset(offset + 1))
+        .add_partition_offset(&topic.name, kafka_partition, Offset::Offset(offset + 1))
         .is_ok()
     {
         if let Err(e) = consumer.store_offsets(&tpl) {
             tracing::debug!(error = %e, partition, "storing offset");
         }
     }
+}
+
+/// Subscribes the group member to every topic read (replacing the last
+/// subscription: a rebalance follows).
+fn subscribe<C: ConsumerContext>(consumer: &BaseConsumer<C>, topics: &Topics) -> Result<()> {
+    let names = topics.names();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&names)
+        .with_context(|| format!("subscribing to {}", names.join(", ")))
 }

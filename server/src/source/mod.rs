@@ -5,3 +5,4 @@
 pub mod decode;
 pub mod ingest;
 pub mod kafka;
+pub mod topics;

@@ -163,6 +163,10 @@ pub struct ExplanationView {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     #[schema(default = false)]
     pub late: bool,
+    /// Set on a signal-loss rule's "cleared" alert (readings came back):
+    /// the id of the alert it clears.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clears: Option<String>,
 }
 
 impl From<sql_rules::Explanation> for ExplanationView {
@@ -177,6 +181,7 @@ impl From<sql_rules::Explanation> for ExplanationView {
             suppressed_by: e.suppressed_by,
             escalated_from: e.escalated_from,
             late: e.late,
+            clears: e.clears,
         }
     }
 }

@@ -17,8 +17,10 @@ pub struct CreateHospitalRequest {
     /// IANA time zone, e.g. `Europe/Amsterdam`.
     pub time_zone: String,
     /// Where its events come from. Absent or the server's vitals topic:
-    /// the shared topic, events carrying this `hospital_id`. A topic of its
-    /// own is not supported yet (400).
+    /// the shared topic, events carrying this `hospital_id`. Another name: a
+    /// Kafka topic of its own (it may not exist yet), read from the moment
+    /// of onboarding, without a restart. Its events need no `hospital_id`
+    /// (they get this one); one naming another hospital is a dead letter.
     #[serde(default)]
     pub topic: Option<String>,
     /// Rule templates (`GET /api/rule-templates`) to start it with: each
@@ -48,8 +50,12 @@ pub struct HospitalView {
     pub created_at_ms: i64,
     pub created_by: String,
     pub updated_at_ms: i64,
-    /// Set once retired: its onboarding rules are deactivated.
+    /// Set once retired: its onboarding rules are deactivated (and its own
+    /// topic no longer read).
     pub retired_at_ms: Option<i64>,
+    /// Its own Kafka topic; null when its events come on the shared one.
+    #[schema(required)]
+    pub topic: Option<String>,
 }
 
 impl From<HospitalRecord> for HospitalView {
@@ -63,6 +69,7 @@ impl From<HospitalRecord> for HospitalView {
             created_by: h.created_by,
             updated_at_ms: h.updated_at_ms,
             retired_at_ms: h.retired_at_ms,
+            topic: h.topic.map(|t| t.name),
         }
     }
 }

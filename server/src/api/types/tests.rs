@@ -194,6 +194,7 @@ fn census(
         suppressed_by: _,
         escalated_from: _,
         late: _,
+        clears: _,
     } = explanation;
     let sql_rules::Escalation {
         column: _,

@@ -44,6 +44,12 @@ pub struct Explanation {
     /// JSON when false, so alerts written before it read back unchanged.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub late: bool,
+    /// Set on a signal-loss *clear*: the id of the alert whose silence the
+    /// key's returning readings end (a SESSION rule without HAVING; see
+    /// the README's "Signal loss"). Absent from JSON otherwise, so alerts
+    /// written before it read back unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clears: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

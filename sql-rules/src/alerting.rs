@@ -270,10 +270,64 @@ impl AlertMaker {
                 suppressed_by,
                 escalated_from,
                 late: false,
+                clears: None,
             },
         }
     }
 }
+
+impl AlertMaker {
+    /// The clear of a fired signal-loss alert whose key's readings
+    /// returned at `returned_ms` (see [`crate::window::clears`]): same rule
+    /// and key, the cleared alert's values and hospital, severity `info`,
+    /// an id derived from the cleared alert's, the returning reading's
+    /// event time.
+    pub fn clear(
+        &self,
+        spec: &RuleSpec,
+        counters: &mut RuleStats,
+        cleared: crate::window::clears::Pending,
+        returned_ms: i64,
+        processing_time_ms: i64,
+    ) -> Alert {
+        let key_text = Value::Object(cleared.key.clone()).to_string();
+        let discriminator = format!("clears={}", cleared.alert_id);
+        counters.alerts_fired += 1;
+        Alert {
+            id: alert_id_for_key_text(&spec.id, spec.version, &key_text, &discriminator),
+            rule_id: spec.id.clone(),
+            rule_version: spec.version,
+            rule_name: spec.name.clone(),
+            severity: CLEAR_SEVERITY.into(),
+            status: AlertStatus::Fired,
+            key: cleared.key,
+            hospital_id: cleared.hospital_id,
+            window_start_ms: None,
+            window_end_ms: None,
+            values: cleared.values,
+            event_time_ms: returned_ms,
+            fired_at_ms: processing_time_ms,
+            explanation: Explanation {
+                condition: CLEAR_CONDITION.into(),
+                event_count: 1,
+                first_event_ms: returned_ms,
+                last_event_ms: returned_ms,
+                first_sequence_number: None,
+                last_sequence_number: None,
+                suppressed_by: None,
+                escalated_from: None,
+                late: false,
+                clears: Some(cleared.alert_id),
+            },
+        }
+    }
+}
+
+/// Severity of a signal-loss clear: news, not a page.
+pub const CLEAR_SEVERITY: &str = "info";
+
+/// The explanation's condition of a signal-loss clear.
+pub const CLEAR_CONDITION: &str = "readings returned";
 
 /// Splits one output row into the alert's key and values.
 pub(crate) fn split_row(

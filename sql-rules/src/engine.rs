@@ -30,6 +30,9 @@
 //!   [`RuleStats::suspension`]) while the others keep running, until a new
 //!   version of it is upserted (see [`crate::budget`]).
 //!
+//! * Signal loss: a SESSION rule without HAVING alerts once per closed
+//!   session; when the key's readings return, the fired alert is cleared
+//!   by one alert with `explanation.clears` (see [`crate::window::clears`]).
 //! * Patients not seen for [`Engine::set_forget_patients_after_ms`] of
 //!   event time, whose rows no rule holds any more, are forgotten: their
 //!   interned id, whereabouts and duplicate memory go (see
@@ -277,7 +280,8 @@ impl Engine {
             RuleShape::Windowed(w) => Operator::Window(
                 WindowOperator::new(Arc::new((**w).clone()))
                     .map_err(eval_err(&spec))?
-                    .with_late_alerts(self.config.late_alert_horizon_ms, &spec.compiled.output_ops),
+                    .with_late_alerts(self.config.late_alert_horizon_ms, &spec.compiled.output_ops)
+                    .with_clears(signal_loss(&spec.compiled)),
             ),
         };
         let runtime = RuleRuntime {
@@ -780,6 +784,19 @@ impl Engine {
     }
 }
 
+/// The signal-loss form: a SESSION rule without HAVING, whose every
+/// closed session is an alert ("nothing since …"). Its fired alerts are
+/// cleared when readings return (see [`crate::window::clears`]).
+fn signal_loss(rule: &CompiledRule) -> bool {
+    matches!(
+        rule.window(),
+        Some(crate::compile::WindowSpec::Session { .. })
+    ) && !rule
+        .output_ops
+        .iter()
+        .any(|op| matches!(op, crate::compile::RowOp::Filter(_)))
+}
+
 fn eval_err(rule: &RuleSpec) -> impl Fn(datafusion::error::DataFusionError) -> EngineError + '_ {
     move |source| EngineError::Evaluation {
         rule: format!("{} v{}", rule.id, rule.version),
@@ -860,6 +877,36 @@ impl RuleRuntime {
             Operator::PerEvent | Operator::Suspended => i64::MAX,
             Operator::Window(op) => op.fired_through().saturating_sub(op.reach_ms()),
         }
+    }
+
+    /// The session operator, if this rule clears signal loss.
+    fn sessions(&mut self) -> Option<&mut crate::window::session::SessionOperator> {
+        match &mut self.operator {
+            Operator::Window(op) => op.clearing_sessions(),
+            Operator::PerEvent | Operator::Suspended => None,
+        }
+    }
+
+    /// Emits the clear of a signal-loss alert whose key's readings
+    /// returned at `returned_ms`. Not through cooldown (a return is news
+    /// however soon it comes) nor the alert budget (at most one per alert
+    /// that was counted).
+    fn clear(
+        &mut self,
+        pending: crate::window::clears::Pending,
+        returned_ms: i64,
+        at: Moment,
+        out: &mut EngineOutput,
+    ) {
+        let spec = Arc::clone(&self.spec);
+        let alert = self.alerting.clear(
+            &spec,
+            &mut self.stats,
+            pending,
+            returned_ms,
+            at.processing_ms,
+        );
+        out.alerts.push(alert);
     }
 
     /// Bytes of state this rule holds: its window operator's, plus an
@@ -1054,6 +1101,15 @@ impl RuleRuntime {
         op.fire(watermark, &mut closed, index)
             .map_err(eval_err(&spec))?;
         self.emit_windows(closed, false, at, budgets, index, out)?;
+        // Returns the watermark reached whose session is still open.
+        if let Operator::Window(op) = &mut self.operator {
+            if let Some(sessions) = op.clearing_sessions() {
+                for pending in sessions.due_clears(watermark) {
+                    let returned = pending.returned_ms.unwrap_or(watermark);
+                    self.clear(pending, returned, at, out);
+                }
+            }
+        }
         // After the windows up to `watermark` have alerted: later alerts
         // are for windows ending after it, or late ones within the horizon.
         self.alerting.prune(spec.cooldown_ms, watermark);
@@ -1125,8 +1181,31 @@ impl RuleRuntime {
                     processing_time_ms,
                     hospital_id,
                 };
+                // Signal loss: this session is the return of the key's last
+                // silence that alerted (clear it first), and its own alert
+                // waits for the next return if it fires.
+                let clearing = window
+                    .session_key
+                    .as_ref()
+                    .and_then(|key| self.sessions()?.take_pending(key));
+                if let Some(pending) = clearing {
+                    self.clear(pending, window.start_ms, at, out);
+                }
                 let mut alert = self.alerting.make(&spec, &mut self.stats, row);
                 alert.explanation.late = window.late;
+                if let (Some(key), AlertStatus::Fired) = (&window.session_key, alert.status) {
+                    let pending = crate::window::clears::Pending {
+                        alert_id: alert.id.clone(),
+                        key: alert.key.clone(),
+                        values: alert.values.clone(),
+                        hospital_id: alert.hospital_id.clone(),
+                        silent_from_ms: window.end_ms,
+                        returned_ms: None,
+                    };
+                    if let Some(sessions) = self.sessions() {
+                        sessions.hold_pending(key.clone(), pending);
+                    }
+                }
                 self.emit(alert, window.end_ms, at, budgets, out)?;
             }
             if !early && spec.compiled.emit_early {

@@ -240,11 +240,14 @@ fn forgetting_bounds_the_patients_held_and_changes_no_alert() {
         distinct.len()
     );
     assert!(forgetting.forgotten as usize >= distinct.len() - forgetting.max_held);
-    // The ward is the same size at both points: forgetting, the state is
-    // too; keeping, it grows with every id ever seen.
-    let growth = |r: &Run| r.end_bytes as f64 / r.mid_bytes as f64;
+    // The ward is the same size at both points, and what keeping adds is
+    // every id seen in between (with its whereabouts and duplicate
+    // memory). Forgetting gives most of that back; what remains is rule
+    // state of its own (signal-loss alerts waiting a day for a return,
+    // keyed by the id's text).
+    let growth = |r: &Run| r.end_bytes as f64 - r.mid_bytes as f64;
     assert!(
-        growth(&forgetting) < 1.2 && growth(&kept) > 1.4,
+        growth(&forgetting) * 2.0 < growth(&kept),
         "state bytes from halfway to the end: forgetting {} -> {}, keeping {} -> {}",
         forgetting.mid_bytes,
         forgetting.end_bytes,

@@ -138,6 +138,11 @@ fn each_kind_of_rule_gives_its_alerts_the_hospital_of_their_events() {
         // after it (the late H1 reading at 19.9 s is not aggregated).
         row("episode", "M", 1_000, Some("H1")),
         row("episode", "M", 11_000, Some("H1")),
+        // Without HAVING it is the signal-loss form: readings that pass
+        // WHERE again clear each episode's alert, at the first of them,
+        // with the hospital of the alert cleared.
+        row("episode", "M", 11_000, Some("H1")),
+        row("episode", "M", 20_000, Some("H1")),
         row("episode", "M", 20_000, Some("H2")),
         row("episode", "N", 1_700, None),
         row("episode", "S", 1_500, Some("H3")),

@@ -9,6 +9,7 @@
 //! windows are kept for a late horizon so that late data can still alert
 //! (`panes::late`; sessions only count late events).
 
+pub mod clears;
 pub mod panes;
 pub mod session;
 pub mod watermark;
@@ -150,6 +151,9 @@ pub struct ClosedWindow {
     /// turned from no alert into an alert (see [`panes`]' `late` module);
     /// only those groups are in `rows`.
     pub late: bool,
+    /// A session of a rule that clears signal loss: its key in row format
+    /// (see [`clears`]).
+    pub session_key: Option<clears::KeyBytes>,
 }
 
 /// The window operator a rule runs: panes (TUMBLE, HOP) or sessions.
@@ -185,6 +189,23 @@ impl WindowOperator {
             p.keep_closed_windows(horizon_ms, output_ops);
         }
         self
+    }
+
+    /// A SESSION rule without HAVING (signal loss) clears the alerts of
+    /// silent sessions when readings return (see [`clears`]).
+    pub fn with_clears(self, on: bool) -> Self {
+        match self {
+            WindowOperator::Session(s) if on => WindowOperator::Session(s.with_clears()),
+            other => other,
+        }
+    }
+
+    /// The session operator, if this rule clears signal loss.
+    pub fn clearing_sessions(&mut self) -> Option<&mut session::SessionOperator> {
+        match self {
+            WindowOperator::Session(s) if s.clears_enabled() => Some(s),
+            _ => None,
+        }
     }
 
     /// Holds late rows (already counted late by the caller) for the closed

@@ -18,11 +18,10 @@ use arrow::datatypes::TimestampMillisecondType;
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, SortField};
 
-/// A group key in arrow's row format (comparable bytes).
-type KeyBytes = Box<[u8]>;
 use datafusion::common::Result;
 use datafusion::logical_expr::EmitTo;
 
+use super::clears::{Clears, KeyBytes, Pending};
 use super::panes::new_accumulator;
 use super::{ClosedWindow, GroupStats};
 use crate::compile::plan::Windowed;
@@ -49,6 +48,10 @@ pub struct SessionOperator {
     /// Input rows of open sessions.
     buffered: Vec<RecordBatch>,
     fired_through: i64,
+    /// Signal loss (a rule without HAVING): fired alerts waiting for their
+    /// key's readings to return (see [`super::clears`]). Boxed: most
+    /// session rules have none.
+    clears: Option<Box<Clears>>,
 }
 
 impl SessionOperator {
@@ -66,7 +69,8 @@ impl SessionOperator {
                 std::mem::size_of_val(k) + k.len() + v.capacity() * std::mem::size_of::<Session>()
             })
             .sum();
-        rows + sessions + self.ends.len() * 32
+        let clears = self.clears.as_ref().map_or(0, |c| c.state_bytes());
+        rows + sessions + self.ends.len() * 32 + clears
     }
 
     pub fn new(plan: Arc<Windowed>) -> Result<Self> {
@@ -87,7 +91,44 @@ impl SessionOperator {
             ends: BTreeMap::new(),
             buffered: Vec::new(),
             fired_through: i64::MIN,
+            clears: None,
         })
+    }
+
+    /// Clears the alerts of silent sessions when readings return (see
+    /// [`super::clears`]): for a rule without HAVING.
+    pub fn with_clears(mut self) -> Self {
+        self.clears = Some(Box::new(Clears::new()));
+        self
+    }
+
+    pub fn clears_enabled(&self) -> bool {
+        self.clears.is_some()
+    }
+
+    /// The alert `key` (a closed session's, see [`ClosedWindow::session_key`])
+    /// was waiting on, no longer waited on.
+    pub fn take_pending(&mut self, key: &[u8]) -> Option<Pending> {
+        self.clears.as_mut()?.take(key)
+    }
+
+    /// `key`'s closed session fired `pending`: wait for its readings.
+    pub fn hold_pending(&mut self, key: KeyBytes, pending: Pending) {
+        let first_open = self
+            .sessions
+            .get(&key)
+            .and_then(|l| l.iter().find(|s| s.start >= pending.silent_from_ms))
+            .map(|s| s.start);
+        if let Some(c) = &mut self.clears {
+            c.hold(key, pending, first_open);
+        }
+    }
+
+    /// Waiting alerts whose first returning reading `watermark` reached.
+    pub fn due_clears(&mut self, watermark: i64) -> Vec<Pending> {
+        self.clears
+            .as_mut()
+            .map_or_else(Vec::new, |c| c.due(watermark))
     }
 
     pub fn fired_through(&self) -> i64 {
@@ -153,6 +194,13 @@ impl SessionOperator {
             });
             let pos = list.partition_point(|s| s.start < merged.start);
             list.insert(pos, merged);
+            if merged.start == t {
+                // The earliest reading of a session is always its start when
+                // it arrives, whatever the order: the return, if one.
+                if let Some(c) = &mut self.clears {
+                    c.saw_start(key.as_ref(), t);
+                }
+            }
             for e in removed_ends {
                 self.remove_end(e);
             }
@@ -265,13 +313,15 @@ impl SessionOperator {
         let starts: Vec<i64> = closed.iter().map(|(_, s)| s.start).collect();
         let window_ends: Vec<i64> = closed.iter().map(|(_, s)| s.last + gap).collect();
         let rows = self.output_batch(&starts, &window_ends, keys, values)?;
-        for i in 0..n {
+        let keep_keys = self.clears.is_some();
+        for (i, (key, _)) in closed.into_iter().enumerate() {
             out.push(ClosedWindow {
                 start_ms: starts[i],
                 end_ms: window_ends[i],
                 rows: rows.slice(i, 1),
                 stats: vec![stats[i]],
                 late: false,
+                session_key: keep_keys.then_some(key),
             });
         }
         Ok(())
@@ -290,7 +340,33 @@ impl SessionOperator {
             self.buffered = vec![all.clone()];
             Some(blobs.push(&all)?)
         };
-        Ok(serde_json::json!({"fired_through": self.fired_through, "rows": blob}))
+        let clears = match &self.clears {
+            Some(c) if c.len() > 0 => {
+                let (keys, rest) = c.snapshot()?;
+                let parser = self.converter.parser();
+                let keys = self
+                    .converter
+                    .convert_rows(keys.into_iter().map(|k| parser.parse(k)))?;
+                let mut columns = keys;
+                columns.extend(rest.columns().iter().cloned());
+                let fields: Vec<arrow::datatypes::Field> = columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        arrow::datatypes::Field::new(format!("c{i}"), c.data_type().clone(), true)
+                    })
+                    .collect();
+                let batch =
+                    RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)?;
+                Some(blobs.push(&batch)?)
+            }
+            _ => None,
+        };
+        Ok(serde_json::json!({
+            "fired_through": self.fired_through,
+            "rows": blob,
+            "clears": clears,
+        }))
     }
 
     pub fn restore(
@@ -301,6 +377,24 @@ impl SessionOperator {
         self.sessions.clear();
         self.ends.clear();
         self.buffered.clear();
+        // Before the rows, so re-inserting them notes the returns again.
+        // Absent from snapshots taken before clears.
+        if let Some(clears) = &mut self.clears {
+            **clears = Clears::new();
+        }
+        if let (Some(clears), Some(blob)) = (&mut self.clears, header["clears"].as_u64()) {
+            let batch = blobs.get(blob as usize)?;
+            let n = self.plan.key_exprs.len();
+            if batch.num_columns() < n {
+                return Err(EngineError::Restore(
+                    "signal-loss clears: fewer columns than the rule's keys".into(),
+                ));
+            }
+            let rows = self.converter.convert_columns(&batch.columns()[..n])?;
+            let keys = rows.iter().map(|r| r.as_ref().into()).collect();
+            let rest = batch.project(&(n..batch.num_columns()).collect::<Vec<_>>())?;
+            clears.restore(keys, &rest)?;
+        }
         if let Some(blob) = header["rows"].as_u64() {
             let rows = blobs.get(blob as usize)?;
             let ts = rows

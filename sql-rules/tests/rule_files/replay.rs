@@ -101,8 +101,11 @@ fn batch(events: &[Event]) -> RecordBatch {
 }
 
 /// The alert's fields: rule, patient, window, status, severity, the rule's
-/// output values, any other group key columns, then the hospital.
-pub fn render(a: &Alert) -> Rendered {
+/// output values, any other group key columns, then the hospital. A
+/// signal-loss clear names the alert it clears by that alert's window
+/// (`clears`, looked up in `windows`: alert id → window) and the returning
+/// reading's time (`at`).
+pub fn render(a: &Alert, windows: &std::collections::HashMap<String, String>) -> Rendered {
     let text = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -125,6 +128,14 @@ pub fn render(a: &Alert) -> Rendered {
     // A late alert (explanation.late) says so; `late=true` pins it.
     if a.explanation.late {
         f.push(("late".to_string(), "true".to_string()));
+    }
+    if let Some(cleared) = &a.explanation.clears {
+        let window = windows.get(cleared).cloned();
+        f.push((
+            "clears".to_string(),
+            window.unwrap_or_else(|| format!("unknown alert {cleared}")),
+        ));
+        f.push(("at".to_string(), a.event_time_ms.to_string()));
     }
     for (k, v) in &a.values {
         f.push((k.clone(), text(v)));
@@ -275,6 +286,8 @@ pub fn run(steps: &[Step], one_event_batches: bool) -> Outcome {
         .collect();
     engine.assign_partitions(&partitions, 0);
     let mut now = 0;
+    // Alert id → window, for the alerts a clear names.
+    let mut windows = std::collections::HashMap::new();
     let problem = |line: Option<usize>, message: String| Problem { line, message };
     for step in steps {
         let result = match step {
@@ -399,7 +412,14 @@ pub fn run(steps: &[Step], one_event_batches: bool) -> Outcome {
             }
         };
         match result {
-            Ok(alerts) => out.alerts.extend(alerts.iter().map(render)),
+            Ok(alerts) => {
+                for a in &alerts {
+                    if let (Some(s), Some(e)) = (a.window_start_ms, a.window_end_ms) {
+                        windows.insert(a.id.clone(), format!("{s}..{e}"));
+                    }
+                    out.alerts.push(render(a, &windows));
+                }
+            }
             Err(message) => {
                 // The engine refused a step: later steps would only report
                 // consequences of it.

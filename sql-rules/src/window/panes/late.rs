@@ -320,6 +320,7 @@ impl PaneOperator {
                 rows,
                 stats,
                 late: true,
+                session_key: None,
             });
         }
         Ok(())

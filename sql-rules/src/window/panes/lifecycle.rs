@@ -55,6 +55,7 @@ impl PaneOperator {
             rows,
             stats,
             late: false,
+            session_key: None,
         }))
     }
 
@@ -135,6 +136,7 @@ impl PaneOperator {
                 rows,
                 stats,
                 late: false,
+                session_key: None,
             });
         }
         // Drop windows kept for late alerts once past the horizon.

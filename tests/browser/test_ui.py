@@ -22,8 +22,8 @@ and its diff), deactivating with a reason and reactivating, a rule's tuning
 chart, a patient's vitals around an alert, the audit desk (saved queries,
 the audit log, replay audits, dead letters), acknowledging an alert (it
 leaves the worklist for the acknowledged view), a rule the engine suspends,
-contrast, and finally the server is killed and the connection indicator
-must turn stale.
+contrast, the page without /vendor.js (plain SQL field, no charts), and
+finally the server is killed and the connection indicator must turn stale.
 
 `serve --demo --auth`, with a viewer and an admin key made by `wardwatch
 api-key create` first: the sign-in panel and nothing else before signing in,
@@ -931,6 +931,29 @@ def check_audit_desk(page, server):
           f" in the range); its run is audit record {run['seq']}")
 
 
+def check_without_vendor(browser, server):
+    """If /vendor.js cannot be loaded (a proxy stripping it, an old cache),
+    the page still works: the plain SQL field, checked as typed, and no
+    charts rather than broken ones."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.route("**/vendor.js", lambda route: route.abort())
+    page.goto(server.base + "/")
+    wait_until("rows", lambda: rows(page))
+    assert page.is_visible("#rule-sql") and page.is_hidden("#rule-sql-editor")
+    assert not page.query_selector(".tuning-toggle") and not page.query_selector(".trend-link")
+    sql = "SELECT patient_id\nFROM vitals WHERE heart_rate_bmp > 1"
+    page.fill("#rule-sql", sql)
+    _, answer = server.request("POST", "/api/rules/validate", {"sql": sql})
+    err = answer["error"]
+    wait_until("the error as text", lambda: page.get_attribute("#rule-sql", "aria-invalid") == "true"
+               and page.text_content("#rule-error") == f"line {err['line']}, column {err['column']}: {err['message']}")
+    assert not errors, errors
+    page.close()
+    print("  without vendor.js: the plain SQL field, checked as typed; no charts")
+
+
 def shoot(page, name, selector=None):
     """Screenshots at both sizes (WARDWATCH_SCREENSHOTS), `selector` in view."""
     if not SHOTS:
@@ -1323,6 +1346,7 @@ def run_auth_off(browser, work):
         check_tablet(page, server)
         check_keyboard(page, server)
         check_csp(page, server, csp_console)
+        check_without_vendor(page.context.browser, server)
         assert not page_errors, f"uncaught errors: {page_errors}"
         # The one refusal check_acknowledge provokes is logged by the browser too.
         refused = [m for m in console_errors if re.search(r"status of 400 .*/api/alerts/\w+/ack\]$", m)]

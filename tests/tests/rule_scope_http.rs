@@ -252,6 +252,42 @@ async fn a_caller_limited_to_a_hospital_sees_its_and_global_rules_and_changes_on
     let viewer = idp.sign(&claims("viewer", "Viewer", &["viewer"]));
     let (_, _, text) = call(&server, Method::GET, "/api/rules", Some(&viewer), None).await;
     assert!(text.contains(&h1) && text.contains(&canary), "{text}");
+    // Once the engine has counted, the unlimited viewer sees every rule's
+    // counters; the limited one not a global rule's (they count every
+    // hospital's events).
+    post_readings(&server, &admin_key, &[("P-h1", "h1"), ("P-h2", "h2")]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, _, text) = call(&server, Method::GET, "/api/rules", Some(&viewer), None).await;
+        let list: Value = serde_json::from_str(&text).unwrap();
+        let counted = list["rules"].as_array().unwrap().iter().all(|r| {
+            r["stats"]["events_matched"]
+                .as_u64()
+                .is_some_and(|n| n > 0)
+        });
+        if counted {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no counters: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, _, text) = call(&server, Method::GET, "/api/rules", Some(&viewer_h2), None).await;
+    let list: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(list["rules"][0]["id"], canary.as_str());
+    assert_eq!(list["rules"][0]["stats"], Value::Null, "{text}");
+    assert_eq!(list["rules"][0]["state"], "active", "{text}");
+    let (_, _, text) = call(
+        &server,
+        Method::GET,
+        &format!("/api/rules/{canary}"),
+        Some(&viewer_h2),
+        None,
+    )
+    .await;
+    let detail: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(detail["id"], canary.as_str(), "{text}");
+    assert!(detail.as_object().unwrap().contains_key("stats"), "{text}");
+    assert_eq!(detail["stats"], Value::Null, "{text}");
 
     // Global rules are read-only to limited authors; another hospital's
     // rule is not there for them.

@@ -57,6 +57,17 @@ fn rule_view(state: &SharedState, rule: Rule) -> RuleView {
     RuleView::new(rule, stats, health, window, now_ms())
 }
 
+/// [`rule_view`] as `caller` may see it: a global rule's counters count
+/// every hospital's events, so a caller limited to hospitals gets its state
+/// but not its counters.
+fn rule_view_for(state: &SharedState, caller: &Principal, rule: Rule) -> RuleView {
+    let mut view = rule_view(state, rule);
+    if caller.hospitals.is_some() && view.hospital_id.is_none() {
+        view.stats = None;
+    }
+    view
+}
+
 /// Compiles rule SQL within the configured `[limits]`, scoped to
 /// `hospital` (`None`: a global rule).
 pub fn compile(
@@ -165,7 +176,7 @@ pub async fn list(
         .await
         .into_iter()
         .filter(|r| may_see(&caller, r.current.hospital()))
-        .map(|r| rule_view(&state, r))
+        .map(|r| rule_view_for(&state, &caller, r))
         .collect();
     Json(RuleList { rules })
 }
@@ -206,7 +217,7 @@ pub async fn get_one(
             history.push(version.into());
         }
     }
-    let rule = rule_view(&state, rule);
+    let rule = rule_view_for(&state, &caller, rule);
     Ok(Json(RuleDetail { rule, history }))
 }
 

@@ -172,7 +172,9 @@ pub struct RuleView {
     pub created_at_ms: i64,
     /// When the rule was last edited, activated or deactivated (Unix ms).
     pub updated_at_ms: i64,
-    /// The engine's counters for the running version; null when not running.
+    /// The engine's counters for the running version; null when not
+    /// running, and for a global rule shown to a caller limited to hospitals
+    /// (they count every hospital's events).
     #[schema(required)]
     pub stats: Option<RuleStatsView>,
     /// What an operator needs first: is it running, and is it healthy?

@@ -1583,6 +1583,7 @@
     items.push(["Rule version", a.rule_id + " v" + a.rule_version]);
     if (x.suppressed_by) items.push(["Suppressed by", x.suppressed_by]);
     if (x.escalated_from) items.push(["Escalates", x.escalated_from]);
+    if (x.clears) items.push(["Clears", "alert " + x.clears + " (the readings came back)"]);
     if (x.late) items.push(["Late", "decided by events after the window's allowed lateness"]);
     items.push(["Alert id", a.id]);
     var dl = el("dl", { className: "explanation" });
@@ -1651,6 +1652,30 @@
         var a = alertById(id);
         if (old && a) old.replaceWith(repeatsTag(a));
       });
+    } catch (e) { /* the connection state shows an outage */ }
+  }
+
+  // Acknowledged elsewhere (another nurse, another screen): the live feed
+  // carries new alerts only, so every POLL_MS the newest acknowledged alerts
+  // for the same filters are asked for, and those still listed leave the
+  // unacknowledged worklist.
+  async function refreshAcked() {
+    var f = currentFilters();
+    if (f.acknowledged !== "false" || !alerts.length || !synced) return;
+    var mine = epoch, seq = loadSeq;
+    try {
+      var r = await fetchJson("/api/alerts" + queryString(Object.assign({}, f, { acknowledged: "true" }), { limit: MAX_ALERTS }));
+      if (!r.ok || mine !== epoch || seq !== loadSeq || currentFilters().acknowledged !== "false") return;
+      var gone = ((r.body && r.body.alerts) || []).filter(function (a) {
+        return rowsById.has(a.id) && !(ackTarget && ackTarget.id === a.id);
+      });
+      gone.forEach(function (a) { removeAlert(a.id); });
+      if (gone.length) {
+        updateAlertCount();
+        notice(gone.length === 1
+          ? gone[0].rule_name + " for " + patientOf(gone[0]) + " was acknowledged by " + (gone[0].ack ? gone[0].ack.by : "someone") + "."
+          : gone.length + " alerts were acknowledged elsewhere.");
+      }
     } catch (e) { /* the connection state shows an outage */ }
   }
 
@@ -2691,5 +2716,6 @@
   setInterval(refreshCounters, POLL_MS);
   setInterval(whenSignedIn(refreshRules), POLL_MS);
   setInterval(whenSignedIn(refreshRepeats), POLL_MS);
+  setInterval(whenSignedIn(refreshAcked), POLL_MS);
   setInterval(whenSignedIn(refreshOps), POLL_MS);
 })();

@@ -361,6 +361,17 @@ def check_acknowledge(page, server):
     rs = wait_until("the acknowledged rows", lambda: (lambda rs: len(rs) >= len(acked) and rs)(rows(page)))
     assert all(r["acked"] for r in rs), f"unacknowledged rows in the acknowledged view: {rs}"
 
+    # Acknowledged at another screen: it leaves this worklist too, within a
+    # poll, without a reload.
+    page.select_option("#filter-ack", "false")
+    other = wait_until("another unacknowledged row", lambda: [r for r in rows(page) if r["id"] != target["id"]])[0]
+    status, _ = server.request("POST", f"/api/alerts/{other['id']}/ack", {"by": "Desk Nurse", "note": "phoned"})
+    assert status in (200, 201), status
+    t0 = time.monotonic()
+    page.wait_for_selector(f"#alert-{other['id']}", state="detached", timeout=12000)
+    elsewhere = time.monotonic() - t0
+    assert "acknowledged by Desk Nurse" in page.text_content("#live-notice"), page.text_content("#live-notice")
+
     # After a reload the worklist is unacknowledged again, without it.
     page.reload()
     wait_until("rows after reload", lambda: rows(page))
@@ -368,7 +379,8 @@ def check_acknowledge(page, server):
     assert target["id"] not in {r["id"] for r in rows(page)}, "an acknowledged alert back in the worklist"
     wait_until("the live indicator after reload", lambda: page.get_attribute("#live-status", "data-state") == "live")
     print(f"  acknowledge: {target['id']} by {name!r} recorded, left the worklist, shown in the"
-          f" acknowledged view ({len(rs)} rows, the server has {len(acked)})")
+          f" acknowledged view ({len(rs)} rows, the server has {len(acked)}); one acknowledged elsewhere"
+          f" left it {elsewhere:.1f} s later")
 
 
 def critical_reading(patient):
@@ -1163,7 +1175,9 @@ def check_viewer(page, server, key, name, api_requests):
     page.uncheck("#sound-critical")
     streams = [h for u, h in api_requests if u.startswith("/api/alerts/stream")]
     assert streams and all(h == f"Bearer {key}" for h in streams), "feed opened without the credential"
-    reloaded = [u for u, _ in api_requests[loads:] if u.startswith("/api/alerts?") and "suppressed" not in u]
+    # (The 5-second polls for repeats and for acknowledgements made elsewhere are not reloads.)
+    reloaded = [u for u, _ in api_requests[loads:] if u.startswith("/api/alerts?")
+                and "suppressed" not in u and "acknowledged=true" not in u]
     assert not reloaded, f"the list was reloaded rather than fed live: {reloaded}"
 
     # Acknowledging: the server records the signed-in name; no name field.
@@ -1181,9 +1195,9 @@ def check_viewer(page, server, key, name, api_requests):
     # Someone else was first (409): who, shown in the dialog, then on the row.
     other = f'#alerts tr.alert[data-patient="{patients[1]}"]'
     alert_id = page.get_attribute(other, "data-alert-id")
+    page.click(f"{other} button.ack-button")
     status, _ = server.request("POST", f"/api/alerts/{alert_id}/ack", {"note": "from the desk"})
     assert status in (200, 201), status
-    page.click(f"{other} button.ack-button")
     page.click("#ack-submit")
     page.wait_for_selector("#ack-error:not([hidden])")
     err = page.text_content("#ack-error")

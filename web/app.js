@@ -418,21 +418,25 @@
     $("audit-table").setAttribute("data-to", to);
     $("audit-status").textContent = "Loading…";
     $("audit-show").disabled = true;
-    var mine = epoch;
+    // Only the latest request is drawn (the table or range may change meanwhile).
+    var seq = ++auditSeq, mine = epoch;
+    var current = function () { return seq === auditSeq && mine === epoch; };
     try {
-      if (view === "dead") await showDeadLetters(from, to);
-      else await showAuditLog(view, from, to);
+      if (view === "dead") await showDeadLetters(from, to, current);
+      else await showAuditLog(view, from, to, current);
     } catch (e) {
-      if (mine !== epoch) return;
+      if (!current()) return;
       auditError(e.message);
       $("audit-status").textContent = "";
       auditTable([], []);
     } finally {
-      $("audit-show").disabled = false;
+      if (seq === auditSeq) $("audit-show").disabled = false;
     }
   }
 
-  async function showAuditLog(view, from, to) {
+  var auditSeq = 0;
+
+  async function showAuditLog(view, from, to, current) {
     var action = view === "replay" ? "replay" : $("audit-action").value;
     if (action && !AUDIT_ACTION.test(action)) throw new Error("not an action name: " + action);
     // `at` is a UTC timestamp in milliseconds; both bounds are integers made above.
@@ -440,6 +444,7 @@
       ") AND at < to_timestamp_millis(" + to + ")" + (action ? " AND action = '" + action + "'" : "") +
       " ORDER BY seq DESC LIMIT " + AUDIT_ROWS;
     var answer = await auditQuery(sql);
+    if (!current()) return;
     var rows = answer.rows || [];
     if (view === "replay") {
       auditTable(["When", "Who", "What", "Events from", "to", "Audit"], rows.map(function (r) {
@@ -487,8 +492,9 @@
 
   // The server lists the newest dead letters (no time filter): the newest
   // DEAD_LETTERS_SCAN are asked for, and those received in the range shown.
-  async function showDeadLetters(from, to) {
+  async function showDeadLetters(from, to, current) {
     var r = await fetchJson("/api/dead-letters?limit=" + DEAD_LETTERS_SCAN);
+    if (!current()) return;
     if (!r.ok) throw new Error(errorText(r.body, r.status));
     var all = (r.body && r.body.dead_letters) || [];
     var inRange = all.filter(function (d) { return d.received_at_ms >= from && d.received_at_ms < to; });
@@ -764,7 +770,9 @@
         frag.appendChild(list);
       }
       Object.keys(tuning).forEach(function (id) {
-        if (!running.some(function (x) { return x.id === id; })) delete tuning[id];
+        if (running.some(function (x) { return x.id === id; })) return;
+        if (tuning[id].chart) tuning[id].chart.destroy(); // the rule stopped: so does its chart
+        delete tuning[id];
       });
       container.replaceChildren(frag);
       refreshTuning();

@@ -890,11 +890,14 @@ def check_audit_desk(page, server):
     assert status == 200, before
     first_seq = before["rows"][0]["s"]
     page.click(f"{item} button.saved-run")
+    wait_until("the saved query's rows", lambda: page.query_selector_all("#history-rows tr")
+               and "rows in" in page.text_content("#history-status"))
+    shown = [[td.text_content() for td in tr.query_selector_all("td")] for tr in page.query_selector_all("#history-rows tr")]
+    # Asked only now, so the page's run is the first of this SQL in the audit log.
     status, answer = server.request("POST", "/api/query", {"sql": sql})
     assert status == 200, answer
     want = [[tag, r["severity"], str(r["n"])] for r in answer["rows"]]
-    wait_until("the saved query's rows", lambda: [[td.text_content() for td in tr.query_selector_all("td")]
-               for tr in page.query_selector_all("#history-rows tr")] == want)
+    assert shown == want, (shown, want)
     assert page.input_value("#history-sql") == sql
 
     # The audit log of the last hour has that run: the first history_query

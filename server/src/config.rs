@@ -128,6 +128,12 @@ pub struct Limits {
     pub max_ack_note_bytes: usize,
     /// Longest reason given when deactivating a rule, in characters.
     pub max_deactivation_reason_chars: usize,
+    /// Requests a second each caller (API key, token subject, or peer address
+    /// with failing credentials) may make past its burst; 0 = unlimited.
+    /// Only while authentication is on. Over it: 429 with `Retry-After`.
+    pub max_requests_per_second_per_caller: u32,
+    /// Requests a caller may make at once before its rate applies.
+    pub max_request_burst_per_caller: u32,
     /// History queries (`POST /api/query`) running at once; more get 503.
     pub max_concurrent_queries: usize,
     /// Replays and backtests running at once (in the foreground or as
@@ -172,6 +178,8 @@ impl Default for Limits {
             max_ack_by_chars: 200,
             max_ack_note_bytes: 4 * 1024,
             max_deactivation_reason_chars: 500,
+            max_requests_per_second_per_caller: 100,
+            max_request_burst_per_caller: 400,
             max_concurrent_queries: 4,
             max_concurrent_replays: 2,
             max_finished_replays: 16,

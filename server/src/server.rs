@@ -333,8 +333,27 @@ pub async fn run_until(
             crate::transport::effective_auth_required(&config, demo_mode),
             catalog::api_keys::ApiKeyStore::new(Arc::clone(&store), &prefix),
         )
-        .await?,
+        .await?
+        .with_rate_limits(
+            config.limits.max_requests_per_second_per_caller,
+            config.limits.max_request_burst_per_caller,
+        ),
     );
+    {
+        // Callers whose buckets are full again are forgotten: the map holds
+        // the recent ones only.
+        let auth = Arc::clone(&auth);
+        let stop = shutdown.notice();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => auth.rate.forget_idle(),
+                    _ = stop.clone().requested() => return,
+                }
+            }
+        });
+    }
     let state = Arc::new(AppState {
         auth,
         config,

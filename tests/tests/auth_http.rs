@@ -749,3 +749,84 @@ async fn with_the_hospitals_claim_required_a_token_without_it_is_refused() {
     .await;
     assert_eq!(status, 200, "{text}");
 }
+
+/// One caller flooding the API gets 429s with `Retry-After`; another caller,
+/// the health probes and alerting are not held up; failing credentials from
+/// one address are slowed the same way; the flooder is served again once
+/// its bucket refills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_over_its_request_rate_is_refused_and_others_are_not() {
+    let Setup {
+        server,
+        idp,
+        admin_key,
+    } = start_with(|c| {
+        c.limits.max_requests_per_second_per_caller = 5;
+        c.limits.max_request_burst_per_caller = 10;
+    })
+    .await;
+    let flooder = idp.sign(&claims("flooder", "Flooder", &["viewer"]));
+    let other = idp.sign(&claims("other", "Other", &["viewer"]));
+    let (mut ok, mut refused) = (0, 0);
+    for i in 0..30 {
+        let (status, headers, text) =
+            call(&server, Method::GET, "/api/rules", Some(&flooder), None).await;
+        match status.as_u16() {
+            200 => ok += 1,
+            429 => {
+                refused += 1;
+                let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+                assert!((1..=2).contains(&retry), "Retry-After {retry}");
+                assert!(
+                    text.contains("max_requests_per_second_per_caller"),
+                    "{text}"
+                );
+            }
+            s => panic!("unexpected {s}: {text}"),
+        }
+        // Others (within their own rate) and the probes are served meanwhile.
+        if i % 4 == 0 {
+            let (status, _, text) =
+                call(&server, Method::GET, "/api/rules", Some(&other), None).await;
+            assert_eq!(status, 200, "{text}");
+        }
+        let (status, _, _) = call(&server, Method::GET, "/healthz", None, None).await;
+        assert_eq!(status, 200);
+    }
+    assert!(refused >= 10, "{ok} served, {refused} refused");
+    assert!(ok >= 10, "the burst is served: {ok}");
+
+    // Guessing credentials: 401 until the address's bucket is empty, then 429.
+    let mut statuses = vec![];
+    for _ in 0..30 {
+        let (status, _, _) = call(&server, Method::GET, "/api/rules", Some("wwk_nope_nope"), None).await;
+        statuses.push(status.as_u16());
+    }
+    assert_eq!(statuses[0], 401);
+    assert!(statuses.contains(&429), "{statuses:?}");
+
+    // Alerting goes on: the admin's canary fires on a fresh reading.
+    let (status, _, text) = call(
+        &server,
+        Method::POST,
+        "/api/rules",
+        Some(&admin_key),
+        Some(json!({"name": "canary", "sql": "SELECT patient_id, heart_rate_bpm FROM vitals WHERE heart_rate_bpm > 180"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{text}");
+    post_readings(&server, &admin_key, &[("P-rate", "h1")]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, _, text) = call(&server, Method::GET, "/api/alerts?patient=P-rate", Some(&admin_key), None).await;
+        if text.contains("P-rate") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the canary never fired: {text}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The bucket refills: served again.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (status, _, text) = call(&server, Method::GET, "/api/rules", Some(&flooder), None).await;
+    assert_eq!(status, 200, "{text}");
+}

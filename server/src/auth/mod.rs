@@ -16,6 +16,7 @@
 
 pub mod api_keys;
 pub mod jwt;
+pub mod rate;
 
 use std::marker::PhantomData;
 use std::net::SocketAddr;
@@ -142,6 +143,8 @@ pub struct Authenticator {
     protect_metrics: bool,
     jwt: Option<Arc<jwt::JwtValidator>>,
     pub keys: api_keys::KeyRing,
+    /// Requests per caller (only while authentication is required).
+    pub rate: rate::CallerLimits,
 }
 
 impl Authenticator {
@@ -169,7 +172,38 @@ impl Authenticator {
             protect_metrics: config.protect_metrics,
             jwt,
             keys,
+            rate: rate::CallerLimits::off(),
         })
+    }
+
+    /// Limits each caller's requests (see [`rate`]); without required
+    /// authentication there is no caller to tell apart, and it stays off.
+    pub fn with_rate_limits(mut self, per_second: u32, burst: u32) -> Self {
+        if self.required {
+            self.rate = rate::CallerLimits::new(per_second, burst);
+        }
+        self
+    }
+
+    /// 429 when `caller` is over its request rate.
+    fn over_rate(&self, caller: &str) -> Option<Response> {
+        let wait = self.rate.check(caller).err()?;
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut response = ApiError {
+            status: axum::http::StatusCode::TOO_MANY_REQUESTS,
+            message: format!(
+                "too many requests: each caller may make {} a second \
+                 (max_requests_per_second_per_caller); retry after {seconds} s",
+                self.rate.per_second()
+            ),
+            position: None,
+        }
+        .into_response();
+        response.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from(seconds),
+        );
+        Some(response)
     }
 
     pub fn required(&self) -> bool {
@@ -244,14 +278,25 @@ pub async fn authenticate(
     if state.auth.is_public(request.uri().path()) {
         return next.run(request).await;
     }
-    let mut principal = match state.auth.authenticate(request.headers()).await {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    principal.from = request
+    let from = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip().to_string());
+    let mut principal = match state.auth.authenticate(request.headers()).await {
+        Ok(p) => p,
+        Err(e) => {
+            // Failed credentials count against the peer's address.
+            let peer = format!("peer:{}", from.as_deref().unwrap_or("unknown"));
+            return match state.auth.over_rate(&peer) {
+                Some(too_many) => too_many,
+                None => e.into_response(),
+            };
+        }
+    };
+    if let Some(too_many) = state.auth.over_rate(&principal.subject) {
+        return too_many;
+    }
+    principal.from = from;
     request.extensions_mut().insert(Arc::new(principal));
     next.run(request).await
 }

@@ -869,6 +869,19 @@ def check_trend(page, server, key=None):
     assert page.evaluate("document.activeElement.classList.contains('trend-link')"), "focus not back on the row"
     print(f"  patient trend: {target['patient']} {len(readings)} readings in 4 charts, window"
           f" {hms(ws)}–{hms(we)} shaded and named")
+    if key is not None:
+        return
+    # A per-event alert: 15 minutes either side of its moment, drawn as a line.
+    one = wait_until("a per-event alert in the worklist", lambda: [r for r in rows(page) if not r["windowStart"]], 30)[0]
+    page.click(f"#alert-{one['id']} button.trend-link")
+    page.wait_for_selector("#trend-charts[data-points]")
+    assert page.text_content("#trend-window") == f"Alert at {hms(one['time'])} (the vertical line)"
+    since, until = int(page.get_attribute("#trend-charts", "data-since")), int(page.get_attribute("#trend-charts", "data-until"))
+    # (Up to now: a reading may be dated a little ahead of the clock.)
+    assert since == one["time"] - 900000 and since < until <= one["time"] + 900000, (since, until, one)
+    page.click("#trend-close")
+    page.wait_for_selector("#trend-dialog", state="hidden")
+    print(f"  patient trend: per-event alert of {one['patient']} at {hms(one['time'])} marked by a line")
 
 
 def check_audit_desk(page, server):

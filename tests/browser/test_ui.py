@@ -762,6 +762,8 @@ def check_deactivate(page, server):
     page.click("#rules-deactivated > summary")
     text = page.text_content(f"{art} .deactivation")
     assert d["by"] in text and reason in text, text
+    ratios = page.eval_on_selector_all(f"{art} .deactivation span, {art} .deactivation q, #rules-deactivated > summary, {art} .rule-meta", CONTRAST_JS)
+    assert len(ratios) >= 3 and all(c["ratio"] >= 4.5 for c in ratios), ratios
     assert not page.query_selector(f"#rules > #rule-{rid}"), "still among the running rules"
     page.click(f"#reactivate-{rid}")
     page.wait_for_selector(f"#rules > #rule-{rid}[data-state='active']")
@@ -816,6 +818,8 @@ def check_tuning(page, server):
     assert f"{fired:,} fired, {suppressed:,} suppressed" in shown["summary"], shown["summary"]
     share = round(100 * suppressed / (fired + suppressed))
     assert f"{share}% suppressed" in shown["summary"], shown["summary"]
+    ratios = page.eval_on_selector_all(f"#tuning-{rid} .tuning-summary, #tuning-{rid} label, #tuning-{rid} .u-legend th, #tuning-{rid} summary", CONTRAST_JS)
+    assert len(ratios) >= 3 and all(c["ratio"] >= 4.5 for c in ratios), ratios
     # It stays open (and drawn) across the rules list's 5-second redraws.
     time.sleep(5.5)
     assert page.evaluate(TUNING_JS, rid)["canvas"], "the chart went with a redraw"

@@ -154,24 +154,43 @@ impl Checkpointer {
 
     /// Checkpoints every `interval` until the shutdown notice (the Kafka
     /// source takes the last one as it stops).
+    ///
+    /// A checkpoint of a large state costs the engine its snapshot and a
+    /// core its write; at most `max_overhead_percent` of the time goes to
+    /// them: the next starts no sooner than [`pause_after`] the last.
     pub fn spawn_periodic(
         self: Arc<Self>,
         interval: Duration,
+        max_overhead_percent: u64,
         stop: ShutdownNotice,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
+            let mut wait = interval;
             loop {
+                self.metrics
+                    .checkpoint_wait_micros
+                    .store(wait.as_micros() as u64, Relaxed);
                 tokio::select! {
-                    _ = tick.tick() => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = stop.clone().requested() => return,
                 }
+                let started = Instant::now();
                 let _ = self.checkpoint().await;
+                wait = pause_after(interval, started.elapsed(), max_overhead_percent);
             }
         })
     }
+}
+
+/// How long to wait after a checkpoint that took `took`: `interval`, or
+/// longer so that checkpoints take at most `max_overhead_percent` of the
+/// time (0 or ≥ 100: no bound).
+pub fn pause_after(interval: Duration, took: Duration, max_overhead_percent: u64) -> Duration {
+    if max_overhead_percent == 0 || max_overhead_percent >= 100 {
+        return interval;
+    }
+    let p = max_overhead_percent as f64;
+    interval.max(took.mul_f64((100.0 - p) / p))
 }
 
 /// What a start-up restore found.
@@ -444,4 +463,28 @@ fn read_alerts(
         }
     }
     Ok(alerts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_costly_checkpoint_pushes_the_next_back_to_its_share_of_the_time() {
+        let interval = Duration::from_secs(2);
+        // Cheap: the interval.
+        assert_eq!(pause_after(interval, Duration::from_millis(30), 10), interval);
+        // 4 s at 10 %: 36 s of running for each 4 s of checkpoint.
+        assert_eq!(
+            pause_after(interval, Duration::from_secs(4), 10),
+            Duration::from_secs(36)
+        );
+        assert_eq!(
+            pause_after(interval, Duration::from_secs(4), 50),
+            Duration::from_secs(4)
+        );
+        // No bound.
+        assert_eq!(pause_after(interval, Duration::from_secs(4), 0), interval);
+        assert_eq!(pause_after(interval, Duration::from_secs(4), 100), interval);
+    }
 }

@@ -349,6 +349,11 @@ pub struct PipelineConfig {
     /// already delivered are not delivered again. 0 turns checkpoints off
     /// (a restart then starts every window empty at the committed offsets).
     pub checkpoint_interval_ms: u64,
+    /// At most this share of the time (percent) goes to checkpoints: after
+    /// one that took `d`, the next waits at least `d × (100 − p) / p`,
+    /// longer than `checkpoint_interval_ms` when the state is large (like
+    /// Flink's minimum pause between checkpoints). 0 or 100: no bound.
+    pub checkpoint_max_overhead_percent: u64,
 }
 
 impl PipelineConfig {
@@ -426,6 +431,7 @@ impl Default for PipelineConfig {
             quiet_close_ms: 5_000,
             late_alert_horizon_ms: 600_000,
             checkpoint_interval_ms: 2_000,
+            checkpoint_max_overhead_percent: 10,
         }
     }
 }

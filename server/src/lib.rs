@@ -8,7 +8,7 @@ pub(crate) mod api;
 pub(crate) mod archive;
 pub(crate) mod audit;
 pub mod auth;
-pub(crate) mod checkpoint;
+pub mod checkpoint;
 pub mod config;
 pub mod demo;
 pub(crate) mod intake;

@@ -38,6 +38,9 @@ pub struct Metrics {
     /// Size and duration of the latest checkpoint; when it was taken.
     pub checkpoint_bytes: AtomicU64,
     pub checkpoint_micros: AtomicU64,
+    /// The wait before the next checkpoint (the interval, or longer to
+    /// keep checkpoints within their share of the time).
+    pub checkpoint_wait_micros: AtomicU64,
     pub checkpoint_at_ms: AtomicU64,
     /// Time the start-up restore took (0: nothing restored).
     pub restore_micros: AtomicU64,

@@ -282,6 +282,7 @@ pub async fn run_until(
     if let Some(c) = checkpointer {
         front.push(c.spawn_periodic(
             std::time::Duration::from_millis(config.pipeline.checkpoint_interval_ms),
+            config.pipeline.checkpoint_max_overhead_percent,
             shutdown.notice(),
         ));
     }

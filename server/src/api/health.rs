@@ -221,6 +221,11 @@ pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
             state.metrics.checkpoint_micros.load(Ordering::Relaxed) as f64 / 1e6,
         ),
         (
+            "wardwatch_checkpoint_interval_seconds",
+            "The wait before the next checkpoint: checkpoint_interval_ms, or longer when the last took more than checkpoint_max_overhead_percent of it.",
+            state.metrics.checkpoint_wait_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        ),
+        (
             "wardwatch_checkpoint_age_seconds",
             "Time since the latest checkpoint was taken; -1 before the first.",
             match state.metrics.checkpoint_at_ms.load(Ordering::Relaxed) {

@@ -46,8 +46,10 @@
 //!
 //! An expect line pins only the fields it names (numbers match to 1e-9
 //! relative). Every file also runs a second time with each event in its own
-//! batch (partition order kept); the alerts must be identical. Besides the
-//! files, `self_check/…` cases prove the runner itself fails when it should.
+//! batch (partition order kept), and a third time so with patients
+//! forgotten as soon as their rows allow (a 1 ms span); the alerts must be
+//! identical. Besides the files, `self_check/…` cases prove the runner
+//! itself fails when it should.
 
 // A test target's root takes its modules from `tests/`: point at its folder.
 #[path = "rule_files/complete.rs"]
@@ -74,6 +76,8 @@ pub struct Report {
     pub failures: Vec<String>,
     /// The file as `--complete` would write it, when that differs.
     pub completed: Option<String>,
+    /// Patients forgotten in the run that forgets after 1 ms.
+    pub forgotten: u64,
 }
 
 fn describe_problems(name: &str, problems: &[Problem], mode: &str) -> Vec<String> {
@@ -140,8 +144,11 @@ pub fn check(name: &str, text: &str, completing: bool) -> Report {
             return report;
         }
     };
-    let whole = replay::run(&steps, false);
-    let single = replay::run(&steps, true);
+    let whole = replay::run(&steps, false, None);
+    let single = replay::run(&steps, true, None);
+    // Patients forgotten as soon as their rows allow (a 1 ms span): the
+    // alerts must not change.
+    let forgetting = replay::run(&steps, true, Some(1));
     report.alerts = whole.alerts.len();
 
     report
@@ -195,6 +202,22 @@ pub fn check(name: &str, text: &str, completing: bool) -> Report {
     report
         .failures
         .extend(describe_batching(name, &sorted_whole, &sorted_single));
+    let mut sorted_forgetting = forgetting.alerts;
+    sorted_forgetting.sort();
+    report.forgotten = forgetting.forgotten;
+    let (kept, forgot) = difference(&sorted_whole, &sorted_forgetting);
+    if !kept.is_empty() || !forgot.is_empty() {
+        let mut out = format!(
+            "{name}: alerts depend on forgetting patients (- kept only, + forgetting after 1 ms only)"
+        );
+        for a in &kept {
+            out.push_str(&format!("\n    - {}", replay::line(a)));
+        }
+        for a in &forgot {
+            out.push_str(&format!("\n    + {}", replay::line(a)));
+        }
+        report.failures.push(out);
+    }
     report
 }
 
@@ -347,6 +370,9 @@ fn main() -> ExitCode {
             Err(e) => (vec![e], String::new()),
             Ok((_, mut r)) => {
                 let mut note = format!(" ({} alerts)", r.alerts);
+                if r.forgotten > 0 {
+                    note = format!(" ({} alerts; {} patients forgotten)", r.alerts, r.forgotten);
+                }
                 if let Some(text) = r.completed.take() {
                     match std::fs::write(path, text) {
                         Ok(()) => {

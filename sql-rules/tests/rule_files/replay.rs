@@ -59,6 +59,8 @@ impl ExpectResult {
 pub struct Outcome {
     /// Every alert, in emission order.
     pub alerts: Vec<Rendered>,
+    /// Patients the engine forgot (see [`run`]'s `forget_after_ms`).
+    pub forgotten: u64,
     pub expects: Vec<ExpectResult>,
     pub problems: Vec<Problem>,
 }
@@ -271,10 +273,15 @@ fn check_expect(expect: &crate::format::Expect, got: &[Rendered]) -> ExpectResul
 }
 
 /// Runs `steps` on a fresh engine: events in one batch per `events` block,
-/// or with `one_event_batches` in one batch per event (partition order kept).
-pub fn run(steps: &[Step], one_event_batches: bool) -> Outcome {
+/// or with `one_event_batches` in one batch per event (partition order
+/// kept); with `forget_after_ms`, patients are forgotten after that span
+/// instead of the default.
+pub fn run(steps: &[Step], one_event_batches: bool, forget_after_ms: Option<i64>) -> Outcome {
     let mut out = Outcome::default();
     let mut engine = Engine::new(EngineConfig::default());
+    if let Some(ms) = forget_after_ms {
+        engine.set_forget_patients_after_ms(ms);
+    }
     let partitions: Vec<i32> = steps
         .iter()
         .filter_map(|s| match s {
@@ -429,6 +436,7 @@ pub fn run(steps: &[Step], one_event_batches: bool) -> Outcome {
             }
         }
     }
+    out.forgotten = engine.patients_forgotten();
     out
 }
 

@@ -123,6 +123,7 @@ pub struct RuleSpec {
 pub struct RuleStats {
     pub events_matched: u64,
     pub late_events: u64,
+    /// Fired alerts, signal-loss clears included.
     pub alerts_fired: u64,
     pub alerts_suppressed: u64,
     pub open_panes: u64,
@@ -1101,7 +1102,8 @@ impl RuleRuntime {
         op.fire(watermark, &mut closed, index)
             .map_err(eval_err(&spec))?;
         self.emit_windows(closed, false, at, budgets, index, out)?;
-        // Returns the watermark reached whose session is still open.
+        // Returns the watermark has reached whose session is still open
+        // (a closing one cleared its key's alert above, in emit_windows).
         if let Operator::Window(op) = &mut self.operator {
             if let Some(sessions) = op.clearing_sessions() {
                 for pending in sessions.due_clears(watermark) {

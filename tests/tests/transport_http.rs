@@ -523,17 +523,41 @@ async fn every_answer_carries_the_security_headers_and_no_cors() {
     assert!(page.contains(r#"<link rel="stylesheet" href="/app.css">"#));
     assert!(!page.contains("<script>") && !page.contains("<style"));
     assert!(!page.contains(" style=") && !page.contains(" onclick="));
+    assert!(page.contains(r#"<script src="/vendor.js" defer></script>"#));
+    assert!(page.contains(r#"<link rel="stylesheet" href="/vendor.css">"#));
     for (path, content_type) in [
         ("/app.js", "text/javascript; charset=utf-8"),
         ("/app.css", "text/css; charset=utf-8"),
+        ("/vendor.js", "text/javascript; charset=utf-8"),
+        ("/vendor.css", "text/css; charset=utf-8"),
     ] {
         let r = server.http.get(server.url(path)).send().await.unwrap();
         assert_eq!(r.status(), 200, "{path}");
         assert_eq!(r.headers()["content-type"], content_type, "{path}");
+        let etag = r.headers()["etag"].to_str().unwrap().to_string();
         assert!(
             r.text().await.unwrap().len() > 1000,
             "{path} is nearly empty"
         );
+        // Asked again with its ETag: 304 and no body; another tag: 200.
+        let again = server
+            .http
+            .get(server.url(path))
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 304, "{path}");
+        assert_eq!(again.headers()["etag"], etag.as_str());
+        assert!(again.text().await.unwrap().is_empty());
+        let other = server
+            .http
+            .get(server.url(path))
+            .header("if-none-match", "\"0000\"")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(other.status(), 200, "{path}");
     }
     server.stop().await.unwrap();
 }

@@ -59,6 +59,37 @@ pub struct AuthConfig {
     pub name_claim: String,
     /// `/metrics` needs credentials too (off: scrapers need none).
     pub protect_metrics: bool,
+    /// The UI's "Sign in with …": the identity provider's authorization
+    /// code flow with PKCE (a public client, no secret). Absent: the page
+    /// takes a pasted access token or an API key only.
+    pub ui_login: Option<UiLoginConfig>,
+}
+
+/// `[auth.ui_login]`: where the UI sends people to sign in.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UiLoginConfig {
+    /// The provider's authorization endpoint (https, or http to loopback).
+    pub authorization_endpoint: String,
+    /// Its token endpoint, which the browser calls (the provider must allow
+    /// this server's origin: CORS, "web origins" in Keycloak).
+    pub token_endpoint: String,
+    /// The UI's client id at the provider (a public client; the tokens it
+    /// gets must carry `[auth] audience`).
+    pub client_id: String,
+    #[serde(default = "default_ui_scope")]
+    pub scope: String,
+    /// Shown on the button: "Sign in with {name}".
+    #[serde(default = "default_ui_login_name")]
+    pub name: String,
+}
+
+fn default_ui_scope() -> String {
+    "openid profile".into()
+}
+
+fn default_ui_login_name() -> String {
+    "the identity provider".into()
 }
 
 impl Default for AuthConfig {
@@ -76,6 +107,7 @@ impl Default for AuthConfig {
             require_hospitals_claim: false,
             name_claim: "name".into(),
             protect_metrics: false,
+            ui_login: None,
         }
     }
 }

@@ -36,6 +36,7 @@ const PUBLIC: &[&str] = &[
     "/app.css",
     "/vendor.js",
     "/vendor.css",
+    "/api/ui-config",
     "/healthz",
     "/readyz",
     "/metrics",

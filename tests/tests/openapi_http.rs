@@ -25,6 +25,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("/app.css", &["get"]),
     ("/vendor.js", &["get"]),
     ("/vendor.css", &["get"]),
+    ("/api/ui-config", &["get"]),
     ("/healthz", &["get"]),
     ("/readyz", &["get"]),
     ("/metrics", &["get"]),

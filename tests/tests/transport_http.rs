@@ -561,3 +561,42 @@ async fn every_answer_carries_the_security_headers_and_no_cors() {
     }
     server.stop().await.unwrap();
 }
+
+/// With `[auth.ui_login]`, the page learns the identity provider's
+/// endpoints from the public `/api/ui-config`, and the CSP lets it fetch the
+/// token endpoint's origin (and nothing else new).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_login_is_announced_and_its_token_endpoint_allowed_by_the_csp() {
+    let plain = Server::start(config()).await.expect("server starts");
+    let answer: serde_json::Value = plain.get_json("/api/ui-config").await;
+    assert_eq!(answer["login"], serde_json::Value::Null, "{answer}");
+    assert_eq!(answer["auth_required"], false);
+    plain.stop().await.unwrap();
+
+    let mut with_login = config();
+    with_login.auth.ui_login = Some(wardwatch::config::UiLoginConfig {
+        authorization_endpoint: "https://idp.example/realms/ward/auth".into(),
+        token_endpoint: "https://idp.example:8443/realms/ward/token".into(),
+        client_id: "wardwatch-ui".into(),
+        scope: "openid profile".into(),
+        name: "Ward IdP".into(),
+    });
+    let server = Server::start(with_login).await.expect("server starts");
+    let answer: serde_json::Value = server.get_json("/api/ui-config").await;
+    assert_eq!(answer["login"]["client_id"], "wardwatch-ui", "{answer}");
+    assert_eq!(
+        answer["login"]["token_endpoint"],
+        "https://idp.example:8443/realms/ward/token"
+    );
+    let r = server.http.get(server.url("/")).send().await.unwrap();
+    assert_eq!(
+        r.headers()["content-security-policy"],
+        CSP.replace(
+            "connect-src 'self'",
+            "connect-src 'self' https://idp.example:8443"
+        )
+        .as_str()
+    );
+    server.stop().await.unwrap();
+}
+

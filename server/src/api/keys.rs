@@ -9,7 +9,9 @@ use axum::Json;
 use serde_json::json;
 
 use super::error::ApiError;
-use super::types::{ApiKeyList, ApiKeyView, CreateKeyRequest, CreatedKey, ErrorBody, WhoAmI};
+use super::types::{
+    ApiKeyList, ApiKeyView, CreateKeyRequest, CreatedKey, ErrorBody, UiConfig, WhoAmI,
+};
 use super::SharedState;
 use crate::auth::{api_keys, need, Caller};
 
@@ -18,6 +20,23 @@ const MAX_HOSPITALS: usize = 1000;
 const MAX_HOSPITAL_ID_BYTES: usize = 128;
 /// Keys that may exist at once (revoked ones included: they are kept).
 pub const MAX_KEYS: usize = 10_000;
+
+/// How the page signs people in: whether authentication is on, and the
+/// identity provider's endpoints when `[auth.ui_login]` is set. Public: the
+/// page asks before anyone has signed in.
+#[utoipa::path(
+    get,
+    path = "/api/ui-config",
+    operation_id = "ui_config",
+    tag = "auth",
+    responses((status = 200, description = "How the page signs people in.", body = UiConfig))
+)]
+pub async fn ui_config(State(state): State<SharedState>) -> Json<UiConfig> {
+    Json(UiConfig {
+        auth_required: state.auth.required(),
+        login: state.config.auth.ui_login.as_ref().map(Into::into),
+    })
+}
 
 /// Who the server takes the caller for, and whether authentication is on.
 #[utoipa::path(

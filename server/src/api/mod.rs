@@ -112,6 +112,7 @@ pub fn routes() -> OpenApiRouter<SharedState> {
         .routes(routes!(replay::replay))
         .routes(routes!(replay::status, replay::cancel))
         .routes(routes!(keys::whoami))
+        .routes(routes!(keys::ui_config))
         .routes(routes!(keys::list, keys::create))
         .routes(routes!(keys::revoke))
         .routes(routes!(hospitals::list, hospitals::create))

@@ -283,7 +283,7 @@ impl JwtValidator {
 }
 
 /// HTTPS, or plain HTTP to this machine (a sidecar or a test provider).
-fn fetchable_safely(url: &str) -> bool {
+pub fn fetchable_safely(url: &str) -> bool {
     match url::Url::parse(url) {
         Ok(u) if u.scheme() == "https" => true,
         Ok(u) if u.scheme() == "http" => match u.host() {

@@ -266,6 +266,7 @@ pub fn is_public(path: &str) -> bool {
             | "/healthz"
             | "/readyz"
             | "/api/openapi.json"
+            | "/api/ui-config"
     )
 }
 

@@ -32,6 +32,24 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; st
      img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
      form-action 'self'";
 
+/// The policy, with the identity provider's token endpoint allowed to be
+/// fetched when the UI signs people in through it (`[auth.ui_login]`).
+fn content_security_policy(config: &Config) -> HeaderValue {
+    let origin = config
+        .auth
+        .ui_login
+        .as_ref()
+        .and_then(|l| url::Url::parse(&l.token_endpoint).ok())
+        .map(|u| u.origin().ascii_serialization())
+        .filter(|o| o != "null");
+    let policy = match origin {
+        Some(origin) => CONTENT_SECURITY_POLICY
+            .replace("connect-src 'self'", &format!("connect-src 'self' {origin}")),
+        None => CONTENT_SECURITY_POLICY.to_string(),
+    };
+    HeaderValue::from_str(&policy).expect("a URL origin is a valid header value")
+}
+
 /// A year; sent only over TLS (browsers ignore it over plain HTTP anyway).
 const STRICT_TRANSPORT_SECURITY: &str = "max-age=31536000";
 
@@ -42,13 +60,16 @@ const INGEST_PATH: &str = "/api/ingest";
 /// `Host` and content-type checks and the security headers.
 pub(crate) fn protect(router: Router, config: &Config) -> Router {
     let hosts = Arc::new(AllowedHosts::from_config(config));
-    let hsts = super::tls_configured(config);
+    let headers = Arc::new(SecurityHeaders {
+        hsts: super::tls_configured(config),
+        csp: content_security_policy(config),
+    });
     let served = Arc::new(ServedMethods::of_the_api());
     // The last layer is the outermost, so refusals get the headers too.
     router
         .layer(middleware::from_fn_with_state(served, content_type_layer))
         .layer(middleware::from_fn_with_state(hosts, host_layer))
-        .layer(middleware::from_fn_with_state(hsts, security_headers))
+        .layer(middleware::from_fn_with_state(headers, security_headers))
 }
 
 /// The methods each API route serves, by the path as axum matches it
@@ -335,12 +356,21 @@ fn shorten(text: &str) -> String {
     }
 }
 
-async fn security_headers(State(hsts): State<bool>, request: Request, next: Next) -> Response {
+struct SecurityHeaders {
+    hsts: bool,
+    csp: HeaderValue,
+}
+
+async fn security_headers(
+    State(config): State<Arc<SecurityHeaders>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let api = request.uri().path().starts_with("/api/");
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, config.csp.clone());
     let set = [
-        (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::REFERRER_POLICY, "no-referrer"),
@@ -352,7 +382,7 @@ async fn security_headers(State(hsts): State<bool>, request: Request, next: Next
         // Patient data must not stay in a browser's or a proxy's cache.
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
-    if hsts {
+    if config.hsts {
         headers.insert(
             header::STRICT_TRANSPORT_SECURITY,
             HeaderValue::from_static(STRICT_TRANSPORT_SECURITY),

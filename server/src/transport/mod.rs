@@ -44,6 +44,22 @@ pub(crate) fn check_startup(config: &Config, auth_required: bool) -> Result<()> 
         ),
         _ => {}
     }
+    if let Some(login) = &config.auth.ui_login {
+        for (what, url) in [
+            ("authorization_endpoint", &login.authorization_endpoint),
+            ("token_endpoint", &login.token_endpoint),
+        ] {
+            if !crate::auth::jwt::fetchable_safely(url) {
+                bail!(
+                    "[auth.ui_login] {what} must be https:// (plain http only to a loopback \
+                     address): sign-in codes and tokens would travel in the clear"
+                );
+            }
+        }
+        if login.client_id.trim().is_empty() {
+            bail!("[auth.ui_login] client_id is empty");
+        }
+    }
     if is_loopback(listen) {
         return Ok(());
     }
@@ -201,6 +217,26 @@ mod tests {
             check_startup(&config(listen), false).unwrap();
             check_startup(&config(listen), true).unwrap();
         }
+    }
+
+    #[test]
+    fn ui_login_endpoints_must_be_https_or_loopback() {
+        let login = |auth: &str, token: &str| crate::config::UiLoginConfig {
+            authorization_endpoint: auth.into(),
+            token_endpoint: token.into(),
+            client_id: "wardwatch-ui".into(),
+            scope: "openid".into(),
+            name: "IdP".into(),
+        };
+        let mut c = config("127.0.0.1:8080");
+        c.auth.ui_login = Some(login("https://idp.example/auth", "http://127.0.0.1:9/token"));
+        check_startup(&c, true).unwrap();
+        c.auth.ui_login = Some(login("http://idp.example/auth", "https://idp.example/token"));
+        let m = message(check_startup(&c, true));
+        assert!(m.contains("authorization_endpoint must be https://"), "{m}");
+        c.auth.ui_login = Some(login("https://idp.example/auth", "http://idp.example/token"));
+        let m = message(check_startup(&c, true));
+        assert!(m.contains("token_endpoint must be https://"), "{m}");
     }
 
     #[test]

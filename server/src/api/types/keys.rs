@@ -62,6 +62,40 @@ pub struct ApiKeyList {
     pub keys: Vec<ApiKeyView>,
 }
 
+/// `GET /api/ui-config` (public): how the page signs people in.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UiConfig {
+    /// False when authentication is off (the loopback demo).
+    pub auth_required: bool,
+    /// The identity provider's sign-in for the page (authorization code
+    /// with PKCE); null: pasted access tokens and API keys only.
+    #[schema(required)]
+    pub login: Option<UiLogin>,
+}
+
+/// `[auth.ui_login]`, as the page needs it (nothing secret: a public client).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UiLogin {
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub client_id: String,
+    pub scope: String,
+    /// Shown on the button: "Sign in with {name}".
+    pub name: String,
+}
+
+impl From<&crate::config::UiLoginConfig> for UiLogin {
+    fn from(c: &crate::config::UiLoginConfig) -> Self {
+        Self {
+            authorization_endpoint: c.authorization_endpoint.clone(),
+            token_endpoint: c.token_endpoint.clone(),
+            client_id: c.client_id.clone(),
+            scope: c.scope.clone(),
+            name: c.name.clone(),
+        }
+    }
+}
+
 /// `GET /api/whoami`: who the server takes the caller for.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct WhoAmI {

@@ -341,6 +341,7 @@ mod tests {
                 suppressed_by: None,
                 escalated_from: None,
                 late: false,
+                clears: None,
             },
         }
     }

@@ -138,6 +138,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_topic_of_its_own_is_kept_and_old_records_read_without_one() {
+        use object_store::ObjectStoreExt;
         let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
         let hospitals = HospitalStore::new(Arc::clone(&store), &Path::from("ward"));
         let mut own = record("H7");

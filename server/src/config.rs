@@ -386,6 +386,11 @@ pub struct PipelineConfig {
     /// longer than `checkpoint_interval_ms` when the state is large (like
     /// Flink's minimum pause between checkpoints). 0 or 100: no bound.
     pub checkpoint_max_overhead_percent: u64,
+    /// A patient not seen for this long in event time, whose readings no
+    /// rule's state holds any more, is forgotten by the engine (its id
+    /// interned again if it comes back): 1 M patients passing through no
+    /// longer hold memory forever. 0: never.
+    pub forget_patients_after_ms: i64,
 }
 
 impl PipelineConfig {
@@ -464,6 +469,7 @@ impl Default for PipelineConfig {
             late_alert_horizon_ms: 600_000,
             checkpoint_interval_ms: 2_000,
             checkpoint_max_overhead_percent: 10,
+            forget_patients_after_ms: sql_rules::DEFAULT_FORGET_PATIENTS_AFTER_MS,
         }
     }
 }

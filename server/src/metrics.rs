@@ -38,6 +38,9 @@ pub struct Metrics {
     /// Size and duration of the latest checkpoint; when it was taken.
     pub checkpoint_bytes: AtomicU64,
     pub checkpoint_micros: AtomicU64,
+    /// Patients the engine's interner holds, and has forgotten since start.
+    pub patients_held: AtomicU64,
+    pub patients_forgotten: AtomicU64,
     /// The wait before the next checkpoint (the interval, or longer to
     /// keep checkpoints within their share of the time).
     pub checkpoint_wait_micros: AtomicU64,

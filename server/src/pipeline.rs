@@ -195,6 +195,7 @@ fn now_ms() -> i64 {
 /// then be late). Without Kafka, a timer drives idleness.
 pub fn start(
     config: EngineConfig,
+    forget_patients_after_ms: i64,
     metrics: Arc<Metrics>,
     alerts: UnboundedSender<Delivery>,
     idle_from_source: bool,
@@ -219,7 +220,12 @@ pub fn start(
                 }
             }
             let _exited = Exited(Arc::clone(&liveness));
-            let mut engine = Engine::new(config.clone());
+            let new_engine = || {
+                let mut engine = Engine::new(config.clone());
+                engine.set_forget_patients_after_ms(forget_patients_after_ms);
+                engine
+            };
+            let mut engine = new_engine();
             // Per Kafka partition, the next offset the engine has not seen.
             let mut covered: BTreeMap<i32, i64> = BTreeMap::new();
             // Whether anything a checkpoint holds changed since the last one.
@@ -336,7 +342,7 @@ pub fn start(
                             // partial state: start over, empty, same rules.
                             let specs: Vec<RuleSpec> =
                                 engine.rules().map(|(spec, _)| spec.clone()).collect();
-                            engine = Engine::new(config.clone());
+                            engine = new_engine();
                             for spec in specs {
                                 let _ = engine.upsert_rule(spec);
                             }
@@ -362,6 +368,12 @@ pub fn start(
                         outputs.push(engine.tick(now_ms()));
                     }
                     *clocks.lock().expect("clocks lock") = engine.partition_clocks();
+                    metrics
+                        .patients_held
+                        .store(engine.patients_held() as u64, Relaxed);
+                    metrics
+                        .patients_forgotten
+                        .store(engine.patients_forgotten(), Relaxed);
                     let mut s = stats.lock().expect("stats lock");
                     s.clear();
                     for (spec, _) in engine.rules() {

@@ -80,6 +80,7 @@ pub async fn run_until(
     let engine_config = config.engine_config();
     let pipeline = pipeline::start(
         engine_config,
+        config.pipeline.forget_patients_after_ms,
         Arc::clone(&metrics),
         alert_tx,
         config.kafka.brokers.is_some(),

@@ -103,7 +103,7 @@ pub fn alerts_schema() -> SchemaRef {
 ///         condition: "AVG(heart_rate_bpm) > 130".into(), event_count: 12,
 ///         first_event_ms: 1_000, last_event_ms: 59_000,
 ///         first_sequence_number: None, last_sequence_number: None,
-///         suppressed_by: None, escalated_from: None, late: false,
+///         suppressed_by: None, escalated_from: None, late: false, clears: None,
 ///     },
 /// };
 /// let batch = catalog::archive::alerts_to_batch(&[alert.clone()])?;
@@ -328,6 +328,7 @@ mod tests {
                 suppressed_by: Some("a0".into()),
                 escalated_from: Some("e0".into()),
                 late: false,
+                clears: None,
             },
         }
     }

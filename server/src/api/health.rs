@@ -221,6 +221,16 @@ pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
             state.metrics.checkpoint_micros.load(Ordering::Relaxed) as f64 / 1e6,
         ),
         (
+            "wardwatch_patients_held",
+            "Patients the engine holds an id for (forgotten after forget_patients_after_ms of event time without readings and with no state).",
+            state.metrics.patients_held.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "wardwatch_patients_forgotten",
+            "Patients the engine has forgotten since it started (or was restored).",
+            state.metrics.patients_forgotten.load(Ordering::Relaxed) as f64,
+        ),
+        (
             "wardwatch_checkpoint_interval_seconds",
             "The wait before the next checkpoint: checkpoint_interval_ms, or longer when the last took more than checkpoint_max_overhead_percent of it.",
             state.metrics.checkpoint_wait_micros.load(Ordering::Relaxed) as f64 / 1e6,

@@ -2539,7 +2539,8 @@
     $("sign-in-panel").hidden = false;
     $("credential").value = "";
     signInError(message);
-    $("credential").focus();
+    $("provider-sign-in").hidden = !login;
+    (login ? $("provider-sign-in-button") : $("credential")).focus();
   }
 
   // Shows what the caller's roles allow: elements marked data-needs-role
@@ -2622,11 +2623,24 @@
     signOut("Signed out: " + message);
   }
 
-  // On load: whoever the kept credential (if any) makes us, or the
-  // sign-in panel. Retried while the server cannot be reached.
+  // On load: the answer of the identity provider when we come back from
+  // it, else whoever the kept credential (if any) makes us, or the sign-in
+  // panel. Retried while the server cannot be reached.
   async function boot() {
     var kept = storedCredential();
     var r;
+    try {
+      // Public: whether to offer the identity provider's sign-in.
+      var ui = await requestJson("/api/ui-config", undefined, null);
+      login = ui.ok && ui.body && ui.body.login ? ui.body.login : null;
+      if (login) $("provider-sign-in-button").textContent = "Sign in with " + login.name;
+    } catch (e) {
+      $("session-checking").textContent = "Cannot reach the server to check who you are; retrying…";
+      setTimeout(boot, POLL_MS);
+      return;
+    }
+    var answer = providerAnswer();
+    if (answer) { finishProviderSignIn(answer); return; }
     try {
       r = await requestJson("/api/whoami", undefined, kept);
     } catch (e) {
@@ -2664,12 +2678,149 @@
     }
   }
 
+  /* ------------------------------------ signing in at the identity provider */
+
+  // The authorization code flow with PKCE (RFC 7636, S256) as a public
+  // client: the provider signs the person in and sends them back here with
+  // a code; only this tab, holding the verifier, can turn it into a token.
+  var LOGIN_KEY = "wardwatch.login"; // {state, verifier} while away at the provider
+  var login = null; // GET /api/ui-config's `login`, or null: paste only
+
+  function base64url(bytes) {
+    var bin = "";
+    for (var i = 0; i < bytes.length; i++) bin += String.fromCharCode(bytes[i]);
+    return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+
+  function randomToken(nbytes) {
+    var b = new Uint8Array(nbytes);
+    crypto.getRandomValues(b);
+    return base64url(b);
+  }
+
+  // The provider sends people back to the page itself.
+  function redirectUri() { return location.origin + "/"; }
+
+  async function startProviderSignIn() {
+    if (!login) return;
+    signInError(null);
+    // Web Crypto's digest exists only in a secure context (https, loopback).
+    if (!window.crypto || !crypto.subtle) {
+      signInError("Signing in with " + login.name + " needs this page over https.");
+      return;
+    }
+    var btn = $("provider-sign-in-button");
+    btn.disabled = true;
+    try {
+      var verifier = randomToken(32); // 43 characters, 256 bits
+      var state = randomToken(16);
+      var digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(verifier));
+      sessionStorage.setItem(LOGIN_KEY, JSON.stringify({ state: state, verifier: verifier }));
+      var q = new URLSearchParams({
+        response_type: "code",
+        client_id: login.client_id,
+        redirect_uri: redirectUri(),
+        scope: login.scope,
+        state: state,
+        code_challenge: base64url(new Uint8Array(digest)),
+        code_challenge_method: "S256"
+      });
+      var ep = login.authorization_endpoint;
+      location.assign(ep + (ep.indexOf("?") < 0 ? "?" : "&") + q.toString());
+    } catch (e) {
+      // sessionStorage off, most likely: the verifier could not be kept.
+      signInError("Could not start signing in with " + login.name + ": " + e.message);
+      btn.disabled = false;
+    }
+  }
+
+  // The provider's answer in the address (?code=…&state=… or ?error=…),
+  // or null. The page has no query of its own.
+  function providerAnswer() {
+    var q = new URLSearchParams(location.search);
+    if (!q.has("code") && !q.has("error")) return null;
+    return {
+      code: q.get("code"), state: q.get("state"),
+      error: q.get("error"), description: q.get("error_description")
+    };
+  }
+
+  function providerError(error, description) {
+    return "Not signed in with " + login.name + ": " + (description ? description + " (" + error + ")" : error);
+  }
+
+  async function finishProviderSignIn(answer) {
+    // A code in the address must not be used twice, nor be left for a
+    // bookmark or a reload.
+    history.replaceState(null, "", location.pathname + location.hash);
+    var pending = null;
+    try { pending = JSON.parse(sessionStorage.getItem(LOGIN_KEY) || "null"); } catch (e) { /* none */ }
+    keepCredential(null);
+    $("session-checking").textContent = "Signing in…";
+    if (!login) {
+      showSignIn("Not signed in: this server no longer signs people in through an identity provider.");
+      return;
+    }
+    // Only the answer to this tab's own request: anything else may be
+    // someone else's code planted in a link (login CSRF).
+    if (!pending || !answer.state || answer.state !== pending.state) {
+      showSignIn("Not signed in: the answer from " + login.name +
+        " does not match a sign-in started in this tab. Sign in again.");
+      return;
+    }
+    try { sessionStorage.removeItem(LOGIN_KEY); } catch (e) { /* gone with the tab */ }
+    if (answer.error) { showSignIn(providerError(answer.error, answer.description)); return; }
+    if (!answer.code) { showSignIn(providerError("invalid_request", "no code in its answer")); return; }
+    var token;
+    try {
+      var resp = await fetch(login.token_endpoint, {
+        method: "POST",
+        headers: { "Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json" },
+        body: new URLSearchParams({
+          grant_type: "authorization_code",
+          code: answer.code,
+          redirect_uri: redirectUri(),
+          client_id: login.client_id,
+          code_verifier: pending.verifier
+        }),
+        credentials: "omit",
+        cache: "no-store"
+      });
+      var body = null;
+      try { body = await resp.json(); } catch (e) { /* not JSON */ }
+      if (!resp.ok || !body || typeof body.access_token !== "string" || !body.access_token) {
+        var err = body && typeof body.error === "string" ? body.error : null;
+        showSignIn(providerError(err || "HTTP " + resp.status, err ? body.error_description : "no access token in its answer"));
+        return;
+      }
+      token = body.access_token;
+    } catch (e) {
+      showSignIn("Not signed in: could not reach " + login.name + " for the token (" + e.message + ").");
+      return;
+    }
+    // The same check as a pasted token: this server must accept it.
+    var r;
+    try {
+      r = await requestJson("/api/whoami", undefined, token);
+    } catch (e) {
+      showSignIn("Signed in with " + login.name + ", but this server cannot be reached: " + e.message);
+      return;
+    }
+    var refusal = r.ok ? cannotUse(r.body) : errorText(r.body, r.status);
+    if (refusal) { showSignIn("Not signed in: " + refusal); return; }
+    keepCredential(token);
+    signedIn(r.body);
+  }
+
   /* ------------------------------------------------------------------ boot */
 
   // Only while signed in: nothing is asked for on behalf of no one.
   function whenSignedIn(fn) { return function () { if (me) fn(); }; }
 
   $("sign-in-form").addEventListener("submit", submitSignIn);
+  $("provider-sign-in-button").addEventListener("click", startProviderSignIn);
+  // Back from the provider without signing in (the page restored as it was left).
+  window.addEventListener("pageshow", function () { $("provider-sign-in-button").disabled = false; });
   $("sign-out").addEventListener("click", function () { signOut(null); });
   $("rule-form").addEventListener("submit", submitRule);
   $("rule-validate").addEventListener("click", function () { validateRule(false); });

@@ -3,15 +3,16 @@
 driven by Debian's Chromium through Playwright.
 
 Run: python3 tests/browser/test_ui.py
-Needs: /usr/bin/chromium (apt-get install chromium), `pip install playwright`
-(never `playwright install`: the system browser is used), and the server
-binary, built by `cargo build -p wardwatch` (WARDWATCH_BIN overrides the path).
+Needs: /usr/bin/chromium (apt-get install chromium), `pip install playwright
+cryptography` (never `playwright install`: the system browser is used), and
+the server binary, built by `cargo build -p wardwatch` (WARDWATCH_BIN
+overrides the path).
 WARDWATCH_SCREENSHOTS=DIR saves screenshots at 1400x1000 and 800x1100 (the
 ones in docs/screenshots are made so). The server inherits this process's
 environment, so WARDWATCH_WEB_DIR=web makes it serve the page, app.js,
 app.css, vendor.js and vendor.css from web/ rather than from the binary.
 
-Two servers, one after the other, each with its own port and data dir.
+Three servers, one after the other, each with its own port and data dir.
 
 `serve --demo` (authentication off, as on loopback): the checks run in order
 as one nurse's session would: the worklist (fired and unacknowledged,
@@ -32,20 +33,40 @@ acknowledging as the key's name (and a 409 when someone was first), a
 patient's trend, no rule controls, tuning or audit desk for a viewer but for
 an admin, a 403 shown where the action was, and a revoked key signing the
 page out.
+
+`serve --demo --auth` with `[auth.ui_login]` pointing at TestIdP, an OpenID
+provider run here (http.server on loopback, ES256 tokens signed with the
+`cryptography` package, its public key in the server's JWKS file): "Sign in
+with …" through its login form (authorization code, PKCE S256) as an author
+and, with the keyboard only, as a viewer, each as the server's whoami says
+with the token the page kept; a planted code with another state not spent;
+the provider's error shown; the IdP refusing a wrong verifier; an expired
+token signing the page out and the button signing in again.
 """
 
+import base64
+import hashlib
+import html
+import http.client
+import http.server
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from playwright.sync_api import sync_playwright
 
 TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.expanduser("~/.cache/wardwatch/target")
@@ -98,15 +119,15 @@ def make_key(workdir, name, *roles):
 
 class Server:
     """`serve --demo` in `workdir`; with `auth`, `serve --demo --auth`, and
-    this harness's own requests carry `key`."""
+    this harness's own requests carry `key`; `more_config` follows CONFIG."""
 
-    def __init__(self, workdir, auth=False, key=None):
+    def __init__(self, workdir, auth=False, key=None, more_config=""):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.key = key
         config = os.path.join(workdir, "wardwatch.toml")
         with open(config, "w") as f:
-            f.write(CONFIG)
+            f.write(CONFIG + more_config)
         self.log = open(os.path.join(workdir, "server.log"), "wb")
         self.proc = subprocess.Popen(
             [BIN, "serve", "--demo", "--config", config,
@@ -1139,10 +1160,14 @@ def check_signed_out(page, server, api_requests):
     assert page.is_hidden("#sign-in-error"), "an error before any attempt"
     for hidden in ("#alerts-panel", "#rules-panel", "#session", "#auth-off-banner"):
         assert page.is_hidden(hidden), f"{hidden} shown before signing in"
+    # No identity provider configured: no button for one.
+    assert server.get("/api/ui-config") == {"auth_required": True, "login": None}
+    assert page.is_hidden("#provider-sign-in")
+    assert page.evaluate("document.activeElement.id") == "credential"
     time.sleep(0.5)  # time for any stray request to go out
     assert not rows(page)
     asked = {u.split("?")[0] for u, _ in api_requests}
-    assert asked == {"/api/whoami"}, f"asked for {asked} before signing in"
+    assert asked == {"/api/ui-config", "/api/whoami"}, f"asked for {asked} before signing in"
 
     # A wrong key: the server's reason, and still signed out.
     _, refusal = server.request("GET", "/api/whoami", key="wwk_0000000000000000_wrong")
@@ -1340,6 +1365,455 @@ def run_auth_on(browser, work):
         server.kill()
 
 
+# ----------------------------------------- sign-in through the identity provider
+#
+# A third server, `serve --demo --auth` with [auth.ui_login], and a small
+# OpenID provider of our own: an authorization endpoint with a login form
+# and a token endpoint that checks PKCE, signing ES256 tokens whose public
+# key the server reads from its JWKS file.
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def s256(verifier):
+    return b64url(hashlib.sha256(verifier.encode()).digest())
+
+
+IDP_LOGIN_FORM = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Test IdP: sign in</title>
+<link rel="icon" href="data:,"></head>
+<body><h1>Test IdP</h1>{error}
+<form method="post" action="/authorize">{hidden}
+<label for="username">User name</label> <input id="username" name="username" autocomplete="username" autofocus>
+<button type="submit" name="action" value="sign_in">Sign in</button>
+<button type="submit" name="action" value="cancel">Cancel</button>
+</form></body></html>
+"""
+
+
+class TestIdP:
+    """An OpenID provider for one public client, as a hospital's Keycloak
+    would be set up for the page: the code goes only to the registered
+    redirect URI, the token endpoint wants the code once, the same
+    redirect_uri and client_id, and the verifier whose S256 is the challenge;
+    it answers the wardwatch origin's CORS. Tokens last `USERS[…][2]` s."""
+
+    CLIENT_ID = "wardwatch-ui"
+    AUDIENCE = "wardwatch"
+    NAME = "Test IdP"
+    CANCELLED = "The user cancelled signing in"
+    USERS = {
+        "ana": ("Ana Author", ["author"], 600),
+        "victor": ("Victor Viewer", ["viewer"], 600),
+        "sam": ("Sam Shortshift", ["viewer"], 4),
+    }
+
+    def __init__(self, workdir):
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.kid = f"test-idp-{os.getpid()}"
+        self.web_origin = None  # wardwatch's, once it listens
+        self.codes = {}  # code -> what /authorize granted
+        self.authorize_requests = []  # query of each GET /authorize
+        self.token_requests = []  # (headers, form, status) of each POST /token
+        self.lock = threading.Lock()
+        numbers = self.key.public_key().public_numbers()
+        jwk = {"kty": "EC", "crv": "P-256", "kid": self.kid, "use": "sig", "alg": "ES256",
+               "x": b64url(numbers.x.to_bytes(32, "big")), "y": b64url(numbers.y.to_bytes(32, "big"))}
+        self.jwks_file = os.path.join(workdir, "idp-jwks.json")
+        with open(self.jwks_file, "w") as f:
+            json.dump({"keys": [jwk]}, f)
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self.handler())
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.issuer = self.base + "/realms/test"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def redirect_uri(self):
+        return self.web_origin + "/"
+
+    def config(self):
+        """The server's [auth] for this provider (roles where Keycloak has them)."""
+        return f"""
+[auth]
+jwks_file = "{self.jwks_file}"
+issuer = "{self.issuer}"
+audience = "{self.AUDIENCE}"
+roles_claim = "realm_access.roles"
+leeway_seconds = 0
+[auth.ui_login]
+authorization_endpoint = "{self.base}/authorize"
+token_endpoint = "{self.base}/token"
+client_id = "{self.CLIENT_ID}"
+name = "{self.NAME}"
+"""
+
+    def sign(self, claims):
+        """A JWS ES256 compact token: r||s, not the DER the library gives."""
+        header = {"alg": "ES256", "typ": "JWT", "kid": self.kid}
+        signing_input = (b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(claims).encode())).encode()
+        r, s = decode_dss_signature(self.key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+        return signing_input.decode() + "." + b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+
+    def access_token(self, user):
+        name, roles, lifetime = self.USERS[user]
+        now = int(time.time())
+        return self.sign({"iss": self.issuer, "aud": self.AUDIENCE, "azp": self.CLIENT_ID, "sub": f"idp-{user}",
+                          "name": name, "realm_access": {"roles": roles}, "scope": "openid profile",
+                          "iat": now, "exp": now + lifetime}), lifetime
+
+    def authorize_refusal(self, q):
+        """Why an authorization request is refused (shown, never redirected), or None."""
+        if q.get("client_id") != self.CLIENT_ID:
+            return "unknown client_id"
+        if q.get("redirect_uri") != self.redirect_uri():
+            return "redirect_uri not registered"
+        if q.get("response_type") != "code":
+            return "response_type must be code"
+        if q.get("code_challenge_method") != "S256" or not re.fullmatch(r"[A-Za-z0-9_-]{43}", q.get("code_challenge", "")):
+            return "PKCE with S256 required"
+        return None
+
+    def handler(self):
+        idp = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def answer(self, status, body, content_type, headers=()):
+                data = body.encode()
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Cache-Control", "no-store")
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def form(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                return dict(urllib.parse.parse_qsl(self.rfile.read(n).decode(), keep_blank_values=True))
+
+            def login_form(self, q, error=""):
+                hidden = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+                                 for k, v in q.items() if k not in ("username", "action"))
+                self.answer(200, IDP_LOGIN_FORM.format(hidden=hidden, error=error), "text/html; charset=utf-8")
+
+            def redirect(self, q, **params):
+                params["state"] = q.get("state", "")
+                self.send_response(302)
+                self.send_header("Location", q["redirect_uri"] + "?" + urllib.parse.urlencode(params))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self):
+                url = urllib.parse.urlsplit(self.path)
+                if url.path == "/favicon.ico":
+                    return self.answer(204, "", "text/plain")
+                if url.path != "/authorize":
+                    return self.answer(404, "not found", "text/plain")
+                q = dict(urllib.parse.parse_qsl(url.query))
+                with idp.lock:
+                    idp.authorize_requests.append(q)
+                refusal = idp.authorize_refusal(q)
+                if refusal:
+                    return self.answer(400, "invalid_request: " + refusal, "text/plain")
+                self.login_form(q)
+
+            def do_POST(self):
+                if self.path == "/authorize":
+                    return self.post_authorize()
+                if self.path == "/token":
+                    return self.post_token()
+                self.answer(404, "not found", "text/plain")
+
+            def post_authorize(self):
+                q = self.form()
+                refusal = idp.authorize_refusal(q)
+                if refusal:
+                    return self.answer(400, "invalid_request: " + refusal, "text/plain")
+                if q.get("action") == "cancel":
+                    return self.redirect(q, error="access_denied", error_description=idp.CANCELLED)
+                user = q.get("username", "").strip()
+                if user not in idp.USERS:
+                    return self.login_form(q, '<p role="alert">Unknown user.</p>')
+                code = secrets.token_urlsafe(24)
+                with idp.lock:
+                    idp.codes[code] = {"user": user, "challenge": q["code_challenge"], "used": False,
+                                       "redirect_uri": q["redirect_uri"], "client_id": q["client_id"]}
+                self.redirect(q, code=code)
+
+            def cors(self):
+                # Like Keycloak's "web origins": only the registered origin may read answers.
+                origin = self.headers.get("Origin")
+                if origin and origin == idp.web_origin:
+                    return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+                return [("Vary", "Origin")]
+
+            def do_OPTIONS(self):
+                if self.path != "/token":
+                    return self.answer(404, "not found", "text/plain")
+                self.answer(204, "", "text/plain", self.cors() + [
+                    ("Access-Control-Allow-Methods", "POST"),
+                    ("Access-Control-Allow-Headers", "Content-Type, Accept"),
+                    ("Access-Control-Max-Age", "600")])
+
+            def post_token(self):
+                form = self.form()
+                status, body = self.exchange(form)
+                with idp.lock:
+                    idp.token_requests.append((dict(self.headers), form, status))
+                self.answer(status, json.dumps(body), "application/json", self.cors())
+
+            def exchange(self, form):
+                def refuse(error, why):
+                    return 400, {"error": error, "error_description": why}
+                if self.headers.get("Content-Type", "").split(";")[0] != "application/x-www-form-urlencoded":
+                    return refuse("invalid_request", "form body expected")
+                if form.get("grant_type") != "authorization_code":
+                    return refuse("unsupported_grant_type", "authorization_code only")
+                with idp.lock:
+                    grant = idp.codes.get(form.get("code", ""))
+                    if not grant or grant["used"]:
+                        return refuse("invalid_grant", "unknown or used code")
+                    if form.get("client_id") != grant["client_id"]:
+                        return refuse("invalid_client", "not the client the code was given to")
+                    if form.get("redirect_uri") != grant["redirect_uri"]:
+                        return refuse("invalid_grant", "redirect_uri differs from the authorization request")
+                    if s256(form.get("code_verifier", "")) != grant["challenge"]:
+                        return refuse("invalid_grant", "PKCE verification failed")
+                    grant["used"] = True
+                token, lifetime = idp.access_token(grant["user"])
+                return 200, {"access_token": token, "token_type": "Bearer", "expires_in": lifetime,
+                             "scope": "openid profile"}
+
+        return Handler
+
+    def code_for(self, user, challenge, state="direct"):
+        """A code for `user` as the login form would give it, asked for
+        without a browser (the redirect is read, not followed)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.httpd.server_address[1], timeout=10)
+        conn.request("POST", "/authorize", urllib.parse.urlencode({
+            "client_id": self.CLIENT_ID, "redirect_uri": self.redirect_uri(), "response_type": "code",
+            "scope": "openid profile", "state": state, "code_challenge": challenge,
+            "code_challenge_method": "S256", "username": user, "action": "sign_in"}),
+            {"Content-Type": "application/x-www-form-urlencoded"})
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        assert resp.status == 302, resp.status
+        q = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(resp.getheader("Location")).query))
+        assert q["state"] == state, q
+        return q["code"]
+
+    def token(self, form):
+        """POST /token as a server-side client would: (status, answer)."""
+        req = urllib.request.Request(self.base + "/token", data=urllib.parse.urlencode(form).encode(),
+                                     method="POST", headers={"Content-Type": "application/x-www-form-urlencoded"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def no_csp_violations(page):
+    violations = page.evaluate("window.__cspViolations")
+    assert violations == [], f"CSP violations since the last load: {violations}"
+
+
+def provider_sign_in(page, idp, server, user, keyboard=False):
+    """Signs in at the provider's form as a person would; back on the page
+    signed in. Returns the token exchange the IdP saw."""
+    exchanges = len(idp.token_requests)
+    if keyboard:
+        assert page.evaluate("document.activeElement.id") == "provider-sign-in-button", "button not focused"
+        page.keyboard.press("Enter")
+    else:
+        page.click("#provider-sign-in-button")
+    page.wait_for_url(idp.base + "/authorize?**")
+    page.wait_for_selector("#username")
+    if keyboard:
+        assert page.evaluate("document.activeElement.id") == "username"
+        page.keyboard.type(user)
+        page.keyboard.press("Enter")
+    else:
+        page.fill("#username", user)
+        page.click("button[value=sign_in]")
+    page.wait_for_url(server.base + "/**")
+    page.wait_for_selector("#session:not([hidden]), #sign-in-error:not([hidden])")
+    assert page.is_visible("#session"), f"not signed in: {page.text_content('#sign-in-error')!r}"
+    assert len(idp.token_requests) == exchanges + 1, "not one token request"
+    return idp.token_requests[-1]
+
+
+def check_provider_sign_in(page, server, idp):
+    """The author signs in at the provider: the page sends a fresh S256
+    challenge, spends the code once with its verifier, and keeps the token
+    as a pasted one; the server takes the token for the IdP's user."""
+    ui = server.get("/api/ui-config")
+    assert ui["auth_required"] is True and ui["login"]["name"] == idp.NAME, ui
+    page.goto(server.base + "/")
+    page.wait_for_selector("#provider-sign-in-button")
+    label = page.text_content("#provider-sign-in-button")
+    assert label == "Sign in with " + ui["login"]["name"], label
+    assert page.is_visible("#sign-in-form") and page.is_hidden("#alerts-panel")
+    # The button comes before the paste form, and takes the focus.
+    assert page.evaluate("""() => !!(document.getElementById('provider-sign-in-button')
+        .compareDocumentPosition(document.getElementById('credential')) & Node.DOCUMENT_POSITION_FOLLOWING)""")
+    assert page.evaluate("document.activeElement.id") == "provider-sign-in-button"
+
+    headers, form, status = provider_sign_in(page, idp, server, "ana")
+    asked = idp.authorize_requests[-1]
+    assert {k: asked[k] for k in ("response_type", "client_id", "redirect_uri", "scope", "code_challenge_method")} == {
+        "response_type": "code", "client_id": ui["login"]["client_id"], "redirect_uri": server.base + "/",
+        "scope": ui["login"]["scope"], "code_challenge_method": "S256"}, asked
+    assert len(asked["state"]) >= 22, asked
+    assert status == 200, (form, status)
+    assert set(form) == {"grant_type", "code", "redirect_uri", "client_id", "code_verifier"}, form
+    assert re.fullmatch(r"[A-Za-z0-9._~-]{43,128}", form["code_verifier"]), form["code_verifier"]
+    assert s256(form["code_verifier"]) == asked["code_challenge"]
+    assert headers.get("Origin") == server.base, headers
+    assert not headers.get("Authorization") and not headers.get("Cookie"), "credentials sent to the IdP"
+
+    # Signed in as the token's user, with what the server gives that token.
+    assert page.text_content("#session-who") == "Signed in as Ana Author (author)"
+    token, local = session_credential(page)
+    who = server.get("/api/whoami", key=token)
+    assert (who["name"], who["roles"], who["auth_required"]) == ("Ana Author", ["author"], True), who
+    assert token.count(".") == 2 and token not in local, "the token is not kept as a pasted one is"
+    assert "code=" not in page.url and urllib.parse.urlsplit(page.url).query == "", page.url
+    assert page.evaluate("sessionStorage.getItem('wardwatch.login')") is None, "verifier kept after use"
+    page.wait_for_selector("#rules button.deactivate")
+    assert page.is_visible("#rule-form") and page.is_hidden("#rules-readonly")
+    wait_until("rows", lambda: rows(page))
+    no_csp_violations(page)
+    sign_out(page)
+    print(f"  provider: 'Sign in with {idp.NAME}' → its form → signed in as Ana Author (author), as whoami says"
+          " with the kept token; S256 challenge of the verifier sent; address cleaned")
+
+
+def check_provider_refusals(page, server, idp):
+    """A return this tab did not start, the provider's own error, and a
+    verifier that does not match the challenge are all refused."""
+    # (a) Someone else's code in a link, while this tab is at the provider.
+    planted = idp.code_for("ana", s256(secrets.token_urlsafe(32)), state="attacker")
+    exchanges = len(idp.token_requests)
+    page.click("#provider-sign-in-button")
+    page.wait_for_url(idp.base + "/authorize?**")
+    page.goto(f"{server.base}/?code={planted}&state=attacker")
+    page.wait_for_selector("#sign-in-error:not([hidden])")
+    shown = page.text_content("#sign-in-error")
+    assert "does not match a sign-in started in this tab" in shown, shown
+    assert page.is_hidden("#session") and page.is_hidden("#alerts-panel")
+    assert session_credential(page)[0] is None and urllib.parse.urlsplit(page.url).query == "", page.url
+    assert len(idp.token_requests) == exchanges and not idp.codes[planted]["used"], "the planted code was spent"
+
+    # (b) The provider says no: its error_description is shown.
+    page.click("#provider-sign-in-button")
+    page.wait_for_url(idp.base + "/authorize?**")
+    page.click("button[value=cancel]")
+    page.wait_for_url(server.base + "/**")
+    page.wait_for_selector("#sign-in-error:not([hidden])")
+    cancelled = page.text_content("#sign-in-error")
+    assert cancelled == f"Not signed in with {idp.NAME}: {idp.CANCELLED} (access_denied)", cancelled
+    assert page.is_hidden("#session") and session_credential(page)[0] is None
+
+    # (c) The IdP checks PKCE: a wrong verifier is refused, the right one
+    # (once) is not; so the page's successful exchanges sent the right one.
+    verifier = secrets.token_urlsafe(32)
+    code = idp.code_for("victor", s256(verifier))
+    exchange = {"grant_type": "authorization_code", "code": code, "client_id": idp.CLIENT_ID,
+                "redirect_uri": idp.redirect_uri()}
+    wrong = idp.token(dict(exchange, code_verifier=secrets.token_urlsafe(32)))
+    assert wrong == (400, {"error": "invalid_grant", "error_description": "PKCE verification failed"}), wrong
+    status, right = idp.token(dict(exchange, code_verifier=verifier))
+    assert status == 200 and server.get("/api/whoami", key=right["access_token"])["name"] == "Victor Viewer", right
+    again = idp.token(dict(exchange, code_verifier=verifier))
+    assert again[0] == 400 and again[1]["error"] == "invalid_grant", again
+    no_csp_violations(page)
+    print(f"  provider refusals: a planted code with a wrong state not spent ({shown!r}); the provider's error"
+          f" shown ({cancelled!r}); the IdP answers 400 invalid_grant to a wrong verifier and to a used code")
+
+
+def check_provider_viewer(page, server, idp):
+    """A viewer signs in through the provider with the keyboard only, and
+    sees no rule editor."""
+    page.wait_for_selector("#sign-in-panel", state="visible")
+    provider_sign_in(page, idp, server, "victor", keyboard=True)
+    assert page.text_content("#session-who") == "Signed in as Victor Viewer (viewer)"
+    who = server.get("/api/whoami", key=session_credential(page)[0])
+    assert (who["name"], who["roles"]) == ("Victor Viewer", ["viewer"]), who
+    page.wait_for_selector("#rules article.rule")
+    assert page.is_hidden("#rule-form") and page.is_visible("#rules-readonly")
+    assert not page.query_selector("#rules button.deactivate") and page.is_hidden("#history-panel")
+    wait_until("rows", lambda: rows(page))
+    sign_out(page)
+    print("  provider viewer: signed in with the keyboard only; rules read-only, no editor or audit desk")
+
+
+def check_provider_expiry(page, server, idp):
+    """A token that expires signs the page out (the polls get 401); the
+    button signs in again."""
+    provider_sign_in(page, idp, server, "sam")
+    token = session_credential(page)[0]
+    lifetime = idp.USERS["sam"][2]
+    t0 = time.monotonic()
+    page.wait_for_selector("#sign-in-panel", state="visible", timeout=(lifetime + 12) * 1000)
+    took = time.monotonic() - t0
+    _, refusal = server.request("GET", "/api/whoami", key=token)
+    shown = page.text_content("#sign-in-error")
+    assert shown == "Signed out: " + refusal["error"]["message"], (shown, refusal)
+    assert session_credential(page)[0] is None and page.is_visible("#provider-sign-in-button")
+    provider_sign_in(page, idp, server, "ana")
+    assert page.text_content("#session-who") == "Signed in as Ana Author (author)"
+    sign_out(page)
+    print(f"  provider expiry: a {lifetime} s token signed out after {took:.1f} s ({shown!r}); the button signed in again")
+
+
+def run_provider(browser, work):
+    idp = TestIdP(work)
+    server = None
+    try:
+        server = Server(work, auth=True, more_config=idp.config())
+        idp.web_origin = server.base
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(10000)
+        console_errors, page_errors, csp_console = [], [], []
+        page.on("console", lambda m: m.type == "error" and console_errors.append(m.text))
+        page.on("console", lambda m: "Content Security Policy" in m.text and csp_console.append(m.text))
+        page.on("pageerror", lambda e: page_errors.append(str(e)))
+        page.add_init_script(CSP_WATCH)
+
+        check_provider_sign_in(page, server, idp)
+        check_provider_refusals(page, server, idp)
+        check_provider_viewer(page, server, idp)
+        check_provider_expiry(page, server, idp)
+        check_csp(page, server, csp_console)
+        with urllib.request.urlopen(server.base + "/", timeout=10) as resp:
+            policy = resp.headers.get("Content-Security-Policy")
+        assert f"connect-src 'self' {idp.base};" in policy, policy
+        assert not page_errors, f"uncaught errors: {page_errors}"
+        # Only the expired token's refusals may be logged.
+        unexpected = [m for m in console_errors if not re.search(r"status of 401", m)]
+        assert not unexpected, f"console errors: {unexpected}"
+        context.close()
+    except BaseException:
+        if server:
+            dump_log(server)
+        raise
+    finally:
+        if server:
+            server.kill()
+        idp.stop()
+
+
 def dump_log(server):
     print(f"server log: {server.log.name}", file=sys.stderr)
     try:
@@ -1417,9 +1891,11 @@ def main():
     with tempfile.TemporaryDirectory(prefix="wardwatch-browser-") as work, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
-        for name, run in (("auth-off", run_auth_off), ("auth-on", run_auth_on)):
+        for name, run, how in (("auth-off", run_auth_off, "serve --demo"),
+                               ("auth-on", run_auth_on, "serve --demo --auth"),
+                               ("provider", run_provider, "serve --demo --auth, [auth.ui_login] at a test IdP")):
             t0 = time.monotonic()
-            print(f"{name}: serve --demo{' --auth' if name == 'auth-on' else ''}")
+            print(f"{name}: {how}")
             os.makedirs(os.path.join(work, name))
             run(browser, os.path.join(work, name))
             print(f"{name}: passed in {time.monotonic() - t0:.1f} s")

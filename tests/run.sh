@@ -41,9 +41,9 @@ if [ ! -x /usr/bin/chromium ]; then
   echo "installing Chromium (Debian package)"
   apt-get update -qq && apt-get install -y -qq chromium >/dev/null
 fi
-if ! python3 -c 'import playwright.sync_api' 2>/dev/null; then
-  echo "installing Playwright (Python)"
-  python3 -m pip install --quiet --disable-pip-version-check playwright
+if ! python3 -c 'import playwright.sync_api, cryptography' 2>/dev/null; then
+  echo "installing Playwright and cryptography (Python; the latter signs the test identity provider's tokens)"
+  python3 -m pip install --quiet --disable-pip-version-check playwright cryptography
 fi
 # `cargo test` above built the server binary for its integration tests; this
 # is a no-op then, and builds it when the arguments left the server out.

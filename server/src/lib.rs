@@ -21,3 +21,9 @@ pub(crate) mod sink;
 pub mod source;
 pub(crate) mod templates;
 pub(crate) mod transport;
+
+/// The REST API's OpenAPI document (`GET /api/openapi.json`, and
+/// `wardwatch openapi`).
+pub fn openapi_document() -> &'static str {
+    api::openapi::document()
+}

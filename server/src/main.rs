@@ -30,6 +30,10 @@ enum Command {
     /// admins manage keys over REST (`/api/keys`).
     #[command(subcommand)]
     ApiKey(ApiKeyCommand),
+    /// Print the REST API's OpenAPI document (the same as GET
+    /// /api/openapi.json), e.g. to generate client types from it
+    /// (`web/types-src/generate.sh`).
+    Openapi,
 }
 
 #[derive(Subcommand, Debug)]
@@ -190,6 +194,10 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()?;
             runtime.block_on(wardwatch::server::run(config, demo))
+        }
+        Command::Openapi => {
+            println!("{}", wardwatch::openapi_document());
+            Ok(())
         }
         Command::ApiKey(ApiKeyCommand::Create(args)) => {
             let mut config = match &args.config {

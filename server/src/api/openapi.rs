@@ -172,4 +172,25 @@ mod tests {
             }
         }
     }
+
+    /// The UI's TypeScript types (`web/types/api.d.ts`) are generated from
+    /// this document; they must be regenerated whenever it changes.
+    #[test]
+    fn the_typescript_types_are_generated_from_this_document() {
+        use sha2::{Digest, Sha256};
+        let types = include_str!("../../../web/types/api.d.ts");
+        let first = types.lines().next().unwrap_or_default();
+        let recorded = first
+            .split("sha256 ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .unwrap_or_default();
+        // `wardwatch openapi` prints the document and a newline.
+        let digest = Sha256::digest(format!("{}\n", document()).as_bytes());
+        let now: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            recorded, now,
+            "the API changed since web/types/api.d.ts was generated: run `sh web/types-src/generate.sh`"
+        );
+    }
 }

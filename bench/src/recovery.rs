@@ -95,11 +95,7 @@ fn process(
             since = Instant::now();
         }
     }
-    Ok((
-        (started.elapsed() - writing).as_secs_f64(),
-        snapshots,
-        last,
-    ))
+    Ok(((started.elapsed() - writing).as_secs_f64(), snapshots, last))
 }
 
 pub fn run(size: &BenchSize) -> Result<BenchResult> {
@@ -158,8 +154,11 @@ pub fn run(size: &BenchSize) -> Result<BenchResult> {
         Ok(())
     };
     let mut checkpointed = engine(&specs)?;
-    let (on_secs, snapshots, _) =
-        process(&mut checkpointed, &batches, Some((CHECKPOINT_EVERY, &write)))?;
+    let (on_secs, snapshots, _) = process(
+        &mut checkpointed,
+        &batches,
+        Some((CHECKPOINT_EVERY, &write)),
+    )?;
     // The full state at the end, whatever the run's length: its size and
     // cost are what a checkpoint of this ward costs.
     let taken = Instant::now();

@@ -473,7 +473,10 @@ mod tests {
     fn a_costly_checkpoint_pushes_the_next_back_to_its_share_of_the_time() {
         let interval = Duration::from_secs(2);
         // Cheap: the interval.
-        assert_eq!(pause_after(interval, Duration::from_millis(30), 10), interval);
+        assert_eq!(
+            pause_after(interval, Duration::from_millis(30), 10),
+            interval
+        );
         // 4 s at 10 %: 36 s of running for each 4 s of checkpoint.
         assert_eq!(
             pause_after(interval, Duration::from_secs(4), 10),

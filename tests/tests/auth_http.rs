@@ -800,7 +800,14 @@ async fn a_caller_over_its_request_rate_is_refused_and_others_are_not() {
     // Guessing credentials: 401 until the address's bucket is empty, then 429.
     let mut statuses = vec![];
     for _ in 0..30 {
-        let (status, _, _) = call(&server, Method::GET, "/api/rules", Some("wwk_nope_nope"), None).await;
+        let (status, _, _) = call(
+            &server,
+            Method::GET,
+            "/api/rules",
+            Some("wwk_nope_nope"),
+            None,
+        )
+        .await;
         statuses.push(status.as_u16());
     }
     assert_eq!(statuses[0], 401);
@@ -819,7 +826,14 @@ async fn a_caller_over_its_request_rate_is_refused_and_others_are_not() {
     post_readings(&server, &admin_key, &[("P-rate", "h1")]).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, _, text) = call(&server, Method::GET, "/api/alerts?patient=P-rate", Some(&admin_key), None).await;
+        let (_, _, text) = call(
+            &server,
+            Method::GET,
+            "/api/alerts?patient=P-rate",
+            Some(&admin_key),
+            None,
+        )
+        .await;
         if text.contains("P-rate") {
             break;
         }

@@ -75,7 +75,10 @@ async fn first_alert(server: &Server, query: &str, within: Duration) -> Value {
         if let Some(first) = list["alerts"].as_array().and_then(|a| a.last()) {
             return first.clone();
         }
-        assert!(Instant::now() < deadline, "no alert for {query} in {within:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no alert for {query} in {within:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -101,8 +104,14 @@ async fn archived_eventually(server: &Server, hospital: &str, want: i64) {
         if n == want {
             return;
         }
-        assert!(n < want, "{n} rows of {hospital} archived, more than the {want} sent");
-        assert!(Instant::now() < deadline, "{n} of {want} rows of {hospital} archived");
+        assert!(
+            n < want,
+            "{n} rows of {hospital} archived, more than the {want} sent"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{n} of {want} rows of {hospital} archived"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -131,7 +140,10 @@ async fn dead_letters(broker: &Broker, want: usize) -> Vec<(String, String)> {
                         .map(|v| String::from_utf8_lossy(v).into_owned())
                 })
                 .unwrap_or_default();
-            out.push((String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(), reason));
+            out.push((
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                reason,
+            ));
         }
     }
     out
@@ -140,7 +152,10 @@ async fn dead_letters(broker: &Broker, want: usize) -> Vec<(String, String)> {
 async fn run(manual: bool) {
     let broker = Broker::start().expect("the test broker must start");
     for (topic, partitions) in [("vitals", 2), ("alert-events", 1), ("vitals-dlq", 1)] {
-        broker.create_topic(topic, partitions).await.expect("create topic");
+        broker
+            .create_topic(topic, partitions)
+            .await
+            .expect("create topic");
     }
     let server = Server::start(config(&broker, manual))
         .await
@@ -161,8 +176,19 @@ async fn run(manual: bool) {
     .await;
     assert_eq!(status, 201, "{canary}");
     let canary = canary["id"].as_str().unwrap().to_string();
-    produce(&producer, "vitals", "C1", &reading("C1", Some("H01"), 1, 97.0, 200.0)).await;
-    first_alert(&server, &format!("rule={canary}&patient=C1"), Duration::from_secs(30)).await;
+    produce(
+        &producer,
+        "vitals",
+        "C1",
+        &reading("C1", Some("H01"), 1, 97.0, 200.0),
+    )
+    .await;
+    first_alert(
+        &server,
+        &format!("rule={canary}&patient=C1"),
+        Duration::from_secs(30),
+    )
+    .await;
 
     // Refused: one of the server's own topics.
     let (status, answer) = send(
@@ -196,10 +222,24 @@ async fn run(manual: bool) {
     .await;
     assert_eq!(status, 409, "{answer}");
 
-    broker.create_topic(OWN_TOPIC, 2).await.expect("create topic");
+    broker
+        .create_topic(OWN_TOPIC, 2)
+        .await
+        .expect("create topic");
     // No hospital_id: the topic says whose it is.
-    produce(&producer, OWN_TOPIC, "P1", &reading("P1", None, 1, 80.0, 90.0)).await;
-    let alert = first_alert(&server, "patient=P1&severity=critical", Duration::from_secs(60)).await;
+    produce(
+        &producer,
+        OWN_TOPIC,
+        "P1",
+        &reading("P1", None, 1, 80.0, 90.0),
+    )
+    .await;
+    let alert = first_alert(
+        &server,
+        "patient=P1&severity=critical",
+        Duration::from_secs(60),
+    )
+    .await;
     let took = asked.elapsed();
     assert_eq!(alert["hospital_id"], "H77", "{alert}");
     assert!(took < Duration::from_secs(60), "first alert after {took:?}");
@@ -207,49 +247,119 @@ async fn run(manual: bool) {
 
     // Its own id, another hospital's (a dead letter), more readings.
     let mut good = 1;
-    produce(&producer, OWN_TOPIC, "P2", &reading("P2", Some("H77"), 2, 97.0, 80.0)).await;
+    produce(
+        &producer,
+        OWN_TOPIC,
+        "P2",
+        &reading("P2", Some("H77"), 2, 97.0, 80.0),
+    )
+    .await;
     good += 1;
     let foreign = reading("P3", Some("H01"), 3, 97.0, 80.0);
     produce(&producer, OWN_TOPIC, "P3", &foreign).await;
     for i in 0..20u32 {
         let patient = format!("Q{i}");
-        produce(&producer, OWN_TOPIC, &patient, &reading(&patient, None, 10 + i, 96.0, 75.0)).await;
+        produce(
+            &producer,
+            OWN_TOPIC,
+            &patient,
+            &reading(&patient, None, 10 + i, 96.0, 75.0),
+        )
+        .await;
         good += 1;
     }
     archived_eventually(&server, "H77", good).await;
     let letters = dead_letters(&broker, 1).await;
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0].0, foreign);
-    assert!(letters[0].1.contains("on the topic of hospital 'H77'"), "{letters:?}");
+    assert!(
+        letters[0].1.contains("on the topic of hospital 'H77'"),
+        "{letters:?}"
+    );
     // The shared topic is read all along.
-    produce(&producer, "vitals", "C2", &reading("C2", Some("H01"), 2, 97.0, 200.0)).await;
-    first_alert(&server, &format!("rule={canary}&patient=C2"), Duration::from_secs(30)).await;
+    produce(
+        &producer,
+        "vitals",
+        "C2",
+        &reading("C2", Some("H01"), 2, 97.0, 200.0),
+    )
+    .await;
+    first_alert(
+        &server,
+        &format!("rule={canary}&patient=C2"),
+        Duration::from_secs(30),
+    )
+    .await;
 
     // A restart reads the hospital's topic again, from where it stopped.
     let data_dir = std::sync::Arc::clone(&server.data_dir);
     server.stop().await.unwrap();
     for i in 0..5u32 {
         let patient = format!("R{i}");
-        produce(&producer, OWN_TOPIC, &patient, &reading(&patient, None, 40 + i, 96.0, 75.0)).await;
+        produce(
+            &producer,
+            OWN_TOPIC,
+            &patient,
+            &reading(&patient, None, 40 + i, 96.0, 75.0),
+        )
+        .await;
         good += 1;
     }
     let server = Server::start_in(config(&broker, manual), data_dir)
         .await
         .expect("server restarts");
-    produce(&producer, OWN_TOPIC, "P9", &reading("P9", None, 50, 80.0, 90.0)).await;
+    produce(
+        &producer,
+        OWN_TOPIC,
+        "P9",
+        &reading("P9", None, 50, 80.0, 90.0),
+    )
+    .await;
     good += 1;
-    first_alert(&server, "patient=P9&severity=critical", Duration::from_secs(60)).await;
+    first_alert(
+        &server,
+        "patient=P9&severity=critical",
+        Duration::from_secs(60),
+    )
+    .await;
     archived_eventually(&server, "H77", good).await;
 
     // Retired: its topic is no longer read; the shared one still is.
-    let (status, _) = send(&server, reqwest::Method::DELETE, "/api/hospitals/H77", json!({})).await;
+    let (status, _) = send(
+        &server,
+        reqwest::Method::DELETE,
+        "/api/hospitals/H77",
+        json!({}),
+    )
+    .await;
     assert_eq!(status, 200);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    produce(&producer, OWN_TOPIC, "P10", &reading("P10", None, 60, 80.0, 90.0)).await;
-    produce(&producer, "vitals", "C3", &reading("C3", Some("H01"), 3, 97.0, 200.0)).await;
-    first_alert(&server, &format!("rule={canary}&patient=C3"), Duration::from_secs(30)).await;
+    produce(
+        &producer,
+        OWN_TOPIC,
+        "P10",
+        &reading("P10", None, 60, 80.0, 90.0),
+    )
+    .await;
+    produce(
+        &producer,
+        "vitals",
+        "C3",
+        &reading("C3", Some("H01"), 3, 97.0, 200.0),
+    )
+    .await;
+    first_alert(
+        &server,
+        &format!("rule={canary}&patient=C3"),
+        Duration::from_secs(30),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(archived(&server, "H77").await, good, "a retired hospital's topic was read");
+    assert_eq!(
+        archived(&server, "H77").await,
+        good,
+        "a retired hospital's topic was read"
+    );
     server.stop().await.unwrap();
 }
 

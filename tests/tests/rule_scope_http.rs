@@ -260,11 +260,11 @@ async fn a_caller_limited_to_a_hospital_sees_its_and_global_rules_and_changes_on
     loop {
         let (_, _, text) = call(&server, Method::GET, "/api/rules", Some(&viewer), None).await;
         let list: Value = serde_json::from_str(&text).unwrap();
-        let counted = list["rules"].as_array().unwrap().iter().all(|r| {
-            r["stats"]["events_matched"]
-                .as_u64()
-                .is_some_and(|n| n > 0)
-        });
+        let counted = list["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["stats"]["events_matched"].as_u64().is_some_and(|n| n > 0));
         if counted {
             break;
         }

@@ -599,4 +599,3 @@ async fn the_ui_login_is_announced_and_its_token_endpoint_allowed_by_the_csp() {
     );
     server.stop().await.unwrap();
 }
-

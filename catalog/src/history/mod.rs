@@ -1001,14 +1001,21 @@ mod tests {
                 (!column.is_null(0)).then(|| column.value(0).to_string())
             }
         };
-        assert_eq!(text("SELECT 'P-' || '0042' || 7").await.as_deref(), Some("P-00427"));
+        assert_eq!(
+            text("SELECT 'P-' || '0042' || 7").await.as_deref(),
+            Some("P-00427")
+        );
         assert_eq!(text("SELECT 'a' || NULL").await, None);
         assert_eq!(
-            text("SELECT array_to_string([1, 2] || [3] || 4, ',')").await.as_deref(),
+            text("SELECT array_to_string([1, 2] || [3] || 4, ',')")
+                .await
+                .as_deref(),
             Some("1,2,3,4")
         );
         assert_eq!(
-            text("SELECT array_to_string(0 || [1, 2], ',')").await.as_deref(),
+            text("SELECT array_to_string(0 || [1, 2], ',')")
+                .await
+                .as_deref(),
             Some("0,1,2")
         );
         let n = count(

@@ -76,7 +76,10 @@ fn serve(asset: &Asset, request: &HeaderMap) -> Response {
         None => {
             static ETAGS: OnceLock<std::sync::Mutex<std::collections::HashMap<&str, String>>> =
                 OnceLock::new();
-            let mut etags = ETAGS.get_or_init(Default::default).lock().expect("etags lock");
+            let mut etags = ETAGS
+                .get_or_init(Default::default)
+                .lock()
+                .expect("etags lock");
             etags
                 .entry(asset.path)
                 .or_insert_with(|| etag_of(asset.embedded))

@@ -72,7 +72,10 @@ mod tests {
             limits.check("a").unwrap();
         }
         let wait = limits.check("a").unwrap_err();
-        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(100), "{wait:?}");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
         limits.check("b").unwrap();
         std::thread::sleep(Duration::from_millis(120));
         limits.check("a").unwrap();

@@ -36,13 +36,13 @@ use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::decode::VitalsDecoder;
+use super::topics::{Topics, PARTITIONS_PER_TOPIC};
 use crate::config::{KafkaConfig, PipelineConfig};
 use crate::intake::{Intake, IntakeBatch, Origin};
 use crate::pipeline::Input;
 use crate::shutdown::ShutdownNotice;
 use crate::sink::dead_letter::DeadLetter;
 use crate::sink::kafka::client_config;
-use super::topics::{Topics, PARTITIONS_PER_TOPIC};
 
 struct RebalanceContext {
     intake: Intake,
@@ -551,7 +551,9 @@ pub fn start(
                                 .collect();
                             for name in gone {
                                 let streams = assigned.remove(&name).unwrap_or_default();
-                                hand_over(&consumer, &intake, &topics, &pending, &decode_tx, &streams);
+                                hand_over(
+                                    &consumer, &intake, &topics, &pending, &decode_tx, &streams,
+                                );
                                 let kafka_partitions: Vec<i32> = streams
                                     .iter()
                                     .filter_map(|&s| topics.kafka_partition(s).map(|(_, p)| p))
@@ -574,9 +576,10 @@ pub fn start(
                                 topics.stream_partition(msg.topic(), 0),
                             );
                         }
-                        let (Some(base), true) =
-                            (base_of.1, (0..PARTITIONS_PER_TOPIC).contains(&msg.partition()))
-                        else {
+                        let (Some(base), true) = (
+                            base_of.1,
+                            (0..PARTITIONS_PER_TOPIC).contains(&msg.partition()),
+                        ) else {
                             continue;
                         };
                         let partition = base + msg.partition();

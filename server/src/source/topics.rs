@@ -159,7 +159,10 @@ mod tests {
         assert_eq!(topics.stream_partition("vitals", 5), Some(5));
         assert_eq!(topics.stream_partition("vitals-h7", 5), Some(300_005));
         assert_eq!(topics.stream_partition("other", 5), None);
-        assert_eq!(topics.stream_partition("vitals", PARTITIONS_PER_TOPIC), None);
+        assert_eq!(
+            topics.stream_partition("vitals", PARTITIONS_PER_TOPIC),
+            None
+        );
         let (topic, p) = topics.kafka_partition(300_005).unwrap();
         assert_eq!((topic.name.as_str(), p), ("vitals-h7", 5));
         assert_eq!(topic.hospital.as_deref(), Some("H7"));

@@ -43,8 +43,10 @@ fn content_security_policy(config: &Config) -> HeaderValue {
         .map(|u| u.origin().ascii_serialization())
         .filter(|o| o != "null");
     let policy = match origin {
-        Some(origin) => CONTENT_SECURITY_POLICY
-            .replace("connect-src 'self'", &format!("connect-src 'self' {origin}")),
+        Some(origin) => CONTENT_SECURITY_POLICY.replace(
+            "connect-src 'self'",
+            &format!("connect-src 'self' {origin}"),
+        ),
         None => CONTENT_SECURITY_POLICY.to_string(),
     };
     HeaderValue::from_str(&policy).expect("a URL origin is a valid header value")

@@ -229,12 +229,21 @@ mod tests {
             name: "IdP".into(),
         };
         let mut c = config("127.0.0.1:8080");
-        c.auth.ui_login = Some(login("https://idp.example/auth", "http://127.0.0.1:9/token"));
+        c.auth.ui_login = Some(login(
+            "https://idp.example/auth",
+            "http://127.0.0.1:9/token",
+        ));
         check_startup(&c, true).unwrap();
-        c.auth.ui_login = Some(login("http://idp.example/auth", "https://idp.example/token"));
+        c.auth.ui_login = Some(login(
+            "http://idp.example/auth",
+            "https://idp.example/token",
+        ));
         let m = message(check_startup(&c, true));
         assert!(m.contains("authorization_endpoint must be https://"), "{m}");
-        c.auth.ui_login = Some(login("https://idp.example/auth", "http://idp.example/token"));
+        c.auth.ui_login = Some(login(
+            "https://idp.example/auth",
+            "http://idp.example/token",
+        ));
         let m = message(check_startup(&c, true));
         assert!(m.contains("token_endpoint must be https://"), "{m}");
     }

@@ -12,7 +12,6 @@
 
 use arrow::record_batch::RecordBatch;
 use datafusion::prelude::{col, lit, Expr};
-use futures::TryStreamExt;
 use sql_rules::{Alert, AlertStatus};
 
 use crate::archive::{alert_col as c, alerts_from_batch, alerts_schema, status_text};
@@ -203,26 +202,16 @@ pub async fn alert_rate(
     // Event times are not negative here, so integer division floors.
     let bucket = (cast(col(c::EVENT_TIME), DataType::Int64) / lit(bucket_ms)) * lit(bucket_ms);
     let fired = count(lit(1)).filter(col(c::STATUS).eq(lit(status_text(AlertStatus::Fired))));
-    let batches: Vec<RecordBatch> = history
-        .session()
-        .table(crate::archive::ALERTS)
-        .await
-        .map_err(CatalogError::query)?
-        .filter(filter)
-        .and_then(|df| {
-            df.aggregate(
-                vec![bucket.alias("b")],
-                vec![fired.build()?.alias("f"), count(lit(1)).alias("n")],
-            )
+    let batches = history
+        .read(crate::archive::ALERTS, |df| {
+            df.filter(filter)?
+                .aggregate(
+                    vec![bucket.alias("b")],
+                    vec![fired.build()?.alias("f"), count(lit(1)).alias("n")],
+                )?
+                .sort(vec![col("b").sort(true, false)])
         })
-        .and_then(|df| df.sort(vec![col("b").sort(true, false)]))
-        .map_err(CatalogError::query)?
-        .execute_stream()
-        .await
-        .map_err(CatalogError::query)?
-        .try_collect()
-        .await
-        .map_err(CatalogError::query)?;
+        .await?;
     let mut buckets = Vec::new();
     for batch in &batches {
         let start = batch.column(0).as_primitive::<Int64Type>();
@@ -267,27 +256,17 @@ async fn scan(
         .map(|f| f.name().clone())
         .collect();
     let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
-    let df = history
-        .session()
-        .table(crate::archive::ALERTS)
-        .await
-        .map_err(CatalogError::query)?
-        .filter(filter)
-        .and_then(|df| {
-            df.sort(vec![
-                col(c::EVENT_TIME).sort(false, false),
-                col(c::ID).sort(false, false),
-            ])
+    history
+        .read(crate::archive::ALERTS, |df| {
+            df.filter(filter)?
+                .sort(vec![
+                    col(c::EVENT_TIME).sort(false, false),
+                    col(c::ID).sort(false, false),
+                ])?
+                .limit(0, Some(limit))?
+                .select_columns(&columns)
         })
-        .and_then(|df| df.limit(0, Some(limit)))
-        .and_then(|df| df.select_columns(&columns))
-        .map_err(CatalogError::query)?;
-    df.execute_stream()
         .await
-        .map_err(CatalogError::query)?
-        .try_collect()
-        .await
-        .map_err(CatalogError::query)
 }
 
 #[cfg(test)]

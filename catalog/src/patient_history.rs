@@ -8,7 +8,6 @@
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use datafusion::prelude::{cast, col, lit, Expr};
-use futures::TryStreamExt;
 use sql_rules::stream::col as v;
 
 use crate::archive::VITALS;
@@ -64,22 +63,14 @@ pub async fn patient_readings(
         col(v::DIASTOLIC_BP_MMHG),
         cast(col(v::SOURCE_DEVICE), DataType::Utf8).alias("d"),
     ];
-    let batches: Vec<arrow::record_batch::RecordBatch> = history
-        .session()
-        .table(VITALS)
-        .await
-        .map_err(CatalogError::query)?
-        .filter(filter)
-        .and_then(|df| df.sort(vec![col(v::EVENT_TIME).sort(true, false)]))
-        .and_then(|df| df.limit(0, Some(limit.saturating_add(1))))
-        .and_then(|df| df.select(columns))
-        .map_err(CatalogError::query)?
-        .execute_stream()
-        .await
-        .map_err(CatalogError::query)?
-        .try_collect()
-        .await
-        .map_err(CatalogError::query)?;
+    let batches = history
+        .read(VITALS, |df| {
+            df.filter(filter)?
+                .sort(vec![col(v::EVENT_TIME).sort(true, false)])?
+                .limit(0, Some(limit.saturating_add(1)))?
+                .select(columns)
+        })
+        .await?;
     let mut readings = Vec::new();
     for batch in &batches {
         let time = batch.column(0).as_primitive::<Int64Type>();

@@ -338,6 +338,25 @@ impl HistoryCatalog {
         &self.ctx
     }
 
+    /// Rows of archive table `table`, as `build` shapes a DataFrame of it
+    /// (filters, sorts, aggregates: expressions, never SQL text), collected.
+    pub async fn read(
+        &self,
+        table: &str,
+        build: impl FnOnce(DataFrame) -> Result<DataFrame, DataFusionError>,
+    ) -> Result<Vec<RecordBatch>, CatalogError> {
+        let df = self.ctx.table(table).await.map_err(CatalogError::query)?;
+        futures::TryStreamExt::try_collect(
+            build(df)
+                .map_err(CatalogError::query)?
+                .execute_stream()
+                .await
+                .map_err(CatalogError::query)?,
+        )
+        .await
+        .map_err(CatalogError::query)
+    }
+
     /// Plans `sql` after the read-only checks, for callers that stream the
     /// result themselves (they own the row and time limits then).
     pub async fn dataframe(&self, sql: &str) -> Result<DataFrame, CatalogError> {

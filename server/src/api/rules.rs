@@ -134,6 +134,16 @@ fn read_draft(body: Result<Json<Value>, JsonRejection>) -> Result<RuleDraft, Api
         .into())
 }
 
+/// Hands a stored rule's current version to the engine (which replaces
+/// any version it runs).
+async fn run(state: &SharedState, rule: &Rule, compiled: CompiledRule) -> Result<(), ApiError> {
+    state
+        .pipeline
+        .send_async(Input::Upsert(Box::new(rule_spec(&rule.current, compiled))))
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))
+}
+
 /// A submitted rule: its fields within `[limits]`, its SQL compiled (with
 /// its scope), and its escalation column one of the rule's output columns.
 pub fn compile_draft(state: &SharedState, draft: &RuleDraft) -> Result<CompiledRule, ApiError> {
@@ -303,11 +313,7 @@ pub(crate) async fn store_and_run(
                "hospital_id": rule.current.hospital_id}),
     )
     .await;
-    state
-        .pipeline
-        .send_async(Input::Upsert(Box::new(rule_spec(&rule.current, compiled))))
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    run(state, &rule, compiled).await?;
     Ok(rule)
 }
 
@@ -355,11 +361,7 @@ pub async fn update(
     if !rule.active {
         rule = state.rules.set_active(&id, true, now_ms()).await?;
     }
-    state
-        .pipeline
-        .send_async(Input::Upsert(Box::new(rule_spec(&rule.current, compiled))))
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    run(&state, &rule, compiled).await?;
     Ok(Json(rule_view(&state, rule)))
 }
 
@@ -465,11 +467,7 @@ pub async fn reactivate(
         json!({"rule_id": rule.id, "version": rule.current.version}),
     )
     .await;
-    state
-        .pipeline
-        .send_async(Input::Upsert(Box::new(rule_spec(&rule.current, compiled))))
-        .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    run(&state, &rule, compiled).await?;
     Ok(Json(rule_view(&state, rule)))
 }
 

@@ -32,6 +32,7 @@ pub const MAX_READINGS: usize = 10_000;
         (status = 400, description = "A range that is empty, reversed or longer than 24 h, or a patient id over 128 bytes.", body = ErrorBody),
         (status = 500, description = "The archive could not be read.", body = ErrorBody),
         (status = 503, description = "`max_concurrent_queries` history reads are running already.", body = ErrorBody),
+        (status = 504, description = "The read ran past `query_timeout_ms`.", body = ErrorBody),
     )
 )]
 pub async fn vitals(
@@ -60,18 +61,20 @@ pub async fn vitals(
         json!({"patient_id": patient_id, "since": since, "until": until}),
     )
     .await;
-    // Shares the history queries' slots: it scans the same archive.
-    let _slot = super::query::query_slot(&state)?;
-    let (readings, truncated) = patient_history::patient_readings(
-        &state.history,
-        &patient_id,
-        caller.hospitals.as_deref(),
-        since,
-        until,
-        MAX_READINGS,
+    // Within the history queries' slots and time limit: it scans the same
+    // archive.
+    let (readings, truncated) = super::query::bounded_read(
+        &state,
+        patient_history::patient_readings(
+            &state.history,
+            &patient_id,
+            caller.hospitals.as_deref(),
+            since,
+            until,
+            MAX_READINGS,
+        ),
     )
-    .await
-    .map_err(|e| ApiError::internal(format!("reading the archive: {e}")))?;
+    .await?;
     Ok(Json(PatientVitals {
         patient_id,
         since,

@@ -425,6 +425,21 @@ fn streamed(
         .into_response()
 }
 
+/// Runs a read of the archive made by a route (not history SQL) within the
+/// same bounds: one of the `max_concurrent_queries` slots, and
+/// `query_timeout_ms` (504 past it).
+pub async fn bounded_read<T>(
+    state: &SharedState,
+    read: impl std::future::Future<Output = Result<T, CatalogError>>,
+) -> Result<T, ApiError> {
+    let _slot = query_slot(state)?;
+    let limit = Duration::from_millis(state.config.archive.query_timeout_ms);
+    match tokio::time::timeout(limit, read).await {
+        Ok(result) => result.map_err(|e| QueryError::from(e).0),
+        Err(_) => Err(timed_out(limit).0),
+    }
+}
+
 /// One of the `max_concurrent_queries` slots every read of the archive
 /// holds while it runs, or 503 when all are taken.
 pub fn query_slot(state: &SharedState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {

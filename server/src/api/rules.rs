@@ -485,6 +485,7 @@ pub async fn reactivate(
         (status = 404, description = "No rule with this id (or one of a hospital the caller is not limited to).", body = ErrorBody),
         (status = 500, description = "The alert history could not be read.", body = ErrorBody),
         (status = 503, description = "`max_concurrent_queries` history reads are running already.", body = ErrorBody),
+        (status = 504, description = "The read ran past `query_timeout_ms`.", body = ErrorBody),
     )
 )]
 pub async fn alert_rate(
@@ -512,17 +513,18 @@ pub async fn alert_rate(
     super::patients::check_range(since, until, bucket_ms.saturating_mul(MAX_BUCKETS)).map_err(
         |e| ApiError::bad_request(format!("{} ({MAX_BUCKETS} buckets at most)", e.message)),
     )?;
-    let _slot = super::query::query_slot(&state)?;
-    let buckets = catalog::alert_history::alert_rate(
-        &state.history,
-        &rule.id,
-        caller.hospitals.as_deref(),
-        since,
-        until,
-        bucket_ms,
+    let buckets = super::query::bounded_read(
+        &state,
+        catalog::alert_history::alert_rate(
+            &state.history,
+            &rule.id,
+            caller.hospitals.as_deref(),
+            since,
+            until,
+            bucket_ms,
+        ),
     )
-    .await
-    .map_err(|e| ApiError::internal(format!("reading alert history: {e}")))?;
+    .await?;
     Ok(Json(AlertRate {
         rule_id: rule.id,
         since,

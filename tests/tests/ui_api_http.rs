@@ -329,6 +329,12 @@ async fn a_patients_readings_and_a_rules_alert_rate_match_what_was_sent() {
         .unwrap();
     assert_eq!(r.status(), 400);
 
+    // The engine holds both patients (and has forgotten none: the day
+    // has not passed in event time).
+    let ops = poll(&server, "/api/ops", |o| o["engine"]["patients_held"] == 2).await;
+    assert_eq!(ops["engine"]["patients_held"], 2, "{ops}");
+    assert_eq!(ops["engine"]["patients_forgotten"], 0);
+
     // Reading a patient's vitals is a read of patient data: audited.
     let audit: Value = server
         .http

@@ -68,6 +68,7 @@ pub async fn operations(
     let checkpoints = CheckpointOps {
         enabled: config.kafka.brokers.is_some() && config.pipeline.checkpoint_interval_ms > 0,
         interval_ms: config.pipeline.checkpoint_interval_ms,
+        next_wait_ms: m.checkpoint_wait_micros.load(Relaxed) / 1_000,
         written: m.checkpoints.load(Relaxed),
         failures: m.checkpoint_failures.load(Relaxed),
         age_ms: (taken_at > 0).then(|| (now - taken_at).max(0)),
@@ -81,6 +82,8 @@ pub async fn operations(
         inputs_waiting: health.queued(),
         stalled_ms: health.stalled_ms(now, config.pipeline.engine_stall_ms),
         consumer_lag: (total_lag >= 0).then_some(total_lag),
+        patients_held: m.patients_held.load(Relaxed),
+        patients_forgotten: m.patients_forgotten.load(Relaxed),
     };
     let budgets = config.limits.budgets();
     let budgets = RuleBudgetsView {

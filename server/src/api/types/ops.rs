@@ -40,6 +40,9 @@ pub struct CheckpointOps {
     /// Off without Kafka or with `checkpoint_interval_ms = 0`.
     pub enabled: bool,
     pub interval_ms: u64,
+    /// The wait before the next: `interval_ms`, or longer when the last
+    /// took more than `checkpoint_max_overhead_percent` of it.
+    pub next_wait_ms: u64,
     /// Written since start, and failed attempts.
     pub written: u64,
     pub failures: u64,
@@ -60,6 +63,10 @@ pub struct EngineOps {
     pub stalled_ms: Option<i64>,
     /// Messages behind over every partition; `None` unknown or no Kafka.
     pub consumer_lag: Option<i64>,
+    /// Patients the engine holds an id for, and has forgotten since start
+    /// (`forget_patients_after_ms`).
+    pub patients_held: u64,
+    pub patients_forgotten: u64,
 }
 
 /// `[limits]` run-time budgets of a rule.

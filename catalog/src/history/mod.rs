@@ -1044,6 +1044,15 @@ mod tests {
         )
         .await;
         assert_eq!(n, 2);
+        // Two numbers: an error, as DataFusion's own operator gives.
+        assert!(history.query("SELECT 1 || 2", &limits()).await.is_err());
+        // The newly bounded functions still work within the bound.
+        assert_eq!(
+            text("SELECT encode('ab', 'hex') || translate('abc', 'b', 'x') || array_to_string(make_array(1, 2), '-')")
+                .await
+                .as_deref(),
+            Some("6162axc1-2")
+        );
         let started = std::time::Instant::now();
         for sql in [
             "SELECT length(repeat('x', 1000000000))",
@@ -1075,6 +1084,14 @@ mod tests {
              SELECT length(s) FROM d",
             "SELECT cardinality(array_repeat(1, 1500000) || array_repeat(2, 1500000))",
             "SELECT cardinality(array_concat(array_repeat(1, 1500000), array_repeat(2, 1500000)))",
+            // Other functions that grow their input, doubling through CTEs.
+            "WITH a AS (SELECT repeat('x', 6000000) AS s), b AS (SELECT encode(s, 'hex') AS s FROM a), \
+             c AS (SELECT encode(s, 'hex') AS s FROM b) SELECT length(s) FROM c",
+            "WITH a AS (SELECT repeat('x', 6000000) AS s), \
+             b AS (SELECT array_to_string(make_array(s, s), '') AS s FROM a), \
+             c AS (SELECT array_to_string(make_array(s, s), '') AS s FROM b) SELECT length(s) FROM c",
+            "SELECT length(translate(repeat('a', 6000000), 'a', '𝄞'))",
+            "SELECT length(array_to_string(make_array(1, 2, 3, 4), repeat('-', 6000000)))",
         ] {
             let err = history.query(sql, &limits()).await.unwrap_err();
             assert!(

@@ -61,6 +61,12 @@ enum Growth {
     /// `range/generate_series([start,] stop[, step])`: (stop − start) / step
     /// elements (counted at 8 bytes).
     Series,
+    /// `encode(bytes, 'hex')` (twice the input), `translate` (a character
+    /// may become one of 4 bytes): the first argument's bytes times this.
+    Scale(u8),
+    /// `array_to_string(list, sep[, null])`: the elements' bytes plus the
+    /// separator once per element.
+    Join,
 }
 
 const BOUNDED: &[(&str, Growth)] = &[
@@ -78,6 +84,11 @@ const BOUNDED: &[(&str, Growth)] = &[
     ("array_prepend", Growth::Sum),
     ("range", Growth::Series),
     ("generate_series", Growth::Series),
+    ("encode", Growth::Scale(2)),
+    ("translate", Growth::Scale(4)),
+    ("overlay", Growth::Sum),
+    ("make_array", Growth::Sum),
+    ("array_to_string", Growth::Join),
 ];
 
 /// Replaces the registered size-amplifying functions of `ctx` with bounded
@@ -258,6 +269,20 @@ impl ScalarUDFImpl for StringConcat {
                 arg_types.len()
             )));
         }
+        // As DataFusion's operator: text with anything, but not two
+        // non-text values (`1 || 2` is an error, not '12').
+        let text = |t: &DataType| {
+            matches!(
+                t,
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null
+            )
+        };
+        if !arg_types.iter().any(text) {
+            return Err(DataFusionError::Plan(format!(
+                "|| needs text (or lists) on one side at least, not {} and {}",
+                arg_types[0], arg_types[1]
+            )));
+        }
         Ok(vec![DataType::Utf8; 2])
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
@@ -350,6 +375,23 @@ fn estimate(growth: Growth, args: &[ArrayRef]) -> Result<u128> {
                 total = total.saturating_add(sizes.iter().map(|s| s.max(&0).unsigned_abs()).sum());
             }
         }
+        Growth::Scale(factor) => {
+            let sizes = element_sizes(args.first(), rows);
+            let bytes: u128 = sizes.iter().map(|s| s.max(&0).unsigned_abs()).sum();
+            total = bytes.saturating_mul(u128::from(factor));
+        }
+        Growth::Join => {
+            let Some(list) = args.first() else {
+                return Ok(0);
+            };
+            // The elements' own bytes, then one separator per element.
+            total = (list.get_array_memory_size() as u128).max(0);
+            let elements = list_lengths(list);
+            let separator = element_sizes(args.get(1), rows);
+            for row in 0..rows.min(elements.len()) {
+                total = total.saturating_add(mul(elements[row], separator[row]));
+            }
+        }
         Growth::Series => {
             let (start, stop, step) = match args.len() {
                 1 => (None, count(0)?, None),
@@ -384,6 +426,30 @@ fn element_sizes(array: Option<&ArrayRef>, rows: usize) -> Vec<i128> {
         (array.get_array_memory_size() / array.len().max(1)).max(8) as i128
     };
     vec![average; rows]
+}
+
+/// Elements in each row of a list argument (0 for anything else).
+fn list_lengths(array: &ArrayRef) -> Vec<i128> {
+    let lengths = |offsets: &[i64]| -> Vec<i128> {
+        offsets
+            .windows(2)
+            .map(|w| i128::from(w[1] - w[0]))
+            .collect()
+    };
+    match array.data_type() {
+        DataType::List(_) => {
+            let offsets: Vec<i64> = array
+                .as_list::<i32>()
+                .offsets()
+                .iter()
+                .map(|&o| i64::from(o))
+                .collect();
+            lengths(&offsets)
+        }
+        DataType::LargeList(_) => lengths(array.as_list::<i64>().offsets()),
+        DataType::FixedSizeList(_, n) => vec![i128::from(*n); array.len()],
+        _ => vec![0; array.len()],
+    }
 }
 
 /// Byte lengths of a text argument (`None` if it is not text).

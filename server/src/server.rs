@@ -347,7 +347,7 @@ pub async fn run_until(
         let auth = Arc::clone(&auth);
         let stop = shutdown.notice();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
             loop {
                 tokio::select! {
                     _ = tick.tick() => auth.rate.forget_idle(),

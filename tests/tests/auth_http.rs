@@ -812,6 +812,11 @@ async fn a_caller_over_its_request_rate_is_refused_and_others_are_not() {
     }
     assert_eq!(statuses[0], 401);
     assert!(statuses.contains(&429), "{statuses:?}");
+    // Refused before its credentials are checked: a right key from that
+    // address gets the same 429, so guessing learns nothing from it.
+    let (status, _, text) = call(&server, Method::GET, "/api/rules", Some(&other), None).await;
+    assert_eq!(status.as_u16(), 429, "{text}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
 
     // Alerting goes on: the admin's canary fires on a fresh reading.
     let (status, _, text) = call(

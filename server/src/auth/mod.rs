@@ -187,7 +187,13 @@ impl Authenticator {
 
     /// 429 when `caller` is over its request rate.
     fn over_rate(&self, caller: &str) -> Option<Response> {
-        let wait = self.rate.check(caller).err()?;
+        self.rate
+            .check(caller)
+            .err()
+            .map(|wait| self.too_many(wait))
+    }
+
+    fn too_many(&self, wait: std::time::Duration) -> Response {
         let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
         let mut response = ApiError {
             status: axum::http::StatusCode::TOO_MANY_REQUESTS,
@@ -203,7 +209,7 @@ impl Authenticator {
             axum::http::header::RETRY_AFTER,
             axum::http::HeaderValue::from(seconds),
         );
-        Some(response)
+        response
     }
 
     pub fn required(&self) -> bool {
@@ -279,18 +285,23 @@ pub async fn authenticate(
     if state.auth.is_public(request.uri().path()) {
         return next.run(request).await;
     }
-    let from = request
+    let ip = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_string());
+        .map(|ConnectInfo(addr)| addr.ip());
+    let from = ip.map(|ip| ip.to_string());
+    let peer = rate::peer_key(ip);
+    // A peer that spent its bucket on failed credentials is refused before
+    // its credentials are checked, right or wrong.
+    if let Err(wait) = state.auth.rate.blocked(&peer) {
+        return state.auth.too_many(wait);
+    }
     let mut principal = match state.auth.authenticate(request.headers()).await {
         Ok(p) => p,
         Err(e) => {
-            // Failed credentials count against the peer's address.
-            let peer = format!("peer:{}", from.as_deref().unwrap_or("unknown"));
-            return match state.auth.over_rate(&peer) {
-                Some(too_many) => too_many,
-                None => e.into_response(),
+            return match state.auth.rate.failed(&peer) {
+                Err(wait) => state.auth.too_many(wait),
+                Ok(()) => e.into_response(),
             };
         }
     };

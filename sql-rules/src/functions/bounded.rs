@@ -385,7 +385,7 @@ fn estimate(growth: Growth, args: &[ArrayRef]) -> Result<u128> {
                 return Ok(0);
             };
             // The elements' own bytes, then one separator per element.
-            total = (list.get_array_memory_size() as u128).max(0);
+            total = list.get_array_memory_size() as u128;
             let elements = list_lengths(list);
             let separator = element_sizes(args.get(1), rows);
             for row in 0..rows.min(elements.len()) {

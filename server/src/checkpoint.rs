@@ -59,6 +59,10 @@ pub struct Checkpointer {
 
 struct State {
     next_sequence: u64,
+    /// What the latest checkpoint cost in work: taking the state (queue
+    /// wait included) and writing the file, not the wait for Kafka to
+    /// confirm alerts. Zero after a failure or when nothing was written.
+    work: Duration,
 }
 
 impl Checkpointer {
@@ -75,7 +79,10 @@ impl Checkpointer {
             pipeline,
             intake,
             metrics,
-            state: tokio::sync::Mutex::new(State { next_sequence }),
+            state: tokio::sync::Mutex::new(State {
+                next_sequence,
+                work: Duration::ZERO,
+            }),
         })
     }
 
@@ -85,6 +92,7 @@ impl Checkpointer {
     pub async fn checkpoint(&self) -> Result<()> {
         let mut state = self.state.lock().await;
         let started = Instant::now();
+        state.work = Duration::ZERO;
         let result = self.checkpoint_locked(&mut state).await;
         match &result {
             Ok(None) => {}
@@ -106,6 +114,7 @@ impl Checkpointer {
     /// `None`: nothing changed since the last checkpoint, none written.
     async fn checkpoint_locked(&self, state: &mut State) -> Result<Option<u64>> {
         let taken_at_ms = chrono::Utc::now().timestamp_millis();
+        let asked = Instant::now();
         let (tx, rx) = std::sync::mpsc::channel();
         self.pipeline
             .send_async(Input::Checkpoint(tx))
@@ -118,6 +127,7 @@ impl Checkpointer {
         let Some(engine) = engine else {
             return Ok(None);
         };
+        let taking = asked.elapsed();
         // Every alert made before the state was taken is on Kafka.
         let mark = engine
             .delivered
@@ -132,6 +142,7 @@ impl Checkpointer {
             rules: engine.rules,
             engine_bytes: 0,
         };
+        let writing = Instant::now();
         let bytes = match self.store.write(&header, &engine.bytes).await {
             Err(catalog::CatalogError::AlreadyExists { path }) => {
                 // Someone else wrote this sequence: move past theirs.
@@ -142,6 +153,7 @@ impl Checkpointer {
             other => other?,
         };
         state.next_sequence = header.sequence + 1;
+        state.work = taking + writing.elapsed();
         self.intake.gate().checkpointed(&engine.source_offsets);
         self.metrics
             .checkpoint_at_ms
@@ -174,23 +186,28 @@ impl Checkpointer {
                     _ = tokio::time::sleep(wait) => {}
                     _ = stop.clone().requested() => return,
                 }
-                let started = Instant::now();
                 let _ = self.checkpoint().await;
-                wait = pause_after(interval, started.elapsed(), max_overhead_percent);
+                let work = self.state.lock().await.work;
+                wait = pause_after(interval, work, max_overhead_percent);
             }
         })
     }
 }
 
-/// How long to wait after a checkpoint that took `took`: `interval`, or
-/// longer so that checkpoints take at most `max_overhead_percent` of the
-/// time (0 or ≥ 100: no bound).
+/// The longest wait between checkpoints the overhead bound may set: a
+/// stall must not keep commits (which wait for checkpoints) back for long.
+pub const MAX_PAUSE: Duration = Duration::from_secs(300);
+
+/// How long to wait after a checkpoint whose work (taking the state and
+/// writing it) took `took`: `interval`, or longer so that checkpoints take
+/// at most `max_overhead_percent` of the time (0 or ≥ 100: no bound), but
+/// never more than [`MAX_PAUSE`] (or `interval`, if that is longer).
 pub fn pause_after(interval: Duration, took: Duration, max_overhead_percent: u64) -> Duration {
     if max_overhead_percent == 0 || max_overhead_percent >= 100 {
         return interval;
     }
     let p = max_overhead_percent as f64;
-    interval.max(took.mul_f64((100.0 - p) / p))
+    interval.max(took.mul_f64((100.0 - p) / p).min(MAX_PAUSE))
 }
 
 /// What a start-up restore found.
@@ -485,6 +502,11 @@ mod tests {
         assert_eq!(
             pause_after(interval, Duration::from_secs(4), 50),
             Duration::from_secs(4)
+        );
+        // A stall cannot push the next past the cap.
+        assert_eq!(
+            pause_after(interval, Duration::from_secs(600), 10),
+            MAX_PAUSE
         );
         // No bound.
         assert_eq!(pause_after(interval, Duration::from_secs(4), 0), interval);

@@ -382,9 +382,11 @@ pub struct PipelineConfig {
     /// (a restart then starts every window empty at the committed offsets).
     pub checkpoint_interval_ms: u64,
     /// At most this share of the time (percent) goes to checkpoints: after
-    /// one that took `d`, the next waits at least `d × (100 − p) / p`,
-    /// longer than `checkpoint_interval_ms` when the state is large (like
-    /// Flink's minimum pause between checkpoints). 0 or 100: no bound.
+    /// one whose work (taking the state, writing the file; not waiting for
+    /// Kafka) took `d`, the next waits at least `d × (100 − p) / p`, longer
+    /// than `checkpoint_interval_ms` when the state is large (like Flink's
+    /// minimum pause between checkpoints), but at most 5 minutes; a failed
+    /// one is retried after the interval. 0 or 100: no bound.
     pub checkpoint_max_overhead_percent: u64,
     /// A patient not seen for this long in event time, whose readings no
     /// rule's state holds any more, is forgotten by the engine (its id

@@ -329,6 +329,11 @@ pub struct KafkaConfig {
     /// keeps the lists disjoint and complete. Offsets are still committed
     /// under `group_id`. Unset (the default): group membership.
     pub partitions: Option<Vec<i32>>,
+    /// With `partitions`: whether this instance reads the hospitals' own
+    /// topics (all their partitions). Where several instances split the
+    /// shared topic, set it on exactly one of them (as a group member the
+    /// group shares them out instead). Default true.
+    pub hospital_topics: bool,
     pub vitals_topic: String,
     pub dlq_topic: String,
     pub alerts_topic: String,
@@ -449,6 +454,7 @@ impl Default for KafkaConfig {
             group_id: "wardwatch".into(),
             group_instance_id: None,
             partitions: None,
+            hospital_topics: true,
             vitals_topic: "vitals".into(),
             dlq_topic: "vitals-dlq".into(),
             alerts_topic: "alert-events".into(),

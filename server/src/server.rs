@@ -235,21 +235,36 @@ pub async fn run_until(
     let mut kafka_source = None;
     let mut topics = None;
     if let Some(brokers) = &config.kafka.brokers {
-        let read = source::topics::Topics::new(&config.kafka.vitals_topic);
-        // Hospitals onboarded with a topic of their own are read again.
-        let (hospitals, _damaged) =
-            catalog::hospitals::HospitalStore::new(Arc::clone(&store), &prefix)
-                .list()
+        // Hospitals onboarded with a topic of their own are read (unless
+        // another instance of a partition split reads them).
+        let read = source::topics::Topics::new(
+            &config.kafka.vitals_topic,
+            config.kafka.partitions.is_none() || config.kafka.hospital_topics,
+        );
+        let hospital_store = catalog::hospitals::HospitalStore::new(Arc::clone(&store), &prefix);
+        read.sync_hospitals(
+            &source::topics::hospital_topics(&hospital_store)
                 .await
-                .context("listing hospitals")?;
-        for h in hospitals.into_iter().filter(|h| h.retired_at_ms.is_none()) {
-            if let Some(t) = h.topic {
-                read.add(source::topics::Topic {
-                    name: t.name,
-                    source: t.source,
-                    hospital: Some(h.id),
-                });
-            }
+                .context("listing hospitals")?,
+        );
+        {
+            // What another instance onboards or retires is read (or let go)
+            // within seconds.
+            let read = read.clone();
+            let stop = shutdown.notice();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = stop.clone().requested() => return,
+                    }
+                    match source::topics::hospital_topics(&hospital_store).await {
+                        Ok(wanted) => read.sync_hospitals(&wanted),
+                        Err(e) => tracing::warn!(error = %e, "listing hospitals' topics"),
+                    }
+                }
+            });
         }
         let src = source::kafka::start(
             &config.kafka,

@@ -188,6 +188,21 @@ async fn a_hospital_onboarded_by_api_alerts_within_a_minute_and_can_be_retired()
     assert!(retired["retired_at_ms"].is_i64());
     let rule = server.get_json(&format!("/api/rules/{rule_id}")).await;
     assert_eq!(rule["active"], false, "{rule}");
+    // Its rules stay stopped: reactivating one is refused.
+    let (status, refused) = send(
+        &server,
+        reqwest::Method::POST,
+        &format!("/api/rules/{rule_id}/reactivate"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("retired")),
+        "{refused}"
+    );
     let after = [
         reading("P-new", "H-NEW", 2, 79.0),
         json!({"patient_id": "P-canary", "hospital_id": "H-NEW", "source_device": "BEDSIDE",

@@ -67,7 +67,16 @@ async fn allocate_topic(
     hospitals: &HospitalStore,
     name: &str,
 ) -> Result<catalog::hospitals::HospitalTopic, ApiError> {
-    let (all, _damaged) = hospitals.list().await?;
+    let (all, damaged) = hospitals.list().await?;
+    // A damaged record may hold a topic or a number: none is handed out
+    // until it is repaired.
+    if let Some(d) = damaged.first() {
+        return Err(ApiError::unavailable(format!(
+            "a hospital record cannot be read ({}): a topic of its own cannot be numbered \
+             safely until it is repaired",
+            d.path
+        )));
+    }
     if let Some(other) = all
         .iter()
         .find(|h| h.topic.as_ref().is_some_and(|t| t.name == name))
@@ -314,6 +323,15 @@ pub async fn create(
         }
         Err(e) => return Err(e.into()),
     }
+    // Stored with its topic: read from now on, as after any restart (even
+    // if a rule below fails to start).
+    if let (Some(t), Some(topics)) = (&topic, &state.topics) {
+        topics.add(crate::source::topics::Topic {
+            name: t.name.clone(),
+            source: t.source,
+            hospital: Some(record.id.clone()),
+        });
+    }
     {
         let _guard = state.rule_writes.lock().await;
         for (draft, compiled) in drafts {
@@ -322,14 +340,6 @@ pub async fn create(
         }
     }
     hospitals.update(&record).await?;
-    // Its rules run: now its topic is read, from its start.
-    if let (Some(t), Some(topics)) = (&topic, &state.topics) {
-        topics.add(crate::source::topics::Topic {
-            name: t.name.clone(),
-            source: t.source,
-            hospital: Some(record.id.clone()),
-        });
-    }
     crate::audit::record_by(
         &state.audit,
         &caller,
@@ -427,13 +437,15 @@ pub async fn retire(
                 .await
                 .map_err(|e| ApiError::unavailable(e.to_string()))?;
         }
-        if let Some(topics) = &state.topics {
-            topics.remove_hospital(&record.id);
-        }
         let now = now_ms();
         record.retired_at_ms = Some(now);
         record.updated_at_ms = now;
         store(&state).update(&record).await?;
+        // Retired on record: its topic is no longer read (what was read of
+        // it is archived and committed first).
+        if let Some(topics) = &state.topics {
+            topics.remove_hospital(&record.id);
+        }
         crate::audit::record_by(
             &state.audit,
             &caller,

@@ -435,7 +435,7 @@ pub async fn deactivate(
     params(("id" = String, Path, description = "The rule's id.")),
     responses(
         (status = 200, description = "Running again (or was already).", body = RuleView),
-        (status = 400, description = "The stored version no longer compiles or is over a `[limits]` budget: save a new version instead.", body = ErrorBody),
+        (status = 400, description = "The stored version no longer compiles or is over a `[limits]` budget (save a new version instead), or its hospital was retired.", body = ErrorBody),
         (status = 403, description = "A global rule, and the caller no unlimited admin.", body = ErrorBody),
         (status = 404, description = "No rule with this id (or one of a hospital the caller is not limited to).", body = ErrorBody),
         (status = 500, description = "The rule store failed.", body = ErrorBody),
@@ -451,6 +451,20 @@ pub async fn reactivate(
     let before = changeable(&state, &caller, &id).await?;
     if before.active {
         return Ok(Json(rule_view(&state, before)));
+    }
+    // A retired hospital's rules stay stopped (its own topic is not read).
+    if let Some(hospital) = before.current.hospital() {
+        let record = catalog::hospitals::HospitalStore::new(
+            std::sync::Arc::clone(&state.store),
+            &state.store_prefix,
+        )
+        .get(hospital)
+        .await?;
+        if let Some(retired_at) = record.and_then(|h| h.retired_at_ms) {
+            return Err(ApiError::bad_request(format!(
+                "hospital '{hospital}' was retired (at {retired_at} ms): its rules stay stopped"
+            )));
+        }
     }
     let compiled =
         compile(&state, &before.current.sql, before.current.hospital()).map_err(|e| {

@@ -50,22 +50,35 @@ impl Topic {
 pub struct Topics {
     inner: Arc<RwLock<Vec<Entry>>>,
     version: Arc<AtomicU64>,
+    /// Off on an instance told not to read hospital topics (`[kafka]
+    /// hospital_topics = false`): adding one then does nothing.
+    hospitals: bool,
 }
 
 impl Topics {
-    /// The shared topic alone.
-    pub fn new(shared: &str) -> Self {
-        let topics = Self::default();
+    /// The shared topic alone, and hospitals' topics as they are added
+    /// unless `hospitals` is false.
+    pub fn new(shared: &str, hospitals: bool) -> Self {
+        let topics = Self {
+            hospitals: true,
+            ..Self::default()
+        };
         topics.add(Topic {
             name: shared.to_string(),
             source: 0,
             hospital: None,
         });
-        topics
+        Self {
+            hospitals,
+            ..topics
+        }
     }
 
     /// Starts reading `topic` (replacing one of the same name).
     pub fn add(&self, topic: Topic) {
+        if topic.hospital.is_some() && !self.hospitals {
+            return;
+        }
         let mut all = self.inner.write().expect("topics lock");
         all.retain(|e| e.topic.name != topic.name);
         all.push(Entry {
@@ -90,6 +103,37 @@ impl Topics {
             self.version.fetch_add(1, Ordering::Release);
         }
         removed
+    }
+
+    /// Makes the hospital topics read exactly `wanted` (the shared topic is
+    /// left alone), changing the version only if something changed: what
+    /// another instance onboarded or retired, read from the shared store.
+    pub fn sync_hospitals(&self, wanted: &[Topic]) {
+        if !self.hospitals {
+            return;
+        }
+        let mut all = self.inner.write().expect("topics lock");
+        let mut changed = false;
+        for e in all.iter_mut().filter(|e| e.topic.hospital.is_some()) {
+            let keep = wanted.contains(&e.topic);
+            if e.reading != keep {
+                e.reading = keep;
+                changed = true;
+            }
+        }
+        for w in wanted {
+            if !all.iter().any(|e| e.topic == *w) {
+                all.retain(|e| e.topic.name != w.name);
+                all.push(Entry {
+                    topic: w.clone(),
+                    reading: true,
+                });
+                changed = true;
+            }
+        }
+        if changed {
+            self.version.fetch_add(1, Ordering::Release);
+        }
     }
 
     /// Changes with every add or remove.
@@ -141,13 +185,32 @@ impl Topics {
     }
 }
 
+/// The topics of the hospitals onboarded with one and not retired, as the
+/// shared store has them (another instance's onboarding included).
+pub async fn hospital_topics(
+    hospitals: &catalog::hospitals::HospitalStore,
+) -> Result<Vec<Topic>, catalog::CatalogError> {
+    let (all, _damaged) = hospitals.list().await?;
+    Ok(all
+        .into_iter()
+        .filter(|h| h.retired_at_ms.is_none())
+        .filter_map(|h| {
+            h.topic.map(|t| Topic {
+                name: t.name,
+                source: t.source,
+                hospital: Some(h.id),
+            })
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn partitions_of_each_topic_map_to_their_own_stream_partitions_and_back() {
-        let topics = Topics::new("vitals");
+        let topics = Topics::new("vitals", true);
         let v0 = topics.version();
         topics.add(Topic {
             name: "vitals-h7".into(),
@@ -172,10 +235,46 @@ mod tests {
         let top = MAX_SOURCE as i32 * PARTITIONS_PER_TOPIC + PARTITIONS_PER_TOPIC - 1;
         assert!(top > 0);
 
+        // Syncing to what is already read changes nothing.
+        let h7 = topics.get("vitals-h7").unwrap();
+        let v = topics.version();
+        topics.sync_hospitals(std::slice::from_ref(&h7));
+        assert_eq!(topics.version(), v);
+        // Retired elsewhere: no longer read; onboarded elsewhere: read.
+        let h8 = Topic {
+            name: "vitals-h8".into(),
+            source: 4,
+            hospital: Some("H8".into()),
+        };
+        topics.sync_hospitals(std::slice::from_ref(&h8));
+        assert_ne!(topics.version(), v);
+        assert_eq!(
+            topics.names(),
+            vec!["vitals".to_string(), "vitals-h8".into()]
+        );
+        topics.sync_hospitals(&[h7, h8]);
+        assert_eq!(topics.names().len(), 3);
         assert!(topics.remove_hospital("H7"));
         assert!(!topics.remove_hospital("H7"));
-        assert_eq!(topics.names(), vec!["vitals".to_string()]);
+        assert_eq!(
+            topics.names(),
+            vec!["vitals".to_string(), "vitals-h8".to_string()]
+        );
         // No longer read, still known: what was read of it can be committed.
         assert_eq!(topics.stream_partition("vitals-h7", 5), Some(300_005));
+
+        // An instance that reads no hospital topics adds none.
+        let shared_only = Topics::new("vitals", false);
+        shared_only.add(h7_again());
+        shared_only.sync_hospitals(&[h7_again()]);
+        assert_eq!(shared_only.names(), vec!["vitals".to_string()]);
+    }
+
+    fn h7_again() -> Topic {
+        Topic {
+            name: "vitals-h7".into(),
+            source: 3,
+            hospital: Some("H7".into()),
+        }
     }
 }

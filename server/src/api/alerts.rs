@@ -82,7 +82,8 @@ pub async fn list(
     // A caller limited to hospitals sees only their alerts.
     filter.hospitals = caller.hospitals.clone();
     let limit = filter.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
-    let Some(query) = filter.history_query(limit, || state.alerts.acknowledged_ids()) else {
+    let Some(query) = filter.history_query(limit, |since| state.alerts.acknowledged_ids(since))
+    else {
         return Ok(Json(AlertList { alerts: vec![] }));
     };
     let alerts = alert_history::recent_alerts(&state.history, &query)

@@ -83,10 +83,21 @@ impl AlertHub {
         Ok(None)
     }
 
-    /// Every acknowledged alert's id.
-    pub fn acknowledged_ids(&self) -> Vec<String> {
+    /// The ids of alerts acknowledged at or after `since_ms` (all with
+    /// `None`), the most recent [`MAX_ACK_FILTER`] of them.
+    pub fn acknowledged_ids(&self, since_ms: Option<i64>) -> Vec<String> {
         let index = self.ack_index.read().expect("ack index lock");
-        index.keys().cloned().collect()
+        let at = |ack: &Value| ack.get("at_ms").and_then(Value::as_i64).unwrap_or(i64::MAX);
+        let mut acked: Vec<(i64, &String)> = index
+            .iter()
+            .map(|(id, ack)| (at(ack), id))
+            .filter(|(at, _)| since_ms.is_none_or(|since| *at >= since))
+            .collect();
+        if acked.len() > MAX_ACK_FILTER {
+            acked.select_nth_unstable_by(MAX_ACK_FILTER, |a, b| b.0.cmp(&a.0));
+            acked.truncate(MAX_ACK_FILTER);
+        }
+        acked.into_iter().map(|(_, id)| id.clone()).collect()
     }
 
     /// Alerts in their JSON shape, with the `ack` field on those that have one.
@@ -104,6 +115,15 @@ impl AlertHub {
             .collect()
     }
 }
+
+/// Acknowledgements an `acknowledged=` filter considers at most (the most
+/// recent): it widens each scan by as many rows.
+pub const MAX_ACK_FILTER: usize = 100_000;
+
+/// An alert is acknowledged after it happened, give or take the clock skew
+/// events may have (`max_future_skew_ms` is at most minutes): an alert of
+/// event time `t` was not acknowledged before `t` − this.
+const ACK_BEFORE_EVENT_MS: i64 = 24 * 3_600_000;
 
 /// Filters accepted by `GET /api/alerts` and the live feed.
 #[derive(Debug, Default, Clone, serde::Deserialize)]
@@ -155,12 +175,13 @@ impl AlertFilter {
     /// The history query for this filter, returning at most `limit` alerts;
     /// `None` when nothing can match (a status that is neither `fired` nor
     /// `suppressed`).
-    /// `acknowledged`: every acknowledged alert's id, asked for only when
-    /// the filter needs it.
+    /// `acknowledged(since)`: the ids of alerts acknowledged at or after
+    /// `since`, asked for only when the filter needs it (only the ones that
+    /// can be of alerts in the filter's time range).
     pub fn history_query(
         &self,
         limit: usize,
-        acknowledged: impl FnOnce() -> Vec<String>,
+        acknowledged: impl FnOnce(Option<i64>) -> Vec<String>,
     ) -> Option<AlertQuery> {
         let status = match self.status.as_deref() {
             None => None,
@@ -180,10 +201,15 @@ impl AlertFilter {
             limit,
             ..AlertQuery::default()
         };
+        let acked_since = self
+            .since
+            .map(|since| since.saturating_sub(ACK_BEFORE_EVENT_MS));
         match self.acknowledged {
-            Some(true) => query.only_ids = Some(acknowledged()),
+            Some(true) => query.only_ids = Some(acknowledged(acked_since)),
             Some(false) => {
-                query.exclude_ids = Some(std::sync::Arc::new(acknowledged().into_iter().collect()))
+                query.exclude_ids = Some(std::sync::Arc::new(
+                    acknowledged(acked_since).into_iter().collect(),
+                ))
             }
             None => {}
         }
@@ -510,9 +536,12 @@ mod tests {
         assert!(!none.matches(&h1) && !none.matches(&nowhere));
 
         // History is asked the same.
-        let query = limited.history_query(10, Vec::new).unwrap();
+        let query = limited.history_query(10, |_| Vec::new()).unwrap();
         assert_eq!(query.hospitals, limited.hospitals);
-        assert_eq!(open.history_query(10, Vec::new).unwrap().hospitals, None);
+        assert_eq!(
+            open.history_query(10, |_| Vec::new()).unwrap().hospitals,
+            None
+        );
     }
 
     #[test]

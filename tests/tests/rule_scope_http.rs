@@ -289,6 +289,58 @@ async fn a_caller_limited_to_a_hospital_sees_its_and_global_rules_and_changes_on
     assert!(detail.as_object().unwrap().contains_key("stats"), "{text}");
     assert_eq!(detail["stats"], Value::Null, "{text}");
 
+    // A patient's readings and a rule's alert rate: the h2 viewer gets only
+    // h2's, where the unlimited viewer gets both hospitals'.
+    let count = |who: String, path: String| {
+        let server = &server;
+        async move {
+            let (status, _, text) = call(server, Method::GET, &path, Some(&who), None).await;
+            assert_eq!(status, 200, "{path}: {text}");
+            serde_json::from_str::<Value>(&text).unwrap()
+        }
+    };
+    let vitals = |p: &str| format!("/api/patients/{p}/vitals");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let all = count(viewer.clone(), vitals("P-h1")).await;
+        if all["readings"].as_array().is_some_and(|r| !r.is_empty()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "P-h1's reading never archived: {all}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let theirs = count(viewer_h2.clone(), vitals("P-h1")).await;
+    assert_eq!(theirs["readings"], json!([]), "{theirs}");
+    let own = count(viewer_h2.clone(), vitals("P-h2")).await;
+    assert_eq!(own["readings"].as_array().map(Vec::len), Some(1), "{own}");
+    let fired = |rate: &Value| -> u64 {
+        rate["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["fired"].as_u64().unwrap() + b["suppressed"].as_u64().unwrap())
+            .sum()
+    };
+    let rate = format!("/api/rules/{canary}/alert-rate");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let all = count(viewer.clone(), rate.clone()).await;
+        if fired(&all) == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the canary's two alerts: {all}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let theirs = count(viewer_h2.clone(), rate.clone()).await;
+    assert_eq!(
+        fired(&theirs),
+        1,
+        "the h2 viewer counts only h2's alert: {theirs}"
+    );
+
     // Global rules are read-only to limited authors; another hospital's
     // rule is not there for them.
     let edit = json!({"name": "edited", "sql": TACHY, "hospital_id": "h2"});

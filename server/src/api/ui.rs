@@ -57,9 +57,10 @@ fn web_dir() -> Option<&'static std::path::Path> {
 /// (its ETag is a hash of its content), so the 470 KB of bundled libraries
 /// are not downloaded again on every page load.
 fn serve(asset: &Asset, request: &HeaderMap) -> Response {
-    let body = match web_dir() {
+    // Embedded files are served from the binary, not copied per request.
+    let body: std::borrow::Cow<'static, str> = match web_dir() {
         Some(dir) => match std::fs::read_to_string(dir.join(asset.path)) {
-            Ok(text) => text,
+            Ok(text) => text.into(),
             Err(e) => {
                 return (
                     axum::http::StatusCode::NOT_FOUND,
@@ -68,7 +69,7 @@ fn serve(asset: &Asset, request: &HeaderMap) -> Response {
                     .into_response()
             }
         },
-        None => asset.embedded.to_string(),
+        None => asset.embedded.into(),
     };
     let etag = match web_dir() {
         Some(_) => etag_of(&body),

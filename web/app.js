@@ -1,7 +1,7 @@
 (function () {
   "use strict";
 
-  var MAX_ALERTS = 200;
+  var MAX_ALERTS = 200; // a page of the worklist, per severity
   var POLL_MS = 5000;
   var SEVERITIES = ["info", "low", "medium", "high", "critical"];
 
@@ -1248,10 +1248,115 @@
       el("code", { text: cols || "none" })
     );
     box.hidden = false;
+    setEscalationColumns(body.columns || []);
   }
+
+  // The escalation column is one of the rule's numeric output columns, as
+  // the server's validation names them; a chosen one stays listed (marked)
+  // while the SQL changes, so the server's own error can say what is wrong.
+  var NUMERIC_TYPE = /^(u?int|float|decimal|double)/i;
+
+  function setEscalationColumns(columns, keep) {
+    var select = $("rule-esc-column");
+    var current = keep !== undefined ? keep : select.value;
+    var names = columns.filter(function (c) { return NUMERIC_TYPE.test(String(c.type)); }).map(function (c) { return c.name; });
+    var opts = [el("option", { value: "", text: "none" })].concat(names.map(function (n) {
+      return el("option", { value: n, text: n });
+    }));
+    if (current && names.indexOf(current) < 0) {
+      opts.push(el("option", { value: current, text: current + " (not a numeric output column)" }));
+    }
+    select.replaceChildren.apply(select, opts);
+    select.value = current || "";
+    select.setAttribute("data-columns", names.join(" "));
+  }
+
+  var MAX_DESCRIPTION_BYTES = 4096;
+
+  function descriptionBytes() { return new TextEncoder().encode($("rule-description").value).length; }
+
+  function descriptionCount() {
+    var n = descriptionBytes();
+    var count = $("rule-description-count");
+    count.textContent = n + " of " + MAX_DESCRIPTION_BYTES + " bytes";
+    count.className = n > MAX_DESCRIPTION_BYTES ? "small error-text" : "small muted";
+  }
+
+  // A field the author must fix: marked invalid, named in the error box,
+  // and focused.
+  function fieldError(id, message) {
+    showRuleError(message);
+    $(id).setAttribute("aria-invalid", "true");
+    $(id).focus();
+  }
+
+  function clearFieldErrors() {
+    ["rule-name", "rule-cooldown", "rule-description", "rule-lateness", "rule-esc-column", "rule-esc-above", "rule-esc-below"]
+      .forEach(function (id) { $(id).removeAttribute("aria-invalid"); });
+  }
+
+  // The form's settings beyond name, severity, cooldown, hospital and SQL,
+  // as RuleRequest has them; null and a message when one is not valid.
+  function ruleSettings() {
+    var out = {};
+    var description = $("rule-description").value.trim();
+    if (new TextEncoder().encode(description).length > MAX_DESCRIPTION_BYTES) {
+      return { error: "The description is longer than " + MAX_DESCRIPTION_BYTES + " bytes.", field: "rule-description" };
+    }
+    out.description = description || null;
+    var late = $("rule-lateness").value.trim();
+    if (late === "" && $("rule-lateness").validity.badInput) {
+      return { error: "Allowed lateness must be a whole number of milliseconds.", field: "rule-lateness" };
+    }
+    if (late !== "") {
+      var ms = Number(late);
+      if (!Number.isInteger(ms) || ms < 0) {
+        return { error: "Allowed lateness must be a whole number of milliseconds, 0 or more (empty: the server's default).", field: "rule-lateness" };
+      }
+      out.allowed_lateness_ms = ms;
+    } else {
+      out.allowed_lateness_ms = null; // the engine's default
+    }
+    out.keep_duplicates = $("rule-keep-duplicates").checked;
+    out.escalation = null;
+    var column = $("rule-esc-column").value;
+    var above = $("rule-esc-above").value.trim(), below = $("rule-esc-below").value.trim();
+    if (column) {
+      var esc = { column: column, above: null, below: null, severity: $("rule-esc-severity").value || null };
+      var bad = null;
+      [["above", above, "rule-esc-above"], ["below", below, "rule-esc-below"]].forEach(function (t) {
+        if (t[1] === "" && !$(t[2]).validity.badInput) return;
+        var v = Number(t[1]);
+        if (t[1] === "" || !isFinite(v)) bad = bad || { error: "The escalation threshold “" + t[0] + "” must be a number.", field: t[2] };
+        else esc[t[0]] = v;
+      });
+      if (bad) return bad;
+      if (esc.above === null && esc.below === null) {
+        return { error: "Give the escalation a threshold: above, below or both.", field: "rule-esc-above" };
+      }
+      out.escalation = esc;
+    } else if (above !== "" || below !== "") {
+      return { error: "Choose the column the escalation thresholds apply to (validate the SQL to list them).", field: "rule-esc-column" };
+    }
+    return { settings: out };
+  }
+
+  // A refusal that names a setting of the form (the server's words) marks
+  // that field too; errors in the SQL carry a line and column instead.
+  var FIELD_OF_ERROR = [
+    [/escalat/i, "rule-esc-column"], [/description/i, "rule-description"],
+    [/allowed_lateness|lateness/i, "rule-lateness"], [/cooldown/i, "rule-cooldown"]
+  ];
 
   function handleErrorResponse(r) {
     var e = r.body && r.body.error;
+    if (e && typeof e === "object" && !(typeof e.line === "number" && e.line > 0) && r.status === 400) {
+      FIELD_OF_ERROR.some(function (m) {
+        if (!m[0].test(String(e.message || ""))) return false;
+        $(m[1]).setAttribute("aria-invalid", "true");
+        return true;
+      });
+    }
     if (e && typeof e === "object" && typeof e.line === "number" && e.line > 0) {
       showRuleError(errorText(r.body, r.status), e.line, e.column);
     } else {
@@ -1304,6 +1409,17 @@
     $("rule-severity").value = rule.severity;
     $("rule-cooldown").value = String(rule.cooldown_seconds);
     $("rule-hospital").value = rule.hospital_id || "";
+    $("rule-description").value = rule.description || "";
+    descriptionCount();
+    $("rule-lateness").value = rule.allowed_lateness_ms === null || rule.allowed_lateness_ms === undefined ? "" : String(rule.allowed_lateness_ms);
+    $("rule-keep-duplicates").checked = !!rule.keep_duplicates;
+    var esc = rule.escalation;
+    // Listed until the validation of the SQL (below) names the columns.
+    setEscalationColumns([], esc ? esc.column : "");
+    $("rule-esc-above").value = esc && typeof esc.above === "number" ? String(esc.above) : "";
+    $("rule-esc-below").value = esc && typeof esc.below === "number" ? String(esc.below) : "";
+    $("rule-esc-severity").value = esc && esc.severity ? esc.severity : "";
+    clearFieldErrors();
     setRuleSql(rule.sql);
     $("rule-form-heading").textContent = "Edit “" + rule.name + "”: saving makes version " + (rule.version + 1);
     $("rule-submit").textContent = "Save version " + (rule.version + 1);
@@ -1320,6 +1436,9 @@
   function endEdit() {
     editing = null;
     $("rule-form").reset();
+    setEscalationColumns([], "");
+    descriptionCount();
+    clearFieldErrors();
     setRuleSql("");
     stopValidating();
     showValidation(null);
@@ -1366,7 +1485,13 @@
     $("rule-diff-box").hidden = false;
   }
 
-  var BACKTEST_MS = 3600000;
+  var HOUR_MS = 3600000;
+  var BACKTEST_HOURS = [1, 6, 24]; // the choices by the button; the server replays at most 24 h
+
+  function backtestHours() {
+    var h = Number($("rule-backtest-hours").value);
+    return BACKTEST_HOURS.indexOf(h) >= 0 ? h : 1;
+  }
 
   // Fired alerts per patient of a replay report.
   function firedByPatient(report) {
@@ -1379,14 +1504,14 @@
     return counts;
   }
 
-  function showBacktest(draft, live) {
+  function showBacktest(draft, live, hours) {
     var box = $("rule-backtest");
     var mine = firedByPatient(draft);
     var theirs = live ? firedByPatient(live) : null;
     var total = function (c) { return Object.keys(c).reduce(function (n, k) { return n + c[k]; }, 0); };
     var suppressed = (draft.alerts || []).filter(function (a) { return a.status !== "fired"; }).length;
     var lines = [el("p", { className: "small", text:
-      "Backtest over the last hour: " + fmtCount(draft.events) + " events, " + fmtCount(total(mine)) +
+      "Backtest over the last " + (hours === 1 ? "hour" : hours + " hours") + ": " + fmtCount(draft.events) + " events, " + fmtCount(total(mine)) +
       " alerts fired (" + fmtCount(suppressed) + " suppressed) for " + Object.keys(mine).length + " patients" +
       (theirs ? "; the running version fired " + fmtCount(total(theirs)) + " for " + Object.keys(theirs).length + " patients." : ".") })];
     var patients = Object.keys(mine);
@@ -1410,7 +1535,7 @@
   }
 
   // Replays the draft (and, when editing, the running version) over the
-  // archive's last hour: what it would have fired, before it is saved.
+  // archive's last 1, 6 or 24 hours: what it would have fired, before it is saved.
   async function backtestRule() {
     var btn = $("rule-backtest-button");
     showRuleError(null);
@@ -1419,7 +1544,8 @@
     stopValidating();
     var sql = ruleSql();
     if (!sql.trim()) { showRuleError("Write the rule's SQL first."); return; }
-    var to = Date.now(), from = to - BACKTEST_MS;
+    var hours = backtestHours();
+    var to = Date.now(), from = to - hours * HOUR_MS;
     var body = { sql: sql, from_ms: from, to_ms: to };
     var cooldown = Number($("rule-cooldown").value.trim());
     if ($("rule-cooldown").value.trim() !== "" && Number.isInteger(cooldown) && cooldown >= 0) body.cooldown_seconds = cooldown;
@@ -1441,7 +1567,7 @@
         var lr = await post({ rule_id: editing.id, from_ms: from, to_ms: to });
         if (lr.ok) live = lr.body;
       }
-      showBacktest(r.body, live);
+      showBacktest(r.body, live, hours);
     } catch (e) {
       showRuleError("Could not reach the server: " + e.message);
     } finally {
@@ -1456,10 +1582,11 @@
     showValidation(null);
     $("rule-status").textContent = "";
     stopValidating();
+    clearFieldErrors();
     var name = $("rule-name").value.trim();
     var sql = ruleSql();
     var cooldownRaw = $("rule-cooldown").value.trim();
-    if (!name) { showRuleError("Give the rule a name."); $("rule-name").focus(); return; }
+    if (!name) { fieldError("rule-name", "Give the rule a name."); return; }
     if (!sql.trim()) { showRuleError("Write the rule's SQL."); focusRuleSql(); return; }
     var draft = { name: name, severity: $("rule-severity").value, sql: sql };
     // A rule limited to one hospital sees only its events; without one it
@@ -1469,19 +1596,16 @@
     if (cooldownRaw !== "") {
       var cooldown = Number(cooldownRaw);
       if (!Number.isInteger(cooldown) || cooldown < 0) {
-        showRuleError("Cooldown must be a whole number of seconds, 0 or more.");
-        $("rule-cooldown").focus();
+        fieldError("rule-cooldown", "Cooldown must be a whole number of seconds, 0 or more.");
         return;
       }
       draft.cooldown_seconds = cooldown;
     }
+    // Every setting is sent, so a new version is exactly what the form shows.
+    var more = ruleSettings();
+    if (more.error) { fieldError(more.field, more.error); return; }
+    Object.assign(draft, more.settings);
     var target = editing;
-    if (target) {
-      // A new version keeps what the form does not show.
-      ["allowed_lateness_ms", "description", "keep_duplicates", "escalation"].forEach(function (k) {
-        if (target[k] !== null && target[k] !== undefined) draft[k] = target[k];
-      });
-    }
     btn.disabled = true;
     try {
       var r = await fetchJson(target ? "/api/rules/" + encodeURIComponent(target.id) : "/api/rules", {
@@ -1510,7 +1634,7 @@
 
   // The worklist: what the server returns for the current filters (fired
   // only unless "show suppressed" is ticked), most severe first, then newest.
-  var alerts = [];          // sorted, at most MAX_ALERTS
+  var alerts = [];          // sorted; per severity at most its page count (paging.cap)
   var rowsById = new Map(); // alert id -> <tr>
   var SEV_RANK = { critical: 4, high: 3, medium: 2, low: 1, info: 0 };
 
@@ -1708,17 +1832,20 @@
       "data-window-start": a.window_start_ms,
       "data-window-end": a.window_end_ms,
       "data-acked": String(!!a.ack),
+      "data-clears": clearsOf(a),
       title: explanationText(a).join("\n")
     }, [
       el("td", { className: "severity" }, [severityBadge(sev)]),
       patientCell(a),
       el("td", { className: "alert-rule" }, [
         a.rule_name || a.rule_id,
+        clearsOf(a) ? el("span", { className: "clears", text: "Readings back: clears alert " + clearsOf(a) }) : null,
         el("span", { className: "alert-values", title: values, text: shorten(values, 160) })
       ]),
       el("td", { className: "time", title: fullTime(a.event_time_ms) }, [
         hms(a.event_time_ms),
         el("span", { className: "status", text: status }),
+        el("span", { className: "cleared", hidden: true }),
         repeatsTag(a)
       ]),
       ackCell(a),
@@ -1752,16 +1879,19 @@
 
   function updateAlertCount() {
     var fired = 0, suppressed = 0, unacked = 0;
-    alerts.forEach(function (a) {
+    var folded = foldedClears();
+    var listed = alerts.filter(function (a) { return !folded.has(a.id); });
+    listed.forEach(function (a) {
       if (a.status === "suppressed") suppressed++; else fired++;
       if (!a.ack && a.status !== "suppressed") unacked++;
     });
-    var patients = new Set(alerts.map(function (a) { return hospitalOf(a) + "\u0000" + patientOf(a); })).size;
-    $("alerts-count").textContent = alerts.length
+    var patients = new Set(listed.map(function (a) { return hospitalOf(a) + "\u0000" + patientOf(a); })).size;
+    $("alerts-count").textContent = listed.length
       ? fired + " fired (" + unacked + " unacknowledged)" +
         ($("show-suppressed").checked ? ", " + suppressed + " suppressed" : "") +
-        " for " + patients + " patient" + (patients === 1 ? "" : "s") + " · at most " + MAX_ALERTS + " shown"
+        " for " + patients + " patient" + (patients === 1 ? "" : "s")
       : "";
+    updatePaging(listed.length, folded.size);
     var empty = $("alerts-empty");
     var f = currentFilters();
     var narrowed = f.severity || f.rule || f.patient || $("show-suppressed").checked;
@@ -1814,9 +1944,53 @@
       .map(function (s) { return by[s] + " " + s; }).join(", ");
   }
 
+  // A signal-loss rule's clear (explanation.clears) rides on the alert it
+  // clears when that one is listed: that row says "cleared at", and the
+  // clear has no row of its own. Otherwise the clear is a row, saying what
+  // it clears.
+  function clearsOf(a) { return a.explanation && a.explanation.clears ? String(a.explanation.clears) : null; }
+
+  // The ids of the clears folded into their alert's row.
+  function foldedClears() {
+    var out = new Set();
+    alerts.forEach(function (a) {
+      var c = clearsOf(a);
+      if (c && rowsById.has(c) && c !== a.id) out.add(a.id);
+    });
+    return out;
+  }
+
+  function markCleared(row, clear) {
+    var tag = row.querySelector(".cleared");
+    if (!tag) return;
+    var text = clear ? "cleared at " + hms(clear.event_time_ms) : "";
+    if (tag.textContent !== text) tag.textContent = text;
+    tag.hidden = !clear;
+    tag.title = clear ? "The readings came back at " + fullTime(clear.event_time_ms) + " (alert " + clear.id + ")" : "";
+    if (clear) row.setAttribute("data-cleared-by", clear.id); else row.removeAttribute("data-cleared-by");
+  }
+
+  var clearedMarks = new Map(); // alert id -> id of the clear its row shows
+
   function renderAlerts() {
     var hospitals = [], byHospital = new Map();
+    var folded = foldedClears();
+    var clearFor = new Map(); // alert id -> its folded clear
+    alerts.forEach(function (a) { if (folded.has(a.id) && !clearFor.has(clearsOf(a))) clearFor.set(clearsOf(a), a); });
+    // Only rows whose mark changes are touched: a storm redraws every frame.
+    clearedMarks.forEach(function (cid, id) {
+      var c = clearFor.get(id);
+      if (c && c.id === cid) return;
+      if (rowsById.has(id)) markCleared(rowsById.get(id), null);
+      clearedMarks.delete(id);
+    });
+    clearFor.forEach(function (c, id) {
+      if (clearedMarks.get(id) === c.id) return;
+      markCleared(rowsById.get(id), c);
+      clearedMarks.set(id, c.id);
+    });
     alerts.forEach(function (a) {
+      if (folded.has(a.id)) return;
       var h = hospitalOf(a), p = patientOf(a);
       var hg = byHospital.get(h);
       if (!hg) { hg = { id: h, alerts: [], patients: [], byPatient: new Map() }; byHospital.set(h, hg); hospitals.push(hg); }
@@ -1857,14 +2031,31 @@
     if (focused && focused !== document.activeElement && focused.isConnected) focused.focus({ preventScroll: true });
   }
 
+  // Paging, per severity: `cap` alerts of it are kept (a page, plus what
+  // Show older added); `more` says older ones may exist on the server.
+  // Reset by new filters, kept by a resync (reconnect, lagged feed).
+  var paging = { cap: {}, more: {} };
+  var MAX_LIMIT = 10000; // the server's largest `limit`
+
+  function sevOf(a) { return String(a.severity || "").toLowerCase(); }
+  function capOf(sev) { return paging.cap[sev] || MAX_ALERTS; }
+
   function addAlert(a, fresh) {
     if (!a || !a.id || rowsById.has(a.id)) return false;
     var i = 0;
     while (i < alerts.length && before(alerts[i], a)) i++;
-    if (i >= MAX_ALERTS) return false;
+    var sev = sevOf(a), same = 0, last = -1;
+    alerts.forEach(function (x, j) { if (sevOf(x) === sev) { same++; last = j; } });
+    if (same >= capOf(sev)) {
+      // A full page of this severity: the oldest of it (last, as the list
+      // is severity first, then newest) makes way, and is older than shown now.
+      paging.more[sev] = true;
+      if (i > last) return false;
+      rowsById.delete(alerts[last].id);
+      alerts.splice(last, 1);
+    }
     alerts.splice(i, 0, a);
     rowsById.set(a.id, alertRow(a, fresh));
-    while (alerts.length > MAX_ALERTS) rowsById.delete(alerts.pop().id);
     scheduleRender();
     if (fresh && sevRank(a) === SEV_RANK.critical && a.status !== "suppressed") chime();
     return true;
@@ -1879,6 +2070,7 @@
   function clearAlerts() {
     alerts = [];
     rowsById.clear();
+    clearedMarks.clear();
     groupRows = new Map();
     $("alerts").replaceChildren();
   }
@@ -1925,14 +2117,17 @@
     var seq = ++loadSeq;
     var f = currentFilters();
     var severities = f.severity ? [f.severity] : SEVERITIES.slice().reverse();
-    var answers = await Promise.all(severities.map(function (sev) {
-      return fetchJson("/api/alerts" + queryString(Object.assign({}, f, { severity: sev }), { limit: MAX_ALERTS }));
+    var limits = severities.map(function (sev) { return Math.min(capOf(sev), MAX_LIMIT); });
+    var answers = await Promise.all(severities.map(function (sev, k) {
+      return fetchJson("/api/alerts" + queryString(Object.assign({}, f, { severity: sev }), { limit: limits[k] }));
     }));
     if (seq !== loadSeq) return false;
     var list = [];
-    answers.forEach(function (r) {
+    answers.forEach(function (r, k) {
       if (!r.ok) throw new Error(errorText(r.body, r.status));
-      list = list.concat((r.body && r.body.alerts) || []);
+      var got = (r.body && r.body.alerts) || [];
+      paging.more[severities[k]] = got.length >= limits[k];
+      list = list.concat(got);
     });
     var focusedAlert = document.activeElement && document.activeElement.closest
       ? document.activeElement.closest("tr.alert") : null;
@@ -1947,6 +2142,72 @@
       if (b) b.focus();
     }
     return true;
+  }
+
+  // "Show older": for each severity that filled its page, the next page
+  // of the same query, older than its oldest row. `until` is exclusive, so
+  // it is that row's millisecond + 1: alerts sharing the millisecond are
+  // not skipped; those already listed are dropped by id, and a page with
+  // nothing new ends that severity's paging.
+  async function showOlder() {
+    var seq = loadSeq, mine = epoch;
+    var f = currentFilters();
+    var btn = $("alerts-older");
+    var sevs = SEVERITIES.slice().reverse().filter(function (sev) {
+      return paging.more[sev] && (!f.severity || f.severity === sev) && oldestOf(sev) !== null;
+    });
+    if (!sevs.length) { updateAlertCount(); return; }
+    btn.disabled = true;
+    try {
+      var answers = await Promise.all(sevs.map(function (sev) {
+        return fetchJson("/api/alerts" + queryString(Object.assign({}, f, { severity: sev }),
+          { limit: MAX_ALERTS, until: oldestOf(sev) + 1 }));
+      }));
+      if (seq !== loadSeq || mine !== epoch) return; // new filters meanwhile: that list is gone
+      var added = 0;
+      answers.forEach(function (r, k) {
+        var sev = sevs[k];
+        if (!r.ok) throw new Error(errorText(r.body, r.status));
+        var got = (r.body && r.body.alerts) || [];
+        var fresh = got.filter(function (a) { return !rowsById.has(a.id); });
+        var count = alerts.filter(function (a) { return sevOf(a) === sev; }).length;
+        paging.cap[sev] = Math.min(count + fresh.length, MAX_LIMIT);
+        fresh.forEach(function (a) { if (addAlert(a, false)) added++; });
+        paging.more[sev] = fresh.length > 0 && got.length >= MAX_ALERTS && paging.cap[sev] < MAX_LIMIT;
+      });
+      renderAlerts();
+      showAlertsError(null);
+      notice(added ? added + " older alert" + (added === 1 ? "" : "s") + " added below their newer ones." : "No older alerts.");
+    } catch (e) {
+      if (mine === epoch) showAlertsError("Could not load older alerts: " + e.message);
+    } finally {
+      btn.disabled = false;
+      updateAlertCount();
+    }
+  }
+
+  function oldestOf(sev) {
+    var t = null;
+    alerts.forEach(function (a) {
+      if (sevOf(a) === sev && typeof a.event_time_ms === "number" && (t === null || a.event_time_ms < t)) t = a.event_time_ms;
+    });
+    return t;
+  }
+
+  // How many rows are shown, and whether older ones wait on the server.
+  function updatePaging(listed, folded) {
+    var f = currentFilters();
+    var waiting = SEVERITIES.slice().reverse().filter(function (sev) {
+      return paging.more[sev] && (!f.severity || f.severity === sev);
+    });
+    $("alerts-older").hidden = !waiting.length;
+    $("alerts-older").setAttribute("data-severities", waiting.join(" "));
+    var text = !loaded ? "" : "Showing " + listed + " alert" + (listed === 1 ? "" : "s") +
+      (folded ? " (and " + folded + " clear" + (folded === 1 ? "" : "s") + " folded into the alerts they clear)" : "") +
+      (waiting.length ? "; older " + waiting.join(", ") + " alerts are not loaded." : loaded && listed ? "; that is all of them." : ".");
+    var shown = $("alerts-shown");
+    if (shown.textContent !== text) shown.textContent = text;
+    shown.setAttribute("data-shown", String(listed));
   }
 
   var synced = false;
@@ -2353,6 +2614,7 @@
   // New filters: a new query and a new feed, both filtered by the server.
   function applyFilters() {
     loaded = false;
+    paging = { cap: {}, more: {} };
     clearAlerts();
     pendingLive = [];
     updateAlertCount();
@@ -2430,6 +2692,8 @@
     var row = alertRow(alerts[i], false);
     if (old) old.replaceWith(row);
     rowsById.set(id, row);
+    clearedMarks.delete(id); // the new row is marked at the next redraw
+    scheduleRender();
     if (ackTarget) ackTarget.opener = row.querySelector(".ack-info");
   }
 
@@ -2825,6 +3089,10 @@
   $("rule-form").addEventListener("submit", submitRule);
   $("rule-validate").addEventListener("click", function () { validateRule(false); });
   $("rule-sql").addEventListener("input", ruleSqlChanged);
+  $("rule-description").addEventListener("input", function () { descriptionCount(); $("rule-description").removeAttribute("aria-invalid"); });
+  ["rule-lateness", "rule-esc-column", "rule-esc-above", "rule-esc-below", "rule-name", "rule-cooldown"].forEach(function (id) {
+    $(id).addEventListener("input", function () { $(id).removeAttribute("aria-invalid"); });
+  });
   if (V) createSqlEditor();
   $("rule-backtest-button").addEventListener("click", backtestRule);
   $("history-form").addEventListener("submit", runHistory);
@@ -2841,6 +3109,7 @@
     endEdit();
     $("rule-status").textContent = "";
   });
+  $("alerts-older").addEventListener("click", showOlder);
   $("alert-filters").addEventListener("submit", function (ev) { ev.preventDefault(); applyFilters(); });
   $("filter-severity").addEventListener("change", applyFilters);
   $("filter-rule").addEventListener("change", applyFilters);

@@ -18,12 +18,17 @@ Three servers, one after the other, each with its own port and data dir.
 as one nurse's session would: the worklist (fired and unacknowledged,
 server-filtered, grouped by hospital and patient, severity then time), the
 "authentication is off" banner, the rule workshop (the server's validation
-error marked in the editor at its line and column, backtest, a new version
-and its diff), deactivating with a reason and reactivating, a rule's tuning
+error marked in the editor at its line and column, a 6-hour backtest of the
+draft beside the running version, a new version and its diff; every rule
+setting as a form field: description, allowed lateness, keep duplicates and
+an escalation on a validated output column, stored exactly and shown again
+by Edit), deactivating with a reason and reactivating, a rule's tuning
 chart, a patient's vitals around an alert, the audit desk (saved queries,
 the audit log, replay audits, dead letters), acknowledging an alert (it
 leaves the worklist for the acknowledged view), a rule the engine suspends,
-contrast, the page without /vendor.js (plain SQL field, no charts), and
+paging through its storm of alerts with "Show older" (each page the server's
+next for `until`), a signal-loss rule's clear folded into the alert it
+clears, contrast, the page without /vendor.js (plain SQL field, no charts), and
 finally the server is killed and the connection indicator must turn stale.
 
 `serve --demo --auth`, with a viewer and an admin key made by `wardwatch
@@ -593,13 +598,13 @@ def check_keyboard(page, server):
     assert server.get(f"/api/rules/{rid}")["active"] is True, "deactivated without confirmation"
 
     # The SQL editor is one Tab stop: Tab goes in, typing types, Tab goes on.
-    page.focus("#rule-hospital")
+    page.focus("#rule-description")
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.id") == "rule-sql-input", page.evaluate("document.activeElement.outerHTML.slice(0, 80)")
     page.keyboard.type("SELECT patient_id FROM vitals")
     assert editor_text(page) == "SELECT patient_id FROM vitals"
     page.keyboard.press("Tab")
-    assert page.evaluate("document.activeElement.id") == "rule-validate", "Tab is kept by the editor"
+    assert page.evaluate("document.activeElement.id") == "rule-lateness", "Tab is kept by the editor"
     page.focus("#rule-sql-input")
     page.keyboard.press("Control+a")
     page.keyboard.press("Backspace")
@@ -736,12 +741,43 @@ def check_rule_edit(page, server):
     assert "Valid" in page.text_content("#rule-validation")
     diff = page.text_content("#rule-diff")
     assert f"- {old_line}" in diff and f"+ {new_line}" in diff, diff
-    # Backtest the edit, and the running version beside it, over the last hour.
+    # Backtest the edit, and the running version beside it, over the last
+    # 6 hours: both replays the page asks for span 6 h ending now, and the
+    # table is the server's answers, per patient.
+    replays = []
+    def seen(req):
+        if req.method == "POST" and req.url.endswith("/api/replay"):
+            replays.append(req)
+    page.on("request", seen)
+    page.select_option("#rule-backtest-hours", "6")
+    asked_at = int(time.time() * 1000)
     page.click("#rule-backtest-button")
     page.wait_for_selector("#rule-backtest:not([hidden])")
+    page.remove_listener("request", seen)
+    assert len(replays) == 2, [r.post_data for r in replays]
+    bodies = [r.post_data_json for r in replays]
+    for b in bodies:
+        assert b["to_ms"] - b["from_ms"] == 6 * 3600000, b
+        assert abs(b["to_ms"] - asked_at) < 10000, (b, asked_at)
+    assert bodies[0]["sql"] == fixed and bodies[1]["rule_id"] == rule["id"], bodies
+    draft, live = [r.response().json() for r in replays]
     summary = page.text_content("#rule-backtest")
+    assert summary.startswith("Backtest over the last 6 hours:"), summary
     events = int(re.search(r"([\d,]+) events", summary).group(1).replace(",", ""))
-    assert events > 0 and "the running version fired" in summary, summary
+    assert events == draft["events"] > 0 and "the running version fired" in summary, (summary, draft["events"])
+    def per_patient(report):
+        out = {}
+        for a in report["alerts"]:
+            if a["status"] == "fired":
+                p = a["key"]["patient_id"]
+                out[p] = out.get(p, 0) + 1
+        return out
+    mine, theirs = per_patient(draft), per_patient(live)
+    table = page.eval_on_selector_all("#rule-backtest table.backtest tbody tr",
+                                      "trs => trs.map(tr => [...tr.cells].map(td => td.textContent))")
+    assert len(table) == min(10, len(set(mine) | set(theirs))), (table, mine, theirs)
+    for p, d, r in table:
+        assert (int(d), int(r)) == (mine.get(p, 0), theirs.get(p, 0)), (p, d, r, mine.get(p), theirs.get(p))
     page.click("#rule-submit")
     wait_until("saved", lambda: f"as version {rule['version'] + 1}" in (page.text_content("#rule-status") or ""))
     saved = server.get(f"/api/rules/{rule['id']}")
@@ -752,7 +788,190 @@ def check_rule_edit(page, server):
     assert editor_text(page) == "", "the editor kept the saved SQL"
     print(f"  rule workshop: error typed on line 2 marked at {err['line']}:{err['column']} ({err['message'][:40]}…)"
           f" as the server says; {rule['name']!r} v{rule['version']} → v{saved['version']},"
-          f" diff {old_line!r} → {new_line!r}; backtested over {events} events")
+          f" diff {old_line!r} → {new_line!r}; backtested over 6 h ({events} events, {len(table)} patients"
+          f" draft beside running)")
+
+
+RULE_FIELDS_JS = """
+() => ({
+  description: document.getElementById("rule-description").value,
+  lateness: document.getElementById("rule-lateness").value,
+  keep: document.getElementById("rule-keep-duplicates").checked,
+  column: document.getElementById("rule-esc-column").value,
+  above: document.getElementById("rule-esc-above").value,
+  below: document.getElementById("rule-esc-below").value,
+  severity: document.getElementById("rule-esc-severity").value
+})
+"""
+
+
+def check_rule_fields(page, server):
+    """Every setting of a rule is a field of the form: the author sets a
+    description, allowed lateness, keep duplicates and an escalation on one
+    of the columns the validation lists; an escalation column the SQL no
+    longer outputs is refused by the server, its message shown and the field
+    marked; saved, the server holds exactly what was entered, Edit shows it
+    again, and emptied fields are sent as null (the server's defaults)."""
+    name = f"Form settings {os.getpid()}"
+    description = "Paged to the ward's charge nurse — “ward 3” only"
+    sql = ("SELECT patient_id, AVG(heart_rate_bpm) AS avg_hr, COUNT(*) AS n\n"
+           "FROM vitals GROUP BY TUMBLE(event_time, INTERVAL '60' SECOND), patient_id\n"
+           "HAVING AVG(heart_rate_bpm) > 150")
+    page.fill("#rule-name", name)
+    page.select_option("#rule-severity", "high")
+    page.fill("#rule-cooldown", "60")
+    page.fill("#rule-hospital", "PW-FORM")  # no events: it never fires meanwhile
+    page.fill("#rule-description", description)
+    assert page.text_content("#rule-description-count") == f"{len(description.encode())} of 4096 bytes"
+    set_editor(page, sql)
+    columns = [c["name"] for c in server.request("POST", "/api/rules/validate", {"sql": sql})[1]["columns"]]
+    # The checked-as-typed validation fills the column menu with the numeric output columns.
+    wait_until("the escalation columns", lambda: page.get_attribute("#rule-esc-column", "data-columns")
+               == " ".join(c for c in columns if c != "patient_id"), 8)
+    page.select_option("#rule-esc-column", "avg_hr")
+    page.fill("#rule-esc-above", "140.5")
+    page.select_option("#rule-esc-severity", "critical")
+    page.fill("#rule-lateness", "2500")
+    page.check("#rule-keep-duplicates")
+
+    # The column renamed in the SQL: the chosen one stays, marked, and the
+    # server's refusal is shown as it says it, at the field.
+    renamed = sql.replace("AS avg_hr", "AS mean_hr")
+    set_editor(page, renamed)
+    wait_until("the renamed column listed", lambda: "mean_hr" in (page.get_attribute("#rule-esc-column", "data-columns") or ""), 8)
+    assert page.input_value("#rule-esc-column") == "avg_hr"
+    page.click("#rule-submit")
+    status, refusal = server.request("POST", "/api/rules", {
+        "name": name, "severity": "high", "cooldown_seconds": 60, "hospital_id": "PW-FORM", "sql": renamed,
+        "description": description, "allowed_lateness_ms": 2500, "keep_duplicates": True,
+        "escalation": {"column": "avg_hr", "above": 140.5, "below": None, "severity": "critical"}})
+    assert status == 400, (status, refusal)
+    wait_until("the server's refusal", lambda: page.text_content("#rule-error") == refusal["error"]["message"], 8)
+    assert page.get_attribute("#rule-esc-column", "aria-invalid") == "true"
+    assert not [r for r in server.get("/api/rules")["rules"] if r["name"] == name], "refused, yet stored"
+
+    page.select_option("#rule-esc-column", "mean_hr")
+    page.click("#rule-submit")
+    wait_until("added", lambda: f"Added “{name}”" in (page.text_content("#rule-status") or ""))
+    rid = next(r["id"] for r in server.get("/api/rules")["rules"] if r["name"] == name)
+    saved = server.get(f"/api/rules/{rid}")
+    want = {"description": description, "allowed_lateness_ms": 2500, "keep_duplicates": True,
+            "escalation": {"column": "mean_hr", "above": 140.5, "below": None, "severity": "critical"},
+            "severity": "high", "cooldown_seconds": 60, "hospital_id": "PW-FORM", "sql": renamed}
+    assert {k: saved[k] for k in want} == want, saved
+    assert page.evaluate(RULE_FIELDS_JS) == {"description": "", "lateness": "", "keep": False, "column": "",
+                                             "above": "", "below": "", "severity": ""}, "the form kept the saved rule"
+
+    # Edit shows every setting again; emptied, they go back to the defaults.
+    page.click(f"#edit-{rid}")
+    wait_until("the rule in the form", lambda: editor_text(page) == renamed, 5)
+    assert page.evaluate(RULE_FIELDS_JS) == {"description": description, "lateness": "2500", "keep": True,
+                                             "column": "mean_hr", "above": "140.5", "below": "", "severity": "critical"}
+    page.fill("#rule-lateness", "")
+    page.uncheck("#rule-keep-duplicates")
+    page.select_option("#rule-esc-column", "")
+    page.fill("#rule-esc-above", "")
+    page.select_option("#rule-esc-severity", "")
+    page.click("#rule-submit")
+    wait_until("saved", lambda: "as version 2" in (page.text_content("#rule-status") or ""))
+    v2 = server.get(f"/api/rules/{rid}")
+    assert (v2["version"], v2["description"], v2["allowed_lateness_ms"], v2["keep_duplicates"], v2["escalation"]) == \
+        (2, description, None, False, None), v2
+    print(f"  rule settings: description, lateness 2500 ms, keep duplicates and an escalation on mean_hr stored as"
+          f" entered; a column no longer output refused ({refusal['error']['message'][:50]}…); Edit shows them;"
+          f" emptied they are null (v2)")
+
+
+def check_paging(page, server):
+    """More alerts than a page: "Show older" adds exactly the next page the
+    server gives for `until` = the oldest row's millisecond + 1 (exclusive,
+    so alerts sharing it are not skipped), minus rows already shown, with no
+    duplicate, until the server has no more."""
+    rid = next(r["id"] for r in server.get("/api/rules")["rules"] if r["name"] == "Storm of every reading")
+    query = f"rule={rid}&status=fired&acknowledged=false&severity=low"
+    total = len(server.get(f"/api/alerts?{query}&limit=10000")["alerts"])
+    page_size = 200
+    assert total > 2 * page_size, f"the storm made {total} alerts: not enough to page"
+    # Its low alerts (the server adds a high one saying the rule was suspended).
+    page.select_option("#filter-rule", rid)
+    page.select_option("#filter-severity", "low")
+    wait_until("a page of the storm", lambda: (lambda rs: len(rs) == page_size and all(
+        r["ruleId"] == rid and r["severity"] == "low" for r in rs))(rows(page)))
+    assert page.is_visible("#alerts-older")
+    assert page.text_content("#alerts-shown").startswith(f"Showing {page_size} alerts; older low alerts are not loaded")
+    clicks = 0
+    while page.is_visible("#alerts-older"):
+        before = rows(page)
+        shown = [r["id"] for r in before]
+        oldest = min(r["time"] for r in before)
+        nxt = [a["id"] for a in server.get(f"/api/alerts?{query}&limit={page_size}&until={oldest + 1}")["alerts"]
+               if a["id"] not in shown]
+        page.click("#alerts-older")
+        clicks += 1
+        want = len(shown) + len(nxt)
+        after = wait_until(f"{want} rows after Show older", lambda: (lambda rs: len(rs) == want and rs)(rows(page)))
+        ids = [r["id"] for r in after]
+        assert len(ids) == len(set(ids)), "a row shown twice"
+        assert set(ids) - set(shown) == set(nxt), "the added rows are not the server's next page"
+        assert_worklist_order(after)
+        wait_until("the count of rows shown", lambda: page.get_attribute("#alerts-shown", "data-shown") == str(want), 5)
+        assert clicks <= total // page_size + 2, "Show older does not end"
+    assert len(rows(page)) == total, f"{len(rows(page))} rows after paging, the server has {total}"
+    assert "that is all of them" in page.text_content("#alerts-shown")
+    page.select_option("#filter-rule", "")
+    page.select_option("#filter-severity", "")
+    wait_until("every rule's rows again", lambda: len({r["ruleId"] for r in rows(page)}) > 1)
+    print(f"  paging: {total} alerts of the storm in pages of {page_size}: {clicks} Show older, each the server's next"
+          f" page, no duplicates")
+
+
+def check_clears(page, server):
+    """A signal-loss rule's clear is folded into the alert it clears: the
+    silenced alert's row says when the readings came back and the clear has
+    no row; without that alert on the page, the clear is a row of its own
+    that says what it clears."""
+    patient = f"PW-SILENT-{os.getpid()}"
+    status, rule = server.request("POST", "/api/rules", {
+        # Readings are dated by this clock, and the demo's may run a little
+        # ahead of it: a second of lateness keeps them from being late.
+        "name": "Silent monitor (test)", "severity": "high", "cooldown_seconds": 0, "allowed_lateness_ms": 1500,
+        "sql": "SELECT patient_id, COUNT(*) AS readings, MAX(timestamp_unix_ms) AS last_reading_ms\n"
+               f"FROM vitals WHERE patient_id = '{patient}'\n"
+               "GROUP BY SESSION(event_time, INTERVAL '2' SECOND), patient_id"})
+    assert status == 201, (status, rule)
+    rid = rule["id"]
+    t0 = time.monotonic()
+    def reading():
+        return {"hospital_id": "H01", "patient_id": patient, "timestamp_unix_ms": int(time.time() * 1000), "spo2_pct": 97.0}
+    try:
+        server.ingest(reading())
+        time.sleep(0.3)
+        server.ingest(reading())
+        silence = wait_until("the silence alert", lambda: server.get(f"/api/alerts?rule={rid}&limit=10")["alerts"], 15)[0]
+        page.wait_for_selector(f"#alert-{silence['id']}")
+        # The monitor sends again, a reading every half second, as monitors do.
+        def back():
+            server.ingest(reading())
+            return [a for a in server.get(f"/api/alerts?rule={rid}&limit=10")["alerts"]
+                    if a["explanation"].get("clears") == silence["id"]]
+        clear = wait_until("the clear", back, 15, 0.5)[0]
+        assert clear["severity"] == "info", clear
+        row = f"#alert-{silence['id']}[data-cleared-by='{clear['id']}']"
+        page.wait_for_selector(row)
+        assert page.text_content(f"{row} .cleared") == f"cleared at {hms(clear['event_time_ms'])}"
+        assert not page.query_selector(f"#alert-{clear['id']}"), "the folded clear has a row of its own"
+        assert "clear folded" in page.text_content("#alerts-shown")
+        # Info alerts only: the cleared alert is not listed, so the clear is a row.
+        page.select_option("#filter-severity", "info")
+        page.wait_for_selector(f"#alert-{clear['id']}")
+        text = page.text_content(f"#alert-{clear['id']} .clears")
+        assert text == f"Readings back: clears alert {silence['id']}", text
+        page.select_option("#filter-severity", "")
+        page.wait_for_selector(row)
+    finally:
+        server.request("DELETE", f"/api/rules/{rid}?reason=test+done")
+    print(f"  clears: {clear['id']} folded into {silence['id']} (cleared at {hms(clear['event_time_ms'])});"
+          f" a row of its own without it ({time.monotonic() - t0:.1f} s)")
 
 
 def check_deactivate(page, server):
@@ -1843,12 +2062,13 @@ def run_auth_off(browser, work):
         check_auth_off_banner(page, server)
         check_ops(page, server)
         check_rule_edit(page, server)
+        check_rule_fields(page, server)
         check_deactivate(page, server)
         check_tuning(page, server)
         check_trend(page, server)
         check_history(page, server)
         check_audit_desk(page, server)
-        for check in (check_acknowledge, check_rule_states):
+        for check in (check_acknowledge, check_rule_states, check_paging, check_clears):
             check(page, server)
         check_contrast(page)
         check_tablet(page, server)
@@ -1864,6 +2084,10 @@ def run_auth_off(browser, work):
         wrong_query = [m for m in console_errors if re.search(r"status of 400 .*/api/query\]$", m)]
         assert len(wrong_query) == 1, f"expected the provoked 400 of the query: {console_errors}"
         console_errors = [m for m in console_errors if m not in wrong_query]
+        # And the rule the form sent with an escalation column not output.
+        esc = [m for m in console_errors if re.search(r"status of 400 .*/api/rules\]$", m)]
+        assert len(esc) == 1, f"expected the provoked 400 of saving a rule: {console_errors}"
+        console_errors = [m for m in console_errors if m not in esc]
         # And the rule workshop's checks of SQL with an error, as it was typed.
         typed = [m for m in console_errors if re.search(r"status of 400 .*/api/rules/validate\]$", m)]
         assert typed, f"expected the 400s of checking the typed error: {console_errors}"

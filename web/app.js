@@ -1796,7 +1796,9 @@
     if (f.acknowledged !== "false" || !alerts.length || !synced) return;
     var mine = epoch, seq = loadSeq;
     try {
-      var r = await fetchJson("/api/alerts" + queryString(Object.assign({}, f, { acknowledged: "true" }), { limit: MAX_ALERTS }));
+      // As many as are listed (older pages included), so none is missed.
+      var limit = Math.min(Math.max(MAX_ALERTS, alerts.length), MAX_LIMIT);
+      var r = await fetchJson("/api/alerts" + queryString(Object.assign({}, f, { acknowledged: "true" }), { limit: limit }));
       if (!r.ok || mine !== epoch || seq !== loadSeq || currentFilters().acknowledged !== "false") return;
       var gone = ((r.body && r.body.alerts) || []).filter(function (a) {
         return rowsById.has(a.id) && !(ackTarget && ackTarget.id === a.id);

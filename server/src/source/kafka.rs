@@ -519,12 +519,15 @@ pub fn start(
                 // A hospital onboarded with a topic of its own (or retired):
                 // read it from now on (or let it go).
                 let version = topics.version();
-                let recheck = manual.is_some()
-                    && last_topics_check.elapsed() > Duration::from_secs(2)
-                    && topics.names().len() != assigned.len();
+                // A topic not yet created is looked for again every 2 s (the
+                // clock is checked first: this runs once per poll).
+                let due = manual.is_some() && last_topics_check.elapsed() > Duration::from_secs(2);
+                if due {
+                    last_topics_check = Instant::now();
+                }
+                let recheck = due && topics.names().len() != assigned.len();
                 if version != topics_version || recheck {
                     topics_version = version;
-                    last_topics_check = Instant::now();
                     match &manual {
                         None => {
                             if let Err(e) = subscribe(&consumer, &topics) {

@@ -68,9 +68,23 @@ pub struct CheckpointStore {
 
 impl CheckpointStore {
     pub fn new(store: Arc<dyn ObjectStore>, prefix: &Path) -> Self {
+        Self::for_instance(store, prefix, None)
+    }
+
+    /// The checkpoints of one instance among several sharing the store
+    /// (`checkpoints/{instance}/`); `None`: a single instance's.
+    pub fn for_instance(
+        store: Arc<dyn ObjectStore>,
+        prefix: &Path,
+        instance: Option<&str>,
+    ) -> Self {
+        let dir = prefix.clone().join(DIR);
         Self {
             store,
-            dir: prefix.clone().join(DIR),
+            dir: match instance {
+                Some(name) => dir.join(name),
+                None => dir,
+            },
         }
     }
 
@@ -84,7 +98,12 @@ impl CheckpointStore {
             .await?
             .into_iter()
             .filter_map(|meta| {
-                let name = meta.location.filename()?.to_string();
+                // Directly in this directory: not an instance's below it.
+                let mut parts = meta.location.prefix_match(&self.dir)?;
+                let name = parts.next()?.as_ref().to_string();
+                if parts.next().is_some() {
+                    return None;
+                }
                 name.strip_prefix("ckpt-")?
                     .strip_suffix(".bin")?
                     .parse()

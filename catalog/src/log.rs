@@ -37,7 +37,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::ObjectStore;
 use serde_json::Value;
@@ -84,6 +84,11 @@ pub struct JsonLog {
     durable_appends: bool,
     /// Segments found damaged when the log was opened.
     damaged: Vec<DamagedFile>,
+    /// Where this process writes: `dir`, or `dir/{writer}` for an instance.
+    own_dir: Path,
+    /// With a writer name: per other writer's directory, the last segment
+    /// read from it ([`refresh`](Self::refresh) reads those after it).
+    others: Option<tokio::sync::Mutex<std::collections::BTreeMap<Path, Option<Path>>>>,
 }
 
 struct State {
@@ -138,17 +143,69 @@ impl JsonLog {
         name: &str,
         max_in_memory: usize,
     ) -> Result<Self, CatalogError> {
+        Self::open_as(store, prefix, name, max_in_memory, None).await
+    }
+
+    /// Like [`open_with_limit`](Self::open_with_limit), for one of several
+    /// processes sharing the store: with `writer` (a name like `name`), this
+    /// process writes under `{name}/{writer}/` and reads the other writers'
+    /// parts (and a single writer's `{name}/seg-…` from before) as part of
+    /// the log; [`refresh`](Self::refresh) picks up what they write later.
+    /// Without, the log is a single writer's, as before, and still reads
+    /// what instances wrote under it.
+    pub async fn open_as(
+        store: Arc<dyn ObjectStore>,
+        prefix: Path,
+        name: &str,
+        max_in_memory: usize,
+        writer: Option<&str>,
+    ) -> Result<Self, CatalogError> {
         validate_name(name)?;
         let dir = prefix.join(name);
+        let own_dir = match writer {
+            Some(w) => {
+                validate_name(w)?;
+                dir.clone().join(w)
+            }
+            None => dir.clone(),
+        };
         let Loaded {
-            tail,
+            tail: own_tail,
             next_seq,
-            damaged,
-        } = load_tail(store.as_ref(), &dir, max_in_memory).await?;
+            mut damaged,
+        } = load_tail(store.as_ref(), &own_dir, max_in_memory).await?;
+        // The other writers' parts, read at open (their later segments by
+        // `refresh`): each one's newest records, before ours.
+        let mut others = std::collections::BTreeMap::new();
+        let mut tail = VecDeque::new();
+        let listed = store
+            .list_with_delimiter(Some(&dir))
+            .await
+            .map_err(|e| CatalogError::store(&dir, e))?;
+        let mut other_dirs: Vec<Path> = listed
+            .common_prefixes
+            .into_iter()
+            .filter(|d| *d != own_dir)
+            .collect();
+        if writer.is_some() && !listed.objects.is_empty() {
+            other_dirs.push(dir.clone());
+        }
+        for other in other_dirs {
+            let loaded = load_tail(store.as_ref(), &other, max_in_memory).await?;
+            damaged.extend(loaded.damaged);
+            tail.extend(loaded.tail);
+            let last = newest_segment(store.as_ref(), &other).await?;
+            others.insert(other, last);
+        }
+        tail.extend(own_tail);
+        let excess = tail.len().saturating_sub(max_in_memory);
+        tail.drain(..excess);
         tracing::debug!(log = %dir, records = next_seq, in_memory = tail.len(), "opened log");
         Ok(Self {
             store,
             dir,
+            own_dir,
+            others: writer.map(|_| tokio::sync::Mutex::new(others)),
             max_in_memory,
             state: Mutex::new(State {
                 tail,
@@ -172,6 +229,65 @@ impl JsonLog {
     pub fn with_durable_appends(mut self) -> Self {
         self.durable_appends = true;
         self
+    }
+
+    /// Reads the segments the other writers sharing this log wrote since
+    /// the last look (a new writer included) into the in-memory tail;
+    /// returns how many records arrived. Nothing to do for a single writer.
+    pub async fn refresh(&self) -> Result<usize, CatalogError> {
+        let Some(others) = &self.others else {
+            return Ok(0);
+        };
+        let mut others = others.lock().await;
+        let listed = self
+            .store
+            .list_with_delimiter(Some(&self.dir))
+            .await
+            .map_err(|e| CatalogError::store(&self.dir, e))?;
+        for d in listed.common_prefixes {
+            if d != self.own_dir {
+                others.entry(d).or_insert(None);
+            }
+        }
+        let mut arrived = 0;
+        for (dir, last) in others.iter_mut() {
+            if *dir == self.dir {
+                continue; // a single writer's part: nobody writes it now
+            }
+            let mut new: Vec<(u64, Path)> = match last {
+                Some(after) => self.store.list_with_offset(Some(dir), after),
+                None => self.store.list(Some(dir)),
+            }
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| CatalogError::store(dir, e))?
+            .into_iter()
+            .filter_map(|o| Some((direct_segment(dir, &o.location)?, o.location)))
+            .collect();
+            new.sort();
+            for (_, path) in new {
+                let bytes = match get_bytes(self.store.as_ref(), &path).await {
+                    Ok(bytes) => bytes,
+                    Err(CatalogError::Store {
+                        source: object_store::Error::NotFound { .. },
+                        ..
+                    }) => continue,
+                    Err(e) => return Err(e),
+                };
+                let segment = parse_segment(&bytes);
+                if let Some(file) = segment.damage(&path) {
+                    damage::report(file);
+                }
+                arrived += segment.records.len();
+                let mut state = self.lock_state();
+                state.tail.extend(segment.records);
+                let excess = state.tail.len().saturating_sub(self.max_in_memory);
+                state.tail.drain(..excess);
+                drop(state);
+                *last = Some(path);
+            }
+        }
+        Ok(arrived)
     }
 
     /// The damaged segments found when the log was opened (see the
@@ -316,11 +432,12 @@ impl JsonLog {
         let _flushing = self.flushing.lock().await;
         let keep_from_seq = self.len().saturating_sub(keep_records);
         let mut segments: Vec<(u64, object_store::ObjectMeta)> =
-            list_all(self.store.as_ref(), &self.dir)
+            list_all(self.store.as_ref(), &self.own_dir)
                 .await?
                 .into_iter()
                 .filter_map(|object| {
-                    let first_seq = object.location.filename().and_then(parse_segment_name)?;
+                    // Only this writer's own segments.
+                    let first_seq = direct_segment(&self.own_dir, &object.location)?;
                     Some((first_seq, object))
                 })
                 .collect();
@@ -354,7 +471,7 @@ impl JsonLog {
     }
 
     async fn write_segment(&self, segment: &Segment) -> Result<(), CatalogError> {
-        let path = segment_path(&self.dir, segment.first_seq);
+        let path = segment_path(&self.own_dir, segment.first_seq);
         match put_new(self.store.as_ref(), &path, segment.bytes.clone()).await {
             Ok(()) => Ok(()),
             Err(CatalogError::AlreadyExists { path: clash }) => {
@@ -399,6 +516,27 @@ fn parse_segment_name(file_name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// The newest segment directly in `dir`, if any.
+async fn newest_segment(store: &dyn ObjectStore, dir: &Path) -> Result<Option<Path>, CatalogError> {
+    Ok(list_all(store, dir)
+        .await?
+        .into_iter()
+        .filter_map(|o| Some((direct_segment(dir, &o.location)?, o.location)))
+        .max()
+        .map(|(_, p)| p))
+}
+
+/// The sequence number of a segment directly in `dir` (not in a writer's
+/// directory below it).
+fn direct_segment(dir: &Path, location: &Path) -> Option<u64> {
+    let mut parts = location.prefix_match(dir)?;
+    let file = parts.next()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    parse_segment_name(file.as_ref())
+}
+
 /// What [`load_tail`] found.
 struct Loaded {
     /// The most recent records, oldest first.
@@ -425,6 +563,8 @@ async fn load_tail(
         };
         let first_seq = match parts.as_slice() {
             [file] => parse_segment_name(file.as_ref()),
+            // Another writer's part (see `JsonLog::open_as`).
+            [_, _] => continue,
             _ => None,
         };
         match first_seq {
@@ -557,6 +697,68 @@ mod tests {
     use object_store::memory::InMemory;
     use object_store::ObjectStoreExt;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn instances_write_their_own_parts_and_read_everyones_as_one_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(LocalFileSystem::new_with_prefix(tmp.path()).unwrap());
+        let open = |writer: Option<&'static str>| {
+            let store = Arc::clone(&store);
+            async move {
+                JsonLog::open_as(store, Path::from("p"), "acks", 1000, writer)
+                    .await
+                    .unwrap()
+            }
+        };
+        // A single server's records from before.
+        let single = open(None).await;
+        single.append(&records(0..2)).await.unwrap();
+        single.flush().await.unwrap();
+        drop(single);
+        let a = open(Some("i0")).await;
+        let b = open(Some("i1")).await;
+        assert_eq!(
+            a.recent(10, |_| true).len(),
+            2,
+            "the single server's part is read"
+        );
+        a.append(&records(10..13)).await.unwrap();
+        a.flush().await.unwrap();
+        b.append(&records(20..21)).await.unwrap();
+        b.flush().await.unwrap();
+        // Same sequence numbers, different names: no collision.
+        assert_eq!(a.len(), 3);
+        assert_eq!(b.len(), 1);
+        assert_eq!(b.refresh().await.unwrap(), 3);
+        assert_eq!(a.refresh().await.unwrap(), 1);
+        assert_eq!(a.refresh().await.unwrap(), 0, "each segment is read once");
+        let seqs = |log: &JsonLog| {
+            let mut s: Vec<u64> = log
+                .recent(100, |_| true)
+                .iter()
+                .map(|r| r["seq"].as_u64().unwrap())
+                .collect();
+            s.sort();
+            s
+        };
+        assert_eq!(seqs(&a), [0, 1, 10, 11, 12, 20]);
+        assert_eq!(seqs(&a), seqs(&b));
+        // A restarted instance continues its own numbering and reads the rest.
+        drop(a);
+        let a = open(Some("i0")).await;
+        assert_eq!(a.len(), 3);
+        assert_eq!(seqs(&a), [0, 1, 10, 11, 12, 20]);
+        a.append(&records(13..14)).await.unwrap();
+        a.flush().await.unwrap();
+        b.refresh().await.unwrap();
+        assert_eq!(seqs(&b), [0, 1, 10, 11, 12, 13, 20]);
+        // A single server opened later (instances gone) reads every part.
+        drop((a, b));
+        let single = open(None).await;
+        assert_eq!(seqs(&single), [0, 1, 10, 11, 12, 13, 20]);
+        assert_eq!(single.len(), 2);
+    }
 
     fn records(range: std::ops::Range<u64>) -> Vec<Value> {
         range

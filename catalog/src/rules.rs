@@ -524,6 +524,28 @@ struct Inner {
     writes: Mutex<()>,
     /// Feeds id generation so two ids made in the same millisecond differ.
     id_counter: AtomicU64,
+    /// What the store listed when the index was last loaded: another
+    /// instance's writes show as a difference (see [`RuleStore::reload`]).
+    listed: std::sync::Mutex<Listing>,
+}
+
+/// Per object under `rules/`: its size, modification time and e-tag.
+type Listing = BTreeMap<String, (usize, i64, Option<String>)>;
+
+fn listing(objects: &[object_store::ObjectMeta]) -> Listing {
+    objects
+        .iter()
+        .map(|o| {
+            (
+                o.location.to_string(),
+                (
+                    o.size as usize,
+                    o.last_modified.timestamp_nanos_opt().unwrap_or(0),
+                    o.e_tag.clone(),
+                ),
+            )
+        })
+        .collect()
 }
 
 impl fmt::Debug for RuleStore {
@@ -543,7 +565,9 @@ impl RuleStore {
     /// [`damaged_files`](Self::damaged_files).
     pub async fn open(store: Arc<dyn ObjectStore>, prefix: Path) -> Result<Self, CatalogError> {
         let root = prefix.join("rules");
-        let (index, damaged) = load_index(store.as_ref(), &root).await?;
+        let objects = list_all(store.as_ref(), &root).await?;
+        let listed = listing(&objects);
+        let (index, damaged) = load_index(store.as_ref(), &root, objects).await?;
         tracing::debug!(rules = index.len(), root = %root, "loaded rules");
         Ok(Self {
             inner: Arc::new(Inner {
@@ -553,14 +577,43 @@ impl RuleStore {
                 damaged,
                 writes: Mutex::new(()),
                 id_counter: AtomicU64::new(0),
+                listed: std::sync::Mutex::new(listed),
             }),
         })
+    }
+
+    /// Reads the store again if anything under `rules/` changed since it
+    /// was last read (a rule created, changed or switched on or off by
+    /// another instance sharing the store); returns whether it did. One
+    /// listing when nothing changed. Writes call it first, so they number
+    /// versions after, and never overwrite, what another instance wrote.
+    pub async fn reload(&self) -> Result<bool, CatalogError> {
+        let _writer = self.inner.writes.lock().await;
+        self.reload_locked().await
+    }
+
+    /// [`reload`](Self::reload), with the writer lock held by the caller.
+    async fn reload_locked(&self) -> Result<bool, CatalogError> {
+        let objects = list_all(self.inner.store.as_ref(), &self.inner.root).await?;
+        let listed = listing(&objects);
+        if *self.inner.listed.lock().expect("listing lock") == listed {
+            return Ok(false);
+        }
+        let (index, damaged) =
+            load_index(self.inner.store.as_ref(), &self.inner.root, objects).await?;
+        for d in &damaged {
+            tracing::warn!(path = %d.path, reason = %d.reason, "a rule object read again is damaged: {}", d.outcome);
+        }
+        *self.inner.index.write().await = index;
+        *self.inner.listed.lock().expect("listing lock") = listed;
+        Ok(true)
     }
 
     /// Creates a new, active rule at version 1 with a fresh id.
     pub async fn create(&self, draft: RuleDraft, now_ms: i64) -> Result<Rule, CatalogError> {
         draft.validate_shape()?;
         let _writer = self.inner.writes.lock().await;
+        self.reload_locked().await?;
 
         let mut last_clash = None;
         for _ in 0..MAX_ID_ATTEMPTS {
@@ -616,6 +669,7 @@ impl RuleStore {
     ) -> Result<Rule, CatalogError> {
         draft.validate_shape()?;
         let _writer = self.inner.writes.lock().await;
+        self.reload_locked().await?;
 
         let (mut meta, next) = {
             let index = self.inner.index.read().await;
@@ -673,6 +727,7 @@ impl RuleStore {
         deactivation: Option<Deactivation>,
     ) -> Result<Rule, CatalogError> {
         let _writer = self.inner.writes.lock().await;
+        self.reload_locked().await?;
 
         let mut meta = {
             let index = self.inner.index.read().await;
@@ -836,9 +891,10 @@ struct Loaded {
 async fn load_index(
     store: &dyn ObjectStore,
     root: &Path,
+    objects: Vec<object_store::ObjectMeta>,
 ) -> Result<(BTreeMap<String, Entry>, Vec<DamagedFile>), CatalogError> {
     let mut wanted = Vec::new();
-    for object in list_all(store, root).await? {
+    for object in objects {
         let parts: Vec<_> = match object.location.prefix_match(root) {
             Some(parts) => parts.collect(),
             None => continue,
@@ -1068,6 +1124,33 @@ mod tests {
         (store, rules)
     }
 
+    #[tokio::test]
+    async fn two_stores_on_one_object_store_see_each_others_writes_and_never_undo_them() {
+        let (store, a) = memory_store().await;
+        let b = RuleStore::open(store.clone(), Path::from("ward"))
+            .await
+            .unwrap();
+        assert!(!b.reload().await.unwrap(), "nothing changed yet");
+        let rule = a.create(draft("Tachy"), 1_000).await.unwrap();
+        assert!(b.get(&rule.id).await.is_none());
+        assert!(b.reload().await.unwrap());
+        assert_eq!(b.get(&rule.id).await.unwrap().current.version, 1);
+        assert!(!b.reload().await.unwrap(), "read once per change");
+        // B edits a rule it has seen; A, not having read since, then
+        // deactivates it: A reads first, so B's version stays current.
+        b.update(&rule.id, draft("Tachy v2"), 2_000).await.unwrap();
+        let off = a.set_active(&rule.id, false, 3_000).await.unwrap();
+        assert_eq!(off.current.version, 2);
+        assert!(!off.active);
+        b.reload().await.unwrap();
+        let seen = b.get(&rule.id).await.unwrap();
+        assert!(!seen.active);
+        assert_eq!(seen.current.version, 2);
+        // And A numbers its next version after B's.
+        let v3 = a.update(&rule.id, draft("Tachy v3"), 4_000).await.unwrap();
+        assert_eq!(v3.current.version, 3);
+    }
+
     #[test]
     fn severity_parses_case_insensitively_and_prints_lowercase() {
         for level in Severity::ALL {
@@ -1255,14 +1338,12 @@ mod tests {
         let squatter = version_path(&Path::from("ward/rules"), &rule.id, 2);
         store.put(&squatter, "{}".into()).await.unwrap();
 
-        let err = rules
-            .update(&rule.id, draft("Tachy 2"), 20)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, CatalogError::AlreadyExists { .. }), "{err}");
+        // A write reads the store first: it numbers after what it finds
+        // (a damaged version's number is never reused) and overwrites none.
+        let updated = rules.update(&rule.id, draft("Tachy 2"), 20).await.unwrap();
+        assert_eq!(updated.current.version, 3);
         let bytes = get_bytes(store.as_ref(), &squatter).await.unwrap();
         assert_eq!(bytes.as_ref(), b"{}");
-        assert_eq!(rules.get(&rule.id).await.unwrap().current.version, 1);
     }
 
     #[tokio::test]

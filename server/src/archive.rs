@@ -65,9 +65,25 @@ pub struct ArchiveHandle {
     /// Per Kafka partition, the last offset whose event is in a written
     /// file: offsets are committed only up to here.
     durable: Arc<Mutex<HashMap<i32, i64>>>,
+    /// The partition of batches without Kafka offsets: -1, or one of this
+    /// instance's own where several share the store.
+    local_partition: i32,
 }
 
 impl ArchiveHandle {
+    /// Archives batches without Kafka offsets under `partition` (negative),
+    /// so instances sharing a store never name a file alike.
+    pub fn with_local_partition(mut self, partition: i32) -> Self {
+        debug_assert!(partition < 0);
+        self.local_partition = partition;
+        self
+    }
+
+    /// The partition batches without Kafka offsets are archived under.
+    pub fn local_partition(&self) -> i32 {
+        self.local_partition
+    }
+
     /// Archives a batch consumed from Kafka (blocking: for the source thread).
     pub fn send_blocking(&self, input: ArchiveInput) {
         if self.tx.blocking_send(Message::Append(input)).is_err() {
@@ -165,7 +181,7 @@ impl ArchiveHandle {
         let n = batch.num_rows() as i64;
         let first = self.local_next.fetch_add(n, Ordering::Relaxed);
         ArchiveInput {
-            partition: catalog::archive::NO_PARTITION,
+            partition: self.local_partition,
             offsets: first..=first + n - 1,
             batch,
             accepted,
@@ -344,6 +360,7 @@ pub fn start_with_commit_interval(
             tx,
             local_next,
             durable,
+            local_partition: catalog::archive::NO_PARTITION,
         },
         view,
         task,

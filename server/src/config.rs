@@ -22,6 +22,88 @@ pub struct Config {
     pub limits: Limits,
     pub auth: AuthConfig,
     pub http: HttpConfig,
+    pub instance: InstanceConfig,
+}
+
+/// Several processes on one data directory (`[instance]`); see the README's
+/// "Several instances" section. Unset `id`: a single instance, alone on
+/// its data directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// This process's number among those sharing the data directory
+    /// (0–9999), stable across its restarts: it names its lock
+    /// (`wardwatch-i{id}.lock`), its checkpoints (`checkpoints/i{id}/`) and
+    /// the files it writes, so instances never collide. Two live processes
+    /// with one id refuse each other.
+    pub id: Option<u32>,
+    /// Which rules this process runs (see [`InstanceRole`]).
+    pub role: InstanceRole,
+    /// How often the shared rule store is read again, so rules created,
+    /// changed or deactivated through another instance run here too (ms;
+    /// with `id` set; at least 100).
+    pub rule_watch_interval_ms: u64,
+}
+
+/// Which rules an instance runs. Patient rules (grouped by `patient_id`, or
+/// without aggregation) need only the partitions of their patients, so
+/// instances that split the partitions between them run them exactly;
+/// a rule grouped otherwise (by `hospital_id`, or not at all) needs every
+/// partition, and runs on the one `global_rules` instance, which reads
+/// every partition for them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceRole {
+    /// Every rule (a single instance).
+    #[default]
+    All,
+    /// Only patient rules, over the partitions this instance reads.
+    PatientRules,
+    /// Only the other rules, over every partition: it reads them all (by
+    /// assignment, under a group id of its own) and archives nothing and
+    /// writes no dead letters, which the patient instances do.
+    GlobalRules,
+}
+
+impl InstanceRole {
+    /// Whether a rule keyed (or not) by patient runs here.
+    pub fn runs(self, keyed_by_patient: bool) -> bool {
+        match self {
+            Self::All => true,
+            Self::PatientRules => keyed_by_patient,
+            Self::GlobalRules => !keyed_by_patient,
+        }
+    }
+}
+
+impl Default for InstanceConfig {
+    fn default() -> Self {
+        Self {
+            id: None,
+            role: InstanceRole::All,
+            rule_watch_interval_ms: 1_000,
+        }
+    }
+}
+
+/// Highest `[instance] id`.
+pub const MAX_INSTANCE_ID: u32 = 9_999;
+
+impl InstanceConfig {
+    /// The name this instance's files carry (`i{id}`), if it has an id.
+    pub fn name(&self) -> Option<String> {
+        self.id.map(|id| format!("i{id}"))
+    }
+
+    /// The archive partition of what this instance writes without Kafka
+    /// offsets (its alert history, `POST /api/ingest`): -1 alone, else
+    /// `-2 − id`, so two instances never name a file alike.
+    pub fn local_partition(&self) -> i32 {
+        match self.id {
+            None => -1,
+            Some(id) => -2 - id as i32,
+        }
+    }
 }
 
 /// Who may call the API (`[auth]`): OpenID Connect bearer tokens for people,
@@ -443,6 +525,7 @@ impl Default for Config {
             limits: Limits::default(),
             auth: AuthConfig::default(),
             http: HttpConfig::default(),
+            instance: InstanceConfig::default(),
         }
     }
 }
@@ -499,6 +582,43 @@ impl Config {
         toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
     }
 
+    /// Refuses `[instance]` settings that cannot work together, saying what
+    /// to set instead.
+    pub fn check_instance(&self) -> Result<()> {
+        let i = &self.instance;
+        if let Some(id) = i.id {
+            anyhow::ensure!(
+                id <= MAX_INSTANCE_ID,
+                "[instance] id = {id}: at most {MAX_INSTANCE_ID}"
+            );
+            anyhow::ensure!(
+                i.rule_watch_interval_ms >= 100,
+                "[instance] rule_watch_interval_ms = {}: at least 100",
+                i.rule_watch_interval_ms
+            );
+        }
+        if i.role != InstanceRole::All {
+            anyhow::ensure!(
+                i.id.is_some(),
+                "[instance] role = {:?} needs an [instance] id: roles split the work of several \
+                 instances on one data directory",
+                i.role
+            );
+        }
+        if i.role == InstanceRole::GlobalRules {
+            anyhow::ensure!(
+                self.kafka.brokers.is_some(),
+                "[instance] role = \"global_rules\" reads every Kafka partition: set [kafka] brokers"
+            );
+            anyhow::ensure!(
+                self.kafka.partitions.as_deref() == Some(&[]),
+                "[instance] role = \"global_rules\" reads every partition by assignment: \
+                 set [kafka] partitions = [] (and a group_id of its own)"
+            );
+        }
+        Ok(())
+    }
+
     pub fn data_path(&self) -> Option<PathBuf> {
         if self.data_dir.contains("://") {
             None
@@ -535,6 +655,32 @@ mod tests {
         assert!(Config::default().kafka.group_instance_id.is_none());
         let c: Config = toml::from_str("[kafka]\ngroup_instance_id = \"ward-a\"\n").unwrap();
         assert_eq!(c.kafka.group_instance_id.as_deref(), Some("ward-a"));
+    }
+
+    #[test]
+    fn instance_settings_that_cannot_work_are_refused_with_what_to_set() {
+        assert!(Config::default().check_instance().is_ok());
+        let c: Config = toml::from_str("[instance]\nrole = \"patient_rules\"\n").unwrap();
+        let e = c.check_instance().unwrap_err().to_string();
+        assert!(e.contains("needs an [instance] id"), "{e}");
+        let c: Config = toml::from_str("[instance]\nid = 10000\n").unwrap();
+        assert!(c.check_instance().is_err());
+        let c: Config = toml::from_str(
+            "[instance]\nid = 2\nrole = \"global_rules\"\n[kafka]\nbrokers = \"k:9092\"\n",
+        )
+        .unwrap();
+        let e = c.check_instance().unwrap_err().to_string();
+        assert!(e.contains("partitions = []"), "{e}");
+        let c: Config = toml::from_str(
+            "[instance]\nid = 2\nrole = \"global_rules\"\n[kafka]\nbrokers = \"k:9092\"\npartitions = []\n",
+        )
+        .unwrap();
+        assert!(c.check_instance().is_ok());
+        assert_eq!(c.instance.local_partition(), -4);
+        assert_eq!(c.instance.name().as_deref(), Some("i2"));
+        assert_eq!(Config::default().instance.local_partition(), -1);
+        assert!(InstanceRole::PatientRules.runs(true) && !InstanceRole::PatientRules.runs(false));
+        assert!(InstanceRole::GlobalRules.runs(false) && !InstanceRole::GlobalRules.runs(true));
     }
 
     #[test]

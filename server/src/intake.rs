@@ -70,6 +70,10 @@ pub struct Intake {
     engine_from: Arc<Mutex<HashMap<i32, i64>>>,
     /// Takes checkpoints (with Kafka and checkpoints on).
     checkpointer: Arc<OnceLock<Arc<crate::checkpoint::Checkpointer>>>,
+    /// Kafka batches go to the engine only (`[instance] role =
+    /// "global_rules"`): the instances that own the partitions archive them
+    /// and deliver their dead letters.
+    observing: bool,
 }
 
 impl Intake {
@@ -85,6 +89,7 @@ impl Intake {
             archive: archive.clone(),
             dead_letters: Arc::clone(&dead_letters),
             checkpointed: Mutex::new(None),
+            observing: false,
         });
         Self {
             pipeline,
@@ -97,7 +102,27 @@ impl Intake {
             durable_local: false,
             engine_from: Arc::default(),
             checkpointer: Arc::default(),
+            observing: false,
         }
+    }
+
+    /// Kafka batches go to the engine only: not to the archive or the
+    /// dead letters, and commits follow checkpoints alone. Call before
+    /// anything uses the commit gate.
+    pub fn observing(mut self, observing: bool) -> Self {
+        self.observing = observing;
+        self.gate = Arc::new(CommitGate {
+            archive: self.archive.clone(),
+            dead_letters: Arc::clone(&self.dead_letters),
+            checkpointed: Mutex::new(None),
+            observing,
+        });
+        self
+    }
+
+    /// Whether Kafka batches skip the archive and the dead letters.
+    pub fn is_observing(&self) -> bool {
+        self.observing
     }
 
     /// After a restore: per partition, events below these offsets are in
@@ -186,6 +211,19 @@ impl Intake {
             }));
             return;
         };
+        if self.observing {
+            let engine = self
+                .engine_from(partition)
+                .is_none_or(|from| *offsets.end() >= from);
+            if engine {
+                let _ = self.pipeline.send(Input::Batch {
+                    partition,
+                    batch,
+                    last_offset: Some(*offsets.end()),
+                });
+            }
+            return;
+        }
         // Held before the archive (whose progress drives commits) sees the
         // batch, so no commit can pass a letter before it is delivered.
         let sources: Vec<(i32, i64)> = dead_letters.iter().filter_map(|l| l.source).collect();
@@ -303,6 +341,9 @@ pub struct CommitGate {
     /// With checkpoints: per partition, the next offset the latest durable
     /// checkpoint does not cover. `None`: checkpoints are off.
     checkpointed: Mutex<Option<BTreeMap<i32, i64>>>,
+    /// Nothing is archived here (see [`Intake::observing`]): only
+    /// checkpoints bound commits.
+    observing: bool,
 }
 
 impl CommitGate {
@@ -310,6 +351,10 @@ impl CommitGate {
     /// to it is in written archive files and has no dead letter in flight.
     /// `None` while nothing of the partition is durable yet.
     pub fn committable(&self, partition: i32) -> Option<i64> {
+        if self.observing {
+            let covered = self.checkpointed.lock().expect("checkpointed lock");
+            return covered.as_ref()?.get(&partition).map(|next| next - 1);
+        }
         let durable = self.archive.durable_offset(partition)?;
         let cap = self.dead_letters.in_flight.commit_cap(partition, durable);
         match &*self.checkpointed.lock().expect("checkpointed lock") {

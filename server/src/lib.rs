@@ -15,6 +15,7 @@ pub(crate) mod intake;
 pub(crate) mod metrics;
 pub(crate) mod pipeline;
 pub mod replay;
+pub(crate) mod rule_watch;
 pub mod server;
 pub(crate) mod shutdown;
 pub(crate) mod sink;

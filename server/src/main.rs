@@ -83,6 +83,10 @@ struct ServeArgs {
     /// instance, unique in the group. Unset: dynamic membership.
     #[arg(long, env = "WARDWATCH_KAFKA_GROUP_INSTANCE_ID")]
     kafka_group_instance_id: Option<String>,
+    /// This process's number among instances sharing the data directory
+    /// (0-9999, stable across restarts; see [instance] in the README).
+    #[arg(long, env = "WARDWATCH_INSTANCE_ID")]
+    instance_id: Option<u32>,
     /// Topic of incoming VitalEvents [default: vitals].
     #[arg(long, env = "WARDWATCH_VITALS_TOPIC")]
     vitals_topic: Option<String>,
@@ -141,6 +145,9 @@ impl ServeArgs {
         }
         if let Some(v) = self.kafka_group {
             config.kafka.group_id = v;
+        }
+        if let Some(v) = self.instance_id {
+            config.instance.id = Some(v);
         }
         if let Some(v) = self.kafka_group_instance_id {
             config.kafka.group_instance_id = Some(v);

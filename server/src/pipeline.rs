@@ -199,6 +199,7 @@ pub fn start(
     metrics: Arc<Metrics>,
     alerts: UnboundedSender<Delivery>,
     idle_from_source: bool,
+    role: crate::config::InstanceRole,
 ) -> PipelineHandle {
     let (tx, rx) = mpsc::sync_channel::<Input>(64);
     let rule_stats = Arc::new(Mutex::new(HashMap::new()));
@@ -278,6 +279,24 @@ pub fn start(
                             metrics.events_in.fetch_add(rows, Relaxed);
                             r
                         }
+                    }
+                    // Another instance runs it (see `[instance] role`); it
+                        // may have changed kind with this version.
+                    Some(Input::Upsert(spec)) if !role.runs(spec.compiled.keyed_by_patient) => {
+                        failures.lock().expect("rule health lock").remove(&spec.id);
+                        if engine.remove_rule(&spec.id) {
+                            tracing::info!(rule = %spec.id, version = spec.version, ?role, "rule runs on another instance");
+                        }
+                        Ok(Default::default())
+                    }
+                    // The version already running: the rule watcher and the
+                    // API may both send it; its state must not restart.
+                    Some(Input::Upsert(spec))
+                        if engine
+                            .rules()
+                            .any(|(s, _)| s.id == spec.id && s.version == spec.version) =>
+                    {
+                        Ok(Default::default())
                     }
                     Some(Input::Upsert(spec)) => {
                         let (id, version) = (spec.id.clone(), spec.version);

@@ -40,6 +40,9 @@ pub async fn run_until(
         &config,
         crate::transport::effective_auth_required(&config, demo_mode),
     )?;
+    config.check_instance()?;
+    // With an instance id: the part of the shared logs this process writes.
+    let writer = config.instance.name();
     if let Some(dir) = config.data_path() {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating data directory {}", dir.display()))?;
@@ -49,26 +52,33 @@ pub async fn run_until(
     // One server per local data directory, held until this function returns
     // (the OS releases it if the process dies, so a crash blocks no restart).
     let _data_dir_lock = match local_data_dir(&config.data_dir) {
-        Some(dir) => Some(lock_data_dir(&dir)?),
+        Some(dir) => Some(lock_data_dir(&dir, config.instance.id)?),
         None => None,
     };
     let rules = RuleStore::open(Arc::clone(&store), prefix.clone())
         .await
         .context("loading rules")?;
-    let dead_letter_log = JsonLog::open_with_limit(
+    let dead_letter_log = JsonLog::open_as(
         Arc::clone(&store),
         prefix.clone(),
         "dead_letters",
         config.archive.max_dead_letters,
+        writer.as_deref(),
     )
     .await
     .context("opening dead letters")?;
     // An acknowledgement is written (and on local disk fsync'd) before the
     // request that made it is answered.
-    let ack_log = JsonLog::open(Arc::clone(&store), prefix.clone(), "acks")
-        .await
-        .context("opening acknowledgements")?
-        .with_durable_appends();
+    let ack_log = JsonLog::open_as(
+        Arc::clone(&store),
+        prefix.clone(),
+        "acks",
+        catalog::log::DEFAULT_MAX_IN_MEMORY,
+        writer.as_deref(),
+    )
+    .await
+    .context("opening acknowledgements")?
+    .with_durable_appends();
     let metrics = Arc::new(Metrics::default());
 
     let producer = match &config.kafka.brokers {
@@ -84,11 +94,15 @@ pub async fn run_until(
         Arc::clone(&metrics),
         alert_tx,
         config.kafka.brokers.is_some(),
+        config.instance.role,
     );
 
     let hub = Arc::new(AlertHub::new(ack_log));
     // The Parquet archive: raw events and alerts, each on a writer task.
     let archive_config = crate::archive::writer_config(&config.archive);
+    // What has no Kafka offsets (alerts, `POST /api/ingest`) is archived
+    // under a partition of this instance's own.
+    let local_partition = config.instance.local_partition();
     let (vitals_archive, vitals_view, vitals_task) = crate::archive::start_with_commit_interval(
         catalog::archive::ArchiveWriter::new(
             Arc::clone(&store),
@@ -98,10 +112,12 @@ pub async fn run_until(
         "vitals",
         std::time::Duration::from_millis(config.archive.ingest_commit_interval_ms),
     );
+    let vitals_archive = vitals_archive.with_local_partition(local_partition);
     let (alerts_archive, alerts_view, alerts_task) = crate::archive::start(
         catalog::archive::ArchiveWriter::alerts(Arc::clone(&store), prefix.clone(), archive_config),
         "alerts",
     );
+    let alerts_archive = alerts_archive.with_local_partition(local_partition);
     let history = catalog::HistoryCatalog::new(Arc::clone(&store), prefix.clone())
         .context("opening history")?
         .with_unflushed(vitals_view)
@@ -114,9 +130,15 @@ pub async fn run_until(
         .register_table(catalog::archive::ArchiveTable::alerts(), Some(alerts_view))
         .context("opening alert history")?;
     let audit_log = Arc::new(
-        JsonLog::open(Arc::clone(&store), prefix.clone(), "audit_log")
-            .await
-            .context("opening the audit log")?,
+        JsonLog::open_as(
+            Arc::clone(&store),
+            prefix.clone(),
+            "audit_log",
+            catalog::log::DEFAULT_MAX_IN_MEMORY,
+            writer.as_deref(),
+        )
+        .await
+        .context("opening the audit log")?,
     );
     // Damaged files the stores skipped or recovered from while opening.
     let mut damaged = rules.damaged_files().to_vec();
@@ -154,7 +176,10 @@ pub async fn run_until(
                 .context("creating the demo rules")?;
         }
     }
+    // What the engine was handed, for the rule watcher.
+    let mut running = std::collections::HashMap::new();
     for rule in rules.list().await.into_iter().filter(|r| r.active) {
+        running.insert(rule.id.clone(), rule.current.version);
         // Accepted once: limits apply, the submit-time sample check does not.
         match compiler.compile_accepted_scoped(&rule.current.sql, rule.current.hospital()) {
             Ok(compiled) => {
@@ -180,7 +205,10 @@ pub async fn run_until(
         shutdown.notice(),
         source::decode::EventTimeBounds::from_config(&config),
     )
-    .with_durable_local(config.archive.ingest_durable_ack);
+    .with_durable_local(config.archive.ingest_durable_ack)
+    // The global-rules instance reads every partition for its rules only:
+    // the instances owning them archive them and write their dead letters.
+    .observing(config.instance.role == crate::config::InstanceRole::GlobalRules);
 
     // With Kafka: restore the newest checkpoint before reading, learn which
     // alerts went out since it was taken, then checkpoint periodically.
@@ -192,8 +220,11 @@ pub async fn run_until(
     let mut restored = crate::checkpoint::Restored::default();
     let mut checkpointer = None;
     if let Some(brokers) = checkpoints {
-        let checkpoint_store =
-            catalog::checkpoints::CheckpointStore::new(Arc::clone(&store), &prefix);
+        let checkpoint_store = catalog::checkpoints::CheckpointStore::for_instance(
+            Arc::clone(&store),
+            &prefix,
+            writer.as_deref(),
+        );
         restored = crate::checkpoint::restore(
             &checkpoint_store,
             &pipeline,
@@ -323,6 +354,7 @@ pub async fn run_until(
         let dl = Arc::clone(&dead_letters);
         let audit = Arc::clone(&audit_log);
         let stop = shutdown.notice();
+        let shared = writer.is_some();
         front.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
@@ -331,6 +363,15 @@ pub async fn run_until(
                     _ = stop.clone().requested() => return,
                 }
                 flush_logs(&hub, &dl, &audit).await;
+                if shared {
+                    // What the other instances wrote: acknowledgements,
+                    // audit records, dead letters.
+                    for log in [&hub.acks, &dl.table, &*audit] {
+                        if let Err(e) = log.refresh().await {
+                            tracing::warn!(error = %e, "reading the other instances' logs");
+                        }
+                    }
+                }
             }
         }));
     }
@@ -394,6 +435,17 @@ pub async fn run_until(
         rule_writes: tokio::sync::Mutex::new(()),
         topics,
     });
+    if state.config.instance.id.is_some() {
+        // Rules created, changed or deactivated through other instances.
+        let interval =
+            std::time::Duration::from_millis(state.config.instance.rule_watch_interval_ms);
+        tokio::spawn(crate::rule_watch::run(
+            Arc::clone(&state),
+            running,
+            interval,
+            shutdown.notice(),
+        ));
+    }
     let app = crate::transport::protect(api::router(Arc::clone(&state)), &state.config);
     drop(state);
     let endpoint = endpoint.bind().await?;
@@ -485,13 +537,54 @@ fn local_data_dir(location: &str) -> Option<std::path::PathBuf> {
     }
 }
 
-/// Takes an exclusive lock on `dir`'s [`DATA_DIR_LOCK`] for as long as the
-/// returned file is open, and writes our pid into it: two servers writing
-/// one data directory would collide on file names. A second server fails
-/// here, naming the directory and the holder's pid.
-fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+/// Locks `dir` for this process for as long as the returned files are
+/// open (the OS releases them if the process dies, so a crash blocks no
+/// restart), writing our pid into the file it holds alone:
+/// - a single instance holds [`DATA_DIR_LOCK`] exclusively;
+/// - an instance with an id holds it shared, and `wardwatch-i{id}.lock`
+///   exclusively.
+///
+/// So a second single server, a second process with the same id, a single
+/// server where instances run, or an instance where a single server runs
+/// fails here, naming the directory, the lock and the holder's pid.
+fn lock_data_dir(dir: &std::path::Path, instance: Option<u32>) -> Result<Vec<std::fs::File>> {
+    let mut held = Vec::new();
+    let Some(id) = instance else {
+        held.push(lock_file(dir, DATA_DIR_LOCK, false, || {
+            "another wardwatch server, or instances with an [instance] id, use it. \
+             Two single servers must not share a local data directory: give each its own \
+             --data-dir, or give every process sharing it an [instance] id"
+                .to_string()
+        })?);
+        return Ok(held);
+    };
+    held.push(lock_file(dir, DATA_DIR_LOCK, true, || {
+        "a wardwatch server without an [instance] id uses it alone; give it an id too".to_string()
+    })?);
+    held.push(lock_file(
+        dir,
+        &format!("wardwatch-i{id}.lock"),
+        false,
+        || {
+            format!(
+                "another process runs as [instance] id = {id} on it: \
+             each instance sharing a data directory needs an id of its own"
+            )
+        },
+    )?);
+    Ok(held)
+}
+
+/// Takes `dir/name` (shared or exclusive) without waiting; an exclusive
+/// holder's pid is written into the file.
+fn lock_file(
+    dir: &std::path::Path,
+    name: &str,
+    shared: bool,
+    why: impl FnOnce() -> String,
+) -> Result<std::fs::File> {
     use std::io::{Read, Seek, Write};
-    let path = dir.join(DATA_DIR_LOCK);
+    let path = dir.join(name);
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -499,7 +592,12 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File> {
         .truncate(false)
         .open(&path)
         .with_context(|| format!("opening the data directory lock {}", path.display()))?;
-    match file.try_lock() {
+    let taken = if shared {
+        file.try_lock_shared()
+    } else {
+        file.try_lock()
+    };
+    match taken {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
             let mut holder = String::new();
@@ -510,19 +608,25 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File> {
             };
             anyhow::bail!(
                 "the data directory {} is in use by another wardwatch server{holder}: \
-                 it holds the lock {}. Two servers must not share a local data directory; \
-                 give each its own --data-dir",
+                 it holds the lock {}. {}",
                 dir.display(),
-                path.display()
+                path.display(),
+                why()
             );
         }
         Err(std::fs::TryLockError::Error(e)) => {
             return Err(e).with_context(|| format!("locking {}", path.display()))
         }
     }
+    // Shared holders say so instead (a stale pid would mislead).
+    let holder = if shared {
+        "instances with an [instance] id".to_string()
+    } else {
+        format!("pid {}", std::process::id())
+    };
     file.set_len(0)
         .and_then(|()| file.rewind())
-        .and_then(|()| writeln!(file, "pid {}", std::process::id()))
+        .and_then(|()| writeln!(file, "{holder}"))
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(file)
 }
@@ -590,15 +694,34 @@ mod data_dir_lock_tests {
     #[test]
     fn a_second_lock_is_refused_naming_the_directory_and_the_holder() {
         let dir = tempfile::tempdir().unwrap();
-        let held = lock_data_dir(dir.path()).unwrap();
-        let e = lock_data_dir(dir.path()).unwrap_err().to_string();
+        let held = lock_data_dir(dir.path(), None).unwrap();
+        let e = lock_data_dir(dir.path(), None).unwrap_err().to_string();
         let want = format!(
             "the data directory {} is in use by another wardwatch server (pid {})",
             dir.path().display(),
             std::process::id()
         );
         assert!(e.starts_with(&want), "{e}");
+        // Nor may an instance join a single server's directory.
+        let e = lock_data_dir(dir.path(), Some(0)).unwrap_err().to_string();
+        assert!(e.contains("without an [instance] id"), "{e}");
         drop(held);
-        lock_data_dir(dir.path()).expect("free again once the holder closes it");
+        lock_data_dir(dir.path(), None).expect("free again once the holder closes it");
+    }
+
+    #[test]
+    fn instances_share_a_directory_each_under_its_own_id_and_never_beside_a_single_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = lock_data_dir(dir.path(), Some(0)).unwrap();
+        let b = lock_data_dir(dir.path(), Some(1)).unwrap();
+        let e = lock_data_dir(dir.path(), Some(1)).unwrap_err().to_string();
+        assert!(
+            e.contains("wardwatch-i1.lock") && e.contains("id = 1"),
+            "{e}"
+        );
+        let e = lock_data_dir(dir.path(), None).unwrap_err().to_string();
+        assert!(e.contains("[instance] id"), "{e}");
+        drop((a, b));
+        lock_data_dir(dir.path(), None).expect("free once the instances are gone");
     }
 }

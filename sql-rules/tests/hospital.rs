@@ -229,3 +229,36 @@ fn the_hospital_is_in_alert_json_when_known_and_absent_otherwise() {
     let back: Alert = serde_json::from_value(json).unwrap();
     assert_eq!(&back, unknown);
 }
+
+/// Which rules need every partition (issue 13: several instances run
+/// patient rules over their own partitions, the others on one instance).
+#[test]
+fn a_rule_is_keyed_by_patient_only_when_it_groups_by_the_patient_id_column() {
+    let keyed = |sql: &str| {
+        CompiledRule::compile(sql, &vitals_schema())
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .keyed_by_patient
+    };
+    assert!(keyed(
+        "SELECT patient_id, heart_rate_bpm FROM vitals WHERE heart_rate_bpm > 150"
+    ));
+    assert!(keyed(
+        "SELECT patient_id AS p, AVG(heart_rate_bpm) AS hr FROM vitals \
+         GROUP BY TUMBLE(event_time, INTERVAL '1' MINUTE), patient_id"
+    ));
+    assert!(keyed(
+        "SELECT hospital_id, patient_id, COUNT(*) AS n FROM vitals \
+         GROUP BY TUMBLE(event_time, INTERVAL '1' MINUTE), hospital_id, patient_id"
+    ));
+    assert!(!keyed(
+        "SELECT hospital_id, COUNT(*) AS n FROM vitals \
+         GROUP BY TUMBLE(event_time, INTERVAL '1' MINUTE), hospital_id"
+    ));
+    assert!(!keyed(
+        "SELECT source_device, COUNT(*) AS n FROM vitals \
+         GROUP BY TUMBLE(event_time, INTERVAL '1' MINUTE), source_device"
+    ));
+    assert!(!keyed(
+        "SELECT hospital_id, heart_rate_bpm FROM vitals WHERE heart_rate_bpm > 150"
+    ));
+}

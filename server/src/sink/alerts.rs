@@ -388,7 +388,7 @@ impl DeliveryTask {
     /// Answers a mark once every Kafka send before it is confirmed, with
     /// the positions they reached and the alerts history has not written.
     fn mark(&mut self, reply: oneshot::Sender<DeliveryMark>) {
-        let written = self.archive.durable_offset(catalog::archive::NO_PARTITION);
+        let written = self.archive.durable_offset(self.archive.local_partition());
         self.unwritten
             .retain(|(offset, _)| written.is_none_or(|w| *offset > w));
         if self.unwritten.len() > MAX_UNWRITTEN {

@@ -175,7 +175,11 @@ fn resume_at_committed(intake: &Intake, topics: &Topics, committed: &TopicPartit
             continue;
         };
         if let Offset::Offset(next) = e.offset() {
-            intake.archive().resume_blocking(partition, next);
+            // An observing instance archives nothing: the files past its
+            // offsets are the owners'.
+            if !intake.is_observing() {
+                intake.archive().resume_blocking(partition, next);
+            }
             // Commits never pass a checkpoint, so this means the newest
             // checkpoint was lost or damaged.
             if let Some(from) = intake.engine_from(partition).filter(|&from| next > from) {

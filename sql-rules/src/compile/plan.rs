@@ -104,6 +104,12 @@ pub struct CompiledRule {
     pub emit_early: bool,
     /// The hospital the rule is limited to: its alerts carry it.
     pub scope: Option<String>,
+    /// Whether each of its alerts concerns one patient: it groups by the
+    /// `patient_id` column (per-event rules: their result has it). Such a
+    /// rule needs only its patients' events, so it runs exactly on any
+    /// instance reading their partitions (events are keyed by patient);
+    /// any other rule needs every partition.
+    pub keyed_by_patient: bool,
 }
 
 impl CompiledRule {
@@ -490,7 +496,12 @@ impl Planner<'_> {
                     .filter(|(_, f)| f.name() == col::PATIENT_ID || f.name() == col::HOSPITAL_ID)
                     .map(|(i, _)| i)
                     .collect();
+                let keyed_by_patient = output_schema
+                    .fields()
+                    .iter()
+                    .any(|f| f.name() == col::PATIENT_ID);
                 Ok(CompiledRule {
+                    keyed_by_patient,
                     sql: self.sql.to_string(),
                     shape: RuleShape::PerEvent,
                     input_ops: top_ops,
@@ -551,7 +562,12 @@ impl Planner<'_> {
                     .map(|g| g.schema_name().to_string())
                     .collect();
                 let key_columns = projected_keys(&plan, &key_names);
+                let keyed_by_patient = agg
+                    .group_expr
+                    .iter()
+                    .any(|g| matches!(g, Expr::Column(c) if c.name == col::PATIENT_ID));
                 Ok(CompiledRule {
+                    keyed_by_patient,
                     sql: self.sql.to_string(),
                     shape: RuleShape::Windowed(Box::new(Windowed {
                         window,

@@ -281,7 +281,7 @@ pub fn start(
                         }
                     }
                     // Another instance runs it (see `[instance] role`); it
-                        // may have changed kind with this version.
+                    // may have changed kind with this version.
                     Some(Input::Upsert(spec)) if !role.runs(spec.compiled.keyed_by_patient) => {
                         failures.lock().expect("rule health lock").remove(&spec.id);
                         if engine.remove_rule(&spec.id) {

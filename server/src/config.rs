@@ -605,6 +605,22 @@ impl Config {
                 i.role
             );
         }
+        if i.id.is_some() && self.kafka.brokers.is_some() {
+            // Group rebalancing would move a partition without its state
+            // (checkpoints are per instance): each lists its own.
+            anyhow::ensure!(
+                self.kafka.partitions.is_some(),
+                "[instance] id with Kafka: list the partitions this instance reads in \
+                 [kafka] partitions (disjoint between patient_rules instances; [] for all). \
+                 Consumer-group rebalancing would move a partition without its window state"
+            );
+            anyhow::ensure!(
+                i.role != InstanceRole::All || self.kafka.partitions.as_deref() == Some(&[]),
+                "[instance] role = \"all\" runs every rule, and rules not grouped by patient_id \
+                 need every partition: set [kafka] partitions = [], or split the partitions \
+                 between role = \"patient_rules\" instances and run one role = \"global_rules\""
+            );
+        }
         if i.role == InstanceRole::GlobalRules {
             anyhow::ensure!(
                 self.kafka.brokers.is_some(),
@@ -679,6 +695,18 @@ mod tests {
         assert_eq!(c.instance.local_partition(), -4);
         assert_eq!(c.instance.name().as_deref(), Some("i2"));
         assert_eq!(Config::default().instance.local_partition(), -1);
+        let c: Config = toml::from_str(
+            "[instance]\nid = 0\nrole = \"patient_rules\"\n[kafka]\nbrokers = \"k:9092\"\n",
+        )
+        .unwrap();
+        let e = c.check_instance().unwrap_err().to_string();
+        assert!(e.contains("[kafka] partitions"), "{e}");
+        let c: Config = toml::from_str(
+            "[instance]\nid = 0\n[kafka]\nbrokers = \"k:9092\"\npartitions = [0, 1]\n",
+        )
+        .unwrap();
+        let e = c.check_instance().unwrap_err().to_string();
+        assert!(e.contains("global_rules"), "{e}");
         assert!(InstanceRole::PatientRules.runs(true) && !InstanceRole::PatientRules.runs(false));
         assert!(InstanceRole::GlobalRules.runs(false) && !InstanceRole::GlobalRules.runs(true));
     }

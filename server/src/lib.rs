@@ -11,6 +11,7 @@ pub mod auth;
 pub mod checkpoint;
 pub mod config;
 pub mod demo;
+pub(crate) mod instances;
 pub(crate) mod intake;
 pub(crate) mod metrics;
 pub(crate) mod pipeline;

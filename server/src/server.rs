@@ -333,6 +333,14 @@ pub async fn run_until(
             shutdown.notice(),
         ));
     }
+    if let Some(task) = crate::instances::spawn(
+        Arc::clone(&store),
+        prefix.clone(),
+        &config,
+        shutdown.notice(),
+    ) {
+        front.push(task);
+    }
     front.push(tokio::spawn(crate::sink::dead_letter::run_retention(
         Arc::clone(&dead_letters),
         crate::sink::dead_letter::Retention::from_config(&config.archive),

@@ -127,6 +127,10 @@ pub async fn operations(
         })
         .collect();
     rules.sort_by(|a, b| a.id.cmp(&b.id));
+    let instances = match state.config.instance.id {
+        Some(_) => crate::instances::list(state.store.as_ref(), &state.store_prefix).await,
+        None => Vec::new(),
+    };
     Json(Operations {
         now_ms: now,
         partitions,
@@ -134,5 +138,6 @@ pub async fn operations(
         engine,
         budgets,
         rules,
+        instances,
     })
 }

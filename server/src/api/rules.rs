@@ -134,6 +134,22 @@ fn read_draft(body: Result<Json<Value>, JsonRejection>) -> Result<RuleDraft, Api
         .into())
 }
 
+/// Where several instances share the data directory: a 409 when no live
+/// one would run `compiled` (see [`crate::instances::unplaced`]).
+async fn placed(state: &SharedState, compiled: &CompiledRule) -> Result<(), ApiError> {
+    match crate::instances::unplaced(
+        &state.config,
+        state.store.as_ref(),
+        &state.store_prefix,
+        compiled.keyed_by_patient,
+    )
+    .await
+    {
+        None => Ok(()),
+        Some(why) => Err(ApiError::conflict(why)),
+    }
+}
+
 /// Hands a stored rule's current version to the engine (which replaces
 /// any version it runs).
 async fn run(state: &SharedState, rule: &Rule, compiled: CompiledRule) -> Result<(), ApiError> {
@@ -277,6 +293,7 @@ pub async fn validate(
         (status = 201, description = "Stored and running.", body = RuleView),
         (status = 400, description = "Refused: not JSON, a field, the SQL (with its line and column), or a `[limits]` budget.", body = ErrorBody),
         (status = 403, description = "A global rule (no `hospital_id`) without the admin role, or a rule of a hospital the caller is not limited to.", body = ErrorBody),
+        (status = 409, description = "Several instances share the data directory and none that is live would run this rule (a rule not grouped by `patient_id` needs a `global_rules` instance).", body = ErrorBody),
         (status = 415, description = "Not sent as `application/json`.", body = ErrorBody),
         (status = 500, description = "The rule store failed.", body = ErrorBody),
         (status = 503, description = "The engine is shutting down.", body = ErrorBody),
@@ -290,6 +307,7 @@ pub async fn create(
     let draft = read_draft(body)?;
     may_change(&caller, draft.hospital_id.as_deref())?;
     let compiled = compile_draft(&state, &draft)?;
+    placed(&state, &compiled).await?;
     let _guard = state.rule_writes.lock().await;
     let rule = store_and_run(&state, &caller, draft, compiled).await?;
     Ok((StatusCode::CREATED, Json(rule_view(&state, rule))))
@@ -329,6 +347,7 @@ pub(crate) async fn store_and_run(
         (status = 200, description = "The new version, running.", body = RuleView),
         (status = 400, description = "Refused: not JSON, a field, the SQL (with its line and column), or a `[limits]` budget.", body = ErrorBody),
         (status = 403, description = "The rule, or the new version, is global (no `hospital_id`) and the caller no unlimited admin, or the new version is of a hospital the caller is not limited to.", body = ErrorBody),
+        (status = 409, description = "Several instances share the data directory and none that is live would run this version (a rule not grouped by `patient_id` needs a `global_rules` instance).", body = ErrorBody),
         (status = 415, description = "Not sent as `application/json`.", body = ErrorBody),
         (status = 404, description = "No rule with this id (or one of a hospital the caller is not limited to).", body = ErrorBody),
         (status = 500, description = "The rule store failed.", body = ErrorBody),
@@ -345,6 +364,7 @@ pub async fn update(
     changeable(&state, &caller, &id).await?;
     may_change(&caller, draft.hospital_id.as_deref())?;
     let compiled = compile_draft(&state, &draft)?;
+    placed(&state, &compiled).await?;
     let _guard = state.rule_writes.lock().await;
     // Again under the lock: the rule may have moved while this compiled.
     let before = changeable(&state, &caller, &id).await?;

@@ -17,6 +17,10 @@ pub struct Operations {
     /// The run-time budgets every rule is held to (`[limits]`).
     pub budgets: RuleBudgetsView,
     pub rules: Vec<RuleOps>,
+    /// Where several instances share the data directory (`[instance] id`
+    /// set): each as it last announced itself, live or gone. Empty for a
+    /// single instance.
+    pub instances: Vec<crate::instances::InstanceStatus>,
 }
 
 /// One partition.

@@ -233,10 +233,10 @@ impl JsonLog {
 
     /// Reads the segments the other writers sharing this log wrote since
     /// the last look (a new writer included) into the in-memory tail;
-    /// returns how many records arrived. Nothing to do for a single writer.
-    pub async fn refresh(&self) -> Result<usize, CatalogError> {
+    /// returns the records that arrived. Nothing to do for a single writer.
+    pub async fn refresh(&self) -> Result<Vec<Value>, CatalogError> {
         let Some(others) = &self.others else {
-            return Ok(0);
+            return Ok(Vec::new());
         };
         let mut others = others.lock().await;
         let listed = self
@@ -249,7 +249,7 @@ impl JsonLog {
                 others.entry(d).or_insert(None);
             }
         }
-        let mut arrived = 0;
+        let mut arrived = Vec::new();
         for (dir, last) in others.iter_mut() {
             if *dir == self.dir {
                 continue; // a single writer's part: nobody writes it now
@@ -278,7 +278,7 @@ impl JsonLog {
                 if let Some(file) = segment.damage(&path) {
                     damage::report(file);
                 }
-                arrived += segment.records.len();
+                arrived.extend(segment.records.iter().cloned());
                 let mut state = self.lock_state();
                 state.tail.extend(segment.records);
                 let excess = state.tail.len().saturating_sub(self.max_in_memory);
@@ -730,9 +730,12 @@ mod tests {
         // Same sequence numbers, different names: no collision.
         assert_eq!(a.len(), 3);
         assert_eq!(b.len(), 1);
-        assert_eq!(b.refresh().await.unwrap(), 3);
-        assert_eq!(a.refresh().await.unwrap(), 1);
-        assert_eq!(a.refresh().await.unwrap(), 0, "each segment is read once");
+        assert_eq!(b.refresh().await.unwrap().len(), 3);
+        assert_eq!(a.refresh().await.unwrap(), records(20..21));
+        assert!(
+            a.refresh().await.unwrap().is_empty(),
+            "each segment is read once"
+        );
         let seqs = |log: &JsonLog| {
             let mut s: Vec<u64> = log
                 .recent(100, |_| true)

@@ -374,7 +374,10 @@ pub async fn run_until(
                 if shared {
                     // What the other instances wrote: acknowledgements,
                     // audit records, dead letters.
-                    for log in [&hub.acks, &dl.table, &*audit] {
+                    if let Err(e) = hub.refresh_acks().await {
+                        tracing::warn!(error = %e, "reading the other instances' acknowledgements");
+                    }
+                    for log in [&dl.table, &*audit] {
                         if let Err(e) = log.refresh().await {
                             tracing::warn!(error = %e, "reading the other instances' logs");
                         }

@@ -100,6 +100,28 @@ impl AlertHub {
         acked.into_iter().map(|(_, id)| id.clone()).collect()
     }
 
+    /// Reads the acknowledgements other instances sharing the store made
+    /// since the last look into the index. Where two instances acknowledged
+    /// one alert at once, the earlier acknowledgement wins on every
+    /// instance.
+    pub async fn refresh_acks(&self) -> Result<usize, catalog::CatalogError> {
+        let arrived = self.acks.refresh().await?;
+        let at = |ack: &Value| ack.get("at_ms").and_then(Value::as_i64).unwrap_or(i64::MAX);
+        let mut index = self.ack_index.write().expect("ack index lock");
+        for ack in &arrived {
+            let Some(id) = ack.get("alert_id").and_then(Value::as_str) else {
+                continue;
+            };
+            match index.get(id) {
+                Some(known) if at(known) <= at(ack) => {}
+                _ => {
+                    index.insert(id.to_string(), ack.clone());
+                }
+            }
+        }
+        Ok(arrived.len())
+    }
+
     /// Alerts in their JSON shape, with the `ack` field on those that have one.
     pub fn with_acks(&self, alerts: &[Alert]) -> Vec<Value> {
         let index = self.ack_index.read().expect("ack index lock");

@@ -530,6 +530,33 @@
     return n + " B";
   }
 
+  var INSTANCE_ROLES = { all: "all rules", patient_rules: "patient rules", global_rules: "global rules" };
+
+  // Instances sharing the data directory (`[instance] id` set), one line
+  // each; none for a single instance. A gone one (not heard from for 10 s)
+  // says so in words, not only in colour. Ages are by the server's clock.
+  function showInstances(list, now) {
+    var ul = $("ops-instances");
+    ul.hidden = !list.length;
+    ul.replaceChildren.apply(ul, list.map(function (i) {
+      var parts = ["instance " + i.id, INSTANCE_ROLES[i.role] || String(i.role).replace(/_/g, " ")];
+      // `[]`: every partition; absent: a group member, or no Kafka.
+      if (i.partitions) {
+        parts.push(!i.partitions.length ? "all partitions"
+          : (i.partitions.length === 1 ? "partition " : "partitions ") + i.partitions.join(", "));
+      }
+      var silent = Math.max(0, now - i.seen_at_ms);
+      var state = i.live
+        ? el("span", { className: "ok-text", text: "live" })
+        : el("span", { className: "error-text", text: "gone · last seen " +
+            (silent < 60000 ? Math.round(silent / 1000) + " s" : fmtDuration(silent)) + " ago" });
+      return el("li", {
+        "data-instance-id": i.id, "data-live": String(!!i.live),
+        title: "listening on " + i.listen + ", pid " + i.pid + ", started " + fullTime(i.started_at_ms)
+      }, [parts.join(" · ") + " · ", state]);
+    }));
+  }
+
   // The operations strip (admins): GET /api/ops, every poll.
   async function refreshOps() {
     if (!may("admin")) return;
@@ -547,6 +574,7 @@
           fmtBytes(c.bytes) + ", took " + fmtDuration(c.duration_ms) + ")") +
         (c.restore_ms === null ? "" : "; restored at start in " + fmtDuration(c.restore_ms))
       : "Checkpoints off (they need Kafka and checkpoint_interval_ms > 0).";
+    showInstances(ops.instances || [], typeof ops.now_ms === "number" ? ops.now_ms : Date.now());
     var e = ops.engine;
     $("ops-summary").textContent = (e.stalled_ms !== null ? "ENGINE STALLED " + fmtDuration(e.stalled_ms) + " · " : "") +
       "queue " + e.inputs_waiting + (e.consumer_lag === null ? "" : " · lag " + fmtCount(e.consumer_lag));

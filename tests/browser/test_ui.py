@@ -12,7 +12,7 @@ ones in docs/screenshots are made so). The server inherits this process's
 environment, so WARDWATCH_WEB_DIR=web makes it serve the page, app.js,
 app.css, vendor.js and vendor.css from web/ rather than from the binary.
 
-Three servers, one after the other, each with its own port and data dir.
+Five servers, one after the other, each with its own port and data dir.
 
 `serve --demo` (authentication off, as on loopback): the checks run in order
 as one nurse's session would: the worklist (fired and unacknowledged,
@@ -47,6 +47,12 @@ and, with the keyboard only, as a viewer, each as the server's whoami says
 with the token the page kept; a planted code with another state not spent;
 the provider's error shown; the IdP refusing a wrong verifier; an expired
 token signing the page out and the button signing in again.
+
+Instances on one data directory: `serve --demo` without `[instance]` lists
+none in the operations strip; `serve --demo --auth` with `[instance] id = 3`
+and another instance's file left behind shows an admin "instance 3 · all
+rules · live" and the other as gone, in words (`test_instances_strip` runs
+this part alone under pytest).
 """
 
 import base64
@@ -652,7 +658,11 @@ def check_ops(page, server):
         assert rule["id"] in shown, (rule["id"], shown)
     assert "Checkpoints off" in page.text_content("#ops-checkpoints")
     assert "suspended" in page.text_content("#ops-budgets")
-    print(f"  ops: {running} rules against their budgets, the local partition, checkpoints off")
+    # A single instance (no [instance] section): no list of instances.
+    assert ops["instances"] == [], ops["instances"]
+    assert page.is_hidden("#ops-instances") and not page.query_selector("#ops-instances li")
+    assert "instance" not in page.inner_text("#ops-panel").lower()
+    print(f"  ops: {running} rules against their budgets, the local partition, checkpoints off, no instances listed")
 
 
 EDITOR = "#rule-sql-editor"
@@ -1584,6 +1594,103 @@ def run_auth_on(browser, work):
         server.kill()
 
 
+# ------------------------------------------- instances on one data directory
+
+INSTANCE_CONFIG = "[instance]\nid = 3\n"
+
+
+def check_no_instances(page, server):
+    """A single instance: the operations strip lists no instances."""
+    page.goto(server.base + "/")
+    page.wait_for_selector("#ops-panel:not([hidden])")
+    wait_until("ops partition", lambda: "local" in (page.text_content("#ops-partition-rows") or ""))
+    assert server.get("/api/ops")["instances"] == []
+    assert page.is_hidden("#ops-instances") and not page.query_selector("#ops-instances li")
+    text = page.inner_text("#ops-panel")
+    assert "instance" not in text.lower(), text
+    print("  no [instance]: nothing about instances in the operations strip")
+
+
+def check_instances(page, server, key):
+    """With `[instance] id = 3`, an admin's operations strip lists this
+    instance as live and one whose file was left behind (planted, 45 s
+    silent) as gone, in words and readable."""
+    sign_in(page, key)
+    page.wait_for_selector("#ops-panel:not([hidden])")
+    listed = server.get("/api/ops")["instances"]
+    assert [(i["id"], i["live"]) for i in listed] == [(3, True), (7, False)], listed
+    page.wait_for_selector('#ops-instances li[data-instance-id="3"]')
+    page.wait_for_selector('#ops-instances li[data-instance-id="7"]')
+    assert page.is_visible("#ops-instances")
+    live = page.text_content('#ops-instances li[data-instance-id="3"]')
+    assert live == "instance 3 · all rules · live", live
+    gone = page.text_content('#ops-instances li[data-instance-id="7"]')
+    m = re.fullmatch(r"instance 7 · patient rules · partitions 0, 1 · gone · last seen (\d+) s ago", gone)
+    assert m and 44 <= int(m.group(1)) <= 75, gone
+    title = page.get_attribute('#ops-instances li[data-instance-id="3"]', "title")
+    assert title.startswith(f"listening on 127.0.0.1:{server.port}, pid {server.proc.pid}"), title
+    measured = page.eval_on_selector_all("#ops-instances li, #ops-instances li span", CONTRAST_JS)
+    assert len(measured) == 4, measured
+    for c in measured:
+        assert c["opacity"] == 1, f"drawn translucent: {c}"
+        assert c["ratio"] >= 4.5, f"contrast {c['ratio']:.2f}:1 below 4.5:1: {c}"
+    sign_out(page)
+    assert page.is_hidden("#ops-panel")
+    print(f"  instances: {live!r}; {gone!r}; contrast >= 4.5:1")
+
+
+def run_instances(browser, work):
+    """`serve --demo` without [instance] (no instances listed), then
+    `serve --demo --auth` with `[instance] id = 3` signed in as an admin."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(10000)
+    page_errors = []
+    page.on("pageerror", lambda e: page_errors.append(str(e)))
+    single = os.path.join(work, "single")
+    os.makedirs(single)
+    server = Server(single)
+    try:
+        check_no_instances(page, server)
+    except BaseException:
+        dump_log(server)
+        raise
+    finally:
+        server.kill()
+
+    shared = os.path.join(work, "shared")
+    os.makedirs(os.path.join(shared, "data", "instances"))
+    # Another instance's file, left by a process killed 45 s after its
+    # last announcement: listed as gone.
+    now = int(time.time() * 1000)
+    with open(os.path.join(shared, "data", "instances", "i7.json"), "w") as f:
+        json.dump({"id": 7, "role": "patient_rules", "partitions": [0, 1], "listen": "127.0.0.1:1",
+                   "pid": 1, "started_at_ms": now - 600000, "seen_at_ms": now - 45000}, f)
+    admin = make_key(shared, "Charge Admin", "admin")
+    server = Server(shared, auth=True, key=admin, more_config=INSTANCE_CONFIG)
+    try:
+        page.goto(server.base + "/")
+        check_instances(page, server, admin)
+        assert not page_errors, f"uncaught errors: {page_errors}"
+        page.close()
+    except BaseException:
+        dump_log(server)
+        raise
+    finally:
+        server.kill()
+
+
+def test_instances_strip():
+    """For pytest: run_instances alone, in a browser of its own."""
+    assert os.path.exists(BIN), f"no server binary at {BIN}: cargo build -p wardwatch"
+    with tempfile.TemporaryDirectory(prefix="wardwatch-browser-") as work, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-dev-shm-usage"])
+        try:
+            run_instances(browser, work)
+        finally:
+            browser.close()
+
+
 # ----------------------------------------- sign-in through the identity provider
 #
 # A third server, `serve --demo --auth` with [auth.ui_login], and a small
@@ -1617,6 +1724,8 @@ class TestIdP:
     redirect URI, the token endpoint wants the code once, the same
     redirect_uri and client_id, and the verifier whose S256 is the challenge;
     it answers the wardwatch origin's CORS. Tokens last `USERS[…][2]` s."""
+
+    __test__ = False  # a helper, not a pytest test class
 
     CLIENT_ID = "wardwatch-ui"
     AUDIENCE = "wardwatch"
@@ -2117,7 +2226,8 @@ def main():
                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
         for name, run, how in (("auth-off", run_auth_off, "serve --demo"),
                                ("auth-on", run_auth_on, "serve --demo --auth"),
-                               ("provider", run_provider, "serve --demo --auth, [auth.ui_login] at a test IdP")):
+                               ("provider", run_provider, "serve --demo --auth, [auth.ui_login] at a test IdP"),
+                               ("instances", run_instances, "serve --demo, then --auth with [instance] id = 3")):
             t0 = time.monotonic()
             print(f"{name}: {how}")
             os.makedirs(os.path.join(work, name))

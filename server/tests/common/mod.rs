@@ -1,6 +1,8 @@
 //! Running the real `wardwatch` binary for the tests in this folder.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod stream;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

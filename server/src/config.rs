@@ -416,6 +416,15 @@ pub struct KafkaConfig {
     /// shared topic, set it on exactly one of them (as a group member the
     /// group shares them out instead). Default true.
     pub hospital_topics: bool,
+    /// With `partitions`: each partition is fetched from this many messages
+    /// before its committed offset, and what lies below the committed
+    /// offset is dropped before decoding. A broker that, asked for an offset
+    /// inside a record batch, skips the rest of that batch (tansu 0.6 does;
+    /// Kafka returns the whole batch and librdkafka drops the head) would
+    /// otherwise lose those messages after a restart; the lookback must
+    /// cover a producer's batch. 0 (the default): fetch from the committed
+    /// offset.
+    pub resume_lookback_messages: i64,
     pub vitals_topic: String,
     pub dlq_topic: String,
     pub alerts_topic: String,
@@ -538,6 +547,7 @@ impl Default for KafkaConfig {
             group_instance_id: None,
             partitions: None,
             hospital_topics: true,
+            resume_lookback_messages: 0,
             vitals_topic: "vitals".into(),
             dlq_topic: "vitals-dlq".into(),
             alerts_topic: "alert-events".into(),

@@ -201,6 +201,8 @@ fn assign_topic<C: ConsumerContext>(
     topics: &Topics,
     topic: &str,
     wanted: &[i32],
+    lookback: i64,
+    floors: &mut HashMap<i32, i64>,
 ) -> Option<Vec<i32>> {
     let all: Vec<i32> = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(2))
@@ -237,7 +239,14 @@ fn assign_topic<C: ConsumerContext>(
     let mut start = TopicPartitionList::new();
     for e in committed.elements().iter().filter(|e| e.topic() == topic) {
         let offset = match e.offset() {
-            Offset::Offset(o) => Offset::Offset(o),
+            Offset::Offset(o) => {
+                // Messages below the committed offset are dropped as they
+                // arrive (see `[kafka] resume_lookback_messages`).
+                if let Some(stream) = topics.stream_partition(topic, e.partition()) {
+                    floors.insert(stream, o);
+                }
+                Offset::Offset(o.saturating_sub(lookback.max(0)).max(0))
+            }
             _ => Offset::Beginning,
         };
         let _ = start.add_partition_offset(topic, e.partition(), offset);
@@ -448,6 +457,7 @@ pub fn start(
         .create_with_context(context)
         .context("creating the Kafka consumer")?;
     let manual = kafka.partitions.clone();
+    let lookback = kafka.resume_lookback_messages;
     if manual.is_none() {
         subscribe(&consumer, &topics)?;
     }
@@ -477,10 +487,22 @@ pub fn start(
             // With manual assignment: each topic assigned, with its Kafka
             // partitions. The shared topic first, waiting for it to exist.
             let mut assigned: HashMap<String, Vec<i32>> = HashMap::new();
+            // With manual assignment, per stream partition: the lowest
+            // offset still to be taken. Lower ones (a lookback, or a
+            // broker delivering a message again) are dropped, so the
+            // archive and the engine never see an offset twice in a run.
+            let mut floors: HashMap<i32, i64> = HashMap::new();
             if let Some(wanted) = &manual {
                 while !shutdown.is_requested() {
-                    if let Some(streams) = assign_topic(&consumer, &intake, &topics, &topic, wanted)
-                    {
+                    if let Some(streams) = assign_topic(
+                        &consumer,
+                        &intake,
+                        &topics,
+                        &topic,
+                        wanted,
+                        lookback,
+                        &mut floors,
+                    ) {
                         assigned.insert(topic.clone(), streams);
                         connected_flag.store(true, Ordering::Relaxed);
                         break;
@@ -545,9 +567,15 @@ pub fn start(
                                     continue;
                                 }
                                 let wanted: &[i32] = if t.name == topic { wanted } else { &[] };
-                                if let Some(streams) =
-                                    assign_topic(&consumer, &intake, &topics, &t.name, wanted)
-                                {
+                                if let Some(streams) = assign_topic(
+                                    &consumer,
+                                    &intake,
+                                    &topics,
+                                    &t.name,
+                                    wanted,
+                                    lookback,
+                                    &mut floors,
+                                ) {
                                     assigned.insert(t.name.clone(), streams);
                                 }
                             }
@@ -558,6 +586,9 @@ pub fn start(
                                 .collect();
                             for name in gone {
                                 let streams = assigned.remove(&name).unwrap_or_default();
+                                for s in &streams {
+                                    floors.remove(s);
+                                }
                                 hand_over(
                                     &consumer, &intake, &topics, &pending, &decode_tx, &streams,
                                 );
@@ -590,6 +621,15 @@ pub fn start(
                             continue;
                         };
                         let partition = base + msg.partition();
+                        if manual.is_some() {
+                            match floors.get_mut(&partition) {
+                                Some(floor) if msg.offset() < *floor => continue,
+                                Some(floor) => *floor = msg.offset() + 1,
+                                None => {
+                                    floors.insert(partition, msg.offset() + 1);
+                                }
+                            }
+                        }
                         let full = {
                             let mut pending = pending.lock().expect("pending lock");
                             let chunk = pending.entry(partition).or_default();

@@ -122,6 +122,9 @@ pub fn config_text(
     tail: &str,
 ) -> String {
     let partitions: Vec<String> = partitions.iter().map(i32::to_string).collect();
+    // tansu 0.6 answers a fetch from inside a record batch with the next
+    // batch: without a lookback, a restart at such an offset (a SIGTERM
+    // mid-batch) loses the rest of the batch.
     format!(
         "{head}\
          [kafka]\n\
@@ -129,6 +132,7 @@ pub fn config_text(
          group_id = \"{group}\"\n\
          partitions = [{}]\n\
          fetch_wait_max_ms = 10\n\
+         resume_lookback_messages = 1000\n\
          {kafka_extra}\
          [pipeline]\n\
          checkpoint_interval_ms = 500\n\

@@ -25,7 +25,7 @@ enum Command {
     /// Settings come from defaults, then --config FILE (TOML), then WARDWATCH_*
     /// environment variables, then flags. Without --kafka-brokers the server runs
     /// embedded: events arrive over POST /api/ingest (or from --demo).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// API keys for services. Make the first admin key here; after that,
     /// admins manage keys over REST (`/api/keys`).
     #[command(subcommand)]

@@ -40,6 +40,9 @@ pub struct Metrics {
     pub checkpoint_micros: AtomicU64,
     /// Patients the engine's interner holds, and has forgotten since start.
     pub patients_held: AtomicU64,
+    /// Active rules that no live instance runs (several instances: a rule
+    /// not grouped by patient while no `global_rules` instance is live).
+    pub rules_unplaced: AtomicU64,
     pub patients_forgotten: AtomicU64,
     /// The wait before the next checkpoint (the interval, or longer to
     /// keep checkpoints within their share of the time).

@@ -5,7 +5,8 @@
 //! alert history and is acknowledged through it, and the acknowledgement
 //! shows on the first; a rule deactivated through one stops on the other;
 //! a canary rule fires on both afterwards. A rule that no live instance
-//! would run is refused with 409 until one that runs it is up, and a
+//! would run is refused with 409 until one that runs it is up (and is
+//! counted in `wardwatch_rules_unplaced` once that one stops), and a
 //! second process cannot take an id that is in use.
 
 use std::sync::Arc;
@@ -278,6 +279,17 @@ async fn a_rule_no_live_instance_would_run_is_refused_until_one_is_up() {
         !runs(patients.get_json("/api/ops").await),
         "a patient_rules instance must not run a rule grouped by hospital"
     );
-    patients.stop().await.unwrap();
+    // Instance 1 stops (its announcement goes with it): the rule runs
+    // nowhere now, and the patient instance says so.
     all.stop().await.unwrap();
+    eventually(
+        "the unplaced rule is counted",
+        Duration::from_secs(15),
+        || async {
+            let m = patients.metrics().await.ok()?;
+            (m.get("wardwatch_rules_unplaced").copied() == Some(1.0)).then_some(())
+        },
+    )
+    .await;
+    patients.stop().await.unwrap();
 }

@@ -221,6 +221,11 @@ pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
             state.metrics.checkpoint_micros.load(Ordering::Relaxed) as f64 / 1e6,
         ),
         (
+            "wardwatch_rules_unplaced",
+            "Active rules no live instance runs (several instances: rules not grouped by patient_id while no global_rules instance is live). Alert on > 0: those rules are not alerting.",
+            state.metrics.rules_unplaced.load(Ordering::Relaxed) as f64,
+        ),
+        (
             "wardwatch_patients_held",
             "Patients the engine holds an id for (forgotten after forget_patients_after_ms of event time without readings and with no state).",
             state.metrics.patients_held.load(Ordering::Relaxed) as f64,

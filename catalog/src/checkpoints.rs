@@ -56,7 +56,7 @@ pub struct CheckpointHeader {
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
     pub header: CheckpointHeader,
-    pub engine: Vec<u8>,
+    pub engine: bytes::Bytes,
 }
 
 /// The checkpoints of one data directory (or object store prefix).
@@ -183,7 +183,9 @@ impl CheckpointStore {
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
+/// The engine state is a slice of the bytes read (no copy: it can be
+/// hundreds of MiB).
+fn decode(bytes: &bytes::Bytes) -> Result<Checkpoint, String> {
     if bytes.len() < 16 || &bytes[..8] != MAGIC {
         return Err("not a checkpoint (wrong magic)".into());
     }
@@ -193,7 +195,7 @@ fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
         .ok_or("truncated header")?;
     let header: CheckpointHeader =
         serde_json::from_slice(json).map_err(|e| format!("header: {e}"))?;
-    let engine = &bytes[16 + header_len..];
+    let engine = bytes.slice(16 + header_len..);
     if engine.len() as u64 != header.engine_bytes {
         return Err(format!(
             "engine state is {} bytes, the header says {}",
@@ -201,10 +203,7 @@ fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
             header.engine_bytes
         ));
     }
-    Ok(Checkpoint {
-        header,
-        engine: engine.to_vec(),
-    })
+    Ok(Checkpoint { header, engine })
 }
 
 #[cfg(test)]
@@ -264,6 +263,6 @@ mod tests {
             .unwrap();
         let latest = s.latest().await.unwrap().unwrap();
         assert_eq!(latest.header.sequence, 1);
-        assert_eq!(latest.engine, b"first");
+        assert_eq!(&latest.engine[..], b"first");
     }
 }

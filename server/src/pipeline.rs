@@ -43,7 +43,7 @@ pub enum Input {
     /// Restore a checkpoint's engine state (rules already upserted); answers
     /// the rules whose state could not be restored (they start empty).
     Restore {
-        bytes: Vec<u8>,
+        bytes: bytes::Bytes,
         source_offsets: BTreeMap<i32, i64>,
         reply: std::sync::mpsc::Sender<Result<Vec<String>, String>>,
     },

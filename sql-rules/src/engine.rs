@@ -723,15 +723,19 @@ impl Engine {
                 .map_err(|e| bad(&e))?;
         }
         let mut skipped = Vec::new();
+        // Open panes to rebuild, by rule: done after the loop, on two
+        // threads (the larger part of a restore at 100 k patients).
+        let mut rebuild = Vec::new();
         for snap in header["rules"].as_array().ok_or_else(|| bad("rules"))? {
             let id = snap["id"].as_str().ok_or_else(|| bad("rule id"))?;
             let version = snap["version"]
                 .as_u64()
                 .ok_or_else(|| bad("rule version"))? as u32;
-            let Some(rule) = self
+            let Some((at, rule)) = self
                 .rules
                 .iter_mut()
-                .find(|r| r.spec.id == id && r.spec.version == version)
+                .enumerate()
+                .find(|(_, r)| r.spec.id == id && r.spec.version == version)
             else {
                 skipped.push(format!("{id} v{version}"));
                 continue;
@@ -754,9 +758,12 @@ impl Engine {
                 // Suspended when the snapshot was taken: stays so.
                 rule.suspend_in_place();
             } else if let Operator::Window(w) = &mut rule.operator {
-                w.restore(&snap["window"], &blobs, &mut self.patients)?;
+                if let Some(panes) = w.restore(&snap["window"], &blobs, &mut self.patients)? {
+                    rebuild.push((at, panes));
+                }
             }
         }
+        rebuild_panes(&mut self.rules, rebuild)?;
         let reached = self
             .clock
             .latest_event()
@@ -783,6 +790,47 @@ impl Engine {
             .filter(|t| *t > i64::MIN)
             .map(|t| t - rule.lateness_ms)
     }
+}
+
+/// Rebuilds restored rules' open panes, the rules split between two
+/// threads (each rule's panes are its own; no shared state).
+fn rebuild_panes(
+    rules: &mut [RuleRuntime],
+    mut work: Vec<(usize, crate::window::panes::PanesToRebuild)>,
+) -> Result<(), EngineError> {
+    work.sort_by_key(|(at, _)| *at);
+    let mut jobs: Vec<(&mut WindowOperator, crate::window::panes::PanesToRebuild)> = Vec::new();
+    let mut work = work.into_iter().peekable();
+    for (at, rule) in rules.iter_mut().enumerate() {
+        if work.peek().is_some_and(|(w, _)| *w == at) {
+            let (_, panes) = work.next().expect("peeked");
+            if let Operator::Window(w) = &mut rule.operator {
+                jobs.push((w, panes));
+            }
+        }
+    }
+    // Alternate, so neither thread gets all the heavy (HOP) rules.
+    let mut second = Vec::new();
+    let mut first = Vec::new();
+    for (i, job) in jobs.into_iter().enumerate() {
+        if i % 2 == 0 {
+            first.push(job);
+        } else {
+            second.push(job);
+        }
+    }
+    let run = |jobs: Vec<(&mut WindowOperator, crate::window::panes::PanesToRebuild)>| {
+        jobs.into_iter()
+            .try_for_each(|(w, panes)| w.restore_panes(panes))
+    };
+    std::thread::scope(|scope| {
+        let other = scope.spawn(|| run(second));
+        let mine = run(first);
+        let other = other
+            .join()
+            .unwrap_or_else(|_| Err(EngineError::Restore("rebuilding panes panicked".into())));
+        mine.and(other)
+    })
 }
 
 /// The signal-loss form: a SESSION rule without HAVING, whose every

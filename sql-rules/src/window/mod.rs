@@ -294,15 +294,29 @@ impl WindowOperator {
         }
     }
 
+    /// Restores a snapshot but for the open panes' aggregates, which
+    /// [`restore_panes`](Self::restore_panes) rebuilds (it needs no
+    /// patient index, so rules can do it in parallel).
     pub fn restore(
         &mut self,
         header: &serde_json::Value,
         blobs: &crate::snapshot::Blobs,
         index: &mut PatientIndex,
+    ) -> Result<Option<panes::PanesToRebuild>, crate::EngineError> {
+        match self {
+            WindowOperator::Panes(p) => p.restore(header, blobs, index).map(Some),
+            WindowOperator::Session(s) => s.restore(header, blobs).map(|()| None),
+        }
+    }
+
+    /// The second half of [`restore`](Self::restore).
+    pub fn restore_panes(
+        &mut self,
+        rebuild: panes::PanesToRebuild,
     ) -> Result<(), crate::EngineError> {
         match self {
-            WindowOperator::Panes(p) => p.restore(header, blobs, index),
-            WindowOperator::Session(s) => s.restore(header, blobs),
+            WindowOperator::Panes(p) => p.restore_panes(rebuild),
+            WindowOperator::Session(_) => Ok(()),
         }
     }
 

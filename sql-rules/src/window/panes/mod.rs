@@ -45,6 +45,7 @@ use crate::keys::PatientIndex;
 use pane::{OpenPane, PaneGroups, SealedPane};
 
 pub use pane::sequence_numbers;
+pub use snapshot::PanesToRebuild;
 
 pub struct PaneOperator {
     plan: Arc<Windowed>,

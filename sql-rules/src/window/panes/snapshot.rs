@@ -5,6 +5,8 @@
 //! sealed panes like any other; the late rows held or applied to them
 //! (see [`super::late`]) are written beside them.
 
+use arrow::array::ArrayRef;
+
 use super::pane::SealedPane;
 use super::PaneOperator;
 use crate::error::EngineError;
@@ -83,12 +85,16 @@ impl PaneOperator {
         }))
     }
 
+    /// The first half of a restore: everything but rebuilding the open
+    /// panes' aggregates, which [`restore_panes`](Self::restore_panes)
+    /// does without the patient index (so rules can do it in parallel).
     pub fn restore(
         &mut self,
         header: &serde_json::Value,
         blobs: &Blobs,
         index: &mut PatientIndex,
-    ) -> std::result::Result<(), EngineError> {
+    ) -> std::result::Result<PanesToRebuild, EngineError> {
+        let mut rebuild = PanesToRebuild::default();
         let bad = |what: &str| EngineError::Restore(format!("pane snapshot: {what}"));
         self.fired_through = header["fired_through"]
             .as_i64()
@@ -115,8 +121,7 @@ impl PaneOperator {
                     },
                 );
             } else {
-                let rebuilt = self.pane_from_state(&keys, &states, &stats)?;
-                self.open.insert(start, rebuilt);
+                rebuild.open.push((start, keys, states, stats));
             }
         }
         // Snapshots from before late alerts kept no closed window: only
@@ -133,8 +138,7 @@ impl PaneOperator {
             let (keys, states, stats) =
                 split_state_batch(&blobs.get(blob)?, self.plan.key_exprs.len(), &state_columns)?;
             let keys = self.keys_in(keys, index)?;
-            let pane = self.pane_from_state(&keys, &states, &stats)?;
-            self.late.held.entry(at).or_default().insert(start, pane);
+            rebuild.held.push((at, start, keys, states, stats));
         }
         for applied in header["late_applied"].as_array().unwrap_or(&empty) {
             let start = applied["start"].as_i64().ok_or_else(|| bad("start"))?;
@@ -151,6 +155,42 @@ impl PaneOperator {
                 },
             );
         }
+        Ok(rebuild)
+    }
+
+    /// The second half of a restore: the open panes' aggregates rebuilt
+    /// from their states.
+    pub fn restore_panes(
+        &mut self,
+        rebuild: PanesToRebuild,
+    ) -> std::result::Result<(), EngineError> {
+        for (start, keys, states, stats) in rebuild.open {
+            let pane = self.pane_from_state(&keys, &states, &stats)?;
+            self.open.insert(start, pane);
+        }
+        for (at, start, keys, states, stats) in rebuild.held {
+            let pane = self.pane_from_state(&keys, &states, &stats)?;
+            self.late.held.entry(at).or_default().insert(start, pane);
+        }
         Ok(())
     }
+}
+
+/// Open panes read from a snapshot, their keys already indexed, waiting to
+/// be rebuilt ([`PaneOperator::restore_panes`]).
+#[derive(Default)]
+pub struct PanesToRebuild {
+    open: Vec<(
+        i64,
+        Vec<ArrayRef>,
+        Vec<Vec<ArrayRef>>,
+        Vec<crate::window::GroupStats>,
+    )>,
+    held: Vec<(
+        i64,
+        i64,
+        Vec<ArrayRef>,
+        Vec<Vec<ArrayRef>>,
+        Vec<crate::window::GroupStats>,
+    )>,
 }

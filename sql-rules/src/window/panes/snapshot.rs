@@ -121,7 +121,7 @@ impl PaneOperator {
                     },
                 );
             } else {
-                rebuild.open.push((start, keys, states, stats));
+                rebuild.open.push((start, (keys, states, stats)));
             }
         }
         // Snapshots from before late alerts kept no closed window: only
@@ -138,7 +138,7 @@ impl PaneOperator {
             let (keys, states, stats) =
                 split_state_batch(&blobs.get(blob)?, self.plan.key_exprs.len(), &state_columns)?;
             let keys = self.keys_in(keys, index)?;
-            rebuild.held.push((at, start, keys, states, stats));
+            rebuild.held.push((at, start, (keys, states, stats)));
         }
         for applied in header["late_applied"].as_array().unwrap_or(&empty) {
             let start = applied["start"].as_i64().ok_or_else(|| bad("start"))?;
@@ -164,11 +164,11 @@ impl PaneOperator {
         &mut self,
         rebuild: PanesToRebuild,
     ) -> std::result::Result<(), EngineError> {
-        for (start, keys, states, stats) in rebuild.open {
+        for (start, (keys, states, stats)) in rebuild.open {
             let pane = self.pane_from_state(&keys, &states, &stats)?;
             self.open.insert(start, pane);
         }
-        for (at, start, keys, states, stats) in rebuild.held {
+        for (at, start, (keys, states, stats)) in rebuild.held {
             let pane = self.pane_from_state(&keys, &states, &stats)?;
             self.late.held.entry(at).or_default().insert(start, pane);
         }
@@ -180,17 +180,13 @@ impl PaneOperator {
 /// be rebuilt ([`PaneOperator::restore_panes`]).
 #[derive(Default)]
 pub struct PanesToRebuild {
-    open: Vec<(
-        i64,
-        Vec<ArrayRef>,
-        Vec<Vec<ArrayRef>>,
-        Vec<crate::window::GroupStats>,
-    )>,
-    held: Vec<(
-        i64,
-        i64,
-        Vec<ArrayRef>,
-        Vec<Vec<ArrayRef>>,
-        Vec<crate::window::GroupStats>,
-    )>,
+    open: Vec<(i64, PaneState)>,
+    held: Vec<(i64, i64, PaneState)>,
 }
+
+/// A pane's keys, aggregate states and group stats, as a snapshot holds them.
+type PaneState = (
+    Vec<ArrayRef>,
+    Vec<Vec<ArrayRef>>,
+    Vec<crate::window::GroupStats>,
+);

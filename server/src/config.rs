@@ -696,7 +696,7 @@ mod tests {
         )
         .unwrap();
         let e = c.check_instance().unwrap_err().to_string();
-        assert!(e.contains("partitions = []"), "{e}");
+        assert!(e.contains("[kafka] partitions"), "{e}");
         let c: Config = toml::from_str(
             "[instance]\nid = 2\nrole = \"global_rules\"\n[kafka]\nbrokers = \"k:9092\"\npartitions = []\n",
         )

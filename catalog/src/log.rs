@@ -266,18 +266,10 @@ impl JsonLog {
             .collect();
             new.sort();
             for (_, path) in new {
-                let bytes = match get_bytes(self.store.as_ref(), &path).await {
-                    Ok(bytes) => bytes,
-                    Err(CatalogError::Store {
-                        source: object_store::Error::NotFound { .. },
-                        ..
-                    }) => continue,
-                    Err(e) => return Err(e),
+                let read = get_bytes(self.store.as_ref(), &path).await;
+                let Some((segment, _damage)) = read_segment(read, &path)? else {
+                    continue;
                 };
-                let segment = parse_segment(&bytes);
-                if let Some(file) = segment.damage(&path) {
-                    damage::report(file);
-                }
                 arrived.extend(segment.records.iter().cloned());
                 let mut state = self.lock_state();
                 state.tail.extend(segment.records);
@@ -516,6 +508,25 @@ fn parse_segment_name(file_name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// A segment read back, its damage reported (and returned, for the audit
+/// log); `None` when retention deleted it between the listing and the read.
+fn read_segment(
+    read: Result<Bytes, CatalogError>,
+    path: &Path,
+) -> Result<Option<(ParsedSegment, Option<DamagedFile>)>, CatalogError> {
+    let bytes = match read {
+        Ok(bytes) => bytes,
+        Err(CatalogError::Store {
+            source: object_store::Error::NotFound { .. },
+            ..
+        }) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let segment = parse_segment(&bytes);
+    let damage = segment.damage(path).map(damage::report);
+    Ok(Some((segment, damage)))
+}
+
 /// The newest segment directly in `dir`, if any.
 async fn newest_segment(store: &dyn ObjectStore, dir: &Path) -> Result<Option<Path>, CatalogError> {
     Ok(list_all(store, dir)
@@ -591,19 +602,10 @@ async fn load_tail(
         })
         .buffered(SEGMENT_READS);
     while let Some((first_seq, path, read)) = reads.next().await {
-        let bytes = match read {
-            Ok(bytes) => bytes,
-            // Deleted by retention between the listing and the read.
-            Err(CatalogError::Store {
-                source: object_store::Error::NotFound { .. },
-                ..
-            }) => continue,
-            Err(e) => return Err(e),
+        let Some((segment, damage)) = read_segment(read, &path)? else {
+            continue;
         };
-        let segment = parse_segment(&bytes);
-        if let Some(file) = segment.damage(&path) {
-            damaged.push(damage::report(file));
-        }
+        damaged.extend(damage);
         // A bad line was a record once; an empty segment (cut off before
         // its first line reached disk) still used its name.
         let end = first_seq + segment.lines.max(1);

@@ -122,6 +122,17 @@ pub async fn list(store: &dyn ObjectStore, prefix: &Path) -> Vec<InstanceStatus>
     found
 }
 
+/// Whether `instance` is live and runs rules keyed (or not) by patient.
+pub fn runs_live(instance: &InstanceStatus, keyed_by_patient: bool) -> bool {
+    instance.live
+        && match instance.role.as_str() {
+            "all" => true,
+            "patient_rules" => keyed_by_patient,
+            "global_rules" => !keyed_by_patient,
+            _ => false,
+        }
+}
+
 /// Refuses a rule no live instance would run: on a `patient_rules`
 /// instance, a rule not grouped by `patient_id` runs only where a
 /// `global_rules` instance is live. `None`: it will run.
@@ -135,15 +146,10 @@ pub async fn unplaced(
     if role.runs(keyed_by_patient) {
         return None;
     }
-    let wanted = if keyed_by_patient {
-        InstanceRole::PatientRules
-    } else {
-        InstanceRole::GlobalRules
-    };
     let live = list(store, prefix)
         .await
-        .into_iter()
-        .any(|s| s.live && (s.role == role_name(wanted) || s.role == "all"));
+        .iter()
+        .any(|s| runs_live(s, keyed_by_patient));
     (!live).then(|| {
         if keyed_by_patient {
             "this rule is grouped by patient_id: it runs on the patient_rules instances, \

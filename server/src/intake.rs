@@ -70,10 +70,6 @@ pub struct Intake {
     engine_from: Arc<Mutex<HashMap<i32, i64>>>,
     /// Takes checkpoints (with Kafka and checkpoints on).
     checkpointer: Arc<OnceLock<Arc<crate::checkpoint::Checkpointer>>>,
-    /// Kafka batches go to the engine only (`[instance] role =
-    /// "global_rules"`): the instances that own the partitions archive them
-    /// and deliver their dead letters.
-    observing: bool,
 }
 
 impl Intake {
@@ -102,7 +98,6 @@ impl Intake {
             durable_local: false,
             engine_from: Arc::default(),
             checkpointer: Arc::default(),
-            observing: false,
         }
     }
 
@@ -110,7 +105,6 @@ impl Intake {
     /// dead letters, and commits follow checkpoints alone. Call before
     /// anything uses the commit gate.
     pub fn observing(mut self, observing: bool) -> Self {
-        self.observing = observing;
         self.gate = Arc::new(CommitGate {
             archive: self.archive.clone(),
             dead_letters: Arc::clone(&self.dead_letters),
@@ -122,7 +116,7 @@ impl Intake {
 
     /// Whether Kafka batches skip the archive and the dead letters.
     pub fn is_observing(&self) -> bool {
-        self.observing
+        self.gate.observing
     }
 
     /// After a restore: per partition, events below these offsets are in
@@ -211,19 +205,10 @@ impl Intake {
             }));
             return;
         };
-        if self.observing {
-            let engine = self
-                .engine_from(partition)
-                .is_none_or(|from| *offsets.end() >= from);
-            if engine {
-                let _ = self.pipeline.send(Input::Batch {
-                    partition,
-                    batch,
-                    last_offset: Some(*offsets.end()),
-                });
-            }
-            return;
-        }
+        // An observing instance hands the engine only: the partitions'
+        // owners archive the batch and deliver its dead letters.
+        let observing = self.is_observing();
+        let dead_letters = if observing { Vec::new() } else { dead_letters };
         // Held before the archive (whose progress drives commits) sees the
         // batch, so no commit can pass a letter before it is delivered.
         let sources: Vec<(i32, i64)> = dead_letters.iter().filter_map(|l| l.source).collect();
@@ -234,13 +219,15 @@ impl Intake {
         }
         // The copy for the archive shares the columns (Arc); no data is copied.
         let last_offset = *offsets.end();
-        self.archive.send_blocking(ArchiveInput {
-            partition,
-            offsets,
-            batch: batch.clone(),
-            accepted: None,
-            durable: None,
-        });
+        if !observing {
+            self.archive.send_blocking(ArchiveInput {
+                partition,
+                offsets,
+                batch: batch.clone(),
+                accepted: None,
+                durable: None,
+            });
+        }
         // Below a restored checkpoint's offsets the engine has these events
         // already (the source never cuts a batch across that offset).
         let engine = self

@@ -89,15 +89,9 @@ async fn count_unplaced(state: &AppState, running: &mut HashMap<String, Known>) 
     }
     let instances = crate::instances::list(state.store.as_ref(), &state.store_prefix).await;
     let runs_elsewhere = |keyed: bool| {
-        instances.iter().any(|i| {
-            i.live
-                && match i.role.as_str() {
-                    "all" => true,
-                    "patient_rules" => keyed,
-                    "global_rules" => !keyed,
-                    _ => false,
-                }
-        })
+        instances
+            .iter()
+            .any(|i| crate::instances::runs_live(i, keyed))
     };
     let mut unplaced = 0u64;
     for (id, known) in running.iter_mut() {

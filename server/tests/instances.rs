@@ -348,6 +348,38 @@ async fn kill_9_mid_stream(c: &Cluster, p: Running, what: &str, chunk: &[Msg]) {
     );
 }
 
+/// Produces the stream's first six chunks, kills `victim` with SIGKILL
+/// while it reads the seventh (after a checkpoint), produces the eighth and
+/// restarts it with `config`: returns the new process and how long after
+/// its start it read an event again.
+async fn kill_9_and_restart(
+    c: &mut Cluster,
+    victim: Running,
+    what: &str,
+    config: &Path,
+    stream: &Stream,
+) -> (Running, Duration) {
+    for chunk in &stream.chunks[..=5] {
+        produce(&c.producer, chunk).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    kill_9_mid_stream(c, victim, what, &stream.chunks[6]).await;
+    produce(&c.producer, &stream.chunks[7]).await;
+    let restarted = c.spawn(config, &format!("{what} after kill -9"));
+    let first = wait_metric(
+        &c.http,
+        &restarted,
+        "wardwatch_events_in_total",
+        1.0,
+        MINUTE,
+        EVERY_5MS,
+        &c.logs,
+    )
+    .await;
+    println!("{what} restarted: process start to first event read {first:?}");
+    (restarted, first)
+}
+
 /// Stops `p` with SIGTERM: it must exit successfully within 5 s.
 async fn stop_gracefully(p: &mut Running, what: &str, logs: &Logs) {
     let (exit, took) = sigterm(p, logs).await;
@@ -614,7 +646,7 @@ async fn two_instances_share_the_work_and_one_killed_9_and_restarted_loses_and_r
     let mut c = Cluster::start().await;
     let (config_a, config_b) = (c.config(&A), c.config(&B));
     let a = c.spawn(&config_a, "A");
-    let mut b = c.spawn(&config_b, "B, first start");
+    let b = c.spawn(&config_b, "B, first start");
     let r = c.spawn_reference();
     wait_healthy(&c.http, &a, &c.logs).await;
     wait_healthy(&c.http, &b, &c.logs).await;
@@ -622,24 +654,7 @@ async fn two_instances_share_the_work_and_one_killed_9_and_restarted_loses_and_r
     wait_healthy(&c.http, &r, &c.logs).await;
     let reference_rules = create_rules(&c.http, &r, &c.logs).await;
 
-    for chunk in &stream.chunks[..=5] {
-        produce(&c.producer, chunk).await;
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    kill_9_mid_stream(&c, b, "B", &stream.chunks[6]).await;
-    produce(&c.producer, &stream.chunks[7]).await;
-    b = c.spawn(&config_b, "B after kill -9");
-    let first = wait_metric(
-        &c.http,
-        &b,
-        "wardwatch_events_in_total",
-        1.0,
-        MINUTE,
-        EVERY_5MS,
-        &c.logs,
-    )
-    .await;
-    println!("B restarted: process start to first event read {first:?}");
+    let (b, first) = kill_9_and_restart(&mut c, b, "B", &config_b, &stream).await;
     for chunk in &stream.chunks[8..] {
         produce(&c.producer, chunk).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -848,7 +863,7 @@ HAVING AVG(heart_rate_bpm) > {threshold}"
     let (config_a, config_b, config_g) = (c.config(&A), c.config(&B), c.config(&G));
     let a = c.spawn(&config_a, "A");
     let b = c.spawn(&config_b, "B");
-    let mut g = c.spawn(&config_g, "G, first start");
+    let g = c.spawn(&config_g, "G, first start");
     let r = c.spawn_reference();
     for p in [&a, &b, &g, &r] {
         wait_healthy(&c.http, p, &c.logs).await;
@@ -873,24 +888,7 @@ HAVING AVG(heart_rate_bpm) > {threshold}"
     );
     rules.insert(hospital_rule.clone(), "Ward HR (hospital, 1 min)".into());
 
-    for chunk in &stream.chunks[..=5] {
-        produce(&c.producer, chunk).await;
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    kill_9_mid_stream(&c, g, "G", &stream.chunks[6]).await;
-    produce(&c.producer, &stream.chunks[7]).await;
-    g = c.spawn(&config_g, "G after kill -9");
-    let first = wait_metric(
-        &c.http,
-        &g,
-        "wardwatch_events_in_total",
-        1.0,
-        MINUTE,
-        EVERY_5MS,
-        &c.logs,
-    )
-    .await;
-    println!("G restarted: process start to first event read {first:?}");
+    let (g, _) = kill_9_and_restart(&mut c, g, "G", &config_g, &stream).await;
     // Restarted, it loaded the rule from the shared store at start.
     wait_running(&c.http, &g, "G (restarted)", &[&hospital_rule], &c.logs).await;
     println!(
